@@ -1,0 +1,316 @@
+"""Configs: configs/base.yaml < experiment file < `section.key=value` overrides, validated.
+
+`configs/base.yaml` holds every default, documented; this module holds only the types and the
+allowed choices, so a default is written in exactly one place.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from src.utils import UserError, atomic_write_text
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "resnext101.yaml"
+CLI = "the command line"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ExperimentCfg(_Section):
+    name: str | None
+    seed: int
+    output_dir: str
+
+
+class DataCfg(_Section):
+    dir: str
+    layout: Literal["csv", "imagefolder"]
+    train_csv: str
+    image_dir: str
+    test_dir: str
+    sample_submission: str
+    solution: str
+    id_col: str
+    label_col: str
+    group_col: str | None
+    image_exts: list[str]
+    bad_images: Literal["error", "skip"]
+    check_images: bool
+    n_folds: int
+    fold_seed: int
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.n_folds < 2:
+            raise ValueError("data.n_folds must be at least 2")
+        return self
+
+
+class LoaderCfg(_Section):
+    batch_size: int
+    num_workers: int
+    pin_memory: bool
+    persistent_workers: bool
+
+
+class AugCfg(_Section):
+    img_size: int
+    crop_pct: float
+    rotate: float
+    shift: float
+    shear: float
+    zoom: tuple[float, float]
+    affine_p: float
+    border_mode: Literal["wrap", "reflect", "constant", "nearest"]
+    hflip: bool
+    vflip: bool
+    mean: tuple[float, float, float] | None
+    std: tuple[float, float, float] | None
+
+
+class ModelCfg(_Section):
+    name: str
+    pretrained: bool
+    pretrained_path: str | None
+    drop_rate: float
+    freeze_before: str | None
+    freeze_stages: int | None
+    unfreeze_epoch: int | None
+    backbone_lr_mult: float
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.freeze_before is not None and self.freeze_stages is not None:
+            raise ValueError("set model.freeze_before or model.freeze_stages, not both (null the other)")
+        return self
+
+
+class LossCfg(_Section):
+    name: Literal["ce", "focal"]
+    smoothing: float
+    gamma: float
+    alpha: list[float] | None
+    class_weights: Literal["balanced"] | list[float] | None
+
+
+class OptimCfg(_Section):
+    name: Literal["adam", "adamw", "sgd", "rmsprop"]
+    lr: float
+    weight_decay: float
+    momentum: float
+    nesterov: bool
+
+
+class SchedCfg(_Section):
+    name: Literal["cosine", "step", "plateau", "onecycle", "none"]
+    warmup_epochs: int
+    warmup_lr: float
+    min_lr: float
+    step_epochs: int
+    decay_rate: float
+    patience: int
+
+
+class TrainCfg(_Section):
+    epochs: int
+    accum_steps: int
+    clip_grad: float | None
+    amp: Literal["auto", "bf16", "fp16", "off"]
+    channels_last: bool
+    device: Literal["auto", "cuda", "mps", "cpu"]
+    deterministic: bool
+    ema: bool
+    ema_decay: float
+    mixup: float
+    cutmix: float
+    mix_prob: float
+    monitor: Literal["metric", "loss"]
+    early_stopping: int | None
+    limit_batches: int | None
+
+
+class MetricCfg(_Section):
+    name: Literal["accuracy", "f1_macro", "log_loss", "roc_auc", "qwk"]
+
+
+class WandbCfg(_Section):
+    mode: Literal["auto", "online", "offline", "disabled"]
+    project: str
+    entity: str | None
+
+
+class Config(_Section):
+    experiment: ExperimentCfg
+    data: DataCfg
+    loader: LoaderCfg
+    aug: AugCfg
+    model: ModelCfg
+    loss: LossCfg
+    optim: OptimCfg
+    sched: SchedCfg
+    train: TrainCfg
+    metric: MetricCfg
+    wandb: WandbCfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.experiment.output_dir) / str(self.experiment.name)
+
+
+# ---------------------------------------------------------------- loading and merging
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist; pass an existing file to --config")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def _file_chain(path: Path) -> list[Path]:
+    """The file and its `base` ancestors, the root base first."""
+    chain: list[Path] = []
+    while True:
+        path = path.resolve()
+        if path in chain:
+            raise UserError(f"{path} names itself as a base, directly or not; break the loop")
+        chain.append(path)
+        base = _read_yaml(path).get("base")
+        if base is None:
+            return chain[::-1]
+        path = path.parent / str(base)
+
+
+def _merge(dst: dict, src: dict, source: str, origin: dict[str, str], prefix: str = "") -> None:
+    for key, value in src.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _merge(dst[key], value, source, origin, dotted + ".")
+        else:
+            dst[key] = value
+            origin[dotted] = source
+            if isinstance(value, dict):
+                for sub in _leaves(value, dotted + "."):
+                    origin[sub] = source
+
+
+def _leaves(d: dict, prefix: str) -> list[str]:
+    out = []
+    for k, v in d.items():
+        out.extend(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"])
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """`a.b=1` -> {'a': {'b': 1}}; the value is parsed as YAML (numbers, lists, null, bools)."""
+    if "=" not in text or text.startswith("="):
+        raise UserError(f"override '{text}' is not of the form section.key=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) < 2 or not all(parts):
+        raise UserError(f"override '{text}' must name a section and a key, like train.epochs=5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    out: dict[str, Any] = {}
+    node = out
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def _field_names(loc: tuple) -> list[str]:
+    model: Any = Config
+    for part in loc[:-1]:
+        model = model.model_fields[part].annotation
+    return list(model.model_fields) if hasattr(model, "model_fields") else []
+
+
+def _explain(err: dict, origin: dict[str, str], default_src: str) -> str:
+    loc = tuple(str(p) for p in err["loc"] if not str(p).isdigit())
+    key = ".".join(loc)
+    src = origin.get(key) or next(
+        (origin[k] for k in origin if k.startswith(key + ".")), default_src
+    )
+    if err["type"] == "extra_forbidden":
+        allowed = _field_names(loc)
+        close = difflib.get_close_matches(loc[-1], allowed, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        section = ".".join(loc[:-1]) or "the top level"
+        return f"unknown key '{key}' in {src}{hint}; {section} takes: {', '.join(allowed)}"
+    if err["type"] == "missing":
+        return f"key '{key}' is missing; add it to {default_src}"
+    if err["type"] == "value_error":
+        return f"{err['msg'].removeprefix('Value error, ')} (from {src})"
+    return f"{key}={err.get('input')!r} from {src} is invalid: {err['msg']}"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load an experiment file (default: the ResNeXt101 recipe), its bases and overrides.
+
+    Args:
+        path: experiment YAML; its `base` key names the file it builds on.
+        overrides: `section.key=value` strings; they win over every file.
+    """
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    chain = _file_chain(path)
+    for f in chain:
+        data = {k: v for k, v in _read_yaml(f).items() if k != "base"}
+        _merge(merged, data, str(_display(f)), origin)
+    for text in overrides or []:
+        _merge(merged, parse_override(text), CLI, origin)
+    merged.setdefault("experiment", {})
+    if isinstance(merged["experiment"], dict) and merged["experiment"].get("name") is None:
+        merged["experiment"]["name"] = path.stem
+    try:
+        cfg = Config.model_validate(merged)
+    except ValidationError as e:
+        raise UserError(_explain(e.errors()[0], origin, str(_display(chain[0])))) from None
+    return cfg
+
+
+def config_from_dict(d: dict[str, Any], where: str) -> Config:
+    """Rebuild a config stored inside a checkpoint."""
+    try:
+        return Config.model_validate(d)
+    except ValidationError as e:
+        raise UserError(f"the config stored in {where} does not fit this code: {_explain(e.errors()[0], {}, where)}") from None
+
+
+def save_config(cfg: Config, path: str | Path | None = None) -> Path:
+    """Write the resolved config (default: outputs/<experiment>/config.yaml), atomically."""
+    path = Path(path) if path is not None else cfg.out_dir / "config.yaml"
+    return atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def _display(p: Path) -> Path:
+    try:
+        return p.relative_to(Path.cwd())
+    except ValueError:
+        return p
+
+
+def add_config_args(parser) -> None:
+    """The --config flag and trailing `section.key=value` overrides every entry point takes."""
+    parser.add_argument("--config", default=None, help=f"experiment YAML (default: {_display(DEFAULT_CONFIG)})")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")

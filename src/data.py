@@ -1,0 +1,333 @@
+"""Data layer: competition tables, robust image reading, albumentations transforms, Dataset."""
+
+from __future__ import annotations
+
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from albumentations.pytorch import ToTensorV2
+from PIL import Image, ImageOps
+
+from src.config import AugCfg, Config, DataCfg, LoaderCfg
+from src.utils import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BORDER_MODES = {
+    "wrap": cv2.BORDER_WRAP,
+    "reflect": cv2.BORDER_REFLECT_101,
+    "constant": cv2.BORDER_CONSTANT,
+    "nearest": cv2.BORDER_REPLICATE,
+}
+
+
+# ---------------------------------------------------------------- reading images
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read any image file into an HxWx3 uint8 RGB array.
+
+    Handles grayscale, RGBA/LA and palette PNGs, 16-bit PNGs (scaled to 8 bits), CMYK JPEGs and
+    EXIF orientation. Raises UserError naming the file when it cannot be decoded.
+    """
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im, dtype=np.float64)
+                # 16-bit data uses the full 0..65535 range; int32 'I' images may too.
+                arr = np.clip(arr / 257.0, 0, 255).round().astype(np.uint8)
+                return np.ascontiguousarray(np.repeat(arr[..., None], 3, axis=2))
+            if im.mode == "F":
+                arr = np.asarray(im, dtype=np.float64)
+                lo, hi = float(arr.min()), float(arr.max())
+                arr = (arr - lo) / (hi - lo or 1.0) * 255.0
+                return np.repeat(arr.round().astype(np.uint8)[..., None], 3, axis=2)
+            if im.mode != "RGB":
+                im = im.convert("RGBA").convert("RGB") if im.mode in ("P", "PA") else im.convert("RGB")
+            arr = np.asarray(im, dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+        raise UserError(f"cannot read image {path} ({e}); replace or remove the file") from None
+    return np.ascontiguousarray(arr)
+
+
+def find_bad_images(paths: list[str], workers: int = 4) -> list[str]:
+    """Decode every image once (in threads) and return the paths that fail."""
+
+    def ok(p: str) -> bool:
+        try:
+            read_image(p)
+            return True
+        except UserError:
+            return False
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        good = list(pool.map(ok, paths, chunksize=64))
+    return [p for p, g in zip(paths, good) if not g]
+
+
+# ---------------------------------------------------------------- competition tables
+
+
+class _ImageIndex:
+    """Maps an id (with or without extension, with or without subfolders) to its file."""
+
+    def __init__(self, root: Path, exts: list[str]):
+        self.root = root
+        self.exts = [e.lower() for e in exts]
+        self.by_key: dict[str, Path | None] = {}
+        for p in sorted(root.rglob("*")):
+            if p.suffix.lower() not in self.exts or not p.is_file():
+                continue
+            rel = p.relative_to(root).as_posix()
+            for key in {rel, rel[: -len(p.suffix)], p.name, p.stem}:
+                # Two files sharing a bare name in different folders are ambiguous (None).
+                self.by_key[key] = p if key not in self.by_key or self.by_key[key] == p else None
+
+    def find(self, image_id: str) -> Path | None:
+        return self.by_key.get(str(image_id).replace("\\", "/"))
+
+
+def _read_csv(path: Path, what: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist; copy the competition files into {path.parent} or set data.dir")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{what} {path} is empty; it needs a header and one row per image") from None
+    if len(df) == 0:
+        raise UserError(f"{what} {path} has a header but no rows; it needs one row per image")
+    return df
+
+
+def _require_cols(df: pd.DataFrame, cols: dict[str, str], path: Path) -> None:
+    for key, col in cols.items():
+        if col not in df.columns:
+            raise UserError(
+                f"{path} has no column '{col}' ({key}); its columns are {list(df.columns)}: set {key}"
+            )
+
+
+def _attach_paths(df: pd.DataFrame, id_col: str, image_dir: Path, exts: list[str], what: str) -> pd.DataFrame:
+    if not image_dir.is_dir():
+        raise UserError(f"image folder {image_dir} does not exist; copy the images there or set data.image_dir / data.test_dir")
+    index = _ImageIndex(image_dir, exts)
+    paths = [index.find(i) for i in df[id_col]]
+    missing = [i for i, p in zip(df[id_col], paths) if p is None]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise UserError(
+            f"{len(missing)} {what} ids have no image file in {image_dir} (tried extensions {exts}): {shown}; "
+            "add the files, fix the ids, or set data.image_exts"
+        )
+    out = df.copy()
+    out["path"] = [str(p) for p in paths]
+    return out
+
+
+def load_train_table(cfg: DataCfg) -> pd.DataFrame:
+    """Training table with columns id, label (str), path and, when configured, group."""
+    root = Path(cfg.dir)
+    if cfg.layout == "imagefolder":
+        img_root = root / cfg.image_dir
+        if not img_root.is_dir():
+            raise UserError(f"image folder {img_root} does not exist; copy train/<class>/*.jpg there or set data.image_dir")
+        exts = [e.lower() for e in cfg.image_exts]
+        rows = [
+            (p.relative_to(img_root).with_suffix("").as_posix(), d.name, str(p))
+            for d in sorted(x for x in img_root.iterdir() if x.is_dir())
+            for p in sorted(d.rglob("*"))
+            if p.suffix.lower() in exts and p.is_file()
+        ]
+        if not rows:
+            raise UserError(f"{img_root} holds no class folders with images; expected {img_root}/<class>/<image>")
+        df = pd.DataFrame(rows, columns=["id", "label", "path"])
+    else:
+        path = root / cfg.train_csv
+        raw = _read_csv(path, "training table")
+        cols = {"data.id_col": cfg.id_col, "data.label_col": cfg.label_col}
+        if cfg.group_col:
+            cols["data.group_col"] = cfg.group_col
+        _require_cols(raw, cols, path)
+        empty = raw.index[raw[cfg.label_col].str.strip() == ""].tolist()
+        if empty:
+            raise UserError(f"{path} has {len(empty)} rows without a label (first at row {empty[0] + 2}); fill or drop them")
+        dup = raw[cfg.id_col][raw[cfg.id_col].duplicated()].tolist()
+        if dup:
+            raise UserError(f"{path} lists {len(dup)} ids twice (e.g. {dup[:3]}); each image must appear once")
+        df = _attach_paths(raw, cfg.id_col, root / cfg.image_dir, cfg.image_exts, "training")
+        df = df.rename(columns={cfg.id_col: "id", cfg.label_col: "label"})
+        if cfg.group_col:
+            df = df.rename(columns={cfg.group_col: "group"})
+        df = df[["id", "label", "path"] + (["group"] if cfg.group_col else [])]
+    if cfg.group_col and "group" not in df:
+        raise UserError("data.group_col works only with data.layout=csv; set it to null")
+    return df.reset_index(drop=True)
+
+
+def load_test_table(cfg: DataCfg) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(test table with id and path in sample_submission order, the sample submission itself)."""
+    root = Path(cfg.dir)
+    path = root / cfg.sample_submission
+    sample = _read_csv(path, "sample submission")
+    _require_cols(sample, {"data.id_col": cfg.id_col}, path)
+    test = _attach_paths(sample[[cfg.id_col]], cfg.id_col, root / cfg.test_dir, cfg.image_exts, "test")
+    return test.rename(columns={cfg.id_col: "id"}).reset_index(drop=True), sample
+
+
+def sorted_classes(labels: pd.Series) -> list[str]:
+    """Fixed class order: numeric labels sorted as numbers, others as strings."""
+    uniq = list(pd.unique(labels.astype(str)))
+    try:
+        return sorted(uniq, key=lambda s: (float(s), s))
+    except ValueError:
+        return sorted(uniq)
+
+
+def drop_bad_images(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """Check every image once; stop, or drop the bad ones with a warning (data.bad_images)."""
+    if not cfg.data.check_images:
+        return df
+    bad = find_bad_images(df["path"].tolist(), workers=max(2, cfg.loader.num_workers))
+    if not bad:
+        return df
+    shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+    if cfg.data.bad_images == "error":
+        raise UserError(
+            f"{len(bad)} images cannot be decoded: {shown}; replace them, or set data.bad_images=skip to drop them"
+        )
+    warnings.warn(f"skipping {len(bad)} unreadable images: {shown}", stacklevel=2)
+    return df[~df["path"].isin(bad)].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- transforms
+
+
+def resolve_norm(aug: AugCfg, pretrained_cfg: dict | None = None) -> tuple[tuple, tuple]:
+    """Normalization from the config, else from the model's pretrained config, else ImageNet."""
+    pc = pretrained_cfg or {}
+    mean = tuple(aug.mean) if aug.mean is not None else tuple(pc.get("mean", IMAGENET_MEAN))
+    std = tuple(aug.std) if aug.std is not None else tuple(pc.get("std", IMAGENET_STD))
+    return mean, std
+
+
+def build_transform(aug: AugCfg, train: bool, mean: tuple, std: tuple) -> A.Compose:
+    """Albumentations pipeline: uint8 HxWx3 -> float tensor 3xSxS.
+
+    Training resizes first, so the affine warp runs on the small image (the same distribution of
+    rotations, shifts, shears and zooms, a fraction of the cost on large photos), then flips.
+    Evaluation: resize (to img_size / crop_pct, then center crop) and normalize only.
+    """
+    size = aug.img_size
+    if train:
+        ops: list = [A.Resize(size, size)]
+        if aug.affine_p > 0:
+            ops.append(
+                A.Affine(
+                    scale=tuple(aug.zoom),
+                    translate_percent={"x": (-aug.shift, aug.shift), "y": (-aug.shift, aug.shift)},
+                    rotate=(-aug.rotate, aug.rotate),
+                    shear={"x": (-aug.shear, aug.shear), "y": (0.0, 0.0)},
+                    border_mode=BORDER_MODES[aug.border_mode],
+                    fill=0,
+                    p=aug.affine_p,
+                )
+            )
+        if aug.hflip:
+            ops.append(A.HorizontalFlip(p=0.5))
+        if aug.vflip:
+            ops.append(A.VerticalFlip(p=0.5))
+    else:
+        pre = int(round(size / aug.crop_pct))
+        ops = [A.Resize(pre, pre)] + ([A.CenterCrop(size, size)] if pre != size else [])
+    ops += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
+    return A.Compose(ops)
+
+
+def seed_transform(transform: A.Compose, seed: int) -> None:
+    """Seed a pipeline so every transform draws from its own stream.
+
+    Compose.set_random_seed gives all children the same seed, which makes e.g. the horizontal
+    and vertical flip decisions identical; each child gets a distinct derived seed instead.
+    """
+    transform.set_random_seed(seed)
+    states = np.random.SeedSequence(seed).generate_state(len(transform.transforms))
+    for t, s in zip(transform.transforms, states):
+        t.set_random_seed(int(s))
+
+
+# ---------------------------------------------------------------- dataset and loaders
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """(image tensor, target) for training/validation; (image tensor, row index) when targets is None.
+
+    An item may be asked for as `(index, seed)` (see EpochSampler): the augmentation is then
+    seeded per sample, so a given epoch sees the same augmented images whatever the worker
+    count, worker persistence or a resume in between.
+    """
+
+    def __init__(self, paths: list[str], targets: list[int] | None, transform: A.Compose | None):
+        self.paths = list(paths)
+        self.targets = None if targets is None else np.asarray(targets, dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key):
+        i, seed = key if isinstance(key, tuple) else (key, None)
+        img = read_image(self.paths[i])
+        if self.transform is None:
+            x = torch.from_numpy(img)
+        else:
+            if seed is not None:
+                seed_transform(self.transform, seed)
+            x = self.transform(image=img)["image"]
+        return x, (int(self.targets[i]) if self.targets is not None else i)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields (index, augmentation seed), shuffled, both a pure function of (seed, epoch).
+
+    It runs in the main process, so `set_epoch` reaches persistent workers too.
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True):
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        seeds = rng.integers(0, 2**31 - 1, size=self.n)
+        return iter([(int(i), int(s)) for i, s in zip(order, seeds)])
+
+
+def make_loader(
+    ds: ImageDataset, cfg: LoaderCfg, *, device: str = "cpu", sampler: EpochSampler | None = None,
+    drop_last: bool = False, batch_size: int | None = None,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader with the config's batch size, workers, pinning and persistence (in order
+    unless a sampler is given)."""
+    bs = batch_size or cfg.batch_size
+    return torch.utils.data.DataLoader(
+        ds,
+        batch_size=bs,
+        sampler=sampler,
+        drop_last=drop_last and len(ds) > bs,
+        num_workers=cfg.num_workers,
+        pin_memory=cfg.pin_memory and device == "cuda",
+        persistent_workers=cfg.persistent_workers and cfg.num_workers > 0,
+    )

@@ -1,0 +1,88 @@
+"""Score a submission locally against the competition's solution file.
+
+    python -m src.score submissions/demo.csv [--solution inputs/digits/solution.csv] [--config ...]
+
+Prints accuracy and the config's competition metric. The submission may hold a label column
+(class names or indices) or one probability column per class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from src.config import add_config_args, load_config
+from src.metrics import compute_metric
+from src.utils import UserError, run_cli
+
+
+def _class_list(cfg, solution: pd.DataFrame) -> list[str]:
+    from src.folds import folds_path
+
+    meta = folds_path(cfg).with_suffix(".json")
+    if meta.is_file():
+        return json.loads(meta.read_text())["classes"]
+    from src.data import sorted_classes
+
+    return sorted_classes(solution[cfg.data.label_col])
+
+
+def score_submission(sub_path: str | Path, solution_path: str | Path, cfg) -> dict[str, float]:
+    """{'accuracy': ..., <metric>: ...} of a submission file against a solution file."""
+    d = cfg.data
+    frames = []
+    for p, what in ((Path(sub_path), "submission"), (Path(solution_path), "solution")):
+        if not p.is_file():
+            raise UserError(f"{what} file {p} does not exist; pass an existing path")
+        df = pd.read_csv(p, dtype=str, keep_default_na=False)
+        if d.id_col not in df.columns:
+            raise UserError(f"{p} has no id column '{d.id_col}'; set data.id_col")
+        frames.append(df.set_index(d.id_col))
+    sub, sol = frames
+    if d.label_col not in sol.columns:
+        raise UserError(f"solution {solution_path} has no label column '{d.label_col}'; set data.label_col")
+    missing = sol.index.difference(sub.index)
+    if len(missing):
+        raise UserError(f"the submission lacks {len(missing)} solution ids (e.g. {list(missing[:3])}); predict every test id")
+    sub = sub.loc[sol.index]
+    classes = _class_list(cfg, sol)
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(sol[d.label_col]) - set(index))
+    if unknown:
+        raise UserError(f"solution labels {unknown[:5]} are not in the class list {classes[:10]}")
+    y = sol[d.label_col].map(index).to_numpy()
+    if all(c in sub.columns for c in classes):
+        probs = sub[classes].astype(float).to_numpy()
+    elif d.label_col in sub.columns:
+        labels = sub[d.label_col]
+        if not set(labels) <= set(index) and set(labels) <= {str(i) for i in range(len(classes))}:
+            labels = labels.map(lambda s: classes[int(s)])
+        bad = sorted(set(labels) - set(index))
+        if bad:
+            raise UserError(f"submission labels {bad[:5]} are not classes of this competition")
+        probs = np.eye(len(classes))[labels.map(index).to_numpy()]
+    else:
+        raise UserError(f"{sub_path} has neither a '{d.label_col}' column nor one column per class")
+    out = {"accuracy": compute_metric("accuracy", y, probs)}
+    out[cfg.metric.name] = compute_metric(cfg.metric.name, y, probs)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("submission", help="submission CSV to score")
+    parser.add_argument("--solution", default=None, help="true labels (default: data.dir/data.solution)")
+    add_config_args(parser)
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    solution = args.solution or Path(cfg.data.dir) / cfg.data.solution
+    scores = score_submission(args.submission, solution, cfg)
+    print("  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+
+
+if __name__ == "__main__":
+    run_cli(main)
