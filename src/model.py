@@ -1,0 +1,173 @@
+"""Model: a timm classifier returning logits, pretrained weights (hub or local file), freezing."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+from timm.models import group_parameters, load_state_dict
+
+from src.config import ModelCfg
+from src.utils import UserError
+
+
+def _create(cfg: ModelCfg, num_classes: int, pretrained: bool) -> torch.nn.Module:
+    try:
+        return timm.create_model(cfg.name, pretrained=pretrained, num_classes=num_classes, drop_rate=cfg.drop_rate)
+    except RuntimeError as e:
+        if "Unknown model" in str(e) or "Invalid pretrained tag" in str(e):
+            close = difflib.get_close_matches(cfg.name.split(".")[0], timm.list_models(), n=3)
+            raise UserError(f"timm has no model '{cfg.name}'; set model.name (close names: {close})") from None
+        raise
+
+
+def load_weights_file(model: torch.nn.Module, path: str | Path) -> None:
+    """Load a local .pth/.safetensors state dict into `model`, except a classifier of another size.
+
+    The file is read with torch.load(weights_only=True) or safetensors, so it cannot run code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model.pretrained_path {path} does not exist; point it at a .pth or .safetensors state dict")
+    try:
+        state = load_state_dict(str(path), weights_only=True)
+    except Exception as e:
+        raise UserError(f"cannot read weights from {path} ({type(e).__name__}: {str(e)[:200]}); it must be a state dict saved with torch.save or safetensors") from None
+    own = model.state_dict()
+    head = model.pretrained_cfg.get("classifier", "")
+    heads = [head] if isinstance(head, str) else list(head)
+    skipped = []
+    for k in list(state):
+        if k in own and state[k].shape != own[k].shape and any(k.startswith(h + ".") for h in heads):
+            skipped.append(k)
+            del state[k]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in skipped and not any(k.startswith(h + ".") for h in heads)]
+    shape_bad = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or shape_bad:
+        detail = (missing or unexpected or shape_bad)[:3]
+        raise UserError(
+            f"{path} does not fit {model.pretrained_cfg.get('architecture', 'the model')}: "
+            f"{len(missing)} missing, {len(unexpected)} unexpected keys (e.g. {detail}); "
+            "check model.name matches the weights file"
+        )
+
+
+def build_model(cfg: ModelCfg, num_classes: int, pretrained: bool | None = None) -> torch.nn.Module:
+    """A timm model with a `num_classes` head that returns logits.
+
+    Args:
+        cfg: the model section (name, pretrained, pretrained_path, drop_rate).
+        num_classes: size of the classifier head.
+        pretrained: override cfg.pretrained (False when a checkpoint will be loaded anyway).
+    """
+    pretrained = cfg.pretrained if pretrained is None else pretrained
+    if not pretrained:
+        return _create(cfg, num_classes, False)
+    if cfg.pretrained_path:
+        model = _create(cfg, num_classes, False)
+        load_weights_file(model, cfg.pretrained_path)
+        return model
+    try:
+        return _create(cfg, num_classes, True)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(
+            f"cannot get pretrained weights for {cfg.name} from the hub ({type(e).__name__}); either download "
+            "them where there is network and set model.pretrained_path=/path/to/weights.safetensors (or .pth), "
+            "or set model.pretrained=false to train from scratch"
+        ) from None
+
+
+# ---------------------------------------------------------------- freezing
+
+
+@dataclass
+class Frozen:
+    """What was frozen: parameter names and the BatchNorm modules kept in eval mode."""
+
+    params: list[str] = field(default_factory=list)
+    bn_modules: list[str] = field(default_factory=list)
+
+    @property
+    def any(self) -> bool:
+        return bool(self.params)
+
+
+def freeze(model: torch.nn.Module, before: str | None = None, stages: int | None = None) -> Frozen:
+    """Freeze every parameter before the parameter/module `before`, or the first `stages` stages.
+
+    Stages are timm's coarse parameter groups (for ResNets: stem, layer1, ..., layer4, head).
+    BatchNorm layers whose parameters are all frozen are listed so the loop keeps them in eval
+    mode and their running statistics do not move.
+    """
+    names = [n for n, _ in model.named_parameters()]
+    if before is not None:
+        hit = next((i for i, n in enumerate(names) if n == before or n.startswith(before + ".")), None)
+        if hit is None:
+            close = difflib.get_close_matches(before, names, n=3) or names[:3]
+            raise UserError(f"model.freeze_before='{before}' names no parameter of the model; close names: {close}")
+        frozen = set(names[:hit])
+    elif stages is not None:
+        groups = group_parameters(model, model.group_matcher(coarse=True))
+        order = sorted(groups)
+        if stages > len(order) - 1:
+            raise UserError(f"model.freeze_stages={stages} would freeze the head; this model has {len(order) - 1} stages before it")
+        frozen = {n for g in order[:stages] for n in groups[g]}
+    else:
+        frozen = set()
+    for n, p in model.named_parameters():
+        p.requires_grad_(n not in frozen)
+    bn = [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        and any(True for _ in m.parameters(recurse=False))
+        and all(not p.requires_grad for p in m.parameters(recurse=False))
+    ]
+    return Frozen([n for n in names if n in frozen], bn)
+
+
+def unfreeze(model: torch.nn.Module, frozen: Frozen) -> Frozen:
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return Frozen()
+
+
+def set_train_mode(model: torch.nn.Module, frozen: Frozen) -> None:
+    """model.train(), with frozen BatchNorm layers back in eval mode."""
+    model.train()
+    modules = dict(model.named_modules())
+    for name in frozen.bn_modules:
+        modules[name].eval()
+
+
+def param_counts(model: torch.nn.Module) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable, "frozen": total - trainable}
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, frozen: Frozen, backbone_lr_mult: float,
+                 include_frozen: bool) -> list[dict]:
+    """Optimizer groups: no weight decay on norm and bias (1-D) parameters; the frozen backbone
+    (only when it will be unfrozen later) at `backbone_lr_mult` times the lr via timm's lr_scale."""
+    frozen_set = set(frozen.params)
+    buckets: dict[tuple[bool, bool], list] = {}
+    for n, p in model.named_parameters():
+        is_backbone = n in frozen_set
+        if is_backbone and not include_frozen:
+            continue
+        no_decay = p.ndim <= 1 or n.endswith(".bias")
+        buckets.setdefault((is_backbone, no_decay), []).append(p)
+    groups = []
+    for (is_backbone, no_decay), params in sorted(buckets.items()):
+        g = {"params": params, "weight_decay": 0.0 if no_decay else weight_decay}
+        if is_backbone:
+            g["lr_scale"] = backbone_lr_mult
+        groups.append(g)
+    return groups

@@ -1,0 +1,80 @@
+"""Optimizer and learning-rate schedule factories over timm's (and torch's OneCycleLR)."""
+
+from __future__ import annotations
+
+import torch
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+
+from src.config import OptimCfg, SchedCfg
+
+_TIMM_OPT = {"adam": "adam", "adamw": "adamw", "rmsprop": "rmsprop"}
+
+
+def build_optimizer(cfg: OptimCfg, groups: list[dict]) -> torch.optim.Optimizer:
+    """Adam, AdamW, SGD (momentum, optionally Nesterov) or RMSprop over prepared param groups."""
+    name = _TIMM_OPT.get(cfg.name) or ("sgd" if cfg.nesterov else "momentum")
+    kwargs = {"momentum": cfg.momentum} if cfg.name in ("sgd", "rmsprop") else {}
+    opt = create_optimizer_v2(groups, opt=name, lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs)
+    for g in opt.param_groups:
+        g["lr"] = cfg.lr * g.get("lr_scale", 1.0)
+    return opt
+
+
+class _Constant:
+    """No schedule: every group keeps lr * lr_scale."""
+
+    def step_update(self, num_updates: int, metric: float | None = None) -> None: ...
+
+    def step(self, epoch: int, metric: float | None = None) -> None: ...
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class _OneCycle(_Constant):
+    """torch's OneCycleLR behind timm's step_update/step interface (stepped per update)."""
+
+    def __init__(self, opt: torch.optim.Optimizer, lr: float, total_steps: int):
+        self.sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=[lr * g.get("lr_scale", 1.0) for g in opt.param_groups], total_steps=max(1, total_steps)
+        )
+
+    def step_update(self, num_updates: int, metric: float | None = None) -> None:
+        if self.sched.last_epoch < self.sched.total_steps - 1:
+            self.sched.step()
+
+    def state_dict(self) -> dict:
+        return self.sched.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sched.load_state_dict(state)
+
+
+def build_scheduler(cfg: SchedCfg, opt: torch.optim.Optimizer, lr: float, epochs: int, updates_per_epoch: int,
+                    higher_is_better: bool):
+    """A schedule with `step_update(num_updates)` per optimizer step and `step(epoch, metric)` per epoch.
+
+    cosine and step are stepped per update (smooth warmup), plateau per epoch on the monitored value.
+    """
+    if cfg.name == "none":
+        return _Constant()
+    if cfg.name == "onecycle":
+        return _OneCycle(opt, lr, epochs * updates_per_epoch)
+    sched, _ = create_scheduler_v2(
+        opt,
+        sched=cfg.name,
+        num_epochs=epochs,
+        decay_epochs=cfg.step_epochs,
+        decay_rate=cfg.decay_rate,
+        patience_epochs=cfg.patience,
+        min_lr=cfg.min_lr,
+        warmup_lr=cfg.warmup_lr,
+        warmup_epochs=cfg.warmup_epochs,
+        plateau_mode="max" if higher_is_better else "min",
+        step_on_epochs=cfg.name == "plateau",
+        updates_per_epoch=updates_per_epoch,
+    )
+    return sched
