@@ -147,6 +147,14 @@ class WandbCfg(_Section):
     entity: str | None
 
 
+class EnsembleCfg(_Section):
+    tta: list[str]
+    voting: Literal["soft", "geometric", "logits", "hard"]
+    weights: Literal["equal", "auto"] | list[float]
+    format: Literal["auto", "label", "index", "proba", "binary"]
+    missing_folds: Literal["error", "warn"]
+
+
 class Config(_Section):
     experiment: ExperimentCfg
     data: DataCfg
@@ -159,6 +167,7 @@ class Config(_Section):
     train: TrainCfg
     metric: MetricCfg
     wandb: WandbCfg
+    ensemble: EnsembleCfg
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -245,17 +254,20 @@ def _field_names(loc: tuple) -> list[str]:
 
 
 def _explain(err: dict, origin: dict[str, str], default_src: str) -> str:
-    loc = tuple(str(p) for p in err["loc"] if not str(p).isdigit())
+    raw_loc = tuple(err["loc"])
+    loc = tuple(str(p) for p in raw_loc if not isinstance(p, int))
     key = ".".join(loc)
-    src = origin.get(key) or next(
-        (origin[k] for k in origin if k.startswith(key + ".")), default_src
-    )
+    # The source of the key, or for a section-level check the highest-precedence file among its keys.
+    srcs = [origin[k] for k in origin if k == key or k.startswith(key + ".")]
+    src = CLI if CLI in srcs else (srcs[-1] if srcs else default_src)
     if err["type"] == "extra_forbidden":
         allowed = _field_names(loc)
         close = difflib.get_close_matches(loc[-1], allowed, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         section = ".".join(loc[:-1]) or "the top level"
         return f"unknown key '{key}' in {src}{hint}; {section} takes: {', '.join(allowed)}"
+    if err["type"] == "missing" and raw_loc and isinstance(raw_loc[-1], int):
+        return f"{key} from {src} has too few values; give a list of the documented length (see configs/base.yaml)"
     if err["type"] == "missing":
         return f"key '{key}' is missing; add it to {default_src}"
     if err["type"] == "value_error":
@@ -290,9 +302,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def config_from_dict(d: dict[str, Any], where: str) -> Config:
-    """Rebuild a config stored inside a checkpoint."""
+    """Rebuild a config stored inside a checkpoint; keys added to base.yaml since then get their defaults."""
+    merged: dict[str, Any] = {}
+    _merge(merged, _read_yaml(CONFIG_DIR / "base.yaml"), "base.yaml", {})
+    _merge(merged, d, where, {})
     try:
-        return Config.model_validate(d)
+        return Config.model_validate(merged)
     except ValidationError as e:
         raise UserError(f"the config stored in {where} does not fit this code: {_explain(e.errors()[0], {}, where)}") from None
 

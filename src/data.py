@@ -51,7 +51,7 @@ def read_image(path: str | Path) -> np.ndarray:
                 return np.repeat(arr.round().astype(np.uint8)[..., None], 3, axis=2)
             if im.mode != "RGB":
                 im = im.convert("RGBA").convert("RGB") if im.mode in ("P", "PA") else im.convert("RGB")
-            arr = np.asarray(im, dtype=np.uint8)
+            arr = np.array(im, dtype=np.uint8)
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
         raise UserError(f"cannot read image {path} ({e}); replace or remove the file") from None
     return np.ascontiguousarray(arr)

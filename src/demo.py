@@ -57,7 +57,7 @@ def build_demo(out: str | Path = "inputs/digits") -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="inputs/digits", help="competition folder to write")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     out = build_demo(args.out)
     n_train = len(pd.read_csv(out / "train.csv"))
     n_test = len(pd.read_csv(out / "sample_submission.csv"))

@@ -99,7 +99,7 @@ def load_or_create_folds(cfg: Config, create: bool = True) -> tuple[pd.DataFrame
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     cfg = load_config(args.config, args.overrides)
     existed = folds_path(cfg).is_file()
     df, classes, path = load_or_create_folds(cfg)

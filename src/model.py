@@ -38,21 +38,23 @@ def load_weights_file(model: torch.nn.Module, path: str | Path) -> None:
         raise UserError(f"cannot read weights from {path} ({type(e).__name__}: {str(e)[:200]}); it must be a state dict saved with torch.save or safetensors") from None
     own = model.state_dict()
     head = model.pretrained_cfg.get("classifier", "")
-    heads = [head] if isinstance(head, str) else list(head)
-    skipped = []
-    for k in list(state):
-        if k in own and state[k].shape != own[k].shape and any(k.startswith(h + ".") for h in heads):
-            skipped.append(k)
-            del state[k]
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k not in skipped and not any(k.startswith(h + ".") for h in heads)]
+    heads = (head,) if isinstance(head, str) else tuple(head)
+
+    def in_head(k: str) -> bool:
+        return any(k.startswith(h + ".") for h in heads)
+
+    # A classifier sized for other classes (e.g. ImageNet's 1000) is left freshly initialized.
     shape_bad = [k for k in state if k in own and state[k].shape != own[k].shape]
+    state = {k: v for k, v in state.items() if k not in shape_bad}
+    shape_bad = [k for k in shape_bad if not in_head(k)]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not in_head(k)]
     if missing or unexpected or shape_bad:
-        detail = (missing or unexpected or shape_bad)[:3]
+        detail = (shape_bad or missing or unexpected)[:3]
         raise UserError(
-            f"{path} does not fit {model.pretrained_cfg.get('architecture', 'the model')}: "
-            f"{len(missing)} missing, {len(unexpected)} unexpected keys (e.g. {detail}); "
-            "check model.name matches the weights file"
+            f"{path} does not fit {model.pretrained_cfg.get('architecture', 'the model')}: {len(shape_bad)} "
+            f"mismatched shapes, {len(missing)} missing and {len(unexpected)} unexpected keys (e.g. {detail}); "
+            "check that model.name matches the weights file"
         )
 
 

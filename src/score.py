@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("submission", help="submission CSV to score")
     parser.add_argument("--solution", default=None, help="true labels (default: data.dir/data.solution)")
     add_config_args(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     cfg = load_config(args.config, args.overrides)
     solution = args.solution or Path(cfg.data.dir) / cfg.data.solution
     scores = score_submission(args.submission, solution, cfg)

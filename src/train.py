@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--force", action="store_true", help="retrain folds that already finished")
     parser.add_argument("--dry-run", action="store_true", help="build everything, one forward pass, train nothing")
     add_config_args(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     cfg = load_config(args.config, args.overrides)
     run(cfg, args.fold, resume=args.resume, force=args.force, dry_run=args.dry_run)
 

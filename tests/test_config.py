@@ -87,7 +87,13 @@ def test_out_dir_is_output_dir_slash_name(tmp_path: Path):
 def test_override_values_are_parsed_as_yaml():
     cfg = load_config(
         "configs/demo.yaml",
-        ["aug.zoom=[0.8, 1.3]", "model.freeze_before=null", "train.clip_grad=1.5", "aug.hflip=true", "model.freeze_stages=2"],
+        [
+            "aug.zoom=[0.8, 1.3]",
+            "model.freeze_before=null",
+            "train.clip_grad=1.5",
+            "aug.hflip=true",
+            "model.freeze_stages=2",
+        ],
     )
     assert cfg.aug.zoom == (0.8, 1.3)
     assert cfg.model.freeze_before is None and cfg.model.freeze_stages == 2
@@ -260,7 +266,9 @@ def test_non_mapping_file(tmp_path: Path):
 
 
 def test_save_config_roundtrip(tmp_path: Path):
-    cfg = load_config("configs/demo.yaml", [f"experiment.output_dir={tmp_path}", "train.epochs=2", "aug.zoom=[0.7,1.4]"])
+    cfg = load_config(
+        "configs/demo.yaml", [f"experiment.output_dir={tmp_path}", "train.epochs=2", "aug.zoom=[0.7,1.4]"]
+    )
     written = save_config(cfg)
     assert written == tmp_path / "demo" / "config.yaml"
     assert written.is_file()

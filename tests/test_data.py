@@ -38,9 +38,7 @@ def _png(path: Path, value: int = 128, size: tuple[int, int] = (6, 4)) -> Path:
 
 
 def _cfg(data_dir: Path, out: Path, *overrides: str):
-    return load_config(
-        "configs/demo.yaml", [f"data.dir={data_dir}", f"experiment.output_dir={out}", *overrides]
-    )
+    return load_config("configs/demo.yaml", [f"data.dir={data_dir}", f"experiment.output_dir={out}", *overrides])
 
 
 def _csv(path: Path, rows: list[dict] | str) -> Path:
@@ -210,7 +208,10 @@ def test_nested_folders(tmp_path: Path):
     _png(d / "train" / "part1" / "x.png")
     _png(d / "train" / "part2" / "deep" / "y.png")
     _png(d / "train" / "part2" / "z.png")
-    _csv(d / "train.csv", [{"id": "x", "label": "a"}, {"id": "part2/deep/y.png", "label": "b"}, {"id": "part2/z", "label": "a"}])
+    _csv(
+        d / "train.csv",
+        [{"id": "x", "label": "a"}, {"id": "part2/deep/y.png", "label": "b"}, {"id": "part2/z", "label": "a"}],
+    )
     df = load_train_table(_cfg(d, tmp_path / "out").data)
     assert df["path"].tolist() == [
         str(d / "train" / "part1" / "x.png"),
@@ -340,7 +341,9 @@ def test_missing_image_folder(comp: Path, tmp_path: Path):
     assert str(comp / "images") in msg and "data.image_dir" in msg
 
 
-@pytest.mark.parametrize(("key", "value"), [("data.id_col", "image_id"), ("data.label_col", "target"), ("data.group_col", "patient")])
+@pytest.mark.parametrize(
+    ("key", "value"), [("data.id_col", "image_id"), ("data.label_col", "target"), ("data.group_col", "patient")]
+)
 def test_missing_column_names_column_and_key(comp: Path, tmp_path: Path, key: str, value: str):
     msg = _fails_writing_nothing(_cfg(comp, tmp_path / "out", f"{key}={value}"))
     assert f"'{value}'" in msg and key in msg and str(comp / "train.csv") in msg
@@ -569,4 +572,3 @@ def _epoch_seeds(epoch: int) -> list[int]:
     s = EpochSampler(1, seed=0)
     s.set_epoch(epoch)
     return [x for _, x in s]
-

@@ -212,8 +212,14 @@ def _wrong_three(demo_dir: Path, tmp_path: Path) -> Path:
 def test_score_cli(demo_dir: Path, tmp_path: Path):
     path = _wrong_three(demo_dir, tmp_path)
     r = _run(
-        "-m", "src.score", "--config", "configs/demo.yaml", str(path),
-        f"data.dir={demo_dir}", f"experiment.output_dir={tmp_path / 'out'}", "metric.name=f1_macro",
+        "-m",
+        "src.score",
+        "--config",
+        "configs/demo.yaml",
+        str(path),
+        f"data.dir={demo_dir}",
+        f"experiment.output_dir={tmp_path / 'out'}",
+        "metric.name=f1_macro",
     )
     assert r.returncode == 0, r.stderr
     line = r.stdout.strip()
@@ -233,16 +239,30 @@ def test_score_cli_overrides_after_config_following_submission(demo_dir: Path, t
 
     path = _wrong_three(demo_dir, tmp_path)
     try:
-        main([str(path), "--config", "configs/demo.yaml", f"data.dir={demo_dir}", f"experiment.output_dir={tmp_path / 'out'}"])
+        main(
+            [
+                str(path),
+                "--config",
+                "configs/demo.yaml",
+                f"data.dir={demo_dir}",
+                f"experiment.output_dir={tmp_path / 'out'}",
+            ]
+        )
     except SystemExit as e:
         pytest.fail(f"exit {e.code}: {capsys.readouterr().err.strip().splitlines()[-1]}")
     assert capsys.readouterr().out.strip() == f"accuracy {357 / 360:.4f}"
 
+
 def test_folds_cli_error_is_one_line(demo_dir: Path, tmp_path: Path):
     out = tmp_path / "out"
     r = _run(
-        "-m", "src.folds", "--config", "configs/demo.yaml", "data.n_folds=500",
-        f"data.dir={demo_dir}", f"experiment.output_dir={out}",
+        "-m",
+        "src.folds",
+        "--config",
+        "configs/demo.yaml",
+        "data.n_folds=500",
+        f"data.dir={demo_dir}",
+        f"experiment.output_dir={out}",
     )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
@@ -251,4 +271,3 @@ def test_folds_cli_error_is_one_line(demo_dir: Path, tmp_path: Path):
     assert lines[0].startswith("error: ") and "500 folds" in lines[0]
     assert r.stdout == ""
     assert not out.exists()
-

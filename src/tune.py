@@ -1,0 +1,300 @@
+"""Optuna search over the training recipe, resumable, prunable, shareable across processes.
+
+    python -m src.tune --config configs/demo.yaml                     # space: configs/tune/demo.yaml
+    python -m src.tune --config configs/X.yaml --space configs/tune/X.yaml --n-trials 40
+    python -m src.tune --config configs/X.yaml --storage postgresql://user@host/db   # many workers
+
+--n-trials is the total wanted: a rerun resumes the study and adds trials up to it, and several
+workers on one storage stop together at that total. Trial runs go to outputs/<study>/trial<N>/.
+Writes outputs/<study>/best.yaml (a config src.train takes), history.png and importance.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from src.config import CLI, Config, add_config_args, load_config
+from src.metrics import LOWER_IS_BETTER
+from src.tracking import Tracker
+from src.train import train_fold
+from src.utils import UserError, atomic_save, atomic_write_text, run_cli
+
+DEFAULT_SPACE_DIR = Path(__file__).resolve().parent.parent / "configs" / "tune"
+
+
+class Param(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: int | None = None
+    choices: list[Any] | None = None
+    when: dict[str, Any] | None = None
+
+
+class Space(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    study: str
+    n_trials: int
+    timeout: float | None
+    folds: list[int]
+    sampler_seed: int
+    pruner: Literal["median", "hyperband", "none"]
+    pruner_startup_trials: int
+    pruner_warmup_epochs: int
+    params: dict[str, Param]
+
+
+def _encode(choice: Any) -> Any:
+    """Optuna stores scalars only; lists are kept as their JSON text."""
+    return choice if choice is None or isinstance(choice, (bool, int, float, str)) else json.dumps(choice)
+
+
+def _decode(value: Any, choices: list[Any]) -> Any:
+    return next((c for c in choices if _encode(c) == value), value)
+
+
+def load_space(path: str | Path, cfg_path: str | Path | None, overrides: list[str]) -> Space:
+    """Read a search-space file and check every key and range before any trial runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"search space {path} does not exist; pass --space configs/tune/<name>.yaml")
+    try:
+        space = Space.model_validate(yaml.safe_load(path.read_text()) or {})
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].lower()
+        raise UserError(f"{path}: '{key}': {what}; see configs/tune/demo.yaml for the format") from None
+    for key, p in space.params.items():
+        if p.type == "categorical":
+            if not p.choices:
+                raise UserError(f"{path}: {key} is categorical but has no choices")
+            probes = p.choices
+        else:
+            if p.low is None or p.high is None or not p.low < p.high:
+                raise UserError(f"{path}: {key} needs low < high, got low={p.low} high={p.high}")
+            if p.log and p.low <= 0:
+                raise UserError(f"{path}: {key} has log=true, so low must be above 0 (got {p.low})")
+            probes = [p.low, p.high] if p.type == "float" else [int(p.low), int(p.high)]
+        for value in probes:
+            try:
+                load_config(cfg_path, [*overrides, f"{key}={json.dumps(value)}"])
+            except UserError as e:
+                raise UserError(f"{path}: {key} cannot take {value!r}: {str(e).replace(CLI, 'the search space')}") from None
+        for cond in (p.when or {}):
+            if cond not in space.params:
+                raise UserError(f"{path}: {key} depends on {cond}, which is not a searched parameter")
+    return space
+
+
+def suggest(trial: optuna.Trial, space: Space) -> dict[str, Any]:
+    """Draw the trial's values; conditional parameters only when their condition holds."""
+    values: dict[str, Any] = {}
+    for key, p in space.params.items():
+        if p.when and any(values.get(k) != v for k, v in p.when.items()):
+            continue
+        if p.type == "float":
+            values[key] = trial.suggest_float(key, p.low, p.high, log=p.log)
+        elif p.type == "int":
+            values[key] = trial.suggest_int(key, int(p.low), int(p.high), step=p.step or 1, log=p.log)
+        else:
+            values[key] = _decode(trial.suggest_categorical(key, [_encode(c) for c in p.choices]), p.choices)
+    return values
+
+
+def storage_for(url: str | None, study: str, output_dir: str):
+    """SQLite under outputs/optuna/ by default; a *.log path means a journal file; else any Optuna URL."""
+    if url is None:
+        folder = Path(output_dir) / "optuna"
+        folder.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{folder / study}.db"
+    if url.endswith(".log") and "://" not in url:
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
+    return url
+
+
+def _pruner(space: Space) -> optuna.pruners.BasePruner:
+    if space.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=space.pruner_startup_trials,
+                                           n_warmup_steps=space.pruner_warmup_epochs)
+    if space.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, space.pruner_warmup_epochs))
+    return optuna.pruners.NopPruner()
+
+
+def _nested(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def export_best(study: optuna.Study, space: Space, cfg_path: Path, overrides: list[str], out_dir: Path) -> Path:
+    """Write outputs/<study>/best.yaml: the experiment config as base plus the best trial's values."""
+    best = study.best_trial
+    params = {k: _decode(v, space.params[k].choices or []) for k, v in best.params.items()}
+    delta: dict[str, Any] = {}
+    for text in overrides:
+        key, raw = text.split("=", 1)
+        delta[key] = yaml.safe_load(raw)
+    delta.update(params)
+    delta["experiment.name"] = f"{space.study}_best"
+    body = {"base": os.path.relpath(cfg_path.resolve(), out_dir.resolve()), **_nested(delta)}
+    path = out_dir / "best.yaml"
+    text = (f"# Best trial {best.number} of study {space.study}: {best.value:.6g}\n"
+            f"# python -m src.train --config {path} --fold all\n" + yaml.safe_dump(body, sort_keys=False))
+    atomic_write_text(path, text)
+    load_config(path)  # the exported file must load as it is
+    return path
+
+
+def save_plots(study: optuna.Study, out_dir: Path) -> list[Path]:
+    """Optimization history and parameter importances (when there are enough trials)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import warnings
+
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+    written = []
+    for name, fn in (("history.png", ovm.plot_optimization_history), ("importance.png", ovm.plot_param_importances)):
+        try:
+            ax = fn(study)
+            fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
+            atomic_save(out_dir / name, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
+            plt.close(fig)
+            written.append(out_dir / name)
+        except (ValueError, RuntimeError, ZeroDivisionError) as e:
+            print(f"note: {name} skipped ({e})")
+    return written
+
+
+def tune(cfg_path: str | Path | None, overrides: list[str], space_path: str | Path | None = None,
+         n_trials: int | None = None, timeout: float | None = None, study_name: str | None = None,
+         storage: str | None = None) -> optuna.Study:
+    """Run (or resume) the study until it holds n_trials finished trials; export the best config.
+
+    Args:
+        cfg_path: the experiment config the trials start from.
+        overrides: `section.key=value` applied to every trial.
+        space_path: search-space YAML (default: configs/tune/<config stem>.yaml).
+        n_trials, timeout, study_name, storage: override the space file's values.
+    """
+    from src.config import DEFAULT_CONFIG
+
+    cfg_path = Path(cfg_path) if cfg_path else DEFAULT_CONFIG
+    base_cfg = load_config(cfg_path, overrides)
+    space_path = Path(space_path) if space_path else DEFAULT_SPACE_DIR / f"{cfg_path.stem}.yaml"
+    space = load_space(space_path, cfg_path, overrides)
+    study_name = study_name or space.study
+    space.study = study_name
+    n_trials = n_trials if n_trials is not None else space.n_trials
+    timeout = timeout if timeout is not None else space.timeout
+    for k in space.folds:
+        if not 0 <= k < base_cfg.data.n_folds:
+            raise UserError(f"{space_path}: folds lists {k}, but the config has {base_cfg.data.n_folds} folds")
+    higher = base_cfg.train.monitor == "metric" and base_cfg.metric.name not in LOWER_IS_BETTER
+    out_dir = Path(base_cfg.experiment.output_dir) / study_name
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=storage_for(storage, study_name, base_cfg.experiment.output_dir),
+        load_if_exists=True,
+        direction="maximize" if higher else "minimize",
+        sampler=optuna.samplers.TPESampler(seed=space.sampler_seed, n_startup_trials=min(10, max(2, n_trials // 3))),
+        pruner=_pruner(space),
+    )
+    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    done = len(study.get_trials(deepcopy=False, states=counted))
+    print(f"study {study_name}: {done} finished trials, target {n_trials}")
+    tracker = Tracker(base_cfg, name=f"{study_name}-study", out_dir=out_dir, job_type="tune", group=study_name)
+
+    def objective(trial: optuna.Trial) -> float:
+        values = suggest(trial, space)
+        trial_overrides = [*overrides, *(f"{k}={json.dumps(v)}" for k, v in values.items()),
+                           f"experiment.name={study_name}/trial{trial.number}"]
+        try:
+            cfg: Config = load_config(cfg_path, trial_overrides)
+            epochs = cfg.train.epochs
+            scores = []
+            for i, k in enumerate(space.folds):
+                def report(epoch: int, value: float, i=i, k=k) -> None:
+                    if value is None or not math.isfinite(value):
+                        return
+                    trial.report(value, step=i * epochs + epoch)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned(f"pruned at fold {k}, epoch {epoch} ({value:.4g})")
+
+                result = train_fold(cfg, k, force=True, on_epoch=report)
+                scores.append(result["best"])
+            return float(sum(scores) / len(scores))
+        except optuna.TrialPruned:
+            raise
+        except Exception as e:
+            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}")
+            raise
+
+    def log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        tracker.log({"trial": trial.number, "state": trial.state.name,
+                     "value": trial.value if trial.value is not None else float("nan"), **trial.params})
+
+    remaining = n_trials - done
+    if remaining > 0:
+        study.optimize(
+            objective,
+            n_trials=remaining,
+            timeout=timeout,
+            catch=(Exception,),
+            callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=counted), log_trial],
+            gc_after_trial=True,
+        )
+    tracker.finish()
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+    for t in failed[-5:]:
+        print(f"trial {t.number} failed: {t.user_attrs.get('fail_reason', 'unknown reason')}")
+    if not complete:
+        raise UserError(f"study {study_name} has no completed trial yet; check the failures above")
+    best = study.best_trial
+    print(f"best trial {best.number}: {base_cfg.metric.name if base_cfg.train.monitor == 'metric' else 'loss'} "
+          f"{best.value:.6g} with {best.params}")
+    path = export_best(study, space, cfg_path, overrides, out_dir)
+    plots = save_plots(study, out_dir)
+    print(f"exported {path}; plots: {', '.join(map(str, plots)) or 'none'}")
+    return study
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--space", default=None, help="search space YAML (default: configs/tune/<config stem>.yaml)")
+    parser.add_argument("--n-trials", type=int, default=None, help="total finished trials wanted")
+    parser.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
+    parser.add_argument("--study", default=None, help="study name (default: the space file's)")
+    parser.add_argument("--storage", default=None, help="Optuna storage URL, or a *.log journal file")
+    add_config_args(parser)
+    args = parser.parse_intermixed_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    tune(args.config, args.overrides, args.space, args.n_trials, args.timeout, args.study, args.storage)
+
+
+if __name__ == "__main__":
+    run_cli(main)
