@@ -45,7 +45,7 @@ _D4: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "transpose": lambda x: x.transpose(2, 3),
     "antitranspose": lambda x: torch.rot90(x, 2, (2, 3)).transpose(2, 3),
 }
-_SCALE = re.compile(r"^scale(\d+(?:\.\d+)?)$")
+_SCALE = re.compile(r"^(scale|zoom)(\d+(?:\.\d+)?)$")
 
 
 def parse_views(names: list[str]) -> list[str]:
@@ -57,18 +57,31 @@ def parse_views(names: list[str]) -> list[str]:
         elif n in _D4 or _SCALE.match(n):
             out.append(n)
         else:
-            raise UserError(f"unknown TTA view '{n}'; use {', '.join(_D4)}, d4 or scale<f> (e.g. scale1.15)")
+            raise UserError(f"unknown TTA view '{n}'; use {', '.join(_D4)}, d4, scale<f> or zoom<f> (e.g. scale1.15, zoom0.9)")
     return list(dict.fromkeys(out))
 
 
 def apply_view(name: str, x: torch.Tensor) -> torch.Tensor:
-    """One view of a normalized batch (N, C, H, W); scale<f> resizes to round(f * H)."""
+    """One view of a normalized batch (N, C, H, W).
+
+    scale<f> feeds the model a resized input, round(f * H) pixels (multi-scale TTA for CNNs);
+    zoom<f> magnifies the content by f at the same input size (center crop, or edge padding
+    when f < 1), like the training zoom.
+    """
     m = _SCALE.match(name)
-    if m:
-        f = float(m.group(1))
-        size = (max(1, round(x.shape[2] * f)), max(1, round(x.shape[3] * f)))
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=f < 1)
-    return _D4[name](x)
+    if not m:
+        return _D4[name](x)
+    f = float(m.group(2))
+    h, w = x.shape[2], x.shape[3]
+    size = (max(1, round(h * f)), max(1, round(w * f)))
+    y = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=f < 1)
+    if m.group(1) == "scale":
+        return y
+    if f >= 1:
+        top, left = (size[0] - h) // 2, (size[1] - w) // 2
+        return y[:, :, top:top + h, left:left + w]
+    top, left = (h - size[0]) // 2, (w - size[1]) // 2
+    return F.pad(y, (left, w - size[1] - left, top, h - size[0] - top), mode="replicate")
 
 
 # ---------------------------------------------------------------- members
