@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from src.utils import UserError, atomic_write_text
 
@@ -135,6 +135,12 @@ class TrainCfg(_Section):
     monitor: Literal["metric", "loss"]
     early_stopping: int | None
     limit_batches: int | None
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _yaml_off(cls, v):
+        # YAML 1.1 reads a bare `off` as False.
+        return "off" if v is False else v
 
 
 class MetricCfg(_Section):

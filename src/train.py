@@ -213,7 +213,8 @@ def train_fold(
     higher = cfg.train.monitor == "metric" and cfg.metric.name not in LOWER_IS_BETTER
     scheduler = build_scheduler(cfg.sched, optimizer, cfg.optim.lr, cfg.train.epochs, updates_per_epoch, higher)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    ema = ModelEmaV3(model, decay=cfg.train.ema_decay) if cfg.train.ema else None
+    # Decay warmup (timm) lets the average follow the weights early on; short runs need it.
+    ema = ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=True) if cfg.train.ema else None
     monitor_name = cfg.metric.name if cfg.train.monitor == "metric" else "loss"
 
     # 4) resume

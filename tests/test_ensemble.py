@@ -1,0 +1,505 @@
+"""Ensemble stage: soft voting against an independent computation, TTA views, every submission
+format, the clear errors (that write nothing), OOF-fitted weights and the CLI.
+
+Everything runs the real code: the digits demo is built once for this module and two tiny members
+(a and b, different seeds) are trained for real on 2 folds; nothing is written under the repo's
+outputs/, inputs/ or submissions/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import timm
+import torch
+from PIL import Image
+
+import src.ensemble as ens
+from src.config import load_config
+from src.data import ImageDataset, build_transform, load_test_table, make_loader, resolve_norm
+from src.demo import build_demo
+from src.metrics import compute_metric
+from src.score import score_submission
+from src.train import prob_columns, train_fold
+from src.utils import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+CLASSES = [str(i) for i in range(10)]
+# A few real optimizer steps (no warmup) so the members are better than chance: the OOF-weight
+# test needs informative members, and label predictions then are not all one class.
+TRAIN = [
+    "data.n_folds=2",
+    "model.name=test_resnet",
+    "train.epochs=1",
+    "train.limit_batches=20",
+    "sched.warmup_epochs=0",
+    "optim.lr=0.01",
+    "loader.batch_size=32",
+    "loader.num_workers=0",
+    "wandb.mode=disabled",
+    "data.check_images=false",
+    "train.device=cpu",
+]
+
+
+# ---------------------------------------------------------------- fixtures and helpers
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """On a shared 2-core machine torch's thread pool oversubscribes badly (x8 slower); one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _train_cfg(data_dir: Path, out: Path, name: str, *extra: str):
+    return load_config("configs/demo.yaml", [f"data.dir={data_dir}", f"experiment.output_dir={out}",
+                                             f"experiment.name={name}", *TRAIN, *extra])
+
+
+def _link_copy(src: Path, dst: Path) -> Path:
+    """A copy of a competition folder whose images are hard links (cheap)."""
+    shutil.copytree(src, dst, copy_function=os.link)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> SimpleNamespace:
+    """The demo competition and two trained members a and b (2 folds each), under one tmp root."""
+    root = tmp_path_factory.mktemp("ens")
+    demo = build_demo(root / "digits")
+    out = root / "out"
+    for name, extra in (("a", ()), ("b", ("experiment.seed=7",))):
+        cfg = _train_cfg(demo, out, name, *extra)
+        for k in range(2):
+            train_fold(cfg, k)
+    return SimpleNamespace(root=root, demo=demo, out=out)
+
+
+def _ens_cfg(w: SimpleNamespace, *extra: str, data_dir: Path | None = None):
+    """The config the ensemble runs under (its data section names the competition)."""
+    return load_config("configs/demo.yaml", [f"data.dir={data_dir or w.demo}", f"experiment.output_dir={w.out}",
+                                             "experiment.name=a", "data.n_folds=2", "wandb.mode=disabled",
+                                             "train.device=cpu", *extra])
+
+
+def _probs_path(out: Path) -> Path:
+    return out.with_name(out.stem + "_probs.csv")
+
+
+def _read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"id": str})
+
+
+def _independent_probs(ckpt_path: Path, data_dir: Path, aug) -> np.ndarray:
+    """Softmax of one fold's best.pt over the test images in sample_submission order, computed
+    without src.ensemble / src.model / src.checkpoint: torch.load + timm + PIL + the eval transform."""
+    ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    assert ck["classes"] == CLASSES
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=len(CLASSES))
+    model.load_state_dict(ck["model"])
+    model.eval()
+    mean, std = resolve_norm(aug, model.pretrained_cfg)
+    tf = build_transform(aug, False, mean, std)
+    ids = pd.read_csv(data_dir / "sample_submission.csv", dtype=str)["id"]
+    xs = [tf(image=np.asarray(Image.open(data_dir / "test" / f"{i}.png").convert("RGB")))["image"] for i in ids]
+    with torch.no_grad():
+        logits = torch.cat([model(torch.stack(xs[s:s + 128])) for s in range(0, len(xs), 128)])
+    return torch.softmax(logits.double(), 1).numpy()
+
+
+@pytest.fixture(scope="module")
+def indep(world) -> dict[tuple[str, int], np.ndarray]:
+    aug = _train_cfg(world.demo, world.out, "a").aug
+    return {(m, k): _independent_probs(world.out / m / f"fold{k}" / "best.pt", world.demo, aug)
+            for m in ("a", "b") for k in (0, 1)}
+
+
+@pytest.fixture(scope="module")
+def soft_run(world) -> Path:
+    """[a, b], no TTA, equal weights, soft voting, default (auto -> label) format."""
+    return ens.run(_ens_cfg(world), ["a", "b"], None, "equal", "soft", world.root / "sub" / "soft.csv", None)
+
+
+# ---------------------------------------------------------------- 1. soft voting
+
+
+def test_soft_voting_equals_independent_mean_of_member_probabilities(world, indep, soft_run):
+    sample = pd.read_csv(world.demo / "sample_submission.csv", dtype=str)
+    probs = _read(_probs_path(soft_run))
+    assert list(probs.columns) == ["id"] + CLASSES
+    assert list(probs["id"]) == list(sample["id"])
+    member = {m: (indep[(m, 0)] + indep[(m, 1)]) / 2 for m in ("a", "b")}
+    expected = (member["a"] + member["b"]) / 2
+    got = probs[CLASSES].to_numpy()
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+    np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-6)
+    # The check is not vacuous: the members differ, so neither alone matches the blend.
+    assert np.abs(member["a"] - member["b"]).max() > 1e-3
+    assert np.abs(got - member["a"]).max() > 1e-4
+
+
+def _np_softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_combine_soft_is_weighted_mean_of_softmax():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 5, 4)) * 3
+    np.testing.assert_allclose(ens.combine(logits, "soft"), _np_softmax(logits).mean(0), atol=1e-12)
+    w = np.array([1.0, 2.0, 3.0])
+    expected = (w[:, None, None] * _np_softmax(logits)).sum(0) / w.sum()
+    np.testing.assert_allclose(ens.combine(logits, "soft", w), expected, atol=1e-12)
+
+
+def test_combine_hard_geometric_logits_on_hand_made_examples():
+    # hard: argmaxes per predictor: sample 0 -> 0, 0, 2; sample 1 -> 1, 2, 2
+    logits = np.array([
+        [[5.0, 1.0, 0.0], [0.0, 3.0, 1.0]],
+        [[2.0, 1.0, 0.0], [0.0, 1.0, 4.0]],
+        [[0.0, 1.0, 9.0], [1.0, 0.0, 2.0]],
+    ])
+    np.testing.assert_allclose(ens.combine(logits, "hard"), [[2 / 3, 0, 1 / 3], [0, 1 / 3, 2 / 3]], atol=1e-12)
+    np.testing.assert_allclose(ens.combine(logits, "hard", [2, 1, 1]), [[3 / 4, 0, 1 / 4], [0, 1 / 2, 1 / 2]],
+                               atol=1e-12)
+    # geometric: probabilities [.5, .5] and [.9, .1] -> sqrt(.45), sqrt(.05) renormalized = [.75, .25]
+    lp = np.log(np.array([[[0.5, 0.5]], [[0.9, 0.1]]]))
+    np.testing.assert_allclose(ens.combine(lp, "geometric"), [[0.75, 0.25]], atol=1e-12)
+    np.testing.assert_allclose(ens.combine(lp, "soft"), [[0.7, 0.3]], atol=1e-12)
+    # logits: softmax of the mean logit: mean of [0, 0] and [2, 0] is [1, 0]
+    lg = np.array([[[0.0, 0.0]], [[2.0, 0.0]]])
+    e = np.e
+    np.testing.assert_allclose(ens.combine(lg, "logits"), [[e / (e + 1), 1 / (e + 1)]], atol=1e-12)
+    # weights 3:1 -> mean logit [0.5, 0]
+    np.testing.assert_allclose(ens.combine(lg, "logits", [3, 1]), _np_softmax(np.array([[0.5, 0.0]])), atol=1e-12)
+    with pytest.raises(ValueError):
+        ens.combine(lg, "median")
+
+
+# ---------------------------------------------------------------- 2-3. TTA
+
+
+def test_identity_only_tta_equals_no_tta(world, soft_run):
+    out = world.root / "sub" / "identity.csv"
+    ens.run(_ens_cfg(world), ["a", "b"], ["identity"], "equal", "soft", out, None)
+    assert _probs_path(out).read_bytes() == _probs_path(soft_run).read_bytes()
+    assert out.read_bytes() == soft_run.read_bytes()
+
+
+def test_parse_views():
+    d4 = ens.parse_views(["d4"])
+    assert len(d4) == 8 and len(set(d4)) == 8 and d4[0] == "identity"
+    assert ens.parse_views(["hflip", "d4", "hflip"])[0] == "hflip"
+    assert len(ens.parse_views(["hflip", "d4", "hflip"])) == 8
+    assert ens.parse_views(["identity", "scale1.15"]) == ["identity", "scale1.15"]
+    with pytest.raises(UserError, match="unknown TTA view 'blur'"):
+        ens.parse_views(["identity", "blur"])
+
+
+@pytest.fixture(scope="module")
+def test_loader(world):
+    cfg = _train_cfg(world.demo, world.out, "a")
+    test, _ = load_test_table(cfg.data)
+    mean, std = resolve_norm(cfg.aug)
+    ds = ImageDataset(test["path"][:48], None, build_transform(cfg.aug, False, mean, std))
+    return make_loader(ds, cfg.loader, batch_size=16)
+
+
+def test_flip_tta_on_flip_invariant_model_equals_no_tta(test_loader):
+    torch.manual_seed(0)
+    invariant = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 10))
+    views = ens.parse_views(["identity", "hflip", "vflip", "rot90", "d4"])
+    lg = ens.predict_views([invariant], test_loader, views, torch.device("cpu"))
+    assert lg.shape == (1, 8, 48, 10)
+    x = torch.cat([b for b, _ in test_loader])
+    with torch.no_grad():
+        direct = invariant(x).numpy()
+    for vi, v in enumerate(views):
+        np.testing.assert_allclose(lg[0, vi], direct, atol=1e-5, err_msg=v)
+    tta = ens.combine(lg[0], "soft")
+    np.testing.assert_allclose(tta, _np_softmax(direct), atol=1e-6)
+
+
+def test_views_reach_a_non_invariant_model(test_loader):
+    torch.manual_seed(1)
+    conv = torch.nn.Conv2d(3, 4, (1, 3), bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([-1.0, 0.0, 1.0]).view(1, 1, 1, 3).expand(4, 3, 1, 3)
+                          * torch.arange(1.0, 5.0).view(4, 1, 1, 1))
+    skewed = torch.nn.Sequential(conv, torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d((2, 2)), torch.nn.Flatten(),
+                                 torch.nn.Linear(16, 10))
+    invariant = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 10))
+    views = ["identity", "hflip", "rot90", "antitranspose"]
+    lg = ens.predict_views([skewed, invariant], test_loader, views, torch.device("cpu"))
+    assert lg.shape == (2, 4, 48, 10)
+    x = torch.cat([b for b, _ in test_loader])
+    with torch.no_grad():
+        np.testing.assert_allclose(lg[0, 0], skewed(x).numpy(), atol=1e-5)
+        np.testing.assert_allclose(lg[0, 1], skewed(x.flip(3)).numpy(), atol=1e-5)
+        np.testing.assert_allclose(lg[0, 2], skewed(torch.rot90(x, 1, (2, 3))).numpy(), atol=1e-5)
+        # anti-transpose: out[i, j] = x[n-1-j, n-1-i]
+        n = x.shape[2]
+        idx = torch.arange(n - 1, -1, -1)
+        anti = x[:, :, idx][:, :, :, idx].transpose(2, 3)
+        np.testing.assert_allclose(lg[0, 3], skewed(anti).numpy(), atol=1e-5)
+    assert np.abs(lg[0, 1] - lg[0, 0]).max() > 1e-3  # hflip changes this model's logits
+    np.testing.assert_allclose(lg[1, 1], lg[1, 0], atol=1e-5)  # ... and not the invariant one's
+    up = ens.apply_view("scale1.15", x[:2])
+    assert tuple(up.shape) == (2, 3, round(32 * 1.15), round(32 * 1.15))
+
+
+# ---------------------------------------------------------------- 4. formats
+
+
+def test_label_submission_matches_sample_and_scores(world, soft_run):
+    sample = pd.read_csv(world.demo / "sample_submission.csv", dtype=str)
+    sub = pd.read_csv(soft_run, dtype=str)
+    assert list(sub.columns) == list(sample.columns) == ["id", "label"]
+    assert list(sub["id"]) == list(sample["id"])
+    probs = _read(_probs_path(soft_run))
+    assert list(sub["label"]) == [CLASSES[i] for i in probs[CLASSES].to_numpy().argmax(1)]
+    cfg = _ens_cfg(world)
+    scores = score_submission(soft_run, world.demo / "solution.csv", cfg)
+    assert isinstance(scores["accuracy"], float) and 0.0 <= scores["accuracy"] <= 1.0
+    solution = pd.read_csv(world.demo / "solution.csv", dtype=str).set_index("id")
+    assert scores["accuracy"] == pytest.approx((sub.set_index("id")["label"] == solution["label"]).mean())
+
+
+def test_index_submission(world, soft_run):
+    out = world.root / "sub" / "index.csv"
+    ens.run(_ens_cfg(world), ["a", "b"], None, "equal", "soft", out, "index")
+    sample = pd.read_csv(world.demo / "sample_submission.csv", dtype=str)
+    sub = pd.read_csv(out, dtype={"id": str})
+    assert list(sub.columns) == list(sample.columns)
+    assert list(sub["id"]) == list(sample["id"])
+    assert sub["label"].dtype.kind == "i"
+    probs = _read(_probs_path(soft_run))[CLASSES].to_numpy()
+    assert list(sub["label"]) == list(probs.argmax(1))
+
+
+def test_label_and_index_differ_for_named_classes():
+    sample = pd.DataFrame({"image": ["x", "y", "z"], "species": ["?", "?", "?"]})
+    probs = np.array([[0.1, 0.7, 0.2], [0.8, 0.1, 0.1], [0.2, 0.2, 0.6]])
+    classes = ["cat", "dog", "eel"]
+    label = ens.build_submission(sample, "image", probs, classes, "label")
+    index = ens.build_submission(sample, "image", probs, classes, "index")
+    assert list(label["species"]) == ["dog", "cat", "eel"]
+    assert list(index["species"]) == [1, 0, 2]
+    ens.check_submission(label, sample, "image", classes, "label")
+    with pytest.raises(UserError, match="not in the class set"):
+        ens.check_submission(label.assign(species=["dog", "cow", "eel"]), sample, "image", classes, "label")
+    with pytest.raises(UserError, match="ids are not"):
+        ens.check_submission(label.iloc[[1, 0, 2]].reset_index(drop=True), sample, "image", classes, "label")
+    with pytest.raises(UserError, match="shape or columns"):
+        ens.check_submission(label[["species", "image"]], sample, "image", classes, "label")
+    with pytest.raises(UserError, match="binary needs 2 classes"):
+        ens.build_submission(sample, "image", probs, classes, "binary")
+
+
+def test_proba_submission_in_sample_column_order(world, soft_run):
+    comp = _link_copy(world.demo, world.root / "digits_proba")
+    sample = pd.read_csv(world.demo / "sample_submission.csv", dtype=str)
+    shuffled = list(np.random.default_rng(3).permutation(CLASSES))
+    assert shuffled != CLASSES
+    proba_sample = pd.DataFrame({"id": sample["id"], **{c: 0.1 for c in shuffled}})
+    (comp / "sample_submission.csv").unlink()  # a hard link to the demo's file: do not write through it
+    proba_sample.to_csv(comp / "sample_submission.csv", index=False)
+    out = world.root / "sub" / "proba.csv"
+    ens.run(_ens_cfg(world, data_dir=comp), ["a", "b"], None, "equal", "soft", out, None)  # auto -> proba
+    sub = pd.read_csv(out, dtype={"id": str})
+    assert list(sub.columns) == ["id"] + shuffled
+    assert list(sub["id"]) == list(sample["id"])
+    ref = _read(_probs_path(soft_run))
+    for c in CLASSES:
+        np.testing.assert_allclose(sub[c].to_numpy(), ref[c].to_numpy(), atol=1e-9, err_msg=c)
+    np.testing.assert_allclose(sub[shuffled].sum(1), 1.0, atol=1e-6)
+
+
+def test_binary_submission(world):
+    comp = world.root / "digits_bin"
+    comp.mkdir()
+    os.symlink(world.demo / "train", comp / "train")
+    os.symlink(world.demo / "test", comp / "test")
+    train = pd.read_csv(world.demo / "train.csv", dtype=str)
+    solution = pd.read_csv(world.demo / "solution.csv", dtype=str)
+    train[train["label"].isin(["0", "1"])].to_csv(comp / "train.csv", index=False)
+    sol = solution[solution["label"].isin(["0", "1"])]
+    sol.to_csv(comp / "solution.csv", index=False)
+    pd.DataFrame({"id": sol["id"], "is_one": 0.5}).to_csv(comp / "sample_submission.csv", index=False)
+    cfg = _train_cfg(comp, world.out, "bin")
+    for k in range(2):
+        train_fold(cfg, k)
+    out = world.root / "sub" / "bin.csv"
+    ens.run(_ens_cfg(world, data_dir=comp), ["bin"], None, None, None, out, "binary")
+    sub = pd.read_csv(out, dtype={"id": str})
+    assert list(sub.columns) == ["id", "is_one"]
+    assert list(sub["id"]) == list(sol["id"])
+    probs = _read(_probs_path(out))
+    assert list(probs.columns) == ["id", "0", "1"]
+    np.testing.assert_allclose(sub["is_one"].to_numpy(), probs["1"].to_numpy(), atol=1e-12)
+    assert ((sub["is_one"] > 0) & (sub["is_one"] < 1)).all()
+
+
+# ---------------------------------------------------------------- 5. clear errors, nothing written
+
+
+def _copy_member(w: SimpleNamespace, src: str, dst: str, edit=None) -> None:
+    shutil.copytree(w.out / src, w.out / dst)
+    if edit is None:
+        return
+    for ck_path in (w.out / dst).glob("fold*/best.pt"):
+        ck = torch.load(ck_path, map_location="cpu", weights_only=True)
+        edit(ck)
+        torch.save(ck, ck_path)
+
+
+@pytest.fixture(scope="module")
+def bad_members(world) -> SimpleNamespace:
+    """Broken copies of member a: other classes, other test ids, a missing fold, another architecture."""
+
+    def relabel(ck):
+        ck["classes"] = CLASSES[:-1] + ["nine"]
+
+    _copy_member(world, "a", "a_classes", relabel)
+
+    other = _link_copy(world.demo, world.root / "digits_other_ids")
+    sample = pd.read_csv(world.demo / "sample_submission.csv", dtype=str)
+    (other / "sample_submission.csv").unlink()
+    sample.iloc[:-5].to_csv(other / "sample_submission.csv", index=False)
+
+    def other_data(ck):
+        ck["config"]["data"]["dir"] = str(other)
+
+    _copy_member(world, "a", "a_ids", other_data)
+
+    _copy_member(world, "a", "a_missing")
+    (world.out / "a_missing" / "fold1" / "best.pt").unlink()
+
+    def other_arch(ck):
+        ck["config"]["model"]["name"] = "resnet10t"
+
+    _copy_member(world, "a", "a_arch", other_arch)
+    return SimpleNamespace(other_ids_dir=other)
+
+
+BAD = {
+    "different_classes": (["a", "a_classes"], None, "equal", r"a and a_classes have different class lists"),
+    "different_test_ids": (["a", "a_ids"], None, "equal", r"member a_ids was trained for other test ids"),
+    "missing_fold": (["a_missing"], None, "equal", r"a_missing lacks best\.pt for folds \[1\].*missing_folds=warn"),
+    "model_not_fitting_config": (["a_arch"], None, "equal", r"fold0/best\.pt does not fit its stored config \(resnet10t"),
+    "unknown_view": (["a"], ["hflip", "blur"], "equal", r"unknown TTA view 'blur'"),
+    "wrong_weight_count": (["a", "b"], None, [1.0], r"1 weights for 2 members"),
+    "unknown_experiment": (["nope"], None, "equal", r"experiment folder .*nope does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_gives_clear_error_and_writes_nothing(world, bad_members, case):
+    experiments, tta, weights, message = BAD[case]
+    sub_dir = world.root / "sub_err" / case
+    out = sub_dir / "x.csv"
+    with pytest.raises(UserError, match=message):
+        ens.run(_ens_cfg(world), experiments, tta, weights, "soft", out, None)
+    assert not out.exists()
+    assert not _probs_path(out).exists()
+    assert not sub_dir.exists() or not any(sub_dir.iterdir())
+
+
+def test_missing_fold_with_warn_blends_the_folds_present(world, bad_members, indep, capsys):
+    out = world.root / "sub" / "missing_warn.csv"
+    ens.run(_ens_cfg(world, "ensemble.missing_folds=warn"), ["a_missing"], None, "equal", "soft", out, None)
+    printed = capsys.readouterr().out
+    assert "warning: experiment a_missing lacks best.pt for folds [1]; blending folds [0]" in printed
+    probs = _read(_probs_path(out))[CLASSES].to_numpy()
+    np.testing.assert_allclose(probs, indep[("a", 0)], atol=2e-5)
+    assert np.abs(probs - (indep[("a", 0)] + indep[("a", 1)]) / 2).max() > 1e-4
+    assert pd.read_csv(out, dtype=str).shape == (len(probs), 2)
+
+
+# ---------------------------------------------------------------- 6. OOF-fitted weights
+
+
+@pytest.fixture(scope="module")
+def oof(world) -> SimpleNamespace:
+    tables = {}
+    for m in ("a", "b"):
+        parts = [pd.read_csv(world.out / m / f"fold{k}" / "oof.csv", dtype={"id": str, "label": str}) for k in (0, 1)]
+        tables[m] = pd.concat(parts).set_index("id").sort_index()
+    assert (tables["a"].index == tables["b"].index).all()
+    y = tables["a"]["target"].to_numpy()
+    assert (y == tables["b"]["target"].to_numpy()).all()
+    rng = np.random.default_rng(0)
+    bad = rng.dirichlet(np.full(10, 0.1), size=len(y))  # confident and random
+    return SimpleNamespace(y=y, probs=[tables["a"][prob_columns(CLASSES)].to_numpy(),
+                                       tables["b"][prob_columns(CLASSES)].to_numpy(), bad])
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "log_loss"])
+def test_auto_weights_never_worse_than_equal_on_oof(oof, metric):
+    w = ens.fit_weights(oof.probs, oof.y, metric, "soft")
+    print("DEBUGW", metric, w)
+    assert w.shape == (3,) and (w >= 0).all() and w.sum() == pytest.approx(1.0)
+    stack = np.stack([np.log(np.clip(p, 1e-12, 1)) for p in oof.probs])
+
+    def score(weights):
+        return compute_metric(metric, oof.y, ens.combine(stack, "soft", weights))
+
+    fitted, equal = score(w), score(None)
+    singles = [compute_metric(metric, oof.y, p) for p in oof.probs]
+    if metric == "log_loss":
+        assert fitted <= equal + 1e-12 and fitted <= min(singles) + 1e-12
+    else:
+        assert fitted >= equal and fitted >= max(singles)
+    # The members are informative, the random one is not: it must get (nearly) no say.
+    assert singles[0] > singles[2] if metric == "accuracy" else singles[0] < singles[2]
+    assert w[2] < 0.15, w
+
+
+# ---------------------------------------------------------------- 7. the CLI
+
+
+def test_cli_with_tta_prints_oof_table_and_writes(world):
+    out = world.root / "sub" / "cli.csv"
+    cmd = [sys.executable, "-m", "src.ensemble", "--config", "configs/demo.yaml", "--experiments", "a",
+           "--out", str(out),
+           # a bare --tta takes ensemble.tta ([identity, hflip]); the overrides after it are not views
+           "--tta", f"data.dir={world.demo}", f"experiment.output_dir={world.out}", "data.n_folds=2",
+           "wandb.mode=disabled", "train.device=cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert "OOF CV (accuracy):" in lines
+    rows = [ln.split() for ln in lines[lines.index("OOF CV (accuracy):") + 1:]]
+    assert rows[0] == ["member", "tta", "accuracy"]
+    assert any(r[:2] == ["a", "none"] for r in rows)
+    assert any(r[:2] == ["a", "identity+hflip"] for r in rows)
+    assert f"wrote {out} (360 rows, format label, 1 members x folds x 2 views)" in proc.stdout
+    assert out.is_file() and _probs_path(out).is_file()
+    sample = pd.read_csv(world.demo / "sample_submission.csv", dtype=str)
+    sub = pd.read_csv(out, dtype=str)
+    assert list(sub.columns) == list(sample.columns) and list(sub["id"]) == list(sample["id"])
+
+
+def test_cli_bad_view_exits_2_with_one_line(world):
+    out = world.root / "sub" / "cli_bad.csv"
+    cmd = [sys.executable, "-m", "src.ensemble", "--config", "configs/demo.yaml", "--experiments", "a",
+           "--out", str(out), "--tta", "hflip", "blur", f"data.dir={world.demo}",
+           f"experiment.output_dir={world.out}", "wandb.mode=disabled"]
+    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: unknown TTA view 'blur'")
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() and not _probs_path(out).exists()
