@@ -50,9 +50,13 @@ def assign_folds(df: pd.DataFrame, n_folds: int, seed: int, grouped: bool) -> np
     return fold
 
 
-def load_or_create_folds(cfg: Config, create: bool = True) -> tuple[pd.DataFrame, list[str], Path]:
-    """(train table with a `fold` and a `target` column, class names, folds file path)."""
-    df = load_train_table(cfg.data)
+def load_or_create_folds(cfg: Config, create: bool = True, table: pd.DataFrame | None = None
+                         ) -> tuple[pd.DataFrame, list[str], Path]:
+    """(train table with a `fold` and a `target` column, class names, folds file path).
+
+    `table` is the already loaded training table (load_train_table), to avoid reading it twice.
+    """
+    df = load_train_table(cfg.data) if table is None else table
     path = folds_path(cfg)
     meta_path = path.with_suffix(".json")
     if path.is_file() and meta_path.is_file():

@@ -29,7 +29,15 @@ from tqdm import tqdm
 
 from src.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from src.config import Config, add_config_args, load_config, save_config
-from src.data import EpochSampler, ImageDataset, build_transform, drop_bad_images, make_loader, resolve_norm
+from src.data import (
+    EpochSampler,
+    ImageDataset,
+    build_transform,
+    drop_bad_images,
+    load_train_table,
+    make_loader,
+    resolve_norm,
+)
 from src.folds import load_or_create_folds
 from src.losses import build_loss
 from src.metrics import LOWER_IS_BETTER, is_better, summary
@@ -104,10 +112,14 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def _fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str]]:
-    df, classes, _ = load_or_create_folds(cfg)
     if fold != -1 and not 0 <= fold < cfg.data.n_folds:
         raise UserError(f"--fold {fold} is out of range; use 0..{cfg.data.n_folds - 1}, all, or -1")
-    df = drop_bad_images(df, cfg)
+    table = load_train_table(cfg.data)
+    # Images are checked before the split is written, so bad data writes nothing; skipped images
+    # stay in the split (it must not depend on which files were readable today).
+    readable = set(drop_bad_images(table, cfg)["id"])
+    df, classes, _ = load_or_create_folds(cfg, table=table)
+    df = df[df["id"].isin(readable)].reset_index(drop=True)
     if fold == -1:
         return df, None, classes
     return df[df["fold"] != fold].reset_index(drop=True), df[df["fold"] == fold].reset_index(drop=True), classes

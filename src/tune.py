@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import optuna
+import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -251,6 +252,8 @@ def tune(cfg_path: str | Path | None, overrides: list[str], space_path: str | Pa
             raise
         except Exception as e:
             trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # an out-of-memory trial must not starve the next one
             raise
 
     def log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

@@ -29,7 +29,7 @@ from src.demo import build_demo
 from src.metrics import compute_metric
 from src.score import score_submission
 from src.train import prob_columns, train_fold
-from src.utils import UserError
+from src.utils import UserError, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = [str(i) for i in range(10)]
@@ -207,8 +207,23 @@ def test_parse_views():
         ens.parse_views(["identity", "blur"])
 
 
+def test_zoom_and_scale_views():
+    x = torch.zeros(1, 1, 8, 8)
+    x[..., 3:5, 3:5] = 1.0  # a centred 2x2 square
+    np.testing.assert_allclose(ens.apply_view("zoom1.0", x), x, atol=1e-6)
+    z = ens.apply_view("zoom2", x)
+    assert z.shape == x.shape
+    assert z[..., 2:6, 2:6].mean() > 0.5 and z[..., :1, :].abs().max() < 1e-6  # magnified, same size
+    assert z.sum() > 2 * x.sum()
+    s = ens.apply_view("zoom0.5", torch.full((1, 3, 8, 8), 0.25))
+    assert s.shape == (1, 3, 8, 8)
+    np.testing.assert_allclose(s, 0.25, atol=1e-6)  # shrunk and edge-padded: a flat image stays flat
+    assert ens.apply_view("scale1.5", x).shape == (1, 1, 12, 12)
+    assert ens.parse_views(["zoom0.95", "scale1.15"]) == ["zoom0.95", "scale1.15"]
+
+
 @pytest.fixture(scope="module")
-def test_loader(world):
+def digit_loader(world):
     cfg = _train_cfg(world.demo, world.out, "a")
     test, _ = load_test_table(cfg.data)
     mean, std = resolve_norm(cfg.aug)
@@ -216,13 +231,13 @@ def test_loader(world):
     return make_loader(ds, cfg.loader, batch_size=16)
 
 
-def test_flip_tta_on_flip_invariant_model_equals_no_tta(test_loader):
+def test_flip_tta_on_flip_invariant_model_equals_no_tta(digit_loader):
     torch.manual_seed(0)
     invariant = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 10))
     views = ens.parse_views(["identity", "hflip", "vflip", "rot90", "d4"])
-    lg = ens.predict_views([invariant], test_loader, views, torch.device("cpu"))
+    lg = ens.predict_views([invariant], digit_loader, views, torch.device("cpu"))
     assert lg.shape == (1, 8, 48, 10)
-    x = torch.cat([b for b, _ in test_loader])
+    x = torch.cat([b for b, _ in digit_loader])
     with torch.no_grad():
         direct = invariant(x).numpy()
     for vi, v in enumerate(views):
@@ -231,7 +246,7 @@ def test_flip_tta_on_flip_invariant_model_equals_no_tta(test_loader):
     np.testing.assert_allclose(tta, _np_softmax(direct), atol=1e-6)
 
 
-def test_views_reach_a_non_invariant_model(test_loader):
+def test_views_reach_a_non_invariant_model(digit_loader):
     torch.manual_seed(1)
     conv = torch.nn.Conv2d(3, 4, (1, 3), bias=False)
     with torch.no_grad():
@@ -241,9 +256,9 @@ def test_views_reach_a_non_invariant_model(test_loader):
                                  torch.nn.Linear(16, 10))
     invariant = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 10))
     views = ["identity", "hflip", "rot90", "antitranspose"]
-    lg = ens.predict_views([skewed, invariant], test_loader, views, torch.device("cpu"))
+    lg = ens.predict_views([skewed, invariant], digit_loader, views, torch.device("cpu"))
     assert lg.shape == (2, 4, 48, 10)
-    x = torch.cat([b for b, _ in test_loader])
+    x = torch.cat([b for b, _ in digit_loader])
     with torch.no_grad():
         np.testing.assert_allclose(lg[0, 0], skewed(x).numpy(), atol=1e-5)
         np.testing.assert_allclose(lg[0, 1], skewed(x.flip(3)).numpy(), atol=1e-5)
@@ -323,7 +338,7 @@ def test_proba_submission_in_sample_column_order(world, soft_run):
     ref = _read(_probs_path(soft_run))
     for c in CLASSES:
         np.testing.assert_allclose(sub[c].to_numpy(), ref[c].to_numpy(), atol=1e-9, err_msg=c)
-    np.testing.assert_allclose(sub[shuffled].sum(1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(sub[shuffled].sum(axis=1), 1.0, atol=1e-6)
 
 
 def test_binary_submission(world):
@@ -448,7 +463,6 @@ def oof(world) -> SimpleNamespace:
 @pytest.mark.parametrize("metric", ["accuracy", "log_loss"])
 def test_auto_weights_never_worse_than_equal_on_oof(oof, metric):
     w = ens.fit_weights(oof.probs, oof.y, metric, "soft")
-    print("DEBUGW", metric, w)
     assert w.shape == (3,) and (w >= 0).all() and w.sum() == pytest.approx(1.0)
     stack = np.stack([np.log(np.clip(p, 1e-12, 1)) for p in oof.probs])
 
@@ -473,18 +487,19 @@ def test_cli_with_tta_prints_oof_table_and_writes(world):
     out = world.root / "sub" / "cli.csv"
     cmd = [sys.executable, "-m", "src.ensemble", "--config", "configs/demo.yaml", "--experiments", "a",
            "--out", str(out),
-           # a bare --tta takes ensemble.tta ([identity, hflip]); the overrides after it are not views
-           "--tta", f"data.dir={world.demo}", f"experiment.output_dir={world.out}", "data.n_folds=2",
-           "wandb.mode=disabled", "train.device=cpu"]
+           # the overrides after the views are moved out of the --tta list
+           "--tta", "identity", "hflip", f"data.dir={world.demo}", f"experiment.output_dir={world.out}",
+           "data.n_folds=2", "wandb.mode=disabled", "train.device=cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
-    assert "OOF CV (accuracy):" in lines
+    assert "OOF CV (accuracy):" in lines, proc.stdout
     rows = [ln.split() for ln in lines[lines.index("OOF CV (accuracy):") + 1:]]
     assert rows[0] == ["member", "tta", "accuracy"]
-    assert any(r[:2] == ["a", "none"] for r in rows)
-    assert any(r[:2] == ["a", "identity+hflip"] for r in rows)
+    for tta in ("none", "identity+hflip"):
+        row = [r for r in rows if r[:2] == ["a", tta]]
+        assert row and 0.0 <= float(row[0][2]) <= 1.0, (tta, proc.stdout)
     assert f"wrote {out} (360 rows, format label, 1 members x folds x 2 views)" in proc.stdout
     assert out.is_file() and _probs_path(out).is_file()
     sample = pd.read_csv(world.demo / "sample_submission.csv", dtype=str)
@@ -492,14 +507,13 @@ def test_cli_with_tta_prints_oof_table_and_writes(world):
     assert list(sub.columns) == list(sample.columns) and list(sub["id"]) == list(sample["id"])
 
 
-def test_cli_bad_view_exits_2_with_one_line(world):
+def test_cli_bad_view_exits_2_with_one_line(world, capsys):
     out = world.root / "sub" / "cli_bad.csv"
-    cmd = [sys.executable, "-m", "src.ensemble", "--config", "configs/demo.yaml", "--experiments", "a",
-           "--out", str(out), "--tta", "hflip", "blur", f"data.dir={world.demo}",
-           f"experiment.output_dir={world.out}", "wandb.mode=disabled"]
-    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("error: unknown TTA view 'blur'")
-    assert "Traceback" not in proc.stderr
+    argv = ["--config", "configs/demo.yaml", "--experiments", "a", "--out", str(out), "--tta", "hflip", "blur",
+            f"data.dir={world.demo}", f"experiment.output_dir={world.out}", "wandb.mode=disabled"]
+    with pytest.raises(SystemExit) as exc:
+        run_cli(ens.main, argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown TTA view 'blur'") and err.count("\n") == 1, err
     assert not out.exists() and not _probs_path(out).exists()

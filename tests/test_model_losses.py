@@ -203,8 +203,10 @@ def test_missing_and_unreadable_weights_files_raise_user_error(tmp_path: Path):
         _model(0, "model.pretrained=true", f"model.pretrained_path={junk}")
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch and timm: 8-20 s
 def test_hub_weights_offline_fail_with_a_helpful_message(demo_dir: Path, tmp_path: Path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "WANDB_MODE": "disabled"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "WANDB_MODE": "disabled",
+           "OMP_NUM_THREADS": "1"}
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, "-m", "src.train", "--config", "configs/demo.yaml", "--fold", "0", "--dry-run",

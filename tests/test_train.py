@@ -449,9 +449,10 @@ def test_wandb_offline_writes_a_run_directory(demo_dir: Path, tmp_path: Path, mo
 # ---------------------------------------------------------------- --dry-run
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch and timm: 8-20 s
 def test_dry_run_cli_builds_everything_and_writes_nothing(demo_dir: Path, tmp_path: Path):
     out = tmp_path / "out"
-    env = {**os.environ, "WANDB_MODE": "disabled"}
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "src.train", "--config", "configs/demo.yaml", "--fold", "0", "--dry-run",
          *_overrides(demo_dir, out, f"model.freeze_before={FREEZE_AT}")],

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -219,8 +220,13 @@ def test_two_workers_share_one_storage(demo_dir, tmp_path, kind):
     storage = str(tmp_path / "j.log") if kind == "journal" else f"sqlite:///{tmp_path / 'x.db'}"
     ov = _overrides(demo_dir, out)
     logs = [tmp_path / "w0.txt", tmp_path / "w1.txt"]
-    procs = [_worker(space, storage, ov, log) for log in logs]
+    procs = [_worker(space, storage, ov, logs[0])]
     try:
+        # The second worker joins once the first has started a trial, as when workers are launched by hand.
+        deadline = time.monotonic() + 120
+        while not (out / "shared" / "trial0").exists() and procs[0].poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        procs.append(_worker(space, storage, ov, logs[1]))
         codes = [p.wait(timeout=300) for p in procs]
     finally:
         for p in procs:
@@ -234,11 +240,12 @@ def test_two_workers_share_one_storage(demo_dir, tmp_path, kind):
     assert not [t for t in trials if t.state == FAIL], [t.user_attrs for t in trials]
     numbers = [t.number for t in trials]
     assert len(set(numbers)) == len(numbers)
-    # Both workers took part (each prints the study's target when it joins).
-    assert all("study shared:" in t for t in texts)
+    # Both workers trained trials (train_fold prints one "fold 0:" line per trial it starts).
+    assert all(t.count("fold 0:") >= 1 for t in texts), [t.count("fold 0:") for t in texts]
     # --n-trials is the total across workers: "several workers on one storage stop together at that total".
-    # BUG: each worker gets MaxTrialsCallback(4), which counts only *finished* trials after each of its own
-    # trials; a worker that finishes the 3rd trial while the other is still running the 4th starts a 5th.
+    # BUG: each worker runs study.optimize(n_trials=4 - finished at its start) with MaxTrialsCallback(4), which
+    # counts only COMPLETE/PRUNED trials; a worker that finishes the 3rd trial while the other is still running
+    # the 4th sees 3 < 4 and starts a 5th (RUNNING trials are not counted), so the total overshoots.
     assert len(_finished(study)) == 4, (
         f"{len(_finished(study))} finished trials for --n-trials 4: "
         + str([(t.number, t.state.name, t.datetime_start, t.datetime_complete) for t in trials]))
