@@ -53,28 +53,60 @@ class _OneCycle(_Constant):
         self.sched.load_state_dict(state)
 
 
+class _Plateau(_Constant):
+    """torch's ReduceLROnPlateau (fully checkpointed, unlike timm's deprecated wrapper), after an
+    optional linear warmup over updates."""
+
+    def __init__(self, opt: torch.optim.Optimizer, cfg: SchedCfg, warmup_updates: int, higher_is_better: bool):
+        self.opt, self.warmup_updates, self.warmup_lr = opt, warmup_updates, cfg.warmup_lr
+        self.peak = [g["lr"] for g in opt.param_groups]
+        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="max" if higher_is_better else "min", factor=cfg.decay_rate, patience=cfg.patience,
+            min_lr=cfg.min_lr,
+        )
+        if warmup_updates:
+            self.step_update(0)
+
+    def step_update(self, num_updates: int, metric: float | None = None) -> None:
+        if num_updates <= self.warmup_updates and self.warmup_updates:
+            frac = num_updates / self.warmup_updates
+            for g, peak in zip(self.opt.param_groups, self.peak):
+                g["lr"] = self.warmup_lr + frac * (peak - self.warmup_lr)
+
+    def step(self, epoch: int, metric: float | None = None) -> None:
+        if metric is not None:
+            self.sched.step(metric)
+
+    def state_dict(self) -> dict:
+        return self.sched.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sched.load_state_dict(state)
+
+
 def build_scheduler(cfg: SchedCfg, opt: torch.optim.Optimizer, lr: float, epochs: int, updates_per_epoch: int,
                     higher_is_better: bool):
     """A schedule with `step_update(num_updates)` per optimizer step and `step(epoch, metric)` per epoch.
 
-    cosine and step are stepped per update (smooth warmup), plateau per epoch on the monitored value.
+    cosine and step (timm's) are stepped per update, so warmup is smooth; plateau (torch's) decays per
+    epoch on the monitored value.
     """
     if cfg.name == "none":
         return _Constant()
     if cfg.name == "onecycle":
         return _OneCycle(opt, lr, epochs * updates_per_epoch)
+    if cfg.name == "plateau":
+        return _Plateau(opt, cfg, cfg.warmup_epochs * updates_per_epoch, higher_is_better)
     sched, _ = create_scheduler_v2(
         opt,
         sched=cfg.name,
         num_epochs=epochs,
         decay_epochs=cfg.step_epochs,
         decay_rate=cfg.decay_rate,
-        patience_epochs=cfg.patience,
         min_lr=cfg.min_lr,
         warmup_lr=cfg.warmup_lr,
         warmup_epochs=cfg.warmup_epochs,
-        plateau_mode="max" if higher_is_better else "min",
-        step_on_epochs=cfg.name == "plateau",
+        step_on_epochs=False,
         updates_per_epoch=updates_per_epoch,
     )
     return sched

@@ -32,7 +32,8 @@ def plot_curves(history: pd.DataFrame, metric: str, path: Path) -> None:
         if col in history and history[col].notna().any():
             axes[1].plot(history["epoch"], history[col], marker="o", label=col.removeprefix("val_"))
     axes[1].set(xlabel="epoch", title="validation")
-    axes[1].legend()
+    if axes[1].lines:
+        axes[1].legend()
     _save(fig, path)
 
 
