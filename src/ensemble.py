@@ -411,9 +411,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="submission path (default: submissions/<members>[_tta].csv)")
     add_config_args(parser)
     args = parser.parse_intermixed_args(argv)
-    if args.tta:  # `--tta hflip train.device=cpu`: the override is not a view
-        args.overrides += [t for t in args.tta if "=" in t]
-        args.tta = [t for t in args.tta if "=" not in t]
+    for name in ("experiments", "tta"):  # `--tta hflip train.device=cpu`: overrides are not views or members
+        values = getattr(args, name)
+        if values:
+            args.overrides += [t for t in values if "=" in t]
+            setattr(args, name, [t for t in values if "=" not in t] or (None if name == "experiments" else []))
     cfg = load_config(args.config, args.overrides)
     tta = None if args.tta is None else (args.tta or cfg.ensemble.tta)
     run(cfg, args.experiments, tta, args.weights, args.voting, args.out, args.fmt)

@@ -12,9 +12,11 @@ Writes outputs/<study>/best.yaml (a config src.train takes), history.png and imp
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -190,6 +192,55 @@ def save_plots(study: optuna.Study, out_dir: Path) -> list[Path]:
     return written
 
 
+COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+RUNNING = optuna.trial.TrialState.RUNNING
+FAIL = optuna.trial.TrialState.FAIL
+MAX_FAILS_IN_A_ROW = 5
+
+
+def run_trials(study: optuna.Study, objective, n_trials: int, timeout: float | None, on_trial=None) -> None:
+    """Ask and tell trials until the study holds n_trials finished (complete or pruned) ones.
+
+    Several workers may share the storage: a worker starts a trial only while finished plus
+    running trials are fewer than n_trials, and a trial numbered past the total (two workers
+    asking at the same moment) is given up as failed before it trains. Failed trials do not
+    count; after MAX_FAILS_IN_A_ROW failures in a row this worker stops.
+    """
+    t0 = time.time()
+    fails = 0
+    while timeout is None or time.time() - t0 < timeout:
+        busy = study.get_trials(deepcopy=False, states=(*COUNTED, RUNNING))
+        if len(busy) >= n_trials:
+            return
+        trial = study.ask()
+        live = sorted(t.number for t in study.get_trials(deepcopy=False, states=(*COUNTED, RUNNING)))
+        if live.index(trial.number) >= n_trials:
+            trial.set_user_attr("fail_reason", "surplus: other workers already run the remaining trials")
+            study.tell(trial, state=FAIL)
+            return
+        try:
+            value = objective(trial)
+            frozen = study.tell(trial, value)
+            fails = 0
+        except optuna.TrialPruned:
+            frozen = study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted")
+            study.tell(trial, state=FAIL)
+            raise
+        except Exception as e:
+            frozen = study.tell(trial, state=FAIL)
+            fails += 1
+            print(f"trial {trial.number} failed ({type(e).__name__}: {str(e)[:200]}); the study goes on")
+            if fails >= MAX_FAILS_IN_A_ROW:
+                print(f"stopping: {fails} trials failed in a row")
+                return
+        finally:
+            gc.collect()
+        if on_trial is not None:
+            on_trial(frozen)
+
+
 def tune(cfg_path: str | Path | None, overrides: list[str], space_path: str | Path | None = None,
          n_trials: int | None = None, timeout: float | None = None, study_name: str | None = None,
          storage: str | None = None) -> optuna.Study:
@@ -224,8 +275,7 @@ def tune(cfg_path: str | Path | None, overrides: list[str], space_path: str | Pa
         sampler=optuna.samplers.TPESampler(seed=space.sampler_seed, n_startup_trials=min(10, max(2, n_trials // 3))),
         pruner=_pruner(space),
     )
-    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    done = len(study.get_trials(deepcopy=False, states=counted))
+    done = len(study.get_trials(deepcopy=False, states=COUNTED))
     print(f"study {study_name}: {done} finished trials, target {n_trials}")
     tracker = Tracker(base_cfg, name=f"{study_name}-study", out_dir=out_dir, job_type="tune", group=study_name)
 
@@ -256,20 +306,11 @@ def tune(cfg_path: str | Path | None, overrides: list[str], space_path: str | Pa
                 torch.cuda.empty_cache()  # an out-of-memory trial must not starve the next one
             raise
 
-    def log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def log_trial(trial: optuna.trial.FrozenTrial) -> None:
         tracker.log({"trial": trial.number, "state": trial.state.name,
                      "value": trial.value if trial.value is not None else float("nan"), **trial.params})
 
-    remaining = n_trials - done
-    if remaining > 0:
-        study.optimize(
-            objective,
-            n_trials=remaining,
-            timeout=timeout,
-            catch=(Exception,),
-            callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=counted), log_trial],
-            gc_after_trial=True,
-        )
+    run_trials(study, objective, n_trials, timeout, log_trial)
     tracker.finish()
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))

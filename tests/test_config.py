@@ -199,27 +199,20 @@ def test_freeze_before_and_freeze_stages_both_set_names_both_keys():
 
 
 def test_freeze_conflict_names_the_source_that_set_it():
-    # BUG (src/config.py, _explain): errors raised by a section's model validator have loc
-    # ('model',), so the source is taken from the first 'model.*' key in merge order, which is
-    # always configs/base.yaml. Here model.freeze_stages came from the command line, but the
-    # message reads "... not both (null the other) (from configs/base.yaml)".
+    # Section-level checks name the highest-precedence source among the section's keys.
     msg = _error("configs/resnext101.yaml", ["model.freeze_stages=2"])
     assert "the command line" in msg, msg
 
 
 def test_n_folds_below_two_names_the_command_line():
-    # BUG (src/config.py, _explain): same cause as above; the message is
-    # "data.n_folds must be at least 2 (from configs/base.yaml)" although base.yaml says 5 and
-    # the 1 came from the command line.
+    # base.yaml says 5; the 1 came from the command line, and the message must say so.
     msg = _error("configs/demo.yaml", ["data.n_folds=1"])
     assert "data.n_folds" in msg
     assert "the command line" in msg, msg
 
 
 def test_tuple_of_wrong_length_is_not_reported_as_missing():
-    # BUG (src/config.py, _explain): a too-short tuple gives pydantic's 'missing' error at
-    # loc ('aug', 'zoom', 1); the message becomes "key 'aug.zoom' is missing; add it to
-    # configs/base.yaml", blaming base.yaml for a value the command line set.
+    # pydantic reports a too-short tuple as 'missing' at ('aug', 'zoom', 1): not a missing key.
     msg = _error("configs/demo.yaml", ["aug.zoom=[1.0]"])
     assert "aug.zoom" in msg
     assert "the command line" in msg, msg

@@ -229,12 +229,8 @@ def test_score_cli(demo_dir: Path, tmp_path: Path):
 
 
 def test_score_cli_overrides_after_config_following_submission(demo_dir: Path, tmp_path: Path, capsys):
-    # BUG (src/score.py, main): the order the module docstring shows,
-    #   python -m src.score SUB.csv --config configs/demo.yaml section.key=value ...
-    # is rejected by argparse with "unrecognized arguments: section.key=value ...": the
-    # `overrides` positional (nargs="*") is consumed, empty, together with `submission`
-    # before --config, so later overrides have nowhere to go (parse_intermixed_args fixes it).
-    # In process so it costs no interpreter start; argparse exits with status 2.
+    # The order the module docstring shows: python -m src.score SUB.csv --config X section.key=value
+    # In process so it costs no interpreter start.
     from src.score import main
 
     path = _wrong_three(demo_dir, tmp_path)

@@ -517,3 +517,18 @@ def test_cli_bad_view_exits_2_with_one_line(world, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: unknown TTA view 'blur'") and err.count("\n") == 1, err
     assert not out.exists() and not _probs_path(out).exists()
+
+
+def test_cli_overrides_after_experiments_are_not_member_names(world):
+    """`--experiments a b section.key=value ...` (like `--tta hflip key=value`, which main() handles)."""
+    out = world.root / "sub" / "cli_exp.csv"
+    argv = ["--config", "configs/demo.yaml", "--out", str(out), "--experiments", "a", "b",
+            f"data.dir={world.demo}", f"experiment.output_dir={world.out}", "wandb.mode=disabled", "train.device=cpu"]
+    # key=value items after --experiments are overrides, not member names.
+    try:
+        ens.main(argv)
+    except UserError as e:
+        pytest.fail(f"overrides after --experiments were not applied: {e}")
+    assert out.is_file()
+    sub = pd.read_csv(out, dtype=str)
+    assert list(sub["id"]) == list(pd.read_csv(world.demo / "sample_submission.csv", dtype=str)["id"])
