@@ -53,15 +53,6 @@ TRAIN = [
 # ---------------------------------------------------------------- fixtures and helpers
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """On a shared 2-core machine torch's thread pool oversubscribes badly (x8 slower); one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _train_cfg(data_dir: Path, out: Path, name: str, *extra: str):
     return load_config("configs/demo.yaml", [f"data.dir={data_dir}", f"experiment.output_dir={out}",
                                              f"experiment.name={name}", *TRAIN, *extra])

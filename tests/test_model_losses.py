@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from src.config import load_config
-from src.demo import build_demo
 from src.losses import FocalLoss, build_loss, class_weights
 from src.model import build_model, freeze, param_groups, set_train_mode
 from src.optim import build_optimizer
@@ -23,22 +22,6 @@ from src.utils import UserError, seed_everything
 
 REPO = Path(__file__).resolve().parent.parent
 FREEZE_AT = "layer4.0.conv1"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """These tiny models run faster on one thread, and several times faster when other processes
-    share the (2) cores; the thread count is restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
-    """The digits competition, built once for this module; tests must not modify it."""
-    return build_demo(tmp_path_factory.mktemp("demo") / "digits")
 
 
 def _cfg(*overrides: str):

@@ -21,7 +21,6 @@ import pytest
 import yaml
 
 from src.config import load_config
-from src.demo import build_demo
 from src.train import train_fold
 from src.tune import Space, load_space, storage_for, suggest, tune
 from src.utils import UserError
@@ -44,12 +43,6 @@ PRUNED = optuna.trial.TrialState.PRUNED
 FAIL = optuna.trial.TrialState.FAIL
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
-    """The digits competition, built once for this module; tests must not modify it."""
-    return build_demo(tmp_path_factory.mktemp("demo") / "digits")
 
 
 def _overrides(demo_dir: Path, out: Path, *extra: str) -> list[str]:
