@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,7 +18,7 @@ from albumentations.pytorch import ToTensorV2
 from PIL import Image, ImageOps
 
 from src.config import AugCfg, Config, DataCfg, LoaderCfg
-from src.utils import UserError
+from src.utils import UserError, atomic_write_text
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -190,11 +193,30 @@ def sorted_classes(labels: pd.Series) -> list[str]:
         return sorted(uniq)
 
 
-def drop_bad_images(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
-    """Check every image once; stop, or drop the bad ones with a warning (data.bad_images)."""
+def _files_key(paths: list[str]) -> str:
+    h = hashlib.sha1()
+    for p in sorted(paths):
+        st = os.stat(p)
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def drop_bad_images(df: pd.DataFrame, cfg: Config, cache: Path | None = None) -> pd.DataFrame:
+    """Check every image once; stop, or drop the bad ones with a warning (data.bad_images).
+
+    With `cache`, the result is remembered for this exact set of files (path, size, mtime), so
+    later folds and runs skip the full decode of a large training set.
+    """
     if not cfg.data.check_images:
         return df
-    bad = find_bad_images(df["path"].tolist(), workers=max(2, cfg.loader.num_workers))
+    paths = df["path"].tolist()
+    key = _files_key(paths) if cache is not None else None
+    if cache is not None and cache.is_file() and json.loads(cache.read_text()).get("key") == key:
+        bad = json.loads(cache.read_text())["bad"]
+    else:
+        bad = find_bad_images(paths, workers=max(2, cfg.loader.num_workers))
+        if cache is not None and not bad:
+            atomic_write_text(cache, json.dumps({"key": key, "bad": bad}))
     if not bad:
         return df
     shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
@@ -203,6 +225,8 @@ def drop_bad_images(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
             f"{len(bad)} images cannot be decoded: {shown}; replace them, or set data.bad_images=skip to drop them"
         )
     warnings.warn(f"skipping {len(bad)} unreadable images: {shown}", stacklevel=2)
+    if cache is not None:
+        atomic_write_text(cache, json.dumps({"key": key, "bad": bad}))
     return df[~df["path"].isin(bad)].reset_index(drop=True)
 
 

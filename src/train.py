@@ -38,7 +38,7 @@ from src.data import (
     make_loader,
     resolve_norm,
 )
-from src.folds import load_or_create_folds
+from src.folds import folds_path, load_or_create_folds
 from src.losses import build_loss
 from src.metrics import LOWER_IS_BETTER, is_better, summary
 from src.model import build_model, freeze, param_counts, param_groups, set_train_mode, unfreeze
@@ -117,7 +117,8 @@ def _fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame | N
     table = load_train_table(cfg.data)
     # Images are checked before the split is written, so bad data writes nothing; skipped images
     # stay in the split (it must not depend on which files were readable today).
-    readable = set(drop_bad_images(table, cfg)["id"])
+    cache = folds_path(cfg).with_name(f"{Path(cfg.data.dir).resolve().name}_images_checked.json")
+    readable = set(drop_bad_images(table, cfg, cache)["id"])
     df, classes, _ = load_or_create_folds(cfg, table=table)
     df = df[df["id"].isin(readable)].reset_index(drop=True)
     if fold == -1:

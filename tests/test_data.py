@@ -572,3 +572,41 @@ def _epoch_seeds(epoch: int) -> list[int]:
     s = EpochSampler(1, seed=0)
     s.set_epoch(epoch)
     return [x for _, x in s]
+
+
+def test_image_check_is_cached_until_a_file_changes(demo_dir: Path, tmp_path: Path):
+    import shutil
+
+    data = tmp_path / "d"
+    shutil.copytree(demo_dir, data)
+    cfg = load_config("configs/demo.yaml", [f"data.dir={data}", f"experiment.output_dir={tmp_path / 'out'}"])
+    table = load_train_table(cfg.data)
+    cache = tmp_path / "checked.json"
+    assert len(drop_bad_images(table, cfg, cache)) == len(table)
+    assert cache.is_file()
+    # A corrupted file changes size and mtime: the cached "all good" no longer applies.
+    bad = Path(table["path"][0])
+    bad.write_bytes(b"not an image")
+    with pytest.raises(UserError, match=bad.name):
+        drop_bad_images(table, cfg, cache)
+
+
+def test_cached_image_check_skips_decoding_unchanged_files(demo_dir: Path, tmp_path: Path):
+    import os
+    import shutil
+
+    data = tmp_path / "d"
+    shutil.copytree(demo_dir, data)
+    cfg = load_config("configs/demo.yaml", [f"data.dir={data}", f"experiment.output_dir={tmp_path / 'out'}"])
+    table = load_train_table(cfg.data)
+    cache = tmp_path / "checked.json"
+    drop_bad_images(table, cfg, cache)
+    # Same size and mtime: the cache vouches for the file without decoding it again.
+    victim = Path(table["path"][1])
+    st = victim.stat()
+    victim.write_bytes(b"\0" * st.st_size)
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert len(drop_bad_images(table, cfg, cache)) == len(table)
+    cache.unlink()
+    with pytest.raises(UserError, match=victim.name):
+        drop_bad_images(table, cfg, cache)
