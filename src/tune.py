@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import optuna
+import sqlalchemy
 import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -192,6 +193,19 @@ def save_plots(study: optuna.Study, out_dir: Path) -> list[Path]:
     return written
 
 
+def open_study(attempts: int = 6, **kwargs) -> optuna.Study:
+    """optuna.create_study, retried when workers starting together race to create a new
+    database's tables (SQLite: 'table already exists', 'database is locked', a duplicate alembic row)."""
+    for attempt in range(attempts):
+        try:
+            return optuna.create_study(**kwargs)
+        except sqlalchemy.exc.DBAPIError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 RUNNING = optuna.trial.TrialState.RUNNING
 FAIL = optuna.trial.TrialState.FAIL
@@ -267,7 +281,7 @@ def tune(cfg_path: str | Path | None, overrides: list[str], space_path: str | Pa
             raise UserError(f"{space_path}: folds lists {k}, but the config has {base_cfg.data.n_folds} folds")
     higher = base_cfg.train.monitor == "metric" and base_cfg.metric.name not in LOWER_IS_BETTER
     out_dir = Path(base_cfg.experiment.output_dir) / study_name
-    study = optuna.create_study(
+    study = open_study(
         study_name=study_name,
         storage=storage_for(storage, study_name, base_cfg.experiment.output_dir),
         load_if_exists=True,
