@@ -574,7 +574,8 @@ def _epoch_seeds(epoch: int) -> list[int]:
     return [x for _, x in s]
 
 
-def test_image_check_is_cached_until_a_file_changes(demo_dir: Path, tmp_path: Path):
+def _checked_copy(demo_dir: Path, tmp_path: Path):
+    """A private copy of the demo, its config and table, checked once into a cache file."""
     import shutil
 
     data = tmp_path / "d"
@@ -584,6 +585,11 @@ def test_image_check_is_cached_until_a_file_changes(demo_dir: Path, tmp_path: Pa
     cache = tmp_path / "checked.json"
     assert len(drop_bad_images(table, cfg, cache)) == len(table)
     assert cache.is_file()
+    return cfg, table, cache
+
+
+def test_image_check_is_cached_until_a_file_changes(demo_dir: Path, tmp_path: Path):
+    cfg, table, cache = _checked_copy(demo_dir, tmp_path)
     # A corrupted file changes size and mtime: the cached "all good" no longer applies.
     bad = Path(table["path"][0])
     bad.write_bytes(b"not an image")
@@ -593,14 +599,8 @@ def test_image_check_is_cached_until_a_file_changes(demo_dir: Path, tmp_path: Pa
 
 def test_cached_image_check_skips_decoding_unchanged_files(demo_dir: Path, tmp_path: Path):
     import os
-    import shutil
 
-    data = tmp_path / "d"
-    shutil.copytree(demo_dir, data)
-    cfg = load_config("configs/demo.yaml", [f"data.dir={data}", f"experiment.output_dir={tmp_path / 'out'}"])
-    table = load_train_table(cfg.data)
-    cache = tmp_path / "checked.json"
-    drop_bad_images(table, cfg, cache)
+    cfg, table, cache = _checked_copy(demo_dir, tmp_path)
     # Same size and mtime: the cache vouches for the file without decoding it again.
     victim = Path(table["path"][1])
     st = victim.stat()
