@@ -37,7 +37,7 @@ def bench(cfg, steps: int = 30, warmup: int = 5, n_classes: int = 1000) -> dict:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.cuda.reset_peak_memory_stats()
-    model = build_model(cfg.model, n_classes, pretrained=False)
+    model = build_model(cfg.model, n_classes, pretrained=False, img_size=cfg.aug.img_size)
     frozen = freeze(model, cfg.model.freeze_before, cfg.model.freeze_stages)
     model.to(device)
     if channels_last:

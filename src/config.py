@@ -175,6 +175,12 @@ class Config(_Section):
     wandb: WandbCfg
     ensemble: EnsembleCfg
 
+    @model_validator(mode="after")
+    def _check(self):
+        if (self.train.mixup > 0 or self.train.cutmix > 0) and self.loader.batch_size % 2:
+            raise ValueError("train.mixup/cutmix pair images within a batch, so loader.batch_size must be even")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -264,7 +270,7 @@ def _explain(err: dict, origin: dict[str, str], default_src: str) -> str:
     loc = tuple(str(p) for p in raw_loc if not isinstance(p, int))
     key = ".".join(loc)
     # The source of the key, or for a section-level check the highest-precedence file among its keys.
-    srcs = [origin[k] for k in origin if k == key or k.startswith(key + ".")]
+    srcs = [origin[k] for k in origin if not key or k == key or k.startswith(key + ".")]
     src = CLI if CLI in srcs else (srcs[-1] if srcs else default_src)
     if err["type"] == "extra_forbidden":
         allowed = _field_names(loc)

@@ -79,22 +79,30 @@ def find_bad_images(paths: list[str], workers: int = 4) -> list[str]:
 
 
 class _ImageIndex:
-    """Maps an id (with or without extension, with or without subfolders) to its file."""
+    """Maps an id (with or without extension, with or without subfolders) to its file.
+
+    Where an id without extension matches several files, data.image_exts decides in its order;
+    two files of the same rank (a bare name in two folders) are ambiguous.
+    """
 
     def __init__(self, root: Path, exts: list[str]):
         self.root = root
         self.exts = [e.lower() for e in exts]
-        self.by_key: dict[str, Path | None] = {}
+        self.by_key: dict[str, list[Path]] = {}
         for p in sorted(root.rglob("*")):
             if p.suffix.lower() not in self.exts or not p.is_file():
                 continue
             rel = p.relative_to(root).as_posix()
             for key in {rel, rel[: -len(p.suffix)], p.name, p.stem}:
-                # Two files sharing a bare name in different folders are ambiguous (None).
-                self.by_key[key] = p if key not in self.by_key or self.by_key[key] == p else None
+                self.by_key.setdefault(key, []).append(p)
 
     def find(self, image_id: str) -> Path | None:
-        return self.by_key.get(str(image_id).replace("\\", "/"))
+        found = self.by_key.get(str(image_id).replace("\\", "/"), [])
+        if len(found) <= 1:
+            return found[0] if found else None
+        rank = min(self.exts.index(p.suffix.lower()) for p in found)
+        best = [p for p in found if self.exts.index(p.suffix.lower()) == rank]
+        return best[0] if len(best) == 1 else None
 
 
 def _read_csv(path: Path, what: str) -> pd.DataFrame:

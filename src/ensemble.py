@@ -30,7 +30,7 @@ from src.data import ImageDataset, build_transform, load_test_table, make_loader
 from src.folds import load_or_create_folds
 from src.metrics import LOWER_IS_BETTER, compute_metric
 from src.model import build_model
-from src.train import _autocast, amp_dtype, pick_device, prob_columns
+from src.train import _autocast, amp_dtype, pick_device, prob_columns, read_oof
 from src.utils import UserError, atomic_save, run_cli
 
 # ---------------------------------------------------------------- TTA views
@@ -98,10 +98,15 @@ class Member:
     models: list[torch.nn.Module] = field(repr=False)
     mean: tuple = ()
     std: tuple = ()
+    stored: Config | None = field(default=None, repr=False)  # the config as trained, paths included
 
 
-def load_member(name: str, output_dir: str, missing_folds: str) -> Member:
-    """Load outputs/<name>/fold<k>/best.pt for every fold of the experiment."""
+def load_member(name: str, output_dir: str, missing_folds: str, data_dir: str | None = None) -> Member:
+    """Load outputs/<name>/fold<k>/best.pt for every fold of the experiment.
+
+    The stored config rebuilds the model and transforms; its output and data folders are
+    replaced by the caller's, so copied outputs (a Kaggle kernel) work where they now are.
+    """
     root = Path(output_dir) / name
     if not root.is_dir():
         raise UserError(f"experiment folder {root} does not exist; train it first or fix --experiments")
@@ -109,7 +114,11 @@ def load_member(name: str, output_dir: str, missing_folds: str) -> Member:
     if not found:
         raise UserError(f"{root} has no fold<k>/best.pt; train the folds first (python -m src.train --fold all)")
     ckpts = {k: load_checkpoint(root / f"fold{k}" / "best.pt") for k in found}
-    cfg = config_from_dict(ckpts[found[0]]["config"], str(root / f"fold{found[0]}" / "best.pt"))
+    stored = config_from_dict(ckpts[found[0]]["config"], str(root / f"fold{found[0]}" / "best.pt"))
+    cfg = stored.model_copy(update={
+        "experiment": stored.experiment.model_copy(update={"output_dir": output_dir, "name": name}),
+        "data": stored.data.model_copy(update={"dir": data_dir or stored.data.dir}),
+    })
     expected = list(range(cfg.data.n_folds))
     missing = [k for k in expected if k not in ckpts]
     if missing:
@@ -125,7 +134,7 @@ def load_member(name: str, output_dir: str, missing_folds: str) -> Member:
         if ck["classes"] != classes:
             raise UserError(f"{name} fold {k} has a different class list from fold {folds[0]}; retrain it")
         kcfg = config_from_dict(ck["config"], f"{root}/fold{k}/best.pt")
-        model = build_model(kcfg.model, len(classes), pretrained=False)
+        model = build_model(kcfg.model, len(classes), pretrained=False, img_size=kcfg.aug.img_size)
         try:
             model.load_state_dict(ck["model"])
         except RuntimeError as e:
@@ -133,7 +142,7 @@ def load_member(name: str, output_dir: str, missing_folds: str) -> Member:
                             f"{len(classes)} classes): {str(e).splitlines()[0][:150]}; retrain that fold") from None
         models.append(model.eval())
     mean, std = resolve_norm(cfg.aug, models[0].pretrained_cfg)
-    return Member(name, cfg, classes, folds, models, mean, std)
+    return Member(name, cfg, classes, folds, models, mean, std, stored)
 
 
 # ---------------------------------------------------------------- prediction
@@ -218,11 +227,12 @@ def member_oof(member: Member, views: list[str] | None, device, dtype, voting: s
     """
     cfg = member.cfg
     root = Path(cfg.experiment.output_dir) / member.name
+    parts = [read_oof(root / f"fold{k}" / "oof.csv") for k in member.folds]
+    oof = pd.concat(parts, ignore_index=True)
     if not views:
-        parts = [pd.read_csv(root / f"fold{k}" / "oof.csv", dtype={"id": str, "label": str}) for k in member.folds]
-        oof = pd.concat(parts, ignore_index=True)
         return oof[["id", "target"]], _logit(oof[prob_columns(member.classes)].to_numpy())
     df, _, _ = load_or_create_folds(cfg, create=False)
+    df = df[df["id"].isin(set(oof["id"]))]  # images training skipped (data.bad_images=skip) stay out
     tf = build_transform(cfg.aug, False, member.mean, member.std)
     ids, targets, logits = [], [], []
     for k, model in zip(member.folds, member.models):
@@ -238,7 +248,9 @@ def member_oof(member: Member, views: list[str] | None, device, dtype, voting: s
 # ---------------------------------------------------------------- submission
 
 
-def resolve_format(fmt: str, sample: pd.DataFrame, id_col: str, classes: list[str]) -> str:
+def resolve_format(fmt: str, sample: pd.DataFrame, id_col: str, classes: list[str], metric: str = "accuracy") -> str:
+    """auto: one column per class -> proba; two classes, one column and a probability metric
+    (roc_auc, log_loss) or fractional placeholders -> binary; one column -> label."""
     cols = [c for c in sample.columns if c != id_col]
     if fmt != "auto":
         return fmt
@@ -246,6 +258,10 @@ def resolve_format(fmt: str, sample: pd.DataFrame, id_col: str, classes: list[st
         return "proba"
     if len(cols) != 1:
         raise UserError(f"cannot tell the submission format from columns {cols}; set ensemble.format")
+    values = pd.to_numeric(sample[cols[0]], errors="coerce")
+    fractional = values.notna().all() and ((values % 1) != 0).any()
+    if len(classes) == 2 and (metric in ("roc_auc", "log_loss") or fractional):
+        return "binary"
     return "label"
 
 
@@ -312,15 +328,15 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
     dtype = amp_dtype(cfg.train.amp, device)
     test, sample = load_test_table(cfg.data)
 
-    members = [load_member(n, cfg.experiment.output_dir, e.missing_folds) for n in names]
+    members = [load_member(n, cfg.experiment.output_dir, e.missing_folds, cfg.data.dir) for n in names]
     classes = members[0].classes
     for m in members[1:]:
         if m.classes != classes:
             raise UserError(f"members {members[0].name} and {m.name} have different class lists; blend experiments of one competition")
     for m in members:
         try:
-            m_test, _ = load_test_table(m.cfg.data)
-        except UserError:
+            m_test, _ = load_test_table(m.stored.data)
+        except UserError:  # the member's own data folder is not here (copied outputs): nothing to compare
             m_test = test
         if list(m_test["id"]) != list(test["id"]):
             raise UserError(f"member {m.name} was trained for other test ids ({m.cfg.data.dir}); blend experiments of one competition")
@@ -376,7 +392,7 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
     probs = combine(np.stack([_logit(p) for p in member_probs]), "soft" if voting == "hard" else voting, w)
 
     # 3) submission
-    fmt = resolve_format(fmt or e.format, sample, cfg.data.id_col, classes)
+    fmt = resolve_format(fmt or e.format, sample, cfg.data.id_col, classes, metric)
     sub = build_submission(sample, cfg.data.id_col, probs, classes, fmt)
     check_submission(sub, sample, cfg.data.id_col, classes, fmt)
     out = Path(out) if out else Path("submissions") / ("+".join(names) + ("_tta" if views != ["identity"] else "") + ".csv")

@@ -39,6 +39,9 @@ def assign_folds(df: pd.DataFrame, n_folds: int, seed: int, grouped: bool) -> np
             "add images, merge or drop those classes, or lower data.n_folds"
         )
     fold = np.full(len(df), -1, dtype=np.int64)
+    if grouped and df["group"].nunique() < n_folds:
+        raise UserError(f"data.group_col has {df['group'].nunique()} groups for {n_folds} folds; "
+                        "lower data.n_folds or use a finer group column")
     if grouped:
         splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         splits = splitter.split(df, df["label"], groups=df["group"])
@@ -60,7 +63,7 @@ def load_or_create_folds(cfg: Config, create: bool = True, table: pd.DataFrame |
     path = folds_path(cfg)
     meta_path = path.with_suffix(".json")
     if path.is_file() and meta_path.is_file():
-        saved = pd.read_csv(path, dtype={"id": str, "label": str})
+        saved = pd.read_csv(path, dtype={"id": str, "label": str, "group": str}, keep_default_na=False)
         classes = json.loads(meta_path.read_text())["classes"]
         now, before = set(df["id"]), set(saved["id"])
         if now != before:

@@ -14,9 +14,19 @@ from src.config import ModelCfg
 from src.utils import UserError
 
 
-def _create(cfg: ModelCfg, num_classes: int, pretrained: bool) -> torch.nn.Module:
+def _create(cfg: ModelCfg, num_classes: int, pretrained: bool, img_size: int | None = None) -> torch.nn.Module:
+    kwargs = {"num_classes": num_classes, "drop_rate": cfg.drop_rate}
     try:
-        return timm.create_model(cfg.name, pretrained=pretrained, num_classes=num_classes, drop_rate=cfg.drop_rate)
+        model = timm.create_model(cfg.name, pretrained=pretrained, **kwargs)
+        pc = model.pretrained_cfg
+        if img_size is not None and pc.get("fixed_input_size") and tuple(pc.get("input_size", ()))[-1:] != (img_size,):
+            # ViT-like models are built for one input size; timm resamples position embeddings.
+            try:
+                model = timm.create_model(cfg.name, pretrained=pretrained, img_size=img_size, **kwargs)
+            except TypeError:
+                raise UserError(f"{cfg.name} takes only {pc['input_size'][-1]} px inputs; set aug.img_size="
+                                f"{pc['input_size'][-1]}") from None
+        return model
     except RuntimeError as e:
         if "Unknown model" in str(e) or "Invalid pretrained tag" in str(e):
             close = difflib.get_close_matches(cfg.name.split(".")[0], timm.list_models(), n=3)
@@ -58,23 +68,25 @@ def load_weights_file(model: torch.nn.Module, path: str | Path) -> None:
         )
 
 
-def build_model(cfg: ModelCfg, num_classes: int, pretrained: bool | None = None) -> torch.nn.Module:
+def build_model(cfg: ModelCfg, num_classes: int, pretrained: bool | None = None,
+                img_size: int | None = None) -> torch.nn.Module:
     """A timm model with a `num_classes` head that returns logits.
 
     Args:
         cfg: the model section (name, pretrained, pretrained_path, drop_rate).
         num_classes: size of the classifier head.
         pretrained: override cfg.pretrained (False when a checkpoint will be loaded anyway).
+        img_size: input side; fixed-size models (ViT, Swin) are built for it.
     """
     pretrained = cfg.pretrained if pretrained is None else pretrained
     if not pretrained:
-        return _create(cfg, num_classes, False)
+        return _create(cfg, num_classes, False, img_size)
     if cfg.pretrained_path:
-        model = _create(cfg, num_classes, False)
+        model = _create(cfg, num_classes, False, img_size)
         load_weights_file(model, cfg.pretrained_path)
         return model
     try:
-        return _create(cfg, num_classes, True)
+        return _create(cfg, num_classes, True, img_size)
     except UserError:
         raise
     except Exception as e:

@@ -55,18 +55,26 @@ def score_submission(sub_path: str | Path, solution_path: str | Path, cfg) -> di
     if unknown:
         raise UserError(f"solution labels {unknown[:5]} are not in the class list {classes[:10]}")
     y = sol[d.label_col].map(index).to_numpy()
+    cols = [c for c in sub.columns if c != d.id_col]
     if all(c in sub.columns for c in classes):
         probs = sub[classes].astype(float).to_numpy()
-    elif d.label_col in sub.columns:
-        labels = sub[d.label_col]
-        if not set(labels) <= set(index) and set(labels) <= {str(i) for i in range(len(classes))}:
-            labels = labels.map(lambda s: classes[int(s)])
-        bad = sorted(set(labels) - set(index))
-        if bad:
-            raise UserError(f"submission labels {bad[:5]} are not classes of this competition")
-        probs = np.eye(len(classes))[labels.map(index).to_numpy()]
+    elif len(cols) == 1:
+        values = sub[cols[0]]
+        numeric = pd.to_numeric(values, errors="coerce")
+        if len(classes) == 2 and numeric.notna().all() and not set(values) <= set(index) and numeric.between(0, 1).all():
+            # a binary task's single column: the probability of the second class
+            p = numeric.to_numpy(dtype=float)
+            probs = np.stack([1 - p, p], axis=1)
+        else:
+            labels = values
+            if not set(labels) <= set(index) and set(labels) <= {str(i) for i in range(len(classes))}:
+                labels = labels.map(lambda s: classes[int(s)])
+            bad = sorted(set(labels) - set(index))
+            if bad:
+                raise UserError(f"submission labels {bad[:5]} are not classes of this competition")
+            probs = np.eye(len(classes))[labels.map(index).to_numpy()]
     else:
-        raise UserError(f"{sub_path} has neither a '{d.label_col}' column nor one column per class")
+        raise UserError(f"{sub_path} has neither one prediction column nor one column per class (columns {cols[:6]})")
     out = {"accuracy": compute_metric("accuracy", y, probs)}
     out[cfg.metric.name] = compute_metric(cfg.metric.name, y, probs)
     return out

@@ -52,6 +52,11 @@ class TrainingDiverged(UserError):
     """The loss became NaN or infinite."""
 
 
+# Settings that do not change what is computed; anything else must match to resume.
+RESUME_MAY_CHANGE = ("loader.num_workers", "loader.pin_memory", "loader.persistent_workers", "wandb.",
+                     "data.dir", "data.check_images", "experiment.output_dir", "ensemble.", "train.device")
+
+
 def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([abs(int(p)) for p in parts]).generate_state(1)[0])
 
@@ -83,6 +88,11 @@ def fold_dir(cfg: Config, fold: int) -> Path:
 
 def prob_columns(classes: list[str]) -> list[str]:
     return [f"prob_{c}" for c in classes]
+
+
+def read_oof(path: Path) -> pd.DataFrame:
+    """An oof.csv with ids and labels kept as written (a label 'None' or 'NA' stays a string)."""
+    return pd.read_csv(path, dtype={"id": str, "label": str}, keep_default_na=False)
 
 
 @torch.no_grad()
@@ -179,7 +189,7 @@ def train_fold(
     # 2) model and freezing
     fold_seed = derive_seed(cfg.experiment.seed, fold + 1)
     seed_everything(fold_seed)
-    model = build_model(cfg.model, n_classes)
+    model = build_model(cfg.model, n_classes, img_size=cfg.aug.img_size)
     frozen = freeze(model, cfg.model.freeze_before, cfg.model.freeze_stages)
     counts = param_counts(model)
     mean, std = resolve_norm(cfg.aug, model.pretrained_cfg)
@@ -206,7 +216,7 @@ def train_fold(
         model.eval()
         with torch.no_grad(), _autocast(device, dtype):
             logits = model(x.to(device))
-        print(f"dry run: input {tuple(x.shape)} -> logits {tuple(logits.shape)}; nothing trained or written")
+        print(f"dry run: input {tuple(x.shape)} -> logits {tuple(logits.shape)}; nothing trained, no checkpoint written")
         return {"dry_run": True, "params": counts, "n_train": len(train_df), "n_valid": 0 if val_df is None else len(val_df)}
 
     # 3) loss, optimizer, schedule, EMA, mixup
@@ -235,9 +245,10 @@ def train_fold(
     best, best_epoch, bad_epochs = None, -1, 0
     if resume and last_path.is_file():
         ckpt = load_checkpoint(last_path)
-        diff = _config_diff(ckpt["config"], cfg.to_dict())
+        diff = [k for k in _config_diff(ckpt["config"], cfg.to_dict()) if not k.startswith(RESUME_MAY_CHANGE)]
         if diff:
-            print(f"note: the config differs from the interrupted run in {diff[:8]}; using the new values")
+            raise UserError(f"the config differs from the interrupted run in {diff[:6]}; resume with the "
+                            "settings it was started with, or pass --force to start over")
         st = ckpt["train_state"]
         try:
             model.load_state_dict(st["model"])
@@ -381,7 +392,7 @@ def train_fold(
     if final is not None:
         save_checkpoint(last_path, final)
     if val_df is not None and (out / "oof.csv").is_file():
-        oof = pd.read_csv(out / "oof.csv", dtype={"id": str, "label": str})
+        oof = read_oof(out / "oof.csv")
         probs = oof[prob_columns(classes)].to_numpy()
         result.update(summary(oof["target"].to_numpy(), probs, cfg.metric.name))
         plot_confusion(oof["target"].to_numpy(), probs.argmax(1), classes, out / "confusion_matrix.png")
@@ -402,7 +413,7 @@ def cv_report(cfg: Config, folds: list[int]) -> dict:
     for k in folds:
         path = fold_dir(cfg, k) / "oof.csv"
         done = json.loads((fold_dir(cfg, k) / "done.json").read_text())
-        oof = pd.read_csv(path, dtype={"id": str, "label": str})
+        oof = read_oof(path)
         classes = classes or [c.removeprefix("prob_") for c in oof.columns if c.startswith("prob_")]
         parts.append(oof)
         rows.append({"fold": k, "best_epoch": done["best_epoch"],

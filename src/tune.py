@@ -289,6 +289,13 @@ def tune(cfg_path: str | Path | None, overrides: list[str], space_path: str | Pa
         sampler=optuna.samplers.TPESampler(seed=space.sampler_seed, n_startup_trials=min(10, max(2, n_trials // 3))),
         pruner=_pruner(space),
     )
+    objective_name = base_cfg.metric.name if base_cfg.train.monitor == "metric" else "loss"
+    before = study.user_attrs.get("objective")
+    if before is None:
+        study.set_user_attr("objective", objective_name)
+    elif before != objective_name:
+        raise UserError(f"study {study_name} optimizes {before}, not {objective_name}; "
+                        "use another --study name, or the metric and train.monitor it was started with")
     done = len(study.get_trials(deepcopy=False, states=COUNTED))
     print(f"study {study_name}: {done} finished trials, target {n_trials}")
     tracker = Tracker(base_cfg, name=f"{study_name}-study", out_dir=out_dir, job_type="tune", group=study_name)

@@ -283,3 +283,8 @@ def test_config_from_dict_rejects_unknown_key(tmp_path: Path):
     d["train"]["bogus"] = 1
     with pytest.raises(UserError, match=r"train\.bogus.*ckpt\.pt|ckpt\.pt.*train\.bogus"):
         config_from_dict(d, "ckpt.pt")
+
+
+def test_mixup_needs_an_even_batch():
+    msg = _error("configs/demo.yaml", ["train.mixup=0.2", "loader.batch_size=33"])
+    assert "even" in msg and "the command line" in msg

@@ -174,7 +174,9 @@ def test_submission_with_unknown_labels(demo_dir: Path, tmp_path: Path):
 
 
 def test_submission_without_label_or_class_columns(demo_dir: Path, tmp_path: Path):
+    # Two prediction columns that are not the classes: which one is meant cannot be told.
     sub = pd.read_csv(demo_dir / "solution.csv", dtype=str).rename(columns={"label": "prediction"})
+    sub["second"] = sub["prediction"]
     path = tmp_path / "cols.csv"
     sub.to_csv(path, index=False)
     with pytest.raises(UserError, match="neither"):
@@ -267,3 +269,21 @@ def test_folds_cli_error_is_one_line(demo_dir: Path, tmp_path: Path):
     assert lines[0].startswith("error: ") and "500 folds" in lines[0]
     assert r.stdout == ""
     assert not out.exists()
+
+
+def test_prediction_column_may_have_any_name(demo_dir: Path, tmp_path: Path):
+    path = _wrong_three(demo_dir, tmp_path)
+    sub = pd.read_csv(path, dtype=str).rename(columns={"label": "category"})
+    sub.to_csv(path, index=False)
+    scores = score_submission(path, demo_dir / "solution.csv", _cfg(demo_dir, tmp_path / "out"))
+    assert scores["accuracy"] == pytest.approx(357 / 360)
+
+
+def test_binary_probability_column_is_scored(tmp_path: Path):
+    sol = pd.DataFrame({"id": ["a", "b", "c", "d"], "label": ["cat", "dog", "dog", "cat"]})
+    sol.to_csv(tmp_path / "solution.csv", index=False)
+    pd.DataFrame({"id": ["a", "b", "c", "d"], "is_dog": [0.1, 0.8, 0.3, 0.2]}).to_csv(tmp_path / "sub.csv", index=False)
+    cfg = _cfg(tmp_path / "none", tmp_path / "out", "metric.name=roc_auc")
+    scores = score_submission(tmp_path / "sub.csv", tmp_path / "solution.csv", cfg)
+    assert scores["accuracy"] == pytest.approx(0.75)  # c (0.3) is a dog called a cat
+    assert scores["roc_auc"] == pytest.approx(1.0)

@@ -523,3 +523,12 @@ def test_cli_overrides_after_experiments_are_not_member_names(world):
     assert out.is_file()
     sub = pd.read_csv(out, dtype=str)
     assert list(sub["id"]) == list(pd.read_csv(world.demo / "sample_submission.csv", dtype=str)["id"])
+
+
+def test_auto_format_picks_binary_for_probability_metrics():
+    sample = pd.DataFrame({"id": ["a", "b"], "target": [0, 0]})
+    assert ens.resolve_format("auto", sample, "id", ["cat", "dog"], "roc_auc") == "binary"
+    assert ens.resolve_format("auto", sample, "id", ["cat", "dog"], "accuracy") == "label"
+    fractional = pd.DataFrame({"id": ["a", "b"], "target": [0.5, 0.5]})
+    assert ens.resolve_format("auto", fractional, "id", ["cat", "dog"], "accuracy") == "binary"
+    assert ens.resolve_format("auto", sample, "id", ["a", "b", "c"], "log_loss") == "label"

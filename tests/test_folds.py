@@ -223,3 +223,29 @@ def test_assign_folds_is_a_pure_function():
     b = assign_folds(df.copy(), 3, 5, grouped=False)
     assert a.dtype == np.int64 and (a >= 0).all()
     np.testing.assert_array_equal(a, b)
+
+
+def test_labels_that_look_like_missing_values_survive_a_second_run(tmp_path: Path):
+    # pandas reads "None", "NA" and "nan" as missing by default; the saved split must not.
+    root = tmp_path / "comp"
+    labels = ["None", "NA", "nan", "cat"] * 6
+    for i in range(len(labels)):
+        _png(root / "train" / f"im{i}.png", 10 * i)
+    pd.DataFrame({"id": [f"im{i}" for i in range(len(labels))], "label": labels}).to_csv(root / "train.csv", index=False)
+    cfg = _cfg(root, tmp_path / "out", "data.n_folds=3")
+    first, classes, _ = load_or_create_folds(cfg)
+    again, classes2, _ = load_or_create_folds(cfg)
+    assert sorted(classes) == sorted(set(labels)) and classes2 == classes
+    assert list(again["label"]) == list(first["label"])
+
+
+def test_fewer_groups_than_folds_is_a_user_error(tmp_path: Path):
+    root = tmp_path / "comp"
+    n = 20
+    for i in range(n):
+        _png(root / "train" / f"im{i}.png", 10 * i)
+    pd.DataFrame({"id": [f"im{i}" for i in range(n)], "label": ["a", "b"] * (n // 2),
+                  "patient": [f"p{i % 3}" for i in range(n)]}).to_csv(root / "train.csv", index=False)
+    with pytest.raises(UserError, match="3 groups for 5 folds"):
+        load_or_create_folds(_cfg(root, tmp_path / "out", "data.group_col=patient"))
+    assert not (tmp_path / "out").exists()
