@@ -532,3 +532,21 @@ def test_auto_format_picks_binary_for_probability_metrics():
     fractional = pd.DataFrame({"id": ["a", "b"], "target": [0.5, 0.5]})
     assert ens.resolve_format("auto", fractional, "id", ["cat", "dog"], "accuracy") == "binary"
     assert ens.resolve_format("auto", sample, "id", ["a", "b", "c"], "log_loss") == "label"
+
+
+def test_members_are_read_from_the_output_dir_given_not_the_stored_one(world, tmp_path, capsys):
+    # Outputs copied elsewhere (a Kaggle dataset): the copy's OOF files must be the ones read.
+    moved = tmp_path / "moved"
+    shutil.copytree(world.out / "a", moved / "a")
+    shutil.copytree(world.out / "folds", moved / "folds")
+    for k in (0, 1):
+        path = moved / "a" / f"fold{k}" / "oof.csv"
+        oof = pd.read_csv(path, dtype={"id": str, "label": str})
+        cols = prob_columns(CLASSES)
+        oof[cols] = np.eye(len(CLASSES))[(oof["target"].to_numpy() + 1) % len(CLASSES)]  # always wrong
+        oof.to_csv(path, index=False)
+    cfg = _ens_cfg(world, f"experiment.output_dir={moved}")
+    ens.run(cfg, ["a"], None, "equal", None, tmp_path / "sub" / "moved.csv")
+    table = capsys.readouterr().out
+    assert "0.0000" in table, table
+    assert (tmp_path / "sub" / "moved.csv").is_file()

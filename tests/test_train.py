@@ -456,3 +456,22 @@ def test_dry_run_cli_builds_everything_and_writes_nothing(demo_dir: Path, tmp_pa
     assert not (exp / "fold0").exists()
     assert list(out.rglob("*.pt")) == []
     assert not (exp / "config.yaml").exists()
+
+
+def test_resume_refuses_a_config_that_changes_the_run(demo_dir, tmp_path):
+    class Stop(Exception):
+        pass
+
+    def stop(epoch, value):
+        raise Stop
+
+    cfg = _cfg(demo_dir, tmp_path, "train.epochs=2")
+    with pytest.raises(Stop):
+        train.train_fold(cfg, 0, on_epoch=stop)
+    before = (tmp_path / "demo" / "fold0" / "last.pt").read_bytes()
+    with pytest.raises(UserError, match=r"train\.epochs"):
+        train.train_fold(_cfg(demo_dir, tmp_path, "train.epochs=5"), 0, resume=True)
+    assert (tmp_path / "demo" / "fold0" / "last.pt").read_bytes() == before
+    # Workers and W&B settings may change.
+    train.train_fold(_cfg(demo_dir, tmp_path, "train.epochs=2", "loader.num_workers=1"), 0, resume=True)
+    assert (tmp_path / "demo" / "fold0" / "done.json").is_file()

@@ -423,3 +423,13 @@ def test_conditional_parameter_only_when_its_condition_holds(suggest_space):
     assert seen == {"ce", "focal"}
     for t in study.trials:
         assert ("loss.gamma" in t.params) == (t.params["loss.name"] == "focal"), t.params
+
+
+def test_reopening_a_study_with_another_objective_stops(demo_dir, tmp_path):
+    out = tmp_path / "out"
+    space = _space(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 1e-3, "high": 2e-2, "log": True}})
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    tune(CONFIG, _overrides(demo_dir, out), space, 1, None, "obj", url)
+    with pytest.raises(UserError, match="optimizes accuracy, not log_loss"):
+        tune(CONFIG, _overrides(demo_dir, out, "metric.name=log_loss"), space, 2, None, "obj", url)
+    assert len(optuna.load_study(study_name="obj", storage=url).trials) == 1
