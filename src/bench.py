@@ -21,7 +21,7 @@ from src.config import add_config_args, load_config
 from src.losses import build_loss
 from src.model import build_model, freeze, param_counts, param_groups, set_train_mode
 from src.optim import build_optimizer
-from src.train import _autocast, amp_dtype, pick_device
+from src.train import amp_dtype, autocast, pick_device
 
 
 def _sync(device: torch.device) -> None:
@@ -52,7 +52,7 @@ def bench(cfg, steps: int = 30, warmup: int = 5, n_classes: int = 1000) -> dict:
     y = torch.randint(0, n_classes, (bs,), device=device)
 
     def train_step() -> None:
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             loss = criterion(model(x), y)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -72,12 +72,12 @@ def bench(cfg, steps: int = 30, warmup: int = 5, n_classes: int = 1000) -> dict:
     model.eval()
     with torch.no_grad():
         for _ in range(warmup):
-            with _autocast(device, dtype):
+            with autocast(device, dtype):
                 model(x)
         _sync(device)
         t0 = time.perf_counter()
         for _ in range(steps):
-            with _autocast(device, dtype):
+            with autocast(device, dtype):
                 model(x)
         _sync(device)
     infer_ips = steps * bs / (time.perf_counter() - t0)

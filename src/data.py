@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -283,15 +284,13 @@ def build_transform(aug: AugCfg, train: bool, mean: tuple, std: tuple) -> A.Comp
 
 
 def seed_transform(transform: A.Compose, seed: int) -> None:
-    """Seed a pipeline so every transform draws from its own stream.
+    """Seed a pipeline: one numpy and one python generator shared by all its transforms.
 
-    Compose.set_random_seed gives all children the same seed, which makes e.g. the horizontal
-    and vertical flip decisions identical; each child gets a distinct derived seed instead.
+    Compose.set_random_seed would give every child its own generator with the *same* seed, which
+    makes e.g. the horizontal and vertical flip decisions identical; a shared stream is drawn in
+    turn, so the decisions are independent (and it is 2 generators per sample, not 2 per child).
     """
-    transform.set_random_seed(seed)
-    states = np.random.SeedSequence(seed).generate_state(len(transform.transforms))
-    for t, s in zip(transform.transforms, states):
-        t.set_random_seed(int(s))
+    transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
 
 # ---------------------------------------------------------------- dataset and loaders

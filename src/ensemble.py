@@ -28,9 +28,9 @@ from src.checkpoint import load_checkpoint
 from src.config import Config, add_config_args, config_from_dict, load_config
 from src.data import ImageDataset, build_transform, load_test_table, make_loader, resolve_norm
 from src.folds import load_or_create_folds
-from src.metrics import LOWER_IS_BETTER, compute_metric
+from src.metrics import LOWER_IS_BETTER, compute_metric, softmax
 from src.model import build_model
-from src.train import _autocast, amp_dtype, pick_device, prob_columns, read_oof
+from src.train import amp_dtype, autocast, pick_device, prob_columns, read_oof
 from src.utils import UserError, atomic_save, run_cli
 
 # ---------------------------------------------------------------- TTA views
@@ -160,15 +160,9 @@ def predict_views(models: list[torch.nn.Module], loader, views: list[str], devic
         for vi, v in enumerate(views):
             xv = apply_view(v, x)
             for mi, m in enumerate(models):
-                with _autocast(device, dtype):
+                with autocast(device, dtype):
                     out[mi][vi].append(m(xv).float().cpu())
     return np.stack([np.stack([torch.cat(v).numpy() for v in per_model]) for per_model in out])
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(-1, keepdims=True)
 
 
 def combine(logits: np.ndarray, voting: str, weights: np.ndarray | None = None) -> np.ndarray:
@@ -181,11 +175,11 @@ def combine(logits: np.ndarray, voting: str, weights: np.ndarray | None = None) 
     w = np.full(k, 1.0 / k) if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
     w = w[:, None, None]
     if voting == "soft":
-        return (w * _softmax(logits)).sum(0)
+        return (w * softmax(logits)).sum(0)
     if voting == "geometric":
-        return _softmax((w * np.log(np.clip(_softmax(logits), 1e-12, 1.0))).sum(0))
+        return softmax((w * np.log(np.clip(softmax(logits), 1e-12, 1.0))).sum(0))
     if voting == "logits":
-        return _softmax((w * logits).sum(0))
+        return softmax((w * logits).sum(0))
     if voting == "hard":
         votes = np.eye(logits.shape[2])[logits.argmax(2)]  # (K, N, C)
         return (w * votes).sum(0)
@@ -211,9 +205,9 @@ def fit_weights(oof_probs: list[np.ndarray], y: np.ndarray, metric: str, voting:
 
     candidates = [np.full(k, 1.0 / k)] + [np.eye(k)[i] for i in range(k)]
     if k > 1:
-        res = minimize(lambda t: loss(_softmax(t)), np.zeros(k), method="Nelder-Mead",
+        res = minimize(lambda t: loss(softmax(t)), np.zeros(k), method="Nelder-Mead",
                        options={"maxiter": 200 * k, "xatol": 1e-4, "fatol": 1e-7})
-        candidates.append(_softmax(res.x))
+        candidates.append(softmax(res.x))
     return min(candidates, key=loss)
 
 
@@ -362,11 +356,11 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
                 raise UserError(f"member {m.name}'s OOF ids differ from {members[0].name}'s; members must share the training set")
             order = table.index.get_indexer(ids)
             per.append(lg[order])
-            rows.append({"member": m.name, "tta": "+".join(rv) if rv else "none", metric: compute_metric(metric, y, _softmax(lg[order]))})
+            rows.append({"member": m.name, "tta": "+".join(rv) if rv else "none", metric: compute_metric(metric, y, softmax(lg[order]))})
         oof_logits[vi] = per
     fit_on = oof_logits[len(report_views) - 1]
     if weights == "auto":
-        w = fit_weights([_softmax(x) for x in fit_on], y, metric, voting)
+        w = fit_weights([softmax(x) for x in fit_on], y, metric, voting)
         print("auto weights: " + ", ".join(f"{m.name} {wi:.3f}" for m, wi in zip(members, w)))
     elif weights == "equal":
         w = np.full(len(members), 1.0 / len(members))

@@ -8,6 +8,13 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, log_los
 LOWER_IS_BETTER = {"log_loss", "loss"}
 
 
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax over the last axis, stable for large logits."""
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
 def compute_metric(name: str, y_true: np.ndarray, probs: np.ndarray) -> float:
     """Score `probs` (N x C) against integer targets with the metric `name`.
 

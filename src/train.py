@@ -40,7 +40,7 @@ from src.data import (
 )
 from src.folds import folds_path, load_or_create_folds
 from src.losses import build_loss
-from src.metrics import LOWER_IS_BETTER, is_better, summary
+from src.metrics import LOWER_IS_BETTER, is_better, softmax, summary
 from src.model import build_model, freeze, param_counts, param_groups, set_train_mode, unfreeze
 from src.optim import build_optimizer, build_scheduler
 from src.plots import plot_confusion, plot_curves
@@ -105,20 +105,14 @@ def predict(model: torch.nn.Module, loader, device: torch.device, dtype: torch.d
         x = x.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             outs.append(model(x).float().cpu())
         extra.append(y)
     return torch.cat(outs).numpy(), torch.cat(extra).numpy()
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
+def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
 
 
 def _fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str]]:
@@ -214,7 +208,7 @@ def train_fold(
     if dry_run:
         x, _ = next(iter(make_loader(train_ds, cfg.loader, device=device.type, batch_size=min(4, len(train_ds)))))
         model.eval()
-        with torch.no_grad(), _autocast(device, dtype):
+        with torch.no_grad(), autocast(device, dtype):
             logits = model(x.to(device))
         print(f"dry run: input {tuple(x.shape)} -> logits {tuple(logits.shape)}; nothing trained, no checkpoint written")
         return {"dry_run": True, "params": counts, "n_train": len(train_df), "n_valid": 0 if val_df is None else len(val_df)}
@@ -316,7 +310,7 @@ def train_fold(
                 target = y
                 if mixup is not None:
                     x, target = mixup(x, y)
-                with _autocast(device, dtype):
+                with autocast(device, dtype):
                     logits = model(x)
                     loss = criterion(logits, target)
                 if not torch.isfinite(loss):
@@ -348,7 +342,7 @@ def train_fold(
             if val_loader is not None:
                 eval_model = ema.module if ema is not None else model
                 logits, y_val = predict(eval_model, val_loader, device, dtype, channels_last)
-                probs = _softmax(logits)
+                probs = softmax(logits)
                 val_loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y_val)))
                 scores = summary(y_val, probs, cfg.metric.name)
                 row.update({"val_loss": val_loss, **{f"val_{k}": v for k, v in scores.items()}})
