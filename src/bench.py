@@ -21,7 +21,7 @@ from src.config import add_config_args, load_config
 from src.losses import build_loss
 from src.model import build_model, freeze, param_counts, param_groups, set_train_mode
 from src.optim import build_optimizer
-from src.train import amp_dtype, autocast, pick_device
+from src.runtime import Runtime
 
 
 def _sync(device: torch.device) -> None:
@@ -31,28 +31,22 @@ def _sync(device: torch.device) -> None:
 
 def bench(cfg, steps: int = 30, warmup: int = 5, n_classes: int = 1000) -> dict:
     """Time `steps` training steps and inference batches after `warmup` of each."""
-    device = pick_device(cfg.train.device)
-    dtype = amp_dtype(cfg.train.amp, device)
-    channels_last = cfg.train.channels_last and device.type == "cuda"
+    rt = Runtime.from_cfg(cfg.runtime)
+    device = rt.device
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
         torch.cuda.reset_peak_memory_stats()
     model = build_model(cfg.model, n_classes, pretrained=False, img_size=cfg.aug.img_size)
     frozen = freeze(model, cfg.model.freeze_before, cfg.model.freeze_stages)
-    model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = rt.model(model)
     opt = build_optimizer(cfg.optim, param_groups(model, cfg.optim.weight_decay, frozen, 1.0, False))
     criterion = build_loss(cfg.loss, n_classes, torch.zeros(1, dtype=torch.long).numpy()).to(device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=rt.dtype == torch.float16)
     bs, size = cfg.loader.batch_size, cfg.aug.img_size
-    x = torch.randn(bs, 3, size, size, device=device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = rt.batch(torch.randn(bs, 3, size, size))
     y = torch.randint(0, n_classes, (bs,), device=device)
 
     def train_step() -> None:
-        with autocast(device, dtype):
+        with rt.autocast():
             loss = criterion(model(x), y)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -72,20 +66,20 @@ def bench(cfg, steps: int = 30, warmup: int = 5, n_classes: int = 1000) -> dict:
     model.eval()
     with torch.no_grad():
         for _ in range(warmup):
-            with autocast(device, dtype):
+            with rt.autocast():
                 model(x)
         _sync(device)
         t0 = time.perf_counter()
         for _ in range(steps):
-            with autocast(device, dtype):
+            with rt.autocast():
                 model(x)
         _sync(device)
     infer_ips = steps * bs / (time.perf_counter() - t0)
     return {
         "model": cfg.model.name,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else str(device),
-        "amp": str(dtype).removeprefix("torch.") if dtype else "off",
-        "channels_last": channels_last,
+        "amp": rt.amp_name,
+        "channels_last": rt.channels_last,
         "batch_size": bs,
         "img_size": size,
         "params": param_counts(model),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import random
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +53,102 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------- the keeper of one fold's checkpoints
+
+# Settings that do not change what is computed; anything else must match to resume.
+RESUME_MAY_CHANGE = ("loader.num_workers", "loader.pin_memory", "loader.persistent_workers", "wandb.",
+                     "data.dir", "data.check_images", "experiment.output_dir", "ensemble.", "runtime.device")
+
+
+def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts."""
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+class CheckpointKeeper:
+    """Owns one fold's best.pt and last.pt: the best monitored value, early stopping, the epoch
+    history and the resume state, in the manner of timm's CheckpointSaver.
+
+    `fold` is anything with `train_state()`, `load_train_state(state)` and `eval_model` (the
+    trainer's FoldState): the keeper decides what is written and when, not how training runs.
+    """
+
+    def __init__(self, best: Path, last: Path, meta: dict, monitor: str, better: Callable[[float, float | None], bool],
+                 early_stopping: int | None):
+        self.best_path, self.last_path, self.meta = best, last, meta
+        self.monitor, self.better, self.early_stopping = monitor, better, early_stopping
+        self.best: float | None = None
+        self.best_epoch = -1
+        self.bad_epochs = 0
+        self.history: list[dict] = []
+
+    def observe(self, epoch: int, value: float | None) -> bool:
+        """Record an epoch's monitored value (None: no validation, the latest epoch is best)."""
+        if value is None:
+            self.best, self.best_epoch = None, epoch
+            return True
+        if self.better(value, self.best):
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.early_stopping is not None and self.bad_epochs >= self.early_stopping
+
+    def _state(self, fold, epoch: int, finished: bool) -> dict:
+        return {
+            **self.meta,
+            "model": fold.eval_model.state_dict(),
+            "epoch": epoch,
+            "metric": self.history[-1].get(f"val_{self.monitor}") if self.history else None,
+            "best_metric": self.best,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            "finished": finished,
+            "train_state": {**fold.train_state(), "rng": rng_state(), "bad_epochs": self.bad_epochs},
+        }
+
+    def save(self, fold, epoch: int, improved: bool) -> None:
+        """After an epoch: best.pt when it improved, last.pt always."""
+        state = self._state(fold, epoch, False)
+        if improved:
+            save_checkpoint(self.best_path, state)
+        save_checkpoint(self.last_path, state)
+
+    def finish(self, fold, keep_last_as_best: bool) -> None:
+        """Mark last.pt finished; without validation the final weights are also best.pt."""
+        if not self.history:
+            return
+        state = self._state(fold, self.history[-1]["epoch"], True)
+        save_checkpoint(self.last_path, state)
+        if keep_last_as_best:
+            save_checkpoint(self.best_path, state)
+
+    def resume(self, fold, config: dict) -> int:
+        """Load last.pt into the fold's objects and this keeper; return the epoch to start from."""
+        ckpt = load_checkpoint(self.last_path)
+        diff = [k for k in config_diff(ckpt["config"], config) if not k.startswith(RESUME_MAY_CHANGE)]
+        if diff:
+            raise UserError(f"the config differs from the interrupted run in {diff[:6]}; resume with the "
+                            "settings it was started with, or pass --force to start over")
+        st = ckpt["train_state"]
+        try:
+            fold.load_train_state(st)
+        except RuntimeError as e:
+            raise UserError(f"{self.last_path} does not fit the configured model ({str(e).splitlines()[0][:120]}); "
+                            "resume with the config it was trained with, or pass --force") from None
+        set_rng_state(st["rng"])
+        self.history, self.best, self.best_epoch = ckpt["history"], ckpt["best_metric"], ckpt["best_epoch"]
+        self.bad_epochs = st["bad_epochs"]
+        return ckpt["epoch"] + 1

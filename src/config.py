@@ -6,6 +6,7 @@ allowed choices, so a default is written in exactly one place.
 
 from __future__ import annotations
 
+import copy
 import difflib
 from pathlib import Path
 from typing import Any, Literal
@@ -119,14 +120,23 @@ class SchedCfg(_Section):
     patience: int
 
 
+class RuntimeCfg(_Section):
+    device: Literal["auto", "cuda", "mps", "cpu"]
+    amp: Literal["auto", "bf16", "fp16", "off"]
+    channels_last: bool
+    deterministic: bool
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _yaml_off(cls, v):
+        # YAML 1.1 reads a bare `off` as False.
+        return "off" if v is False else v
+
+
 class TrainCfg(_Section):
     epochs: int
     accum_steps: int
     clip_grad: float | None
-    amp: Literal["auto", "bf16", "fp16", "off"]
-    channels_last: bool
-    device: Literal["auto", "cuda", "mps", "cpu"]
-    deterministic: bool
     ema: bool
     ema_decay: float
     mixup: float
@@ -135,12 +145,6 @@ class TrainCfg(_Section):
     monitor: Literal["metric", "loss"]
     early_stopping: int | None
     limit_batches: int | None
-
-    @field_validator("amp", mode="before")
-    @classmethod
-    def _yaml_off(cls, v):
-        # YAML 1.1 reads a bare `off` as False.
-        return "off" if v is False else v
 
 
 class MetricCfg(_Section):
@@ -174,6 +178,7 @@ class Config(_Section):
     metric: MetricCfg
     wandb: WandbCfg
     ensemble: EnsembleCfg
+    runtime: RuntimeCfg
 
     @model_validator(mode="after")
     def _check(self):
@@ -258,6 +263,35 @@ def parse_override(text: str) -> dict[str, Any]:
     return out
 
 
+# Keys that moved: a user who still writes the old one is told the new one; configs stored in
+# older checkpoints are carried over silently.
+MOVED = {
+    "train.device": "runtime.device",
+    "train.amp": "runtime.amp",
+    "train.channels_last": "runtime.channels_last",
+    "train.deterministic": "runtime.deterministic",
+}
+
+
+def _pop(d: dict, dotted: str) -> tuple[bool, Any]:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        d = d.get(p)
+        if not isinstance(d, dict):
+            return False, None
+    return (True, d.pop(leaf)) if leaf in d else (False, None)
+
+
+def _migrate(d: dict) -> dict:
+    """A stored config with old key names, carried over to today's names."""
+    for old, new in MOVED.items():
+        found, value = _pop(d, old)
+        if found:
+            section, key = new.split(".")
+            d.setdefault(section, {}).setdefault(key, value)
+    return d
+
+
 def _field_names(loc: tuple) -> list[str]:
     model: Any = Config
     for part in loc[:-1]:
@@ -303,6 +337,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _merge(merged, data, str(_display(f)), origin)
     for text in overrides or []:
         _merge(merged, parse_override(text), CLI, origin)
+    for old, new in MOVED.items():
+        if old in origin:
+            raise UserError(f"'{old}' (in {origin[old]}) is now '{new}'; rename the key")
     merged.setdefault("experiment", {})
     if isinstance(merged["experiment"], dict) and merged["experiment"].get("name") is None:
         merged["experiment"]["name"] = path.stem
@@ -317,7 +354,7 @@ def config_from_dict(d: dict[str, Any], where: str) -> Config:
     """Rebuild a config stored inside a checkpoint; keys added to base.yaml since then get their defaults."""
     merged: dict[str, Any] = {}
     _merge(merged, _read_yaml(CONFIG_DIR / "base.yaml"), "base.yaml", {})
-    _merge(merged, d, where, {})
+    _merge(merged, _migrate(copy.deepcopy(d)), where, {})
     try:
         return Config.model_validate(merged)
     except ValidationError as e:

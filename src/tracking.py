@@ -1,4 +1,9 @@
-"""Weights & Biases tracking that can never stop a training run."""
+"""Weights & Biases tracking that can never stop a training run.
+
+The outermost command owns the runs: `src.train` opens one per fold, `src.tune` one for the
+study (open for the whole study) and one per trial fold, and passes them down. Runs are created
+with reinit="create_new", so a fold's run never closes the study's.
+"""
 
 from __future__ import annotations
 
@@ -17,31 +22,41 @@ def wandb_mode(mode: str) -> str:
 
 
 class Tracker:
-    """One W&B run (grouped by experiment). Any tracking failure is a warning, then a no-op."""
+    """One W&B run, or nothing (`Tracker.off()`). Any tracking failure is a warning, then a no-op."""
 
-    def __init__(self, cfg: Config, name: str, out_dir: Path, job_type: str = "train", group: str | None = None):
-        self.run = None
+    def __init__(self, run=None):
+        self.run = run
+
+    @classmethod
+    def off(cls) -> Tracker:
+        return cls(None)
+
+    @classmethod
+    def start(cls, cfg: Config, name: str, out_dir: Path, job_type: str = "train", group: str | None = None) -> Tracker:
+        """Open a run named `name` in `group` (default: the experiment), files under out_dir/wandb."""
         mode = wandb_mode(cfg.wandb.mode)
         if mode == "disabled":
-            return
+            return cls.off()
         try:
             import wandb
 
             out_dir.mkdir(parents=True, exist_ok=True)
-            self.run = wandb.init(
+            return cls(wandb.init(
                 mode=mode,
                 project=cfg.wandb.project,
                 entity=cfg.wandb.entity,
-                group=group or cfg.experiment.name,
+                group=group or str(cfg.experiment.name),
                 name=name,
                 job_type=job_type,
                 dir=str(out_dir),
                 config=cfg.to_dict(),
-                reinit="finish_previous",
+                reinit="create_new",
                 settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
-            )
+            ))
         except Exception as e:  # tracking must never cost a training run
-            self._fail("start", e)
+            tracker = cls.off()
+            tracker._fail("start", e)
+            return tracker
 
     def _fail(self, what: str, e: Exception) -> None:
         warnings.warn(f"W&B {what} failed ({type(e).__name__}: {e}); continuing without tracking", stacklevel=3)
@@ -61,6 +76,15 @@ class Tracker:
             except Exception as e:
                 self._fail("summary", e)
 
+    def table(self, key: str, columns: list[str], rows: list[list]) -> None:
+        if self.run is not None:
+            try:
+                import wandb
+
+                self.run.log({key: wandb.Table(columns=columns, data=rows)})
+            except Exception as e:
+                self._fail("table", e)
+
     def confusion(self, y_true, y_pred, class_names: list[str]) -> None:
         if self.run is not None:
             try:
@@ -78,3 +102,9 @@ class Tracker:
             except Exception as e:
                 self._fail("finish", e)
             self.run = None
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.finish()

@@ -26,10 +26,9 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from src.config import CLI, Config, add_config_args, load_config
-from src.metrics import LOWER_IS_BETTER
+from src.config import CLI, DEFAULT_CONFIG, Config, add_config_args, load_config
 from src.tracking import Tracker
-from src.train import train_fold
+from src.trainer import higher_is_better, monitor_name, train_fold
 from src.utils import UserError, atomic_save, atomic_write_text, run_cli
 
 DEFAULT_SPACE_DIR = Path(__file__).resolve().parent.parent / "configs" / "tune"
@@ -255,6 +254,74 @@ def run_trials(study: optuna.Study, objective, n_trials: int, timeout: float | N
             on_trial(frozen)
 
 
+def _open(base_cfg: Config, space: Space, n_trials: int, storage: str | None) -> optuna.Study:
+    """Create or reopen the study; a study reopened with another objective stops."""
+    study = open_study(
+        study_name=space.study,
+        storage=storage_for(storage, space.study, base_cfg.experiment.output_dir),
+        load_if_exists=True,
+        direction="maximize" if higher_is_better(base_cfg) else "minimize",
+        sampler=optuna.samplers.TPESampler(seed=space.sampler_seed, n_startup_trials=min(10, max(2, n_trials // 3))),
+        pruner=_pruner(space),
+    )
+    objective_name = monitor_name(base_cfg)
+    before = study.user_attrs.get("objective")
+    if before is None:
+        study.set_user_attr("objective", objective_name)
+    elif before != objective_name:
+        raise UserError(f"study {space.study} optimizes {before}, not {objective_name}; "
+                        "use another --study name, or the metric and train.monitor it was started with")
+    return study
+
+
+def make_objective(cfg_path: Path, overrides: list[str], space: Space, out_dir: Path):
+    """The trial function: train the space's folds with the drawn values (one W&B run per trial
+    fold, grouped under the study), report every epoch to the pruner, return the mean best."""
+
+    def objective(trial: optuna.Trial) -> float:
+        values = suggest(trial, space)
+        trial_overrides = [*overrides, *(f"{k}={json.dumps(v)}" for k, v in values.items()),
+                           f"experiment.name={space.study}/trial{trial.number}"]
+        try:
+            cfg: Config = load_config(cfg_path, trial_overrides)
+            scores = []
+            for i, k in enumerate(space.folds):
+                def report(epoch: int, value: float, i=i, k=k) -> None:
+                    if value is None or not math.isfinite(value):
+                        return
+                    trial.report(value, step=i * cfg.train.epochs + epoch)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned(f"pruned at fold {k}, epoch {epoch} ({value:.4g})")
+
+                with Tracker.start(cfg, name=f"{space.study}-trial{trial.number}-fold{k}", out_dir=out_dir,
+                                   job_type="trial", group=space.study) as fold_tracker:
+                    scores.append(train_fold(cfg, k, force=True, on_epoch=report, tracker=fold_tracker)["best"])
+            return float(sum(scores) / len(scores))
+        except optuna.TrialPruned:
+            raise
+        except Exception as e:
+            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # an out-of-memory trial must not starve the next one
+            raise
+
+    return objective
+
+
+def log_study(tracker: Tracker, study: optuna.Study) -> None:
+    """The study run's summary: best value and trial, and a table of every trial."""
+    trials = study.get_trials(deepcopy=False)
+    keys = sorted({k for t in trials for k in t.params})
+    rows = [[t.number, t.state.name, t.value, *(str(t.params.get(k)) for k in keys)] for t in trials]
+    tracker.table("trials", ["trial", "state", "value", *keys], rows)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    summary = {"n_trials": len(trials), "n_complete": len(complete)}
+    if complete:
+        summary.update({"best_value": study.best_value, "best_trial": study.best_trial.number,
+                        **{f"best/{k}": v for k, v in study.best_params.items()}})
+    tracker.summary(summary)
+
+
 def tune(cfg_path: str | Path | None, overrides: list[str], space_path: str | Path | None = None,
          n_trials: int | None = None, timeout: float | None = None, study_name: str | None = None,
          storage: str | None = None) -> optuna.Study:
@@ -266,82 +333,35 @@ def tune(cfg_path: str | Path | None, overrides: list[str], space_path: str | Pa
         space_path: search-space YAML (default: configs/tune/<config stem>.yaml).
         n_trials, timeout, study_name, storage: override the space file's values.
     """
-    from src.config import DEFAULT_CONFIG
-
     cfg_path = Path(cfg_path) if cfg_path else DEFAULT_CONFIG
     base_cfg = load_config(cfg_path, overrides)
     space_path = Path(space_path) if space_path else DEFAULT_SPACE_DIR / f"{cfg_path.stem}.yaml"
     space = load_space(space_path, cfg_path, overrides)
-    study_name = study_name or space.study
-    space.study = study_name
+    space.study = study_name or space.study
     n_trials = n_trials if n_trials is not None else space.n_trials
     timeout = timeout if timeout is not None else space.timeout
     for k in space.folds:
         if not 0 <= k < base_cfg.data.n_folds:
             raise UserError(f"{space_path}: folds lists {k}, but the config has {base_cfg.data.n_folds} folds")
-    higher = base_cfg.train.monitor == "metric" and base_cfg.metric.name not in LOWER_IS_BETTER
-    out_dir = Path(base_cfg.experiment.output_dir) / study_name
-    study = open_study(
-        study_name=study_name,
-        storage=storage_for(storage, study_name, base_cfg.experiment.output_dir),
-        load_if_exists=True,
-        direction="maximize" if higher else "minimize",
-        sampler=optuna.samplers.TPESampler(seed=space.sampler_seed, n_startup_trials=min(10, max(2, n_trials // 3))),
-        pruner=_pruner(space),
-    )
-    objective_name = base_cfg.metric.name if base_cfg.train.monitor == "metric" else "loss"
-    before = study.user_attrs.get("objective")
-    if before is None:
-        study.set_user_attr("objective", objective_name)
-    elif before != objective_name:
-        raise UserError(f"study {study_name} optimizes {before}, not {objective_name}; "
-                        "use another --study name, or the metric and train.monitor it was started with")
-    done = len(study.get_trials(deepcopy=False, states=COUNTED))
-    print(f"study {study_name}: {done} finished trials, target {n_trials}")
-    tracker = Tracker(base_cfg, name=f"{study_name}-study", out_dir=out_dir, job_type="tune", group=study_name)
+    out_dir = Path(base_cfg.experiment.output_dir) / space.study
+    study = _open(base_cfg, space, n_trials, storage)
+    print(f"study {space.study}: {len(study.get_trials(deepcopy=False, states=COUNTED))} finished trials, target {n_trials}")
 
-    def objective(trial: optuna.Trial) -> float:
-        values = suggest(trial, space)
-        trial_overrides = [*overrides, *(f"{k}={json.dumps(v)}" for k, v in values.items()),
-                           f"experiment.name={study_name}/trial{trial.number}"]
-        try:
-            cfg: Config = load_config(cfg_path, trial_overrides)
-            epochs = cfg.train.epochs
-            scores = []
-            for i, k in enumerate(space.folds):
-                def report(epoch: int, value: float, i=i, k=k) -> None:
-                    if value is None or not math.isfinite(value):
-                        return
-                    trial.report(value, step=i * epochs + epoch)
-                    if trial.should_prune():
-                        raise optuna.TrialPruned(f"pruned at fold {k}, epoch {epoch} ({value:.4g})")
+    # The study's own run stays open while the trials' fold runs come and go.
+    with Tracker.start(base_cfg, name=f"{space.study}-study", out_dir=out_dir, job_type="tune", group=space.study) as tracker:
+        def log_trial(trial: optuna.trial.FrozenTrial) -> None:
+            tracker.log({"trial": trial.number, "state": trial.state.name,
+                         "value": trial.value if trial.value is not None else float("nan"), **trial.params})
 
-                result = train_fold(cfg, k, force=True, on_epoch=report)
-                scores.append(result["best"])
-            return float(sum(scores) / len(scores))
-        except optuna.TrialPruned:
-            raise
-        except Exception as e:
-            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}")
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()  # an out-of-memory trial must not starve the next one
-            raise
-
-    def log_trial(trial: optuna.trial.FrozenTrial) -> None:
-        tracker.log({"trial": trial.number, "state": trial.state.name,
-                     "value": trial.value if trial.value is not None else float("nan"), **trial.params})
-
-    run_trials(study, objective, n_trials, timeout, log_trial)
-    tracker.finish()
+        run_trials(study, make_objective(cfg_path, overrides, space, out_dir), n_trials, timeout, log_trial)
+        log_study(tracker, study)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
-    for t in failed[-5:]:
+    for t in study.get_trials(deepcopy=False, states=(FAIL,))[-5:]:
         print(f"trial {t.number} failed: {t.user_attrs.get('fail_reason', 'unknown reason')}")
     if not complete:
-        raise UserError(f"study {study_name} has no completed trial yet; check the failures above")
+        raise UserError(f"study {space.study} has no completed trial yet; check the failures above")
     best = study.best_trial
-    print(f"best trial {best.number}: {base_cfg.metric.name if base_cfg.train.monitor == 'metric' else 'loss'} "
-          f"{best.value:.6g} with {best.params}")
+    print(f"best trial {best.number}: {monitor_name(base_cfg)} {best.value:.6g} with {best.params}")
     path = export_best(study, space, cfg_path, overrides, out_dir)
     plots = save_plots(study, out_dir)
     print(f"exported {path}; plots: {', '.join(map(str, plots)) or 'none'}")

@@ -1,13 +1,28 @@
-"""Shared fixtures: the digits demo built once per session, and torch on one thread."""
+"""Shared fixtures: the digits demo built once per session, configs pointed at it, and torch on
+one thread."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
+from src.config import CONFIG_DIR, Config, load_config
 from src.demo import build_demo
+
+DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
+# One epoch of a few batches of timm's tiny ResNet at 32 px: the real loop, in about a second.
+TINY = (
+    "model.name=test_resnet",
+    "aug.img_size=32",
+    "train.epochs=1",
+    "train.limit_batches=3",
+    "loader.batch_size=16",
+    "loader.num_workers=0",
+    "data.check_images=false",
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -24,3 +39,34 @@ def _one_torch_thread():
 def demo_dir(tmp_path_factory) -> Path:
     """The digits competition, built once per session; tests must not modify it (copy it first)."""
     return build_demo(tmp_path_factory.mktemp("demo") / "digits")
+
+
+@pytest.fixture(scope="session")
+def overrides_for() -> Callable[..., list[str]]:
+    """overrides_for(data_dir, out, *extra): the command-line overrides that point configs/demo.yaml
+    at a competition folder and an output folder, with W&B off; `extra` wins."""
+
+    def make(data_dir: Path, out: Path, *extra: str) -> list[str]:
+        return [f"data.dir={data_dir}", f"experiment.output_dir={out}", "wandb.mode=disabled", *extra]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def demo_cfg(overrides_for) -> Callable[..., Config]:
+    """demo_cfg(data_dir, out, *extra, config=configs/demo.yaml): a loaded config for tests."""
+
+    def make(data_dir: Path, out: Path, *extra: str, config: Path = DEMO_CONFIG) -> Config:
+        return load_config(config, overrides_for(data_dir, out, *extra))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(demo_cfg) -> Callable[..., Config]:
+    """tiny_cfg(data_dir, out, *extra): demo_cfg with TINY (one short epoch) applied first."""
+
+    def make(data_dir: Path, out: Path, *extra: str) -> Config:
+        return demo_cfg(data_dir, out, *TINY, *extra)
+
+    return make

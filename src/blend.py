@@ -1,0 +1,55 @@
+"""Blending predictions: voting rules and member weights fitted on out-of-fold predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize
+
+from src.metrics import LOWER_IS_BETTER, compute_metric, softmax
+
+
+def combine(logits: np.ndarray, voting: str, weights: np.ndarray | None = None) -> np.ndarray:
+    """Blend logits (K, N, C) from K predictors into probabilities (N, C).
+
+    soft: weighted mean of probabilities; geometric: of log-probabilities, renormalized;
+    logits: softmax of the weighted mean logit; hard: weighted share of argmax votes.
+    """
+    k = logits.shape[0]
+    w = np.full(k, 1.0 / k) if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
+    w = w[:, None, None]
+    if voting == "soft":
+        return (w * softmax(logits)).sum(0)
+    if voting == "geometric":
+        return softmax((w * np.log(np.clip(softmax(logits), 1e-12, 1.0))).sum(0))
+    if voting == "logits":
+        return softmax((w * logits).sum(0))
+    if voting == "hard":
+        votes = np.eye(logits.shape[2])[logits.argmax(2)]  # (K, N, C)
+        return (w * votes).sum(0)
+    raise ValueError(voting)
+
+
+def log_probs(p: np.ndarray) -> np.ndarray:
+    """Log-probabilities, clipped: they stand in for logits (per-row shifts cancel in softmax)."""
+    return np.log(np.clip(p, 1e-12, 1.0))
+
+
+def fit_weights(oof_probs: list[np.ndarray], y: np.ndarray, metric: str, voting: str) -> np.ndarray:
+    """Member weights that maximize the metric on OOF predictions (never worse than equal).
+
+    Nelder-Mead over softmax-parametrized weights, started from equal weights; equal weights and
+    each single member are candidates too, so the result is at least as good as equal on OOF.
+    """
+    k = len(oof_probs)
+    stack = np.stack([log_probs(p) for p in oof_probs])
+    sign = 1.0 if metric in LOWER_IS_BETTER else -1.0
+
+    def loss(w: np.ndarray) -> float:
+        return sign * compute_metric(metric, y, combine(stack, voting, w))
+
+    candidates = [np.full(k, 1.0 / k)] + [np.eye(k)[i] for i in range(k)]
+    if k > 1:
+        res = minimize(lambda t: loss(softmax(t)), np.zeros(k), method="Nelder-Mead",
+                       options={"maxiter": 200 * k, "xatol": 1e-4, "fatol": 1e-7})
+        candidates.append(softmax(res.x))
+    return min(candidates, key=loss)

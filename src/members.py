@@ -1,0 +1,183 @@
+"""Ensemble members: an experiment's finished folds and their predictions per fold and TTA view.
+
+Predictions are cached as logits in outputs/<experiment>/preds/fold<k>/, keyed by the bytes of
+the fold's best.pt, the images (ids, files, sizes, modification times), the view and the
+precision. A model is built only for the (fold, view) pairs the cache lacks, so re-blending with
+other weights, voting or formats needs no model at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from src.blend import combine, log_probs
+from src.checkpoint import load_checkpoint
+from src.config import Config, LoaderCfg, config_from_dict
+from src.data import ImageDataset, build_transform, make_loader, resolve_norm
+from src.folds import load_or_create_folds
+from src.model import build_model
+from src.runs import (
+    experiment_dir,
+    file_sha1,
+    finished_folds,
+    fold_paths,
+    fold_record,
+    images_key,
+    load_preds,
+    oof_probs,
+    preds_key,
+    preds_path,
+    read_oof,
+    save_preds,
+)
+from src.runtime import Runtime, predict
+from src.utils import UserError
+
+
+@dataclass
+class Member:
+    """One experiment's finished folds, each with its own stored config (paths relocated)."""
+
+    name: str
+    exp_dir: Path
+    folds: list[int]
+    classes: list[str]
+    configs: dict[int, Config] = field(repr=False)
+    computed: int = 0  # (fold, view) predictions made by a model in this process
+    cached: int = 0  # ... and read from the cache
+    _sha: dict[int, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def cfg(self) -> Config:
+        """The first fold's config: the data and split every fold shares."""
+        return self.configs[self.folds[0]]
+
+    def sha(self, fold: int) -> str:
+        if fold not in self._sha:
+            self._sha[fold] = file_sha1(fold_paths(self.exp_dir, fold).best)
+        return self._sha[fold]
+
+    def model(self, fold: int, rt: Runtime) -> torch.nn.Module:
+        """The fold's best.pt, rebuilt from its stored config, on the runtime's device."""
+        path = fold_paths(self.exp_dir, fold).best
+        ckpt = load_checkpoint(path)
+        if ckpt["classes"] != self.classes:
+            raise UserError(f"{path} holds another class list than the fold's done.json; retrain fold {fold}")
+        cfg = self.configs[fold]
+        model = build_model(cfg.model, len(self.classes), pretrained=False, img_size=cfg.aug.img_size)
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise UserError(f"{path} does not fit its stored config ({cfg.model.name}, {len(self.classes)} classes): "
+                            f"{str(e).splitlines()[0][:150]}; retrain that fold") from None
+        return rt.model(model).eval()
+
+
+def _relocated(cfg: Config, output_dir: str, name: str, data_dir: str | None) -> Config:
+    """A stored config with the caller's output and data folders, so copied outputs (a Kaggle
+    kernel) work where they now are."""
+    return cfg.model_copy(update={
+        "experiment": cfg.experiment.model_copy(update={"output_dir": output_dir, "name": name}),
+        "data": cfg.data.model_copy(update={"dir": data_dir or cfg.data.dir}),
+    })
+
+
+def open_member(name: str, output_dir: str, missing_folds: str, data_dir: str | None = None) -> Member:
+    """The finished folds (done.json) of outputs/<name>/; no model is loaded here."""
+    root = experiment_dir(output_dir, name)
+    if not root.is_dir():
+        raise UserError(f"experiment folder {root} does not exist; train it first or fix --experiments")
+    found = finished_folds(root)
+    if not found:
+        raise UserError(f"{root} has no finished fold (no fold<k>/done.json); train the folds first "
+                        "(python -m src.train --fold all), or finish interrupted ones with --resume")
+    records = {k: fold_record(fold_paths(root, k)) for k in found}
+    configs = {k: _relocated(config_from_dict(r["config"], str(fold_paths(root, k).done)), output_dir, name, data_dir)
+               for k, r in records.items()}
+    expected = list(range(configs[found[0]].data.n_folds))
+    missing = [k for k in expected if k not in found]
+    if missing:
+        msg = f"experiment {name} has no finished run for folds {missing} (no done.json: never trained, interrupted or running)"
+        if missing_folds == "error":
+            raise UserError(f"{msg}; train them, or set ensemble.missing_folds=warn to blend the folds present")
+        print(f"warning: {msg}; blending folds {[k for k in expected if k in found]}")
+    folds = [k for k in expected if k in found]
+    classes = records[folds[0]]["classes"]
+    for k in folds:
+        if records[k]["classes"] != classes:
+            raise UserError(f"{name} fold {k} has a different class list from fold {folds[0]}; retrain it")
+    return Member(name, root, folds, classes, {k: configs[k] for k in folds})
+
+
+def _eval_setup(cfg: Config) -> tuple:
+    """What the evaluation transform depends on: folds that share it share one decoding pass."""
+    return cfg.model.name, cfg.aug.img_size, cfg.aug.crop_pct, cfg.aug.mean, cfg.aug.std
+
+
+def fold_logits(m: Member, jobs: dict[int, pd.DataFrame], split: str, views: list[str], rt: Runtime,
+                loader_cfg: LoaderCfg) -> dict[int, np.ndarray]:
+    """Logits (views, N, C) of each fold's model on its images (`jobs`: fold -> table with id, path).
+
+    Cached predictions are read; the rest is predicted in one pass per group of folds that share
+    their images and evaluation transform (the test set: every fold of a member), then cached.
+    """
+    out: dict[int, dict[str, np.ndarray]] = {}
+    todo: dict[tuple, list[int]] = {}
+    paths: dict[tuple[int, str], Path] = {}
+    for k, df in jobs.items():
+        imgs = images_key(df["id"], df["path"])
+        out[k] = {}
+        for v in views:
+            paths[k, v] = preds_path(m.exp_dir, k, split, v, preds_key(m.sha(k), split, v, imgs, rt.amp_name))
+            cached = load_preds(paths[k, v])
+            if cached is not None and cached.shape == (len(df), len(m.classes)):
+                out[k][v] = cached
+                m.cached += 1
+        if len(out[k]) < len(views):
+            todo.setdefault((imgs, _eval_setup(m.configs[k])), []).append(k)
+    for (_, _), group in todo.items():
+        cfg = m.configs[group[0]]
+        models = [m.model(k, rt) for k in group]
+        mean, std = resolve_norm(cfg.aug, models[0].pretrained_cfg)
+        df = jobs[group[0]]
+        loader = make_loader(ImageDataset(df["path"], None, build_transform(cfg.aug, False, mean, std)), loader_cfg,
+                             device=rt.device.type)
+        need = [v for v in views if any(v not in out[k] for k in group)]
+        logits = predict(models, loader, rt, need)  # (folds in group, views needed, N, C)
+        for gi, k in enumerate(group):
+            for vi, v in enumerate(need):
+                save_preds(paths[k, v], logits[gi, vi])
+                out[k][v] = logits[gi, vi]
+                m.computed += 1
+        del models
+    return {k: np.stack([out[k][v] for v in views]) for k in jobs}
+
+
+def member_oof(m: Member, views: list[str] | None, rt: Runtime, loader_cfg: LoaderCfg, voting: str = "soft"
+               ) -> tuple[pd.DataFrame, np.ndarray]:
+    """(table of id and target, OOF log-probabilities N x C): each fold model on its own validation images.
+
+    Without views the stored oof.csv files are used; with views those images are predicted again
+    (or read from the cache).
+    """
+    parts = {k: read_oof(fold_paths(m.exp_dir, k).oof, m.classes) for k in m.folds}
+    oof = pd.concat(parts.values(), ignore_index=True)
+    if not views:
+        return oof[["id", "target"]], log_probs(oof_probs(oof, m.classes))
+    table, _, _ = load_or_create_folds(m.cfg, create=False)
+    path_of = dict(zip(table["id"], table["path"]))
+    jobs = {k: pd.DataFrame({"id": p["id"], "path": [path_of[i] for i in p["id"]]}) for k, p in parts.items()}
+    logits = fold_logits(m, jobs, "oof", views, rt, loader_cfg)
+    return oof[["id", "target"]], np.concatenate([log_probs(combine(logits[k], voting)) for k in m.folds])
+
+
+def member_test(m: Member, test: pd.DataFrame, views: list[str], rt: Runtime, loader_cfg: LoaderCfg,
+                voting: str) -> np.ndarray:
+    """Test probabilities (N, C): every fold x view of the member, blended by `voting`."""
+    logits = fold_logits(m, {k: test for k in m.folds}, "test", views, rt, loader_cfg)
+    return combine(np.concatenate([logits[k] for k in m.folds]), voting)  # (folds * views, N, C) -> (N, C)

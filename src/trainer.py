@@ -1,0 +1,333 @@
+"""One fold of training, conducted: setup, epochs (src/engine.py), checkpoints (CheckpointKeeper),
+final artifacts; several folds and their CV report. `python -m src.train` is its command line."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from timm.data import Mixup
+from timm.utils import ModelEmaV3
+
+from src.checkpoint import CheckpointKeeper
+from src.config import Config, save_config
+from src.data import (
+    EpochSampler,
+    ImageDataset,
+    build_transform,
+    drop_bad_images,
+    load_train_table,
+    make_loader,
+    resolve_norm,
+)
+from src.engine import train_one_epoch, validate
+from src.folds import folds_path, load_or_create_folds
+from src.losses import build_loss
+from src.metrics import LOWER_IS_BETTER, is_better, summary
+from src.model import Frozen, build_model, freeze, param_counts, param_groups, set_train_mode, unfreeze
+from src.optim import build_optimizer, build_scheduler
+from src.plots import plot_confusion, plot_curves
+from src.runs import (
+    FoldPaths,
+    fold_classes,
+    fold_lock,
+    fold_paths,
+    mark_unfinished,
+    oof_probs,
+    read_done,
+    read_oof,
+    write_done,
+    write_oof,
+)
+from src.runtime import Runtime
+from src.tracking import Tracker
+from src.utils import UserError, atomic_save, atomic_write_text, seed_everything
+
+
+def derive_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([abs(int(p)) for p in parts]).generate_state(1)[0])
+
+
+def fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str]]:
+    """(training rows, validation rows or None for fold -1, class names), readable images only."""
+    if fold != -1 and not 0 <= fold < cfg.data.n_folds:
+        raise UserError(f"--fold {fold} is out of range; use 0..{cfg.data.n_folds - 1}, all, or -1")
+    table = load_train_table(cfg.data)
+    # Images are checked before the split is written, so bad data writes nothing; skipped images
+    # stay in the split (it must not depend on which files were readable today).
+    cache = folds_path(cfg).with_name(f"{Path(cfg.data.dir).resolve().name}_images_checked.json")
+    readable = set(drop_bad_images(table, cfg, cache)["id"])
+    df, classes, _ = load_or_create_folds(cfg, table=table)
+    df = df[df["id"].isin(readable)].reset_index(drop=True)
+    if fold == -1:
+        return df, None, classes
+    return df[df["fold"] != fold].reset_index(drop=True), df[df["fold"] == fold].reset_index(drop=True), classes
+
+
+# ---------------------------------------------------------------- setup
+
+
+@dataclass
+class FoldState:
+    """Everything one fold trains with; built by setup_fold, advanced by the engine."""
+
+    cfg: Config
+    fold: int
+    fp: FoldPaths
+    rt: Runtime
+    classes: list[str]
+    train_df: pd.DataFrame
+    val_df: pd.DataFrame | None
+    model: torch.nn.Module
+    frozen: Frozen
+    counts: dict
+    sampler: EpochSampler
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader | None
+    batches: int
+    seed: int
+    criterion: torch.nn.Module | None = None
+    mixup: Mixup | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: object = None
+    scaler: torch.amp.GradScaler | None = None
+    ema: ModelEmaV3 | None = None
+    num_updates: int = 0
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are validated and kept: the EMA when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def train_state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "num_updates": self.num_updates,
+        }
+
+    def load_train_state(self, st: dict) -> None:
+        self.model.load_state_dict(st["model"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.scaler.load_state_dict(st["scaler"])
+        if self.ema is not None and st.get("ema") is not None:
+            self.ema.load_state_dict(st["ema"])
+        self.num_updates = st["num_updates"]
+
+
+def setup_fold(cfg: Config, fold: int, rt: Runtime) -> FoldState:
+    """Data, model with freezing, and loaders of one fold (the optimization is added by `optimization`)."""
+    train_df, val_df, classes = fold_tables(cfg, fold)
+    seed = derive_seed(cfg.experiment.seed, fold + 1)
+    seed_everything(seed)
+    model = build_model(cfg.model, len(classes), img_size=cfg.aug.img_size)
+    frozen = freeze(model, cfg.model.freeze_before, cfg.model.freeze_stages)
+    counts = param_counts(model)
+    mean, std = resolve_norm(cfg.aug, model.pretrained_cfg)
+    model = rt.model(model)
+    print(
+        f"fold {fold}: {len(train_df)} train / {len(val_df) if val_df is not None else 0} valid images, "
+        f"{len(classes)} classes, {cfg.model.name} on {rt.device}"
+        + (f" ({rt.amp_name} autocast)" if rt.dtype else "")
+        + f"; parameters {counts['total']:,} total, {counts['trainable']:,} trainable, {counts['frozen']:,} frozen"
+    )
+    train_ds = ImageDataset(train_df["path"], train_df["target"], build_transform(cfg.aug, True, mean, std))
+    sampler = EpochSampler(len(train_ds), seed=seed)
+    train_loader = make_loader(train_ds, cfg.loader, device=rt.device.type, sampler=sampler, drop_last=True)
+    val_loader = None
+    if val_df is not None:
+        val_ds = ImageDataset(val_df["path"], val_df["target"], build_transform(cfg.aug, False, mean, std))
+        val_loader = make_loader(val_ds, cfg.loader, device=rt.device.type, batch_size=cfg.loader.batch_size * 2)
+    limit = cfg.train.limit_batches
+    batches = len(train_loader) if limit is None else min(len(train_loader), limit)
+    return FoldState(cfg, fold, fold_paths(cfg.out_dir, fold), rt, classes, train_df, val_df, model, frozen, counts,
+                     sampler, train_loader, val_loader, batches, seed)
+
+
+def higher_is_better(cfg: Config) -> bool:
+    return cfg.train.monitor == "metric" and cfg.metric.name not in LOWER_IS_BETTER
+
+
+def optimization(s: FoldState) -> None:
+    """Loss, mixup, optimizer, schedule, grad scaler and EMA of a set-up fold."""
+    cfg, n_classes = s.cfg, len(s.classes)
+    mixing = cfg.train.mixup > 0 or cfg.train.cutmix > 0
+    targets = s.train_df["target"].to_numpy()
+    s.criterion = build_loss(cfg.loss, n_classes, targets, smoothing=0.0 if mixing else None).to(s.rt.device)
+    if mixing:
+        s.mixup = Mixup(mixup_alpha=cfg.train.mixup, cutmix_alpha=cfg.train.cutmix, prob=cfg.train.mix_prob,
+                        label_smoothing=cfg.loss.smoothing, num_classes=n_classes)
+    groups = param_groups(s.model, cfg.optim.weight_decay, s.frozen, cfg.model.backbone_lr_mult,
+                          include_frozen=cfg.model.unfreeze_epoch is not None)
+    s.optimizer = build_optimizer(cfg.optim, groups)
+    updates_per_epoch = max(1, math.ceil(s.batches / cfg.train.accum_steps))
+    s.scheduler = build_scheduler(cfg.sched, s.optimizer, cfg.optim.lr, cfg.train.epochs, updates_per_epoch,
+                                  higher_is_better(cfg))
+    s.scaler = torch.amp.GradScaler(s.rt.device.type, enabled=s.rt.dtype == torch.float16)
+    # Decay warmup (timm) lets the average follow the weights early on; short runs need it.
+    s.ema = ModelEmaV3(s.model, decay=cfg.train.ema_decay, use_warmup=True) if cfg.train.ema else None
+
+
+def dry_run(s: FoldState) -> dict:
+    """One forward pass of a few training images; nothing trained or written."""
+    x, _ = next(iter(make_loader(s.train_loader.dataset, s.cfg.loader, device=s.rt.device.type,
+                                 batch_size=min(4, len(s.train_df)))))
+    s.model.eval()
+    with torch.no_grad(), s.rt.autocast():
+        logits = s.model(s.rt.batch(x))
+    print(f"dry run: input {tuple(x.shape)} -> logits {tuple(logits.shape)}; nothing trained, no checkpoint written")
+    return {"dry_run": True, "params": s.counts, "n_train": len(s.train_df),
+            "n_valid": 0 if s.val_df is None else len(s.val_df)}
+
+
+# ---------------------------------------------------------------- one fold
+
+
+def monitor_name(cfg: Config) -> str:
+    return cfg.metric.name if cfg.train.monitor == "metric" else "loss"
+
+
+def run_epoch(s: FoldState, keeper: CheckpointKeeper, epoch: int, tracker: Tracker,
+              on_epoch: Callable[[int, float], None] | None) -> None:
+    """Train one epoch, validate, keep checkpoints and the OOF file of the best epoch, report."""
+    t0 = time.time()
+    cfg = s.cfg
+    seed_everything(derive_seed(s.seed, epoch))
+    s.sampler.set_epoch(epoch)
+    if cfg.model.unfreeze_epoch is not None and epoch >= cfg.model.unfreeze_epoch and s.frozen.any:
+        s.frozen = unfreeze(s.model, s.frozen)
+        print(f"epoch {epoch}: unfroze all parameters (backbone lr x{cfg.model.backbone_lr_mult})")
+    set_train_mode(s.model, s.frozen)
+    row = {"epoch": epoch, **train_one_epoch(s, epoch)}
+    value = None
+    if s.val_loader is not None:
+        probs, scores = validate(s.eval_model, s.val_loader, s.rt, s.val_df["target"].to_numpy(), cfg.metric.name)
+        row.update({f"val_{k}": v for k, v in scores.items()})
+        value = scores[monitor_name(cfg)]
+    improved = keeper.observe(epoch, value)
+    if improved and s.val_df is not None:
+        write_oof(s.fp.oof, s.val_df["id"], s.fold, s.val_df["label"], s.val_df["target"], probs, s.classes)
+    row["time_s"] = round(time.time() - t0, 2)
+    keeper.history.append(row)
+    s.scheduler.step(epoch + 1, row.get(f"val_{monitor_name(cfg)}"))
+    keeper.save(s, epoch, improved)
+    tracker.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+    print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
+          + ("  *" if improved and s.val_loader is not None else ""))
+    if on_epoch is not None and value is not None:
+        on_epoch(epoch, value)
+
+
+def finish_fold(s: FoldState, keeper: CheckpointKeeper, tracker: Tracker) -> dict:
+    """history.csv, curves, final checkpoints, OOF scores and confusion matrix, then done.json."""
+    cfg, fp = s.cfg, s.fp
+    result = {"fold": s.fold, "best_epoch": keeper.best_epoch, "epochs_run": len(keeper.history),
+              "monitor": monitor_name(cfg), "best": keeper.best, "params": s.counts, "classes": s.classes,
+              "config": cfg.to_dict()}
+    hist = pd.DataFrame(keeper.history)
+    atomic_save(fp.history, lambda tmp: hist.to_csv(tmp, index=False))
+    plot_curves(hist, cfg.metric.name, fp.curves)
+    keeper.finish(s, keep_last_as_best=s.val_df is None)
+    if s.val_df is not None and fp.oof.is_file():
+        oof = read_oof(fp.oof, s.classes)
+        y, probs = oof["target"].to_numpy(), oof_probs(oof, s.classes)
+        result.update(summary(y, probs, cfg.metric.name))
+        plot_confusion(y, probs.argmax(1), s.classes, fp.confusion)
+        tracker.confusion(y, probs.argmax(1), s.classes)
+        tracker.summary({f"best_{monitor_name(cfg)}": keeper.best, "best_epoch": keeper.best_epoch,
+                         **{f"best_{k}": v for k, v in result.items() if k in ("accuracy", "f1_macro", cfg.metric.name)}})
+    write_done(fp, result)  # last: only now is the fold finished
+    return result
+
+
+def _check_can_start(fp: FoldPaths, fold: int, resume: bool, force: bool) -> dict | None:
+    """The finished result when there is nothing to do; raise when an unfinished run is in the way."""
+    if fp.done.is_file() and not force:
+        print(f"fold {fold}: finished earlier ({fp.done}); pass --force to train it again")
+        return read_done(fp)
+    if fp.last.is_file() and not (resume or force):
+        raise UserError(f"fold {fold} has an unfinished run in {fp.dir}; pass --resume to continue it or --force to start over")
+    return None
+
+
+def train_fold(cfg: Config, fold: int, *, resume: bool = False, force: bool = False, dry_run_only: bool = False,
+               on_epoch: Callable[[int, float], None] | None = None, tracker: Tracker | None = None) -> dict:
+    """Train one fold (or all data with fold=-1) and return its result (done.json's content).
+
+    Args:
+        cfg: the resolved config.
+        fold: fold index to validate on, or -1 to train on everything for train.epochs.
+        resume: continue from last.pt.
+        force: retrain a finished fold (its done.json and checkpoints are removed first).
+        dry_run_only: build data, model and freezing, run one forward pass, train nothing.
+        on_epoch: called with (epoch, monitored value) after each validation (Optuna pruning).
+        tracker: the W&B run the caller opened for this fold (it stays open); None = no tracking.
+    """
+    fp = fold_paths(cfg.out_dir, fold)
+    rt = Runtime.from_cfg(cfg.runtime)
+    if dry_run_only:
+        return dry_run(setup_fold(cfg, fold, rt))
+    if (result := _check_can_start(fp, fold, resume, force)) is not None:
+        return result
+    with fold_lock(fp, f"fold {fold} of experiment {cfg.experiment.name}"):
+        if force:
+            mark_unfinished(fp)
+            for p in (fp.last, fp.best, fp.oof):
+                p.unlink(missing_ok=True)
+        s = setup_fold(cfg, fold, rt)
+        optimization(s)
+        meta = {"config": cfg.to_dict(), "classes": s.classes, "fold": fold}
+        keeper = CheckpointKeeper(fp.best, fp.last, meta, monitor_name(cfg),
+                                  lambda new, best: is_better(monitor_name(cfg), new, best), cfg.train.early_stopping)
+        start = 0
+        if resume and fp.last.is_file():
+            start = keeper.resume(s, cfg.to_dict())
+            print(f"fold {fold}: resuming after epoch {start - 1} (best {monitor_name(cfg)} {keeper.best} "
+                  f"at epoch {keeper.best_epoch})")
+        elif resume:
+            print(f"fold {fold}: nothing to resume in {fp.dir}; starting fresh")
+        if start == 0:
+            save_config(cfg)
+        tracker = tracker or Tracker.off()
+        for epoch in range(start, cfg.train.epochs):
+            run_epoch(s, keeper, epoch, tracker, on_epoch)
+            if keeper.should_stop:
+                print(f"early stopping: {monitor_name(cfg)} has not improved for {keeper.bad_epochs} epochs")
+                break
+        return finish_fold(s, keeper, tracker)
+
+
+# ---------------------------------------------------------------- several folds
+
+
+def cv_report(cfg: Config, folds: list[int]) -> dict:
+    """Concatenate the folds' OOF predictions, score them, write cv.json and print a table."""
+    parts, rows, classes = [], [], None
+    for k in folds:
+        fp = fold_paths(cfg.out_dir, k)
+        done = read_done(fp)
+        if classes is not None and fold_classes(fp) != classes:
+            raise UserError(f"fold {k} of {cfg.experiment.name} has another class list than fold {folds[0]}; retrain it")
+        classes = fold_classes(fp)
+        parts.append(read_oof(fp.oof, classes))
+        rows.append({"fold": k, "best_epoch": done["best_epoch"],
+                     **{m: done.get(m) for m in ("accuracy", "f1_macro", cfg.metric.name)}})
+    oof = pd.concat(parts, ignore_index=True)
+    overall = summary(oof["target"].to_numpy(), oof_probs(oof, classes), cfg.metric.name)
+    table = pd.DataFrame(rows + [{"fold": "oof", "best_epoch": "", **overall}])
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    report = {"experiment": cfg.experiment.name, "metric": cfg.metric.name, "folds": rows, "oof": overall,
+              "n_oof": len(oof)}
+    atomic_write_text(cfg.out_dir / "cv.json", json.dumps(report, indent=2))
+    return report
