@@ -1,25 +1,81 @@
-"""The training loop's two halves, in the manner of timm's train.py: one epoch of updates, and
-validation. The trainer (src/trainer.py) sets a fold up and conducts them."""
+"""The training loop: a fold's state, one epoch of updates, and validation, in the manner of timm's
+train.py. The trainer (src/trainer.py) sets a fold up and conducts them."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
+from timm.data import Mixup
+from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
+from src.config import Config
+from src.data import EpochSampler
 from src.metrics import softmax, summary
+from src.model import Frozen
+from src.runs import FoldPaths
 from src.runtime import Runtime, predict
 from src.utils import UserError
-
-if TYPE_CHECKING:
-    from src.trainer import FoldState
 
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite."""
+
+
+@dataclass
+class FoldState:
+    """Everything one fold trains with; built by setup_fold, advanced by the engine."""
+
+    cfg: Config
+    fold: int
+    fp: FoldPaths
+    rt: Runtime
+    classes: list[str]
+    train_df: pd.DataFrame
+    val_df: pd.DataFrame | None
+    model: torch.nn.Module
+    frozen: Frozen
+    counts: dict
+    sampler: EpochSampler
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader | None
+    batches: int
+    seed: int
+    criterion: torch.nn.Module | None = None
+    mixup: Mixup | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: object = None
+    scaler: torch.amp.GradScaler | None = None
+    ema: ModelEmaV3 | None = None
+    num_updates: int = 0
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are validated and kept: the EMA when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def train_state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "num_updates": self.num_updates,
+        }
+
+    def load_train_state(self, st: dict) -> None:
+        self.model.load_state_dict(st["model"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.scaler.load_state_dict(st["scaler"])
+        if self.ema is not None and st.get("ema") is not None:
+            self.ema.load_state_dict(st["ema"])
+        self.num_updates = st["num_updates"]
 
 
 def _update(s: FoldState) -> None:

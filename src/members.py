@@ -19,7 +19,6 @@ from src.blend import combine, log_probs
 from src.checkpoint import load_checkpoint
 from src.config import Config, LoaderCfg, config_from_dict
 from src.data import ImageDataset, build_transform, make_loader, resolve_norm
-from src.folds import load_or_create_folds
 from src.model import build_model
 from src.runs import (
     experiment_dir,
@@ -36,6 +35,7 @@ from src.runs import (
     save_preds,
 )
 from src.runtime import Runtime, predict
+from src.splits import load_or_create_folds
 from src.utils import UserError
 
 
@@ -151,6 +151,8 @@ def fold_logits(m: Member, jobs: dict[int, pd.DataFrame], split: str, views: lis
         logits = predict(models, loader, rt, need)  # (folds in group, views needed, N, C)
         for gi, k in enumerate(group):
             for vi, v in enumerate(need):
+                if v in out[k]:  # cached already; the group pass predicted it for another fold
+                    continue
                 save_preds(paths[k, v], logits[gi, vi])
                 out[k][v] = logits[gi, vi]
                 m.computed += 1

@@ -21,7 +21,7 @@ from src.utils import UserError, run_cli
 
 
 def _class_list(cfg, solution: pd.DataFrame) -> list[str]:
-    from src.folds import folds_path
+    from src.splits import folds_path
 
     meta = folds_path(cfg).with_suffix(".json")
     if meta.is_file():

@@ -7,7 +7,6 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +26,10 @@ from src.data import (
     make_loader,
     resolve_norm,
 )
-from src.engine import train_one_epoch, validate
-from src.folds import folds_path, load_or_create_folds
+from src.engine import FoldState, train_one_epoch, validate
 from src.losses import build_loss
 from src.metrics import LOWER_IS_BETTER, is_better, summary
-from src.model import Frozen, build_model, freeze, param_counts, param_groups, set_train_mode, unfreeze
+from src.model import build_model, freeze, param_counts, param_groups, set_train_mode, unfreeze
 from src.optim import build_optimizer, build_scheduler
 from src.plots import plot_confusion, plot_curves
 from src.runs import (
@@ -47,6 +45,7 @@ from src.runs import (
     write_oof,
 )
 from src.runtime import Runtime
+from src.splits import folds_path, load_or_create_folds
 from src.tracking import Tracker
 from src.utils import UserError, atomic_save, atomic_write_text, seed_everything
 
@@ -72,58 +71,6 @@ def fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame | No
 
 
 # ---------------------------------------------------------------- setup
-
-
-@dataclass
-class FoldState:
-    """Everything one fold trains with; built by setup_fold, advanced by the engine."""
-
-    cfg: Config
-    fold: int
-    fp: FoldPaths
-    rt: Runtime
-    classes: list[str]
-    train_df: pd.DataFrame
-    val_df: pd.DataFrame | None
-    model: torch.nn.Module
-    frozen: Frozen
-    counts: dict
-    sampler: EpochSampler
-    train_loader: torch.utils.data.DataLoader
-    val_loader: torch.utils.data.DataLoader | None
-    batches: int
-    seed: int
-    criterion: torch.nn.Module | None = None
-    mixup: Mixup | None = None
-    optimizer: torch.optim.Optimizer | None = None
-    scheduler: object = None
-    scaler: torch.amp.GradScaler | None = None
-    ema: ModelEmaV3 | None = None
-    num_updates: int = 0
-
-    @property
-    def eval_model(self) -> torch.nn.Module:
-        """The weights that are validated and kept: the EMA when there is one."""
-        return self.ema.module if self.ema is not None else self.model
-
-    def train_state(self) -> dict:
-        return {
-            "model": self.model.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "num_updates": self.num_updates,
-        }
-
-    def load_train_state(self, st: dict) -> None:
-        self.model.load_state_dict(st["model"])
-        self.optimizer.load_state_dict(st["optimizer"])
-        self.scheduler.load_state_dict(st["scheduler"])
-        self.scaler.load_state_dict(st["scaler"])
-        if self.ema is not None and st.get("ema") is not None:
-            self.ema.load_state_dict(st["ema"])
-        self.num_updates = st["num_updates"]
 
 
 def setup_fold(cfg: Config, fold: int, rt: Runtime) -> FoldState:

@@ -1,0 +1,107 @@
+"""src.ensemble predicts each member's folds x views once, into outputs/<member>/preds/, then
+blends from those files: a re-blend builds no model and writes the same submission."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import src.members
+from src import ensemble
+from src.runs import fold_paths
+from src.trainer import train_fold
+from src.utils import run_cli
+
+VIEWS = ["identity", "hflip", "zoom1.1"]
+
+
+@pytest.fixture(scope="module")
+def trained(demo_dir, tiny_cfg, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cache")
+    for name, seed in (("a", 1), ("b", 2)):
+        cfg = tiny_cfg(demo_dir, out, "data.n_folds=2", f"experiment.name={name}", f"experiment.seed={seed}")
+        for k in (0, 1):
+            train_fold(cfg, k)
+    return out
+
+
+@pytest.fixture
+def outputs(trained, tmp_path) -> Path:
+    """A fresh copy of the trained members, with no cached predictions."""
+    return shutil.copytree(trained, tmp_path / "outputs")
+
+
+def _cfg(demo_cfg, demo_dir, out, *extra):
+    return demo_cfg(demo_dir, out, "data.n_folds=2", "loader.num_workers=0", *extra)
+
+
+def _no_models(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was built although every prediction was cached")
+
+    monkeypatch.setattr(src.members, "build_model", refuse)
+
+
+def test_reblend_from_cache_writes_the_same_submission_without_a_model(demo_cfg, demo_dir, outputs, tmp_path,
+                                                                        monkeypatch, capsys):
+    cfg = _cfg(demo_cfg, demo_dir, outputs)
+    fresh = ensemble.run(cfg, ["a", "b"], VIEWS, "equal", "soft", tmp_path / "fresh.csv")
+    assert "24 computed, 0 read" in capsys.readouterr().out  # 2 members x 2 folds x 3 views x (test + OOF)
+    cached = sorted(p.relative_to(outputs) for p in outputs.glob("*/preds/fold*/*.npy"))
+    assert len(cached) == 24
+    _no_models(monkeypatch)
+    again = ensemble.run(cfg, ["a", "b"], VIEWS, "equal", "soft", tmp_path / "again.csv")
+    assert "0 computed, 24 read" in capsys.readouterr().out
+    assert again.read_bytes() == fresh.read_bytes()
+    assert (tmp_path / "again_probs.csv").read_bytes() == (tmp_path / "fresh_probs.csv").read_bytes()
+    # Other weights, voting and formats reuse the same files.
+    for weights, voting, fmt in (("auto", "soft", None), ([2.0, 1.0], "geometric", "index"), ("equal", "hard", None)):
+        ensemble.run(cfg, ["a", "b"], VIEWS, weights, voting, tmp_path / f"{voting}.csv", fmt)
+        assert "0 computed, 24 read" in capsys.readouterr().out
+
+
+def test_cached_logits_are_the_models_logits(demo_cfg, demo_dir, outputs, tmp_path):
+    """The blend from cache equals the blend with the cache deleted (recomputed from the models)."""
+    cfg = _cfg(demo_cfg, demo_dir, outputs)
+    first = ensemble.run(cfg, ["a"], ["identity", "vflip"], "equal", "logits", tmp_path / "one.csv")
+    probs_first = np.loadtxt(tmp_path / "one_probs.csv", delimiter=",", skiprows=1, usecols=range(1, 11))
+    shutil.rmtree(outputs / "a" / "preds")
+    ensemble.run(cfg, ["a"], ["identity", "vflip"], "equal", "logits", tmp_path / "two.csv")
+    probs_second = np.loadtxt(tmp_path / "two_probs.csv", delimiter=",", skiprows=1, usecols=range(1, 11))
+    np.testing.assert_array_equal(probs_first, probs_second)
+    assert first.read_bytes() == (tmp_path / "two.csv").read_bytes()
+
+
+def test_a_retrained_fold_is_predicted_again(demo_cfg, tiny_cfg, demo_dir, outputs, tmp_path, capsys):
+    cfg = _cfg(demo_cfg, demo_dir, outputs)
+    ensemble.run(cfg, ["a"], ["identity"], "equal", "soft", tmp_path / "before.csv")
+    capsys.readouterr()
+    train_fold(tiny_cfg(demo_dir, outputs, "data.n_folds=2", "experiment.name=a", "experiment.seed=5"), 1, force=True)
+    ensemble.run(cfg, ["a"], ["identity", "hflip"], "equal", "soft", tmp_path / "after.csv")
+    # The identity-only run cached test-identity of both folds (its OOF came from oof.csv). Now
+    # fold 0 reads test-identity and predicts test-hflip, oof-identity, oof-hflip; fold 1 has a
+    # new best.pt, so all four of its predictions are new.
+    assert "7 computed, 1 read" in capsys.readouterr().out
+    fold1 = sorted(p.name.rsplit("-", 1)[0] for p in (outputs / "a" / "preds" / "fold1").glob("*.npy"))
+    assert fold1 == ["oof-hflip", "oof-identity", "test-hflip", "test-identity"]  # stale entries replaced
+    assert fold_paths(outputs / "a", 1).done.is_file()
+
+
+def test_plain_run_uses_the_configured_views_and_no_tta_turns_them_off(demo_dir, overrides_for, outputs, tmp_path,
+                                                                        monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["--config", str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"), "--experiments", "a",
+            *overrides_for(demo_dir, outputs, "data.n_folds=2", "loader.num_workers=0", "ensemble.tta=[identity,hflip]")]
+    run_cli(ensemble.main, args)
+    out = capsys.readouterr().out
+    assert "identity+hflip" in out and "x 2 views" in out
+    assert (tmp_path / "submissions" / "a_tta.csv").is_file()
+    run_cli(ensemble.main, [*args, "--no-tta"])
+    out = capsys.readouterr().out
+    assert "identity+hflip" not in out and "x 1 views" in out
+    assert (tmp_path / "submissions" / "a.csv").is_file()
+    run_cli(ensemble.main, [*args, "--tta", "vflip"])
+    assert "x 1 views" in capsys.readouterr().out

@@ -1,0 +1,125 @@
+"""Run folders: a fold is finished only by its done.json, an interrupted --force never looks
+finished, a fold trains in one process at a time, and the config keys that moved."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from src.config import config_from_dict, load_config
+from src.ensemble import run as ensemble_run
+from src.members import open_member
+from src.runs import finished_folds, fold_lock, fold_paths
+from src.trainer import train_fold
+from src.utils import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C after an epoch, raised from the per-epoch callback."""
+
+
+def _interrupt(epoch: int, value: float) -> None:
+    raise Interrupted
+
+
+@pytest.fixture
+def two_folds(demo_dir, tiny_cfg, tmp_path):
+    cfg = tiny_cfg(demo_dir, tmp_path, "data.n_folds=2", "train.epochs=2")
+    for k in (0, 1):
+        train_fold(cfg, k)
+    return cfg
+
+
+def test_an_interrupted_force_leaves_the_fold_unfinished_and_the_ensemble_refuses_it(two_folds, tmp_path):
+    cfg = two_folds
+    fp = fold_paths(cfg.out_dir, 0)
+    assert fp.done.is_file() and finished_folds(cfg.out_dir) == [0, 1]
+    with pytest.raises(Interrupted):
+        train_fold(cfg, 0, force=True, on_epoch=_interrupt)  # stopped after the first of two epochs
+    assert not fp.done.is_file()
+    assert fp.last.is_file()  # the new run's epoch 0, resumable
+    assert finished_folds(cfg.out_dir) == [1]
+    with pytest.raises(UserError, match=r"no finished run for folds \[0\].*ensemble.missing_folds=warn"):
+        open_member(cfg.experiment.name, cfg.experiment.output_dir, "error", cfg.data.dir)
+    out = tmp_path / "sub.csv"
+    with pytest.raises(UserError, match="no finished run for folds"):
+        ensemble_run(cfg, tta=["identity"], out=out)
+    assert not out.exists()
+    # --resume finishes it; then the ensemble takes both folds.
+    result = train_fold(cfg, 0, resume=True)
+    assert result["epochs_run"] == 2 and fp.done.is_file()
+    assert open_member(cfg.experiment.name, cfg.experiment.output_dir, "error", cfg.data.dir).folds == [0, 1]
+
+
+def test_force_starts_over_without_the_old_checkpoints(two_folds):
+    cfg = two_folds
+    fp = fold_paths(cfg.out_dir, 1)
+    old = fp.best.stat().st_mtime_ns
+    with pytest.raises(Interrupted):
+        train_fold(cfg, 1, force=True, on_epoch=_interrupt)
+    assert not fp.done.is_file()
+    assert fp.best.stat().st_mtime_ns != old  # best.pt is the new run's, not the finished old one
+
+
+def test_a_second_run_on_the_same_fold_is_refused_naming_the_process(demo_dir, overrides_for, tmp_path):
+    overrides = overrides_for(demo_dir, tmp_path, "model.name=test_resnet", "train.epochs=1", "train.limit_batches=1",
+                              "loader.num_workers=0", "data.check_images=false")
+    cfg = load_config(REPO / "configs" / "demo.yaml", overrides)
+    fp = fold_paths(cfg.out_dir, 0)
+    with fold_lock(fp, "fold 0 of demo"):  # this test process is "the first run"
+        proc = subprocess.run([sys.executable, "-m", "src.train", "--config", str(REPO / "configs" / "demo.yaml"),
+                               "--fold", "0", *overrides], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, proc.stderr
+        assert f"being trained right now by process {os.getpid()}" in lines[0]
+        assert sorted(p.name for p in fp.dir.iterdir()) == [".lock"]  # the second run wrote nothing
+    # The lock dies with its holder: now the same command trains.
+    proc = subprocess.run([sys.executable, "-m", "src.train", "--config", str(REPO / "configs" / "demo.yaml"),
+                           "--fold", "0", *overrides], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert fp.done.is_file()
+
+
+def test_finished_folds_reads_done_files_only(tmp_path):
+    for name in ("fold0", "fold2", "fold-1", "foldx"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "done.json").write_text("{}")
+    (tmp_path / "fold1").mkdir()
+    (tmp_path / "fold1" / "best.pt").write_bytes(b"")  # a checkpoint alone is not a finished fold
+    assert finished_folds(tmp_path) == [0, 2]
+
+
+@pytest.mark.parametrize("old,new", [("train.device", "runtime.device"), ("train.amp", "runtime.amp"),
+                                     ("train.channels_last", "runtime.channels_last"),
+                                     ("train.deterministic", "runtime.deterministic")])
+def test_a_moved_key_names_its_new_name(old, new):
+    with pytest.raises(UserError, match=rf"'{old}' \(in the command line\) is now '{new}'; rename the key"):
+        load_config(REPO / "configs" / "demo.yaml", [f"{old}=cpu" if old.endswith("device") else f"{old}=false"])
+
+
+def test_a_moved_key_in_a_file_names_the_file(tmp_path):
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(f"base: {REPO / 'configs' / 'base.yaml'}\ntrain:\n  amp: bf16\n")
+    with pytest.raises(UserError, match=r"'train.amp' \(in .*exp.yaml\) is now 'runtime.amp'"):
+        load_config(exp)
+
+
+def test_configs_stored_by_older_versions_still_load():
+    stored = load_config(REPO / "configs" / "demo.yaml").to_dict()
+    runtime = stored.pop("runtime")
+    stored["train"].update({"device": "cpu", "amp": "fp16", "channels_last": False, "deterministic": True})
+    cfg = config_from_dict(stored, "an old best.pt")
+    assert cfg.runtime.model_dump() == {**runtime, "device": "cpu", "amp": "fp16", "channels_last": False,
+                                        "deterministic": True}
+
+
+def test_the_recipe_layer_lives_in_the_recipe_config():
+    assert load_config(REPO / "configs" / "base.yaml").model.freeze_before is None
+    assert load_config(REPO / "configs" / "resnext101.yaml").model.freeze_before == "layer4.0.conv1"
