@@ -58,11 +58,13 @@ class _Plateau(_Constant):
     optional linear warmup over updates."""
 
     def __init__(self, opt: torch.optim.Optimizer, cfg: SchedCfg, warmup_updates: int, higher_is_better: bool):
-        self.opt, self.warmup_updates, self.warmup_lr = opt, warmup_updates, cfg.warmup_lr
+        self.opt, self.warmup_updates = opt, warmup_updates
+        # Each group keeps its lr_scale through warmup and at the floor, as in timm's schedules.
         self.peak = [g["lr"] for g in opt.param_groups]
+        self.start = [cfg.warmup_lr * g.get("lr_scale", 1.0) for g in opt.param_groups]
         self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, mode="max" if higher_is_better else "min", factor=cfg.decay_rate, patience=cfg.patience,
-            min_lr=cfg.min_lr,
+            min_lr=[cfg.min_lr * g.get("lr_scale", 1.0) for g in opt.param_groups],
         )
         if warmup_updates:
             self.step_update(0)
@@ -70,8 +72,8 @@ class _Plateau(_Constant):
     def step_update(self, num_updates: int, metric: float | None = None) -> None:
         if num_updates <= self.warmup_updates and self.warmup_updates:
             frac = num_updates / self.warmup_updates
-            for g, peak in zip(self.opt.param_groups, self.peak):
-                g["lr"] = self.warmup_lr + frac * (peak - self.warmup_lr)
+            for g, start, peak in zip(self.opt.param_groups, self.start, self.peak):
+                g["lr"] = start + frac * (peak - start)
 
     def step(self, epoch: int, metric: float | None = None) -> None:
         if metric is not None:
@@ -97,6 +99,11 @@ def build_scheduler(cfg: SchedCfg, opt: torch.optim.Optimizer, lr: float, epochs
         return _OneCycle(opt, lr, epochs * updates_per_epoch)
     if cfg.name == "plateau":
         return _Plateau(opt, cfg, cfg.warmup_epochs * updates_per_epoch, higher_is_better)
+    # timm's schedules read every group's base lr and multiply it by the group's lr_scale
+    # themselves, so they start from the unscaled lr (else a scaled group gets lr x scale^2).
+    for g in opt.param_groups:
+        g["lr"] = lr
+        g.pop("initial_lr", None)
     sched, _ = create_scheduler_v2(
         opt,
         sched=cfg.name,
