@@ -19,18 +19,27 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
     return atomic_save(Path(path), lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load with weights_only=True, so a downloaded checkpoint cannot run code."""
+def load_checkpoint(path: str | Path, fix: str = "retrain that fold or restore the file") -> dict:
+    """Load with weights_only=True, so a downloaded checkpoint cannot run code.
+
+    Args:
+        path: the .pt file.
+        fix: what the user should do when it cannot be used, ending the error's sentence.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; train that fold first or fix the path")
+    if path.stat().st_size == 0:
+        raise UserError(f"checkpoint {path} is empty (0 bytes, an interrupted copy?); {fix}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise UserError(f"cannot load checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
-                        "it is corrupt or not a checkpoint of this project") from None
+    except pickle.UnpicklingError:
+        raise UserError(f"checkpoint {path} holds objects other than tensors and plain values, which could run "
+                        f"code, so it is refused; {fix}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}); {fix}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise UserError(f"{path} is not a checkpoint of this project (no model and config inside)")
+        raise UserError(f"{path} is not a checkpoint of this project (no model and config inside); {fix}")
     return ckpt
 
 
@@ -137,7 +146,7 @@ class CheckpointKeeper:
 
     def resume(self, fold, config: dict) -> int:
         """Load last.pt into the fold's objects and this keeper; return the epoch to start from."""
-        ckpt = load_checkpoint(self.last_path)
+        ckpt = load_checkpoint(self.last_path, fix="pass --force to start the fold over")
         diff = [k for k in config_diff(ckpt["config"], config) if not k.startswith(RESUME_MAY_CHANGE)]
         if diff:
             raise UserError(f"the config differs from the interrupted run in {diff[:6]}; resume with the "
@@ -149,6 +158,7 @@ class CheckpointKeeper:
             raise UserError(f"{self.last_path} does not fit the configured model ({str(e).splitlines()[0][:120]}); "
                             "resume with the config it was trained with, or pass --force") from None
         set_rng_state(st["rng"])
+        self.meta["run_id"] = ckpt.get("run_id", self.meta.get("run_id"))  # a resumed run keeps its id
         self.history, self.best, self.best_epoch = ckpt["history"], ckpt["best_metric"], ckpt["best_epoch"]
         self.bad_epochs = st["bad_epochs"]
         return ckpt["epoch"] + 1

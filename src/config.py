@@ -9,10 +9,10 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from src.utils import UserError, atomic_write_text
 
@@ -25,10 +25,24 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Numeric ranges: a value outside one stops the run naming the key, before anything is written.
+Count = Annotated[int, Field(ge=1)]  # at least one
+NonNeg = Annotated[int, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
+NonNegF = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]  # a probability or a share
+
+
 class ExperimentCfg(_Section):
     name: str | None
     seed: int
     output_dir: str
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _number_name(cls, v):
+        # `experiment.name=123` reads as a YAML number; a name is its text.
+        return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
 
 class DataCfg(_Section):
@@ -42,7 +56,8 @@ class DataCfg(_Section):
     id_col: str
     label_col: str
     group_col: str | None
-    image_exts: list[str]
+    image_exts: Annotated[list[str], Field(min_length=1)]
+    na_labels: Literal["error", "keep"]
     bad_images: Literal["error", "skip"]
     check_images: bool
     n_folds: int
@@ -56,36 +71,42 @@ class DataCfg(_Section):
 
 
 class LoaderCfg(_Section):
-    batch_size: int
-    num_workers: int
+    batch_size: Count
+    num_workers: NonNeg
     pin_memory: bool
     persistent_workers: bool
 
 
 class AugCfg(_Section):
-    img_size: int
-    crop_pct: float
-    rotate: float
-    shift: float
-    shear: float
-    zoom: tuple[float, float]
-    affine_p: float
+    img_size: Annotated[int, Field(ge=8)]
+    crop_pct: Annotated[float, Field(gt=0, le=1)]
+    rotate: Annotated[float, Field(ge=0, le=180)]
+    shift: Fraction
+    shear: Annotated[float, Field(ge=0, lt=90)]
+    zoom: tuple[Positive, Positive]
+    affine_p: Fraction
     border_mode: Literal["wrap", "reflect", "constant", "nearest"]
     hflip: bool
     vflip: bool
     mean: tuple[float, float, float] | None
-    std: tuple[float, float, float] | None
+    std: tuple[Positive, Positive, Positive] | None
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.zoom[0] > self.zoom[1]:
+            raise ValueError(f"aug.zoom is [low, high]; got low {self.zoom[0]} above high {self.zoom[1]}")
+        return self
 
 
 class ModelCfg(_Section):
     name: str
     pretrained: bool
     pretrained_path: str | None
-    drop_rate: float
+    drop_rate: Annotated[float, Field(ge=0, lt=1)]
     freeze_before: str | None
-    freeze_stages: int | None
-    unfreeze_epoch: int | None
-    backbone_lr_mult: float
+    freeze_stages: Count | None
+    unfreeze_epoch: NonNeg | None
+    backbone_lr_mult: Positive
 
     @model_validator(mode="after")
     def _check(self):
@@ -96,28 +117,28 @@ class ModelCfg(_Section):
 
 class LossCfg(_Section):
     name: Literal["ce", "focal"]
-    smoothing: float
-    gamma: float
-    alpha: list[float] | None
-    class_weights: Literal["balanced"] | list[float] | None
+    smoothing: Annotated[float, Field(ge=0, lt=1)]
+    gamma: NonNegF
+    alpha: list[NonNegF] | None
+    class_weights: Literal["balanced"] | list[NonNegF] | None
 
 
 class OptimCfg(_Section):
     name: Literal["adam", "adamw", "sgd", "rmsprop"]
-    lr: float
-    weight_decay: float
-    momentum: float
+    lr: Positive
+    weight_decay: NonNegF
+    momentum: Annotated[float, Field(ge=0, lt=1)]
     nesterov: bool
 
 
 class SchedCfg(_Section):
     name: Literal["cosine", "step", "plateau", "onecycle", "none"]
-    warmup_epochs: int
-    warmup_lr: float
-    min_lr: float
-    step_epochs: int
-    decay_rate: float
-    patience: int
+    warmup_epochs: NonNeg
+    warmup_lr: NonNegF
+    min_lr: NonNegF
+    step_epochs: Count
+    decay_rate: Annotated[float, Field(gt=0, le=1)]
+    patience: NonNeg
 
 
 class RuntimeCfg(_Section):
@@ -134,17 +155,17 @@ class RuntimeCfg(_Section):
 
 
 class TrainCfg(_Section):
-    epochs: int
-    accum_steps: int
-    clip_grad: float | None
+    epochs: Count
+    accum_steps: Count
+    clip_grad: Positive | None
     ema: bool
-    ema_decay: float
-    mixup: float
-    cutmix: float
-    mix_prob: float
+    ema_decay: Annotated[float, Field(gt=0, lt=1)]
+    mixup: NonNegF
+    cutmix: NonNegF
+    mix_prob: Fraction
     monitor: Literal["metric", "loss"]
-    early_stopping: int | None
-    limit_batches: int | None
+    early_stopping: Count | None
+    limit_batches: Count | None
 
 
 class MetricCfg(_Section):

@@ -19,6 +19,7 @@ from albumentations.pytorch import ToTensorV2
 from PIL import Image, ImageOps
 
 from src.config import AugCfg, Config, DataCfg, LoaderCfg
+from src.progress import progress
 from src.utils import UserError, atomic_write_text
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -72,7 +73,7 @@ def find_bad_images(paths: list[str], workers: int = 4) -> list[str]:
             return False
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        good = list(pool.map(ok, paths, chunksize=64))
+        good = list(progress(pool.map(ok, paths), total=len(paths), desc="checking images"))
     return [p for p, g in zip(paths, good) if not g]
 
 
@@ -106,11 +107,40 @@ class _ImageIndex:
         return best[0] if len(best) == 1 else None
 
 
+# What pandas would read as a missing value: a label spelled so is almost always a hole in the data.
+NA_LIKE = {"#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
+           "NULL", "NaN", "None", "n/a", "nan", "null"}
+DEMO_DIR = Path("inputs/digits")
+
+
+def require_data_dir(cfg: DataCfg) -> Path:
+    """The competition folder; a missing one names the fix (for the demo's: the command that builds it)."""
+    root = Path(cfg.dir)
+    if root.is_dir():
+        return root
+    if root.resolve() == DEMO_DIR.resolve():
+        raise UserError(f"the demo competition {root} does not exist yet; python -m src.demo builds it")
+    raise UserError(f"competition folder {root} does not exist; copy the competition files there or set data.dir")
+
+
+def _not_utf8(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+        return f"{path} cannot be decoded as text"
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        return (f"{path} is not UTF-8 (byte 0x{raw[e.start]:02x} on line {line}); re-save it as UTF-8, "
+                f"e.g. iconv -f latin1 -t utf-8 {path.name} > utf8.csv")
+
+
 def _read_csv(path: Path, what: str) -> pd.DataFrame:
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist; copy the competition files into {path.parent} or set data.dir")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(_not_utf8(path)) from None
     except pd.errors.EmptyDataError:
         raise UserError(f"{what} {path} is empty; it needs a header and one row per image") from None
     if len(df) == 0:
@@ -143,9 +173,26 @@ def _attach_paths(df: pd.DataFrame, id_col: str, image_dir: Path, exts: list[str
     return out
 
 
+def _clean_labels(raw: pd.DataFrame, col: str, path: Path, na_labels: str) -> pd.DataFrame:
+    """Labels without surrounding whitespace ('3 ' is '3', said once); NA-like labels refused
+    unless data.na_labels=keep."""
+    stripped = raw[col].str.strip()
+    changed = int((stripped != raw[col]).sum())
+    if changed:
+        print(f"note: stripped surrounding whitespace from {changed} labels in {path}")
+    empty = raw.index[stripped == ""].tolist()
+    if empty:
+        raise UserError(f"{path} has {len(empty)} rows without a label (first at row {empty[0] + 2}); fill or drop them")
+    na = raw.index[stripped.isin(NA_LIKE)].tolist()
+    if na and na_labels == "error":
+        raise UserError(f"{path} has {len(na)} labels that read as missing values (e.g. '{stripped[na[0]]}' at row "
+                        f"{na[0] + 2}); fix or drop those rows, or set data.na_labels=keep to train them as a class")
+    return raw.assign(**{col: stripped})
+
+
 def load_train_table(cfg: DataCfg) -> pd.DataFrame:
     """Training table with columns id, label (str), path and, when configured, group."""
-    root = Path(cfg.dir)
+    root = require_data_dir(cfg)
     if cfg.layout == "imagefolder":
         img_root = root / cfg.image_dir
         if not img_root.is_dir():
@@ -167,9 +214,7 @@ def load_train_table(cfg: DataCfg) -> pd.DataFrame:
         if cfg.group_col:
             cols["data.group_col"] = cfg.group_col
         _require_cols(raw, cols, path)
-        empty = raw.index[raw[cfg.label_col].str.strip() == ""].tolist()
-        if empty:
-            raise UserError(f"{path} has {len(empty)} rows without a label (first at row {empty[0] + 2}); fill or drop them")
+        raw = _clean_labels(raw, cfg.label_col, path, cfg.na_labels)
         dup = raw[cfg.id_col][raw[cfg.id_col].duplicated()].tolist()
         if dup:
             raise UserError(f"{path} lists {len(dup)} ids twice (e.g. {dup[:3]}); each image must appear once")
@@ -185,7 +230,7 @@ def load_train_table(cfg: DataCfg) -> pd.DataFrame:
 
 def load_test_table(cfg: DataCfg) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(test table with id and path in sample_submission order, the sample submission itself)."""
-    root = Path(cfg.dir)
+    root = require_data_dir(cfg)
     path = root / cfg.sample_submission
     sample = _read_csv(path, "sample submission")
     _require_cols(sample, {"data.id_col": cfg.id_col}, path)

@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from timm.data import Mixup
 from timm.utils import ModelEmaV3
-from tqdm import tqdm
 
 from src.config import Config
 from src.data import EpochSampler
 from src.metrics import softmax, summary
 from src.model import Frozen
+from src.progress import progress
 from src.runs import FoldPaths
 from src.runtime import Runtime, predict
 from src.utils import UserError
@@ -97,7 +97,7 @@ def train_one_epoch(s: FoldState, epoch: int) -> dict:
     """Train over at most `s.batches` batches; return the epoch's lr, mean loss and accuracy."""
     accum = s.cfg.train.accum_steps
     loss_sum, correct, seen = 0.0, 0, 0
-    bar = tqdm(s.train_loader, total=s.batches, desc=f"fold {s.fold} epoch {epoch}", leave=False, disable=None)
+    bar = progress(s.train_loader, total=s.batches, desc=f"fold {s.fold} epoch {epoch}")
     s.optimizer.zero_grad(set_to_none=True)
     for step, (x, y) in enumerate(bar):
         if step >= s.batches:
@@ -127,7 +127,7 @@ def train_one_epoch(s: FoldState, epoch: int) -> dict:
 
 def validate(model: torch.nn.Module, loader, rt: Runtime, targets: np.ndarray, metric: str) -> tuple[np.ndarray, dict]:
     """(probabilities N x C, {'loss', 'accuracy', 'f1_macro', metric}) over a validation loader."""
-    logits = predict([model], loader, rt)[0, 0]  # (N, C)
+    logits = predict([model], loader, rt, desc="validation")[0, 0]  # (N, C)
     loss = float(F.cross_entropy(torch.from_numpy(logits), torch.tensor(np.asarray(targets), dtype=torch.long)))
     probs = softmax(logits)
     return probs, {"loss": loss, **summary(targets, probs, metric)}

@@ -27,7 +27,14 @@ from src.data import load_test_table
 from src.members import Member, member_oof, member_test, open_member
 from src.metrics import compute_metric, softmax
 from src.runtime import Runtime
-from src.submission import build_submission, check_submission, resolve_format, write_submission
+from src.submission import (
+    build_submission,
+    check_out_path,
+    check_probs,
+    check_submission,
+    resolve_format,
+    write_submission,
+)
 from src.tta import parse_views
 from src.utils import UserError, run_cli
 
@@ -51,7 +58,10 @@ def _weights(weights, members: list[Member], fit_on: list[np.ndarray], y: np.nda
         return np.full(len(members), 1.0 / len(members))
     if len(weights) != len(members):
         raise UserError(f"{len(weights)} weights for {len(members)} members; give one per member")
-    return np.asarray(weights, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise UserError(f"weights {list(weights)} must be non-negative with a positive sum; e.g. --weights 1,1 or auto")
+    return w
 
 
 def oof_report(cfg: Config, members: list[Member], views: list[str], weights, voting: str, rt: Runtime) -> np.ndarray:
@@ -101,9 +111,13 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
     views = parse_views(e.tta if tta is None else (tta or ["identity"]))
     weights = e.weights if weights is None else weights
     voting = voting or e.voting
+    out = Path(out) if out else Path("submissions") / ("+".join(names) + ("_tta" if views != ["identity"] else "") + ".csv")
+    check_out_path(out, cfg.data.dir)
     rt = Runtime.from_cfg(cfg.runtime)
     test, sample = load_test_table(cfg.data)
     members = _open_members(cfg, names)
+    if isinstance(weights, list):
+        _weights(weights, members, [], np.zeros(0), cfg.metric.name, voting)  # checked before any prediction
     classes = members[0].classes
 
     # 1) OOF report: each member and the blend, without and with TTA
@@ -115,12 +129,12 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
     probs = combine(np.stack([log_probs(p) for p in member_probs]), "soft" if voting == "hard" else voting, w)
     computed, cached = sum(m.computed for m in members), sum(m.cached for m in members)
     print(f"predictions (fold x view x split): {computed} computed, {cached} read from outputs/<member>/preds/")
+    check_probs(probs)
 
     # 3) submission
     fmt = resolve_format(fmt or e.format, sample, cfg.data.id_col, classes, cfg.metric.name)
     sub = build_submission(sample, cfg.data.id_col, probs, classes, fmt)
     check_submission(sub, sample, cfg.data.id_col, classes, fmt)
-    out = Path(out) if out else Path("submissions") / ("+".join(names) + ("_tta" if views != ["identity"] else "") + ".csv")
     probs_path = write_submission(out, sub, probs, classes, sample, cfg.data.id_col)
     dist = pd.Series(np.asarray(classes)[probs.argmax(1)]).value_counts().reindex(classes, fill_value=0)
     print(f"wrote {out} ({len(sub)} rows, format {fmt}, {len(members)} members x folds x {len(views)} views); "

@@ -48,6 +48,7 @@ class Member:
     folds: list[int]
     classes: list[str]
     configs: dict[int, Config] = field(repr=False)
+    records: dict[int, dict] = field(repr=False)  # each fold's done.json
     computed: int = 0  # (fold, view) predictions made by a model in this process
     cached: int = 0  # ... and read from the cache
     _sha: dict[int, str] = field(default_factory=dict, repr=False)
@@ -66,6 +67,9 @@ class Member:
         """The fold's best.pt, rebuilt from its stored config, on the runtime's device."""
         path = fold_paths(self.exp_dir, fold).best
         ckpt = load_checkpoint(path)
+        if ckpt.get("run_id") != self.records[fold].get("run_id"):
+            raise UserError(f"{path} comes from another training run than fold {fold}'s done.json; retrain the fold "
+                            "or restore the fold folder as one piece")
         if ckpt["classes"] != self.classes:
             raise UserError(f"{path} holds another class list than the fold's done.json; retrain fold {fold}")
         cfg = self.configs[fold]
@@ -111,7 +115,13 @@ def open_member(name: str, output_dir: str, missing_folds: str, data_dir: str | 
     for k in folds:
         if records[k]["classes"] != classes:
             raise UserError(f"{name} fold {k} has a different class list from fold {folds[0]}; retrain it")
-    return Member(name, root, folds, classes, {k: configs[k] for k in folds})
+    member = Member(name, root, folds, classes, {k: configs[k] for k in folds}, {k: records[k] for k in folds})
+    for k in folds:  # the bytes training finished with: a best.pt swapped in later is refused
+        expected = records[k].get("best_sha1")
+        if expected is not None and member.sha(k) != expected:
+            raise UserError(f"{fold_paths(root, k).best} is not the checkpoint fold {k} of {name} finished with "
+                            "(its done.json records another); retrain the fold or restore its best.pt")
+    return member
 
 
 def _eval_setup(cfg: Config) -> tuple:
@@ -148,7 +158,8 @@ def fold_logits(m: Member, jobs: dict[int, pd.DataFrame], split: str, views: lis
         loader = make_loader(ImageDataset(df["path"], None, build_transform(cfg.aug, False, mean, std)), loader_cfg,
                              device=rt.device.type)
         need = [v for v in views if any(v not in out[k] for k in group)]
-        logits = predict(models, loader, rt, need)  # (folds in group, views needed, N, C)
+        logits = predict(models, loader, rt, need, desc=f"{m.name} {split} folds {group} x {len(need)} views")
+        # logits: (folds in group, views needed, N, C)
         for gi, k in enumerate(group):
             for vi, v in enumerate(need):
                 if v in out[k]:  # cached already; the group pass predicted it for another fold
@@ -167,7 +178,7 @@ def member_oof(m: Member, views: list[str] | None, rt: Runtime, loader_cfg: Load
     Without views the stored oof.csv files are used; with views those images are predicted again
     (or read from the cache).
     """
-    parts = {k: read_oof(fold_paths(m.exp_dir, k).oof, m.classes) for k in m.folds}
+    parts = {k: read_oof(fold_paths(m.exp_dir, k).oof, m.classes, m.records[k].get("run_id")) for k in m.folds}
     oof = pd.concat(parts.values(), ignore_index=True)
     if not views:
         return oof[["id", "target"]], log_probs(oof_probs(oof, m.classes))

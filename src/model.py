@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -75,26 +77,59 @@ def build_model(cfg: ModelCfg, num_classes: int, pretrained: bool | None = None,
     Args:
         cfg: the model section (name, pretrained, pretrained_path, drop_rate).
         num_classes: size of the classifier head.
-        pretrained: override cfg.pretrained (False when a checkpoint will be loaded anyway).
+        pretrained: False builds the bare architecture (a checkpoint will be loaded); None loads
+            cfg.pretrained_path when given, else the hub's weights when cfg.pretrained.
         img_size: input side; fixed-size models (ViT, Swin) are built for it.
     """
-    pretrained = cfg.pretrained if pretrained is None else pretrained
-    if not pretrained:
+    if pretrained is False:
         return _create(cfg, num_classes, False, img_size)
-    if cfg.pretrained_path:
+    if cfg.pretrained_path:  # a given file is always loaded, whatever model.pretrained says
         model = _create(cfg, num_classes, False, img_size)
         load_weights_file(model, cfg.pretrained_path)
         return model
+    if not cfg.pretrained:
+        return _create(cfg, num_classes, False, img_size)
+    return _from_hub(cfg, num_classes, img_size)
+
+
+def has_weights(cfg: ModelCfg) -> bool:
+    """Whether a model built from this section starts from trained weights."""
+    return bool(cfg.pretrained_path) or cfg.pretrained
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick connection to the Hugging Face hub (or HF_ENDPOINT); False offline."""
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_hub(cfg: ModelCfg, num_classes: int, img_size: int | None) -> torch.nn.Module:
+    """Pretrained weights from the hub, or offline from its local cache, without a minute of retries."""
+    from huggingface_hub import constants
+
+    offline, before = not hub_reachable(), constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = before or offline  # cache only: a miss fails at once
     try:
         return _create(cfg, num_classes, True, img_size)
     except UserError:
         raise
     except Exception as e:
+        where = "the hub is not reachable and they are not in the local cache" if offline else f"the hub ({type(e).__name__})"
         raise UserError(
-            f"cannot get pretrained weights for {cfg.name} from the hub ({type(e).__name__}); either download "
-            "them where there is network and set model.pretrained_path=/path/to/weights.safetensors (or .pth), "
-            "or set model.pretrained=false to train from scratch"
+            f"cannot get pretrained weights for {cfg.name}: {where}; download them where there is network and "
+            "set model.pretrained_path=/path/to/weights.safetensors (or .pth), or set model.pretrained=false "
+            "to train from scratch"
         ) from None
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 # ---------------------------------------------------------------- freezing

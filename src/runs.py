@@ -148,20 +148,25 @@ def prob_columns(classes: list[str]) -> list[str]:
     return [f"prob_{c}" for c in classes]
 
 
-def write_oof(path: Path, ids, fold: int, labels, targets, probs: np.ndarray, classes: list[str]) -> None:
-    """oof.csv: id, fold, label, target, then prob_<class> for every class, atomically."""
-    oof = pd.DataFrame({"id": list(ids), "fold": fold, "label": list(labels), "target": np.asarray(targets)})
+def write_oof(path: Path, ids, fold: int, labels, targets, probs: np.ndarray, classes: list[str],
+              run_id: str) -> None:
+    """oof.csv: id, fold, label, target, run_id, then prob_<class> for every class, atomically."""
+    oof = pd.DataFrame({"id": list(ids), "fold": fold, "label": list(labels), "target": np.asarray(targets),
+                        "run_id": run_id})
     oof[prob_columns(classes)] = probs
     atomic_save(path, lambda tmp: oof.to_csv(tmp, index=False))
 
 
-def read_oof(path: Path, classes: list[str]) -> pd.DataFrame:
+def read_oof(path: Path, classes: list[str], run_id: str | None = None) -> pd.DataFrame:
     """An oof.csv with ids and labels kept as written (a label 'None' or 'NA' stays a string);
-    its probability columns must be exactly `classes`."""
-    df = pd.read_csv(path, dtype={"id": str, "label": str}, keep_default_na=False)
+    its probability columns must be exactly `classes`, and its run id `run_id` when given."""
+    df = pd.read_csv(path, dtype={"id": str, "label": str, "run_id": str}, keep_default_na=False)
     have = [c for c in df.columns if c.startswith("prob_")]
     if have != prob_columns(classes):
         raise UserError(f"{path} holds predictions for other classes than its fold's done.json; retrain that fold")
+    if run_id is not None and "run_id" in df and set(df["run_id"]) != {run_id}:
+        raise UserError(f"{path} comes from another training run than its fold's done.json; retrain that fold "
+                        "or restore the fold folder as one piece")
     return df
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from src.config import RuntimeCfg
+from src.progress import progress
 from src.tta import apply_view
 from src.utils import UserError
 
@@ -77,8 +78,8 @@ class Runtime:
 
 
 @torch.no_grad()
-def predict(models: list[torch.nn.Module], loader, rt: Runtime, views: list[str] | tuple[str, ...] = ("identity",)
-            ) -> np.ndarray:
+def predict(models: list[torch.nn.Module], loader, rt: Runtime, views: list[str] | tuple[str, ...] = ("identity",),
+            desc: str = "predict") -> np.ndarray:
     """Logits of every model for every view of every image, in loader order.
 
     Each batch is decoded once; each view is made from it on the device and fed to every model.
@@ -87,7 +88,7 @@ def predict(models: list[torch.nn.Module], loader, rt: Runtime, views: list[str]
     out: list[list[list[torch.Tensor]]] = [[[] for _ in views] for _ in models]
     for m in models:
         m.eval()
-    for x, _ in loader:
+    for x, _ in progress(loader, desc=desc):
         x = rt.batch(x)
         for vi, v in enumerate(views):
             xv = apply_view(v, x)

@@ -64,12 +64,36 @@ def check_submission(sub: pd.DataFrame, sample: pd.DataFrame, id_col: str, class
             raise UserError(f"predicted labels {sorted(bad)[:5]} are not in the class set")
 
 
+def check_probs(probs: np.ndarray) -> None:
+    """The blended probability matrix: finite, in [0, 1], every row summing to 1."""
+    if not np.isfinite(probs).all():
+        raise UserError("the blended probabilities hold NaN or infinite values (a member predicted non-finite "
+                        "numbers, or the weights are degenerate); nothing was written")
+    if (probs < -1e-9).any() or not np.allclose(probs.sum(1), 1.0, atol=1e-5):
+        raise UserError("the blended probabilities do not sum to 1 per row; check the weights and voting; nothing was written")
+
+
+def check_out_path(out: Path, data_dir: str | Path) -> Path:
+    """Where the submission and its _probs.csv go: files, outside the competition folder."""
+    probs = out.with_name(out.stem + "_probs.csv")
+    for p in (out, probs):
+        if p.is_dir():
+            raise UserError(f"--out {out}: {p} is a folder; give a file path such as {p / 'submission.csv'}")
+        if p.resolve().is_relative_to(Path(data_dir).resolve()):
+            raise UserError(f"--out {out} would write {p} inside the competition folder {data_dir} (data.dir), "
+                            "whose files must not change; write to submissions/ or another folder")
+    if out.suffix.lower() != ".csv":
+        raise UserError(f"--out {out} is not a .csv path; name the submission file, e.g. submissions/final.csv")
+    return probs
+
+
 def write_submission(out: Path, sub: pd.DataFrame, probs: np.ndarray, classes: list[str], sample: pd.DataFrame,
                      id_col: str) -> Path:
     """<out> and <out stem>_probs.csv (the probability matrix), each written atomically."""
     probs_df = pd.DataFrame(probs, columns=classes)
     probs_df.insert(0, id_col, sample[id_col].to_numpy())
     probs_path = out.with_name(out.stem + "_probs.csv")
+    check_probs(probs)
     atomic_save(probs_path, lambda tmp: probs_df.to_csv(tmp, index=False))
     atomic_save(out, lambda tmp: sub.to_csv(tmp, index=False))
     return probs_path

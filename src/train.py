@@ -31,19 +31,20 @@ def parse_fold(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"--fold takes a fold index, all or -1, not '{text}'") from None
 
 
-def _one(cfg: Config, fold: int, resume: bool, force: bool, dry_run: bool) -> dict:
+def _one(cfg: Config, fold: int, resume: bool, force: bool, dry_run: bool, allow_mixed: bool) -> dict:
     if dry_run or (fold_paths(cfg.out_dir, fold).done.is_file() and not force):
         return train_fold(cfg, fold, dry_run_only=dry_run)  # nothing to track
     with Tracker.start(cfg, name=f"{cfg.experiment.name}-fold{fold}", out_dir=cfg.out_dir) as tracker:
-        return train_fold(cfg, fold, resume=resume, force=force, tracker=tracker)
+        return train_fold(cfg, fold, resume=resume, force=force, tracker=tracker, allow_mixed=allow_mixed)
 
 
-def run(cfg: Config, fold: int | str, *, resume: bool = False, force: bool = False, dry_run: bool = False) -> dict:
+def run(cfg: Config, fold: int | str, *, resume: bool = False, force: bool = False, dry_run: bool = False,
+        allow_mixed: bool = False) -> dict:
     """Train one fold, -1 (all data) or 'all' folds (then write the CV report); one W&B run per fold."""
     if fold != "all":
-        return _one(cfg, int(fold), resume, force, dry_run)
+        return _one(cfg, int(fold), resume, force, dry_run, allow_mixed)
     t0 = time.time()
-    results = [_one(cfg, k, resume, force, dry_run) for k in range(cfg.data.n_folds)]
+    results = [_one(cfg, k, resume, force, dry_run, allow_mixed) for k in range(cfg.data.n_folds)]
     if dry_run:
         return {"folds": results}
     report = cv_report(cfg, list(range(cfg.data.n_folds)))
@@ -57,10 +58,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from last.pt")
     parser.add_argument("--force", action="store_true", help="retrain folds that already finished")
     parser.add_argument("--dry-run", action="store_true", help="build everything, one forward pass, train nothing")
+    parser.add_argument("--allow-mixed-configs", action="store_true",
+                        help="train a fold with other settings than the experiment's finished folds")
     add_config_args(parser)
     args = parser.parse_intermixed_args(argv)
     cfg = load_config(args.config, args.overrides)
-    run(cfg, args.fold, resume=args.resume, force=args.force, dry_run=args.dry_run)
+    run(cfg, args.fold, resume=args.resume, force=args.force, dry_run=args.dry_run, allow_mixed=args.allow_mixed_configs)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import time
+import uuid
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import torch
 from timm.data import Mixup
 from timm.utils import ModelEmaV3
 
-from src.checkpoint import CheckpointKeeper
+from src.checkpoint import RESUME_MAY_CHANGE, CheckpointKeeper, config_diff
 from src.config import Config, save_config
 from src.data import (
     EpochSampler,
@@ -29,14 +31,17 @@ from src.data import (
 from src.engine import FoldState, train_one_epoch, validate
 from src.losses import build_loss
 from src.metrics import LOWER_IS_BETTER, is_better, summary
-from src.model import build_model, freeze, param_counts, param_groups, set_train_mode, unfreeze
+from src.model import build_model, freeze, has_weights, param_counts, param_groups, set_train_mode, unfreeze
 from src.optim import build_optimizer, build_scheduler
 from src.plots import plot_confusion, plot_curves
 from src.runs import (
     FoldPaths,
+    file_sha1,
+    finished_folds,
     fold_classes,
     fold_lock,
     fold_paths,
+    fold_record,
     mark_unfinished,
     oof_probs,
     read_done,
@@ -80,6 +85,10 @@ def setup_fold(cfg: Config, fold: int, rt: Runtime) -> FoldState:
     seed_everything(seed)
     model = build_model(cfg.model, len(classes), img_size=cfg.aug.img_size)
     frozen = freeze(model, cfg.model.freeze_before, cfg.model.freeze_stages)
+    if frozen.any and not has_weights(cfg.model):
+        warnings.warn(f"{len(frozen.params)} parameter tensors are frozen at their random initialization "
+                      "(no model.pretrained_path, model.pretrained=false); set one of them, or null "
+                      "model.freeze_before / model.freeze_stages", stacklevel=2)
     counts = param_counts(model)
     mean, std = resolve_norm(cfg.aug, model.pretrained_cfg)
     model = rt.model(model)
@@ -164,7 +173,8 @@ def run_epoch(s: FoldState, keeper: CheckpointKeeper, epoch: int, tracker: Track
         value = scores[monitor_name(cfg)]
     improved = keeper.observe(epoch, value)
     if improved and s.val_df is not None:
-        write_oof(s.fp.oof, s.val_df["id"], s.fold, s.val_df["label"], s.val_df["target"], probs, s.classes)
+        write_oof(s.fp.oof, s.val_df["id"], s.fold, s.val_df["label"], s.val_df["target"], probs, s.classes,
+                  keeper.meta["run_id"])
     row["time_s"] = round(time.time() - t0, 2)
     keeper.history.append(row)
     s.scheduler.step(epoch + 1, row.get(f"val_{monitor_name(cfg)}"))
@@ -181,7 +191,7 @@ def finish_fold(s: FoldState, keeper: CheckpointKeeper, tracker: Tracker) -> dic
     cfg, fp = s.cfg, s.fp
     result = {"fold": s.fold, "best_epoch": keeper.best_epoch, "epochs_run": len(keeper.history),
               "monitor": monitor_name(cfg), "best": keeper.best, "params": s.counts, "classes": s.classes,
-              "config": cfg.to_dict()}
+              "config": cfg.to_dict(), "run_id": keeper.meta["run_id"]}
     hist = pd.DataFrame(keeper.history)
     atomic_save(fp.history, lambda tmp: hist.to_csv(tmp, index=False))
     plot_curves(hist, cfg.metric.name, fp.curves)
@@ -194,8 +204,27 @@ def finish_fold(s: FoldState, keeper: CheckpointKeeper, tracker: Tracker) -> dic
         tracker.confusion(y, probs.argmax(1), s.classes)
         tracker.summary({f"best_{monitor_name(cfg)}": keeper.best, "best_epoch": keeper.best_epoch,
                          **{f"best_{k}": v for k, v in result.items() if k in ("accuracy", "f1_macro", cfg.metric.name)}})
+    result["best_sha1"] = file_sha1(fp.best)  # later stages refuse a best.pt swapped in after training
     write_done(fp, result)  # last: only now is the fold finished
     return result
+
+
+def check_same_settings(cfg: Config, fold: int) -> None:
+    """Refuse to train a fold with settings that differ from the experiment's finished folds (in
+    anything that changes what is computed): the ensemble would blend models of two recipes under
+    one name. --fold -1 (all data, often trained longer) is not compared."""
+    if fold == -1:
+        return
+    mine = cfg.to_dict()
+    for k in finished_folds(cfg.out_dir):
+        if k == fold:
+            continue
+        theirs = fold_record(fold_paths(cfg.out_dir, k))["config"]
+        diff = [key for key in config_diff(theirs, mine) if not key.startswith(RESUME_MAY_CHANGE)]
+        if diff:
+            raise UserError(f"fold {fold} would train with settings that differ from fold {k} of experiment "
+                            f"{cfg.experiment.name} in {diff[:6]}; use fold {k}'s settings, another experiment.name, "
+                            "or pass --allow-mixed-configs")
 
 
 def _check_can_start(fp: FoldPaths, fold: int, resume: bool, force: bool) -> dict | None:
@@ -209,7 +238,8 @@ def _check_can_start(fp: FoldPaths, fold: int, resume: bool, force: bool) -> dic
 
 
 def train_fold(cfg: Config, fold: int, *, resume: bool = False, force: bool = False, dry_run_only: bool = False,
-               on_epoch: Callable[[int, float], None] | None = None, tracker: Tracker | None = None) -> dict:
+               on_epoch: Callable[[int, float], None] | None = None, tracker: Tracker | None = None,
+               allow_mixed: bool = False) -> dict:
     """Train one fold (or all data with fold=-1) and return its result (done.json's content).
 
     Args:
@@ -220,6 +250,7 @@ def train_fold(cfg: Config, fold: int, *, resume: bool = False, force: bool = Fa
         dry_run_only: build data, model and freezing, run one forward pass, train nothing.
         on_epoch: called with (epoch, monitored value) after each validation (Optuna pruning).
         tracker: the W&B run the caller opened for this fold (it stays open); None = no tracking.
+        allow_mixed: train even when the experiment's other folds were trained with other settings.
     """
     fp = fold_paths(cfg.out_dir, fold)
     rt = Runtime.from_cfg(cfg.runtime)
@@ -227,6 +258,8 @@ def train_fold(cfg: Config, fold: int, *, resume: bool = False, force: bool = Fa
         return dry_run(setup_fold(cfg, fold, rt))
     if (result := _check_can_start(fp, fold, resume, force)) is not None:
         return result
+    if not allow_mixed:
+        check_same_settings(cfg, fold)
     with fold_lock(fp, f"fold {fold} of experiment {cfg.experiment.name}"):
         if force:
             mark_unfinished(fp)
@@ -234,7 +267,7 @@ def train_fold(cfg: Config, fold: int, *, resume: bool = False, force: bool = Fa
                 p.unlink(missing_ok=True)
         s = setup_fold(cfg, fold, rt)
         optimization(s)
-        meta = {"config": cfg.to_dict(), "classes": s.classes, "fold": fold}
+        meta = {"config": cfg.to_dict(), "classes": s.classes, "fold": fold, "run_id": uuid.uuid4().hex[:12]}
         keeper = CheckpointKeeper(fp.best, fp.last, meta, monitor_name(cfg),
                                   lambda new, best: is_better(monitor_name(cfg), new, best), cfg.train.early_stopping)
         start = 0
@@ -267,7 +300,7 @@ def cv_report(cfg: Config, folds: list[int]) -> dict:
         if classes is not None and fold_classes(fp) != classes:
             raise UserError(f"fold {k} of {cfg.experiment.name} has another class list than fold {folds[0]}; retrain it")
         classes = fold_classes(fp)
-        parts.append(read_oof(fp.oof, classes))
+        parts.append(read_oof(fp.oof, classes, done.get("run_id")))
         rows.append({"fold": k, "best_epoch": done["best_epoch"],
                      **{m: done.get(m) for m in ("accuracy", "f1_macro", cfg.metric.name)}})
     oof = pd.concat(parts, ignore_index=True)

@@ -27,6 +27,7 @@ D4: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "antitranspose": lambda x: torch.rot90(x, 2, (2, 3)).transpose(2, 3),
 }
 _SCALED = re.compile(r"^(scale|zoom)(\d+(?:\.\d+)?)$")
+SCALE_RANGE = (0.25, 4.0)  # beyond these a view shows the model nothing it was trained on
 
 
 def parse_views(names: list[str]) -> list[str]:
@@ -35,7 +36,13 @@ def parse_views(names: list[str]) -> list[str]:
     for n in names:
         if n == "d4":
             out += list(D4)
-        elif n in D4 or _SCALED.match(n):
+        elif n in D4:
+            out.append(n)
+        elif m := _SCALED.match(n):
+            f = float(m.group(2))
+            if not SCALE_RANGE[0] <= f <= SCALE_RANGE[1]:
+                raise UserError(f"TTA view '{n}' has factor {f:g}, outside {SCALE_RANGE[0]}..{SCALE_RANGE[1]}; "
+                                f"use a factor near 1, e.g. {m.group(1)}0.9 or {m.group(1)}1.15")
             out.append(n)
         else:
             raise UserError(f"unknown TTA view '{n}'; use {', '.join(D4)}, d4, scale<f> or zoom<f> (e.g. scale1.15, zoom0.9)")

@@ -49,7 +49,7 @@ class Space(BaseModel):
     model_config = ConfigDict(extra="forbid")
     study: str
     n_trials: int
-    timeout: float | None
+    timeout: float | None = None
     folds: list[int]
     sampler_seed: int
     pruner: Literal["median", "hyperband", "none"]

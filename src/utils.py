@@ -21,11 +21,22 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
     try:
         main(argv)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_sentence(e)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: finished epochs are kept; continue with --resume", file=sys.stderr)
         sys.exit(130)
+
+
+def one_sentence(e: UserError) -> str:
+    """A UserError's sentence; one raised in a DataLoader worker arrives wrapped in the worker's
+    traceback ("Caught UserError in DataLoader worker process 0. Original Traceback ..."), whose
+    last line holds it."""
+    text = str(e)
+    if "Original Traceback" in text:
+        last = [line for line in text.strip().splitlines() if line.strip()][-1]
+        return last.split("UserError: ", 1)[-1]
+    return text
 
 
 _UMASK = os.umask(0)
