@@ -7,6 +7,7 @@ import json
 import os
 import random
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -255,11 +256,13 @@ def _files_key(paths: list[str]) -> str:
     return h.hexdigest()
 
 
-def drop_bad_images(df: pd.DataFrame, cfg: Config, cache: Path | None = None) -> pd.DataFrame:
+def drop_bad_images(df: pd.DataFrame, cfg: Config, cache: Path | None = None,
+                    defer: list[Callable[[], None]] | None = None) -> pd.DataFrame:
     """Check every image once; stop, or drop the bad ones with a warning (data.bad_images).
 
     With `cache`, the result is remembered for this exact set of files (path, size, mtime), so
-    later folds and runs skip the full decode of a large training set.
+    later folds and runs skip the full decode of a large training set. With `defer`, the cache
+    write is appended there instead of done, for the caller to run once its own checks passed.
     """
     if not cfg.data.check_images:
         return df
@@ -269,8 +272,9 @@ def drop_bad_images(df: pd.DataFrame, cfg: Config, cache: Path | None = None) ->
         bad = json.loads(cache.read_text())["bad"]
     else:
         bad = find_bad_images(paths, workers=max(2, cfg.loader.num_workers))
-        if cache is not None and not bad:
-            atomic_write_text(cache, json.dumps({"key": key, "bad": bad}))
+        if cache is not None and (not bad or cfg.data.bad_images == "skip"):
+            write = lambda: atomic_write_text(cache, json.dumps({"key": key, "bad": bad}))  # noqa: E731
+            write() if defer is None else defer.append(write)
     if not bad:
         return df
     shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
@@ -279,8 +283,6 @@ def drop_bad_images(df: pd.DataFrame, cfg: Config, cache: Path | None = None) ->
             f"{len(bad)} images cannot be decoded: {shown}; replace them, or set data.bad_images=skip to drop them"
         )
     warnings.warn(f"skipping {len(bad)} unreadable images: {shown}", stacklevel=2)
-    if cache is not None:
-        atomic_write_text(cache, json.dumps({"key": key, "bad": bad}))
     return df[~df["path"].isin(bad)].reset_index(drop=True)
 
 

@@ -119,8 +119,9 @@ def open_member(name: str, output_dir: str, missing_folds: str, data_dir: str | 
     for k in folds:  # the bytes training finished with: a best.pt swapped in later is refused
         expected = records[k].get("best_sha1")
         if expected is not None and member.sha(k) != expected:
-            raise UserError(f"{fold_paths(root, k).best} is not the checkpoint fold {k} of {name} finished with "
-                            "(its done.json records another); retrain the fold or restore its best.pt")
+            raise UserError(f"{fold_paths(root, k).best} has changed since fold {k} of {name} finished (truncated, "
+                            "corrupted or replaced: its done.json records other bytes); retrain the fold or restore "
+                            "its best.pt")
     return member
 
 

@@ -67,8 +67,11 @@ def fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame | No
     # Images are checked before the split is written, so bad data writes nothing; skipped images
     # stay in the split (it must not depend on which files were readable today).
     cache = folds_path(cfg).with_name(f"{Path(cfg.data.dir).resolve().name}_images_checked.json")
-    readable = set(drop_bad_images(table, cfg, cache)["id"])
+    pending: list = []
+    readable = set(drop_bad_images(table, cfg, cache, defer=pending)["id"])
     df, classes, _ = load_or_create_folds(cfg, table=table)
+    for write in pending:  # the split accepted the data: now remember the check
+        write()
     df = df[df["id"].isin(readable)].reset_index(drop=True)
     if fold == -1:
         return df, None, classes
@@ -260,23 +263,23 @@ def train_fold(cfg: Config, fold: int, *, resume: bool = False, force: bool = Fa
         return result
     if not allow_mixed:
         check_same_settings(cfg, fold)
+    # Data, model and resume state first: a mistake there writes nothing, not even a lock.
+    s = setup_fold(cfg, fold, rt)
+    optimization(s)
+    meta = {"config": cfg.to_dict(), "classes": s.classes, "fold": fold, "run_id": uuid.uuid4().hex[:12]}
+    keeper = CheckpointKeeper(fp.best, fp.last, meta, monitor_name(cfg),
+                              lambda new, best: is_better(monitor_name(cfg), new, best), cfg.train.early_stopping)
+    start = keeper.resume(s, cfg.to_dict()) if resume and fp.last.is_file() and not force else 0
+    if start:
+        print(f"fold {fold}: resuming after epoch {start - 1} (best {monitor_name(cfg)} {keeper.best} "
+              f"at epoch {keeper.best_epoch})")
+    elif resume:
+        print(f"fold {fold}: nothing to resume in {fp.dir}; starting fresh")
     with fold_lock(fp, f"fold {fold} of experiment {cfg.experiment.name}"):
         if force:
             mark_unfinished(fp)
             for p in (fp.last, fp.best, fp.oof):
                 p.unlink(missing_ok=True)
-        s = setup_fold(cfg, fold, rt)
-        optimization(s)
-        meta = {"config": cfg.to_dict(), "classes": s.classes, "fold": fold, "run_id": uuid.uuid4().hex[:12]}
-        keeper = CheckpointKeeper(fp.best, fp.last, meta, monitor_name(cfg),
-                                  lambda new, best: is_better(monitor_name(cfg), new, best), cfg.train.early_stopping)
-        start = 0
-        if resume and fp.last.is_file():
-            start = keeper.resume(s, cfg.to_dict())
-            print(f"fold {fold}: resuming after epoch {start - 1} (best {monitor_name(cfg)} {keeper.best} "
-                  f"at epoch {keeper.best_epoch})")
-        elif resume:
-            print(f"fold {fold}: nothing to resume in {fp.dir}; starting fresh")
         if start == 0:
             save_config(cfg)
         tracker = tracker or Tracker.off()

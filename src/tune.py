@@ -6,17 +6,24 @@
 
 --n-trials is the total wanted: a rerun resumes the study and adds trials up to it, and several
 workers on one storage stop together at that total. Trial runs go to outputs/<study>/trial<N>/.
+The config is checked with one dry run before the first trial. Running trials send heartbeats
+(SQLite and RDB storages), so the trial of a worker killed with kill -9 is failed and replaced.
 Writes outputs/<study>/best.yaml (a config src.train takes), history.png and importance.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import math
 import os
+import socket
+import threading
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from src.config import CLI, DEFAULT_CONFIG, Config, add_config_args, load_config
 from src.tracking import Tracker
-from src.trainer import higher_is_better, monitor_name, train_fold
+from src.trainer import derive_seed, higher_is_better, monitor_name, train_fold
 from src.utils import UserError, atomic_save, atomic_write_text, run_cli
 
 DEFAULT_SPACE_DIR = Path(__file__).resolve().parent.parent / "configs" / "tune"
@@ -55,6 +62,8 @@ class Space(BaseModel):
     pruner: Literal["median", "hyperband", "none"]
     pruner_startup_trials: int
     pruner_warmup_epochs: int
+    heartbeat_interval: int | None = 60
+    heartbeat_grace: int = 180
     params: dict[str, Param]
 
 
@@ -79,6 +88,10 @@ def load_space(path: str | Path, cfg_path: str | Path | None, overrides: list[st
         key = ".".join(str(p) for p in err["loc"])
         what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].lower()
         raise UserError(f"{path}: '{key}': {what}; see configs/tune/demo.yaml for the format") from None
+    beat, grace = space.heartbeat_interval, space.heartbeat_grace
+    if beat is not None and not 0 < beat < grace:
+        raise UserError(f"{path}: heartbeat_interval must be above 0 and below heartbeat_grace "
+                        f"(got {beat} and {grace}), or null for no heartbeats")
     for key, p in space.params.items():
         if p.type == "categorical":
             if not p.choices:
@@ -137,6 +150,108 @@ def _pruner(space: Space) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """TPE seeded anew before each trial from (sampler_seed, trial number): trial numbers are unique
+    across the workers of a study, so workers started together draw different values, and a single
+    worker repeats its draws run after run. TPE keeps no state between trials besides its RNG."""
+
+    def __init__(self, seed: int, n_startup_trials: int) -> None:
+        self._seed, self._n_startup_trials = seed, n_startup_trials
+        self._tpe = self._make(seed)
+
+    def _make(self, seed: int) -> optuna.samplers.TPESampler:
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self._n_startup_trials)
+
+    def before_trial(self, study, trial) -> None:
+        self._tpe = self._make(derive_seed(self._seed, trial.number))
+        self._tpe.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._tpe.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._tpe.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._tpe.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._tpe.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._tpe.reseed_rng()
+
+
+class Heartbeat:
+    """Optuna's trial heartbeats for the ask/tell loop (study.optimize would run them itself).
+
+    While a trial runs, a thread records its heartbeat every `interval` seconds; before counting,
+    trials whose worker sent none for `grace` seconds (killed with kill -9, machine lost) are
+    failed, so they no longer count toward --n-trials. Only RDB storages (SQLite included) keep
+    heartbeats; `storage` stays None for a journal file or when heartbeats are off.
+    """
+
+    def __init__(self, interval: int | None, grace: int) -> None:
+        self.interval, self.grace = interval, grace
+        self.storage: optuna.storages.RDBStorage | None = None
+
+    def rdb(self, url: str) -> optuna.storages.RDBStorage:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.storage = optuna.storages.RDBStorage(url, heartbeat_interval=self.interval, grace_period=self.grace)
+        return self.storage
+
+    def _trial_id(self, study: optuna.Study, number: int) -> int:
+        study_id = self.storage.get_study_id_from_name(study.study_name)
+        return self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+    def fail_stale(self, study: optuna.Study) -> None:
+        """Fail the trials whose heartbeat stopped, each with its fail_reason."""
+        if self.storage is None:
+            return
+        study_id = self.storage.get_study_id_from_name(study.study_name)
+        # The ids fail_stale_trials fails next; it has no hook that runs while they can still take an attribute.
+        for trial_id in self.storage._get_stale_trial_ids(study_id):
+            t = self.storage.get_trial(trial_id)
+            try:
+                self.storage.set_trial_user_attr(trial_id, "fail_reason", (
+                    f"stale: no heartbeat for {self.grace} s; its worker {t.user_attrs.get('worker', '?')} "
+                    "was killed or lost"))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another worker failed it first
+            print(f"trial {t.number}: no heartbeat for {self.grace} s (its worker was killed or lost); marked failed")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+
+    @contextmanager
+    def running(self, study: optuna.Study, trial: optuna.Trial):
+        """Record the trial's heartbeat now and every `interval` seconds until the block ends."""
+        if self.storage is None:
+            yield
+            return
+        trial_id, stop = self._trial_id(study, trial.number), threading.Event()
+
+        def record() -> None:
+            try:
+                self.storage.record_heartbeat(trial_id)
+            except Exception as e:  # a busy database must not fail, or end the heartbeats of, a live trial
+                print(f"note: heartbeat of trial {trial.number} not recorded ({type(e).__name__}); retrying")
+
+        def beat() -> None:
+            while not stop.wait(self.interval):
+                record()
+
+        record()  # before training starts, so a kill from now on is noticed
+        thread = threading.Thread(target=beat, name=f"heartbeat-trial{trial.number}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+
 def _nested(flat: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in flat.items():
@@ -192,12 +307,13 @@ def save_plots(study: optuna.Study, out_dir: Path) -> list[Path]:
     return written
 
 
-def open_study(attempts: int = 6, **kwargs) -> optuna.Study:
+def open_study(attempts: int = 6, storage=None, **kwargs) -> optuna.Study:
     """optuna.create_study, retried when workers starting together race to create a new
-    database's tables (SQLite: 'table already exists', 'database is locked', a duplicate alembic row)."""
+    database's tables (SQLite: 'table already exists', 'database is locked', a duplicate alembic row).
+    `storage` may be a function that makes it (an RDBStorage creates the tables as it is made)."""
     for attempt in range(attempts):
         try:
-            return optuna.create_study(**kwargs)
+            return optuna.create_study(storage=storage() if callable(storage) else storage, **kwargs)
         except sqlalchemy.exc.DBAPIError:
             if attempt == attempts - 1:
                 raise
@@ -211,38 +327,53 @@ FAIL = optuna.trial.TrialState.FAIL
 MAX_FAILS_IN_A_ROW = 5
 
 
-def run_trials(study: optuna.Study, objective, n_trials: int, timeout: float | None, on_trial=None) -> None:
+def _remaining(study: optuna.Study, n_trials: int, beat: Heartbeat | None) -> int:
+    """Trials still to start: n_trials less the finished and running ones (stale ones failed first)."""
+    if beat is not None:
+        beat.fail_stale(study)
+    return n_trials - len(study.get_trials(deepcopy=False, states=(*COUNTED, RUNNING)))
+
+
+def run_trials(study: optuna.Study, objective, n_trials: int, timeout: float | None, on_trial=None,
+               beat: Heartbeat | None = None) -> None:
     """Ask and tell trials until the study holds n_trials finished (complete or pruned) ones.
 
     Several workers may share the storage: a worker starts a trial only while finished plus
     running trials are fewer than n_trials, and a trial numbered past the total (two workers
     asking at the same moment) is given up as failed before it trains. Failed trials do not
-    count; after MAX_FAILS_IN_A_ROW failures in a row this worker stops.
+    count; after MAX_FAILS_IN_A_ROW failures in a row this worker stops. With `beat`, running
+    trials send heartbeats and those of killed workers are failed before counting.
     """
     t0 = time.time()
     fails = 0
+    beat = beat or Heartbeat(None, 1)
+    worker = f"{socket.gethostname()}:{os.getpid()}"
     while timeout is None or time.time() - t0 < timeout:
-        busy = study.get_trials(deepcopy=False, states=(*COUNTED, RUNNING))
-        if len(busy) >= n_trials:
+        if _remaining(study, n_trials, beat) <= 0:
             return
-        trial = study.ask()
+        with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for study.optimize
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = study.ask()
+        trial.set_user_attr("worker", worker)
         live = sorted(t.number for t in study.get_trials(deepcopy=False, states=(*COUNTED, RUNNING)))
         if live.index(trial.number) >= n_trials:
             trial.set_user_attr("fail_reason", "surplus: other workers already run the remaining trials")
             study.tell(trial, state=FAIL)
             return
+        # skip_if_finished: another worker may have failed this trial as stale (this one was paused).
         try:
-            value = objective(trial)
-            frozen = study.tell(trial, value)
+            with beat.running(study, trial):
+                value = objective(trial)
+            frozen = study.tell(trial, value, skip_if_finished=True)
             fails = 0
         except optuna.TrialPruned:
-            frozen = study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            frozen = study.tell(trial, state=optuna.trial.TrialState.PRUNED, skip_if_finished=True)
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted")
-            study.tell(trial, state=FAIL)
+            study.tell(trial, state=FAIL, skip_if_finished=True)
             raise
         except Exception as e:
-            frozen = study.tell(trial, state=FAIL)
+            frozen = study.tell(trial, state=FAIL, skip_if_finished=True)
             fails += 1
             print(f"trial {trial.number} failed ({type(e).__name__}: {str(e)[:200]}); the study goes on")
             if fails >= MAX_FAILS_IN_A_ROW:
@@ -254,14 +385,22 @@ def run_trials(study: optuna.Study, objective, n_trials: int, timeout: float | N
             on_trial(frozen)
 
 
-def _open(base_cfg: Config, space: Space, n_trials: int, storage: str | None) -> optuna.Study:
-    """Create or reopen the study; a study reopened with another objective stops."""
+def _open(base_cfg: Config, space: Space, n_trials: int, storage: str | None) -> tuple[optuna.Study, Heartbeat]:
+    """Create or reopen the study (with heartbeats where the storage keeps them); a study reopened
+    with another objective stops."""
+    where = storage_for(storage, space.study, base_cfg.experiment.output_dir)
+    beat = Heartbeat(space.heartbeat_interval, space.heartbeat_grace)
+    if isinstance(where, str) and beat.interval is not None:
+        where = functools.partial(beat.rdb, where)  # made inside open_study's retries
+    elif beat.interval is not None:
+        print("note: a journal storage keeps no heartbeats (Optuna 5), so a trial of a worker killed with "
+              "kill -9 stays RUNNING and counts toward --n-trials; use SQLite or an RDB URL to have it replaced")
     study = open_study(
         study_name=space.study,
-        storage=storage_for(storage, space.study, base_cfg.experiment.output_dir),
+        storage=where,
         load_if_exists=True,
         direction="maximize" if higher_is_better(base_cfg) else "minimize",
-        sampler=optuna.samplers.TPESampler(seed=space.sampler_seed, n_startup_trials=min(10, max(2, n_trials // 3))),
+        sampler=TrialSeededSampler(space.sampler_seed, n_startup_trials=min(10, max(2, n_trials // 3))),
         pruner=_pruner(space),
     )
     objective_name = monitor_name(base_cfg)
@@ -271,7 +410,21 @@ def _open(base_cfg: Config, space: Space, n_trials: int, storage: str | None) ->
     elif before != objective_name:
         raise UserError(f"study {space.study} optimizes {before}, not {objective_name}; "
                         "use another --study name, or the metric and train.monitor it was started with")
-    return study
+    return study, beat
+
+
+def check_config(cfg: Config, fold: int) -> None:
+    """One dry run (data, model, weights, a forward pass; nothing written) of the config the trials
+    start from, so a mistake every trial would repeat stops the command before a trial is recorded."""
+    print(f"checking the config with a dry run of fold {fold}")
+    try:
+        train_fold(cfg, fold, dry_run_only=True)
+    except UserError as e:
+        raise UserError(f"the config fails its dry run, so no trial was started: {e}") from None
+    finally:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the first trial gets the whole GPU
 
 
 def make_objective(cfg_path: Path, overrides: list[str], space: Space, out_dir: Path):
@@ -344,16 +497,21 @@ def tune(cfg_path: str | Path | None, overrides: list[str], space_path: str | Pa
         if not 0 <= k < base_cfg.data.n_folds:
             raise UserError(f"{space_path}: folds lists {k}, but the config has {base_cfg.data.n_folds} folds")
     out_dir = Path(base_cfg.experiment.output_dir) / space.study
-    study = _open(base_cfg, space, n_trials, storage)
+    study, beat = _open(base_cfg, space, n_trials, storage)
     print(f"study {space.study}: {len(study.get_trials(deepcopy=False, states=COUNTED))} finished trials, target {n_trials}")
+    if _remaining(study, n_trials, beat) > 0:
+        check_config(base_cfg, space.folds[0])
 
     # The study's own run stays open while the trials' fold runs come and go.
     with Tracker.start(base_cfg, name=f"{space.study}-study", out_dir=out_dir, job_type="tune", group=space.study) as tracker:
         def log_trial(trial: optuna.trial.FrozenTrial) -> None:
             tracker.log({"trial": trial.number, "state": trial.state.name,
                          "value": trial.value if trial.value is not None else float("nan"), **trial.params})
+            done = len(study.get_trials(deepcopy=False, states=COUNTED))
+            value = f" {monitor_name(base_cfg)} {trial.value:.4g}" if trial.value is not None else ""
+            print(f"trial {trial.number} {trial.state.name.lower()}{value}; {done}/{n_trials} finished trials")
 
-        run_trials(study, make_objective(cfg_path, overrides, space, out_dir), n_trials, timeout, log_trial)
+        run_trials(study, make_objective(cfg_path, overrides, space, out_dir), n_trials, timeout, log_trial, beat)
         log_study(tracker, study)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     for t in study.get_trials(deepcopy=False, states=(FAIL,))[-5:]:

@@ -63,7 +63,9 @@ def test_demo_changes_only_what_it_names():
     demo = load_config("configs/demo.yaml")
     assert demo.aug.img_size == 32 and base.aug.img_size == 224
     assert demo.aug.crop_pct == base.aug.crop_pct  # same section, untouched key
-    assert demo.model.freeze_before is None and base.model.freeze_before == "layer4.0.conv1"
+    # base.yaml freezes nothing; the ResNeXt101 recipe names its own freeze point
+    assert demo.model.freeze_before is None and base.model.freeze_before is None
+    assert load_config("configs/resnext101.yaml").model.freeze_before == "layer4.0.conv1"
 
 
 def test_experiment_name_defaults_to_file_stem(exp_file: Path, tmp_path: Path):
@@ -192,7 +194,7 @@ def test_override_without_section():
 
 
 def test_freeze_before_and_freeze_stages_both_set_names_both_keys():
-    # resnext101 inherits model.freeze_before from base.yaml
+    # resnext101.yaml sets model.freeze_before
     msg = _error("configs/resnext101.yaml", ["model.freeze_stages=2"])
     assert "model.freeze_before" in msg and "model.freeze_stages" in msg
     assert "from " in msg

@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from src.config import load_config
 from src.data import (
     EpochSampler,
     ImageDataset,
@@ -24,7 +23,7 @@ from src.data import (
     seed_transform,
     sorted_classes,
 )
-from src.folds import load_or_create_folds
+from src.splits import load_or_create_folds
 from src.utils import UserError
 
 # ---------------------------------------------------------------- helpers
@@ -35,10 +34,6 @@ def _png(path: Path, value: int = 128, size: tuple[int, int] = (6, 4)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("L", size, value).save(path)
     return path
-
-
-def _cfg(data_dir: Path, out: Path, *overrides: str):
-    return load_config("configs/demo.yaml", [f"data.dir={data_dir}", f"experiment.output_dir={out}", *overrides])
 
 
 def _csv(path: Path, rows: list[dict] | str) -> Path:
@@ -190,20 +185,20 @@ def test_find_bad_images(tmp_path: Path):
 # ---------------------------------------------------------------- training table
 
 
-def test_ids_with_and_without_extension(tmp_path: Path):
+def test_ids_with_and_without_extension(tmp_path: Path, demo_cfg):
     d = tmp_path / "comp"
     _png(d / "train" / "a.png")
     _png(d / "train" / "b.jpeg")
     _png(d / "train" / "c.png")
     _csv(d / "train.csv", [{"id": "a.png", "label": 0}, {"id": "b", "label": 1}, {"id": "c", "label": 0}])
-    df = load_train_table(_cfg(d, tmp_path / "out").data)
+    df = load_train_table(demo_cfg(d, tmp_path / "out").data)
     assert df.columns.tolist() == ["id", "label", "path"]
     assert df["id"].tolist() == ["a.png", "b", "c"]
     assert df["label"].tolist() == ["0", "1", "0"]
     assert df["path"].tolist() == [str(d / "train" / n) for n in ("a.png", "b.jpeg", "c.png")]
 
 
-def test_nested_folders(tmp_path: Path):
+def test_nested_folders(tmp_path: Path, demo_cfg):
     d = tmp_path / "comp"
     _png(d / "train" / "part1" / "x.png")
     _png(d / "train" / "part2" / "deep" / "y.png")
@@ -212,7 +207,7 @@ def test_nested_folders(tmp_path: Path):
         d / "train.csv",
         [{"id": "x", "label": "a"}, {"id": "part2/deep/y.png", "label": "b"}, {"id": "part2/z", "label": "a"}],
     )
-    df = load_train_table(_cfg(d, tmp_path / "out").data)
+    df = load_train_table(demo_cfg(d, tmp_path / "out").data)
     assert df["path"].tolist() == [
         str(d / "train" / "part1" / "x.png"),
         str(d / "train" / "part2" / "deep" / "y.png"),
@@ -220,18 +215,18 @@ def test_nested_folders(tmp_path: Path):
     ]
 
 
-def test_ambiguous_bare_name_is_not_guessed(tmp_path: Path):
+def test_ambiguous_bare_name_is_not_guessed(tmp_path: Path, demo_cfg):
     d = tmp_path / "comp"
     _png(d / "train" / "f1" / "same.png")
     _png(d / "train" / "f2" / "same.png")
     _csv(d / "train.csv", [{"id": "same", "label": 0}])
-    msg = _user_error(load_train_table, _cfg(d, tmp_path / "out").data)
+    msg = _user_error(load_train_table, demo_cfg(d, tmp_path / "out").data)
     assert "same" in msg
     _csv(d / "train.csv", [{"id": "f2/same", "label": 0}])
-    assert load_train_table(_cfg(d, tmp_path / "out").data)["path"].tolist() == [str(d / "train" / "f2" / "same.png")]
+    assert load_train_table(demo_cfg(d, tmp_path / "out").data)["path"].tolist() == [str(d / "train" / "f2" / "same.png")]
 
 
-def test_imagefolder_layout_matches_csv_layout(tmp_path: Path):
+def test_imagefolder_layout_matches_csv_layout(tmp_path: Path, demo_cfg):
     d = tmp_path / "comp"
     files = {"cat": ["c1", "c2"], "dog": ["d1", "d2", "d3"], "zebra": ["z1"]}
     rows = []
@@ -243,8 +238,8 @@ def test_imagefolder_layout_matches_csv_layout(tmp_path: Path):
     rows.append({"id": "dog/sub/d4", "label": "dog"})
     (d / "train" / "cat" / "notes.txt").write_text("not an image")
     _csv(d / "train.csv", rows)
-    from_folder = load_train_table(_cfg(d, tmp_path / "out", "data.layout=imagefolder").data)
-    from_csv = load_train_table(_cfg(d, tmp_path / "out").data)
+    from_folder = load_train_table(demo_cfg(d, tmp_path / "out", "data.layout=imagefolder").data)
+    from_csv = load_train_table(demo_cfg(d, tmp_path / "out").data)
     key = ["id"]
     pd.testing.assert_frame_equal(
         from_folder.sort_values(key).reset_index(drop=True), from_csv.sort_values(key).reset_index(drop=True)
@@ -253,49 +248,50 @@ def test_imagefolder_layout_matches_csv_layout(tmp_path: Path):
     assert sorted(set(from_folder["label"])) == ["cat", "dog", "zebra"]
 
 
-def test_imagefolder_missing_or_empty(tmp_path: Path):
+def test_imagefolder_missing_or_empty(tmp_path: Path, demo_cfg):
     d = tmp_path / "comp"
-    msg = _user_error(load_train_table, _cfg(d, tmp_path / "out", "data.layout=imagefolder").data)
+    d.mkdir()  # the competition folder exists, its train folder does not
+    msg = _user_error(load_train_table, demo_cfg(d, tmp_path / "out", "data.layout=imagefolder").data)
     assert str(d / "train") in msg
     (d / "train" / "empty_class").mkdir(parents=True)
-    msg = _user_error(load_train_table, _cfg(d, tmp_path / "out", "data.layout=imagefolder").data)
+    msg = _user_error(load_train_table, demo_cfg(d, tmp_path / "out", "data.layout=imagefolder").data)
     assert "class folders" in msg
 
 
-def test_imagefolder_with_group_col_is_rejected(tmp_path: Path):
+def test_imagefolder_with_group_col_is_rejected(tmp_path: Path, demo_cfg):
     d = tmp_path / "comp"
     _png(d / "train" / "a" / "1.png")
-    msg = _user_error(load_train_table, _cfg(d, tmp_path / "out", "data.layout=imagefolder", "data.group_col=g").data)
+    msg = _user_error(load_train_table, demo_cfg(d, tmp_path / "out", "data.layout=imagefolder", "data.group_col=g").data)
     assert "data.group_col" in msg
 
 
-def test_string_labels_and_class_order(tmp_path: Path):
+def test_string_labels_and_class_order(tmp_path: Path, demo_cfg):
     d = tmp_path / "comp"
     rows = []
     for i, label in enumerate(["tulip", "rose", "daisy", "rose", "tulip", "daisy"]):
         _png(d / "train" / f"im{i}.png")
         rows.append({"id": f"im{i}", "label": label})
     _csv(d / "train.csv", rows)
-    df = load_train_table(_cfg(d, tmp_path / "out").data)
+    df = load_train_table(demo_cfg(d, tmp_path / "out").data)
     assert df["label"].tolist() == [r["label"] for r in rows]
     assert sorted_classes(df["label"]) == ["daisy", "rose", "tulip"]
     assert sorted_classes(pd.Series(["10", "9", "2", "1"])) == ["1", "2", "9", "10"]
 
 
-def test_custom_column_names(tmp_path: Path):
+def test_custom_column_names(tmp_path: Path, demo_cfg):
     d = tmp_path / "comp"
     _png(d / "train" / "q.png")
     _csv(d / "train.csv", [{"image_id": "q", "species": "owl", "extra": 1}])
-    df = load_train_table(_cfg(d, tmp_path / "out", "data.id_col=image_id", "data.label_col=species").data)
+    df = load_train_table(demo_cfg(d, tmp_path / "out", "data.id_col=image_id", "data.label_col=species").data)
     assert df.to_dict("records") == [{"id": "q", "label": "owl", "path": str(d / "train" / "q.png")}]
 
 
-def test_test_table_follows_sample_submission_order(tmp_path: Path):
+def test_test_table_follows_sample_submission_order(tmp_path: Path, demo_cfg):
     d = tmp_path / "comp"
     for n in ("t3", "t1", "t2"):
         _png(d / "test" / f"{n}.png")
     _csv(d / "sample_submission.csv", [{"id": n, "label": 0} for n in ("t3", "t1", "t2")])
-    test, sample = load_test_table(_cfg(d, tmp_path / "out").data)
+    test, sample = load_test_table(demo_cfg(d, tmp_path / "out").data)
     assert test["id"].tolist() == ["t3", "t1", "t2"]
     assert test["path"].tolist() == [str(d / "test" / f"{n}.png") for n in ("t3", "t1", "t2")]
     assert sample.columns.tolist() == ["id", "label"]
@@ -324,37 +320,37 @@ def _fails_writing_nothing(cfg) -> str:
     return str(e.value)
 
 
-def test_valid_fixture_splits(comp: Path, tmp_path: Path):
+def test_valid_fixture_splits(comp: Path, tmp_path: Path, demo_cfg):
     # guards the error tests below: the fixture itself is fine
-    df, classes, path = load_or_create_folds(_cfg(comp, tmp_path / "out", "data.n_folds=3"))
+    df, classes, path = load_or_create_folds(demo_cfg(comp, tmp_path / "out", "data.n_folds=3"))
     assert len(df) == 12 and classes == ["0", "1"] and path.is_file()
 
 
-def test_missing_train_csv(comp: Path, tmp_path: Path):
+def test_missing_train_csv(comp: Path, tmp_path: Path, demo_cfg):
     (comp / "train.csv").unlink()
-    msg = _fails_writing_nothing(_cfg(comp, tmp_path / "out"))
+    msg = _fails_writing_nothing(demo_cfg(comp, tmp_path / "out"))
     assert str(comp / "train.csv") in msg and "does not exist" in msg
 
 
-def test_missing_image_folder(comp: Path, tmp_path: Path):
-    msg = _fails_writing_nothing(_cfg(comp, tmp_path / "out", "data.image_dir=images"))
+def test_missing_image_folder(comp: Path, tmp_path: Path, demo_cfg):
+    msg = _fails_writing_nothing(demo_cfg(comp, tmp_path / "out", "data.image_dir=images"))
     assert str(comp / "images") in msg and "data.image_dir" in msg
 
 
 @pytest.mark.parametrize(
     ("key", "value"), [("data.id_col", "image_id"), ("data.label_col", "target"), ("data.group_col", "patient")]
 )
-def test_missing_column_names_column_and_key(comp: Path, tmp_path: Path, key: str, value: str):
-    msg = _fails_writing_nothing(_cfg(comp, tmp_path / "out", f"{key}={value}"))
+def test_missing_column_names_column_and_key(comp: Path, tmp_path: Path, key: str, value: str, demo_cfg):
+    msg = _fails_writing_nothing(demo_cfg(comp, tmp_path / "out", f"{key}={value}"))
     assert f"'{value}'" in msg and key in msg and str(comp / "train.csv") in msg
 
 
-def test_ids_without_image_are_listed_at_most_ten(comp: Path, tmp_path: Path):
+def test_ids_without_image_are_listed_at_most_ten(comp: Path, tmp_path: Path, demo_cfg):
     rows = pd.read_csv(comp / "train.csv", dtype=str).to_dict("records")
     ghosts = [f"ghost{i:02d}" for i in range(13)]
     rows += [{"id": g, "label": "0"} for g in ghosts]
     _csv(comp / "train.csv", rows)
-    msg = _fails_writing_nothing(_cfg(comp, tmp_path / "out"))
+    msg = _fails_writing_nothing(demo_cfg(comp, tmp_path / "out"))
     assert "13" in msg
     for g in ghosts[:10]:
         assert g in msg
@@ -364,35 +360,35 @@ def test_ids_without_image_are_listed_at_most_ten(comp: Path, tmp_path: Path):
     assert "im00" not in msg
 
 
-def test_one_id_without_image(comp: Path, tmp_path: Path):
+def test_one_id_without_image(comp: Path, tmp_path: Path, demo_cfg):
     (comp / "train" / "im05.png").unlink()
-    msg = _fails_writing_nothing(_cfg(comp, tmp_path / "out"))
+    msg = _fails_writing_nothing(demo_cfg(comp, tmp_path / "out"))
     assert "im05" in msg and "more" not in msg
 
 
-def test_empty_csv(comp: Path, tmp_path: Path):
+def test_empty_csv(comp: Path, tmp_path: Path, demo_cfg):
     (comp / "train.csv").write_bytes(b"")
-    msg = _fails_writing_nothing(_cfg(comp, tmp_path / "out"))
+    msg = _fails_writing_nothing(demo_cfg(comp, tmp_path / "out"))
     assert str(comp / "train.csv") in msg and "empty" in msg
 
 
-def test_header_only_csv(comp: Path, tmp_path: Path):
+def test_header_only_csv(comp: Path, tmp_path: Path, demo_cfg):
     (comp / "train.csv").write_text("id,label\n")
-    msg = _fails_writing_nothing(_cfg(comp, tmp_path / "out"))
+    msg = _fails_writing_nothing(demo_cfg(comp, tmp_path / "out"))
     assert str(comp / "train.csv") in msg and "no rows" in msg
 
 
-def test_rows_without_label(comp: Path, tmp_path: Path):
+def test_rows_without_label(comp: Path, tmp_path: Path, demo_cfg):
     text = (comp / "train.csv").read_text().replace("im03,1", "im03,")
     (comp / "train.csv").write_text(text)
-    msg = _fails_writing_nothing(_cfg(comp, tmp_path / "out"))
+    msg = _fails_writing_nothing(demo_cfg(comp, tmp_path / "out"))
     assert "without a label" in msg and "row 5" in msg
 
 
-def test_duplicate_ids(comp: Path, tmp_path: Path):
+def test_duplicate_ids(comp: Path, tmp_path: Path, demo_cfg):
     with open(comp / "train.csv", "a") as f:
         f.write("im04,1\n")
-    msg = _fails_writing_nothing(_cfg(comp, tmp_path / "out"))
+    msg = _fails_writing_nothing(demo_cfg(comp, tmp_path / "out"))
     assert "im04" in msg and "twice" in msg
 
 
@@ -405,17 +401,17 @@ def _corrupt(comp: Path, name: str) -> Path:
     return p
 
 
-def test_bad_images_error(comp: Path, tmp_path: Path):
+def test_bad_images_error(comp: Path, tmp_path: Path, demo_cfg):
     bad = _corrupt(comp, "im07.png")
-    cfg = _cfg(comp, tmp_path / "out", "data.bad_images=error")
+    cfg = demo_cfg(comp, tmp_path / "out", "data.bad_images=error")
     df = load_train_table(cfg.data)
     msg = _user_error(drop_bad_images, df, cfg)
     assert str(bad) in msg and "data.bad_images=skip" in msg
 
 
-def test_bad_images_skip_drops_with_warning(comp: Path, tmp_path: Path):
+def test_bad_images_skip_drops_with_warning(comp: Path, tmp_path: Path, demo_cfg):
     bad = [_corrupt(comp, "im07.png"), _corrupt(comp, "im02.png")]
-    cfg = _cfg(comp, tmp_path / "out", "data.bad_images=skip")
+    cfg = demo_cfg(comp, tmp_path / "out", "data.bad_images=skip")
     df = load_train_table(cfg.data)
     with pytest.warns(UserWarning, match="skipping 2 unreadable images") as rec:
         kept = drop_bad_images(df, cfg)
@@ -425,8 +421,8 @@ def test_bad_images_skip_drops_with_warning(comp: Path, tmp_path: Path):
     assert kept.index.tolist() == list(range(10))
 
 
-def test_good_images_pass_untouched(comp: Path, tmp_path: Path):
-    cfg = _cfg(comp, tmp_path / "out", "data.bad_images=error")
+def test_good_images_pass_untouched(comp: Path, tmp_path: Path, demo_cfg):
+    cfg = demo_cfg(comp, tmp_path / "out", "data.bad_images=error")
     df = load_train_table(cfg.data)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -434,9 +430,9 @@ def test_good_images_pass_untouched(comp: Path, tmp_path: Path):
     pd.testing.assert_frame_equal(out, df)
 
 
-def test_check_images_false_skips_the_check(comp: Path, tmp_path: Path):
+def test_check_images_false_skips_the_check(comp: Path, tmp_path: Path, demo_cfg):
     _corrupt(comp, "im07.png")
-    cfg = _cfg(comp, tmp_path / "out", "data.check_images=false")
+    cfg = demo_cfg(comp, tmp_path / "out", "data.check_images=false")
     df = load_train_table(cfg.data)
     assert len(drop_bad_images(df, cfg)) == 12
 
@@ -454,8 +450,10 @@ def _noise(path: Path, h: int, w: int, seed: int = 0) -> Path:
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("shape", [(20, 45), (50, 17)])
 @pytest.mark.parametrize("crop_pct", [1.0, 0.875])
-def test_transform_output_shape_and_dtype(train: bool, shape: tuple[int, int], crop_pct: float):
-    cfg = load_config("configs/demo.yaml", [f"aug.crop_pct={crop_pct}", "aug.hflip=true", "aug.vflip=true"])
+def test_transform_output_shape_and_dtype(
+    train: bool, shape: tuple[int, int], crop_pct: float, tmp_path: Path, demo_cfg
+):
+    cfg = demo_cfg(tmp_path, tmp_path / "out", f"aug.crop_pct={crop_pct}", "aug.hflip=true", "aug.vflip=true")
     t = build_transform(cfg.aug, train, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     img = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
     x = t(image=img)["image"]
@@ -465,8 +463,8 @@ def test_transform_output_shape_and_dtype(train: bool, shape: tuple[int, int], c
     assert x.min() >= -1.0 - 1e-6 and x.max() <= 1.0 + 1e-6
 
 
-def test_eval_transform_is_deterministic_resize_and_normalize():
-    cfg = load_config("configs/demo.yaml")
+def test_eval_transform_is_deterministic_resize_and_normalize(tmp_path: Path, demo_cfg):
+    cfg = demo_cfg(tmp_path, tmp_path / "out")
     t = build_transform(cfg.aug, False, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     img = np.full((32, 32, 3), 255, dtype=np.uint8)
     x = t(image=img)["image"]
@@ -474,8 +472,8 @@ def test_eval_transform_is_deterministic_resize_and_normalize():
 
 
 @pytest.fixture
-def noise_ds(tmp_path: Path) -> ImageDataset:
-    cfg = load_config("configs/demo.yaml", ["aug.hflip=true", "aug.vflip=true"])
+def noise_ds(tmp_path: Path, demo_cfg) -> ImageDataset:
+    cfg = demo_cfg(tmp_path, tmp_path / "out", "aug.hflip=true", "aug.vflip=true")
     paths = [str(_noise(tmp_path / f"n{i}.png", 24, 40, seed=i)) for i in range(4)]
     return ImageDataset(paths, [0, 1, 2, 3], build_transform(cfg.aug, True, (0.5,) * 3, (0.5,) * 3))
 
@@ -488,8 +486,8 @@ def test_dataset_same_key_same_tensor(noise_ds: ImageDataset):
     assert torch.equal(a, b)
 
 
-def test_dataset_fresh_instance_same_key_same_tensor(noise_ds: ImageDataset):
-    cfg = load_config("configs/demo.yaml", ["aug.hflip=true", "aug.vflip=true"])
+def test_dataset_fresh_instance_same_key_same_tensor(noise_ds: ImageDataset, tmp_path: Path, demo_cfg):
+    cfg = demo_cfg(tmp_path, tmp_path / "out", "aug.hflip=true", "aug.vflip=true")
     other = ImageDataset(noise_ds.paths, None, build_transform(cfg.aug, True, (0.5,) * 3, (0.5,) * 3))
     a, _ = noise_ds[(0, 7)]
     b, idx = other[(0, 7)]
@@ -540,11 +538,11 @@ def _flip_decisions(out: torch.Tensor, img: np.ndarray) -> tuple[int, int]:
     raise AssertionError("output is not a flip of the input")
 
 
-def test_hflip_and_vflip_are_independent_after_seed_transform():
+def test_hflip_and_vflip_are_independent_after_seed_transform(tmp_path: Path, demo_cfg):
     # Regression test: albumentations 2.0.8's Compose.set_random_seed gives every child the
     # same seed, so HorizontalFlip and VerticalFlip (both p=0.5) always agree. seed_transform
     # must give each child its own stream.
-    cfg = load_config("configs/demo.yaml", ["aug.hflip=true", "aug.vflip=true", "aug.affine_p=0"])
+    cfg = demo_cfg(tmp_path, tmp_path / "out", "aug.hflip=true", "aug.vflip=true", "aug.affine_p=0")
     t = build_transform(cfg.aug, True, (0.0,) * 3, (1.0,) * 3)
     img = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     decisions = []
@@ -558,8 +556,8 @@ def test_hflip_and_vflip_are_independent_after_seed_transform():
     assert len(set(decisions)) == 4
 
 
-def test_hflip_and_vflip_are_independent_through_dataset(tmp_path: Path):
-    cfg = load_config("configs/demo.yaml", ["aug.hflip=true", "aug.vflip=true", "aug.affine_p=0"])
+def test_hflip_and_vflip_are_independent_through_dataset(tmp_path: Path, demo_cfg):
+    cfg = demo_cfg(tmp_path, tmp_path / "out", "aug.hflip=true", "aug.vflip=true", "aug.affine_p=0")
     p = _noise(tmp_path / "sq.png", 32, 32)
     img = read_image(p)
     ds = ImageDataset([str(p)], [0], build_transform(cfg.aug, True, (0.0,) * 3, (1.0,) * 3))
@@ -574,13 +572,13 @@ def _epoch_seeds(epoch: int) -> list[int]:
     return [x for _, x in s]
 
 
-def _checked_copy(demo_dir: Path, tmp_path: Path):
+def _checked_copy(demo_cfg, demo_dir: Path, tmp_path: Path):
     """A private copy of the demo, its config and table, checked once into a cache file."""
     import shutil
 
     data = tmp_path / "d"
     shutil.copytree(demo_dir, data)
-    cfg = load_config("configs/demo.yaml", [f"data.dir={data}", f"experiment.output_dir={tmp_path / 'out'}"])
+    cfg = demo_cfg(data, tmp_path / "out")
     table = load_train_table(cfg.data)
     cache = tmp_path / "checked.json"
     assert len(drop_bad_images(table, cfg, cache)) == len(table)
@@ -588,8 +586,8 @@ def _checked_copy(demo_dir: Path, tmp_path: Path):
     return cfg, table, cache
 
 
-def test_image_check_is_cached_until_a_file_changes(demo_dir: Path, tmp_path: Path):
-    cfg, table, cache = _checked_copy(demo_dir, tmp_path)
+def test_image_check_is_cached_until_a_file_changes(demo_cfg, demo_dir: Path, tmp_path: Path):
+    cfg, table, cache = _checked_copy(demo_cfg, demo_dir, tmp_path)
     # A corrupted file changes size and mtime: the cached "all good" no longer applies.
     bad = Path(table["path"][0])
     bad.write_bytes(b"not an image")
@@ -597,10 +595,10 @@ def test_image_check_is_cached_until_a_file_changes(demo_dir: Path, tmp_path: Pa
         drop_bad_images(table, cfg, cache)
 
 
-def test_cached_image_check_skips_decoding_unchanged_files(demo_dir: Path, tmp_path: Path):
+def test_cached_image_check_skips_decoding_unchanged_files(demo_cfg, demo_dir: Path, tmp_path: Path):
     import os
 
-    cfg, table, cache = _checked_copy(demo_dir, tmp_path)
+    cfg, table, cache = _checked_copy(demo_cfg, demo_dir, tmp_path)
     # Same size and mtime: the cache vouches for the file without decoding it again.
     victim = Path(table["path"][1])
     st = victim.stat()

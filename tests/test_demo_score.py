@@ -11,22 +11,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from src.config import load_config
 from src.demo import build_demo
 from src.score import score_submission
 from src.utils import UserError
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
-    """The digits competition, built once for this module; tests must not modify it."""
-    return build_demo(tmp_path_factory.mktemp("demo") / "digits")
-
-
-def _cfg(data_dir: Path, out: Path, *overrides: str):
-    return load_config("configs/demo.yaml", [f"data.dir={data_dir}", f"experiment.output_dir={out}", *overrides])
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -89,13 +78,13 @@ def test_demo_cli(tmp_path: Path):
 # ---------------------------------------------------------------- score_submission
 
 
-def test_solution_scores_itself_perfectly(demo_dir: Path, tmp_path: Path):
-    cfg = _cfg(demo_dir, tmp_path / "out")
+def test_solution_scores_itself_perfectly(demo_dir: Path, tmp_path: Path, demo_cfg):
+    cfg = demo_cfg(demo_dir, tmp_path / "out")
     scores = score_submission(demo_dir / "solution.csv", demo_dir / "solution.csv", cfg)
     assert scores == {"accuracy": 1.0}
 
 
-def test_label_submission_with_wrong_labels(demo_dir: Path, tmp_path: Path):
+def test_label_submission_with_wrong_labels(demo_dir: Path, tmp_path: Path, demo_cfg):
     sol = pd.read_csv(demo_dir / "solution.csv", dtype=str)
     sub = sol.copy()
     wrong = [0, 5, 17, 100, 359]
@@ -103,24 +92,24 @@ def test_label_submission_with_wrong_labels(demo_dir: Path, tmp_path: Path):
     sub = sub.iloc[::-1]  # row order does not matter, ids do
     path = tmp_path / "sub.csv"
     sub.to_csv(path, index=False)
-    scores = score_submission(path, demo_dir / "solution.csv", _cfg(demo_dir, tmp_path / "out"))
+    scores = score_submission(path, demo_dir / "solution.csv", demo_cfg(demo_dir, tmp_path / "out"))
     assert scores["accuracy"] == pytest.approx(355 / 360, abs=1e-12)
 
 
-def test_secondary_metric_is_reported(demo_dir: Path, tmp_path: Path):
+def test_secondary_metric_is_reported(demo_dir: Path, tmp_path: Path, demo_cfg):
     sol = pd.read_csv(demo_dir / "solution.csv", dtype=str)
     sub = sol.copy()
     sub.loc[:9, "label"] = "0"
     path = tmp_path / "sub.csv"
     sub.to_csv(path, index=False)
-    scores = score_submission(path, demo_dir / "solution.csv", _cfg(demo_dir, tmp_path / "out", "metric.name=f1_macro"))
+    scores = score_submission(path, demo_dir / "solution.csv", demo_cfg(demo_dir, tmp_path / "out", "metric.name=f1_macro"))
     assert set(scores) == {"accuracy", "f1_macro"}
     n_wrong = int((sol.loc[:9, "label"] != "0").sum())
     assert scores["accuracy"] == pytest.approx((360 - n_wrong) / 360)
     assert 0 < scores["f1_macro"] < 1
 
 
-def test_probability_submission(demo_dir: Path, tmp_path: Path):
+def test_probability_submission(demo_dir: Path, tmp_path: Path, demo_cfg):
     sol = pd.read_csv(demo_dir / "solution.csv", dtype=str)
     y = sol["label"].astype(int).to_numpy()
     rng = np.random.default_rng(0)
@@ -134,18 +123,18 @@ def test_probability_submission(demo_dir: Path, tmp_path: Path):
     sub.insert(0, "id", sol["id"])
     path = tmp_path / "probs.csv"
     sub[["id"] + [str(c) for c in (3, 1, 0, 2, 4, 5, 6, 7, 8, 9)]].to_csv(path, index=False)  # column order is free
-    cfg = _cfg(demo_dir, tmp_path / "out", "metric.name=log_loss")
+    cfg = demo_cfg(demo_dir, tmp_path / "out", "metric.name=log_loss")
     scores = score_submission(path, demo_dir / "solution.csv", cfg)
     assert scores["accuracy"] == pytest.approx(351 / 360, abs=1e-12)
     p = probs[np.arange(len(y)), y]
     assert scores["log_loss"] == pytest.approx(float(-np.log(p).mean()), rel=1e-6)
 
 
-def test_string_classes_and_index_labels(tmp_path: Path):
+def test_string_classes_and_index_labels(tmp_path: Path, demo_cfg):
     # a competition whose classes are names; a submission may give class indices instead
     sol = pd.DataFrame({"id": [f"t{i}" for i in range(6)], "label": ["emu", "cat", "dog", "cat", "emu", "dog"]})
     sol.to_csv(tmp_path / "solution.csv", index=False)
-    cfg = _cfg(tmp_path / "nowhere", tmp_path / "out")
+    cfg = demo_cfg(tmp_path / "nowhere", tmp_path / "out")
     by_name = sol.assign(label=["emu", "cat", "dog", "cat", "emu", "emu"])
     by_name.to_csv(tmp_path / "names.csv", index=False)
     assert score_submission(tmp_path / "names.csv", tmp_path / "solution.csv", cfg)["accuracy"] == pytest.approx(5 / 6)
@@ -154,46 +143,46 @@ def test_string_classes_and_index_labels(tmp_path: Path):
     assert score_submission(tmp_path / "idx.csv", tmp_path / "solution.csv", cfg)["accuracy"] == pytest.approx(5 / 6)
 
 
-def test_submission_missing_ids(demo_dir: Path, tmp_path: Path):
+def test_submission_missing_ids(demo_dir: Path, tmp_path: Path, demo_cfg):
     sol = pd.read_csv(demo_dir / "solution.csv", dtype=str)
     path = tmp_path / "short.csv"
     sol.drop(index=[4, 8]).to_csv(path, index=False)
     with pytest.raises(UserError) as e:
-        score_submission(path, demo_dir / "solution.csv", _cfg(demo_dir, tmp_path / "out"))
+        score_submission(path, demo_dir / "solution.csv", demo_cfg(demo_dir, tmp_path / "out"))
     msg = str(e.value)
     assert "2 solution ids" in msg and sol["id"][4] in msg
 
 
-def test_submission_with_unknown_labels(demo_dir: Path, tmp_path: Path):
+def test_submission_with_unknown_labels(demo_dir: Path, tmp_path: Path, demo_cfg):
     sub = pd.read_csv(demo_dir / "solution.csv", dtype=str)
     sub.loc[0, "label"] = "seven"
     path = tmp_path / "bad.csv"
     sub.to_csv(path, index=False)
     with pytest.raises(UserError, match="seven"):
-        score_submission(path, demo_dir / "solution.csv", _cfg(demo_dir, tmp_path / "out"))
+        score_submission(path, demo_dir / "solution.csv", demo_cfg(demo_dir, tmp_path / "out"))
 
 
-def test_submission_without_label_or_class_columns(demo_dir: Path, tmp_path: Path):
+def test_submission_without_label_or_class_columns(demo_dir: Path, tmp_path: Path, demo_cfg):
     # Two prediction columns that are not the classes: which one is meant cannot be told.
     sub = pd.read_csv(demo_dir / "solution.csv", dtype=str).rename(columns={"label": "prediction"})
     sub["second"] = sub["prediction"]
     path = tmp_path / "cols.csv"
     sub.to_csv(path, index=False)
     with pytest.raises(UserError, match="neither"):
-        score_submission(path, demo_dir / "solution.csv", _cfg(demo_dir, tmp_path / "out"))
+        score_submission(path, demo_dir / "solution.csv", demo_cfg(demo_dir, tmp_path / "out"))
 
 
-def test_missing_submission_file(demo_dir: Path, tmp_path: Path):
+def test_missing_submission_file(demo_dir: Path, tmp_path: Path, demo_cfg):
     with pytest.raises(UserError, match="does not exist"):
-        score_submission(tmp_path / "absent.csv", demo_dir / "solution.csv", _cfg(demo_dir, tmp_path / "out"))
+        score_submission(tmp_path / "absent.csv", demo_dir / "solution.csv", demo_cfg(demo_dir, tmp_path / "out"))
 
 
-def test_submission_without_id_column(demo_dir: Path, tmp_path: Path):
+def test_submission_without_id_column(demo_dir: Path, tmp_path: Path, demo_cfg):
     sub = pd.read_csv(demo_dir / "solution.csv", dtype=str).rename(columns={"id": "image"})
     path = tmp_path / "noid.csv"
     sub.to_csv(path, index=False)
     with pytest.raises(UserError, match="data.id_col"):
-        score_submission(path, demo_dir / "solution.csv", _cfg(demo_dir, tmp_path / "out"))
+        score_submission(path, demo_dir / "solution.csv", demo_cfg(demo_dir, tmp_path / "out"))
 
 
 # ---------------------------------------------------------------- the command lines
@@ -211,7 +200,7 @@ def _wrong_three(demo_dir: Path, tmp_path: Path) -> Path:
     return path
 
 
-def test_score_cli(demo_dir: Path, tmp_path: Path):
+def test_score_cli(demo_dir: Path, tmp_path: Path, overrides_for):
     path = _wrong_three(demo_dir, tmp_path)
     r = _run(
         "-m",
@@ -219,9 +208,7 @@ def test_score_cli(demo_dir: Path, tmp_path: Path):
         "--config",
         "configs/demo.yaml",
         str(path),
-        f"data.dir={demo_dir}",
-        f"experiment.output_dir={tmp_path / 'out'}",
-        "metric.name=f1_macro",
+        *overrides_for(demo_dir, tmp_path / "out", "metric.name=f1_macro"),
     )
     assert r.returncode == 0, r.stderr
     line = r.stdout.strip()
@@ -230,7 +217,7 @@ def test_score_cli(demo_dir: Path, tmp_path: Path):
     assert not (tmp_path / "out").exists()
 
 
-def test_score_cli_overrides_after_config_following_submission(demo_dir: Path, tmp_path: Path, capsys):
+def test_score_cli_overrides_after_config_following_submission(demo_dir: Path, tmp_path: Path, capsys, overrides_for):
     # The order the module docstring shows: python -m src.score SUB.csv --config X section.key=value
     # In process so it costs no interpreter start.
     from src.score import main
@@ -242,8 +229,7 @@ def test_score_cli_overrides_after_config_following_submission(demo_dir: Path, t
                 str(path),
                 "--config",
                 "configs/demo.yaml",
-                f"data.dir={demo_dir}",
-                f"experiment.output_dir={tmp_path / 'out'}",
+                *overrides_for(demo_dir, tmp_path / "out"),
             ]
         )
     except SystemExit as e:
@@ -251,16 +237,14 @@ def test_score_cli_overrides_after_config_following_submission(demo_dir: Path, t
     assert capsys.readouterr().out.strip() == f"accuracy {357 / 360:.4f}"
 
 
-def test_folds_cli_error_is_one_line(demo_dir: Path, tmp_path: Path):
+def test_folds_cli_error_is_one_line(demo_dir: Path, tmp_path: Path, overrides_for):
     out = tmp_path / "out"
     r = _run(
         "-m",
         "src.folds",
         "--config",
         "configs/demo.yaml",
-        "data.n_folds=500",
-        f"data.dir={demo_dir}",
-        f"experiment.output_dir={out}",
+        *overrides_for(demo_dir, out, "data.n_folds=500"),
     )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
@@ -271,19 +255,19 @@ def test_folds_cli_error_is_one_line(demo_dir: Path, tmp_path: Path):
     assert not out.exists()
 
 
-def test_prediction_column_may_have_any_name(demo_dir: Path, tmp_path: Path):
+def test_prediction_column_may_have_any_name(demo_dir: Path, tmp_path: Path, demo_cfg):
     path = _wrong_three(demo_dir, tmp_path)
     sub = pd.read_csv(path, dtype=str).rename(columns={"label": "category"})
     sub.to_csv(path, index=False)
-    scores = score_submission(path, demo_dir / "solution.csv", _cfg(demo_dir, tmp_path / "out"))
+    scores = score_submission(path, demo_dir / "solution.csv", demo_cfg(demo_dir, tmp_path / "out"))
     assert scores["accuracy"] == pytest.approx(357 / 360)
 
 
-def test_binary_probability_column_is_scored(tmp_path: Path):
+def test_binary_probability_column_is_scored(tmp_path: Path, demo_cfg):
     sol = pd.DataFrame({"id": ["a", "b", "c", "d"], "label": ["cat", "dog", "dog", "cat"]})
     sol.to_csv(tmp_path / "solution.csv", index=False)
     pd.DataFrame({"id": ["a", "b", "c", "d"], "is_dog": [0.1, 0.8, 0.3, 0.2]}).to_csv(tmp_path / "sub.csv", index=False)
-    cfg = _cfg(tmp_path / "none", tmp_path / "out", "metric.name=roc_auc")
+    cfg = demo_cfg(tmp_path / "none", tmp_path / "out", "metric.name=roc_auc")
     scores = score_submission(tmp_path / "sub.csv", tmp_path / "solution.csv", cfg)
     assert scores["accuracy"] == pytest.approx(0.75)  # c (0.3) is a dog called a cat
     assert scores["roc_auc"] == pytest.approx(1.0)

@@ -1,13 +1,14 @@
 """Ensemble stage: soft voting against an independent computation, TTA views, every submission
 format, the clear errors (that write nothing), OOF-fitted weights and the CLI.
 
-Everything runs the real code: the digits demo is built once for this module and two tiny members
-(a and b, different seeds) are trained for real on 2 folds; nothing is written under the repo's
-outputs/, inputs/ or submissions/.
+Everything runs the real code: two tiny members (a and b, different seeds) are trained for real
+on 2 folds of the session's digits demo; nothing is written under the repo's outputs/, inputs/ or
+submissions/.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -23,19 +24,22 @@ import torch
 from PIL import Image
 
 import src.ensemble as ens
-from src.config import load_config
+from src.blend import combine, fit_weights
 from src.data import ImageDataset, build_transform, load_test_table, make_loader, resolve_norm
-from src.demo import build_demo
 from src.metrics import compute_metric
+from src.runs import file_sha1, prob_columns
+from src.runtime import Runtime, predict
 from src.score import score_submission
-from src.train import prob_columns, train_fold
+from src.submission import build_submission, check_submission, resolve_format
+from src.trainer import train_fold
+from src.tta import apply_view, parse_views
 from src.utils import UserError, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = [str(i) for i in range(10)]
 # A few real optimizer steps (no warmup) so the members are better than chance: the OOF-weight
 # test needs informative members, and label predictions then are not all one class.
-TRAIN = [
+TRAIN = (
     "data.n_folds=2",
     "model.name=test_resnet",
     "train.epochs=1",
@@ -44,18 +48,16 @@ TRAIN = [
     "optim.lr=0.01",
     "loader.batch_size=32",
     "loader.num_workers=0",
-    "wandb.mode=disabled",
     "data.check_images=false",
-    "train.device=cpu",
-]
+    "runtime.device=cpu",
+)
+# The config the ensemble runs under (its data section names the competition).
+ENSEMBLE = ("experiment.name=a", "data.n_folds=2", "runtime.device=cpu")
+# ensemble.run's tta=None means ensemble.tta; this is the identity view only.
+NO_TTA = ["identity"]
 
 
 # ---------------------------------------------------------------- fixtures and helpers
-
-
-def _train_cfg(data_dir: Path, out: Path, name: str, *extra: str):
-    return load_config("configs/demo.yaml", [f"data.dir={data_dir}", f"experiment.output_dir={out}",
-                                             f"experiment.name={name}", *TRAIN, *extra])
 
 
 def _link_copy(src: Path, dst: Path) -> Path:
@@ -65,23 +67,15 @@ def _link_copy(src: Path, dst: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> SimpleNamespace:
-    """The demo competition and two trained members a and b (2 folds each), under one tmp root."""
+def world(tmp_path_factory, demo_dir, demo_cfg) -> SimpleNamespace:
+    """The demo competition and two trained members a and b (2 folds each), outputs under one tmp root."""
     root = tmp_path_factory.mktemp("ens")
-    demo = build_demo(root / "digits")
     out = root / "out"
     for name, extra in (("a", ()), ("b", ("experiment.seed=7",))):
-        cfg = _train_cfg(demo, out, name, *extra)
+        cfg = demo_cfg(demo_dir, out, f"experiment.name={name}", *TRAIN, *extra)
         for k in range(2):
             train_fold(cfg, k)
-    return SimpleNamespace(root=root, demo=demo, out=out)
-
-
-def _ens_cfg(w: SimpleNamespace, *extra: str, data_dir: Path | None = None):
-    """The config the ensemble runs under (its data section names the competition)."""
-    return load_config("configs/demo.yaml", [f"data.dir={data_dir or w.demo}", f"experiment.output_dir={w.out}",
-                                             "experiment.name=a", "data.n_folds=2", "wandb.mode=disabled",
-                                             "train.device=cpu", *extra])
+    return SimpleNamespace(root=root, demo=demo_dir, out=out)
 
 
 def _probs_path(out: Path) -> Path:
@@ -110,16 +104,17 @@ def _independent_probs(ckpt_path: Path, data_dir: Path, aug) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def indep(world) -> dict[tuple[str, int], np.ndarray]:
-    aug = _train_cfg(world.demo, world.out, "a").aug
+def indep(world, demo_cfg) -> dict[tuple[str, int], np.ndarray]:
+    aug = demo_cfg(world.demo, world.out, "experiment.name=a", *TRAIN).aug
     return {(m, k): _independent_probs(world.out / m / f"fold{k}" / "best.pt", world.demo, aug)
             for m in ("a", "b") for k in (0, 1)}
 
 
 @pytest.fixture(scope="module")
-def soft_run(world) -> Path:
-    """[a, b], no TTA, equal weights, soft voting, default (auto -> label) format."""
-    return ens.run(_ens_cfg(world), ["a", "b"], None, "equal", "soft", world.root / "sub" / "soft.csv", None)
+def soft_run(world, demo_cfg) -> Path:
+    """[a, b], no TTA ([]), equal weights, soft voting, default (auto -> label) format."""
+    cfg = demo_cfg(world.demo, world.out, *ENSEMBLE)
+    return ens.run(cfg, ["a", "b"], [], "equal", "soft", world.root / "sub" / "soft.csv", None)
 
 
 # ---------------------------------------------------------------- 1. soft voting
@@ -148,10 +143,10 @@ def _np_softmax(z: np.ndarray) -> np.ndarray:
 def test_combine_soft_is_weighted_mean_of_softmax():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(3, 5, 4)) * 3
-    np.testing.assert_allclose(ens.combine(logits, "soft"), _np_softmax(logits).mean(0), atol=1e-12)
+    np.testing.assert_allclose(combine(logits, "soft"), _np_softmax(logits).mean(0), atol=1e-12)
     w = np.array([1.0, 2.0, 3.0])
     expected = (w[:, None, None] * _np_softmax(logits)).sum(0) / w.sum()
-    np.testing.assert_allclose(ens.combine(logits, "soft", w), expected, atol=1e-12)
+    np.testing.assert_allclose(combine(logits, "soft", w), expected, atol=1e-12)
 
 
 def test_combine_hard_geometric_logits_on_hand_made_examples():
@@ -161,61 +156,61 @@ def test_combine_hard_geometric_logits_on_hand_made_examples():
         [[2.0, 1.0, 0.0], [0.0, 1.0, 4.0]],
         [[0.0, 1.0, 9.0], [1.0, 0.0, 2.0]],
     ])
-    np.testing.assert_allclose(ens.combine(logits, "hard"), [[2 / 3, 0, 1 / 3], [0, 1 / 3, 2 / 3]], atol=1e-12)
-    np.testing.assert_allclose(ens.combine(logits, "hard", [2, 1, 1]), [[3 / 4, 0, 1 / 4], [0, 1 / 2, 1 / 2]],
+    np.testing.assert_allclose(combine(logits, "hard"), [[2 / 3, 0, 1 / 3], [0, 1 / 3, 2 / 3]], atol=1e-12)
+    np.testing.assert_allclose(combine(logits, "hard", [2, 1, 1]), [[3 / 4, 0, 1 / 4], [0, 1 / 2, 1 / 2]],
                                atol=1e-12)
     # geometric: probabilities [.5, .5] and [.9, .1] -> sqrt(.45), sqrt(.05) renormalized = [.75, .25]
     lp = np.log(np.array([[[0.5, 0.5]], [[0.9, 0.1]]]))
-    np.testing.assert_allclose(ens.combine(lp, "geometric"), [[0.75, 0.25]], atol=1e-12)
-    np.testing.assert_allclose(ens.combine(lp, "soft"), [[0.7, 0.3]], atol=1e-12)
+    np.testing.assert_allclose(combine(lp, "geometric"), [[0.75, 0.25]], atol=1e-12)
+    np.testing.assert_allclose(combine(lp, "soft"), [[0.7, 0.3]], atol=1e-12)
     # logits: softmax of the mean logit: mean of [0, 0] and [2, 0] is [1, 0]
     lg = np.array([[[0.0, 0.0]], [[2.0, 0.0]]])
     e = np.e
-    np.testing.assert_allclose(ens.combine(lg, "logits"), [[e / (e + 1), 1 / (e + 1)]], atol=1e-12)
+    np.testing.assert_allclose(combine(lg, "logits"), [[e / (e + 1), 1 / (e + 1)]], atol=1e-12)
     # weights 3:1 -> mean logit [0.5, 0]
-    np.testing.assert_allclose(ens.combine(lg, "logits", [3, 1]), _np_softmax(np.array([[0.5, 0.0]])), atol=1e-12)
+    np.testing.assert_allclose(combine(lg, "logits", [3, 1]), _np_softmax(np.array([[0.5, 0.0]])), atol=1e-12)
     with pytest.raises(ValueError):
-        ens.combine(lg, "median")
+        combine(lg, "median")
 
 
 # ---------------------------------------------------------------- 2-3. TTA
 
 
-def test_identity_only_tta_equals_no_tta(world, soft_run):
+def test_identity_only_tta_equals_no_tta(world, demo_cfg, soft_run):
     out = world.root / "sub" / "identity.csv"
-    ens.run(_ens_cfg(world), ["a", "b"], ["identity"], "equal", "soft", out, None)
+    ens.run(demo_cfg(world.demo, world.out, *ENSEMBLE), ["a", "b"], ["identity"], "equal", "soft", out, None)
     assert _probs_path(out).read_bytes() == _probs_path(soft_run).read_bytes()
     assert out.read_bytes() == soft_run.read_bytes()
 
 
 def test_parse_views():
-    d4 = ens.parse_views(["d4"])
+    d4 = parse_views(["d4"])
     assert len(d4) == 8 and len(set(d4)) == 8 and d4[0] == "identity"
-    assert ens.parse_views(["hflip", "d4", "hflip"])[0] == "hflip"
-    assert len(ens.parse_views(["hflip", "d4", "hflip"])) == 8
-    assert ens.parse_views(["identity", "scale1.15"]) == ["identity", "scale1.15"]
+    assert parse_views(["hflip", "d4", "hflip"])[0] == "hflip"
+    assert len(parse_views(["hflip", "d4", "hflip"])) == 8
+    assert parse_views(["identity", "scale1.15"]) == ["identity", "scale1.15"]
     with pytest.raises(UserError, match="unknown TTA view 'blur'"):
-        ens.parse_views(["identity", "blur"])
+        parse_views(["identity", "blur"])
 
 
 def test_zoom_and_scale_views():
     x = torch.zeros(1, 1, 8, 8)
     x[..., 3:5, 3:5] = 1.0  # a centred 2x2 square
-    np.testing.assert_allclose(ens.apply_view("zoom1.0", x), x, atol=1e-6)
-    z = ens.apply_view("zoom2", x)
+    np.testing.assert_allclose(apply_view("zoom1.0", x), x, atol=1e-6)
+    z = apply_view("zoom2", x)
     assert z.shape == x.shape
     assert z[..., 2:6, 2:6].mean() > 0.5 and z[..., :1, :].abs().max() < 1e-6  # magnified, same size
     assert z.sum() > 2 * x.sum()
-    s = ens.apply_view("zoom0.5", torch.full((1, 3, 8, 8), 0.25))
+    s = apply_view("zoom0.5", torch.full((1, 3, 8, 8), 0.25))
     assert s.shape == (1, 3, 8, 8)
     np.testing.assert_allclose(s, 0.25, atol=1e-6)  # shrunk and edge-padded: a flat image stays flat
-    assert ens.apply_view("scale1.5", x).shape == (1, 1, 12, 12)
-    assert ens.parse_views(["zoom0.95", "scale1.15"]) == ["zoom0.95", "scale1.15"]
+    assert apply_view("scale1.5", x).shape == (1, 1, 12, 12)
+    assert parse_views(["zoom0.95", "scale1.15"]) == ["zoom0.95", "scale1.15"]
 
 
 @pytest.fixture(scope="module")
-def digit_loader(world):
-    cfg = _train_cfg(world.demo, world.out, "a")
+def digit_loader(world, demo_cfg):
+    cfg = demo_cfg(world.demo, world.out, "experiment.name=a", *TRAIN)
     test, _ = load_test_table(cfg.data)
     mean, std = resolve_norm(cfg.aug)
     ds = ImageDataset(test["path"][:48], None, build_transform(cfg.aug, False, mean, std))
@@ -225,15 +220,15 @@ def digit_loader(world):
 def test_flip_tta_on_flip_invariant_model_equals_no_tta(digit_loader):
     torch.manual_seed(0)
     invariant = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 10))
-    views = ens.parse_views(["identity", "hflip", "vflip", "rot90", "d4"])
-    lg = ens.predict_views([invariant], digit_loader, views, torch.device("cpu"))
+    views = parse_views(["identity", "hflip", "vflip", "rot90", "d4"])
+    lg = predict([invariant], digit_loader, Runtime(torch.device("cpu")), views)
     assert lg.shape == (1, 8, 48, 10)
     x = torch.cat([b for b, _ in digit_loader])
     with torch.no_grad():
         direct = invariant(x).numpy()
     for vi, v in enumerate(views):
         np.testing.assert_allclose(lg[0, vi], direct, atol=1e-5, err_msg=v)
-    tta = ens.combine(lg[0], "soft")
+    tta = combine(lg[0], "soft")
     np.testing.assert_allclose(tta, _np_softmax(direct), atol=1e-6)
 
 
@@ -247,7 +242,7 @@ def test_views_reach_a_non_invariant_model(digit_loader):
                                  torch.nn.Linear(16, 10))
     invariant = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 10))
     views = ["identity", "hflip", "rot90", "antitranspose"]
-    lg = ens.predict_views([skewed, invariant], digit_loader, views, torch.device("cpu"))
+    lg = predict([skewed, invariant], digit_loader, Runtime(torch.device("cpu")), views)
     assert lg.shape == (2, 4, 48, 10)
     x = torch.cat([b for b, _ in digit_loader])
     with torch.no_grad():
@@ -261,30 +256,30 @@ def test_views_reach_a_non_invariant_model(digit_loader):
         np.testing.assert_allclose(lg[0, 3], skewed(anti).numpy(), atol=1e-5)
     assert np.abs(lg[0, 1] - lg[0, 0]).max() > 1e-3  # hflip changes this model's logits
     np.testing.assert_allclose(lg[1, 1], lg[1, 0], atol=1e-5)  # ... and not the invariant one's
-    up = ens.apply_view("scale1.15", x[:2])
+    up = apply_view("scale1.15", x[:2])
     assert tuple(up.shape) == (2, 3, round(32 * 1.15), round(32 * 1.15))
 
 
 # ---------------------------------------------------------------- 4. formats
 
 
-def test_label_submission_matches_sample_and_scores(world, soft_run):
+def test_label_submission_matches_sample_and_scores(world, demo_cfg, soft_run):
     sample = pd.read_csv(world.demo / "sample_submission.csv", dtype=str)
     sub = pd.read_csv(soft_run, dtype=str)
     assert list(sub.columns) == list(sample.columns) == ["id", "label"]
     assert list(sub["id"]) == list(sample["id"])
     probs = _read(_probs_path(soft_run))
     assert list(sub["label"]) == [CLASSES[i] for i in probs[CLASSES].to_numpy().argmax(1)]
-    cfg = _ens_cfg(world)
+    cfg = demo_cfg(world.demo, world.out, *ENSEMBLE)
     scores = score_submission(soft_run, world.demo / "solution.csv", cfg)
     assert isinstance(scores["accuracy"], float) and 0.0 <= scores["accuracy"] <= 1.0
     solution = pd.read_csv(world.demo / "solution.csv", dtype=str).set_index("id")
     assert scores["accuracy"] == pytest.approx((sub.set_index("id")["label"] == solution["label"]).mean())
 
 
-def test_index_submission(world, soft_run):
+def test_index_submission(world, demo_cfg, soft_run):
     out = world.root / "sub" / "index.csv"
-    ens.run(_ens_cfg(world), ["a", "b"], None, "equal", "soft", out, "index")
+    ens.run(demo_cfg(world.demo, world.out, *ENSEMBLE), ["a", "b"], NO_TTA, "equal", "soft", out, "index")
     sample = pd.read_csv(world.demo / "sample_submission.csv", dtype=str)
     sub = pd.read_csv(out, dtype={"id": str})
     assert list(sub.columns) == list(sample.columns)
@@ -298,22 +293,22 @@ def test_label_and_index_differ_for_named_classes():
     sample = pd.DataFrame({"image": ["x", "y", "z"], "species": ["?", "?", "?"]})
     probs = np.array([[0.1, 0.7, 0.2], [0.8, 0.1, 0.1], [0.2, 0.2, 0.6]])
     classes = ["cat", "dog", "eel"]
-    label = ens.build_submission(sample, "image", probs, classes, "label")
-    index = ens.build_submission(sample, "image", probs, classes, "index")
+    label = build_submission(sample, "image", probs, classes, "label")
+    index = build_submission(sample, "image", probs, classes, "index")
     assert list(label["species"]) == ["dog", "cat", "eel"]
     assert list(index["species"]) == [1, 0, 2]
-    ens.check_submission(label, sample, "image", classes, "label")
+    check_submission(label, sample, "image", classes, "label")
     with pytest.raises(UserError, match="not in the class set"):
-        ens.check_submission(label.assign(species=["dog", "cow", "eel"]), sample, "image", classes, "label")
+        check_submission(label.assign(species=["dog", "cow", "eel"]), sample, "image", classes, "label")
     with pytest.raises(UserError, match="ids are not"):
-        ens.check_submission(label.iloc[[1, 0, 2]].reset_index(drop=True), sample, "image", classes, "label")
+        check_submission(label.iloc[[1, 0, 2]].reset_index(drop=True), sample, "image", classes, "label")
     with pytest.raises(UserError, match="shape or columns"):
-        ens.check_submission(label[["species", "image"]], sample, "image", classes, "label")
+        check_submission(label[["species", "image"]], sample, "image", classes, "label")
     with pytest.raises(UserError, match="binary needs 2 classes"):
-        ens.build_submission(sample, "image", probs, classes, "binary")
+        build_submission(sample, "image", probs, classes, "binary")
 
 
-def test_proba_submission_in_sample_column_order(world, soft_run):
+def test_proba_submission_in_sample_column_order(world, demo_cfg, soft_run):
     comp = _link_copy(world.demo, world.root / "digits_proba")
     sample = pd.read_csv(world.demo / "sample_submission.csv", dtype=str)
     shuffled = list(np.random.default_rng(3).permutation(CLASSES))
@@ -322,7 +317,7 @@ def test_proba_submission_in_sample_column_order(world, soft_run):
     (comp / "sample_submission.csv").unlink()  # a hard link to the demo's file: do not write through it
     proba_sample.to_csv(comp / "sample_submission.csv", index=False)
     out = world.root / "sub" / "proba.csv"
-    ens.run(_ens_cfg(world, data_dir=comp), ["a", "b"], None, "equal", "soft", out, None)  # auto -> proba
+    ens.run(demo_cfg(comp, world.out, *ENSEMBLE), ["a", "b"], NO_TTA, "equal", "soft", out, None)  # auto -> proba
     sub = pd.read_csv(out, dtype={"id": str})
     assert list(sub.columns) == ["id"] + shuffled
     assert list(sub["id"]) == list(sample["id"])
@@ -332,7 +327,7 @@ def test_proba_submission_in_sample_column_order(world, soft_run):
     np.testing.assert_allclose(sub[shuffled].sum(axis=1), 1.0, atol=1e-6)
 
 
-def test_binary_submission(world):
+def test_binary_submission(world, demo_cfg):
     comp = world.root / "digits_bin"
     comp.mkdir()
     os.symlink(world.demo / "train", comp / "train")
@@ -343,11 +338,11 @@ def test_binary_submission(world):
     sol = solution[solution["label"].isin(["0", "1"])]
     sol.to_csv(comp / "solution.csv", index=False)
     pd.DataFrame({"id": sol["id"], "is_one": 0.5}).to_csv(comp / "sample_submission.csv", index=False)
-    cfg = _train_cfg(comp, world.out, "bin")
+    cfg = demo_cfg(comp, world.out, "experiment.name=bin", *TRAIN)
     for k in range(2):
         train_fold(cfg, k)
     out = world.root / "sub" / "bin.csv"
-    ens.run(_ens_cfg(world, data_dir=comp), ["bin"], None, None, None, out, "binary")
+    ens.run(demo_cfg(comp, world.out, *ENSEMBLE), ["bin"], NO_TTA, None, None, out, "binary")
     sub = pd.read_csv(out, dtype={"id": str})
     assert list(sub.columns) == ["id", "is_one"]
     assert list(sub["id"]) == list(sol["id"])
@@ -361,6 +356,9 @@ def test_binary_submission(world):
 
 
 def _copy_member(w: SimpleNamespace, src: str, dst: str, edit=None) -> None:
+    """A copy of member src; `edit` changes the classes or config stored in each fold's best.pt and
+    done.json (both hold them, as training writes them), and done.json records the new best.pt's
+    hash, so the fold folder is consistent, as if trained so."""
     shutil.copytree(w.out / src, w.out / dst)
     if edit is None:
         return
@@ -368,65 +366,65 @@ def _copy_member(w: SimpleNamespace, src: str, dst: str, edit=None) -> None:
         ck = torch.load(ck_path, map_location="cpu", weights_only=True)
         edit(ck)
         torch.save(ck, ck_path)
+        done_path = ck_path.with_name("done.json")
+        done = json.loads(done_path.read_text())
+        edit(done)
+        done["best_sha1"] = file_sha1(ck_path)
+        done_path.write_text(json.dumps(done))
 
 
 @pytest.fixture(scope="module")
 def bad_members(world) -> SimpleNamespace:
-    """Broken copies of member a: other classes, other test ids, a missing fold, another architecture."""
+    """Broken copies of member a: other classes, a missing (unfinished) fold, another architecture.
+    (A member trained for other test ids is no error any more: members are relocated to the
+    competition the ensemble runs on.)"""
 
     def relabel(ck):
         ck["classes"] = CLASSES[:-1] + ["nine"]
 
     _copy_member(world, "a", "a_classes", relabel)
 
-    other = _link_copy(world.demo, world.root / "digits_other_ids")
-    sample = pd.read_csv(world.demo / "sample_submission.csv", dtype=str)
-    (other / "sample_submission.csv").unlink()
-    sample.iloc[:-5].to_csv(other / "sample_submission.csv", index=False)
-
-    def other_data(ck):
-        ck["config"]["data"]["dir"] = str(other)
-
-    _copy_member(world, "a", "a_ids", other_data)
-
     _copy_member(world, "a", "a_missing")
-    (world.out / "a_missing" / "fold1" / "best.pt").unlink()
+    (world.out / "a_missing" / "fold1" / "done.json").unlink()  # a fold without done.json is not finished
 
     def other_arch(ck):
         ck["config"]["model"]["name"] = "resnet10t"
 
     _copy_member(world, "a", "a_arch", other_arch)
-    return SimpleNamespace(other_ids_dir=other)
+    return SimpleNamespace()
 
 
 BAD = {
-    "different_classes": (["a", "a_classes"], None, "equal", r"a and a_classes have different class lists"),
-    "different_test_ids": (["a", "a_ids"], None, "equal", r"member a_ids was trained for other test ids"),
-    "missing_fold": (["a_missing"], None, "equal", r"a_missing lacks best\.pt for folds \[1\].*missing_folds=warn"),
-    "model_not_fitting_config": (["a_arch"], None, "equal", r"fold0/best\.pt does not fit its stored config \(resnet10t"),
+    "different_classes": (["a", "a_classes"], NO_TTA, "equal", r"a and a_classes have different class lists"),
+    "missing_fold": (["a_missing"], NO_TTA, "equal",
+                     r"a_missing has no finished run for folds \[1\].*missing_folds=warn"),
+    "model_not_fitting_config": (["a_arch"], NO_TTA, "equal",
+                                 r"fold0/best\.pt does not fit its stored config \(resnet10t"),
     "unknown_view": (["a"], ["hflip", "blur"], "equal", r"unknown TTA view 'blur'"),
-    "wrong_weight_count": (["a", "b"], None, [1.0], r"1 weights for 2 members"),
-    "unknown_experiment": (["nope"], None, "equal", r"experiment folder .*nope does not exist"),
+    "wrong_weight_count": (["a", "b"], NO_TTA, [1.0], r"1 weights for 2 members"),
+    "unknown_experiment": (["nope"], NO_TTA, "equal", r"experiment folder .*nope does not exist"),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_gives_clear_error_and_writes_nothing(world, bad_members, case):
+def test_bad_input_gives_clear_error_and_writes_nothing(world, demo_cfg, bad_members, case):
     experiments, tta, weights, message = BAD[case]
     sub_dir = world.root / "sub_err" / case
     out = sub_dir / "x.csv"
     with pytest.raises(UserError, match=message):
-        ens.run(_ens_cfg(world), experiments, tta, weights, "soft", out, None)
+        ens.run(demo_cfg(world.demo, world.out, *ENSEMBLE), experiments, tta, weights, "soft", out, None)
     assert not out.exists()
     assert not _probs_path(out).exists()
     assert not sub_dir.exists() or not any(sub_dir.iterdir())
 
 
-def test_missing_fold_with_warn_blends_the_folds_present(world, bad_members, indep, capsys):
+def test_missing_fold_with_warn_blends_the_folds_present(world, demo_cfg, bad_members, indep, capsys):
     out = world.root / "sub" / "missing_warn.csv"
-    ens.run(_ens_cfg(world, "ensemble.missing_folds=warn"), ["a_missing"], None, "equal", "soft", out, None)
+    cfg = demo_cfg(world.demo, world.out, *ENSEMBLE, "ensemble.missing_folds=warn")
+    ens.run(cfg, ["a_missing"], NO_TTA, "equal", "soft", out, None)
     printed = capsys.readouterr().out
-    assert "warning: experiment a_missing lacks best.pt for folds [1]; blending folds [0]" in printed
+    assert ("warning: experiment a_missing has no finished run for folds [1] (no done.json: never trained, "
+            "interrupted or running); blending folds [0]") in printed
     probs = _read(_probs_path(out))[CLASSES].to_numpy()
     np.testing.assert_allclose(probs, indep[("a", 0)], atol=2e-5)
     assert np.abs(probs - (indep[("a", 0)] + indep[("a", 1)]) / 2).max() > 1e-4
@@ -453,12 +451,12 @@ def oof(world) -> SimpleNamespace:
 
 @pytest.mark.parametrize("metric", ["accuracy", "log_loss"])
 def test_auto_weights_never_worse_than_equal_on_oof(oof, metric):
-    w = ens.fit_weights(oof.probs, oof.y, metric, "soft")
+    w = fit_weights(oof.probs, oof.y, metric, "soft")
     assert w.shape == (3,) and (w >= 0).all() and w.sum() == pytest.approx(1.0)
     stack = np.stack([np.log(np.clip(p, 1e-12, 1)) for p in oof.probs])
 
     def score(weights):
-        return compute_metric(metric, oof.y, ens.combine(stack, "soft", weights))
+        return compute_metric(metric, oof.y, combine(stack, "soft", weights))
 
     fitted, equal = score(w), score(None)
     singles = [compute_metric(metric, oof.y, p) for p in oof.probs]
@@ -474,13 +472,12 @@ def test_auto_weights_never_worse_than_equal_on_oof(oof, metric):
 # ---------------------------------------------------------------- 7. the CLI
 
 
-def test_cli_with_tta_prints_oof_table_and_writes(world):
+def test_cli_with_tta_prints_oof_table_and_writes(world, overrides_for):
     out = world.root / "sub" / "cli.csv"
     cmd = [sys.executable, "-m", "src.ensemble", "--config", "configs/demo.yaml", "--experiments", "a",
            "--out", str(out),
            # the overrides after the views are moved out of the --tta list
-           "--tta", "identity", "hflip", f"data.dir={world.demo}", f"experiment.output_dir={world.out}",
-           "data.n_folds=2", "wandb.mode=disabled", "train.device=cpu"]
+           "--tta", "identity", "hflip", *overrides_for(world.demo, world.out, "data.n_folds=2", "runtime.device=cpu")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -498,10 +495,10 @@ def test_cli_with_tta_prints_oof_table_and_writes(world):
     assert list(sub.columns) == list(sample.columns) and list(sub["id"]) == list(sample["id"])
 
 
-def test_cli_bad_view_exits_2_with_one_line(world, capsys):
+def test_cli_bad_view_exits_2_with_one_line(world, overrides_for, capsys):
     out = world.root / "sub" / "cli_bad.csv"
     argv = ["--config", "configs/demo.yaml", "--experiments", "a", "--out", str(out), "--tta", "hflip", "blur",
-            f"data.dir={world.demo}", f"experiment.output_dir={world.out}", "wandb.mode=disabled"]
+            *overrides_for(world.demo, world.out)]
     with pytest.raises(SystemExit) as exc:
         run_cli(ens.main, argv)
     assert exc.value.code == 2
@@ -510,11 +507,11 @@ def test_cli_bad_view_exits_2_with_one_line(world, capsys):
     assert not out.exists() and not _probs_path(out).exists()
 
 
-def test_cli_overrides_after_experiments_are_not_member_names(world):
+def test_cli_overrides_after_experiments_are_not_member_names(world, overrides_for):
     """`--experiments a b section.key=value ...` (like `--tta hflip key=value`, which main() handles)."""
     out = world.root / "sub" / "cli_exp.csv"
     argv = ["--config", "configs/demo.yaml", "--out", str(out), "--experiments", "a", "b",
-            f"data.dir={world.demo}", f"experiment.output_dir={world.out}", "wandb.mode=disabled", "train.device=cpu"]
+            *overrides_for(world.demo, world.out, "runtime.device=cpu")]
     # key=value items after --experiments are overrides, not member names.
     try:
         ens.main(argv)
@@ -527,14 +524,14 @@ def test_cli_overrides_after_experiments_are_not_member_names(world):
 
 def test_auto_format_picks_binary_for_probability_metrics():
     sample = pd.DataFrame({"id": ["a", "b"], "target": [0, 0]})
-    assert ens.resolve_format("auto", sample, "id", ["cat", "dog"], "roc_auc") == "binary"
-    assert ens.resolve_format("auto", sample, "id", ["cat", "dog"], "accuracy") == "label"
+    assert resolve_format("auto", sample, "id", ["cat", "dog"], "roc_auc") == "binary"
+    assert resolve_format("auto", sample, "id", ["cat", "dog"], "accuracy") == "label"
     fractional = pd.DataFrame({"id": ["a", "b"], "target": [0.5, 0.5]})
-    assert ens.resolve_format("auto", fractional, "id", ["cat", "dog"], "accuracy") == "binary"
-    assert ens.resolve_format("auto", sample, "id", ["a", "b", "c"], "log_loss") == "label"
+    assert resolve_format("auto", fractional, "id", ["cat", "dog"], "accuracy") == "binary"
+    assert resolve_format("auto", sample, "id", ["a", "b", "c"], "log_loss") == "label"
 
 
-def test_members_are_read_from_the_output_dir_given_not_the_stored_one(world, tmp_path, capsys):
+def test_members_are_read_from_the_output_dir_given_not_the_stored_one(world, demo_cfg, tmp_path, capsys):
     # Outputs copied elsewhere (a Kaggle dataset): the copy's OOF files must be the ones read.
     moved = tmp_path / "moved"
     shutil.copytree(world.out / "a", moved / "a")
@@ -545,8 +542,8 @@ def test_members_are_read_from_the_output_dir_given_not_the_stored_one(world, tm
         cols = prob_columns(CLASSES)
         oof[cols] = np.eye(len(CLASSES))[(oof["target"].to_numpy() + 1) % len(CLASSES)]  # always wrong
         oof.to_csv(path, index=False)
-    cfg = _ens_cfg(world, f"experiment.output_dir={moved}")
-    ens.run(cfg, ["a"], None, "equal", None, tmp_path / "sub" / "moved.csv")
+    cfg = demo_cfg(world.demo, moved, *ENSEMBLE)
+    ens.run(cfg, ["a"], NO_TTA, "equal", None, tmp_path / "sub" / "moved.csv")
     table = capsys.readouterr().out
     assert "0.0000" in table, table
     assert (tmp_path / "sub" / "moved.csv").is_file()

@@ -11,26 +11,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from src.config import load_config
-from src.demo import build_demo
-from src.folds import assign_folds, folds_path, load_or_create_folds
+from src.splits import assign_folds, folds_path, load_or_create_folds
 from src.utils import UserError
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
-    """The digits competition, built once for this module; tests must not modify it."""
-    return build_demo(tmp_path_factory.mktemp("demo") / "digits")
 
 
 @pytest.fixture
 def demo_copy(demo_dir: Path, tmp_path: Path) -> Path:
     """A private copy of the digits competition that a test may edit."""
     return Path(shutil.copytree(demo_dir, tmp_path / "digits"))
-
-
-def _cfg(data_dir: Path, out: Path, *overrides: str):
-    return load_config("configs/demo.yaml", [f"data.dir={data_dir}", f"experiment.output_dir={out}", *overrides])
 
 
 def _png(path: Path, value: int = 100) -> None:
@@ -41,8 +29,8 @@ def _png(path: Path, value: int = 100) -> None:
 # ---------------------------------------------------------------- the demo split
 
 
-def test_demo_split_is_balanced(demo_dir: Path, tmp_path: Path):
-    df, classes, path = load_or_create_folds(_cfg(demo_dir, tmp_path / "out"))
+def test_demo_split_is_balanced(demo_dir: Path, tmp_path: Path, demo_cfg):
+    df, classes, path = load_or_create_folds(demo_cfg(demo_dir, tmp_path / "out"))
     assert classes == [str(i) for i in range(10)]
     assert len(df) == 1437
     counts = pd.crosstab(df["label"], df["fold"])
@@ -55,8 +43,8 @@ def test_demo_split_is_balanced(demo_dir: Path, tmp_path: Path):
     assert df["target"].dtype == np.int64
 
 
-def test_every_id_in_exactly_one_fold(demo_dir: Path, tmp_path: Path):
-    _, _, path = load_or_create_folds(_cfg(demo_dir, tmp_path / "out"))
+def test_every_id_in_exactly_one_fold(demo_dir: Path, tmp_path: Path, demo_cfg):
+    _, _, path = load_or_create_folds(demo_cfg(demo_dir, tmp_path / "out"))
     saved = pd.read_csv(path, dtype={"id": str, "label": str})
     assert saved.columns.tolist() == ["id", "label", "fold"]
     train = pd.read_csv(demo_dir / "train.csv", dtype=str)
@@ -69,8 +57,8 @@ def test_every_id_in_exactly_one_fold(demo_dir: Path, tmp_path: Path):
             assert not per_fold[i] & per_fold[j]
 
 
-def test_folds_file_name_and_meta(demo_dir: Path, tmp_path: Path):
-    cfg = _cfg(demo_dir, tmp_path / "out")
+def test_folds_file_name_and_meta(demo_dir: Path, tmp_path: Path, demo_cfg):
+    cfg = demo_cfg(demo_dir, tmp_path / "out")
     _, classes, path = load_or_create_folds(cfg)
     assert path == tmp_path / "out" / "folds" / "digits_k5_s42.csv" == folds_path(cfg)
     meta = json.loads(path.with_suffix(".json").read_text())
@@ -78,22 +66,22 @@ def test_folds_file_name_and_meta(demo_dir: Path, tmp_path: Path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["digits_k5_s42.csv", "digits_k5_s42.json"]
 
 
-def test_split_is_identical_across_runs(demo_dir: Path, tmp_path: Path):
-    _, _, p1 = load_or_create_folds(_cfg(demo_dir, tmp_path / "out1"))
+def test_split_is_identical_across_runs(demo_dir: Path, tmp_path: Path, demo_cfg):
+    _, _, p1 = load_or_create_folds(demo_cfg(demo_dir, tmp_path / "out1"))
     first = p1.read_bytes()
     first_meta = p1.with_suffix(".json").read_bytes()
     # delete and recreate in the same place
     shutil.rmtree(tmp_path / "out1")
-    _, _, p1b = load_or_create_folds(_cfg(demo_dir, tmp_path / "out1"))
+    _, _, p1b = load_or_create_folds(demo_cfg(demo_dir, tmp_path / "out1"))
     assert p1b.read_bytes() == first
     # and in another output dir
-    _, _, p2 = load_or_create_folds(_cfg(demo_dir, tmp_path / "out2"))
+    _, _, p2 = load_or_create_folds(demo_cfg(demo_dir, tmp_path / "out2"))
     assert p2 != p1 and p2.read_bytes() == first
     assert p2.with_suffix(".json").read_bytes() == first_meta
 
 
-def test_existing_split_is_reused_not_rewritten(demo_dir: Path, tmp_path: Path):
-    cfg = _cfg(demo_dir, tmp_path / "out")
+def test_existing_split_is_reused_not_rewritten(demo_dir: Path, tmp_path: Path, demo_cfg):
+    cfg = demo_cfg(demo_dir, tmp_path / "out")
     df1, _, path = load_or_create_folds(cfg)
     before = path.stat().st_mtime_ns, path.read_bytes()
     df2, _, _ = load_or_create_folds(cfg, create=False)
@@ -101,30 +89,30 @@ def test_existing_split_is_reused_not_rewritten(demo_dir: Path, tmp_path: Path):
     pd.testing.assert_frame_equal(df1, df2)
 
 
-def test_create_false_without_file(demo_dir: Path, tmp_path: Path):
-    cfg = _cfg(demo_dir, tmp_path / "out")
+def test_create_false_without_file(demo_dir: Path, tmp_path: Path, demo_cfg):
+    cfg = demo_cfg(demo_dir, tmp_path / "out")
     with pytest.raises(UserError, match="python -m src.folds"):
         load_or_create_folds(cfg, create=False)
     assert not (tmp_path / "out").exists()
 
 
-def test_changing_fold_seed_writes_a_different_file(demo_dir: Path, tmp_path: Path):
-    df_a, _, pa = load_or_create_folds(_cfg(demo_dir, tmp_path / "out"))
-    df_b, _, pb = load_or_create_folds(_cfg(demo_dir, tmp_path / "out", "data.fold_seed=7"))
+def test_changing_fold_seed_writes_a_different_file(demo_dir: Path, tmp_path: Path, demo_cfg):
+    df_a, _, pa = load_or_create_folds(demo_cfg(demo_dir, tmp_path / "out"))
+    df_b, _, pb = load_or_create_folds(demo_cfg(demo_dir, tmp_path / "out", "data.fold_seed=7"))
     assert pa != pb and pb.name == "digits_k5_s7.csv"
     assert pa.is_file() and pb.is_file()
     assert pa.read_bytes() != pb.read_bytes()
     assert (df_a.set_index("id")["fold"] != df_b.set_index("id")["fold"]).any()
 
 
-def test_changing_n_folds_writes_a_different_file(demo_dir: Path, tmp_path: Path):
-    df, _, path = load_or_create_folds(_cfg(demo_dir, tmp_path / "out", "data.n_folds=3"))
+def test_changing_n_folds_writes_a_different_file(demo_dir: Path, tmp_path: Path, demo_cfg):
+    df, _, path = load_or_create_folds(demo_cfg(demo_dir, tmp_path / "out", "data.n_folds=3"))
     assert path.name == "digits_k3_s42.csv"
     assert sorted(df["fold"].unique()) == [0, 1, 2]
 
 
-def test_edited_train_csv_stops_and_keeps_the_split(demo_copy: Path, tmp_path: Path):
-    cfg = _cfg(demo_copy, tmp_path / "out")
+def test_edited_train_csv_stops_and_keeps_the_split(demo_copy: Path, tmp_path: Path, demo_cfg):
+    cfg = demo_cfg(demo_copy, tmp_path / "out")
     _, _, path = load_or_create_folds(cfg)
     before = path.read_bytes()
     meta_before = path.with_suffix(".json").read_bytes()
@@ -138,8 +126,8 @@ def test_edited_train_csv_stops_and_keeps_the_split(demo_copy: Path, tmp_path: P
     assert path.with_suffix(".json").read_bytes() == meta_before
 
 
-def test_relabelled_train_csv_stops_and_keeps_the_split(demo_copy: Path, tmp_path: Path):
-    cfg = _cfg(demo_copy, tmp_path / "out")
+def test_relabelled_train_csv_stops_and_keeps_the_split(demo_copy: Path, tmp_path: Path, demo_cfg):
+    cfg = demo_cfg(demo_copy, tmp_path / "out")
     _, _, path = load_or_create_folds(cfg)
     before = path.read_bytes()
     train = pd.read_csv(demo_copy / "train.csv", dtype=str)
@@ -150,9 +138,9 @@ def test_relabelled_train_csv_stops_and_keeps_the_split(demo_copy: Path, tmp_pat
     assert path.read_bytes() == before
 
 
-def test_cli_style_too_many_folds_names_classes(demo_dir: Path, tmp_path: Path):
+def test_cli_style_too_many_folds_names_classes(demo_dir: Path, tmp_path: Path, demo_cfg):
     with pytest.raises(UserError) as e:
-        load_or_create_folds(_cfg(demo_dir, tmp_path / "out", "data.n_folds=500"))
+        load_or_create_folds(demo_cfg(demo_dir, tmp_path / "out", "data.n_folds=500"))
     assert "10 classes" in str(e.value) and "'0' (" in str(e.value)
     assert not (tmp_path / "out").exists()
 
@@ -174,9 +162,9 @@ def _grouped_comp(root: Path) -> Path:
     return root
 
 
-def test_group_split_keeps_each_group_in_one_fold(tmp_path: Path):
+def test_group_split_keeps_each_group_in_one_fold(tmp_path: Path, demo_cfg):
     comp = _grouped_comp(tmp_path / "comp")
-    cfg = _cfg(comp, tmp_path / "out", "data.group_col=patient", "data.n_folds=3")
+    cfg = demo_cfg(comp, tmp_path / "out", "data.group_col=patient", "data.n_folds=3")
     df, classes, path = load_or_create_folds(cfg)
     assert classes == ["cat", "dog"]
     assert path.name == "comp_k3_s42_gpatient.csv"
@@ -189,16 +177,16 @@ def test_group_split_keeps_each_group_in_one_fold(tmp_path: Path):
     assert json.loads(path.with_suffix(".json").read_text())["group_col"] == "patient"
 
 
-def test_ungrouped_split_of_same_data_mixes_groups(tmp_path: Path):
+def test_ungrouped_split_of_same_data_mixes_groups(tmp_path: Path, demo_cfg):
     # shows the group test above can fail: without group_col, groups do get split
     comp = _grouped_comp(tmp_path / "comp")
-    df, _, _ = load_or_create_folds(_cfg(comp, tmp_path / "out", "data.n_folds=3"))
+    df, _, _ = load_or_create_folds(demo_cfg(comp, tmp_path / "out", "data.n_folds=3"))
     raw = pd.read_csv(comp / "train.csv", dtype=str).set_index("id")
     df["patient"] = df["id"].map(raw["patient"])
     assert (df.groupby("patient")["fold"].nunique() > 1).any()
 
 
-def test_class_smaller_than_n_folds_is_named(tmp_path: Path):
+def test_class_smaller_than_n_folds_is_named(tmp_path: Path, demo_cfg):
     comp = tmp_path / "comp"
     rows = []
     for label, n in (("common", 9), ("rare", 2), ("other", 6)):
@@ -208,12 +196,12 @@ def test_class_smaller_than_n_folds_is_named(tmp_path: Path):
             rows.append({"id": f"im{i:02d}", "label": label})
     pd.DataFrame(rows).to_csv(comp / "train.csv", index=False)
     with pytest.raises(UserError) as e:
-        load_or_create_folds(_cfg(comp, tmp_path / "out", "data.n_folds=3"))
+        load_or_create_folds(demo_cfg(comp, tmp_path / "out", "data.n_folds=3"))
     msg = str(e.value)
     assert "'rare' (2)" in msg and "common" not in msg and "other" not in msg and "data.n_folds" in msg
     assert not (tmp_path / "out").exists()
     # with 2 folds the same data splits
-    df, _, _ = load_or_create_folds(_cfg(comp, tmp_path / "out", "data.n_folds=2"))
+    df, _, _ = load_or_create_folds(demo_cfg(comp, tmp_path / "out", "data.n_folds=2"))
     assert df.loc[df["label"] == "rare", "fold"].nunique() == 2
 
 
@@ -225,21 +213,21 @@ def test_assign_folds_is_a_pure_function():
     np.testing.assert_array_equal(a, b)
 
 
-def test_labels_that_look_like_missing_values_survive_a_second_run(tmp_path: Path):
+def test_labels_that_look_like_missing_values_survive_a_second_run(tmp_path: Path, demo_cfg):
     # pandas reads "None", "NA" and "nan" as missing by default; the saved split must not.
     root = tmp_path / "comp"
     labels = ["None", "NA", "nan", "cat"] * 6
     for i in range(len(labels)):
         _png(root / "train" / f"im{i}.png", 10 * i)
     pd.DataFrame({"id": [f"im{i}" for i in range(len(labels))], "label": labels}).to_csv(root / "train.csv", index=False)
-    cfg = _cfg(root, tmp_path / "out", "data.n_folds=3")
+    cfg = demo_cfg(root, tmp_path / "out", "data.n_folds=3", "data.na_labels=keep")  # train them as classes
     first, classes, _ = load_or_create_folds(cfg)
     again, classes2, _ = load_or_create_folds(cfg)
     assert sorted(classes) == sorted(set(labels)) and classes2 == classes
     assert list(again["label"]) == list(first["label"])
 
 
-def test_fewer_groups_than_folds_is_a_user_error(tmp_path: Path):
+def test_fewer_groups_than_folds_is_a_user_error(tmp_path: Path, demo_cfg):
     root = tmp_path / "comp"
     n = 20
     for i in range(n):
@@ -247,5 +235,5 @@ def test_fewer_groups_than_folds_is_a_user_error(tmp_path: Path):
     pd.DataFrame({"id": [f"im{i}" for i in range(n)], "label": ["a", "b"] * (n // 2),
                   "patient": [f"p{i % 3}" for i in range(n)]}).to_csv(root / "train.csv", index=False)
     with pytest.raises(UserError, match="3 groups for 5 folds"):
-        load_or_create_folds(_cfg(root, tmp_path / "out", "data.group_col=patient"))
+        load_or_create_folds(demo_cfg(root, tmp_path / "out", "data.group_col=patient"))
     assert not (tmp_path / "out").exists()

@@ -8,28 +8,17 @@ import pytest
 import torch
 
 from src.checkpoint import load_checkpoint
-from src.config import load_config
-from src.demo import build_demo
-from src.train import train_fold
+from src.trainer import train_fold
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    return build_demo(tmp_path_factory.mktemp("gpu") / "digits")
-
-
-def _cfg(digits, out, *extra):
-    return load_config("configs/demo.yaml", [
-        f"data.dir={digits}", f"experiment.output_dir={out}", "train.device=cuda", "train.epochs=2",
-        "loader.num_workers=2", "wandb.mode=disabled", *extra,
-    ])
+GPU = ("runtime.device=cuda", "train.epochs=2", "loader.num_workers=2")
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16", "off"])
-def test_amp_channels_last_trains_and_loads_on_cpu(digits, tmp_path, amp):
-    cfg = _cfg(digits, tmp_path, f"train.amp={amp}", "train.channels_last=true", "train.ema=true")
+def test_amp_channels_last_trains_and_loads_on_cpu(demo_dir, demo_cfg, tmp_path, amp):
+    cfg = demo_cfg(demo_dir, tmp_path, *GPU, f"runtime.amp={amp}", "runtime.channels_last=true", "train.ema=true")
     result = train_fold(cfg, 0)
     assert result["accuracy"] > 0.5, result
     ckpt = load_checkpoint(tmp_path / "demo" / "fold0" / "best.pt")
@@ -39,7 +28,7 @@ def test_amp_channels_last_trains_and_loads_on_cpu(digits, tmp_path, amp):
     assert bool(scaler) == (amp == "fp16")
 
 
-def test_resume_on_gpu_matches_uninterrupted(digits, tmp_path):
+def test_resume_on_gpu_matches_uninterrupted(demo_dir, demo_cfg, tmp_path):
     class Stop(Exception):
         pass
 
@@ -47,9 +36,9 @@ def test_resume_on_gpu_matches_uninterrupted(digits, tmp_path):
         if epoch == 0:
             raise Stop
 
-    a = _cfg(digits, tmp_path / "a", "train.amp=bf16")
+    a = demo_cfg(demo_dir, tmp_path / "a", *GPU, "runtime.amp=bf16")
     train_fold(a, 0)
-    b = _cfg(digits, tmp_path / "b", "train.amp=bf16", "train.deterministic=true")
+    b = demo_cfg(demo_dir, tmp_path / "b", *GPU, "runtime.amp=bf16", "runtime.deterministic=true")
     with pytest.raises(Stop):
         train_fold(b, 0, on_epoch=stop_after_first)
     train_fold(b, 0, resume=True)

@@ -79,7 +79,8 @@ def test_a_retrained_fold_is_predicted_again(demo_cfg, tiny_cfg, demo_dir, outpu
     cfg = _cfg(demo_cfg, demo_dir, outputs)
     ensemble.run(cfg, ["a"], ["identity"], "equal", "soft", tmp_path / "before.csv")
     capsys.readouterr()
-    train_fold(tiny_cfg(demo_dir, outputs, "data.n_folds=2", "experiment.name=a", "experiment.seed=5"), 1, force=True)
+    # Same settings, a new run: a new run id, so new checkpoint bytes.
+    train_fold(tiny_cfg(demo_dir, outputs, "data.n_folds=2", "experiment.name=a", "experiment.seed=1"), 1, force=True)
     ensemble.run(cfg, ["a"], ["identity", "hflip"], "equal", "soft", tmp_path / "after.csv")
     # The identity-only run cached test-identity of both folds (its OOF came from oof.csv). Now
     # fold 0 reads test-identity and predicts test-hflip, oof-identity, oof-hflip; fold 1 has a

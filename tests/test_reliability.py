@@ -128,7 +128,7 @@ def two_experiments(demo_dir, tiny_cfg, tmp_path):
 def test_a_best_pt_from_another_experiment_is_refused(demo_dir, two_experiments):
     out = two_experiments
     shutil.copy(fold_paths(out / "b", 0).best, fold_paths(out / "a", 0).best)
-    with pytest.raises(UserError, match=r"a/fold0/best.pt is not the checkpoint fold 0 of a finished with"):
+    with pytest.raises(UserError, match=r"a/fold0/best.pt has changed since fold 0 of a finished \(truncated, corrupted or replaced"):
         open_member("a", str(out), "error", str(demo_dir))
 
 

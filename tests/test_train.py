@@ -18,37 +18,22 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import TINY
 
 import src.train as train
 from src.checkpoint import load_checkpoint
-from src.config import load_config
 from src.data import ImageDataset, build_transform, make_loader
-from src.folds import load_or_create_folds
+from src.engine import TrainingDiverged
 from src.model import build_model, freeze, param_counts
-from src.train import TrainingDiverged, derive_seed, train_fold
+from src.runs import file_sha1, fold_paths
+from src.runtime import Runtime, predict
+from src.splits import load_or_create_folds
+from src.trainer import derive_seed, train_fold
 from src.utils import UserError, seed_everything
 
 REPO = Path(__file__).resolve().parent.parent
 FREEZE_AT = "layer4.0.conv1"
-TINY = [
-    "model.name=test_resnet",
-    "aug.img_size=32",
-    "train.epochs=1",
-    "train.limit_batches=3",
-    "loader.batch_size=16",
-    "loader.num_workers=0",
-    "wandb.mode=disabled",
-    "data.check_images=false",
-]
 ARTIFACTS = ["best.pt", "last.pt", "oof.csv", "history.csv", "curves.png", "confusion_matrix.png", "done.json"]
-
-
-def _overrides(demo_dir: Path, out: Path, *extra: str) -> list[str]:
-    return [f"data.dir={demo_dir}", f"experiment.output_dir={out}", *TINY, *extra]
-
-
-def _cfg(demo_dir: Path, out: Path, *extra: str):
-    return load_config("configs/demo.yaml", _overrides(demo_dir, out, *extra))
 
 
 def _initial_model(cfg, fold: int, n_classes: int = 10) -> torch.nn.Module:
@@ -88,16 +73,16 @@ def _finite_history(out: Path) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def trained(demo_dir: Path, tmp_path_factory):
+def trained(demo_dir: Path, tmp_path_factory, tiny_cfg):
     """Fold 0 trained for one tiny epoch; tests only read it."""
-    cfg = _cfg(demo_dir, tmp_path_factory.mktemp("trained"))
+    cfg = tiny_cfg(demo_dir, tmp_path_factory.mktemp("trained"))
     result = train_fold(cfg, 0)
     return cfg, result
 
 
 def test_one_fold_writes_every_artifact(trained):
     cfg, result = trained
-    out = train.fold_dir(cfg, 0)
+    out = fold_paths(cfg.out_dir, 0).dir
     assert out == cfg.out_dir / "fold0"
     missing = [f for f in ARTIFACTS if not (out / f).is_file()]
     assert missing == []
@@ -116,7 +101,7 @@ def test_one_fold_writes_every_artifact(trained):
 def test_oof_covers_exactly_the_validation_fold(trained):
     cfg, _ = trained
     df, classes, _ = load_or_create_folds(cfg)
-    oof = pd.read_csv(train.fold_dir(cfg, 0) / "oof.csv", dtype={"id": str, "label": str})
+    oof = pd.read_csv(fold_paths(cfg.out_dir, 0).dir / "oof.csv", dtype={"id": str, "label": str})
     expected = df.loc[df["fold"] == 0, "id"]
     assert not oof["id"].duplicated().any()
     assert len(oof) == len(expected)
@@ -134,7 +119,7 @@ def test_oof_covers_exactly_the_validation_fold(trained):
 
 def test_checkpoints_load_with_weights_only_and_reproduce_the_oof(trained):
     cfg, _ = trained
-    out = train.fold_dir(cfg, 0)
+    out = fold_paths(cfg.out_dir, 0).dir
     df, classes, _ = load_or_create_folds(cfg)
     for name in ("best.pt", "last.pt"):
         ckpt = load_checkpoint(out / name)
@@ -154,21 +139,20 @@ def test_checkpoints_load_with_weights_only_and_reproduce_the_oof(trained):
     val = df[df["fold"] == 0].set_index("id").loc[oof["id"]]
     ds = ImageDataset(val["path"], val["target"], build_transform(cfg.aug, False, tuple(cfg.aug.mean), tuple(cfg.aug.std)))
     # Predict as training validated: on its device, with its autocast dtype (bf16 on CUDA).
-    device = train.pick_device(cfg.train.device)
-    dtype = train.amp_dtype(cfg.train.amp, device)
-    logits, _ = train.predict(model.to(device), make_loader(ds, cfg.loader), device, dtype)
+    rt = Runtime.from_cfg(cfg.runtime)
+    logits = predict([rt.model(model)], make_loader(ds, cfg.loader), rt)[0, 0]
     probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
-    atol = 1e-5 if dtype is None else 2e-3
+    atol = 1e-5 if rt.dtype is None else 2e-3
     np.testing.assert_allclose(probs, oof[[f"prob_{c}" for c in classes]].to_numpy(), atol=atol)
 
 
 # ---------------------------------------------------------------- skip, force, unfinished
 
 
-def test_finished_fold_is_skipped_forced_or_refused(demo_dir: Path, tmp_path: Path, capsys):
-    cfg = _cfg(demo_dir, tmp_path / "out", "train.limit_batches=2")
+def test_finished_fold_is_skipped_forced_or_refused(demo_dir: Path, tmp_path: Path, capsys, tiny_cfg):
+    cfg = tiny_cfg(demo_dir, tmp_path / "out", "train.limit_batches=2")
     first = train_fold(cfg, 0)
-    out = train.fold_dir(cfg, 0)
+    out = fold_paths(cfg.out_dir, 0).dir
     _age(out)
     before = _mtimes(out)
     assert set(ARTIFACTS) <= set(before)
@@ -197,9 +181,9 @@ def test_finished_fold_is_skipped_forced_or_refused(demo_dir: Path, tmp_path: Pa
 # ---------------------------------------------------------------- freezing inside training
 
 
-def test_frozen_layers_keep_their_initial_weights(demo_dir: Path, tmp_path: Path):
-    cfg = _cfg(demo_dir, tmp_path / "out", f"model.freeze_before={FREEZE_AT}", "train.epochs=2",
-               "train.limit_batches=2", "optim.lr=0.05")
+def test_frozen_layers_keep_their_initial_weights(demo_dir: Path, tmp_path: Path, tiny_cfg):
+    cfg = tiny_cfg(demo_dir, tmp_path / "out", f"model.freeze_before={FREEZE_AT}", "train.epochs=2",
+                   "train.limit_batches=2", "optim.lr=0.05")
     result = train_fold(cfg, 0)
     init = _initial_model(cfg, 0)
     init_sd = {k: v.clone() for k, v in init.state_dict().items()}
@@ -207,7 +191,7 @@ def test_frozen_layers_keep_their_initial_weights(demo_dir: Path, tmp_path: Path
     assert result["params"] == param_counts(init)
     assert result["params"]["frozen"] == sum(p.numel() for n, p in init.named_parameters() if n in frozen_params) > 0
 
-    out = train.fold_dir(cfg, 0)
+    out = fold_paths(cfg.out_dir, 0).dir
     best, last = load_checkpoint(out / "best.pt")["model"], load_checkpoint(out / "last.pt")["model"]
     assert any(k.endswith("running_var") for k in frozen_keys)
     for sd in (best, last):
@@ -218,11 +202,13 @@ def test_frozen_layers_keep_their_initial_weights(demo_dir: Path, tmp_path: Path
         assert not torch.equal(last[k], init_sd[k]), k
 
 
-def test_unfreeze_epoch_trains_everything_with_a_scaled_backbone_lr(demo_dir: Path, tmp_path: Path, capsys):
+def test_unfreeze_epoch_trains_everything_with_a_scaled_backbone_lr(
+    demo_dir: Path, tmp_path: Path, capsys, tiny_cfg
+):
     mult = 0.1
-    cfg = _cfg(demo_dir, tmp_path / "out", f"model.freeze_before={FREEZE_AT}", "model.unfreeze_epoch=1",
-               f"model.backbone_lr_mult={mult}", "train.epochs=2", "train.limit_batches=2", "sched.warmup_epochs=0")
-    out = train.fold_dir(cfg, 0)
+    cfg = tiny_cfg(demo_dir, tmp_path / "out", f"model.freeze_before={FREEZE_AT}", "model.unfreeze_epoch=1",
+                   f"model.backbone_lr_mult={mult}", "train.epochs=2", "train.limit_batches=2", "sched.warmup_epochs=0")
+    out = fold_paths(cfg.out_dir, 0).dir
     snapshots = {}
 
     def on_epoch(epoch: int, value: float) -> None:
@@ -274,10 +260,10 @@ class _Interrupt(Exception):
 
 
 @pytest.mark.slow
-def test_resume_matches_an_uninterrupted_run(demo_dir: Path, tmp_path: Path, capsys):
+def test_resume_matches_an_uninterrupted_run(demo_dir: Path, tmp_path: Path, capsys, tiny_cfg):
     extra = ("train.epochs=2", "train.limit_batches=3")
-    cfg_a = _cfg(demo_dir, tmp_path / "a", *extra)
-    cfg_b = _cfg(demo_dir, tmp_path / "b", *extra)
+    cfg_a = tiny_cfg(demo_dir, tmp_path / "a", *extra)
+    cfg_b = tiny_cfg(demo_dir, tmp_path / "b", *extra)
     res_a = train_fold(cfg_a, 0)
 
     def crash_after_first_epoch(epoch: int, value: float) -> None:
@@ -286,7 +272,7 @@ def test_resume_matches_an_uninterrupted_run(demo_dir: Path, tmp_path: Path, cap
 
     with pytest.raises(_Interrupt):
         train_fold(cfg_b, 0, on_epoch=crash_after_first_epoch)
-    out_b = train.fold_dir(cfg_b, 0)
+    out_b = fold_paths(cfg_b.out_dir, 0).dir
     assert not (out_b / "done.json").exists()
     assert load_checkpoint(out_b / "last.pt")["epoch"] == 0
     with pytest.raises(UserError, match="unfinished"):
@@ -295,48 +281,57 @@ def test_resume_matches_an_uninterrupted_run(demo_dir: Path, tmp_path: Path, cap
 
     res_b = train_fold(cfg_b, 0, resume=True)
     assert "resuming after epoch 0" in capsys.readouterr().out
-    last_a = load_checkpoint(train.fold_dir(cfg_a, 0) / "last.pt")
+    last_a = load_checkpoint(fold_paths(cfg_a.out_dir, 0).dir / "last.pt")
     last_b = load_checkpoint(out_b / "last.pt")
     assert last_a["epoch"] == last_b["epoch"] == 1
     assert last_a["model"].keys() == last_b["model"].keys()
     differing = [k for k in last_a["model"]
                  if not torch.allclose(last_a["model"][k].float(), last_b["model"][k].float(), atol=1e-6)]
     assert differing == []
-    hist_a = pd.read_csv(train.fold_dir(cfg_a, 0) / "history.csv")
+    hist_a = pd.read_csv(fold_paths(cfg_a.out_dir, 0).dir / "history.csv")
     hist_b = pd.read_csv(out_b / "history.csv")
     assert hist_a["epoch"].tolist() == hist_b["epoch"].tolist() == [0, 1]
     for col in ("lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_f1_macro"):
         np.testing.assert_allclose(hist_a[col], hist_b[col], rtol=1e-5, atol=1e-6, err_msg=col)
     assert res_a.pop("params") == res_b.pop("params")
+    for res, cfg in ((res_a, cfg_a), (res_b, cfg_b)):  # the run's identity: its own best.pt and run id
+        fp = fold_paths(cfg.out_dir, 0)
+        assert res.pop("best_sha1") == file_sha1(fp.best)
+        assert res.pop("run_id") == load_checkpoint(fp.last)["run_id"]
+    assert res_a.pop("classes") == res_b.pop("classes")
+    assert (res_a.pop("config"), res_b.pop("config")) == (cfg_a.to_dict(), cfg_b.to_dict())  # differ in output_dir only
     assert res_a == pytest.approx(res_b)  # best epoch, epochs run, best value and final scores
 
 
 # ---------------------------------------------------------------- failures
 
 
-def test_nan_loss_raises_training_diverged(demo_dir: Path, tmp_path: Path):
-    cfg = _cfg(demo_dir, tmp_path / "out", "optim.lr=1e30", "sched.name=none", "optim.name=sgd")
+def test_nan_loss_raises_training_diverged(demo_dir: Path, tmp_path: Path, tiny_cfg):
+    cfg = tiny_cfg(demo_dir, tmp_path / "out", "optim.lr=1e30", "sched.name=none", "optim.name=sgd")
     with pytest.raises(TrainingDiverged, match=r"at epoch 0, step [1-9]\d*;") as info:
         train_fold(cfg, 0)
     assert isinstance(info.value, UserError)  # the CLI prints it as one line, exit code 2
     assert "optim.lr" in str(info.value)
-    assert not (train.fold_dir(cfg, 0) / "done.json").exists()
+    assert not (fold_paths(cfg.out_dir, 0).dir / "done.json").exists()
 
 
-def test_fold_out_of_range_is_a_user_error(demo_dir: Path, tmp_path: Path):
+def test_fold_out_of_range_is_a_user_error(demo_dir: Path, tmp_path: Path, tiny_cfg):
     with pytest.raises(UserError, match="out of range"):
-        train_fold(_cfg(demo_dir, tmp_path / "out"), 5)
+        train_fold(tiny_cfg(demo_dir, tmp_path / "out"), 5)
 
 
 # ---------------------------------------------------------------- all folds and all data
 
 
 @pytest.mark.slow
-def test_fold_all_writes_cv_report_and_fold_minus_one_has_no_oof(demo_dir: Path, tmp_path: Path, capsys):
+def test_fold_all_writes_cv_report_and_fold_minus_one_has_no_oof(
+    demo_dir: Path, tmp_path: Path, capsys, tiny_cfg, overrides_for
+):
     out = tmp_path / "out"
-    args = ["--config", "configs/demo.yaml", *_overrides(demo_dir, out, "data.n_folds=2", "train.limit_batches=2")]
+    args = ["--config", "configs/demo.yaml",
+            *overrides_for(demo_dir, out, *TINY, "data.n_folds=2", "train.limit_batches=2")]
     train.main(["--fold", "all", *args])
-    cfg = _cfg(demo_dir, out, "data.n_folds=2")
+    cfg = tiny_cfg(demo_dir, out, "data.n_folds=2")
     df, classes, folds_file = load_or_create_folds(cfg)
     assert folds_file.parent == out / "folds" and "_k2_" in folds_file.name
     assert sorted(df["fold"].unique()) == [0, 1]
@@ -374,10 +369,10 @@ def test_fold_all_writes_cv_report_and_fold_minus_one_has_no_oof(demo_dir: Path,
     ],
     ids=lambda e: "-".join(x.split("=")[1] for x in e),
 )
-def test_every_optimizer_and_schedule_runs(demo_dir: Path, tmp_path: Path, extra: tuple[str, str]):
-    cfg = _cfg(demo_dir, tmp_path / "out", "train.limit_batches=2", *extra)
+def test_every_optimizer_and_schedule_runs(demo_dir: Path, tmp_path: Path, extra: tuple[str, str], tiny_cfg):
+    cfg = tiny_cfg(demo_dir, tmp_path / "out", "train.limit_batches=2", *extra)
     result = train_fold(cfg, 0)
-    out = train.fold_dir(cfg, 0)
+    out = fold_paths(cfg.out_dir, 0).dir
     hist = _finite_history(out)
     assert len(hist) == 1 and hist["lr"].iloc[0] > 0
     assert math.isfinite(result["accuracy"])
@@ -390,12 +385,12 @@ def test_every_optimizer_and_schedule_runs(demo_dir: Path, tmp_path: Path, extra
         assert "betas" in group
 
 
-def test_ema_runs_and_checkpoints_the_averaged_weights(demo_dir: Path, tmp_path: Path):
-    cfg = _cfg(demo_dir, tmp_path / "out", "train.ema=true", "train.ema_decay=0.9", "sched.name=none")
+def test_ema_runs_and_checkpoints_the_averaged_weights(demo_dir: Path, tmp_path: Path, tiny_cfg):
+    cfg = tiny_cfg(demo_dir, tmp_path / "out", "train.ema=true", "train.ema_decay=0.9", "sched.name=none")
     result = train_fold(cfg, 0)
-    _finite_history(train.fold_dir(cfg, 0))
+    _finite_history(fold_paths(cfg.out_dir, 0).dir)
     assert math.isfinite(result["accuracy"])
-    ckpt = load_checkpoint(train.fold_dir(cfg, 0) / "last.pt")
+    ckpt = load_checkpoint(fold_paths(cfg.out_dir, 0).dir / "last.pt")
     assert ckpt["train_state"]["ema"] is not None
     init = _initial_model(cfg, 0).state_dict()
     ema_w, live_w = ckpt["model"]["fc.weight"], ckpt["train_state"]["model"]["fc.weight"]
@@ -405,11 +400,11 @@ def test_ema_runs_and_checkpoints_the_averaged_weights(demo_dir: Path, tmp_path:
 
 
 @pytest.mark.parametrize("loss", ["ce", "focal"])
-def test_mixup_and_cutmix_run(demo_dir: Path, tmp_path: Path, loss: str):
-    cfg = _cfg(demo_dir, tmp_path / "out", "train.mixup=0.2", "train.cutmix=1.0", f"loss.name={loss}",
-               "loss.smoothing=0.1")
+def test_mixup_and_cutmix_run(demo_dir: Path, tmp_path: Path, loss: str, tiny_cfg):
+    cfg = tiny_cfg(demo_dir, tmp_path / "out", "train.mixup=0.2", "train.cutmix=1.0", f"loss.name={loss}",
+                   "loss.smoothing=0.1")
     result = train_fold(cfg, 0)
-    hist = _finite_history(train.fold_dir(cfg, 0))
+    hist = _finite_history(fold_paths(cfg.out_dir, 0).dir)
     assert hist["train_loss"].iloc[0] > 0
     assert math.isfinite(result["accuracy"])
 
@@ -418,15 +413,15 @@ def test_mixup_and_cutmix_run(demo_dir: Path, tmp_path: Path, loss: str):
 
 
 @pytest.mark.slow
-def test_wandb_offline_writes_a_run_directory(demo_dir: Path, tmp_path: Path, monkeypatch):
+def test_wandb_offline_writes_a_run_directory(demo_dir: Path, tmp_path: Path, monkeypatch, tiny_cfg):
     for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
     for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
         monkeypatch.setenv(var, str(tmp_path / var.lower()))
-    cfg = _cfg(demo_dir, tmp_path / "out", "wandb.mode=offline", "train.limit_batches=2")
-    result = train_fold(cfg, 0)
-    assert (train.fold_dir(cfg, 0) / "done.json").is_file() and result["epochs_run"] == 1
+    cfg = tiny_cfg(demo_dir, tmp_path / "out", "wandb.mode=offline", "train.limit_batches=2")
+    result = train.run(cfg, 0)  # the command opens the fold's W&B run; train_fold only writes to it
+    assert (fold_paths(cfg.out_dir, 0).dir / "done.json").is_file() and result["epochs_run"] == 1
     runs = sorted((cfg.out_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, list((cfg.out_dir / "wandb").iterdir()) if (cfg.out_dir / "wandb").exists() else None
     files = list(runs[0].glob("*.wandb"))
@@ -437,16 +432,16 @@ def test_wandb_offline_writes_a_run_directory(demo_dir: Path, tmp_path: Path, mo
 
 
 @pytest.mark.slow  # a fresh interpreter importing torch and timm: 8-20 s
-def test_dry_run_cli_builds_everything_and_writes_nothing(demo_dir: Path, tmp_path: Path):
+def test_dry_run_cli_builds_everything_and_writes_nothing(demo_dir: Path, tmp_path: Path, tiny_cfg, overrides_for):
     out = tmp_path / "out"
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "src.train", "--config", "configs/demo.yaml", "--fold", "0", "--dry-run",
-         *_overrides(demo_dir, out, f"model.freeze_before={FREEZE_AT}")],
+         *overrides_for(demo_dir, out, *TINY, f"model.freeze_before={FREEZE_AT}")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    model = build_model(_cfg(demo_dir, out).model, 10)
+    model = build_model(tiny_cfg(demo_dir, out).model, 10)
     freeze(model, before=FREEZE_AT)
     c = param_counts(model)
     assert 0 < c["frozen"] < c["total"]
@@ -458,20 +453,20 @@ def test_dry_run_cli_builds_everything_and_writes_nothing(demo_dir: Path, tmp_pa
     assert not (exp / "config.yaml").exists()
 
 
-def test_resume_refuses_a_config_that_changes_the_run(demo_dir, tmp_path):
+def test_resume_refuses_a_config_that_changes_the_run(demo_dir, tmp_path, tiny_cfg):
     class Stop(Exception):
         pass
 
     def stop(epoch, value):
         raise Stop
 
-    cfg = _cfg(demo_dir, tmp_path, "train.epochs=2")
+    cfg = tiny_cfg(demo_dir, tmp_path, "train.epochs=2")
     with pytest.raises(Stop):
-        train.train_fold(cfg, 0, on_epoch=stop)
+        train_fold(cfg, 0, on_epoch=stop)
     before = (tmp_path / "demo" / "fold0" / "last.pt").read_bytes()
     with pytest.raises(UserError, match=r"train\.epochs"):
-        train.train_fold(_cfg(demo_dir, tmp_path, "train.epochs=5"), 0, resume=True)
+        train_fold(tiny_cfg(demo_dir, tmp_path, "train.epochs=5"), 0, resume=True)
     assert (tmp_path / "demo" / "fold0" / "last.pt").read_bytes() == before
     # Workers and W&B settings may change.
-    train.train_fold(_cfg(demo_dir, tmp_path, "train.epochs=2", "loader.num_workers=1"), 0, resume=True)
+    train_fold(tiny_cfg(demo_dir, tmp_path, "train.epochs=2", "loader.num_workers=1"), 0, resume=True)
     assert (tmp_path / "demo" / "fold0" / "done.json").is_file()

@@ -1,0 +1,344 @@
+"""User mistakes through the real command-line entry points, one table row each.
+
+Every row builds its own world under tmp_path (a copy of the digits demo in inputs/digits, and
+for some rows the outputs of two tiny folds trained once for this module), damages it, runs
+`run_cli(<module>.main, argv)` in-process with tmp_path as the working directory, and asserts:
+
+  (a) exit status 2, i.e. a UserError (any other exception fails the test with its traceback);
+  (b) stderr is exactly one line, "error: ...", naming the culprit and the fix;
+  (c) no file under tmp_path was created, changed or removed by the failing command (sha1 of
+      every file before and after; a row may name files a fresh run rewrites before failing).
+
+The malicious rows also check that loading the checkpoint ran no code (a marker file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import src.ensemble as ensemble
+import src.train as train
+from src.utils import run_cli
+
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+# Relative paths: every command runs with tmp_path as its working directory, so the inputs, the
+# outputs and the default submissions/ folder all land there (and the image-check cache that the
+# trained folds leave behind stays valid in each copy: same relative paths, sizes and mtimes).
+TINY = [
+    "data.dir=inputs/digits",
+    "experiment.output_dir=outputs",
+    "train.epochs=1",
+    "train.limit_batches=2",
+    "data.n_folds=2",
+    "wandb.mode=disabled",
+    "loader.num_workers=0",
+    "runtime.device=cpu",
+]
+MODULES = {"train": train, "ensemble": ensemble}
+
+
+# ---------------------------------------------------------------- worlds
+
+
+def _link_pngs(src: str, dst: str) -> None:
+    """Images are hard links (cheap); every other file is a real copy. Damage never writes into
+    an image in place (see _overwrite), so the shared files stay intact."""
+    if src.endswith(".png"):
+        os.link(src, dst)
+    else:
+        shutil.copy2(src, dst)
+
+
+def _overwrite(path: Path, data: bytes) -> None:
+    """Replace a file's bytes without touching other hard links to it."""
+    path.unlink()
+    path.write_bytes(data)
+
+
+@pytest.fixture(scope="module")
+def pristine(demo_dir: Path, tmp_path_factory):
+    """This module's own copy of the demo competition, the source of every row's links; at the
+    end it must still equal the demo (no row wrote into a linked image)."""
+    copy = shutil.copytree(demo_dir, tmp_path_factory.mktemp("pristine") / "digits")
+    yield copy
+    assert _snapshot(copy) == _snapshot(demo_dir)
+
+
+@pytest.fixture(scope="module")
+def trained(pristine: Path, tmp_path_factory) -> Path:
+    """A folder holding inputs/digits and outputs/ with both folds of `demo` trained (tiny)."""
+    root = tmp_path_factory.mktemp("trained")
+    shutil.copytree(pristine, root / "inputs" / "digits", copy_function=_link_pngs)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        run_cli(train.main, ["--fold", "all", "--config", str(DEMO_CONFIG), *TINY])
+    assert (root / "outputs" / "demo" / "fold1" / "done.json").is_file()
+    return root
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """sha1 of every file under root, by relative path (__pycache__ left out)."""
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+# ---------------------------------------------------------------- damage
+
+
+def _train_ids(root: Path) -> list[str]:
+    return pd.read_csv(root / "inputs/digits/train.csv", dtype=str)["id"].tolist()
+
+
+def _train_png(root: Path, i: int = 0) -> Path:
+    return root / "inputs/digits/train" / f"{_train_ids(root)[i]}.png"
+
+
+def _test_png(root: Path, i: int = 0) -> Path:
+    ids = pd.read_csv(root / "inputs/digits/sample_submission.csv", dtype=str)["id"]
+    return root / "inputs/digits/test" / f"{ids[i]}.png"
+
+
+def _edit_csv_line(line: int, edit: Callable[[str], str]) -> Callable[[Path], None]:
+    """Damage: rewrite line `line` (1 = the header) of train.csv."""
+
+    def damage(root: Path) -> None:
+        path = root / "inputs/digits/train.csv"
+        lines = path.read_text().splitlines()
+        lines[line - 1] = edit(lines[line - 1])
+        path.write_text("\n".join(lines) + "\n")
+
+    return damage
+
+
+def _duplicate_first_row(root: Path) -> None:
+    path = root / "inputs/digits/train.csv"
+    path.write_text(path.read_text() + path.read_text().splitlines()[1] + "\n")
+
+
+def _latin1_label(root: Path) -> None:
+    """The first label becomes 'é' written in latin-1 (one byte 0xE9, invalid UTF-8)."""
+    path = root / "inputs/digits/train.csv"
+    header, first, rest = path.read_bytes().split(b"\n", 2)
+    path.write_bytes(b"\n".join([header, first.split(b",")[0] + b",\xe9", rest]))
+
+
+def _nan_labels(root: Path) -> None:
+    """Three rows labelled with the literal text nan (enough images for every fold)."""
+    for line in (2, 3, 4):
+        _edit_csv_line(line, lambda s: s.split(",")[0] + ",nan")(root)
+
+
+def _corrupt_png(root: Path) -> None:
+    path = _train_png(root)
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 32] = bytes(b ^ 0xFF for b in data[mid:mid + 32])
+    _overwrite(path, bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    _overwrite(path, path.read_bytes()[: path.stat().st_size // 2])
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command: what a malicious checkpoint does."""
+
+    def __init__(self, cmd: str):
+        self.cmd = cmd
+
+    def __reduce__(self):
+        return os.system, (self.cmd,)
+
+
+def _malicious_best(root: Path) -> None:
+    marker = root / "PWNED"
+    torch.save({"model": _RunsCode(f"touch {marker}"), "config": {}},
+               root / "outputs/demo/fold0/best.pt")
+
+
+def _malicious_last(root: Path) -> None:
+    (root / "outputs/demo/fold0/done.json").unlink()
+    marker = root / "PWNED"
+    torch.save({"model": _RunsCode(f"touch {marker}"), "config": {}}, root / "outputs/demo/fold0/last.pt")
+
+
+def _unfinished_empty_last(root: Path) -> None:
+    fold = root / "outputs/demo/fold0"
+    (fold / "done.json").unlink()
+    (fold / "last.pt").write_bytes(b"")
+
+
+def _val_png_of_fold0(root: Path) -> Path:
+    folds = pd.read_csv(root / "outputs/folds/digits_k2_s42.csv", dtype=str)
+    return root / "inputs/digits/train" / f"{folds.loc[folds['fold'] == '0', 'id'].iloc[0]}.png"
+
+
+def _fold0_untrained_bad_image(root: Path) -> None:
+    shutil.rmtree(root / "outputs/demo/fold0")
+    _overwrite(_val_png_of_fold0(root), b"not a png")
+
+
+def _second_member(root: Path) -> None:
+    shutil.copytree(root / "outputs/demo", root / "outputs/demo_b")
+
+
+def _old_submission(root: Path) -> None:
+    (root / "submissions").mkdir()
+    (root / "submissions/old.csv").write_text("id,label\n")
+
+
+# ---------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class Row:
+    module: str                      # train | ensemble
+    args: tuple[str, ...]            # flags and overrides after the defaults (later overrides win)
+    needles: tuple                   # substrings of the message; a tuple inside = any one of them
+    world: str = "inputs"            # inputs: the demo copy only | trained: + trained outputs | empty
+    damage: Callable[[Path], None] | None = None
+    config: str | None = None        # --config (default: configs/demo.yaml)
+    tiny: tuple[str, ...] = tuple(TINY)
+    one_sentence: bool = False       # also: no sentence break ('. ' then a capital) in the message
+    may_write: tuple[str, ...] = ()  # files the command may (re)write before it fails
+
+
+class Wrote(AssertionError):
+    """(c) failed: the failing command created, changed or removed files."""
+
+
+class NotOneSentence(AssertionError):
+    """The message holds more than one sentence."""
+
+
+def row(id_: str, *args, marks=(), **kw):
+    return pytest.param(Row(*args, **kw), id=id_, marks=marks)
+
+
+F0 = ("--fold", "0")
+SCALAR = "the command line"
+WEIGHTS = ("--weights", "ensemble.weights")
+ROWS = [
+    # ---- images (train)
+    row("corrupt-image", "train", F0, (lambda r: _train_png(r).name, "data.bad_images=skip"), damage=_corrupt_png),
+    row("truncated-png", "train", F0, (lambda r: _train_png(r).name, "data.bad_images=skip"),
+        damage=lambda r: _truncate(_train_png(r))),
+    row("zero-byte-image", "train", F0, (lambda r: _train_png(r).name, "data.bad_images=skip"),
+        damage=lambda r: _overwrite(_train_png(r), b"")),
+    row("text-file-named-png", "train", F0, (lambda r: _train_png(r).name, "data.bad_images=skip"),
+        damage=lambda r: _overwrite(_train_png(r), b"id,label\nthis is not an image\n")),
+    row("missing-train-image", "train", F0, (lambda r: _train_png(r).stem, "tried extensions", "add the files"),
+        damage=lambda r: _train_png(r).unlink()),
+    # ---- train.csv
+    row("missing-label-column", "train", F0, ("train.csv", "'label'", "data.label_col"),
+        damage=_edit_csv_line(1, lambda s: "id,digit")),
+    row("header-only-train-csv", "train", F0, ("train.csv", "no rows", "one row per image"),
+        damage=lambda r: (r / "inputs/digits/train.csv").write_text("id,label\n")),
+    row("duplicate-ids", "train", F0, ("train.csv", lambda r: _train_ids(r)[0], "twice"),
+        damage=_duplicate_first_row),
+    row("empty-label", "train", F0, ("train.csv", "row 5", "fill or drop"),
+        damage=_edit_csv_line(5, lambda s: s.split(",")[0] + ",")),
+    row("class-with-fewer-images-than-folds", "train", F0, ("'10' (1)", "2 folds", "data.n_folds"),
+        damage=_edit_csv_line(2, lambda s: s.split(",")[0] + ",10")),
+    # ---- test data (ensemble)
+    row("missing-sample-submission", "ensemble", (), ("sample_submission.csv", "data.dir"), world="trained",
+        damage=lambda r: (r / "inputs/digits/sample_submission.csv").unlink()),
+    row("test-id-without-image", "ensemble", (), (lambda r: _test_png(r).stem, "inputs/digits/test", "add the files"),
+        world="trained", damage=lambda r: _test_png(r).unlink()),
+    # ---- configs
+    row("unknown-config-key", "train", F0 + ("train.epoch=3",), ("train.epoch", "did you mean 'epochs'", SCALAR),
+        world="trained"),
+    row("wrong-type", "train", F0 + ("train.epochs=three",), ("train.epochs", "'three'", "integer", SCALAR),
+        world="trained"),
+    row("malformed-yaml-config", "train", F0, ("bad.yaml", "not valid YAML", "fix the file"), world="trained",
+        config="bad.yaml", damage=lambda r: (r / "bad.yaml").write_text("train:\n  epochs: [1, 2\n")),
+    row("missing-config-file", "train", F0, ("configs/nope.yaml", "--config"), world="trained",
+        config="configs/nope.yaml"),
+    row("fold-out-of-range", "train", ("--fold", "7"), ("--fold 7", "0..1"), world="trained"),
+    # ---- checkpoints (ensemble)
+    row("truncated-best-pt", "ensemble", (), ("outputs/demo/fold0/best.pt", "corrupt"), world="trained",
+        damage=lambda r: _truncate(r / "outputs/demo/fold0/best.pt")),
+    row("malicious-checkpoint", "ensemble", (), ("outputs/demo/fold0/best.pt", "replaced", "retrain the fold"),
+        world="trained", damage=_malicious_best, one_sentence=True),
+    row("malicious-last-pt-resume", "train", F0 + ("--resume",), ("outputs/demo/fold0/last.pt", "could run code",
+        "--force"), world="trained", damage=_malicious_last, one_sentence=True),
+    row("unknown-tta-view", "ensemble", ("--tta", "blur"), ("'blur'", "d4", "scale<f>"), world="trained"),
+    # ---- issue 9
+    row("weights-zero", "ensemble", ("--weights", "0"), (WEIGHTS, ("non-negative", "positive")),
+        world="trained"),
+    row("weights-negative", "ensemble", ("--experiments", "demo", "demo_b", "--weights", "1,-1"),
+        (WEIGHTS, ("non-negative", "negative")), world="trained", damage=_second_member),
+    row("tta-scale0", "ensemble", ("--tta", "scale0"), ("scale0", "outside 0.25..4", "scale1.15"),
+        world="trained"),
+    row("out-overwrites-input", "ensemble", ("--out", "inputs/digits/sample_submission.csv"),
+        ("inputs/digits/sample_submission.csv", "--out"), world="trained"),
+    row("out-is-a-folder", "ensemble", ("--out", "submissions"), ("submissions", ("folder", "directory"), "--out"),
+        world="trained", damage=_old_submission),
+    row("label-literal-nan", "train", F0, ("train.csv", "nan"), damage=_nan_labels),
+    *[
+        row(f"out-of-range-{kv}", "train", F0 + (kv,), (kv.split("=")[0], SCALAR))
+        for kv in ("loader.batch_size=0", "loader.num_workers=-1", "optim.lr=-1", "aug.img_size=-5",
+                   "train.accum_steps=0", "aug.crop_pct=0", "train.epochs=0")
+    ],
+    row("non-utf8-train-csv", "train", F0, ("train.csv", ("UTF-8", "utf-8")),
+        damage=_latin1_label),
+    row("zero-byte-last-pt-resume", "train", F0 + ("--resume",), ("outputs/demo/fold0/last.pt", "--force"),
+        world="trained", damage=_unfinished_empty_last),
+    row("corrupt-image-in-worker", "train", F0 + ("data.check_images=false", "loader.num_workers=1"),
+        (lambda r: _val_png_of_fold0(r).name, ("data.bad_images", "replace")),
+        world="trained", damage=_fold0_untrained_bad_image, may_write=("outputs/demo/config.yaml", "outputs/demo/fold0/.lock")),
+    row("missing-data-dir", "train", F0, ("inputs/digits", "python -m src.demo"), world="empty",
+        tiny=tuple(t for t in TINY if not t.startswith("data.dir="))),
+]
+
+
+@pytest.mark.parametrize("case", ROWS)
+def test_user_mistake_is_one_sentence_and_writes_nothing(case: Row, pristine: Path, tmp_path: Path, monkeypatch,
+                                                         capsys, request):
+    if case.world != "empty":
+        shutil.copytree(pristine, tmp_path / "inputs" / "digits", copy_function=_link_pngs)
+    if case.world == "trained":
+        shutil.copytree(request.getfixturevalue("trained") / "outputs", tmp_path / "outputs")
+    monkeypatch.chdir(tmp_path)
+    if case.damage is not None:
+        case.damage(tmp_path)
+    needles = [n(tmp_path) if callable(n) else n for n in case.needles]
+    argv = ["--config", case.config or str(DEMO_CONFIG), *case.tiny, *case.args]
+    before = _snapshot(tmp_path)
+    capsys.readouterr()
+
+    with pytest.raises(SystemExit) as exc:
+        run_cli(MODULES[case.module].main, argv)
+
+    err = capsys.readouterr().err
+    assert exc.value.code == 2, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for needle in needles:
+        options = needle if isinstance(needle, tuple) else (needle,)
+        assert any(o in lines[0] for o in options), f"{options} not in: {lines[0]}"
+    assert not (tmp_path / "PWNED").exists(), "loading a checkpoint ran code"
+    after = _snapshot(tmp_path)
+    diff = {
+        "written": sorted(after.keys() - before.keys()),
+        "lost": sorted(before.keys() - after.keys()),
+        "changed": sorted(k for k in before.keys() & after.keys() if before[k] != after[k]),
+    }
+    diff = {k: [f for f in v if f not in case.may_write] for k, v in diff.items()}
+    if any(diff.values()):
+        raise Wrote(str(diff))
+    if case.one_sentence and re.search(r"[.!?] +[A-Z]", lines[0]):
+        raise NotOneSentence(lines[0])
