@@ -21,7 +21,7 @@ from src.config import add_config_args, load_config
 from src.losses import build_loss
 from src.model import build_model, freeze, param_counts, param_groups, set_train_mode
 from src.optim import build_optimizer
-from src.runtime import Runtime
+from src.runtime import Runtime, predict
 
 
 def _sync(device: torch.device) -> None:
@@ -63,17 +63,12 @@ def bench(cfg, steps: int = 30, warmup: int = 5, n_classes: int = 1000) -> dict:
     _sync(device)
     train_ips = steps * bs / (time.perf_counter() - t0)
 
-    model.eval()
-    with torch.no_grad():
-        for _ in range(warmup):
-            with rt.autocast():
-                model(x)
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            with rt.autocast():
-                model(x)
-        _sync(device)
+    # Inference through the loop validation and the ensemble use (logits copied back per batch).
+    predict([model], [(x, None)] * warmup, rt)
+    _sync(device)
+    t0 = time.perf_counter()
+    predict([model], [(x, None)] * steps, rt)
+    _sync(device)
     infer_ips = steps * bs / (time.perf_counter() - t0)
     return {
         "model": cfg.model.name,

@@ -23,6 +23,7 @@ from src.members import open_member
 from src.model import build_model
 from src.runs import fold_paths
 from src.runtime import Runtime, predict
+from src.splits import load_or_create_folds
 from src.trainer import train_fold
 from src.tune import load_space
 from src.utils import UserError
@@ -158,6 +159,23 @@ def test_reordered_or_partial_sample_submission_is_accepted(demo_dir, demo_cfg, 
     probs_full = pd.read_csv(full.with_name("full_probs.csv"), dtype={"id": str}).set_index("id")
     probs_part = pd.read_csv(out.with_name("part_probs.csv"), dtype={"id": str}).set_index("id")
     np.testing.assert_allclose(probs_part.to_numpy(), probs_full.loc[probs_part.index].to_numpy(), rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------- labels
+
+
+def test_labels_differing_only_by_spaces_are_one_class(demo_dir, demo_cfg, tmp_path, capsys):
+    comp = tmp_path / "comp"
+    shutil.copytree(demo_dir, comp, copy_function=os.link)
+    table = pd.read_csv(demo_dir / "train.csv", dtype=str)
+    table.loc[table.index[::7], "label"] = table.loc[table.index[::7], "label"] + " "  # '3 '
+    table.loc[table.index[3::11], "label"] = " " + table.loc[table.index[3::11], "label"]  # ' 3'
+    (comp / "train.csv").unlink()
+    table.to_csv(comp / "train.csv", index=False)
+    df, classes, _ = load_or_create_folds(demo_cfg(comp, tmp_path / "out"))
+    assert classes == [str(i) for i in range(10)]
+    assert set(df["label"]) == set(classes)
+    assert "stripped surrounding whitespace from" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- wrongly refused
