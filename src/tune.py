@@ -19,261 +19,42 @@ import gc
 import json
 import math
 import os
-import socket
-import threading
-import time
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import optuna
-import sqlalchemy
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
 
-from src.config import CLI, DEFAULT_CONFIG, Config, add_config_args, load_config
+from src.config import DEFAULT_CONFIG, Config, add_config_args, load_config
+from src.search_space import DEFAULT_SPACE_DIR, Space, decode, load_space, nested, suggest
+from src.study import (
+    COUNTED,
+    FAIL,
+    Heartbeat,
+    TrialSeededSampler,
+    open_study,
+    pruner_for,
+    remaining,
+    run_trials,
+    storage_for,
+)
 from src.tracking import Tracker
-from src.trainer import derive_seed, higher_is_better, monitor_name, train_fold
+from src.trainer import higher_is_better, monitor_name, train_fold
 from src.utils import UserError, atomic_save, atomic_write_text, run_cli
-
-DEFAULT_SPACE_DIR = Path(__file__).resolve().parent.parent / "configs" / "tune"
-
-
-class Param(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["float", "int", "categorical"]
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: int | None = None
-    choices: list[Any] | None = None
-    when: dict[str, Any] | None = None
-
-
-class Space(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    study: str
-    n_trials: int
-    timeout: float | None = None
-    folds: list[int]
-    sampler_seed: int
-    pruner: Literal["median", "hyperband", "none"]
-    pruner_startup_trials: int
-    pruner_warmup_epochs: int
-    heartbeat_interval: int | None = 60
-    heartbeat_grace: int = 180
-    params: dict[str, Param]
-
-
-def _encode(choice: Any) -> Any:
-    """Optuna stores scalars only; lists are kept as their JSON text."""
-    return choice if choice is None or isinstance(choice, (bool, int, float, str)) else json.dumps(choice)
-
-
-def _decode(value: Any, choices: list[Any]) -> Any:
-    return next((c for c in choices if _encode(c) == value), value)
-
-
-def load_space(path: str | Path, cfg_path: str | Path | None, overrides: list[str]) -> Space:
-    """Read a search-space file and check every key and range before any trial runs."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"search space {path} does not exist; pass --space configs/tune/<name>.yaml")
-    try:
-        space = Space.model_validate(yaml.safe_load(path.read_text()) or {})
-    except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].lower()
-        raise UserError(f"{path}: '{key}': {what}; see configs/tune/demo.yaml for the format") from None
-    beat, grace = space.heartbeat_interval, space.heartbeat_grace
-    if beat is not None and not 0 < beat < grace:
-        raise UserError(f"{path}: heartbeat_interval must be above 0 and below heartbeat_grace "
-                        f"(got {beat} and {grace}), or null for no heartbeats")
-    for key, p in space.params.items():
-        if p.type == "categorical":
-            if not p.choices:
-                raise UserError(f"{path}: {key} is categorical but has no choices")
-            probes = p.choices
-        else:
-            if p.low is None or p.high is None or not p.low < p.high:
-                raise UserError(f"{path}: {key} needs low < high, got low={p.low} high={p.high}")
-            if p.log and p.low <= 0:
-                raise UserError(f"{path}: {key} has log=true, so low must be above 0 (got {p.low})")
-            probes = [p.low, p.high] if p.type == "float" else [int(p.low), int(p.high)]
-        for value in probes:
-            try:
-                load_config(cfg_path, [*overrides, f"{key}={json.dumps(value)}"])
-            except UserError as e:
-                raise UserError(f"{path}: {key} cannot take {value!r}: {str(e).replace(CLI, 'the search space')}") from None
-        for cond in (p.when or {}):
-            if cond not in space.params:
-                raise UserError(f"{path}: {key} depends on {cond}, which is not a searched parameter")
-    return space
-
-
-def suggest(trial: optuna.Trial, space: Space) -> dict[str, Any]:
-    """Draw the trial's values; conditional parameters only when their condition holds."""
-    values: dict[str, Any] = {}
-    for key, p in space.params.items():
-        if p.when and any(values.get(k) != v for k, v in p.when.items()):
-            continue
-        if p.type == "float":
-            values[key] = trial.suggest_float(key, p.low, p.high, log=p.log)
-        elif p.type == "int":
-            values[key] = trial.suggest_int(key, int(p.low), int(p.high), step=p.step or 1, log=p.log)
-        else:
-            values[key] = _decode(trial.suggest_categorical(key, [_encode(c) for c in p.choices]), p.choices)
-    return values
-
-
-def storage_for(url: str | None, study: str, output_dir: str):
-    """SQLite under outputs/optuna/ by default; a *.log path means a journal file; else any Optuna URL."""
-    if url is None:
-        folder = Path(output_dir) / "optuna"
-        folder.mkdir(parents=True, exist_ok=True)
-        url = f"sqlite:///{folder / study}.db"
-    if url.endswith(".log") and "://" not in url:
-        Path(url).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
-    return url
-
-
-def _pruner(space: Space) -> optuna.pruners.BasePruner:
-    if space.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=space.pruner_startup_trials,
-                                           n_warmup_steps=space.pruner_warmup_epochs)
-    if space.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, space.pruner_warmup_epochs))
-    return optuna.pruners.NopPruner()
-
-
-class TrialSeededSampler(optuna.samplers.BaseSampler):
-    """TPE seeded anew before each trial from (sampler_seed, trial number): trial numbers are unique
-    across the workers of a study, so workers started together draw different values, and a single
-    worker repeats its draws run after run. TPE keeps no state between trials besides its RNG."""
-
-    def __init__(self, seed: int, n_startup_trials: int) -> None:
-        self._seed, self._n_startup_trials = seed, n_startup_trials
-        self._tpe = self._make(seed)
-
-    def _make(self, seed: int) -> optuna.samplers.TPESampler:
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self._n_startup_trials)
-
-    def before_trial(self, study, trial) -> None:
-        self._tpe = self._make(derive_seed(self._seed, trial.number))
-        self._tpe.before_trial(study, trial)
-
-    def infer_relative_search_space(self, study, trial):
-        return self._tpe.infer_relative_search_space(study, trial)
-
-    def sample_relative(self, study, trial, search_space):
-        return self._tpe.sample_relative(study, trial, search_space)
-
-    def sample_independent(self, study, trial, param_name, param_distribution):
-        return self._tpe.sample_independent(study, trial, param_name, param_distribution)
-
-    def after_trial(self, study, trial, state, values) -> None:
-        self._tpe.after_trial(study, trial, state, values)
-
-    def reseed_rng(self) -> None:
-        self._tpe.reseed_rng()
-
-
-class Heartbeat:
-    """Optuna's trial heartbeats for the ask/tell loop (study.optimize would run them itself).
-
-    While a trial runs, a thread records its heartbeat every `interval` seconds; before counting,
-    trials whose worker sent none for `grace` seconds (killed with kill -9, machine lost) are
-    failed, so they no longer count toward --n-trials. Only RDB storages (SQLite included) keep
-    heartbeats; `storage` stays None for a journal file or when heartbeats are off.
-    """
-
-    def __init__(self, interval: int | None, grace: int) -> None:
-        self.interval, self.grace = interval, grace
-        self.storage: optuna.storages.RDBStorage | None = None
-
-    def rdb(self, url: str) -> optuna.storages.RDBStorage:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self.storage = optuna.storages.RDBStorage(url, heartbeat_interval=self.interval, grace_period=self.grace)
-        return self.storage
-
-    def _trial_id(self, study: optuna.Study, number: int) -> int:
-        study_id = self.storage.get_study_id_from_name(study.study_name)
-        return self.storage.get_trial_id_from_study_id_trial_number(study_id, number)
-
-    def fail_stale(self, study: optuna.Study) -> None:
-        """Fail the trials whose heartbeat stopped, each with its fail_reason."""
-        if self.storage is None:
-            return
-        study_id = self.storage.get_study_id_from_name(study.study_name)
-        # The ids fail_stale_trials fails next; it has no hook that runs while they can still take an attribute.
-        for trial_id in self.storage._get_stale_trial_ids(study_id):
-            t = self.storage.get_trial(trial_id)
-            try:
-                self.storage.set_trial_user_attr(trial_id, "fail_reason", (
-                    f"stale: no heartbeat for {self.grace} s; its worker {t.user_attrs.get('worker', '?')} "
-                    "was killed or lost"))
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue  # another worker failed it first
-            print(f"trial {t.number}: no heartbeat for {self.grace} s (its worker was killed or lost); marked failed")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-
-    @contextmanager
-    def running(self, study: optuna.Study, trial: optuna.Trial):
-        """Record the trial's heartbeat now and every `interval` seconds until the block ends."""
-        if self.storage is None:
-            yield
-            return
-        trial_id, stop = self._trial_id(study, trial.number), threading.Event()
-
-        def record() -> None:
-            try:
-                self.storage.record_heartbeat(trial_id)
-            except Exception as e:  # a busy database must not fail, or end the heartbeats of, a live trial
-                print(f"note: heartbeat of trial {trial.number} not recorded ({type(e).__name__}); retrying")
-
-        def beat() -> None:
-            while not stop.wait(self.interval):
-                record()
-
-        record()  # before training starts, so a kill from now on is noticed
-        thread = threading.Thread(target=beat, name=f"heartbeat-trial{trial.number}", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
-
-
-def _nested(flat: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return out
 
 
 def export_best(study: optuna.Study, space: Space, cfg_path: Path, overrides: list[str], out_dir: Path) -> Path:
     """Write outputs/<study>/best.yaml: the experiment config as base plus the best trial's values."""
     best = study.best_trial
-    params = {k: _decode(v, space.params[k].choices or []) for k, v in best.params.items()}
+    params = {k: decode(v, space.params[k].choices or []) for k, v in best.params.items()}
     delta: dict[str, Any] = {}
     for text in overrides:
         key, raw = text.split("=", 1)
         delta[key] = yaml.safe_load(raw)
     delta.update(params)
     delta["experiment.name"] = f"{space.study}_best"
-    body = {"base": os.path.relpath(cfg_path.resolve(), out_dir.resolve()), **_nested(delta)}
+    body = {"base": os.path.relpath(cfg_path.resolve(), out_dir.resolve()), **nested(delta)}
     path = out_dir / "best.yaml"
     text = (f"# Best trial {best.number} of study {space.study}: {best.value:.6g}\n"
             f"# python -m src.train --config {path} --fold all\n" + yaml.safe_dump(body, sort_keys=False))
@@ -307,84 +88,6 @@ def save_plots(study: optuna.Study, out_dir: Path) -> list[Path]:
     return written
 
 
-def open_study(attempts: int = 6, storage=None, **kwargs) -> optuna.Study:
-    """optuna.create_study, retried when workers starting together race to create a new
-    database's tables (SQLite: 'table already exists', 'database is locked', a duplicate alembic row).
-    `storage` may be a function that makes it (an RDBStorage creates the tables as it is made)."""
-    for attempt in range(attempts):
-        try:
-            return optuna.create_study(storage=storage() if callable(storage) else storage, **kwargs)
-        except sqlalchemy.exc.DBAPIError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.5 * (attempt + 1))
-    raise AssertionError("unreachable")
-
-
-COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-RUNNING = optuna.trial.TrialState.RUNNING
-FAIL = optuna.trial.TrialState.FAIL
-MAX_FAILS_IN_A_ROW = 5
-
-
-def _remaining(study: optuna.Study, n_trials: int, beat: Heartbeat | None) -> int:
-    """Trials still to start: n_trials less the finished and running ones (stale ones failed first)."""
-    if beat is not None:
-        beat.fail_stale(study)
-    return n_trials - len(study.get_trials(deepcopy=False, states=(*COUNTED, RUNNING)))
-
-
-def run_trials(study: optuna.Study, objective, n_trials: int, timeout: float | None, on_trial=None,
-               beat: Heartbeat | None = None) -> None:
-    """Ask and tell trials until the study holds n_trials finished (complete or pruned) ones.
-
-    Several workers may share the storage: a worker starts a trial only while finished plus
-    running trials are fewer than n_trials, and a trial numbered past the total (two workers
-    asking at the same moment) is given up as failed before it trains. Failed trials do not
-    count; after MAX_FAILS_IN_A_ROW failures in a row this worker stops. With `beat`, running
-    trials send heartbeats and those of killed workers are failed before counting.
-    """
-    t0 = time.time()
-    fails = 0
-    beat = beat or Heartbeat(None, 1)
-    worker = f"{socket.gethostname()}:{os.getpid()}"
-    while timeout is None or time.time() - t0 < timeout:
-        if _remaining(study, n_trials, beat) <= 0:
-            return
-        with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for study.optimize
-            warnings.filterwarnings("ignore", message="Heartbeat of storage")
-            trial = study.ask()
-        trial.set_user_attr("worker", worker)
-        live = sorted(t.number for t in study.get_trials(deepcopy=False, states=(*COUNTED, RUNNING)))
-        if live.index(trial.number) >= n_trials:
-            trial.set_user_attr("fail_reason", "surplus: other workers already run the remaining trials")
-            study.tell(trial, state=FAIL)
-            return
-        # skip_if_finished: another worker may have failed this trial as stale (this one was paused).
-        try:
-            with beat.running(study, trial):
-                value = objective(trial)
-            frozen = study.tell(trial, value, skip_if_finished=True)
-            fails = 0
-        except optuna.TrialPruned:
-            frozen = study.tell(trial, state=optuna.trial.TrialState.PRUNED, skip_if_finished=True)
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted")
-            study.tell(trial, state=FAIL, skip_if_finished=True)
-            raise
-        except Exception as e:
-            frozen = study.tell(trial, state=FAIL, skip_if_finished=True)
-            fails += 1
-            print(f"trial {trial.number} failed ({type(e).__name__}: {str(e)[:200]}); the study goes on")
-            if fails >= MAX_FAILS_IN_A_ROW:
-                print(f"stopping: {fails} trials failed in a row")
-                return
-        finally:
-            gc.collect()
-        if on_trial is not None:
-            on_trial(frozen)
-
-
 def _open(base_cfg: Config, space: Space, n_trials: int, storage: str | None) -> tuple[optuna.Study, Heartbeat]:
     """Create or reopen the study (with heartbeats where the storage keeps them); a study reopened
     with another objective stops."""
@@ -401,7 +104,7 @@ def _open(base_cfg: Config, space: Space, n_trials: int, storage: str | None) ->
         load_if_exists=True,
         direction="maximize" if higher_is_better(base_cfg) else "minimize",
         sampler=TrialSeededSampler(space.sampler_seed, n_startup_trials=min(10, max(2, n_trials // 3))),
-        pruner=_pruner(space),
+        pruner=pruner_for(space),
     )
     objective_name = monitor_name(base_cfg)
     before = study.user_attrs.get("objective")
@@ -499,7 +202,7 @@ def tune(cfg_path: str | Path | None, overrides: list[str], space_path: str | Pa
     out_dir = Path(base_cfg.experiment.output_dir) / space.study
     study, beat = _open(base_cfg, space, n_trials, storage)
     print(f"study {space.study}: {len(study.get_trials(deepcopy=False, states=COUNTED))} finished trials, target {n_trials}")
-    if _remaining(study, n_trials, beat) > 0:
+    if remaining(study, n_trials, beat) > 0:
         check_config(base_cfg, space.folds[0])
 
     # The study's own run stays open while the trials' fold runs come and go.

@@ -23,9 +23,9 @@ from src.members import open_member
 from src.model import build_model
 from src.runs import fold_paths
 from src.runtime import Runtime, predict
+from src.search_space import load_space
 from src.splits import load_or_create_folds
 from src.trainer import train_fold
-from src.tune import load_space
 from src.utils import UserError
 
 REPO = Path(__file__).resolve().parents[1]

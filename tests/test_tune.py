@@ -21,8 +21,10 @@ import pytest
 import yaml
 
 from src.config import load_config
+from src.search_space import Space, load_space, suggest
+from src.study import storage_for
 from src.trainer import train_fold
-from src.tune import Space, load_space, storage_for, suggest, tune
+from src.tune import tune
 from src.utils import UserError
 
 REPO = Path(__file__).resolve().parent.parent

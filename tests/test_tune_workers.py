@@ -19,7 +19,9 @@ import pytest
 import sqlalchemy
 import yaml
 
-from src.tune import load_space, main, storage_for, tune
+from src.search_space import load_space
+from src.study import storage_for
+from src.tune import main, tune
 from src.utils import UserError, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
