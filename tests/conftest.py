@@ -3,6 +3,9 @@ one thread."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import torch
 from src.config import CONFIG_DIR, Config, load_config
 from src.demo import build_demo
 
+REPO = CONFIG_DIR.parent
 DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
 # One epoch of a few batches of timm's tiny ResNet at 32 px: the real loop, in about a second.
 TINY = (
@@ -22,6 +26,17 @@ TINY = (
     "loader.batch_size=16",
     "loader.num_workers=0",
     "data.check_images=false",
+)
+
+# Every Optuna trial in the tune tests: test_resnet at demo.yaml's 32 px, one epoch of two batches.
+TRIAL = (
+    "model.name=test_resnet",
+    "train.epochs=1",
+    "train.limit_batches=2",
+    "loader.batch_size=32",
+    "loader.num_workers=0",
+    "data.check_images=false",
+    "data.n_folds=5",
 )
 
 
@@ -70,3 +85,27 @@ def tiny_cfg(demo_cfg) -> Callable[..., Config]:
         return demo_cfg(data_dir, out, *TINY, *extra)
 
     return make
+
+
+def start_tune_worker(args: list[str], log: Path) -> subprocess.Popen:
+    """`python -m src.tune ARGS` in the background, its output in `log`."""
+    with open(log, "w") as fh:
+        return subprocess.Popen([sys.executable, "-m", "src.tune", *args], cwd=REPO, stdout=fh,
+                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+@pytest.fixture(scope="session")
+def tune_workers() -> Callable[..., list[int]]:
+    """tune_workers(args, logs): start one `python -m src.tune` per log together, as a cluster
+    launches workers, and wait for all; their exit codes (a worker past 300 s is killed)."""
+
+    def run(args: list[str], logs: list[Path]) -> list[int]:
+        procs = [start_tune_worker(args, log) for log in logs]
+        try:
+            return [p.wait(timeout=300) for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+
+    return run

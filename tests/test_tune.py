@@ -10,39 +10,26 @@ No mocks: every trial trains test_resnet at 32 px on fold 0 for a couple of batc
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+from conftest import TRIAL
 
 from src.config import load_config
 from src.search_space import Space, load_space, suggest
-from src.study import storage_for
+from src.study import COUNTED as FINISHED
+from src.study import FAIL, storage_for
 from src.trainer import train_fold
 from src.tune import tune
 from src.utils import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "demo.yaml"
-# Every trial: test_resnet at demo.yaml's 32 px, one epoch of two batches.
-TRIAL = (
-    "model.name=test_resnet",
-    "train.epochs=1",
-    "train.limit_batches=2",
-    "loader.batch_size=32",
-    "loader.num_workers=0",
-    "data.check_images=false",
-    "data.n_folds=5",
-)
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 COMPLETE = optuna.trial.TrialState.COMPLETE
 PRUNED = optuna.trial.TrialState.PRUNED
-FAIL = optuna.trial.TrialState.FAIL
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -195,29 +182,16 @@ def test_conditional_parameter_in_trained_study(first_study):
 # ---------------------------------------------------------------- workers sharing one storage
 
 
-def _worker(space: Path, storage: str, ov: list[str], log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "src.tune", "--config", "configs/demo.yaml", "--space", str(space),
-           "--n-trials", "4", "--study", "shared", "--storage", storage, *ov]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    with open(log, "w") as fh:
-        return subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=env)
-
-
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
-def test_two_workers_share_one_storage(demo_dir, tmp_path, kind, overrides_for):
+def test_two_workers_share_one_storage(demo_dir, tmp_path, kind, overrides_for, tune_workers):
     out = tmp_path / "out"
     space = _space(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 1e-3, "high": 2e-2, "log": True}})
     storage = str(tmp_path / "j.log") if kind == "journal" else f"sqlite:///{tmp_path / 'x.db'}"
     ov = overrides_for(demo_dir, out, *TRIAL)
     logs = [tmp_path / "w0.txt", tmp_path / "w1.txt"]
-    # Both start together, as a cluster launches workers; each then takes trials until the total is reached.
-    procs = [_worker(space, storage, ov, logs[0]), _worker(space, storage, ov, logs[1])]
-    try:
-        codes = [p.wait(timeout=300) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    # Both start together; each then takes trials until the total is reached.
+    codes = tune_workers(["--config", "configs/demo.yaml", "--space", str(space), "--n-trials", "4", "--study", "shared",
+                          "--storage", storage, *ov], logs)
     texts = [log.read_text() for log in logs]
     assert codes == [0, 0], "\n\n".join(t[-3000:] for t in texts)
 

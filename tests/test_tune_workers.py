@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,26 +17,16 @@ import optuna
 import pytest
 import sqlalchemy
 import yaml
+from conftest import TRIAL, start_tune_worker
 
 from src.search_space import load_space
-from src.study import storage_for
+from src.study import COUNTED as FINISHED
+from src.study import FAIL, RUNNING, storage_for
 from src.tune import main, tune
 from src.utils import UserError, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "demo.yaml"
-TRIAL = (
-    "model.name=test_resnet",
-    "train.epochs=1",
-    "train.limit_batches=2",
-    "loader.batch_size=32",
-    "loader.num_workers=0",
-    "data.check_images=false",
-    "data.n_folds=5",
-)
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-RUNNING = optuna.trial.TrialState.RUNNING
-FAIL = optuna.trial.TrialState.FAIL
 PARAMS = {
     "optim.lr": {"type": "float", "low": 1.0e-3, "high": 2.0e-2, "log": True},
     "loss.smoothing": {"type": "float", "low": 0.0, "high": 0.15},
@@ -53,12 +42,8 @@ def _space(path: Path, **top) -> Path:
     return path
 
 
-def _worker(space: Path, storage: str, ov: list[str], n_trials: int, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "src.tune", "--config", str(CONFIG), "--space", str(space),
-           "--n-trials", str(n_trials), "--storage", storage, *ov]
-    with open(log, "w") as fh:
-        return subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONPATH": str(REPO)})
+def _args(space: Path, storage: str, ov: list[str], n_trials: int) -> list[str]:
+    return ["--config", str(CONFIG), "--space", str(space), "--n-trials", str(n_trials), "--storage", storage, *ov]
 
 
 def _trials(url: str, study: str = "w") -> list[optuna.trial.FrozenTrial]:
@@ -94,7 +79,7 @@ def test_trial_of_a_killed_worker_fails_and_is_replaced(demo_dir, tmp_path, over
     space = _space(tmp_path / "space.yaml", heartbeat_interval=1, heartbeat_grace=3)
     ov = overrides_for(demo_dir, tmp_path / "out", *TRIAL)
     log = tmp_path / "w0.txt"
-    proc = _worker(space, url, ov, 2, log)
+    proc = start_tune_worker(_args(space, url, ov, 2), log)
     try:
         victim = _running_for(url, proc, log, 0.5)  # long enough for its first heartbeat
         os.kill(proc.pid, signal.SIGKILL)
@@ -120,18 +105,12 @@ def test_trial_of_a_killed_worker_fails_and_is_replaced(demo_dir, tmp_path, over
 
 
 @pytest.mark.slow
-def test_workers_started_together_draw_different_parameters(demo_dir, tmp_path, overrides_for):
+def test_workers_started_together_draw_different_parameters(demo_dir, tmp_path, overrides_for, tune_workers):
     url = f"sqlite:///{tmp_path / 'two.db'}"
     space = _space(tmp_path / "space.yaml")
     ov = overrides_for(demo_dir, tmp_path / "out", *TRIAL)
     logs = [tmp_path / "w0.txt", tmp_path / "w1.txt"]
-    procs = [_worker(space, url, ov, 4, log) for log in logs]
-    try:
-        codes = [p.wait(timeout=300) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    codes = tune_workers(_args(space, url, ov, 4), logs)
     assert codes == [0, 0], "\n\n".join(log.read_text()[-3000:] for log in logs)
     trials = [t for t in _trials(url) if t.state in FINISHED]
     assert len(trials) == 4
