@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from src.config import config_from_dict
 from src.utils import UserError, atomic_save
 
 
@@ -147,7 +148,8 @@ class CheckpointKeeper:
     def resume(self, fold, config: dict) -> int:
         """Load last.pt into the fold's objects and this keeper; return the epoch to start from."""
         ckpt = load_checkpoint(self.last_path, fix="pass --force to start the fold over")
-        diff = [k for k in config_diff(ckpt["config"], config) if not k.startswith(RESUME_MAY_CHANGE)]
+        stored = config_from_dict(ckpt["config"], str(self.last_path)).to_dict()  # older key names migrated
+        diff = [k for k in config_diff(stored, config) if not k.startswith(RESUME_MAY_CHANGE)]
         if diff:
             raise UserError(f"the config differs from the interrupted run in {diff[:6]}; resume with the "
                             "settings it was started with, or pass --force to start over")

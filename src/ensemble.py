@@ -21,11 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.blend import combine, fit_weights, log_probs
+from src.blend import add_blend_args, combine, log_probs, split_blend_args
 from src.config import Config, add_config_args, load_config
 from src.data import load_test_table
-from src.members import Member, member_oof, member_test, open_member
-from src.metrics import compute_metric, softmax
+from src.members import across_members, member_test, oof_report, open_members, resolve_weights
 from src.runtime import Runtime
 from src.submission import (
     build_submission,
@@ -39,62 +38,9 @@ from src.tta import parse_views
 from src.utils import UserError, run_cli
 
 
-def _open_members(cfg: Config, names: list[str]) -> list[Member]:
-    members = [open_member(n, cfg.experiment.output_dir, cfg.ensemble.missing_folds, cfg.data.dir) for n in names]
-    for m in members[1:]:
-        if m.classes != members[0].classes:
-            raise UserError(f"members {members[0].name} and {m.name} have different class lists; "
-                            "blend experiments of one competition")
-    return members
-
-
-def _weights(weights, members: list[Member], fit_on: list[np.ndarray], y: np.ndarray, metric: str, voting: str
-             ) -> np.ndarray:
-    if weights == "auto":
-        w = fit_weights([softmax(x) for x in fit_on], y, metric, voting)
-        print("auto weights: " + ", ".join(f"{m.name} {wi:.3f}" for m, wi in zip(members, w)))
-        return w
-    if weights == "equal":
-        return np.full(len(members), 1.0 / len(members))
-    if len(weights) != len(members):
-        raise UserError(f"{len(weights)} weights for {len(members)} members; give one per member")
-    w = np.asarray(weights, dtype=np.float64)
-    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise UserError(f"weights {list(weights)} must be non-negative with a positive sum; e.g. --weights 1,1 or auto")
-    return w
-
-
-def oof_report(cfg: Config, members: list[Member], views: list[str], weights, voting: str, rt: Runtime) -> np.ndarray:
-    """Print the OOF score of each member and of the blend, without and with TTA; return the weights
-    (fitted on the TTA OOF predictions when weights is 'auto')."""
-    metric = cfg.metric.name
-    report_views = [None] + ([views] if views != ["identity"] else [])
-    rows, per_view, ids, y = [], [], None, None
-    for rv in report_views:
-        per = []
-        for m in members:
-            table, lg = member_oof(m, rv, rt, cfg.loader, voting)
-            table = table.set_index("id")
-            if ids is None:
-                ids, y = table.index, table["target"].to_numpy()
-            if set(table.index) != set(ids):
-                raise UserError(f"member {m.name}'s OOF ids differ from {members[0].name}'s; members must share the training set")
-            per.append(lg[table.index.get_indexer(ids)])
-            rows.append({"member": m.name, "tta": "+".join(rv) if rv else "none", metric: compute_metric(metric, y, softmax(per[-1]))})
-        per_view.append(per)
-    w = _weights(weights, members, per_view[-1], y, metric, voting)
-    if len(members) > 1:
-        for rv, per in zip(report_views, per_view):
-            rows.append({"member": "blend", "tta": "+".join(rv) if rv else "none",
-                         metric: compute_metric(metric, y, combine(np.stack(per), voting, w))})
-    print("OOF CV (" + metric + "):")
-    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    return w
-
-
 def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None = None,
         weights: str | list[float] | None = None, voting: str | None = None, out: str | Path | None = None,
-        fmt: str | None = None) -> Path:
+        fmt: str | None = None, report: bool = True, cache: bool = True) -> Path:
     """Blend members' folds (x TTA views) into a submission CSV and return its path.
 
     Args:
@@ -105,6 +51,9 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
         voting: soft | geometric | logits | hard (default: ensemble.voting).
         out: submission path (default: submissions/<members>[_tta].csv).
         fmt: submission format (default: ensemble.format).
+        report: print the OOF report first (needs the members' oof.csv and training images); a
+            Kaggle kernel turns it off and passes the weights chosen when the bundle was built.
+        cache: read and write outputs/<member>/preds/ (off where outputs are read-only).
     """
     e = cfg.ensemble
     names = experiments or [str(cfg.experiment.name)]
@@ -115,18 +64,23 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
     check_out_path(out, cfg.data.dir)
     rt = Runtime.from_cfg(cfg.runtime)
     test, sample = load_test_table(cfg.data)
-    members = _open_members(cfg, names)
+    members = open_members(cfg, names)
     if isinstance(weights, list):
-        _weights(weights, members, [], np.zeros(0), cfg.metric.name, voting)  # checked before any prediction
+        resolve_weights(weights, members, [], np.zeros(0), cfg.metric.name, voting)  # checked before any prediction
+    elif not report and weights == "auto":
+        raise UserError("weights=auto are fitted on the OOF report; give explicit weights when the report is off")
     classes = members[0].classes
 
     # 1) OOF report: each member and the blend, without and with TTA
-    w = oof_report(cfg, members, views, weights, voting, rt)
+    if report:
+        w = oof_report(cfg, members, views, weights, voting, rt)
+    else:
+        w = resolve_weights(weights, members, [], np.zeros(0), cfg.metric.name, voting)
 
     # 2) test predictions: folds x views per member (cached), blended within, then across members.
     # Hard votes are counted per member; members' vote shares are then averaged.
-    member_probs = [member_test(m, test, views, rt, cfg.loader, voting) for m in members]
-    probs = combine(np.stack([log_probs(p) for p in member_probs]), "soft" if voting == "hard" else voting, w)
+    member_probs = [member_test(m, test, views, rt, cfg.loader, voting, cache) for m in members]
+    probs = combine(np.stack([log_probs(p) for p in member_probs]), across_members(voting), w)
     computed, cached = sum(m.computed for m in members), sum(m.cached for m in members)
     print(f"predictions (fold x view x split): {computed} computed, {cached} read from outputs/<member>/preds/")
     check_probs(probs)
@@ -143,34 +97,14 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
     return out
 
 
-def parse_weights(text: str) -> str | list[float]:
-    if text in ("equal", "auto"):
-        return text
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--weights takes equal, auto or w1,w2,..., not '{text}'") from None
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experiments", nargs="+", default=None, help="member experiments (default: the config's)")
-    tta = parser.add_mutually_exclusive_group()
-    tta.add_argument("--tta", nargs="*", default=None, help="TTA views (default, or without names: ensemble.tta)")
-    tta.add_argument("--no-tta", action="store_true", help="identity view only")
-    parser.add_argument("--weights", type=parse_weights, default=None, help="equal | auto | w1,w2,...")
-    parser.add_argument("--voting", choices=["soft", "geometric", "logits", "hard"], default=None)
-    parser.add_argument("--format", dest="fmt", choices=["auto", "label", "index", "proba", "binary"], default=None)
+    add_blend_args(parser)
     parser.add_argument("--out", default=None, help="submission path (default: submissions/<members>[_tta].csv)")
     add_config_args(parser)
     args = parser.parse_intermixed_args(argv)
-    for name in ("experiments", "tta"):  # `--tta hflip runtime.device=cpu`: overrides are not views or members
-        values = getattr(args, name)
-        if values:
-            args.overrides += [t for t in values if "=" in t]
-            setattr(args, name, [t for t in values if "=" not in t] or (None if name == "experiments" else []))
+    tta_views = split_blend_args(args)
     cfg = load_config(args.config, args.overrides)
-    tta_views = ["identity"] if args.no_tta else (args.tta or None)  # None: ensemble.tta
     run(cfg, args.experiments, tta_views, args.weights, args.voting, args.out, args.fmt)
 
 

@@ -15,10 +15,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from src.blend import combine, log_probs
+from src.blend import combine, fit_weights, log_probs
 from src.checkpoint import load_checkpoint
 from src.config import Config, LoaderCfg, config_from_dict
 from src.data import ImageDataset, build_transform, make_loader, resolve_norm
+from src.metrics import compute_metric, softmax
 from src.model import build_model
 from src.runs import (
     experiment_dir,
@@ -67,7 +68,8 @@ class Member:
         """The fold's best.pt, rebuilt from its stored config, on the runtime's device."""
         path = fold_paths(self.exp_dir, fold).best
         ckpt = load_checkpoint(path)
-        if ckpt.get("run_id") != self.records[fold].get("run_id"):
+        mine, recorded = ckpt.get("run_id"), self.records[fold].get("run_id")
+        if mine is not None and recorded is not None and mine != recorded:  # None: written before run ids
             raise UserError(f"{path} comes from another training run than fold {fold}'s done.json; retrain the fold "
                             "or restore the fold folder as one piece")
         if ckpt["classes"] != self.classes:
@@ -131,7 +133,7 @@ def _eval_setup(cfg: Config) -> tuple:
 
 
 def fold_logits(m: Member, jobs: dict[int, pd.DataFrame], split: str, views: list[str], rt: Runtime,
-                loader_cfg: LoaderCfg) -> dict[int, np.ndarray]:
+                loader_cfg: LoaderCfg, cache: bool = True) -> dict[int, np.ndarray]:
     """Logits (views, N, C) of each fold's model on its images (`jobs`: fold -> table with id, path).
 
     Cached predictions are read; the rest is predicted in one pass per group of folds that share
@@ -145,7 +147,7 @@ def fold_logits(m: Member, jobs: dict[int, pd.DataFrame], split: str, views: lis
         out[k] = {}
         for v in views:
             paths[k, v] = preds_path(m.exp_dir, k, split, v, preds_key(m.sha(k), split, v, imgs, rt.amp_name))
-            cached = load_preds(paths[k, v])
+            cached = load_preds(paths[k, v]) if cache else None
             if cached is not None and cached.shape == (len(df), len(m.classes)):
                 out[k][v] = cached
                 m.cached += 1
@@ -165,7 +167,8 @@ def fold_logits(m: Member, jobs: dict[int, pd.DataFrame], split: str, views: lis
             for vi, v in enumerate(need):
                 if v in out[k]:  # cached already; the group pass predicted it for another fold
                     continue
-                save_preds(paths[k, v], logits[gi, vi])
+                if cache:
+                    save_preds(paths[k, v], logits[gi, vi])
                 out[k][v] = logits[gi, vi]
                 m.computed += 1
         del models
@@ -191,7 +194,70 @@ def member_oof(m: Member, views: list[str] | None, rt: Runtime, loader_cfg: Load
 
 
 def member_test(m: Member, test: pd.DataFrame, views: list[str], rt: Runtime, loader_cfg: LoaderCfg,
-                voting: str) -> np.ndarray:
+                voting: str, cache: bool = True) -> np.ndarray:
     """Test probabilities (N, C): every fold x view of the member, blended by `voting`."""
-    logits = fold_logits(m, {k: test for k in m.folds}, "test", views, rt, loader_cfg)
+    logits = fold_logits(m, {k: test for k in m.folds}, "test", views, rt, loader_cfg, cache)
     return combine(np.concatenate([logits[k] for k in m.folds]), voting)  # (folds * views, N, C) -> (N, C)
+
+
+# ---------------------------------------------------------------- several members
+
+
+def across_members(voting: str) -> str:
+    """The rule that blends members: hard votes are counted within a member (its folds and views),
+    and members' vote shares are then averaged."""
+    return "soft" if voting == "hard" else voting
+
+
+def open_members(cfg: Config, names: list[str]) -> list[Member]:
+    members = [open_member(n, cfg.experiment.output_dir, cfg.ensemble.missing_folds, cfg.data.dir) for n in names]
+    for m in members[1:]:
+        if m.classes != members[0].classes:
+            raise UserError(f"members {members[0].name} and {m.name} have different class lists; "
+                            "blend experiments of one competition")
+    return members
+
+
+def resolve_weights(weights, members: list[Member], fit_on: list[np.ndarray], y: np.ndarray, metric: str, voting: str
+             ) -> np.ndarray:
+    if weights == "auto":
+        w = fit_weights([softmax(x) for x in fit_on], y, metric, voting)
+        print("auto weights: " + ", ".join(f"{m.name} {wi:.3f}" for m, wi in zip(members, w)))
+        return w
+    if weights == "equal":
+        return np.full(len(members), 1.0 / len(members))
+    if len(weights) != len(members):
+        raise UserError(f"{len(weights)} weights for {len(members)} members; give one per member")
+    w = np.asarray(weights, dtype=np.float64)
+    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise UserError(f"weights {list(weights)} must be non-negative with a positive sum; e.g. --weights 1,1 or auto")
+    return w
+
+
+def oof_report(cfg: Config, members: list[Member], views: list[str], weights, voting: str, rt: Runtime) -> np.ndarray:
+    """Print the OOF score of each member and of the blend, without and with TTA; return the weights
+    (fitted on the TTA OOF predictions when weights is 'auto')."""
+    metric = cfg.metric.name
+    report_views = [None] + ([views] if views != ["identity"] else [])
+    rows, per_view, ids, y = [], [], None, None
+    for rv in report_views:
+        per = []
+        for m in members:
+            table, lg = member_oof(m, rv, rt, cfg.loader, voting)
+            table = table.set_index("id")
+            if ids is None:
+                ids, y = table.index, table["target"].to_numpy()
+            if set(table.index) != set(ids):
+                raise UserError(f"member {m.name}'s OOF ids differ from {members[0].name}'s; members must share the training set")
+            per.append(lg[table.index.get_indexer(ids)])
+            rows.append({"member": m.name, "tta": "+".join(rv) if rv else "none", metric: compute_metric(metric, y, softmax(per[-1]))})
+        per_view.append(per)
+    across = across_members(voting)
+    w = resolve_weights(weights, members, per_view[-1], y, metric, across)
+    if len(members) > 1:
+        for rv, per in zip(report_views, per_view):
+            rows.append({"member": "blend", "tta": "+".join(rv) if rv else "none",
+                         metric: compute_metric(metric, y, combine(np.stack(per), across, w))})
+    print("OOF CV (" + metric + "):")
+    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return w

@@ -105,10 +105,6 @@ def fold_record(fp: FoldPaths) -> dict:
     return done
 
 
-def fold_classes(fp: FoldPaths) -> list[str]:
-    return list(fold_record(fp)["classes"])
-
-
 def write_done(fp: FoldPaths, result: dict) -> None:
     atomic_write_text(fp.done, json.dumps(result, indent=2))
 
@@ -149,10 +145,11 @@ def prob_columns(classes: list[str]) -> list[str]:
 
 
 def write_oof(path: Path, ids, fold: int, labels, targets, probs: np.ndarray, classes: list[str],
-              run_id: str) -> None:
-    """oof.csv: id, fold, label, target, run_id, then prob_<class> for every class, atomically."""
+              run_id: str, epoch: int) -> None:
+    """oof.csv: id, fold, label, target, run_id, epoch (of the model that predicted), then
+    prob_<class> for every class, atomically."""
     oof = pd.DataFrame({"id": list(ids), "fold": fold, "label": list(labels), "target": np.asarray(targets),
-                        "run_id": run_id})
+                        "run_id": run_id, "epoch": epoch})
     oof[prob_columns(classes)] = probs
     atomic_save(path, lambda tmp: oof.to_csv(tmp, index=False))
 
@@ -160,7 +157,7 @@ def write_oof(path: Path, ids, fold: int, labels, targets, probs: np.ndarray, cl
 def read_oof(path: Path, classes: list[str], run_id: str | None = None) -> pd.DataFrame:
     """An oof.csv with ids and labels kept as written (a label 'None' or 'NA' stays a string);
     its probability columns must be exactly `classes`, and its run id `run_id` when given."""
-    df = pd.read_csv(path, dtype={"id": str, "label": str, "run_id": str}, keep_default_na=False)
+    df = pd.read_csv(path, dtype={"id": str, "label": str, "run_id": str, "epoch": str}, keep_default_na=False)
     have = [c for c in df.columns if c.startswith("prob_")]
     if have != prob_columns(classes):
         raise UserError(f"{path} holds predictions for other classes than its fold's done.json; retrain that fold")
@@ -199,14 +196,22 @@ def images_key(ids, paths) -> str:
     return h.hexdigest()
 
 
+# Bumped when the code that turns a checkpoint and images into logits (transforms, views, the
+# inference loop) changes what it computes, so caches from before are not reused.
+PREDS_VERSION = 1
+
+
 def preds_key(ckpt_sha1: str, split: str, view: str, images: str, amp: str) -> str:
     """What a cached prediction depends on: the checkpoint's bytes, the images (ids, files, sizes,
     modification times), the view and the numeric precision."""
-    return hashlib.sha1(f"{ckpt_sha1}\0{split}\0{view}\0{images}\0{amp}".encode()).hexdigest()
+    return hashlib.sha1(f"{PREDS_VERSION}\0{ckpt_sha1}\0{split}\0{view}\0{images}\0{amp}".encode()).hexdigest()
 
 
 def load_preds(path: Path) -> np.ndarray | None:
-    return np.load(path) if path.is_file() else None
+    try:
+        return np.load(path)
+    except FileNotFoundError:  # not cached, or replaced by another ensemble run just now
+        return None
 
 
 def save_preds(path: Path, logits: np.ndarray) -> None:

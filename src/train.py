@@ -44,7 +44,8 @@ def run(cfg: Config, fold: int | str, *, resume: bool = False, force: bool = Fal
     if fold != "all":
         return _one(cfg, int(fold), resume, force, dry_run, allow_mixed)
     t0 = time.time()
-    results = [_one(cfg, k, resume, force, dry_run, allow_mixed) for k in range(cfg.data.n_folds)]
+    # --fold all --force retrains every fold with these settings: the old ones are not kept alongside.
+    results = [_one(cfg, k, resume, force, dry_run, allow_mixed or force) for k in range(cfg.data.n_folds)]
     if dry_run:
         return {"folds": results}
     report = cv_report(cfg, list(range(cfg.data.n_folds)))

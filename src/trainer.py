@@ -17,8 +17,8 @@ import torch
 from timm.data import Mixup
 from timm.utils import ModelEmaV3
 
-from src.checkpoint import RESUME_MAY_CHANGE, CheckpointKeeper, config_diff
-from src.config import Config, save_config
+from src.checkpoint import RESUME_MAY_CHANGE, CheckpointKeeper, config_diff, load_checkpoint
+from src.config import Config, config_from_dict, save_config
 from src.data import (
     EpochSampler,
     ImageDataset,
@@ -38,7 +38,6 @@ from src.runs import (
     FoldPaths,
     file_sha1,
     finished_folds,
-    fold_classes,
     fold_lock,
     fold_paths,
     fold_record,
@@ -177,7 +176,7 @@ def run_epoch(s: FoldState, keeper: CheckpointKeeper, epoch: int, tracker: Track
     improved = keeper.observe(epoch, value)
     if improved and s.val_df is not None:
         write_oof(s.fp.oof, s.val_df["id"], s.fold, s.val_df["label"], s.val_df["target"], probs, s.classes,
-                  keeper.meta["run_id"])
+                  keeper.meta["run_id"], epoch)
     row["time_s"] = round(time.time() - t0, 2)
     keeper.history.append(row)
     s.scheduler.step(epoch + 1, row.get(f"val_{monitor_name(cfg)}"))
@@ -187,6 +186,20 @@ def run_epoch(s: FoldState, keeper: CheckpointKeeper, epoch: int, tracker: Track
           + ("  *" if improved and s.val_loader is not None else ""))
     if on_epoch is not None and value is not None:
         on_epoch(epoch, value)
+
+
+def sync_oof(s: FoldState, keeper: CheckpointKeeper) -> None:
+    """oof.csv must hold best.pt's predictions. A run stopped between the two writes and resumed
+    (which need not improve again) can leave them apart: then best.pt predicts the fold again."""
+    fp = s.fp
+    if fp.oof.is_file():
+        oof = read_oof(fp.oof, s.classes)
+        if "epoch" in oof and set(oof["epoch"]) == {str(keeper.best_epoch)}:
+            return
+    s.eval_model.load_state_dict(load_checkpoint(fp.best)["model"])
+    probs, _ = validate(s.eval_model, s.val_loader, s.rt, s.val_df["target"].to_numpy(), s.cfg.metric.name)
+    write_oof(fp.oof, s.val_df["id"], s.fold, s.val_df["label"], s.val_df["target"], probs, s.classes,
+              keeper.meta["run_id"], keeper.best_epoch)
 
 
 def finish_fold(s: FoldState, keeper: CheckpointKeeper, tracker: Tracker) -> dict:
@@ -199,7 +212,11 @@ def finish_fold(s: FoldState, keeper: CheckpointKeeper, tracker: Tracker) -> dic
     atomic_save(fp.history, lambda tmp: hist.to_csv(tmp, index=False))
     plot_curves(hist, cfg.metric.name, fp.curves)
     keeper.finish(s, keep_last_as_best=s.val_df is None)
-    if s.val_df is not None and fp.oof.is_file():
+    if not fp.best.is_file():
+        raise UserError(f"no epoch of fold {s.fold} produced a finite validation {monitor_name(cfg)}, so there is no "
+                        "best model; lower optim.lr, set runtime.amp=off or train.clip_grad, then retrain with --force")
+    if s.val_df is not None:
+        sync_oof(s, keeper)
         oof = read_oof(fp.oof, s.classes)
         y, probs = oof["target"].to_numpy(), oof_probs(oof, s.classes)
         result.update(summary(y, probs, cfg.metric.name))
@@ -222,12 +239,13 @@ def check_same_settings(cfg: Config, fold: int) -> None:
     for k in finished_folds(cfg.out_dir):
         if k == fold:
             continue
-        theirs = fold_record(fold_paths(cfg.out_dir, k))["config"]
+        fp = fold_paths(cfg.out_dir, k)
+        theirs = config_from_dict(fold_record(fp)["config"], str(fp.done)).to_dict()  # older key names migrated
         diff = [key for key in config_diff(theirs, mine) if not key.startswith(RESUME_MAY_CHANGE)]
         if diff:
             raise UserError(f"fold {fold} would train with settings that differ from fold {k} of experiment "
                             f"{cfg.experiment.name} in {diff[:6]}; use fold {k}'s settings, another experiment.name, "
-                            "or pass --allow-mixed-configs")
+                            "--fold all --force to retrain every fold, or --allow-mixed-configs")
 
 
 def _check_can_start(fp: FoldPaths, fold: int, resume: bool, force: bool) -> dict | None:
@@ -273,9 +291,14 @@ def train_fold(cfg: Config, fold: int, *, resume: bool = False, force: bool = Fa
     if start:
         print(f"fold {fold}: resuming after epoch {start - 1} (best {monitor_name(cfg)} {keeper.best} "
               f"at epoch {keeper.best_epoch})")
-    elif resume:
+        if keeper.should_stop:  # it had stopped early before the interruption: only finish it
+            start = cfg.train.epochs
+    elif resume and not force:
         print(f"fold {fold}: nothing to resume in {fp.dir}; starting fresh")
     with fold_lock(fp, f"fold {fold} of experiment {cfg.experiment.name}"):
+        # Another process may have finished or started this fold while this one set up.
+        if (result := _check_can_start(fp, fold, resume or start > 0, force)) is not None:
+            return result
         if force:
             mark_unfinished(fp)
             for p in (fp.last, fp.best, fp.oof):
@@ -299,10 +322,10 @@ def cv_report(cfg: Config, folds: list[int]) -> dict:
     parts, rows, classes = [], [], None
     for k in folds:
         fp = fold_paths(cfg.out_dir, k)
-        done = read_done(fp)
-        if classes is not None and fold_classes(fp) != classes:
+        done = fold_record(fp)
+        if classes is not None and done["classes"] != classes:
             raise UserError(f"fold {k} of {cfg.experiment.name} has another class list than fold {folds[0]}; retrain it")
-        classes = fold_classes(fp)
+        classes = done["classes"]
         parts.append(read_oof(fp.oof, classes, done.get("run_id")))
         rows.append({"fold": k, "best_epoch": done["best_epoch"],
                      **{m: done.get(m) for m in ("accuracy", "f1_macro", cfg.metric.name)}})

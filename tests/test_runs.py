@@ -3,12 +3,16 @@ finished, a fold trains in one process at a time, and the config keys that moved
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+import torch
 
 from src.config import config_from_dict, load_config
 from src.ensemble import run as ensemble_run
@@ -123,3 +127,41 @@ def test_configs_stored_by_older_versions_still_load():
 def test_the_recipe_layer_lives_in_the_recipe_config():
     assert load_config(REPO / "configs" / "base.yaml").model.freeze_before is None
     assert load_config(REPO / "configs" / "resnext101.yaml").model.freeze_before == "layer4.0.conv1"
+
+
+def test_finish_repredicts_an_oof_file_left_apart_from_best_pt(demo_dir, tiny_cfg, tmp_path):
+    """Stopped between writing oof.csv and best.pt, then resumed without improving again: at the
+    end oof.csv is predicted again by best.pt instead of describing a model that is gone."""
+    cfg = tiny_cfg(demo_dir, tmp_path, "data.n_folds=2", "train.epochs=2")
+    train_fold(cfg, 0)
+    fp = fold_paths(cfg.out_dir, 0)
+    good = pd.read_csv(fp.oof, dtype=str)
+    stale = good.copy()
+    stale["epoch"] = "7"
+    stale[[c for c in stale if c.startswith("prob_")]] = "0.1"
+    stale.to_csv(fp.oof, index=False)
+    fp.done.unlink()  # interrupted before done.json
+    result = train_fold(cfg, 0, resume=True)  # nothing left to train: it only finishes
+    fixed = pd.read_csv(fp.oof, dtype=str)
+    assert list(fixed["epoch"]) == [str(result["best_epoch"])] * len(fixed)
+    cols = [c for c in good if c.startswith("prob_")]
+    np.testing.assert_allclose(fixed[cols].astype(float), good[cols].astype(float), rtol=1e-5, atol=1e-7)
+
+
+def test_folds_and_checkpoints_of_the_previous_version_still_resume_and_extend(demo_dir, tiny_cfg, tmp_path):
+    """Runs whose stored configs still hold train.device/amp/... (before the runtime section) are
+    compared after migration: no false 'settings differ'."""
+    cfg = tiny_cfg(demo_dir, tmp_path, "data.n_folds=2", "train.epochs=2")
+    train_fold(cfg, 0)
+    fp = fold_paths(cfg.out_dir, 0)
+    done = json.loads(fp.done.read_text())
+    old = done["config"]
+    old["train"].update(old.pop("runtime"))
+    old["data"].pop("na_labels")
+    fp.done.write_text(json.dumps(done))
+    train_fold(cfg, 1)  # not refused as "settings differ from fold 0"
+    ckpt = torch.load(fp.last, weights_only=True)
+    ckpt["config"] = old
+    torch.save(ckpt, fp.last)
+    fp.done.unlink()
+    assert train_fold(cfg, 0, resume=True)["epochs_run"] == 2  # resumes, not "the config differs"

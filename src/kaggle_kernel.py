@@ -1,0 +1,100 @@
+"""The trained ensemble as an offline Kaggle code-competition notebook.
+
+    python -m src.kaggle_kernel --config configs/demo.yaml --experiments demo --tta --weights auto
+    python -m src.kaggle_kernel --config configs/demo.yaml --rehearse --scale 4 --hidden-size 20000
+
+Builds kaggle_kernel/build/: dataset/ (the src package and configs, each fold's weights without
+optimizer state, wheels of the packages a stock Kaggle image lacks, MANIFEST.json,
+dataset-metadata.json) and notebook/ (the .ipynb and kernel-metadata.json). The notebook runs
+src.ensemble on /kaggle/input/<competition>/ (the root is $KAGGLE_ROOT, default /kaggle) and writes
+/kaggle/working/submission.csv. --rehearse runs the built notebook here on a fake /kaggle, checks
+its submission and extrapolates the time. kaggle_kernel/README.md has the upload commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from pathlib import Path
+
+from src.blend import add_blend_args, split_blend_args
+from src.bundle import BundleSpec, build_bundle
+from src.config import Config, add_config_args, load_config
+from src.rehearsal import rehearse
+from src.tta import parse_views
+from src.utils import UserError, run_cli
+
+BUILD = Path("kaggle_kernel/build")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]+", "-", text.lower())).strip("-")[:50]
+
+
+def make_spec(cfg: Config, args) -> BundleSpec:
+    members = args.experiments or [str(cfg.experiment.name)]
+    user = os.environ.get("KAGGLE_USERNAME", "your-kaggle-username")
+    name = _slug("-".join(members))
+    views = parse_views(args.views or cfg.ensemble.tta)
+    return BundleSpec(
+        members=members, views=views, weights=[], voting=args.voting or cfg.ensemble.voting,
+        fmt=args.fmt or cfg.ensemble.format, competition=args.competition or _slug(Path(cfg.data.dir).resolve().name),
+        dataset=args.dataset or f"{user}/{name}-bundle", kernel=args.kernel or f"{user}/{name}-inference",
+        gpu=args.gpu, half=args.half,
+    )
+
+
+def build(cfg: Config, args) -> None:
+    spec = make_spec(cfg, args)
+    for what, value in (("--dataset", spec.dataset), ("--kernel", spec.kernel)):
+        if value.count("/") != 1 or not all(value.split("/")):
+            raise UserError(f"{what} {value} is not USER/SLUG; give your Kaggle user name and a slug")
+    result = build_bundle(cfg, spec, args.weights or cfg.ensemble.weights, Path(args.out), wheels=not args.no_wheels)
+    print(f"built {args.out}: dataset {result['dataset_bytes'] / 2**20:.1f} MiB ({spec.dataset}), notebook "
+          f"{spec.kernel}; members {spec.members}, views {spec.views}, weights {spec.weights}")
+    if spec.dataset.startswith("your-kaggle-username/"):
+        print("note: set KAGGLE_USERNAME or pass --dataset/--kernel USER/SLUG before uploading")
+    print("next: python -m src.kaggle_kernel --rehearse, then the upload commands in kaggle_kernel/README.md")
+
+
+def rehearsal(cfg: Config, args) -> None:
+    out = Path(args.out)
+    if not (out / "dataset" / "MANIFEST.json").is_file():
+        raise UserError(f"{out} holds no built bundle; build it first (python -m src.kaggle_kernel --experiments ...)")
+    r = rehearse(cfg, out, args.scale, args.time_limit, args.hidden_size, keep=out / "rehearsal" / "submission.csv")
+    print(f"rehearsal: {r['images']} test images in {r['seconds']:.1f} s ({r['setup_s']:.1f} s setup, "
+          f"{r['predict_s']:.1f} s predicting); submission checked, copy in {out / 'rehearsal' / 'submission.csv'}")
+    hours = r["estimate_s"] / 3600
+    print(f"estimate for {r['hidden_size']} hidden test images: {r['estimate_s']:.0f} s ({hours:.2f} h) of the "
+          f"{args.time_limit:g} h limit")
+    if r["over_limit"]:
+        print(f"WARNING: the estimate exceeds the {args.time_limit:g} h limit; use fewer members, folds or views, "
+              "--gpu, or --half")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_blend_args(parser)
+    parser.add_argument("--competition", default=None, help="competition slug (default: data.dir's folder name)")
+    parser.add_argument("--dataset", default=None, help="USER/SLUG of the bundle dataset")
+    parser.add_argument("--kernel", default=None, help="USER/SLUG of the notebook")
+    parser.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=True, help="enable_gpu in the kernel")
+    parser.add_argument("--half", action="store_true", help="store the weights as fp16 (half the upload)")
+    parser.add_argument("--no-wheels", action="store_true", help="bundle no wheels (the Kaggle image has them)")
+    parser.add_argument("--out", default=str(BUILD), help="build folder")
+    parser.add_argument("--rehearse", action="store_true", help="run the built notebook here on a fake /kaggle")
+    parser.add_argument("--scale", type=int, default=1, help="rehearsal: each test image this many times")
+    parser.add_argument("--time-limit", type=float, default=9.0, help="rehearsal: the competition's limit in hours")
+    parser.add_argument("--hidden-size", type=int, default=None, help="rehearsal: images in the hidden test set")
+    add_config_args(parser)
+    args = parser.parse_intermixed_args(argv)
+    args.views = split_blend_args(args)
+    if args.scale < 1:
+        raise UserError(f"--scale {args.scale} must be at least 1")
+    cfg = load_config(args.config, args.overrides)
+    rehearsal(cfg, args) if args.rehearse else build(cfg, args)
+
+
+if __name__ == "__main__":
+    run_cli(main)

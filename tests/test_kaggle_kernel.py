@@ -1,0 +1,178 @@
+"""The offline Kaggle bundle: built from real trained folds, rehearsed headless on a fake /kaggle,
+and its submission byte-identical to what src.ensemble writes locally."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+import torch
+
+from src import ensemble, kaggle_kernel
+from src.config import load_config
+from src.runs import fold_paths
+from src.trainer import train_fold
+from src.utils import run_cli
+from src.wheels import _fits
+
+REPO = Path(__file__).resolve().parents[1]
+VIEWS = ["identity", "hflip"]
+
+
+@pytest.fixture(scope="module")
+def trained(demo_dir, tiny_cfg, tmp_path_factory):
+    out = tmp_path_factory.mktemp("kernel")
+    cfg = tiny_cfg(demo_dir, out / "outputs", "data.n_folds=2", "experiment.name=tiny")
+    for k in (0, 1):
+        train_fold(cfg, k)
+    return out
+
+
+def _args(demo_dir, root: Path, *extra: str, data_dir: Path | None = None) -> list[str]:
+    return ["--config", str(REPO / "configs" / "demo.yaml"), "--experiments", "tiny", "--out", str(root / "build"),
+            f"data.dir={data_dir or demo_dir}", f"experiment.output_dir={root / 'outputs'}", "data.n_folds=2",
+            "loader.num_workers=0", "wandb.mode=disabled", *extra]
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        run_cli(kaggle_kernel.main, argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def built(demo_dir, trained, tmp_path_factory):
+    """A bundle (no wheels) of the tiny experiment, with hflip TTA and fitted weights."""
+    root = tmp_path_factory.mktemp("built")
+    shutil.copytree(trained / "outputs", root / "outputs")
+    run_cli(kaggle_kernel.main, _args(demo_dir, root, "--tta", *VIEWS, "--weights", "auto", "--no-wheels",
+                                      "--dataset", "someone/tiny-bundle", "--kernel", "someone/tiny-inference"))
+    return root
+
+
+def test_the_rehearsed_submission_is_byte_identical_to_the_local_ensemble(demo_dir, demo_cfg, built, capsys):
+    code, out, err = _cli(_args(demo_dir, built, "--rehearse", "--time-limit", "9"), capsys)
+    assert code == 0, err
+    assert "submission checked" in out and "of the 9 h limit" in out
+    manifest = json.loads((built / "build" / "dataset" / "MANIFEST.json").read_text())
+    assert manifest["views"] == VIEWS and len(manifest["weights"]) == 1
+    cfg = demo_cfg(demo_dir, built / "outputs", "data.n_folds=2", "loader.num_workers=0")
+    local = ensemble.run(cfg, ["tiny"], manifest["views"], manifest["weights"], manifest["voting"],
+                         built / "local.csv", manifest["format"])
+    assert (built / "build" / "rehearsal" / "submission.csv").read_bytes() == local.read_bytes()
+
+
+def test_a_scaled_rehearsal_checks_every_row_and_extrapolates(demo_dir, built, capsys):
+    code, out, err = _cli(_args(demo_dir, built, "--rehearse", "--scale", "2", "--hidden-size", "100000000",
+                                "--time-limit", "1"), capsys)
+    assert code == 0, err
+    sub = pd.read_csv(built / "build" / "rehearsal" / "submission.csv", dtype=str)
+    sample = pd.read_csv(demo_dir / "sample_submission.csv", dtype=str)
+    assert len(sub) == 2 * len(sample) and sub["id"].is_unique
+    assert "720 test images" in out and "estimate for 100000000 hidden test images" in out
+    assert "WARNING: the estimate exceeds the 1 h limit" in out
+
+
+def test_metadata_notebook_and_slim_weights(built):
+    ds, nbdir = built / "build" / "dataset", built / "build" / "notebook"
+    meta = json.loads((ds / "dataset-metadata.json").read_text())
+    assert meta["id"] == "someone/tiny-bundle" and meta["title"] == "tiny-bundle" and meta["licenses"]
+    kmeta = json.loads((nbdir / "kernel-metadata.json").read_text())
+    assert kmeta == {**kmeta, "id": "someone/tiny-inference", "language": "python", "kernel_type": "notebook",
+                     "is_private": True, "enable_gpu": True, "enable_internet": False,
+                     "dataset_sources": ["someone/tiny-bundle"], "competition_sources": ["digits"]}
+    nb = nbformat.read(nbdir / kmeta["code_file"], as_version=4)
+    nbformat.validate(nb)
+    assert nb.nbformat == 4 and "from src.ensemble import run" in "".join(c.source for c in nb.cells)
+    for k in (0, 1):
+        ckpt = torch.load(fold_paths(ds / "outputs" / "tiny", k).best, weights_only=True)
+        assert set(ckpt) == {"model", "config", "classes", "fold", "run_id"}  # no optimizer, scheduler or RNG state
+        assert all(t.dtype == torch.float32 for t in ckpt["model"].values() if t.is_floating_point())
+    assert {p.name for p in (ds / "code" / "src").glob("*.py")} >= {"ensemble.py", "members.py", "wheels.py"}
+    assert not (ds / "wheels").exists()  # --no-wheels
+
+
+def test_half_halves_the_weights(demo_dir, built, tmp_path, capsys):
+    shutil.copytree(built / "outputs", tmp_path / "outputs")
+    code, out, err = _cli(_args(demo_dir, tmp_path, "--no-tta", "--half", "--no-wheels"), capsys)
+    assert code == 0, err
+    assert "MiB" in out  # the size is printed
+    half = torch.load(fold_paths(tmp_path / "build" / "dataset" / "outputs" / "tiny", 0).best, weights_only=True)
+    full = torch.load(fold_paths(built / "build" / "dataset" / "outputs" / "tiny", 0).best, weights_only=True)
+    assert all(t.dtype == torch.float16 for t in half["model"].values() if t.is_floating_point())
+    size = {k: sum(t.numel() * t.element_size() for t in c["model"].values()) for k, c in (("h", half), ("f", full))}
+    assert size["h"] < 0.6 * size["f"]
+
+
+def _fails_building_nothing(argv, root: Path, capsys, *needles: str) -> None:
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    code, _, err = _cli(argv, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert all(n in err for n in needles), err
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+
+
+def test_a_member_with_a_missing_fold_builds_nothing(demo_dir, trained, tmp_path, capsys):
+    shutil.copytree(trained / "outputs", tmp_path / "outputs")
+    fold_paths(tmp_path / "outputs" / "tiny", 1).done.unlink()
+    _fails_building_nothing(_args(demo_dir, tmp_path, "--no-wheels"), tmp_path, capsys, "folds [1]", "tiny")
+
+
+def test_an_experiment_of_another_competition_builds_nothing(demo_dir, trained, tmp_path, capsys, overrides_for):
+    shutil.copytree(trained / "outputs", tmp_path / "outputs")
+    other = tmp_path / "letters"
+    shutil.copytree(demo_dir, other, copy_function=os.link)
+    table = pd.read_csv(demo_dir / "train.csv", dtype=str)
+    table["label"] = table["label"].map(lambda d: "abcdefghij"[int(d)])
+    (other / "train.csv").unlink()
+    table.to_csv(other / "train.csv", index=False)
+    from src.splits import load_or_create_folds
+
+    load_or_create_folds(load_config(REPO / "configs" / "demo.yaml",
+                                     overrides_for(other, tmp_path / "outputs", "data.n_folds=2")))
+    _fails_building_nothing(_args(demo_dir, tmp_path, "--no-wheels", data_dir=other), tmp_path, capsys,
+                            "trained for another competition", "tiny")
+
+
+def test_rehearsing_an_unreadable_test_image_names_it(demo_dir, built, tmp_path, capsys):
+    comp = tmp_path / "digits"
+    shutil.copytree(demo_dir, comp, copy_function=os.link)
+    victim = sorted((comp / "test").glob("*.png"))[3]
+    victim.unlink()
+    victim.write_bytes(b"not a png")
+    code, _, err = _cli(_args(demo_dir, built, "--rehearse", data_dir=comp), capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert victim.name in err and "cannot be decoded" in err
+
+
+def test_rehearsing_without_a_build_says_to_build(demo_dir, tmp_path, capsys):
+    code, _, err = _cli(_args(demo_dir, tmp_path, "--rehearse"), capsys)
+    assert code == 2 and "holds no built bundle" in err
+
+
+def test_wheels_are_bundled_from_the_package_index(demo_dir, trained, tmp_path, capsys):
+    shutil.copytree(trained / "outputs", tmp_path / "outputs")
+    code, _, err = _cli(_args(demo_dir, tmp_path, "--no-tta"), capsys)
+    if code == 2 and "cannot fetch the wheels" in err:
+        pytest.skip(f"the package index cannot be reached here: {err.strip()}")
+    assert code == 0, err
+    index = json.loads((tmp_path / "build" / "dataset" / "wheels" / "wheels.json").read_text())
+    assert {"timm", "albumentations", "albucore", "pydantic"} <= set(index)
+    for name, w in index.items():
+        assert (tmp_path / "build" / "dataset" / "wheels" / w["file"]).is_file(), name
+        assert w["file"].endswith("-py3-none-any.whl")
+
+
+def test_a_bundled_wheel_is_installed_only_where_the_image_does_not_fit():
+    assert _fits("timm", ">=1.0")
+    assert not _fits("timm", ">=999")
+    assert not _fits("a-package-that-is-not-installed", ">=0")
