@@ -89,11 +89,11 @@ def check_out_path(out: Path, data_dir: str | Path) -> Path:
 
 def write_submission(out: Path, sub: pd.DataFrame, probs: np.ndarray, classes: list[str], sample: pd.DataFrame,
                      id_col: str) -> Path:
-    """<out> and <out stem>_probs.csv (the probability matrix), each written atomically."""
+    """<out> and <out stem>_probs.csv (the probability matrix, checked with check_probs first),
+    each written atomically."""
     probs_df = pd.DataFrame(probs, columns=classes)
     probs_df.insert(0, id_col, sample[id_col].to_numpy())
     probs_path = out.with_name(out.stem + "_probs.csv")
-    check_probs(probs)
     atomic_save(probs_path, lambda tmp: probs_df.to_csv(tmp, index=False))
     atomic_save(out, lambda tmp: sub.to_csv(tmp, index=False))
     return probs_path
