@@ -62,6 +62,7 @@ class DataCfg(_Section):
     check_images: bool
     n_folds: int
     fold_seed: int
+    relabel: str | None
 
     @model_validator(mode="after")
     def _check(self):
