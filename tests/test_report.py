@@ -191,3 +191,19 @@ def test_unknown_experiment_is_one_sentence(run, capsys):
     with pytest.raises(UserError, match="two or more"):
         report_cmd.main(args[:2] + ["--compare", "demo"] + args[4:])
     assert not (Path(cfg.experiment.output_dir) / "nope").exists()
+
+
+def test_page_warns_when_best_pt_and_oof_csv_disagree(run, tmp_path):
+    cfg, _ = run
+    shutil.copytree(cfg.experiment.output_dir, tmp_path / "out")
+    for k in (0, 1):
+        path = tmp_path / "out" / "demo" / f"fold{k}" / "oof.csv"
+        oof = pd.read_csv(path, dtype=str, keep_default_na=False)
+        cols = [c for c in oof.columns if c.startswith("prob_")]
+        oof[cols] = oof[cols[::-1]].to_numpy()  # the probabilities of other classes
+        oof.to_csv(path, index=False)
+    moved = load_config(DEMO_CONFIG, [f"experiment.output_dir={tmp_path / 'out'}", f"data.dir={cfg.data.dir}", *FOLDS])
+    rep = build_report(moved, n_wrong=2, n_cam=2)
+    assert all(abs(c.prob - c.prob_oof) > 1e-3 for c in rep.cams)
+    assert "do not reproduce oof.csv" in rep.html.read_text()
+    assert "do not reproduce oof.csv" not in run[1].html.read_text()
