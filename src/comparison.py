@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from src.checkpoint import config_diff
+from src.config import Config
 from src.members import Member, open_member
 from src.metrics import compute_metric
 from src.oof_review import METRICS, read_member_oof
@@ -55,7 +56,7 @@ def _value(cfg: dict, dotted: str):
     return str(cfg) if isinstance(cfg, (list, dict)) else cfg
 
 
-def build_comparison(cfg, names: list[str], out_dir: str | Path | None = None) -> Comparison:
+def build_comparison(cfg: Config, names: list[str], out_dir: str | Path | None = None) -> Comparison:
     """Write the comparison of experiments `names` (at least two); return its table and paths."""
     if len(names) < 2 or len(set(names)) != len(names):
         raise UserError(f"--compare takes two or more different experiments, got {names}")

@@ -78,7 +78,7 @@ def _heatmap(ax, m: np.ndarray, classes: list[str], title: str, fmt: str) -> Non
 
 def confusion_pair(counts: np.ndarray, shares: np.ndarray, classes: list[str], path: Path) -> None:
     """The OOF confusion matrix in counts and row-normalised, side by side."""
-    size = max(5.0, 0.45 * len(classes) + 2)
+    size = min(max(5.0, 0.45 * len(classes) + 2), 30.0)  # past ~60 classes the labels stop being legible anyway
     fig, axes = plt.subplots(1, 2, figsize=(2 * size, size))
     _heatmap(axes[0], counts, classes, f"counts ({int(counts.sum())} OOF images)", "d")
     _heatmap(axes[1], shares, classes, "row-normalised (recall on the diagonal)", ".2f")

@@ -17,13 +17,14 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import torch
 import yaml
 
 from src.checkpoint import config_diff
-from src.config import CONFIG_DIR
+from src.config import CONFIG_DIR, Config
 from src.data import build_transform, read_image, resolve_norm
 from src.gradcam import first_conv_filters, grad_cam, pick_cam_layer, stage_maps
 from src.members import Member, open_member
@@ -132,6 +133,13 @@ def compute_cams(m: Member, rows: pd.DataFrame, rt: Runtime, layer: str | None) 
     return [cams[i] for i in rows["id"]], layer or "none"
 
 
+def _thumbnail(path: str, side: int = 256) -> np.ndarray:
+    """An image for a grid cell: large photos shrunk so the longer side is `side` pixels."""
+    img = read_image(path)
+    scale = side / max(img.shape[:2])
+    return cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else img
+
+
 def _histories(m: Member) -> dict[int, pd.DataFrame]:
     return {k: pd.read_csv(fold_paths(m.exp_dir, k).history) for k in m.folds
             if fold_paths(m.exp_dir, k).history.is_file()}
@@ -152,7 +160,7 @@ def _figures(m: Member, oof: pd.DataFrame, counts: np.ndarray, sus: pd.DataFrame
     confusion_pair(counts, row_normalised(counts), m.classes, figs["confusion"])
     wrong = sus[sus["predicted"] != sus["label"]].sort_values("prob", ascending=False, kind="stable").head(n_wrong)
     path_of = dict(zip(oof["id"], oof["path"]))
-    image_grid([(read_image(path_of[r.id]), f"{r.id}\ntrue {r.label}, pred {r.predicted} {r.prob:.2f}")
+    image_grid([(_thumbnail(path_of[r.id]), f"{r.id}\ntrue {r.label}, pred {r.predicted} {r.prob:.2f}")
                 for r in wrong.itertuples()], figs["wrong"])
     for key, right in (("cam_right", True), ("cam_wrong", False)):
         cam_grid([(c.image, c.cam, _cam_title(c)) for c in cams if (c.label == c.predicted) == right], figs[key])
@@ -176,7 +184,7 @@ def _cam_rows(sus: pd.DataFrame, oof: pd.DataFrame, n_cam: int, seed: int) -> pd
     return oof.set_index("id").loc[ids].reset_index()
 
 
-def build_report(cfg, name: str | None = None, n_wrong: int = 24, n_cam: int = 8, cam_layer: str | None = None
+def build_report(cfg: Config, name: str | None = None, n_wrong: int = 24, n_cam: int = 8, cam_layer: str | None = None
                  ) -> Report:
     """Write outputs/<name>/report.html, suspect_labels.csv and the figures; return what they show.
 
