@@ -133,6 +133,11 @@ def compute_cams(m: Member, rows: pd.DataFrame, rt: Runtime, layer: str | None) 
     return [cams[i] for i in rows["id"]], layer or "none"
 
 
+def most_confidently_wrong(sus: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The n wrong OOF predictions with the highest probability on their (wrong) class."""
+    return sus[sus["predicted"] != sus["label"]].sort_values("prob", ascending=False, kind="stable").head(n)
+
+
 def _thumbnail(path: str, side: int = 256) -> np.ndarray:
     """An image for a grid cell: large photos shrunk so the longer side is `side` pixels."""
     img = read_image(path)
@@ -158,7 +163,7 @@ def _figures(m: Member, oof: pd.DataFrame, counts: np.ndarray, sus: pd.DataFrame
             "filters": d / "first_conv_filters.png", "feature_maps": d / "feature_maps.png"}
     learning_curves(_histories(m), metric, figs["curves"])
     confusion_pair(counts, row_normalised(counts), m.classes, figs["confusion"])
-    wrong = sus[sus["predicted"] != sus["label"]].sort_values("prob", ascending=False, kind="stable").head(n_wrong)
+    wrong = most_confidently_wrong(sus, n_wrong)
     path_of = dict(zip(oof["id"], oof["path"]))
     image_grid([(_thumbnail(path_of[r.id]), f"{r.id}\ntrue {r.label}, pred {r.predicted} {r.prob:.2f}")
                 for r in wrong.itertuples()], figs["wrong"])
@@ -177,7 +182,7 @@ def _figures(m: Member, oof: pd.DataFrame, counts: np.ndarray, sus: pd.DataFrame
 
 def _cam_rows(sus: pd.DataFrame, oof: pd.DataFrame, n_cam: int, seed: int) -> pd.DataFrame:
     """The n_cam most confidently wrong images and n_cam right ones drawn at random (seeded)."""
-    wrong = sus[sus["predicted"] != sus["label"]].sort_values("prob", ascending=False, kind="stable").head(n_cam)
+    wrong = most_confidently_wrong(sus, n_cam)
     right = sus[sus["predicted"] == sus["label"]]
     right = right.sample(min(n_cam, len(right)), random_state=seed) if len(right) else right
     ids = list(right["id"]) + list(wrong["id"])
