@@ -42,6 +42,10 @@ class Page:
         self.parts.append(f'<p class="{cls}">{html.escape(text)}</p>')
 
     def table(self, df: pd.DataFrame, digits: int = 4) -> None:
+        df = df.copy()
+        for c in df.columns:  # nullable integers print <NA> whatever na_rep says
+            if isinstance(df[c].dtype, pd.Int64Dtype):
+                df[c] = df[c].astype(object).where(df[c].notna(), "")
         self.parts.append(df.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.{digits}f}", border=0))
 
     def image(self, path: Path, alt: str) -> None:
