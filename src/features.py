@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from src.config import Config
-from src.data import ImageDataset, build_transform, make_loader, resolve_norm
+from src.members import eval_loader
 from src.model import build_model, has_weights
 from src.runs import file_sha1, images_key
 from src.runtime import Runtime, predict
@@ -79,10 +79,9 @@ def cached_features(cfg: Config, backbone: Callable[[], PooledFeatures], table: 
         if feats.shape[0] == len(table):
             return feats, True
     model = backbone()
-    mean, std = resolve_norm(cfg.aug, model.pretrained_cfg)
-    loader = make_loader(ImageDataset(table["path"], None, build_transform(cfg.aug, False, mean, std)), cfg.loader,
-                         device=rt.device.type)
-    feats = predict([model], loader, rt, ["identity"], desc=f"{split} features")[0, 0]  # (N, D)
+    # The ensemble's evaluation pass: image cache, uint8 batches normalised on the device.
+    loader, norm = eval_loader(cfg, table["path"].tolist(), cfg.loader, rt, model.pretrained_cfg)
+    feats = predict([model], loader, rt, ["identity"], desc=f"{split} features", norm=norm)[0, 0]  # (N, D)
     if cache:
         def write(tmp: str) -> None:
             with open(tmp, "wb") as f:
