@@ -64,6 +64,7 @@ class DataCfg(_Section):
     cache_dir: str | None
     n_folds: int
     fold_seed: int
+    relabel: str | None
 
     @model_validator(mode="after")
     def _check(self):
