@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from timm.data import Mixup
 from timm.utils import ModelEmaV3
 
+from src import distributed
 from src.config import Config
 from src.data import EpochSampler
 from src.metrics import softmax, summary
@@ -52,6 +53,12 @@ class FoldState:
     scaler: torch.amp.GradScaler | None = None
     ema: ModelEmaV3 | None = None
     num_updates: int = 0
+    ddp: torch.nn.Module | None = None  # the model in DistributedDataParallel under torchrun
+
+    @property
+    def net(self) -> torch.nn.Module:
+        """What training calls: the DDP wrapper (which synchronises gradients) or the model itself."""
+        return self.ddp if self.ddp is not None else self.model
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -107,7 +114,7 @@ def train_one_epoch(s: FoldState, epoch: int) -> dict:
         if s.mixup is not None:
             x, target = s.mixup(x, y)
         with s.rt.autocast():
-            logits = s.model(x)
+            logits = s.net(x)
             loss = s.criterion(logits, target)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
@@ -127,7 +134,8 @@ def train_one_epoch(s: FoldState, epoch: int) -> dict:
 
 def validate(model: torch.nn.Module, loader, rt: Runtime, targets: np.ndarray, metric: str) -> tuple[np.ndarray, dict]:
     """(probabilities N x C, {'loss', 'accuracy', 'f1_macro', metric}) over a validation loader."""
-    logits = predict([model], loader, rt, desc="validation")[0, 0]  # (N, C)
+    part = predict([model], loader, rt, desc="validation")[0, 0] if len(loader.dataset) else None  # this rank's rows
+    logits = distributed.gather_rows(part)  # (N, C), every rank's rows in order
     loss = float(F.cross_entropy(torch.from_numpy(logits), torch.tensor(np.asarray(targets), dtype=torch.long)))
     probs = softmax(logits)
     return probs, {"loss": loss, **summary(targets, probs, metric)}

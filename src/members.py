@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from src import distributed
 from src.blend import combine, fit_weights, log_probs
 from src.checkpoint import load_checkpoint
 from src.config import Config, LoaderCfg, config_from_dict
@@ -142,32 +143,37 @@ def fold_logits(m: Member, jobs: dict[int, pd.DataFrame], split: str, views: lis
     out: dict[int, dict[str, np.ndarray]] = {}
     todo: dict[tuple, list[int]] = {}
     paths: dict[tuple[int, str], Path] = {}
+    imgs: dict[int, str] = {}
     for k, df in jobs.items():
-        imgs = images_key(df["id"], df["path"])
+        imgs[k] = images_key(df["id"], df["path"])
         out[k] = {}
         for v in views:
-            paths[k, v] = preds_path(m.exp_dir, k, split, v, preds_key(m.sha(k), split, v, imgs, rt.amp_name))
+            paths[k, v] = preds_path(m.exp_dir, k, split, v, preds_key(m.sha(k), split, v, imgs[k], rt.amp_name))
             cached = load_preds(paths[k, v]) if cache else None
             if cached is not None and cached.shape == (len(df), len(m.classes)):
                 out[k][v] = cached
-                m.cached += 1
+    hits = distributed.common({(k, v) for k in out for v in out[k]})  # under torchrun all ranks plan the same passes
+    for k in jobs:
+        out[k] = {v: a for v, a in out[k].items() if (k, v) in hits}
+        m.cached += len(out[k])
         if len(out[k]) < len(views):
-            todo.setdefault((imgs, _eval_setup(m.configs[k])), []).append(k)
+            todo.setdefault((imgs[k], _eval_setup(m.configs[k])), []).append(k)
     for (_, _), group in todo.items():
         cfg = m.configs[group[0]]
         models = [m.model(k, rt) for k in group]
         mean, std = resolve_norm(cfg.aug, models[0].pretrained_cfg)
         df = jobs[group[0]]
-        loader = make_loader(ImageDataset(df["path"], None, build_transform(cfg.aug, False, mean, std)), loader_cfg,
-                             device=rt.device.type)
+        ds = ImageDataset(df["path"], None, build_transform(cfg.aug, False, mean, std))
+        loader = make_loader(distributed.shard_dataset(ds, loader_cfg.batch_size), loader_cfg, device=rt.device.type)
         need = [v for v in views if any(v not in out[k] for k in group)]
-        logits = predict(models, loader, rt, need, desc=f"{m.name} {split} folds {group} x {len(need)} views")
-        # logits: (folds in group, views needed, N, C)
+        part = predict(models, loader, rt, need, desc=f"{m.name} {split} folds {group} x {len(need)} views"
+                       ) if len(loader.dataset) else None  # this rank's images under torchrun
+        logits = distributed.gather_rows(part, axis=2)  # (folds in group, views needed, N, C)
         for gi, k in enumerate(group):
             for vi, v in enumerate(need):
                 if v in out[k]:  # cached already; the group pass predicted it for another fold
                     continue
-                if cache:
+                if cache and distributed.is_main():
                     save_preds(paths[k, v], logits[gi, vi])
                 out[k][v] = logits[gi, vi]
                 m.computed += 1
