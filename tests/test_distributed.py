@@ -94,18 +94,19 @@ def _files(root: Path) -> set[str]:
 
 @pytest.fixture(scope="module")
 def runs(demo_dir, tmp_path_factory, overrides_for):
-    """Fold 0 trained by one process (batch 32), by torchrun with 2 processes (16 each; W&B
-    offline), and by torchrun interrupted after epoch 0 then resumed with --resume."""
+    """Fold 0 trained by one process (batch 32, uninterrupted), and by torchrun with 2 processes
+    (16 each) interrupted after epoch 0, then resumed with `torchrun -m src.train --resume` (W&B
+    offline)."""
     tmp = tmp_path_factory.mktemp("ddp")
-    ov = {name: overrides_for(demo_dir, tmp / name, *RUN) for name in ("one", "ddp", "resumed")}
+    ov = {name: overrides_for(demo_dir, tmp / name, *RUN) for name in ("one", "ddp")}
     train.run(load_config(CONFIG, [*ov["one"], "loader.batch_size=32"]), 0)
-    ddp = _torchrun(["-m", "src.train", "--config", str(CONFIG), "--fold", "0", *ov["ddp"], "wandb.mode=offline"], tmp)
-    crashed = _torchrun([str(REPO / "tests" / "ddp_interrupted.py"), str(CONFIG), *ov["resumed"]], tmp, check=False)
-    interrupted = {"returncode": crashed.returncode, "files": _files(tmp / "resumed"),
-                   "last_epoch": load_checkpoint(fold_paths(tmp / "resumed" / "demo", 0).last)["epoch"],
+    crashed = _torchrun([str(REPO / "tests" / "ddp_interrupted.py"), str(CONFIG), *ov["ddp"]], tmp, check=False)
+    interrupted = {"returncode": crashed.returncode, "files": _files(tmp / "ddp"),
+                   "last_epoch": load_checkpoint(fold_paths(tmp / "ddp" / "demo", 0).last)["epoch"],
                    "stderr": crashed.stderr}
-    resumed = _torchrun(["-m", "src.train", "--config", str(CONFIG), "--fold", "0", "--resume", *ov["resumed"]], tmp)
-    return {"tmp": tmp, "ddp": ddp, "interrupted": interrupted, "resumed": resumed}
+    resumed = _torchrun(["-m", "src.train", "--config", str(CONFIG), "--fold", "0", "--resume", *ov["ddp"],
+                         "wandb.mode=offline"], tmp)
+    return {"tmp": tmp, "interrupted": interrupted, "ddp": resumed}
 
 
 def _fold(runs, name: str):
@@ -136,13 +137,25 @@ def test_ddp_oof_holds_every_validation_id_once_in_order(runs, demo_dir, demo_cf
 
 
 @pytest.mark.slow
-def test_ddp_trains_as_one_process_with_the_whole_batch(runs):
+def test_ddp_run_stops_unfinished_and_resumes(runs):
+    it = runs["interrupted"]
+    assert it["returncode"] != 0 and "interrupted after epoch 0" in it["stderr"]
+    assert it["last_epoch"] == 0 and "demo/fold0/done.json" not in it["files"]
+    assert "resuming after epoch 0" in runs["ddp"].stdout
+
+
+@pytest.mark.slow
+def test_resumed_ddp_run_equals_one_uninterrupted_process_with_the_whole_batch(runs):
+    """Resumed after epoch 0 on 2 processes x 16 == uninterrupted on 1 process x 32, epoch by
+    epoch (float tolerance: the sums are split differently); a sample dealt twice, left out or
+    augmented with another seed, before or after the resume, moves these by far more."""
     ddp, one = (pd.read_csv(_fold(runs, n).history) for n in ("ddp", "one"))
     assert ddp["epoch"].tolist() == one["epoch"].tolist() == [0, 1]
     for col in ("lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_f1_macro"):
         np.testing.assert_allclose(ddp[col], one[col], rtol=1e-4, atol=1e-5, err_msg=col)
-    a, b = (load_checkpoint(_fold(runs, n).last)["model"] for n in ("ddp", "one"))
-    assert [k for k in a if not torch.allclose(a[k].float(), b[k].float(), atol=1e-5)] == []
+    a, b = (load_checkpoint(_fold(runs, n).last) for n in ("ddp", "one"))
+    assert a["epoch"] == b["epoch"] == 1
+    assert [k for k in a["model"] if not torch.allclose(a["model"][k].float(), b["model"][k].float(), atol=1e-5)] == []
 
 
 @pytest.mark.slow
@@ -150,22 +163,6 @@ def test_ddp_opens_exactly_one_wandb_run(runs):
     inside = sorted((runs["tmp"] / "ddp" / "demo" / "wandb").glob("offline-run-*"))
     assert len(inside) == 1, inside
     assert list((runs["tmp"] / "wandb_env").rglob("offline-run-*")) == []  # no stray run from rank 1
-
-
-@pytest.mark.slow
-def test_resumed_ddp_run_equals_the_uninterrupted_one(runs):
-    it = runs["interrupted"]
-    assert it["returncode"] != 0 and "interrupted after epoch 0" in it["stderr"]
-    assert it["last_epoch"] == 0 and "demo/fold0/done.json" not in it["files"]
-    assert "resuming after epoch 0" in runs["resumed"].stdout
-    assert _files(runs["tmp"] / "resumed") == _files(runs["tmp"] / "ddp")
-    a, b = (load_checkpoint(_fold(runs, n).last) for n in ("ddp", "resumed"))
-    assert a["epoch"] == b["epoch"] == 1
-    assert [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])] == []
-    ha, hb = (pd.read_csv(_fold(runs, n).history).drop(columns="time_s") for n in ("ddp", "resumed"))
-    pd.testing.assert_frame_equal(ha, hb)
-    oa, ob = (pd.read_csv(_fold(runs, n).oof).drop(columns="run_id") for n in ("ddp", "resumed"))
-    pd.testing.assert_frame_equal(oa, ob)
 
 
 # ---------------------------------------------------------------- the ensemble under torchrun
