@@ -317,7 +317,8 @@ def train_fold(cfg: Config, fold: int, *, resume: bool = False, force: bool = Fa
     # Data, model and resume state first: a mistake there writes nothing, not even a lock.
     s = setup_fold(cfg, fold, rt)
     optimization(s)
-    meta = {"config": cfg.to_dict(), "classes": s.classes, "fold": fold, "run_id": distributed.from_main(lambda: uuid.uuid4().hex[:12])}
+    meta = {"config": cfg.to_dict(), "classes": s.classes, "fold": fold, "processes": distributed.world_size(),
+            "run_id": distributed.from_main(lambda: uuid.uuid4().hex[:12])}
     keeper = CheckpointKeeper(fp.best, fp.last, meta, monitor_name(cfg),
                               lambda new, best: is_better(monitor_name(cfg), new, best), cfg.train.early_stopping)
     start = keeper.resume(s, cfg.to_dict()) if resume and fp.last.is_file() and not force else 0
