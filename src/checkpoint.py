@@ -69,7 +69,7 @@ def set_rng_state(state: dict) -> None:
 
 # Settings that do not change what is computed; anything else must match to resume.
 RESUME_MAY_CHANGE = ("loader.num_workers", "loader.pin_memory", "loader.persistent_workers", "wandb.",
-                     "data.dir", "data.check_images", "experiment.output_dir", "ensemble.", "runtime.device")
+                     "data.dir", "data.check_images", "data.cache", "train.compile", "experiment.output_dir", "ensemble.", "runtime.device")
 
 
 def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -27,8 +27,10 @@ from src.data import (
     load_train_table,
     make_loader,
     resolve_norm,
+    resolve_workers,
 )
-from src.engine import FoldState, train_one_epoch, validate
+from src.engine import CompiledForward, FoldState, train_one_epoch, validate
+from src.image_cache import image_cache
 from src.losses import build_loss
 from src.metrics import LOWER_IS_BETTER, is_better, summary
 from src.model import build_model, freeze, has_weights, param_counts, param_groups, set_train_mode, unfreeze
@@ -48,7 +50,7 @@ from src.runs import (
     write_done,
     write_oof,
 )
-from src.runtime import Runtime
+from src.runtime import Norm, Runtime
 from src.splits import folds_path, load_or_create_folds
 from src.tracking import Tracker
 from src.utils import UserError, atomic_save, atomic_write_text, seed_everything
@@ -67,9 +69,16 @@ def fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame | No
     # stay in the split (it must not depend on which files were readable today).
     cache = folds_path(cfg).with_name(f"{Path(cfg.data.dir).resolve().name}_images_checked.json")
     pending: list = []
-    readable = set(drop_bad_images(table, cfg, cache, defer=pending)["id"])
-    df, classes, _ = load_or_create_folds(cfg, table=table)
-    for write in pending:  # the split accepted the data: now remember the check
+    undo: list = []
+    try:
+        readable = set(drop_bad_images(table, cfg, cache, defer=pending, images=image_cache(cfg, train=True),
+                                       undo=undo)["id"])
+        df, classes, _ = load_or_create_folds(cfg, table=table)
+    except BaseException:
+        for u in undo:  # new image-cache entries were staged: remove them
+            u()
+        raise
+    for write in pending:  # the split accepted the data: now remember the check (and cache the images)
         write()
     df = df[df["id"].isin(readable)].reset_index(drop=True)
     if fold == -1:
@@ -100,19 +109,32 @@ def setup_fold(cfg: Config, fold: int, rt: Runtime) -> FoldState:
         + (f" ({rt.amp_name} autocast)" if rt.dtype else "")
         + f"; parameters {counts['total']:,} total, {counts['trainable']:,} trainable, {counts['frozen']:,} frozen"
     )
-    train_ds = ImageDataset(train_df["path"], train_df["target"], build_transform(cfg.aug, True, mean, std))
+    train_cache, val_cache = image_cache(cfg, train=True), image_cache(cfg, train=False)
+    train_ds = ImageDataset(train_df["path"], train_df["target"], build_transform(cfg.aug, True), train_cache)
     sampler = distributed.epoch_sampler(len(train_ds), seed)
     train_loader = make_loader(train_ds, cfg.loader, device=rt.device.type, sampler=sampler,
                                drop_last=len(sampler) > cfg.loader.batch_size)
     val_loader = None
     if val_df is not None:
-        val_ds = ImageDataset(val_df["path"], val_df["target"], build_transform(cfg.aug, False, mean, std))
+        val_ds = ImageDataset(val_df["path"], val_df["target"], build_transform(cfg.aug, False), val_cache)
         val_loader = make_loader(distributed.shard_dataset(val_ds, cfg.loader.batch_size * 2), cfg.loader,
                                  device=rt.device.type, batch_size=cfg.loader.batch_size * 2)
     limit = cfg.train.limit_batches
     batches = len(train_loader) if limit is None else min(len(train_loader), limit)
     return FoldState(cfg, fold, fold_paths(cfg.out_dir, fold), rt, classes, train_df, val_df, model, frozen, counts,
-                     sampler, train_loader, val_loader, batches, seed)
+                     sampler, train_loader, val_loader, batches, seed, Norm(mean, std))
+
+
+def fill_caches(s: FoldState) -> None:
+    """Decode and resize, once, the images the fold's caches lack, with a progress bar (the
+    datasets would build them one by one otherwise). Called once the run is known to start."""
+    for loader in (s.train_loader, s.val_loader):
+        ds = getattr(loader, "dataset", None)
+        base = getattr(ds, "dataset", ds)  # a torch Subset: this rank's share under torchrun
+        if getattr(base, "cache", None) is None:
+            continue
+        paths = [base.paths[i] for i in ds.indices] if base is not ds else base.paths
+        base.cache.fill_or_fail(paths, workers=max(2, resolve_workers(s.cfg.loader)))
 
 
 def higher_is_better(cfg: Config) -> bool:
@@ -139,6 +161,7 @@ def optimization(s: FoldState) -> None:
     s.ema = ModelEmaV3(s.model, decay=cfg.train.ema_decay, use_warmup=True) if cfg.train.ema else None
     s.ddp = distributed.wrap(s.model, s.rt.device)
     print(distributed.describe_batch(cfg.loader.batch_size, cfg.train.accum_steps, cfg.optim.lr))
+    s.forward = CompiledForward(s.net) if cfg.train.compile else None
 
 
 def dry_run(s: FoldState) -> dict:
@@ -147,7 +170,7 @@ def dry_run(s: FoldState) -> dict:
                                  batch_size=min(4, len(s.train_df)))))
     s.model.eval()
     with torch.no_grad(), s.rt.autocast():
-        logits = s.model(s.rt.batch(x))
+        logits = s.model(s.rt.batch(x, s.norm))
     print(f"dry run: input {tuple(x.shape)} -> logits {tuple(logits.shape)}; nothing trained, no checkpoint written")
     return {"dry_run": True, "params": s.counts, "n_train": len(s.train_df),
             "n_valid": 0 if s.val_df is None else len(s.val_df)}
@@ -170,12 +193,15 @@ def run_epoch(s: FoldState, keeper: CheckpointKeeper, epoch: int, tracker: Track
     if cfg.model.unfreeze_epoch is not None and epoch >= cfg.model.unfreeze_epoch and s.frozen.any:
         s.frozen = unfreeze(s.model, s.frozen)
         s.ddp = distributed.wrap(s.model, s.rt.device)  # DDP syncs only what was trainable when it was built
+        s.forward = CompiledForward(s.net) if cfg.train.compile else None
         print(f"epoch {epoch}: unfroze all parameters (backbone lr x{cfg.model.backbone_lr_mult})")
     set_train_mode(s.model, s.frozen)
     row = {"epoch": epoch, **distributed.mean_over_ranks(train_one_epoch(s, epoch), ("train_loss", "train_accuracy"))}
+    row["img_per_s"] = round(row["img_per_s"] * distributed.world_size(), 1)  # every process's images (steps are in lockstep)
     value = None
     if s.val_loader is not None:
-        probs, scores = validate(s.eval_model, s.val_loader, s.rt, s.val_df["target"].to_numpy(), cfg.metric.name)
+        probs, scores = validate(s.eval_model, s.val_loader, s.rt, s.val_df["target"].to_numpy(), cfg.metric.name,
+                                 s.norm)
         row.update({f"val_{k}": v for k, v in scores.items()})
         value = scores[monitor_name(cfg)]
     improved = keeper.observe(epoch, value)
@@ -205,7 +231,7 @@ def sync_oof(s: FoldState, keeper: CheckpointKeeper) -> None:
     if distributed.from_main(current):  # every rank takes rank 0's answer: they validate together or not at all
         return
     s.eval_model.load_state_dict(load_checkpoint(fp.best)["model"])
-    probs, _ = validate(s.eval_model, s.val_loader, s.rt, s.val_df["target"].to_numpy(), s.cfg.metric.name)
+    probs, _ = validate(s.eval_model, s.val_loader, s.rt, s.val_df["target"].to_numpy(), s.cfg.metric.name, s.norm)
     if distributed.is_main():
         write_oof(fp.oof, s.val_df["id"], s.fold, s.val_df["label"], s.val_df["target"], probs, s.classes,
                   keeper.meta["run_id"], keeper.best_epoch)
@@ -329,6 +355,7 @@ def train_fold(cfg: Config, fold: int, *, resume: bool = False, force: bool = Fa
             start = cfg.train.epochs
     elif resume and not force:
         print(f"fold {fold}: nothing to resume in {fp.dir}; starting fresh")
+    distributed.main_first(lambda: fill_caches(s))  # rank 0 builds what is missing, the others find it
     with distributed.on_main(fold_lock(fp, f"fold {fold} of experiment {cfg.experiment.name}")):
         if (result := distributed.from_main(lambda: _claim(cfg, fp, fold, resume or start > 0, force, start == 0))) is not None:
             return result
