@@ -38,10 +38,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def make_photos(root: Path, n: int, n_classes: int = 10, size: tuple[int, int] = (500, 375), seed: int = 0) -> Path:
-    """`root/train/<class>/<i>.jpg` and `root/test/<i>.jpg` (n each), built once per (n, size, seed)."""
+def make_photos(root: Path, n: int, size: tuple[int, int] = (500, 375), seed: int = 0) -> Path:
+    """`root/train/<class>/<i>.jpg` and `root/test/<i>.jpg` (n each), built once per (n, size, seed);
+    up to 10 classes, at least 10 photos each (so that 5 stratified folds can be cut)."""
     from sklearn.datasets import load_sample_images
 
+    n_classes = max(2, min(10, n // 10))
     stamp = root / "photos.json"
     spec = {"n": n, "classes": n_classes, "size": list(size), "seed": seed, "version": 1}
     if stamp.is_file() and json.loads(stamp.read_text()) == spec:
