@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from timm.data import Mixup
 from timm.utils import ModelEmaV3
 
+from src import distributed
 from src.config import Config
 from src.data import EpochSampler
 from src.metrics import softmax, summary
@@ -55,7 +56,13 @@ class FoldState:
     scaler: torch.amp.GradScaler | None = None
     ema: ModelEmaV3 | None = None
     num_updates: int = 0
-    forward: object = None  # the compiled training forward (train.compile), else None: the model itself
+    forward: object = None  # the compiled training forward (train.compile), else None: `net` itself
+    ddp: torch.nn.Module | None = None  # the model in DistributedDataParallel under torchrun
+
+    @property
+    def net(self) -> torch.nn.Module:
+        """What training calls: the DDP wrapper (which synchronises gradients) or the model itself."""
+        return self.ddp if self.ddp is not None else self.model
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -143,7 +150,7 @@ def train_one_epoch(s: FoldState, epoch: int) -> dict:
     loss_sum = torch.zeros((), device=dev)
     correct = torch.zeros((), dtype=torch.long, device=dev)
     seen, wait = 0, 0.0
-    forward = s.forward or s.model
+    forward = s.forward or s.net
     batches = iter(s.train_loader)
     s.optimizer.zero_grad(set_to_none=True)
     t0 = time.perf_counter()
@@ -180,7 +187,8 @@ def train_one_epoch(s: FoldState, epoch: int) -> dict:
 def validate(model: torch.nn.Module, loader, rt: Runtime, targets: np.ndarray, metric: str,
              norm: Norm | None = None) -> tuple[np.ndarray, dict]:
     """(probabilities N x C, {'loss', 'accuracy', 'f1_macro', metric}) over a validation loader."""
-    logits = predict([model], loader, rt, desc="validation", norm=norm)[0, 0]  # (N, C)
+    part = predict([model], loader, rt, desc="validation", norm=norm)[0, 0] if len(loader.dataset) else None
+    logits = distributed.gather_rows(part)  # (N, C), every rank's rows in order (this rank's only in one process)
     loss = float(F.cross_entropy(torch.from_numpy(logits), torch.tensor(np.asarray(targets), dtype=torch.long)))
     probs = softmax(logits)
     return probs, {"loss": loss, **summary(targets, probs, metric)}

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from src import distributed
 from src.blend import combine, fit_weights, log_probs
 from src.checkpoint import load_checkpoint
 from src.config import Config, LoaderCfg, config_from_dict
@@ -143,9 +144,10 @@ def eval_loader(cfg: Config, paths: list[str], loader_cfg: LoaderCfg, rt: Runtim
     normalisation its uint8 batches get on the device."""
     images = image_cache(cfg, train=False)
     if images is not None:
-        images.fill_or_fail(paths, workers=max(2, resolve_workers(loader_cfg)))
-    loader = make_loader(ImageDataset(paths, None, build_transform(cfg.aug, False), images), loader_cfg,
-                         device=rt.device.type)
+        distributed.main_first(lambda: images.fill_or_fail(paths, workers=max(2, resolve_workers(loader_cfg))))
+    ds = distributed.shard_dataset(ImageDataset(paths, None, build_transform(cfg.aug, False), images),
+                                   loader_cfg.batch_size)  # this rank's share under torchrun
+    loader = make_loader(ds, loader_cfg, device=rt.device.type)
     return loader, Norm(*resolve_norm(cfg.aug, pretrained_cfg))
 
 
@@ -159,30 +161,34 @@ def fold_logits(m: Member, jobs: dict[int, pd.DataFrame], split: str, views: lis
     out: dict[int, dict[str, np.ndarray]] = {}
     todo: dict[tuple, list[int]] = {}
     paths: dict[tuple[int, str], Path] = {}
+    imgs: dict[int, str] = {}
     for k, df in jobs.items():
-        imgs = images_key(df["id"], df["path"])
+        imgs[k] = images_key(df["id"], df["path"])
         out[k] = {}
         for v in views:
-            paths[k, v] = preds_path(m.exp_dir, k, split, v, preds_key(m.sha(k), split, v, imgs, rt.amp_name))
+            paths[k, v] = preds_path(m.exp_dir, k, split, v, preds_key(m.sha(k), split, v, imgs[k], rt.amp_name))
             cached = load_preds(paths[k, v]) if cache else None
             if cached is not None and cached.shape == (len(df), len(m.classes)):
                 out[k][v] = cached
-                m.cached += 1
+    hits = distributed.common({(k, v) for k in out for v in out[k]})  # under torchrun all ranks plan the same passes
+    for k in jobs:
+        out[k] = {v: a for v, a in out[k].items() if (k, v) in hits}
+        m.cached += len(out[k])
         if len(out[k]) < len(views):
-            todo.setdefault((imgs, _eval_setup(m.configs[k])), []).append(k)
+            todo.setdefault((imgs[k], _eval_setup(m.configs[k])), []).append(k)
     for (_, _), group in todo.items():
         cfg = m.configs[group[0]]
         models = [m.model(k, rt) for k in group]
         loader, norm = eval_loader(cfg, jobs[group[0]]["path"].tolist(), loader_cfg, rt, models[0].pretrained_cfg)
         need = [v for v in views if any(v not in out[k] for k in group)]
-        logits = predict(models, loader, rt, need, desc=f"{m.name} {split} folds {group} x {len(need)} views",
-                         norm=norm)
-        # logits: (folds in group, views needed, N, C)
+        part = predict(models, loader, rt, need, desc=f"{m.name} {split} folds {group} x {len(need)} views",
+                       norm=norm) if len(loader.dataset) else None  # this rank's images under torchrun
+        logits = distributed.gather_rows(part, axis=2)  # (folds in group, views needed, N, C)
         for gi, k in enumerate(group):
             for vi, v in enumerate(need):
                 if v in out[k]:  # cached already; the group pass predicted it for another fold
                     continue
-                if cache:
+                if cache and distributed.is_main():
                     save_preds(paths[k, v], logits[gi, vi])
                 out[k][v] = logits[gi, vi]
                 m.computed += 1
