@@ -104,7 +104,7 @@ def stages(args) -> None:
     result = run_stages(cfg, full, photos, args.folds, args.views, args.test_images)
     result["command"] = "python -m src.bench " + " ".join(args.raw)
     print(json.dumps(result, indent=2))
-    out = Path(args.results) / f"{result['device']}.json"
+    out = Path(args.results) / f"{result['device']}{'-' + args.tag if args.tag else ''}.json"
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 
@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--views", nargs="+", default=["identity", "hflip"], help="--stages: TTA views")
     parser.add_argument("--test-images", type=int, default=512, help="--stages: test photos in the ensemble pass")
     parser.add_argument("--work", default="outputs/bench", help="--stages: folder for photos, cache and folds")
-    parser.add_argument("--results", default="benchmarks/results", help="--stages: folder of <device>.json")
+    parser.add_argument("--results", default="benchmarks/results", help="--stages: folder of <device>[-tag].json")
+    parser.add_argument("--tag", default="", help="--stages: suffix of the results file (another model, say)")
     add_config_args(parser)
     args = parser.parse_intermixed_args(argv)
     if args.stages:
