@@ -180,7 +180,7 @@ class WandbCfg(_Section):
 
 class EnsembleCfg(_Section):
     tta: list[str]
-    voting: Literal["soft", "geometric", "logits", "hard"]
+    voting: Literal["soft", "geometric", "logits", "hard", "rank"]
     weights: Literal["equal", "auto"] | list[float]
     format: Literal["auto", "label", "index", "proba", "binary"]
     missing_folds: Literal["error", "warn"]
