@@ -75,8 +75,9 @@ def parse_weights(text: str) -> str | list[float]:
         raise argparse.ArgumentTypeError(f"--weights takes equal, auto or w1,w2,..., not '{text}'") from None
 
 
-def add_blend_args(parser: argparse.ArgumentParser) -> None:
-    """The flags every command that blends takes (src.ensemble, src.kaggle_kernel)."""
+def add_blend_args(parser: argparse.ArgumentParser, fmt: bool = True) -> None:
+    """The flags every command that blends takes (src.ensemble, src.kaggle_kernel; src.pseudo
+    without --format)."""
     parser.add_argument("--experiments", nargs="+", default=None, help="member experiments (default: the config's)")
     tta = parser.add_mutually_exclusive_group()
     tta.add_argument("--tta", nargs="*", default=None,
@@ -85,7 +86,8 @@ def add_blend_args(parser: argparse.ArgumentParser) -> None:
     tta.add_argument("--no-tta", action="store_true", help="identity view only")
     parser.add_argument("--weights", type=parse_weights, default=None, help="equal | auto | w1,w2,...")
     parser.add_argument("--voting", choices=["soft", "geometric", "logits", "hard", "rank"], default=None)
-    parser.add_argument("--format", dest="fmt", choices=["auto", "label", "index", "proba", "binary"], default=None)
+    if fmt:
+        parser.add_argument("--format", dest="fmt", choices=["auto", "label", "index", "proba", "binary"], default=None)
 
 
 def split_blend_args(args: argparse.Namespace) -> list[str] | None:

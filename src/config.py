@@ -62,6 +62,7 @@ class DataCfg(_Section):
     check_images: bool
     n_folds: int
     fold_seed: int
+    pseudo: str | None
 
     @model_validator(mode="after")
     def _check(self):
@@ -121,6 +122,9 @@ class LossCfg(_Section):
     gamma: NonNegF
     alpha: list[NonNegF] | None
     class_weights: Literal["balanced"] | list[NonNegF] | None
+    distill_from: str | None
+    distill_weight: Fraction
+    distill_temperature: Positive
 
 
 class OptimCfg(_Section):

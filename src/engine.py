@@ -104,6 +104,8 @@ def train_one_epoch(s: FoldState, epoch: int) -> dict:
             break
         x, y = s.rt.batch(x), y.to(s.rt.device, non_blocking=True)
         target = y
+        if y.ndim == 2:  # probability targets (src/soft_targets.py): accuracy against their argmax
+            y = y.argmax(1)
         if s.mixup is not None:
             x, target = s.mixup(x, y)
         with s.rt.autocast():

@@ -34,6 +34,7 @@ from src.metrics import LOWER_IS_BETTER, is_better, summary
 from src.model import build_model, freeze, has_weights, param_counts, param_groups, set_train_mode, unfreeze
 from src.optim import build_optimizer, build_scheduler
 from src.plots import plot_confusion, plot_curves
+from src.pseudo_labels import add_pseudo
 from src.runs import (
     FoldPaths,
     file_sha1,
@@ -49,6 +50,7 @@ from src.runs import (
     write_oof,
 )
 from src.runtime import Runtime
+from src.soft_targets import with_soft_targets
 from src.splits import folds_path, load_or_create_folds
 from src.tracking import Tracker
 from src.utils import UserError, atomic_save, atomic_write_text, seed_everything
@@ -59,7 +61,8 @@ def derive_seed(*parts: int) -> int:
 
 
 def fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str]]:
-    """(training rows, validation rows or None for fold -1, class names), readable images only."""
+    """(training rows, validation rows or None for fold -1, class names), readable images only;
+    pseudo-labelled test images (data.pseudo) are appended to the training rows only."""
     if fold != -1 and not 0 <= fold < cfg.data.n_folds:
         raise UserError(f"--fold {fold} is out of range; use 0..{cfg.data.n_folds - 1}, all, or -1")
     table = load_train_table(cfg.data)
@@ -73,8 +76,9 @@ def fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame | No
         write()
     df = df[df["id"].isin(readable)].reset_index(drop=True)
     if fold == -1:
-        return df, None, classes
-    return df[df["fold"] != fold].reset_index(drop=True), df[df["fold"] == fold].reset_index(drop=True), classes
+        return add_pseudo(df, cfg, classes), None, classes
+    train = add_pseudo(df[df["fold"] != fold].reset_index(drop=True), cfg, classes)  # never the validation part
+    return train, df[df["fold"] == fold].reset_index(drop=True), classes
 
 
 # ---------------------------------------------------------------- setup
@@ -101,6 +105,7 @@ def setup_fold(cfg: Config, fold: int, rt: Runtime) -> FoldState:
         + f"; parameters {counts['total']:,} total, {counts['trainable']:,} trainable, {counts['frozen']:,} frozen"
     )
     train_ds = ImageDataset(train_df["path"], train_df["target"], build_transform(cfg.aug, True, mean, std))
+    train_ds = with_soft_targets(train_ds, cfg, train_df, classes)  # distillation, soft pseudo-labels
     sampler = EpochSampler(len(train_ds), seed=seed)
     train_loader = make_loader(train_ds, cfg.loader, device=rt.device.type, sampler=sampler, drop_last=True)
     val_loader = None
