@@ -19,6 +19,7 @@ from src.model import Frozen
 from src.progress import progress
 from src.runs import FoldPaths
 from src.runtime import Runtime, predict
+from src.size_schedule import resize_batch
 from src.utils import UserError
 
 
@@ -51,7 +52,9 @@ class FoldState:
     scheduler: object = None
     scaler: torch.amp.GradScaler | None = None
     ema: ModelEmaV3 | None = None
+    swa: torch.optim.swa_utils.AveragedModel | None = None  # train.swa: the running average (src/averaging.py)
     num_updates: int = 0
+    train_size: int | None = None  # aug.size_schedule: this epoch's training input size (src/size_schedule.py)
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -62,6 +65,7 @@ class FoldState:
         return {
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "swa": self.swa.state_dict() if self.swa is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -75,6 +79,8 @@ class FoldState:
         self.scaler.load_state_dict(st["scaler"])
         if self.ema is not None and st.get("ema") is not None:
             self.ema.load_state_dict(st["ema"])
+        if self.swa is not None and st.get("swa") is not None:
+            self.swa.load_state_dict(st["swa"])
         self.num_updates = st["num_updates"]
 
 
@@ -106,6 +112,7 @@ def train_one_epoch(s: FoldState, epoch: int) -> dict:
         target = y
         if y.ndim == 2:  # probability targets (src/soft_targets.py): accuracy against their argmax
             y = y.argmax(1)
+        x = resize_batch(x, s.train_size)
         if s.mixup is not None:
             x, target = s.mixup(x, y)
         with s.rt.autocast():

@@ -17,6 +17,7 @@ import torch
 from timm.data import Mixup
 from timm.utils import ModelEmaV3
 
+from src.averaging import finish_swa, new_swa, swa_cv, swa_step
 from src.checkpoint import RESUME_MAY_CHANGE, CheckpointKeeper, config_diff, load_checkpoint
 from src.config import Config, config_from_dict, save_config
 from src.data import (
@@ -50,6 +51,7 @@ from src.runs import (
     write_oof,
 )
 from src.runtime import Runtime
+from src.size_schedule import size_at
 from src.soft_targets import with_soft_targets
 from src.splits import folds_path, load_or_create_folds
 from src.tracking import Tracker
@@ -140,6 +142,7 @@ def optimization(s: FoldState) -> None:
     s.scaler = torch.amp.GradScaler(s.rt.device.type, enabled=s.rt.dtype == torch.float16)
     # Decay warmup (timm) lets the average follow the weights early on; short runs need it.
     s.ema = ModelEmaV3(s.model, decay=cfg.train.ema_decay, use_warmup=True) if cfg.train.ema else None
+    s.swa = new_swa(s.model) if cfg.train.swa else None
 
 
 def dry_run(s: FoldState) -> dict:
@@ -172,7 +175,9 @@ def run_epoch(s: FoldState, keeper: CheckpointKeeper, epoch: int, tracker: Track
         s.frozen = unfreeze(s.model, s.frozen)
         print(f"epoch {epoch}: unfroze all parameters (backbone lr x{cfg.model.backbone_lr_mult})")
     set_train_mode(s.model, s.frozen)
-    row = {"epoch": epoch, **train_one_epoch(s, epoch)}
+    s.train_size = size_at(cfg.aug.size_schedule, epoch)
+    row = {"epoch": epoch, **({"img_size": s.train_size} if s.train_size else {}), **train_one_epoch(s, epoch)}
+    swa_step(s, epoch)
     value = None
     if s.val_loader is not None:
         probs, scores = validate(s.eval_model, s.val_loader, s.rt, s.val_df["target"].to_numpy(), cfg.metric.name)
@@ -229,6 +234,8 @@ def finish_fold(s: FoldState, keeper: CheckpointKeeper, tracker: Tracker) -> dic
         tracker.confusion(y, probs.argmax(1), s.classes)
         tracker.summary({f"best_{monitor_name(cfg)}": keeper.best, "best_epoch": keeper.best_epoch,
                          **{f"best_{k}": v for k, v in result.items() if k in ("accuracy", "f1_macro", cfg.metric.name)}})
+    if (swa := finish_swa(s, keeper.meta, keeper.history[-1]["epoch"])) is not None:
+        result["swa"] = swa
     result["best_sha1"] = file_sha1(fp.best)  # later stages refuse a best.pt swapped in after training
     write_done(fp, result)  # last: only now is the fold finished
     return result
@@ -291,7 +298,8 @@ def train_fold(cfg: Config, fold: int, *, resume: bool = False, force: bool = Fa
     optimization(s)
     meta = {"config": cfg.to_dict(), "classes": s.classes, "fold": fold, "run_id": uuid.uuid4().hex[:12]}
     keeper = CheckpointKeeper(fp.best, fp.last, meta, monitor_name(cfg),
-                              lambda new, best: is_better(monitor_name(cfg), new, best), cfg.train.early_stopping)
+                              lambda new, best: is_better(monitor_name(cfg), new, best), cfg.train.early_stopping,
+                              top_k=cfg.train.keep_top)
     start = keeper.resume(s, cfg.to_dict()) if resume and fp.last.is_file() and not force else 0
     if start:
         print(f"fold {fold}: resuming after epoch {start - 1} (best {monitor_name(cfg)} {keeper.best} "
@@ -336,9 +344,11 @@ def cv_report(cfg: Config, folds: list[int]) -> dict:
                      **{m: done.get(m) for m in ("accuracy", "f1_macro", cfg.metric.name)}})
     oof = pd.concat(parts, ignore_index=True)
     overall = summary(oof["target"].to_numpy(), oof_probs(oof, classes), cfg.metric.name)
-    table = pd.DataFrame(rows + [{"fold": "oof", "best_epoch": "", **overall}])
+    swa = swa_cv(cfg.out_dir, folds, classes, cfg.metric.name)
+    table = pd.DataFrame(rows + [{"fold": "oof", "best_epoch": "", **overall}]
+                         + ([{"fold": "oof swa", "best_epoch": "", **swa}] if swa else []))
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     report = {"experiment": cfg.experiment.name, "metric": cfg.metric.name, "folds": rows, "oof": overall,
-              "n_oof": len(oof)}
+              "n_oof": len(oof), **({"oof_swa": swa} if swa else {})}
     atomic_write_text(cfg.out_dir / "cv.json", json.dumps(report, indent=2))
     return report
