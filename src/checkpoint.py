@@ -69,7 +69,7 @@ def set_rng_state(state: dict) -> None:
 # ---------------------------------------------------------------- the keeper of one fold's checkpoints
 
 # Settings that do not change what is computed; anything else must match to resume.
-RESUME_MAY_CHANGE = ("loader.num_workers", "loader.pin_memory", "loader.persistent_workers", "wandb.",
+RESUME_MAY_CHANGE = ("loader.num_workers", "loader.pin_memory", "loader.persistent_workers", "wandb.", "train.keep_top",
                      "data.dir", "data.check_images", "experiment.output_dir", "ensemble.", "runtime.device")
 
 

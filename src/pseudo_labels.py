@@ -61,6 +61,8 @@ def make_pseudo(cfg: Config, names: list[str], views: list[str] | None, weights,
     views = parse_views(e.tta if views is None else (views or ["identity"]))
     voting = voting or e.voting
     threshold = (0.0 if soft else HARD_THRESHOLD) if threshold is None else threshold
+    if not 0.0 <= threshold <= 1.0:
+        raise UserError(f"--threshold {threshold} is not a probability; give a value in [0, 1], e.g. 0.9")
     out = Path(out) if out else default_table_path(cfg, names, round_)
     if out.suffix.lower() != ".csv" or out.resolve().is_relative_to(Path(cfg.data.dir).resolve()):
         raise UserError(f"--out {out} must be a .csv outside the competition folder {cfg.data.dir}")

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import src.pseudo as pseudo_cli
 from src.members import member_oof_views, open_member
 from src.metrics import softmax
 from src.pseudo_labels import make_pseudo
@@ -132,3 +133,16 @@ def test_distillation_trains_and_refuses_a_teacher_on_other_folds(world, capsys)
     assert not (other.out_dir / "fold0").exists()
     with pytest.raises(UserError, match="mixup"):
         train_fold(world.make("experiment.name=student4", "loss.distill_from=t", "train.mixup=0.2"), 0)
+
+
+def test_pseudo_cli_writes_the_table_and_refuses_a_bad_threshold(world, overrides_for, capsys):
+    out = world.root / "pl" / "cli.csv"
+    args = ["--config", "configs/demo.yaml", "--experiments", "t", "--tta", "identity", "--threshold", "0.6",
+            "--round", "3", "--out", str(out), *overrides_for(world.demo, world.out, *TRAIN)]
+    pseudo_cli.main(args)
+    table = pd.read_csv(out, dtype={"id": str})
+    assert (table["round"] == 3).all() and (table["confidence"] >= 0.6).all()
+    assert f"train with data.pseudo={out}" in capsys.readouterr().out
+    with pytest.raises(UserError, match="not a probability"):
+        pseudo_cli.main([*args[:-len(overrides_for(world.demo, world.out, *TRAIN))], "--threshold", "1.5",
+                         *overrides_for(world.demo, world.out, *TRAIN)])
