@@ -18,7 +18,8 @@ def combine(logits: np.ndarray, voting: str, weights: np.ndarray | None = None) 
     logits: softmax of the weighted mean logit; hard: weighted share of argmax votes; rank: each
     predictor's probabilities turned into per-class ranks over the N images (scaled to 0..1),
     weighted mean, rows renormalized to sum 1 (for two classes this is exactly the rank average
-    of the second class, what AUC-type metrics score).
+    of the second class, what AUC-type metrics score; the argmax of ranks is not the argmax of
+    probabilities, so it is no rule for accuracy-type metrics).
     """
     k = logits.shape[0]
     w = np.full(k, 1.0 / k) if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)

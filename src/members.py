@@ -186,7 +186,7 @@ def member_oof(m: Member, views: list[str] | None, rt: Runtime, loader_cfg: Load
         oof = _oof_table(m)
         return oof[["id", "target", "fold"]], log_probs(oof_probs(oof, m.classes))
     table, logits = member_oof_views(m, views, rt, loader_cfg)
-    return table, np.concatenate([log_probs(combine(logits[k], voting)) for k in m.folds])
+    return table, np.concatenate([log_probs(combine(logits[k], within_member(voting))) for k in m.folds])
 
 
 def _oof_table(m: Member) -> pd.DataFrame:
@@ -211,10 +211,18 @@ def member_test(m: Member, test: pd.DataFrame, views: list[str], rt: Runtime, lo
                 voting: str, cache: bool = True) -> np.ndarray:
     """Test probabilities (N, C): every fold x view of the member, blended by `voting`."""
     logits = fold_logits(m, {k: test for k in m.folds}, "test", views, rt, loader_cfg, cache)
-    return combine(np.concatenate([logits[k] for k in m.folds]), voting)  # (folds * views, N, C) -> (N, C)
+    # (folds * views, N, C) -> (N, C)
+    return combine(np.concatenate([logits[k] for k in m.folds]), within_member(voting))
 
 
 # ---------------------------------------------------------------- several members
+
+
+def within_member(voting: str) -> str:
+    """The rule that blends one member's folds and views: rank voting ranks members' predictions,
+    so within a member (models of one recipe, alike in calibration) probabilities are averaged;
+    this keeps the test blend computed as its OOF estimate is (one prediction per member and image)."""
+    return "soft" if voting == "rank" else voting
 
 
 def across_members(voting: str) -> str:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from src.blend import combine, log_probs
 from src.config import Config
-from src.members import Member, across_members, member_oof_views, resolve_weights
+from src.members import Member, across_members, member_oof_views, resolve_weights, within_member
 from src.metrics import compute_metric, is_better, softmax
 from src.runtime import Runtime
 
@@ -53,7 +53,7 @@ class _OofViews:
         """Member i's OOF log-probabilities with `views`, blended within each fold as member_oof does."""
         vi = [self.views.index(v) for v in views]
         m = self.members[i]
-        lg = np.concatenate([log_probs(combine(self.logits[i][k][vi], voting)) for k in m.folds])
+        lg = np.concatenate([log_probs(combine(self.logits[i][k][vi], within_member(voting))) for k in m.folds])
         return lg[self.order[i]]
 
 

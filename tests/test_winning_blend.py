@@ -18,8 +18,9 @@ from scipy.stats import rankdata
 import src.ensemble as ens
 import src.ledger as ledger_cli
 from src.blend import combine
+from src.data import load_test_table
 from src.ledger_table import COLUMNS, correlation, read_ledger
-from src.members import aligned_oof, open_members
+from src.members import aligned_oof, member_test, open_members
 from src.metrics import compute_metric, softmax
 from src.runtime import Runtime
 from src.stacking import make_stacker, nested_oof, stack_features
@@ -112,6 +113,13 @@ def test_rank_voting_through_the_ensemble(world, capsys):
     probs = pd.read_csv(out.with_name("r_probs.csv"), dtype={"id": str}).drop(columns="id").to_numpy()
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
     assert read_ledger(out.parent / "ledger.csv")["voting"].tolist() == ["rank"]
+    # members' folds are averaged (as their OOF rows, one prediction each, are), then members rank-averaged
+    rt = Runtime.from_cfg(world.cfg.runtime)
+    test, _ = load_test_table(world.cfg.data)
+    soft = [member_test(m, test, ["identity"], rt, world.cfg.loader, "soft")
+            for m in open_members(world.cfg, ["a", "b"])]
+    expected = combine(np.stack([np.log(np.clip(p, 1e-12, 1)) for p in soft]), "rank")
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
 
 
 # ---------------------------------------------------------------- the stacker
