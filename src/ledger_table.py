@@ -165,7 +165,10 @@ def show(path: Path) -> str:
     if df.empty:
         return f"the ledger {path} is empty; every python -m src.ensemble run adds a row"
     cols = ["time", "file", "members", "views", "voting", "stack", "metric", "cv", "lb"]
-    text = df[cols].to_string(index=False)
+    shown = df[cols].copy()
+    for c in ("cv", "lb"):  # full precision stays in the file
+        shown[c] = [f"{float(v):.4f}" if v else "" for v in shown[c]]
+    text = shown.to_string(index=False)
     corr = correlation(df)
     scored = (pd.to_numeric(df["lb"], errors="coerce").notna()).sum()
     if corr is None:
