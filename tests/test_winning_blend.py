@@ -25,6 +25,7 @@ from src.metrics import compute_metric, softmax
 from src.runtime import Runtime
 from src.stacking import make_stacker, nested_oof, stack_features
 from src.trainer import train_fold
+from src.tta import parse_views
 from src.utils import UserError
 
 TRAIN = ("data.n_folds=2", "model.name=test_resnet", "train.epochs=1", "train.limit_batches=20",
@@ -198,3 +199,5 @@ def test_tta_auto_needs_the_oof_report(world):
     with pytest.raises(UserError, match="fitted on the OOF report"):
         ens.run(world.cfg, ["a"], ["auto"], [1.0], "soft", world.root / "x" / "x.csv", None, report=False)
     assert not (world.root / "x").exists()
+    with pytest.raises(UserError, match="src.ensemble --tta auto"):  # e.g. src.kaggle_kernel --tta auto
+        parse_views(["identity", "auto"])
