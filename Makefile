@@ -20,6 +20,7 @@ demo: setup
 	$(PY) -m src.train --config configs/demo.yaml --fold all
 	$(PY) -m src.ensemble --config configs/demo.yaml --tta --out submissions/demo_tta.csv
 	$(PY) -m src.score submissions/demo_tta.csv --config configs/demo.yaml
+	$(PY) -m src.report --config configs/demo.yaml
 
 test: setup
 	$(PY) -m pytest -q

@@ -47,9 +47,9 @@ def _averaged_fold(m: Member, fold: int, cfg: Config, top: int | None, rt: Runti
     if top is not None:
         ckpts = top_checkpoints(m, fold, top)
         s.model.load_state_dict(average_state_dicts([c["model"] for c in ckpts]))
-        recompute_bn(s.model, s.train_loader, rt, s.batches)
+        recompute_bn(s.model, s.train_loader, rt, s.batches, s.norm)
         epochs = [int(c["epoch"]) for c in ckpts]
-        probs, _ = validate(s.model, s.val_loader, rt, s.val_df["target"].to_numpy(), cfg.metric.name)
+        probs, _ = validate(s.model, s.val_loader, rt, s.val_df["target"].to_numpy(), cfg.metric.name, s.norm)
     else:
         ckpt_path, oof_path = swa_paths(fold_paths(m.exp_dir, fold).dir)
         ckpt = load_checkpoint(ckpt_path, fix="train the fold with train.swa=true")

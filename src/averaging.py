@@ -15,11 +15,12 @@ import pandas as pd
 import torch
 from torch.optim.swa_utils import AveragedModel, update_bn
 
+from src import distributed
 from src.checkpoint import save_checkpoint
 from src.engine import FoldState, validate
 from src.metrics import summary
 from src.runs import fold_paths, oof_probs, read_done, read_oof, write_oof
-from src.runtime import Runtime
+from src.runtime import Norm, Runtime
 from src.utils import UserError
 
 
@@ -33,17 +34,20 @@ def new_swa(model: torch.nn.Module) -> AveragedModel:
     return AveragedModel(model, use_buffers=False)
 
 
-def recompute_bn(model: torch.nn.Module, batches: Iterable, rt: Runtime, limit: int | None = None) -> None:
-    """Reset and re-estimate every BatchNorm's running mean and variance over (x, y) batches."""
+def recompute_bn(model: torch.nn.Module, batches: Iterable, rt: Runtime, limit: int | None = None,
+                 norm: Norm | None = None) -> None:
+    """Reset and re-estimate every BatchNorm's running mean and variance over (x, y) batches
+    (uint8 batches normalised on the device with `norm`); under torchrun, rank 0's estimate."""
 
     def inputs():
         for step, (x, _) in enumerate(batches):
             if limit is not None and step >= limit:
                 break
-            yield rt.batch(x)
+            yield rt.batch(x, norm)
 
     with torch.no_grad(), rt.autocast():
         update_bn(inputs(), model)
+    distributed.same_buffers(model)
     model.eval()
 
 
@@ -83,19 +87,22 @@ def swa_step(s: FoldState, epoch: int) -> None:
 
 def finish_swa(s: FoldState, meta: dict, epoch: int) -> dict | None:
     """Recompute BatchNorm for the averaged weights, save swa.pt and, with validation, score them
-    and write swa_oof.csv; the scores (or None without SWA) for done.json."""
+    and write swa_oof.csv; the scores (or None without SWA) for done.json. Called on every rank
+    under torchrun (validation is gathered); rank 0 writes."""
     if s.swa is None or int(s.swa.n_averaged) == 0:
         return None
     model = s.swa.module
-    recompute_bn(model, s.train_loader, s.rt, s.batches)
+    recompute_bn(model, s.train_loader, s.rt, s.batches, s.norm)
     ckpt, oof = swa_paths(s.fp.dir)
     n = int(s.swa.n_averaged)
-    save_checkpoint(ckpt, {**meta, "model": model.state_dict(), "epoch": epoch, "swa_epochs": n})
+    if distributed.is_main():
+        save_checkpoint(ckpt, {**meta, "model": model.state_dict(), "epoch": epoch, "swa_epochs": n})
     out = {"swa_epochs": n}
-    if s.val_df is not None:
-        probs, scores = validate(model, s.val_loader, s.rt, s.val_df["target"].to_numpy(), s.cfg.metric.name)
-        write_oof(oof, s.val_df["id"], s.fold, s.val_df["label"], s.val_df["target"], probs, s.classes,
-                  meta["run_id"], epoch)
+    if s.val_df is not None:  # every rank validates its share; rank 0 writes
+        probs, scores = validate(model, s.val_loader, s.rt, s.val_df["target"].to_numpy(), s.cfg.metric.name, s.norm)
+        if distributed.is_main():
+            write_oof(oof, s.val_df["id"], s.fold, s.val_df["label"], s.val_df["target"], probs, s.classes,
+                      meta["run_id"], epoch)
         out.update(scores)
         print(f"fold {s.fold}: SWA of the last {n} epochs, BatchNorm recomputed: " +
               ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))

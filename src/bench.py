@@ -1,17 +1,24 @@
-"""Training and inference throughput of a config's model, on synthetic batches.
+"""Throughput: of the model on synthetic batches, or of every stage of the real pipeline.
 
     python -m src.bench --config configs/resnext101.yaml [--steps 30] [section.key=value ...]
+    python -m src.bench --stages [--photos 2000] [--batches 8] [--folds 2] [--views identity hflip] ...
 
-Measures the configured model with its freezing, optimizer, AMP and channels_last settings:
-images per second for a training step and for inference, and peak accelerator memory. Data
-loading is left out (it is a property of the disk and the CPU count, not of the model).
-Appends a JSON line to outputs/bench/results.jsonl.
+Without --stages: the configured model with its freezing, optimizer, AMP and channels_last
+settings, images per second for a training step and for inference, and peak accelerator
+memory; appends a JSON line to outputs/bench/results.jsonl.
+
+With --stages: builds a set of 500x375 JPEGs and measures, as images/s and as ratios, the data
+pipeline with and without the image cache, a training epoch on photos against in-memory tensors,
+the frozen recipe against a fully trainable model, the ensemble's inference pass against pure
+forwards, the FLOP/s achieved against the matmul peak, and src.train's epoch against timm's
+train.py data path (see src/perf.py); writes benchmarks/results/<device>.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +28,9 @@ from src.config import add_config_args, load_config
 from src.losses import build_loss
 from src.model import build_model, freeze, param_counts, param_groups, set_train_mode
 from src.optim import build_optimizer
+from src.perf import make_photos, run_stages
 from src.runtime import Runtime, predict
+from src.utils import atomic_write_text
 
 
 def _sync(device: torch.device) -> None:
@@ -85,12 +94,38 @@ def bench(cfg, steps: int = 30, warmup: int = 5, n_classes: int = 1000) -> dict:
     }
 
 
+def stages(args) -> None:
+    photos = make_photos(Path(args.work) / "photos", args.photos)
+    common = [f"data.dir={photos}", "data.layout=imagefolder", "data.n_folds=5", "data.check_images=false",
+              f"experiment.output_dir={args.work}", "experiment.name=bench", "wandb.mode=disabled",
+              f"train.limit_batches={args.batches}", "model.pretrained=false"]
+    cfg = load_config(args.config, [*common, *args.overrides])
+    full = load_config(args.config, [*common, *args.overrides, "model.freeze_before=null", "model.freeze_stages=null"])
+    result = run_stages(cfg, full, photos, args.folds, args.views, args.test_images)
+    result["command"] = "python -m src.bench " + " ".join(args.raw)
+    print(json.dumps(result, indent=2))
+    out = Path(args.results) / f"{result['device']}.json"
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30, help="timed steps (after 5 warmup steps)")
     parser.add_argument("--out", default="outputs/bench/results.jsonl", help="JSON-lines file to append to")
+    parser.add_argument("--stages", action="store_true", help="benchmark every stage of the pipeline on real photos")
+    parser.add_argument("--photos", type=int, default=2000, help="--stages: training (and test) photos to make")
+    parser.add_argument("--batches", type=int, default=16, help="--stages: batches per timed training epoch")
+    parser.add_argument("--folds", type=int, default=2, help="--stages: fold models in the ensemble pass")
+    parser.add_argument("--views", nargs="+", default=["identity", "hflip"], help="--stages: TTA views")
+    parser.add_argument("--test-images", type=int, default=512, help="--stages: test photos in the ensemble pass")
+    parser.add_argument("--work", default="outputs/bench", help="--stages: folder for photos, cache and folds")
+    parser.add_argument("--results", default="benchmarks/results", help="--stages: folder of <device>.json")
     add_config_args(parser)
     args = parser.parse_intermixed_args(argv)
+    if args.stages:
+        args.raw = list(argv if argv is not None else sys.argv[1:])
+        return stages(args)
     cfg = load_config(args.config, args.overrides)
     result = bench(cfg, args.steps)
     print(json.dumps(result))

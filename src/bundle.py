@@ -136,6 +136,7 @@ stored = yaml.safe_load(Path(BUNDLE, "config.yaml").read_text())
 stored["data"]["dir"] = os.path.join(ROOT, "input", manifest["competition"])
 stored["experiment"]["output_dir"] = os.path.join(BUNDLE, "outputs")
 stored["loader"]["num_workers"] = min(4, os.cpu_count() or 1)
+stored["data"]["cache"] = False  # the input folder is read-only, and one pass per member decodes each image once anyway
 cfg = config_from_dict(stored, "the bundle's config.yaml")
 out = run(cfg, manifest["members"], manifest["views"], manifest["weights"], manifest["voting"],
           Path(ROOT, "working", "submission.csv"), manifest["format"], report=False, cache=False)

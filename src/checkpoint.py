@@ -70,7 +70,8 @@ def set_rng_state(state: dict) -> None:
 
 # Settings that do not change what is computed; anything else must match to resume.
 RESUME_MAY_CHANGE = ("loader.num_workers", "loader.pin_memory", "loader.persistent_workers", "wandb.", "train.keep_top",
-                     "data.dir", "data.check_images", "experiment.output_dir", "ensemble.", "runtime.device")
+                     "data.dir", "data.check_images", "data.cache", "train.compile", "experiment.output_dir", "ensemble.",
+                     "runtime.device")
 
 
 def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -178,6 +179,11 @@ class CheckpointKeeper:
         if diff:
             raise UserError(f"the config differs from the interrupted run in {diff[:6]}; resume with the "
                             "settings it was started with, or pass --force to start over")
+        theirs, mine = ckpt.get("processes", 1), self.meta.get("processes", 1)
+        if theirs != mine:  # the effective batch size, and which images each step sees, would change
+            raise UserError(f"the interrupted run trained on {theirs} process(es) and this one on {mine}, which would "
+                            f"change the effective batch size; resume it on {theirs} (torchrun --nproc_per_node, "
+                            "--nnodes), or pass --force to start over")
         st = ckpt["train_state"]
         try:
             fold.load_train_state(st)

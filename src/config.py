@@ -60,9 +60,12 @@ class DataCfg(_Section):
     na_labels: Literal["error", "keep"]
     bad_images: Literal["error", "skip"]
     check_images: bool
+    cache: bool
+    cache_dir: str | None
     n_folds: int
     fold_seed: int
     pseudo: str | None
+    relabel: str | None
 
     @model_validator(mode="after")
     def _check(self):
@@ -73,9 +76,16 @@ class DataCfg(_Section):
 
 class LoaderCfg(_Section):
     batch_size: Count
-    num_workers: NonNeg
+    num_workers: int | Literal["auto"]
     pin_memory: bool
     persistent_workers: bool
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, v):
+        if v != "auto" and v < 0:
+            raise ValueError(f"loader.num_workers={v} is out of range: give 0 or more, or auto")
+        return v
 
 
 class AugCfg(_Section):
@@ -183,6 +193,7 @@ class TrainCfg(_Section):
     monitor: Literal["metric", "loss"]
     early_stopping: Count | None
     limit_batches: Count | None
+    compile: bool
 
 
 class MetricCfg(_Section):

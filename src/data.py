@@ -23,6 +23,10 @@ from src.config import AugCfg, Config, DataCfg, LoaderCfg
 from src.progress import progress
 from src.utils import UserError, atomic_write_text
 
+# Loader workers are the parallelism: OpenCV's own thread pool would oversubscribe the cores, and
+# a pool that exists when a worker is forked can deadlock it (so this is set here, never in a worker).
+cv2.setNumThreads(1)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BORDER_MODES = {
@@ -63,8 +67,11 @@ def read_image(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def find_bad_images(paths: list[str], workers: int = 4) -> list[str]:
-    """Decode every image once (in threads) and return the paths that fail."""
+def find_bad_images(paths: list[str], workers: int = 4, cache=None, **fill) -> list[str]:
+    """Decode every image once (in threads) and return the paths that fail. With an ImageCache,
+    the same pass fills it (images already cached decoded fine before); `fill` goes to its fill."""
+    if cache is not None:
+        return cache.fill(paths, workers, desc="checking and caching images", **fill)
 
     def ok(p: str) -> bool:
         try:
@@ -257,12 +264,15 @@ def _files_key(paths: list[str]) -> str:
 
 
 def drop_bad_images(df: pd.DataFrame, cfg: Config, cache: Path | None = None,
-                    defer: list[Callable[[], None]] | None = None) -> pd.DataFrame:
+                    defer: list[Callable[[], None]] | None = None, images=None,
+                    undo: list[Callable[[], None]] | None = None) -> pd.DataFrame:
     """Check every image once; stop, or drop the bad ones with a warning (data.bad_images).
 
     With `cache`, the result is remembered for this exact set of files (path, size, mtime), so
     later folds and runs skip the full decode of a large training set. With `defer`, the cache
     write is appended there instead of done, for the caller to run once its own checks passed.
+    With `images` (an ImageCache), the check fills it: every image is decoded once in all (its new
+    entries land with the deferred writes; `undo` receives their removal).
     """
     if not cfg.data.check_images:
         return df
@@ -271,7 +281,8 @@ def drop_bad_images(df: pd.DataFrame, cfg: Config, cache: Path | None = None,
     if cache is not None and cache.is_file() and json.loads(cache.read_text()).get("key") == key:
         bad = json.loads(cache.read_text())["bad"]
     else:
-        bad = find_bad_images(paths, workers=max(2, cfg.loader.num_workers))
+        fill = {"keep_if_bad": cfg.data.bad_images == "skip", "defer": defer, "undo": undo} if images else {}
+        bad = find_bad_images(paths, workers=max(2, resolve_workers(cfg.loader)), cache=images, **fill)
         if cache is not None and (not bad or cfg.data.bad_images == "skip"):
             write = lambda: atomic_write_text(cache, json.dumps({"key": key, "bad": bad}))  # noqa: E731
             write() if defer is None else defer.append(write)
@@ -297,8 +308,9 @@ def resolve_norm(aug: AugCfg, pretrained_cfg: dict | None = None) -> tuple[tuple
     return mean, std
 
 
-def build_transform(aug: AugCfg, train: bool, mean: tuple, std: tuple) -> A.Compose:
-    """Albumentations pipeline: uint8 HxWx3 -> float tensor 3xSxS.
+def build_transform(aug: AugCfg, train: bool, mean: tuple | None = None, std: tuple | None = None) -> A.Compose:
+    """Albumentations pipeline: uint8 HxWx3 -> uint8 tensor 3xSxS, normalised later on the device
+    (src.runtime.Norm); with mean and std, -> a normalised float tensor (for CPU-side consumers).
 
     Training resizes first, so the affine warp runs on the small image (the same distribution of
     rotations, shifts, shears and zooms, a fraction of the cost on large photos), then flips.
@@ -326,8 +338,9 @@ def build_transform(aug: AugCfg, train: bool, mean: tuple, std: tuple) -> A.Comp
     else:
         pre = int(round(size / aug.crop_pct))
         ops = [A.Resize(pre, pre)] + ([A.CenterCrop(size, size)] if pre != size else [])
-    ops += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
-    return A.Compose(ops)
+    if mean is not None or std is not None:
+        ops.append(A.Normalize(mean=mean, std=std, max_pixel_value=255.0))
+    return A.Compose([*ops, ToTensorV2()])
 
 
 def seed_transform(transform: A.Compose, seed: int) -> None:
@@ -348,20 +361,22 @@ class ImageDataset(torch.utils.data.Dataset):
 
     An item may be asked for as `(index, seed)` (see EpochSampler): the augmentation is then
     seeded per sample, so a given epoch sees the same augmented images whatever the worker
-    count, worker persistence or a resume in between.
+    count, worker persistence or a resume in between. With a `cache` (src.image_cache.ImageCache
+    at the transform's first side), images are read from it instead of decoded.
     """
 
-    def __init__(self, paths: list[str], targets: list[int] | None, transform: A.Compose | None):
+    def __init__(self, paths: list[str], targets: list[int] | None, transform: A.Compose | None, cache=None):
         self.paths = list(paths)
         self.targets = None if targets is None else np.asarray(targets, dtype=np.int64)
         self.transform = transform
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, key):
         i, seed = key if isinstance(key, tuple) else (key, None)
-        img = read_image(self.paths[i])
+        img = self.cache.load(self.paths[i]) if self.cache is not None else read_image(self.paths[i])
         if self.transform is None:
             x = torch.from_numpy(img)
         else:
@@ -393,6 +408,16 @@ class EpochSampler(torch.utils.data.Sampler):
         return iter([(int(i), int(s)) for i, s in zip(order, seeds)])
 
 
+def resolve_workers(cfg: LoaderCfg) -> int:
+    """loader.num_workers, with `auto` = the cores this process may run on."""
+    if cfg.num_workers != "auto":
+        return int(cfg.num_workers)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def make_loader(
     ds: ImageDataset, cfg: LoaderCfg, *, device: str = "cpu", sampler: EpochSampler | None = None,
     drop_last: bool = False, batch_size: int | None = None,
@@ -400,12 +425,13 @@ def make_loader(
     """A DataLoader with the config's batch size, workers, pinning and persistence (in order
     unless a sampler is given)."""
     bs = batch_size or cfg.batch_size
+    workers = resolve_workers(cfg)
     return torch.utils.data.DataLoader(
         ds,
         batch_size=bs,
         sampler=sampler,
         drop_last=drop_last and len(ds) > bs,
-        num_workers=cfg.num_workers,
+        num_workers=workers,
         pin_memory=cfg.pin_memory and device == "cuda",
-        persistent_workers=cfg.persistent_workers and cfg.num_workers > 0,
+        persistent_workers=cfg.persistent_workers and workers > 0,
     )

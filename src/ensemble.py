@@ -7,6 +7,7 @@
     python -m src.ensemble --tta auto                             # views of ensemble.tta that help on OOF
     python -m src.ensemble --experiments a b --voting rank        # rank average (AUC-type metrics)
     python -m src.ensemble --experiments a b --stack logreg       # logistic regression on OOF, nested folds
+    torchrun --standalone --nproc_per_node 4 -m src.ensemble      # the images shared out over 4 GPUs
 
 Each member is an experiment under outputs/<name>/ whose finished folds (done.json) are blended;
 each fold's stored config rebuilds its model and transforms. First every member's test and
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from src import distributed
 from src.blend import add_blend_args, combine, log_probs, split_blend_args
 from src.config import Config, add_config_args, load_config
 from src.data import load_test_table
@@ -121,7 +123,7 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
     fmt = resolve_format(fmt or e.format, sample, cfg.data.id_col, classes, cfg.metric.name)
     sub = build_submission(sample, cfg.data.id_col, probs, classes, fmt)
     check_submission(sub, sample, cfg.data.id_col, classes, fmt)
-    probs_path = write_submission(out, sub, probs, classes, sample, cfg.data.id_col)
+    probs_path = distributed.from_main(lambda: write_submission(out, sub, probs, classes, sample, cfg.data.id_col))
     dist = pd.Series(np.asarray(classes)[probs.argmax(1)]).value_counts().reindex(classes, fill_value=0)
     print(f"wrote {out} ({len(sub)} rows, format {fmt}, {len(members)} members x folds x {len(views)} views); "
           f"probabilities in {probs_path}")
@@ -144,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)
     tta_views = split_blend_args(args)
     cfg = load_config(args.config, args.overrides)
-    run(cfg, args.experiments, tta_views, args.weights, args.voting, args.out, args.fmt, stack=args.stack)
+    with distributed.launched(cfg.runtime.device):  # torchrun: each process predicts its share of the images
+        run(cfg, args.experiments, tta_views, args.weights, args.voting, args.out, args.fmt, stack=args.stack)
 
 
 if __name__ == "__main__":

@@ -1,32 +1,64 @@
 """Assign stratified folds once per competition, shared by every experiment and ensemble.
 
     python -m src.folds [--config configs/demo.yaml] [section.key=value ...]
+    python -m src.folds --config configs/demo.yaml --relabel outputs/demo/suspect_labels.csv
 
 The split is written to outputs/folds/<competition>_k<n>_s<seed>[_g<group>].csv with its class
 list beside it (.json). A different fold count or seed is a different file; an existing file
 whose ids no longer match train.csv stops the run instead of being rewritten.
+
+--relabel takes a reviewed suspect_labels.csv (src.report; its `reviewed_label` column filled
+where a label is wrong) or any id,label CSV, writes the labels that change to
+outputs/folds/relabel/<competition>_<sha8>.csv and a split of their own beside the base split
+(same folds and classes), and prints the `data.relabel=...` setting that trains on them.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pandas as pd
 
-from src.config import add_config_args, load_config
+from src.config import Config, add_config_args, load_config
+from src.data import load_train_table
+from src.relabel import check_reviewed, read_reviewed, write_relabel
 from src.splits import folds_path, load_or_create_folds
-from src.utils import run_cli
+from src.utils import UserError, run_cli
+
+
+def relabel(cfg: Config, reviewed_file: str | Path) -> Config:
+    """Write the reviewed labels (content-addressed) and their split; the config that trains on them."""
+    if cfg.data.relabel:
+        raise UserError(f"data.relabel is already set ({cfg.data.relabel}); --relabel starts from train.csv's labels, "
+                        "so set data.relabel=null and give one file with every reviewed label")
+    table = load_train_table(cfg.data)
+    base, classes, base_path = load_or_create_folds(cfg, table=table)
+    changed = check_reviewed(read_reviewed(reviewed_file), base, classes, reviewed_file)
+    if changed.empty:
+        raise UserError(f"{reviewed_file} changes no label of train.csv; fill its reviewed_label column where a label "
+                        "is wrong (empty keeps the label)")
+    path = write_relabel(changed, base_path.parent / "relabel", Path(cfg.data.dir).resolve().name)
+    print(f"{len(changed)} labels changed (of {len(base)}), written to {path}")
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"relabel": str(path)})})
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--relabel", metavar="FILE", default=None,
+                        help="reviewed labels: suspect_labels.csv with reviewed_label filled, or an id,label CSV")
     add_config_args(parser)
     args = parser.parse_intermixed_args(argv)
     cfg = load_config(args.config, args.overrides)
+    if args.relabel:
+        cfg = relabel(cfg, args.relabel)
     existed = folds_path(cfg).is_file()
     df, classes, path = load_or_create_folds(cfg)
     print(f"{'kept existing' if existed else 'wrote'} {path}: {len(df)} images, {len(classes)} classes, {cfg.data.n_folds} folds")
     print(pd.crosstab(df["label"], df["fold"]).reindex(classes).to_string())
+    if args.relabel:
+        print(f"train on the reviewed labels with data.relabel={cfg.data.relabel} (on the command line, or under "
+              "data: in the experiment's YAML), under a new experiment.name to keep the old run to compare")
 
 
 if __name__ == "__main__":

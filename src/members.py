@@ -15,10 +15,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from src import distributed
 from src.blend import combine, fit_weights, log_probs
 from src.checkpoint import load_checkpoint
 from src.config import Config, LoaderCfg, config_from_dict
-from src.data import ImageDataset, build_transform, make_loader, resolve_norm
+from src.data import ImageDataset, build_transform, make_loader, resolve_norm, resolve_workers
+from src.image_cache import image_cache
 from src.metrics import compute_metric, softmax
 from src.model import build_model
 from src.runs import (
@@ -35,7 +37,7 @@ from src.runs import (
     read_oof,
     save_preds,
 )
-from src.runtime import Runtime, predict
+from src.runtime import Norm, Runtime, predict
 from src.splits import load_or_create_folds
 from src.utils import UserError
 
@@ -84,17 +86,21 @@ class Member:
         return rt.model(model).eval()
 
 
-def _relocated(cfg: Config, output_dir: str, name: str, data_dir: str | None) -> Config:
-    """A stored config with the caller's output and data folders, so copied outputs (a Kaggle
-    kernel) work where they now are."""
+def _relocated(cfg: Config, output_dir: str, name: str, data_dir: str | None,
+               images: tuple[bool, str | None]) -> Config:
+    """A stored config with the caller's output and data folders and image-cache settings, so
+    copied outputs (a Kaggle kernel, whose input folder is read-only) work where they now are."""
     return cfg.model_copy(update={
         "experiment": cfg.experiment.model_copy(update={"output_dir": output_dir, "name": name}),
-        "data": cfg.data.model_copy(update={"dir": data_dir or cfg.data.dir}),
+        "data": cfg.data.model_copy(update={"dir": data_dir or cfg.data.dir, "cache": images[0],
+                                            "cache_dir": images[1]}),
     })
 
 
-def open_member(name: str, output_dir: str, missing_folds: str, data_dir: str | None = None) -> Member:
-    """The finished folds (done.json) of outputs/<name>/; no model is loaded here."""
+def open_member(name: str, output_dir: str, missing_folds: str, data_dir: str | None = None,
+                images: tuple[bool, str | None] = (True, None)) -> Member:
+    """The finished folds (done.json) of outputs/<name>/; no model is loaded here. `images` is
+    the caller's (data.cache, data.cache_dir): where inference runs decides how it caches."""
     root = experiment_dir(output_dir, name)
     if not root.is_dir():
         raise UserError(f"experiment folder {root} does not exist; train it first or fix --experiments")
@@ -103,8 +109,8 @@ def open_member(name: str, output_dir: str, missing_folds: str, data_dir: str | 
         raise UserError(f"{root} has no finished fold (no fold<k>/done.json); train the folds first "
                         "(python -m src.train --fold all), or finish interrupted ones with --resume")
     records = {k: fold_record(fold_paths(root, k)) for k in found}
-    configs = {k: _relocated(config_from_dict(r["config"], str(fold_paths(root, k).done)), output_dir, name, data_dir)
-               for k, r in records.items()}
+    configs = {k: _relocated(config_from_dict(r["config"], str(fold_paths(root, k).done)), output_dir, name, data_dir,
+                             images) for k, r in records.items()}
     expected = list(range(configs[found[0]].data.n_folds))
     missing = [k for k in expected if k not in found]
     if missing:
@@ -129,7 +135,20 @@ def open_member(name: str, output_dir: str, missing_folds: str, data_dir: str | 
 
 def _eval_setup(cfg: Config) -> tuple:
     """What the evaluation transform depends on: folds that share it share one decoding pass."""
-    return cfg.model.name, cfg.aug.img_size, cfg.aug.crop_pct, cfg.aug.mean, cfg.aug.std
+    return cfg.model.name, cfg.aug.img_size, cfg.aug.crop_pct, cfg.aug.mean, cfg.aug.std, cfg.data.cache
+
+
+def eval_loader(cfg: Config, paths: list[str], loader_cfg: LoaderCfg, rt: Runtime,
+                pretrained_cfg: dict | None) -> tuple[torch.utils.data.DataLoader, Norm]:
+    """The evaluation pass's loader over `paths` (through the image cache, filled first) and the
+    normalisation its uint8 batches get on the device."""
+    images = image_cache(cfg, train=False)
+    if images is not None:
+        distributed.main_first(lambda: images.fill_or_fail(paths, workers=max(2, resolve_workers(loader_cfg))))
+    ds = distributed.shard_dataset(ImageDataset(paths, None, build_transform(cfg.aug, False), images),
+                                   loader_cfg.batch_size)  # this rank's share under torchrun
+    loader = make_loader(ds, loader_cfg, device=rt.device.type)
+    return loader, Norm(*resolve_norm(cfg.aug, pretrained_cfg))
 
 
 def fold_logits(m: Member, jobs: dict[int, pd.DataFrame], split: str, views: list[str], rt: Runtime,
@@ -142,32 +161,34 @@ def fold_logits(m: Member, jobs: dict[int, pd.DataFrame], split: str, views: lis
     out: dict[int, dict[str, np.ndarray]] = {}
     todo: dict[tuple, list[int]] = {}
     paths: dict[tuple[int, str], Path] = {}
+    imgs: dict[int, str] = {}
     for k, df in jobs.items():
-        imgs = images_key(df["id"], df["path"])
+        imgs[k] = images_key(df["id"], df["path"])
         out[k] = {}
         for v in views:
-            paths[k, v] = preds_path(m.exp_dir, k, split, v, preds_key(m.sha(k), split, v, imgs, rt.amp_name))
+            paths[k, v] = preds_path(m.exp_dir, k, split, v, preds_key(m.sha(k), split, v, imgs[k], rt.amp_name))
             cached = load_preds(paths[k, v]) if cache else None
             if cached is not None and cached.shape == (len(df), len(m.classes)):
                 out[k][v] = cached
-                m.cached += 1
+    hits = distributed.common({(k, v) for k in out for v in out[k]})  # under torchrun all ranks plan the same passes
+    for k in jobs:
+        out[k] = {v: a for v, a in out[k].items() if (k, v) in hits}
+        m.cached += len(out[k])
         if len(out[k]) < len(views):
-            todo.setdefault((imgs, _eval_setup(m.configs[k])), []).append(k)
+            todo.setdefault((imgs[k], _eval_setup(m.configs[k])), []).append(k)
     for (_, _), group in todo.items():
         cfg = m.configs[group[0]]
         models = [m.model(k, rt) for k in group]
-        mean, std = resolve_norm(cfg.aug, models[0].pretrained_cfg)
-        df = jobs[group[0]]
-        loader = make_loader(ImageDataset(df["path"], None, build_transform(cfg.aug, False, mean, std)), loader_cfg,
-                             device=rt.device.type)
+        loader, norm = eval_loader(cfg, jobs[group[0]]["path"].tolist(), loader_cfg, rt, models[0].pretrained_cfg)
         need = [v for v in views if any(v not in out[k] for k in group)]
-        logits = predict(models, loader, rt, need, desc=f"{m.name} {split} folds {group} x {len(need)} views")
-        # logits: (folds in group, views needed, N, C)
+        part = predict(models, loader, rt, need, desc=f"{m.name} {split} folds {group} x {len(need)} views",
+                       norm=norm) if len(loader.dataset) else None  # this rank's images under torchrun
+        logits = distributed.gather_rows(part, axis=2)  # (folds in group, views needed, N, C)
         for gi, k in enumerate(group):
             for vi, v in enumerate(need):
                 if v in out[k]:  # cached already; the group pass predicted it for another fold
                     continue
-                if cache:
+                if cache and distributed.is_main():
                     save_preds(paths[k, v], logits[gi, vi])
                 out[k][v] = logits[gi, vi]
                 m.computed += 1
@@ -232,7 +253,8 @@ def across_members(voting: str) -> str:
 
 
 def open_members(cfg: Config, names: list[str]) -> list[Member]:
-    members = [open_member(n, cfg.experiment.output_dir, cfg.ensemble.missing_folds, cfg.data.dir) for n in names]
+    members = [open_member(n, cfg.experiment.output_dir, cfg.ensemble.missing_folds, cfg.data.dir,
+                           (cfg.data.cache, cfg.data.cache_dir)) for n in names]
     for m in members[1:]:
         if m.classes != members[0].classes:
             raise UserError(f"members {members[0].name} and {m.name} have different class lists; "

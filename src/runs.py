@@ -198,7 +198,7 @@ def images_key(ids, paths) -> str:
 
 # Bumped when the code that turns a checkpoint and images into logits (transforms, views, the
 # inference loop) changes what it computes, so caches from before are not reused.
-PREDS_VERSION = 1
+PREDS_VERSION = 2  # 2: uint8 batches normalised on the device
 
 
 def preds_key(ckpt_sha1: str, split: str, view: str, images: str, amp: str) -> str:

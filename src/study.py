@@ -4,6 +4,7 @@ heartbeats for an ask/tell loop, and the loop that makes --n-trials a total acro
 from __future__ import annotations
 
 import gc
+import importlib.util
 import os
 import socket
 import threading
@@ -17,10 +18,12 @@ import sqlalchemy
 
 from src.search_space import Space
 from src.trainer import derive_seed
+from src.utils import UserError
 
 
 def storage_for(url: str | None, study: str, output_dir: str):
-    """SQLite under outputs/optuna/ by default; a *.log path means a journal file; else any Optuna URL."""
+    """SQLite under outputs/optuna/ by default; a *.log path means a journal file; else any Optuna
+    (SQLAlchemy) URL, e.g. postgresql://user@host/db, shared by workers on several machines."""
     if url is None:
         folder = Path(output_dir) / "optuna"
         folder.mkdir(parents=True, exist_ok=True)
@@ -28,7 +31,34 @@ def storage_for(url: str | None, study: str, output_dir: str):
     if url.endswith(".log") and "://" not in url:
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
-    return url
+    return with_driver(url)
+
+
+def with_driver(url: str) -> str:
+    """A database URL whose driver is installed: postgresql:// takes psycopg (3) where SQLAlchemy's
+    default driver for it (psycopg2 before SQLAlchemy 2.1) is absent; a URL that cannot be used
+    stops with the package to install."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise UserError(f"--storage {url} is neither a database URL nor a *.log journal file; use e.g. "
+                        "postgresql://user@host/db, sqlite:///path/study.db or path/study.log") from None
+    shown = parsed.render_as_string(hide_password=True)
+    try:
+        dialect = parsed.get_dialect()
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise UserError(f"--storage {shown}: SQLAlchemy knows no database '{parsed.drivername}'; use "
+                        "postgresql://, mysql+pymysql://, sqlite:/// or a *.log journal file") from None
+    try:
+        dialect.import_dbapi()
+        return url
+    except ImportError as e:
+        missing = e.name
+    if parsed.drivername == "postgresql" and importlib.util.find_spec("psycopg") is not None:
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    extra = " (pip install -e '.[postgres]')" if parsed.get_backend_name() == "postgresql" else ""
+    raise UserError(f"--storage {shown} needs the database driver '{missing}', which is not installed; install "
+                    f"it{extra} or use another storage")
 
 
 def pruner_for(space: Space) -> optuna.pruners.BasePruner:

@@ -5,9 +5,12 @@
     python -m src.train --fold -1 train.epochs=8       # all training data, no validation
     python -m src.train --fold 0 --resume              # continue an interrupted fold
     python -m src.train --fold 0 --dry-run             # build everything, one forward pass
+    torchrun --nproc_per_node 4 -m src.train --fold all  # DistributedDataParallel over 4 GPUs
 
 Writes outputs/<experiment>/fold<k>/: best.pt, last.pt, oof.csv, history.csv, curves.png,
 confusion_matrix.png, done.json; after --fold all also outputs/<experiment>/cv.json.
+Under torchrun every process trains on its share of each batch (src/distributed.py); rank 0
+alone writes, prints and tracks.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from src import distributed
 from src.config import Config, add_config_args, load_config
 from src.runs import fold_paths
 from src.tracking import Tracker
@@ -34,7 +38,8 @@ def parse_fold(text: str) -> int | str:
 def _one(cfg: Config, fold: int, resume: bool, force: bool, dry_run: bool, allow_mixed: bool) -> dict:
     if dry_run or (fold_paths(cfg.out_dir, fold).done.is_file() and not force):
         return train_fold(cfg, fold, dry_run_only=dry_run)  # nothing to track
-    with Tracker.start(cfg, name=f"{cfg.experiment.name}-fold{fold}", out_dir=cfg.out_dir) as tracker:
+    name = f"{cfg.experiment.name}-fold{fold}"
+    with Tracker.start(cfg, name=name, out_dir=cfg.out_dir) if distributed.is_main() else Tracker.off() as tracker:
         return train_fold(cfg, fold, resume=resume, force=force, tracker=tracker, allow_mixed=allow_mixed)
 
 
@@ -48,7 +53,7 @@ def run(cfg: Config, fold: int | str, *, resume: bool = False, force: bool = Fal
     results = [_one(cfg, k, resume, force, dry_run, allow_mixed or force) for k in range(cfg.data.n_folds)]
     if dry_run:
         return {"folds": results}
-    report = cv_report(cfg, list(range(cfg.data.n_folds)))
+    report = distributed.from_main(lambda: cv_report(cfg, list(range(cfg.data.n_folds))))
     print(f"{cfg.data.n_folds} folds in {time.time() - t0:.0f} s; CV report in {cfg.out_dir / 'cv.json'}")
     return report
 
@@ -64,7 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     add_config_args(parser)
     args = parser.parse_intermixed_args(argv)
     cfg = load_config(args.config, args.overrides)
-    run(cfg, args.fold, resume=args.resume, force=args.force, dry_run=args.dry_run, allow_mixed=args.allow_mixed_configs)
+    with distributed.launched(cfg.runtime.device):  # torchrun: one process group for the whole command
+        run(cfg, args.fold, resume=args.resume, force=args.force, dry_run=args.dry_run,
+            allow_mixed=args.allow_mixed_configs)
 
 
 if __name__ == "__main__":

@@ -17,19 +17,21 @@ import torch
 from timm.data import Mixup
 from timm.utils import ModelEmaV3
 
+from src import distributed
 from src.averaging import finish_swa, new_swa, swa_cv, swa_step
 from src.checkpoint import RESUME_MAY_CHANGE, CheckpointKeeper, config_diff, load_checkpoint
 from src.config import Config, config_from_dict, save_config
 from src.data import (
-    EpochSampler,
     ImageDataset,
     build_transform,
     drop_bad_images,
     load_train_table,
     make_loader,
     resolve_norm,
+    resolve_workers,
 )
-from src.engine import FoldState, train_one_epoch, validate
+from src.engine import CompiledForward, FoldState, train_one_epoch, validate
+from src.image_cache import image_cache
 from src.losses import build_loss
 from src.metrics import LOWER_IS_BETTER, is_better, summary
 from src.model import build_model, freeze, has_weights, param_counts, param_groups, set_train_mode, unfreeze
@@ -50,7 +52,7 @@ from src.runs import (
     write_done,
     write_oof,
 )
-from src.runtime import Runtime
+from src.runtime import Norm, Runtime
 from src.size_schedule import size_at
 from src.soft_targets import with_soft_targets
 from src.splits import folds_path, load_or_create_folds
@@ -72,9 +74,16 @@ def fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame | No
     # stay in the split (it must not depend on which files were readable today).
     cache = folds_path(cfg).with_name(f"{Path(cfg.data.dir).resolve().name}_images_checked.json")
     pending: list = []
-    readable = set(drop_bad_images(table, cfg, cache, defer=pending)["id"])
-    df, classes, _ = load_or_create_folds(cfg, table=table)
-    for write in pending:  # the split accepted the data: now remember the check
+    undo: list = []
+    try:
+        readable = set(drop_bad_images(table, cfg, cache, defer=pending, images=image_cache(cfg, train=True),
+                                       undo=undo)["id"])
+        df, classes, _ = load_or_create_folds(cfg, table=table)
+    except BaseException:
+        for u in undo:  # new image-cache entries were staged: remove them
+            u()
+        raise
+    for write in pending:  # the split accepted the data: now remember the check (and cache the images)
         write()
     df = df[df["id"].isin(readable)].reset_index(drop=True)
     if fold == -1:
@@ -88,7 +97,7 @@ def fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame | No
 
 def setup_fold(cfg: Config, fold: int, rt: Runtime) -> FoldState:
     """Data, model with freezing, and loaders of one fold (the optimization is added by `optimization`)."""
-    train_df, val_df, classes = fold_tables(cfg, fold)
+    train_df, val_df, classes = distributed.main_first(lambda: fold_tables(cfg, fold))  # rank 0 writes the split
     seed = derive_seed(cfg.experiment.seed, fold + 1)
     seed_everything(seed)
     model = build_model(cfg.model, len(classes), img_size=cfg.aug.img_size)
@@ -106,18 +115,33 @@ def setup_fold(cfg: Config, fold: int, rt: Runtime) -> FoldState:
         + (f" ({rt.amp_name} autocast)" if rt.dtype else "")
         + f"; parameters {counts['total']:,} total, {counts['trainable']:,} trainable, {counts['frozen']:,} frozen"
     )
-    train_ds = ImageDataset(train_df["path"], train_df["target"], build_transform(cfg.aug, True, mean, std))
+    train_cache, val_cache = image_cache(cfg, train=True), image_cache(cfg, train=False)
+    train_ds = ImageDataset(train_df["path"], train_df["target"], build_transform(cfg.aug, True), train_cache)
     train_ds = with_soft_targets(train_ds, cfg, train_df, classes)  # distillation, soft pseudo-labels
-    sampler = EpochSampler(len(train_ds), seed=seed)
-    train_loader = make_loader(train_ds, cfg.loader, device=rt.device.type, sampler=sampler, drop_last=True)
+    sampler = distributed.epoch_sampler(len(train_ds), seed)
+    train_loader = make_loader(train_ds, cfg.loader, device=rt.device.type, sampler=sampler,
+                               drop_last=len(sampler) > cfg.loader.batch_size)
     val_loader = None
     if val_df is not None:
-        val_ds = ImageDataset(val_df["path"], val_df["target"], build_transform(cfg.aug, False, mean, std))
-        val_loader = make_loader(val_ds, cfg.loader, device=rt.device.type, batch_size=cfg.loader.batch_size * 2)
+        val_ds = ImageDataset(val_df["path"], val_df["target"], build_transform(cfg.aug, False), val_cache)
+        val_loader = make_loader(distributed.shard_dataset(val_ds, cfg.loader.batch_size * 2), cfg.loader,
+                                 device=rt.device.type, batch_size=cfg.loader.batch_size * 2)
     limit = cfg.train.limit_batches
     batches = len(train_loader) if limit is None else min(len(train_loader), limit)
     return FoldState(cfg, fold, fold_paths(cfg.out_dir, fold), rt, classes, train_df, val_df, model, frozen, counts,
-                     sampler, train_loader, val_loader, batches, seed)
+                     sampler, train_loader, val_loader, batches, seed, Norm(mean, std))
+
+
+def fill_caches(s: FoldState) -> None:
+    """Decode and resize, once, the images the fold's caches lack, with a progress bar (the
+    datasets would build them one by one otherwise). Called once the run is known to start."""
+    for loader in (s.train_loader, s.val_loader):
+        ds = getattr(loader, "dataset", None)
+        base = getattr(ds, "dataset", ds)  # a torch Subset: this rank's share under torchrun
+        if getattr(base, "cache", None) is None:
+            continue
+        paths = [base.paths[i] for i in ds.indices] if base is not ds else base.paths
+        base.cache.fill_or_fail(paths, workers=max(2, resolve_workers(s.cfg.loader)))
 
 
 def higher_is_better(cfg: Config) -> bool:
@@ -143,6 +167,9 @@ def optimization(s: FoldState) -> None:
     # Decay warmup (timm) lets the average follow the weights early on; short runs need it.
     s.ema = ModelEmaV3(s.model, decay=cfg.train.ema_decay, use_warmup=True) if cfg.train.ema else None
     s.swa = new_swa(s.model) if cfg.train.swa else None
+    s.ddp = distributed.wrap(s.model, s.rt.device)
+    print(distributed.describe_batch(cfg.loader.batch_size, cfg.train.accum_steps, cfg.optim.lr))
+    s.forward = CompiledForward(s.net) if cfg.train.compile else None
 
 
 def dry_run(s: FoldState) -> dict:
@@ -151,7 +178,7 @@ def dry_run(s: FoldState) -> dict:
                                  batch_size=min(4, len(s.train_df)))))
     s.model.eval()
     with torch.no_grad(), s.rt.autocast():
-        logits = s.model(s.rt.batch(x))
+        logits = s.model(s.rt.batch(x, s.norm))
     print(f"dry run: input {tuple(x.shape)} -> logits {tuple(logits.shape)}; nothing trained, no checkpoint written")
     return {"dry_run": True, "params": s.counts, "n_train": len(s.train_df),
             "n_valid": 0 if s.val_df is None else len(s.val_df)}
@@ -173,24 +200,30 @@ def run_epoch(s: FoldState, keeper: CheckpointKeeper, epoch: int, tracker: Track
     s.sampler.set_epoch(epoch)
     if cfg.model.unfreeze_epoch is not None and epoch >= cfg.model.unfreeze_epoch and s.frozen.any:
         s.frozen = unfreeze(s.model, s.frozen)
+        s.ddp = distributed.wrap(s.model, s.rt.device)  # DDP syncs only what was trainable when it was built
+        s.forward = CompiledForward(s.net) if cfg.train.compile else None
         print(f"epoch {epoch}: unfroze all parameters (backbone lr x{cfg.model.backbone_lr_mult})")
     set_train_mode(s.model, s.frozen)
     s.train_size = size_at(cfg.aug.size_schedule, epoch)
-    row = {"epoch": epoch, **({"img_size": s.train_size} if s.train_size else {}), **train_one_epoch(s, epoch)}
+    trained = distributed.mean_over_ranks(train_one_epoch(s, epoch), ("train_loss", "train_accuracy"))
+    row = {"epoch": epoch, **({"img_size": s.train_size} if s.train_size else {}), **trained}
+    row["img_per_s"] = round(row["img_per_s"] * distributed.world_size(), 1)  # every process's images (steps are in lockstep)
     swa_step(s, epoch)
     value = None
     if s.val_loader is not None:
-        probs, scores = validate(s.eval_model, s.val_loader, s.rt, s.val_df["target"].to_numpy(), cfg.metric.name)
+        probs, scores = validate(s.eval_model, s.val_loader, s.rt, s.val_df["target"].to_numpy(), cfg.metric.name,
+                                 s.norm)
         row.update({f"val_{k}": v for k, v in scores.items()})
         value = scores[monitor_name(cfg)]
     improved = keeper.observe(epoch, value)
-    if improved and s.val_df is not None:
+    if improved and s.val_df is not None and distributed.is_main():
         write_oof(s.fp.oof, s.val_df["id"], s.fold, s.val_df["label"], s.val_df["target"], probs, s.classes,
                   keeper.meta["run_id"], epoch)
     row["time_s"] = round(time.time() - t0, 2)
     keeper.history.append(row)
     s.scheduler.step(epoch + 1, row.get(f"val_{monitor_name(cfg)}"))
-    keeper.save(s, epoch, improved)
+    if distributed.is_main():
+        keeper.save(s, epoch, improved)
     tracker.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
     print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
           + ("  *" if improved and s.val_loader is not None else ""))
@@ -202,31 +235,45 @@ def sync_oof(s: FoldState, keeper: CheckpointKeeper) -> None:
     """oof.csv must hold best.pt's predictions. A run stopped between the two writes and resumed
     (which need not improve again) can leave them apart: then best.pt predicts the fold again."""
     fp = s.fp
-    if fp.oof.is_file():
-        oof = read_oof(fp.oof, s.classes)
-        if "epoch" in oof and set(oof["epoch"]) == {str(keeper.best_epoch)}:
-            return
+
+    def current() -> bool:
+        return fp.oof.is_file() and set(read_oof(fp.oof, s.classes).get("epoch", [])) == {str(keeper.best_epoch)}
+
+    if distributed.from_main(current):  # every rank takes rank 0's answer: they validate together or not at all
+        return
     s.eval_model.load_state_dict(load_checkpoint(fp.best)["model"])
-    probs, _ = validate(s.eval_model, s.val_loader, s.rt, s.val_df["target"].to_numpy(), s.cfg.metric.name)
-    write_oof(fp.oof, s.val_df["id"], s.fold, s.val_df["label"], s.val_df["target"], probs, s.classes,
-              keeper.meta["run_id"], keeper.best_epoch)
+    probs, _ = validate(s.eval_model, s.val_loader, s.rt, s.val_df["target"].to_numpy(), s.cfg.metric.name, s.norm)
+    if distributed.is_main():
+        write_oof(fp.oof, s.val_df["id"], s.fold, s.val_df["label"], s.val_df["target"], probs, s.classes,
+                  keeper.meta["run_id"], keeper.best_epoch)
 
 
 def finish_fold(s: FoldState, keeper: CheckpointKeeper, tracker: Tracker) -> dict:
-    """history.csv, curves, final checkpoints, OOF scores and confusion matrix, then done.json."""
+    """history.csv, curves, final checkpoints, OOF scores and confusion matrix, then done.json
+    (written by rank 0 under torchrun; every rank returns its result)."""
     cfg, fp = s.cfg, s.fp
-    result = {"fold": s.fold, "best_epoch": keeper.best_epoch, "epochs_run": len(keeper.history),
-              "monitor": monitor_name(cfg), "best": keeper.best, "params": s.counts, "classes": s.classes,
-              "config": cfg.to_dict(), "run_id": keeper.meta["run_id"]}
-    hist = pd.DataFrame(keeper.history)
-    atomic_save(fp.history, lambda tmp: hist.to_csv(tmp, index=False))
-    plot_curves(hist, cfg.metric.name, fp.curves)
-    keeper.finish(s, keep_last_as_best=s.val_df is None)
+    if distributed.is_main():
+        hist = pd.DataFrame(keeper.history)
+        atomic_save(fp.history, lambda tmp: hist.to_csv(tmp, index=False))
+        plot_curves(hist, cfg.metric.name, fp.curves)
+        keeper.finish(s, keep_last_as_best=s.val_df is None)
+    distributed.barrier()  # best.pt is on disk for every rank
     if not fp.best.is_file():
         raise UserError(f"no epoch of fold {s.fold} produced a finite validation {monitor_name(cfg)}, so there is no "
                         "best model; lower optim.lr, set runtime.amp=off or train.clip_grad, then retrain with --force")
     if s.val_df is not None:
         sync_oof(s, keeper)
+    swa = finish_swa(s, keeper.meta, keeper.history[-1]["epoch"])  # every rank: its validation is gathered
+    return distributed.from_main(lambda: _record(s, keeper, tracker, swa))
+
+
+def _record(s: FoldState, keeper: CheckpointKeeper, tracker: Tracker, swa: dict | None) -> dict:
+    """The fold's scores, confusion matrix and summary, and done.json, written last."""
+    cfg, fp = s.cfg, s.fp
+    result = {"fold": s.fold, "best_epoch": keeper.best_epoch, "epochs_run": len(keeper.history),
+              "monitor": monitor_name(cfg), "best": keeper.best, "params": s.counts, "classes": s.classes,
+              "config": cfg.to_dict(), "run_id": keeper.meta["run_id"]}
+    if s.val_df is not None:
         oof = read_oof(fp.oof, s.classes)
         y, probs = oof["target"].to_numpy(), oof_probs(oof, s.classes)
         result.update(summary(y, probs, cfg.metric.name))
@@ -234,7 +281,7 @@ def finish_fold(s: FoldState, keeper: CheckpointKeeper, tracker: Tracker) -> dic
         tracker.confusion(y, probs.argmax(1), s.classes)
         tracker.summary({f"best_{monitor_name(cfg)}": keeper.best, "best_epoch": keeper.best_epoch,
                          **{f"best_{k}": v for k, v in result.items() if k in ("accuracy", "f1_macro", cfg.metric.name)}})
-    if (swa := finish_swa(s, keeper.meta, keeper.history[-1]["epoch"])) is not None:
+    if swa is not None:
         result["swa"] = swa
     result["best_sha1"] = file_sha1(fp.best)  # later stages refuse a best.pt swapped in after training
     write_done(fp, result)  # last: only now is the fold finished
@@ -270,6 +317,20 @@ def _check_can_start(fp: FoldPaths, fold: int, resume: bool, force: bool) -> dic
     return None
 
 
+def _claim(cfg: Config, fp: FoldPaths, fold: int, resume: bool, force: bool, fresh: bool) -> dict | None:
+    """Inside the fold lock: the finished result if another process finished the fold while this
+    one set up; else clear what --force replaces and, for a fresh run, write the config."""
+    if (result := _check_can_start(fp, fold, resume, force)) is not None:
+        return result
+    if force:
+        mark_unfinished(fp)
+        for p in (fp.last, fp.best, fp.oof):
+            p.unlink(missing_ok=True)
+    if fresh:
+        save_config(cfg)
+    return None
+
+
 def train_fold(cfg: Config, fold: int, *, resume: bool = False, force: bool = False, dry_run_only: bool = False,
                on_epoch: Callable[[int, float], None] | None = None, tracker: Tracker | None = None,
                allow_mixed: bool = False) -> dict:
@@ -296,7 +357,8 @@ def train_fold(cfg: Config, fold: int, *, resume: bool = False, force: bool = Fa
     # Data, model and resume state first: a mistake there writes nothing, not even a lock.
     s = setup_fold(cfg, fold, rt)
     optimization(s)
-    meta = {"config": cfg.to_dict(), "classes": s.classes, "fold": fold, "run_id": uuid.uuid4().hex[:12]}
+    meta = {"config": cfg.to_dict(), "classes": s.classes, "fold": fold, "processes": distributed.world_size(),
+            "run_id": distributed.from_main(lambda: uuid.uuid4().hex[:12])}
     keeper = CheckpointKeeper(fp.best, fp.last, meta, monitor_name(cfg),
                               lambda new, best: is_better(monitor_name(cfg), new, best), cfg.train.early_stopping,
                               top_k=cfg.train.keep_top)
@@ -308,16 +370,10 @@ def train_fold(cfg: Config, fold: int, *, resume: bool = False, force: bool = Fa
             start = cfg.train.epochs
     elif resume and not force:
         print(f"fold {fold}: nothing to resume in {fp.dir}; starting fresh")
-    with fold_lock(fp, f"fold {fold} of experiment {cfg.experiment.name}"):
-        # Another process may have finished or started this fold while this one set up.
-        if (result := _check_can_start(fp, fold, resume or start > 0, force)) is not None:
+    distributed.main_first(lambda: fill_caches(s))  # rank 0 builds what is missing, the others find it
+    with distributed.on_main(fold_lock(fp, f"fold {fold} of experiment {cfg.experiment.name}")):
+        if (result := distributed.from_main(lambda: _claim(cfg, fp, fold, resume or start > 0, force, start == 0))) is not None:
             return result
-        if force:
-            mark_unfinished(fp)
-            for p in (fp.last, fp.best, fp.oof):
-                p.unlink(missing_ok=True)
-        if start == 0:
-            save_config(cfg)
         tracker = tracker or Tracker.off()
         for epoch in range(start, cfg.train.epochs):
             run_epoch(s, keeper, epoch, tracker, on_epoch)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-COMMANDS = {"train", "ensemble", "tune", "folds", "score", "demo", "bench", "kaggle_kernel", "ledger", "pseudo",
-            "average"}
+COMMANDS = {"train", "ensemble", "tune", "folds", "score", "demo", "bench", "kaggle_kernel", "report", "probe",
+            "ledger", "pseudo", "average"}
 MAX_FUNCTION_LINES = 80
 
 

@@ -308,7 +308,7 @@ def test_resume_matches_an_uninterrupted_run(demo_dir: Path, tmp_path: Path, cap
 
 def test_nan_loss_raises_training_diverged(demo_dir: Path, tmp_path: Path, tiny_cfg):
     cfg = tiny_cfg(demo_dir, tmp_path / "out", "optim.lr=1e30", "sched.name=none", "optim.name=sgd")
-    with pytest.raises(TrainingDiverged, match=r"at epoch 0, step [1-9]\d*;") as info:
+    with pytest.raises(TrainingDiverged, match=r"at epoch 0, by step [1-9]\d*;") as info:
         train_fold(cfg, 0)
     assert isinstance(info.value, UserError)  # the CLI prints it as one line, exit code 2
     assert "optim.lr" in str(info.value)

@@ -1,0 +1,36 @@
+"""The frozen-feature baseline: a scikit-learn classifier on a frozen backbone's pooled features.
+
+    python -m src.probe --config configs/demo.yaml                          # logistic regression
+    python -m src.probe --config configs/demo.yaml --classifier svm --out submissions/demo_probe_svm.csv
+    python -m src.probe --config configs/resnext101.yaml --classifier rf
+
+The config's model with its configured weights (model.pretrained / model.pretrained_path) runs
+once over every training image (and test image, with --out); the pooled features are cached under
+outputs/<experiment>/probe/. The classifier (logreg | rf | svm) is fitted on the experiment's own
+folds; its OOF score is printed beside the fine-tuned experiment's (outputs/<experiment>/cv.json)
+and written with the OOF probabilities to outputs/<experiment>/probe/. --out writes a submission
+(the mean of the fold classifiers) in sample_submission.csv's format.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from src.config import add_config_args, load_config
+from src.probing import CLASSIFIERS, run_probe
+from src.utils import run_cli
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--classifier", choices=sorted(CLASSIFIERS), default="logreg", help="default logreg")
+    parser.add_argument("--out", default=None, help="write a submission CSV here (and <out>_probs.csv)")
+    parser.add_argument("--no-cache", action="store_true", help="compute the features again, write no cache")
+    add_config_args(parser)
+    args = parser.parse_intermixed_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    run_probe(cfg, args.classifier, args.out, cache=not args.no_cache)
+
+
+if __name__ == "__main__":
+    run_cli(main)
