@@ -6,6 +6,7 @@ import argparse
 
 import numpy as np
 from scipy.optimize import minimize
+from scipy.stats import rankdata
 
 from src.metrics import LOWER_IS_BETTER, compute_metric, softmax
 
@@ -14,7 +15,11 @@ def combine(logits: np.ndarray, voting: str, weights: np.ndarray | None = None) 
     """Blend logits (K, N, C) from K predictors into probabilities (N, C).
 
     soft: weighted mean of probabilities; geometric: of log-probabilities, renormalized;
-    logits: softmax of the weighted mean logit; hard: weighted share of argmax votes.
+    logits: softmax of the weighted mean logit; hard: weighted share of argmax votes; rank: each
+    predictor's probabilities turned into per-class ranks over the N images (scaled to 0..1),
+    weighted mean, rows renormalized to sum 1 (for two classes this is exactly the rank average
+    of the second class, what AUC-type metrics score; the argmax of ranks is not the argmax of
+    probabilities, so it is no rule for accuracy-type metrics).
     """
     k = logits.shape[0]
     w = np.full(k, 1.0 / k) if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
@@ -28,6 +33,11 @@ def combine(logits: np.ndarray, voting: str, weights: np.ndarray | None = None) 
     if voting == "hard":
         votes = np.eye(logits.shape[2])[logits.argmax(2)]  # (K, N, C)
         return (w * votes).sum(0)
+    if voting == "rank":
+        n = logits.shape[1]
+        ranks = (rankdata(softmax(logits), axis=1) - 1.0) / max(n - 1, 1)  # (K, N, C), ties averaged
+        score = (w * ranks).sum(0) + 1e-9  # a row ranked last in every class keeps a defined share
+        return score / score.sum(1, keepdims=True)
     raise ValueError(voting)
 
 
@@ -66,15 +76,19 @@ def parse_weights(text: str) -> str | list[float]:
         raise argparse.ArgumentTypeError(f"--weights takes equal, auto or w1,w2,..., not '{text}'") from None
 
 
-def add_blend_args(parser: argparse.ArgumentParser) -> None:
-    """The flags every command that blends takes (src.ensemble, src.kaggle_kernel)."""
+def add_blend_args(parser: argparse.ArgumentParser, fmt: bool = True) -> None:
+    """The flags every command that blends takes (src.ensemble, src.kaggle_kernel; src.pseudo
+    without --format)."""
     parser.add_argument("--experiments", nargs="+", default=None, help="member experiments (default: the config's)")
     tta = parser.add_mutually_exclusive_group()
-    tta.add_argument("--tta", nargs="*", default=None, help="TTA views (default, or without names: ensemble.tta)")
+    tta.add_argument("--tta", nargs="*", default=None,
+                     help="TTA views (default, or without names: ensemble.tta); auto [CANDIDATES]: keep the views "
+                          "that improve the OOF blend, greedily (candidates default to ensemble.tta)")
     tta.add_argument("--no-tta", action="store_true", help="identity view only")
     parser.add_argument("--weights", type=parse_weights, default=None, help="equal | auto | w1,w2,...")
-    parser.add_argument("--voting", choices=["soft", "geometric", "logits", "hard"], default=None)
-    parser.add_argument("--format", dest="fmt", choices=["auto", "label", "index", "proba", "binary"], default=None)
+    parser.add_argument("--voting", choices=["soft", "geometric", "logits", "hard", "rank"], default=None)
+    if fmt:
+        parser.add_argument("--format", dest="fmt", choices=["auto", "label", "index", "proba", "binary"], default=None)
 
 
 def split_blend_args(args: argparse.Namespace) -> list[str] | None:

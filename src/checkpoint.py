@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import pickle
 import random
 import zipfile
@@ -68,8 +69,9 @@ def set_rng_state(state: dict) -> None:
 # ---------------------------------------------------------------- the keeper of one fold's checkpoints
 
 # Settings that do not change what is computed; anything else must match to resume.
-RESUME_MAY_CHANGE = ("loader.num_workers", "loader.pin_memory", "loader.persistent_workers", "wandb.",
-                     "data.dir", "data.check_images", "data.cache", "train.compile", "experiment.output_dir", "ensemble.", "runtime.device")
+RESUME_MAY_CHANGE = ("loader.num_workers", "loader.pin_memory", "loader.persistent_workers", "wandb.", "train.keep_top",
+                     "data.dir", "data.check_images", "data.cache", "train.compile", "experiment.output_dir", "ensemble.",
+                     "runtime.device")
 
 
 def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -93,13 +95,16 @@ class CheckpointKeeper:
     """
 
     def __init__(self, best: Path, last: Path, meta: dict, monitor: str, better: Callable[[float, float | None], bool],
-                 early_stopping: int | None):
+                 early_stopping: int | None, top_k: int = 1):
         self.best_path, self.last_path, self.meta = best, last, meta
         self.monitor, self.better, self.early_stopping = monitor, better, early_stopping
         self.best: float | None = None
         self.best_epoch = -1
         self.bad_epochs = 0
         self.history: list[dict] = []
+        # top_k > 1: the weights of the K best epochs are kept in top/epoch<e>.pt (for src.average)
+        self.top_k, self.top_dir = top_k, best.parent / "top"
+        self.top: list[list] = []  # [value, epoch], best first
 
     def observe(self, epoch: int, value: float | None) -> bool:
         """Record an epoch's monitored value (None: no validation, the latest epoch is best)."""
@@ -126,11 +131,32 @@ class CheckpointKeeper:
             "best_epoch": self.best_epoch,
             "history": self.history,
             "finished": finished,
+            "top": self.top,
             "train_state": {**fold.train_state(), "rng": rng_state(), "bad_epochs": self.bad_epochs},
         }
 
+    def _keep_top(self, fold, epoch: int) -> None:
+        """Add this epoch to the K best when it belongs there; remove the files that fell out."""
+        value = self.history[-1].get(f"val_{self.monitor}") if self.history else None
+        if self.top_k <= 1 or value is None or value != value:
+            return
+        order = functools.cmp_to_key(lambda a, b: -1 if self.better(a[0], b[0]) else int(self.better(b[0], a[0])))
+        ranked = sorted(self.top + [[value, epoch]], key=order)[: self.top_k]
+        if [value, epoch] in ranked:
+            save_checkpoint(self.top_path(epoch), {**self.meta, "model": fold.eval_model.state_dict(), "epoch": epoch,
+                                                   "metric": value})
+        self.top = ranked
+        kept = {self.top_path(e) for _, e in self.top}
+        for p in self.top_dir.glob("epoch*.pt"):
+            if p not in kept:
+                p.unlink(missing_ok=True)
+
+    def top_path(self, epoch: int) -> Path:
+        return self.top_dir / f"epoch{epoch:03d}.pt"
+
     def save(self, fold, epoch: int, improved: bool) -> None:
-        """After an epoch: best.pt when it improved, last.pt always."""
+        """After an epoch: the top-K files, best.pt when it improved, last.pt always."""
+        self._keep_top(fold, epoch)
         state = self._state(fold, epoch, False)
         if improved:
             save_checkpoint(self.best_path, state)
@@ -167,5 +193,6 @@ class CheckpointKeeper:
         set_rng_state(st["rng"])
         self.meta["run_id"] = ckpt.get("run_id", self.meta.get("run_id"))  # a resumed run keeps its id
         self.history, self.best, self.best_epoch = ckpt["history"], ckpt["best_metric"], ckpt["best_epoch"]
+        self.top = ckpt.get("top", [])
         self.bad_epochs = st["bad_epochs"]
         return ckpt["epoch"] + 1

@@ -64,6 +64,7 @@ class DataCfg(_Section):
     cache_dir: str | None
     n_folds: int
     fold_seed: int
+    pseudo: str | None
     relabel: str | None
 
     @model_validator(mode="after")
@@ -100,11 +101,21 @@ class AugCfg(_Section):
     vflip: bool
     mean: tuple[float, float, float] | None
     std: tuple[Positive, Positive, Positive] | None
+    size_schedule: list[tuple[NonNeg, Annotated[int, Field(ge=8)]]] | None
 
     @model_validator(mode="after")
     def _check(self):
         if self.zoom[0] > self.zoom[1]:
             raise ValueError(f"aug.zoom is [low, high]; got low {self.zoom[0]} above high {self.zoom[1]}")
+        sched = self.size_schedule
+        if sched is not None:
+            starts = [e for e, _ in sched]
+            if not sched or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
+                raise ValueError(f"aug.size_schedule {sched} must start at epoch 0 with increasing epochs, "
+                                 "e.g. [[0, 160], [4, 224], [8, 288]]")
+            if sched[-1][1] != self.img_size:
+                raise ValueError(f"aug.size_schedule ends at {sched[-1][1]} px but aug.img_size is {self.img_size}; "
+                                 "evaluation runs at aug.img_size, so end the schedule there")
         return self
 
 
@@ -131,6 +142,9 @@ class LossCfg(_Section):
     gamma: NonNegF
     alpha: list[NonNegF] | None
     class_weights: Literal["balanced"] | list[NonNegF] | None
+    distill_from: str | None
+    distill_weight: Fraction
+    distill_temperature: Positive
 
 
 class OptimCfg(_Section):
@@ -170,6 +184,9 @@ class TrainCfg(_Section):
     clip_grad: Positive | None
     ema: bool
     ema_decay: Annotated[float, Field(gt=0, lt=1)]
+    swa: bool
+    swa_epochs: Count
+    keep_top: Count
     mixup: NonNegF
     cutmix: NonNegF
     mix_prob: Fraction
@@ -191,7 +208,7 @@ class WandbCfg(_Section):
 
 class EnsembleCfg(_Section):
     tta: list[str]
-    voting: Literal["soft", "geometric", "logits", "hard"]
+    voting: Literal["soft", "geometric", "logits", "hard", "rank"]
     weights: Literal["equal", "auto"] | list[float]
     format: Literal["auto", "label", "index", "proba", "binary"]
     missing_folds: Literal["error", "warn"]

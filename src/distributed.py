@@ -226,3 +226,12 @@ def describe_batch(batch_size: int, accum_steps: int, lr: float) -> str:
     return (f"effective batch size {n * batch_size * accum_steps} ({n} process{'es' if n > 1 else ''} x "
             f"{batch_size} x {accum_steps} accumulation steps); learning rate {lr:g} as configured "
             "(not rescaled for the batch size: set optim.lr to scale it)")
+
+
+def same_buffers(model: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm statistics recomputed on its share of the images) on every
+    rank, so that all ranks validate one model."""
+    if not enabled():
+        return
+    for b in model.buffers():
+        dist.broadcast(b, 0)

@@ -22,6 +22,7 @@ from src.model import Frozen
 from src.progress import progress
 from src.runs import FoldPaths
 from src.runtime import Norm, Runtime, predict
+from src.size_schedule import resize_batch
 from src.utils import UserError
 
 
@@ -55,7 +56,9 @@ class FoldState:
     scheduler: object = None
     scaler: torch.amp.GradScaler | None = None
     ema: ModelEmaV3 | None = None
+    swa: torch.optim.swa_utils.AveragedModel | None = None  # train.swa: the running average (src/averaging.py)
     num_updates: int = 0
+    train_size: int | None = None  # aug.size_schedule: this epoch's training input size (src/size_schedule.py)
     forward: object = None  # the compiled training forward (train.compile), else None: `net` itself
     ddp: torch.nn.Module | None = None  # the model in DistributedDataParallel under torchrun
 
@@ -73,6 +76,7 @@ class FoldState:
         return {
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "swa": self.swa.state_dict() if self.swa is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -86,6 +90,8 @@ class FoldState:
         self.scaler.load_state_dict(st["scaler"])
         if self.ema is not None and st.get("ema") is not None:
             self.ema.load_state_dict(st["ema"])
+        if self.swa is not None and st.get("swa") is not None:
+            self.swa.load_state_dict(st["swa"])
         self.num_updates = st["num_updates"]
 
 
@@ -161,6 +167,9 @@ def train_one_epoch(s: FoldState, epoch: int) -> dict:
         wait += time.perf_counter() - tw
         x, y = s.rt.batch(x, s.norm), y.to(dev, non_blocking=True)
         target = y
+        if y.ndim == 2:  # probability targets (src/soft_targets.py): accuracy against their argmax
+            y = y.argmax(1)
+        x = resize_batch(x, s.train_size)
         if s.mixup is not None:
             x, target = s.mixup(x, y)
         with s.rt.autocast():

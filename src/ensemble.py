@@ -4,6 +4,9 @@
     python -m src.ensemble --experiments exp_a exp_b --tta hflip vflip --weights auto
     python -m src.ensemble --tta d4 --voting geometric --out submissions/final.csv
     python -m src.ensemble --no-tta                               # identity view only
+    python -m src.ensemble --tta auto                             # views of ensemble.tta that help on OOF
+    python -m src.ensemble --experiments a b --voting rank        # rank average (AUC-type metrics)
+    python -m src.ensemble --experiments a b --stack logreg       # logistic regression on OOF, nested folds
     torchrun --standalone --nproc_per_node 4 -m src.ensemble      # the images shared out over 4 GPUs
 
 Each member is an experiment under outputs/<name>/ whose finished folds (done.json) are blended;
@@ -11,7 +14,8 @@ each fold's stored config rebuilds its model and transforms. First every member'
 TTA-OOF logits per fold and view are written to outputs/<name>/preds/ (or read from there: a
 re-blend with other weights, voting or format builds no model), then they are blended. Before
 writing, the OOF score of every member and of the blend is printed without and with TTA.
-Writes submissions/<name>.csv and <name>_probs.csv.
+Writes submissions/<name>.csv and <name>_probs.csv, and adds a row to ledger.csv beside them
+(python -m src.ledger).
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ from src import distributed
 from src.blend import add_blend_args, combine, log_probs, split_blend_args
 from src.config import Config, add_config_args, load_config
 from src.data import load_test_table
-from src.members import across_members, member_test, oof_report, open_members, resolve_weights
+from src.ledger_table import record_submission
+from src.members import across_members, member_test, oof_blend, open_members, resolve_weights
+from src.metrics import compute_metric
 from src.runtime import Runtime
+from src.stacking import STACKERS, fit_predict_test, nested_oof, stack_features
 from src.submission import (
     build_submission,
     check_out_path,
@@ -37,52 +44,77 @@ from src.submission import (
     write_submission,
 )
 from src.tta import parse_views
+from src.tta_select import choose_views
 from src.utils import UserError, run_cli
+
+
+def _parse_tta(tta: list[str] | None, default: list[str]) -> tuple[list[str], bool]:
+    """(views, or the candidates for auto; auto?). None: the default views; ['auto', ...]: choose on OOF."""
+    if tta and tta[0] == "auto":
+        return parse_views(tta[1:] or default), True
+    return parse_views(default if tta is None else (tta or ["identity"])), False
 
 
 def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None = None,
         weights: str | list[float] | None = None, voting: str | None = None, out: str | Path | None = None,
-        fmt: str | None = None, report: bool = True, cache: bool = True) -> Path:
+        fmt: str | None = None, report: bool = True, cache: bool = True, stack: str | None = None) -> Path:
     """Blend members' folds (x TTA views) into a submission CSV and return its path.
 
     Args:
         cfg: config naming the competition (data) and defaults (ensemble section).
         experiments: member experiment names (default: cfg's experiment).
-        tta: view names (default: ensemble.tta; ['identity'] = no TTA).
+        tta: view names (default: ensemble.tta; ['identity'] = no TTA; ['auto', candidates...]:
+            the views that improve the OOF blend, chosen greedily among the candidates or ensemble.tta).
         weights: 'equal', 'auto' or one weight per member (default: ensemble.weights).
-        voting: soft | geometric | logits | hard (default: ensemble.voting).
-        out: submission path (default: submissions/<members>[_tta].csv).
+        voting: soft | geometric | logits | hard | rank (default: ensemble.voting).
+        out: submission path (default: submissions/<members>[_tta][_stack].csv).
         fmt: submission format (default: ensemble.format).
         report: print the OOF report first (needs the members' oof.csv and training images); a
             Kaggle kernel turns it off and passes the weights chosen when the bundle was built.
         cache: read and write outputs/<member>/preds/ (off where outputs are read-only).
+        stack: a stacker fitted on the members' OOF predictions (logreg) instead of weighted voting;
+            its OOF score comes from nested folds.
     """
     e = cfg.ensemble
     names = experiments or [str(cfg.experiment.name)]
-    views = parse_views(e.tta if tta is None else (tta or ["identity"]))
+    views, auto = _parse_tta(tta, e.tta)
     weights = e.weights if weights is None else weights
     voting = voting or e.voting
-    out = Path(out) if out else Path("submissions") / ("+".join(names) + ("_tta" if views != ["identity"] else "") + ".csv")
+    if not report and (auto or stack or weights == "auto"):
+        raise UserError("--tta auto, --stack and weights=auto are fitted on the OOF report; fix the views and "
+                        "weights when the report is off")
+    tag = ("_tta" if auto or views != ["identity"] else "") + (f"_{stack}" if stack else "")
+    out = Path(out) if out else Path("submissions") / ("+".join(names) + tag + ".csv")
     check_out_path(out, cfg.data.dir)
     rt = Runtime.from_cfg(cfg.runtime)
     test, sample = load_test_table(cfg.data)
     members = open_members(cfg, names)
     if isinstance(weights, list):
         resolve_weights(weights, members, [], np.zeros(0), cfg.metric.name, voting)  # checked before any prediction
-    elif not report and weights == "auto":
-        raise UserError("weights=auto are fitted on the OOF report; give explicit weights when the report is off")
     classes = members[0].classes
 
-    # 1) OOF report: each member and the blend, without and with TTA
+    # 1) OOF report: views chosen on OOF (auto), each member and the blend without and with TTA, the stacker
+    cv, choice, blend = None, None, None
     if report:
-        w = oof_report(cfg, members, views, weights, voting, rt)
+        if auto:
+            choice = choose_views(cfg, members, views, weights, voting, rt)
+            views = choice.views
+        blend = oof_blend(cfg, members, views, weights, voting, rt)
+        w, cv = blend.weights, blend.score
+        if stack:
+            stacked = nested_oof(stack, stack_features(blend.per), blend.y, blend.folds, len(classes), cfg.experiment.seed)
+            cv = compute_metric(cfg.metric.name, blend.y, stacked)
+            print(f"stacker {stack} (nested over {len(np.unique(blend.folds))} folds): OOF {cfg.metric.name} "
+                  f"{cv:.4f} against the blend's {blend.score:.4f}")
     else:
         w = resolve_weights(weights, members, [], np.zeros(0), cfg.metric.name, voting)
 
     # 2) test predictions: folds x views per member (cached), blended within, then across members.
     # Hard votes are counted per member; members' vote shares are then averaged.
     member_probs = [member_test(m, test, views, rt, cfg.loader, voting, cache) for m in members]
-    probs = combine(np.stack([log_probs(p) for p in member_probs]), across_members(voting), w)
+    features = [log_probs(p) for p in member_probs]
+    probs = (fit_predict_test(stack, stack_features(blend.per), blend.y, stack_features(features), len(classes),
+                              cfg.experiment.seed) if stack else combine(np.stack(features), across_members(voting), w))
     computed, cached = sum(m.computed for m in members), sum(m.cached for m in members)
     print(f"predictions (fold x view x split): {computed} computed, {cached} read from outputs/<member>/preds/")
     check_probs(probs)
@@ -96,6 +128,11 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
     print(f"wrote {out} ({len(sub)} rows, format {fmt}, {len(members)} members x folds x {len(views)} views); "
           f"probabilities in {probs_path}")
     print("predicted classes: " + ", ".join(f"{c} {n}" for c, n in dist.items()))
+
+    # 4) the ledger (local runs: a kernel, report off, has no CV to record)
+    if report:
+        record_submission(out, members, views, None if stack else w, voting, stack, cfg.metric.name, cv,
+                          choice.gain if choice else None)
     return out
 
 
@@ -103,12 +140,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_blend_args(parser)
     parser.add_argument("--out", default=None, help="submission path (default: submissions/<members>[_tta].csv)")
+    parser.add_argument("--stack", choices=list(STACKERS), default=None,
+                        help="fit a stacker on the members' OOF predictions (nested folds) instead of voting")
     add_config_args(parser)
     args = parser.parse_intermixed_args(argv)
     tta_views = split_blend_args(args)
     cfg = load_config(args.config, args.overrides)
     with distributed.launched(cfg.runtime.device):  # torchrun: each process predicts its share of the images
-        run(cfg, args.experiments, tta_views, args.weights, args.voting, args.out, args.fmt)
+        run(cfg, args.experiments, tta_views, args.weights, args.voting, args.out, args.fmt, stack=args.stack)
 
 
 if __name__ == "__main__":

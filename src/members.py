@@ -198,30 +198,52 @@ def fold_logits(m: Member, jobs: dict[int, pd.DataFrame], split: str, views: lis
 
 def member_oof(m: Member, views: list[str] | None, rt: Runtime, loader_cfg: LoaderCfg, voting: str = "soft"
                ) -> tuple[pd.DataFrame, np.ndarray]:
-    """(table of id and target, OOF log-probabilities N x C): each fold model on its own validation images.
+    """(table of id, target and fold, OOF log-probabilities N x C): each fold model on its own validation images.
 
     Without views the stored oof.csv files are used; with views those images are predicted again
     (or read from the cache).
     """
-    parts = {k: read_oof(fold_paths(m.exp_dir, k).oof, m.classes, m.records[k].get("run_id")) for k in m.folds}
-    oof = pd.concat(parts.values(), ignore_index=True)
     if not views:
-        return oof[["id", "target"]], log_probs(oof_probs(oof, m.classes))
+        oof = _oof_table(m)
+        return oof[["id", "target", "fold"]], log_probs(oof_probs(oof, m.classes))
+    table, logits = member_oof_views(m, views, rt, loader_cfg)
+    return table, np.concatenate([log_probs(combine(logits[k], within_member(voting))) for k in m.folds])
+
+
+def _oof_table(m: Member) -> pd.DataFrame:
+    parts = [read_oof(fold_paths(m.exp_dir, k).oof, m.classes, m.records[k].get("run_id")) for k in m.folds]
+    return pd.concat(parts, ignore_index=True)
+
+
+def member_oof_views(m: Member, views: list[str], rt: Runtime, loader_cfg: LoaderCfg
+                     ) -> tuple[pd.DataFrame, dict[int, np.ndarray]]:
+    """(table of id, target and fold in fold order, fold -> logits (views, N_k, C)) of each fold
+    model on its own validation images, one array per view (predicted, or read from the cache)."""
+    oof = _oof_table(m)
     table, _, _ = load_or_create_folds(m.cfg, create=False)
     path_of = dict(zip(table["id"], table["path"]))
-    jobs = {k: pd.DataFrame({"id": p["id"], "path": [path_of[i] for i in p["id"]]}) for k, p in parts.items()}
-    logits = fold_logits(m, jobs, "oof", views, rt, loader_cfg)
-    return oof[["id", "target"]], np.concatenate([log_probs(combine(logits[k], voting)) for k in m.folds])
+    jobs = {k: pd.DataFrame({"id": p["id"].to_numpy(), "path": [path_of[i] for i in p["id"]]})
+            for k, p in oof.groupby("fold", sort=False)}
+    logits = fold_logits(m, {k: jobs[k] for k in m.folds}, "oof", views, rt, loader_cfg)
+    return oof[["id", "target", "fold"]], logits
 
 
 def member_test(m: Member, test: pd.DataFrame, views: list[str], rt: Runtime, loader_cfg: LoaderCfg,
                 voting: str, cache: bool = True) -> np.ndarray:
     """Test probabilities (N, C): every fold x view of the member, blended by `voting`."""
     logits = fold_logits(m, {k: test for k in m.folds}, "test", views, rt, loader_cfg, cache)
-    return combine(np.concatenate([logits[k] for k in m.folds]), voting)  # (folds * views, N, C) -> (N, C)
+    # (folds * views, N, C) -> (N, C)
+    return combine(np.concatenate([logits[k] for k in m.folds]), within_member(voting))
 
 
 # ---------------------------------------------------------------- several members
+
+
+def within_member(voting: str) -> str:
+    """The rule that blends one member's folds and views: rank voting ranks members' predictions,
+    so within a member (models of one recipe, alike in calibration) probabilities are averaged;
+    this keeps the test blend computed as its OOF estimate is (one prediction per member and image)."""
+    return "soft" if voting == "rank" else voting
 
 
 def across_members(voting: str) -> str:
@@ -256,30 +278,58 @@ def resolve_weights(weights, members: list[Member], fit_on: list[np.ndarray], y:
     return w
 
 
-def oof_report(cfg: Config, members: list[Member], views: list[str], weights, voting: str, rt: Runtime) -> np.ndarray:
-    """Print the OOF score of each member and of the blend, without and with TTA; return the weights
-    (fitted on the TTA OOF predictions when weights is 'auto')."""
+@dataclass
+class OofBlend:
+    """The members' OOF predictions with the submission's views, and the blend's score on them."""
+
+    weights: np.ndarray
+    score: float  # the blend's OOF score with the views: the CV the submission stands on
+    per: list[np.ndarray]  # each member's OOF log-probabilities (N, C), rows in `ids` order
+    y: np.ndarray  # (N,) targets
+    folds: np.ndarray  # (N,) the validation fold of each row
+    ids: pd.Index
+
+
+def aligned_oof(members: list[Member], views: list[str] | None, rt: Runtime, loader_cfg: LoaderCfg, voting: str
+                ) -> tuple[list[np.ndarray], pd.DataFrame]:
+    """Every member's OOF log-probabilities in the first member's row order, and that order's table
+    (id, target, fold)."""
+    per, base = [], None
+    for m in members:
+        table, lg = member_oof(m, views, rt, loader_cfg, voting)
+        table = table.set_index("id")
+        if base is None:
+            base = table
+        if set(table.index) != set(base.index):
+            raise UserError(f"member {m.name}'s OOF ids differ from {members[0].name}'s; members must share the training set")
+        per.append(lg[table.index.get_indexer(base.index)])
+    return per, base
+
+
+def oof_blend(cfg: Config, members: list[Member], views: list[str], weights, voting: str, rt: Runtime) -> OofBlend:
+    """Print the OOF score of each member and of the blend, without and with TTA; return the
+    weights (fitted on the TTA OOF predictions when weights is 'auto') and the blend's OOF score."""
     metric = cfg.metric.name
     report_views = [None] + ([views] if views != ["identity"] else [])
-    rows, per_view, ids, y = [], [], None, None
+    rows, per_view, base = [], [], None
     for rv in report_views:
-        per = []
-        for m in members:
-            table, lg = member_oof(m, rv, rt, cfg.loader, voting)
-            table = table.set_index("id")
-            if ids is None:
-                ids, y = table.index, table["target"].to_numpy()
-            if set(table.index) != set(ids):
-                raise UserError(f"member {m.name}'s OOF ids differ from {members[0].name}'s; members must share the training set")
-            per.append(lg[table.index.get_indexer(ids)])
-            rows.append({"member": m.name, "tta": "+".join(rv) if rv else "none", metric: compute_metric(metric, y, softmax(per[-1]))})
+        per, base = aligned_oof(members, rv, rt, cfg.loader, voting)
+        y = base["target"].to_numpy()
+        for m, lg in zip(members, per):
+            rows.append({"member": m.name, "tta": "+".join(rv) if rv else "none",
+                         metric: compute_metric(metric, y, softmax(lg))})
         per_view.append(per)
     across = across_members(voting)
     w = resolve_weights(weights, members, per_view[-1], y, metric, across)
+    scores = [compute_metric(metric, y, combine(np.stack(per), across, w)) for per in per_view]
     if len(members) > 1:
-        for rv, per in zip(report_views, per_view):
-            rows.append({"member": "blend", "tta": "+".join(rv) if rv else "none",
-                         metric: compute_metric(metric, y, combine(np.stack(per), across, w))})
+        for rv, score in zip(report_views, scores):
+            rows.append({"member": "blend", "tta": "+".join(rv) if rv else "none", metric: score})
     print("OOF CV (" + metric + "):")
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    return w
+    return OofBlend(w, scores[-1], per_view[-1], y, base["fold"].to_numpy(), base.index)
+
+
+def oof_report(cfg: Config, members: list[Member], views: list[str], weights, voting: str, rt: Runtime) -> np.ndarray:
+    """oof_blend's weights (the OOF report is printed)."""
+    return oof_blend(cfg, members, views, weights, voting, rt).weights

@@ -18,6 +18,7 @@ from timm.data import Mixup
 from timm.utils import ModelEmaV3
 
 from src import distributed
+from src.averaging import finish_swa, new_swa, swa_cv, swa_step
 from src.checkpoint import RESUME_MAY_CHANGE, CheckpointKeeper, config_diff, load_checkpoint
 from src.config import Config, config_from_dict, save_config
 from src.data import (
@@ -36,6 +37,7 @@ from src.metrics import LOWER_IS_BETTER, is_better, summary
 from src.model import build_model, freeze, has_weights, param_counts, param_groups, set_train_mode, unfreeze
 from src.optim import build_optimizer, build_scheduler
 from src.plots import plot_confusion, plot_curves
+from src.pseudo_labels import add_pseudo
 from src.runs import (
     FoldPaths,
     file_sha1,
@@ -51,6 +53,8 @@ from src.runs import (
     write_oof,
 )
 from src.runtime import Norm, Runtime
+from src.size_schedule import size_at
+from src.soft_targets import with_soft_targets
 from src.splits import folds_path, load_or_create_folds
 from src.tracking import Tracker
 from src.utils import UserError, atomic_save, atomic_write_text, seed_everything
@@ -61,7 +65,8 @@ def derive_seed(*parts: int) -> int:
 
 
 def fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str]]:
-    """(training rows, validation rows or None for fold -1, class names), readable images only."""
+    """(training rows, validation rows or None for fold -1, class names), readable images only;
+    pseudo-labelled test images (data.pseudo) are appended to the training rows only."""
     if fold != -1 and not 0 <= fold < cfg.data.n_folds:
         raise UserError(f"--fold {fold} is out of range; use 0..{cfg.data.n_folds - 1}, all, or -1")
     table = load_train_table(cfg.data)
@@ -82,8 +87,9 @@ def fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame | No
         write()
     df = df[df["id"].isin(readable)].reset_index(drop=True)
     if fold == -1:
-        return df, None, classes
-    return df[df["fold"] != fold].reset_index(drop=True), df[df["fold"] == fold].reset_index(drop=True), classes
+        return add_pseudo(df, cfg, classes), None, classes
+    train = add_pseudo(df[df["fold"] != fold].reset_index(drop=True), cfg, classes)  # never the validation part
+    return train, df[df["fold"] == fold].reset_index(drop=True), classes
 
 
 # ---------------------------------------------------------------- setup
@@ -111,6 +117,7 @@ def setup_fold(cfg: Config, fold: int, rt: Runtime) -> FoldState:
     )
     train_cache, val_cache = image_cache(cfg, train=True), image_cache(cfg, train=False)
     train_ds = ImageDataset(train_df["path"], train_df["target"], build_transform(cfg.aug, True), train_cache)
+    train_ds = with_soft_targets(train_ds, cfg, train_df, classes)  # distillation, soft pseudo-labels
     sampler = distributed.epoch_sampler(len(train_ds), seed)
     train_loader = make_loader(train_ds, cfg.loader, device=rt.device.type, sampler=sampler,
                                drop_last=len(sampler) > cfg.loader.batch_size)
@@ -159,6 +166,7 @@ def optimization(s: FoldState) -> None:
     s.scaler = torch.amp.GradScaler(s.rt.device.type, enabled=s.rt.dtype == torch.float16)
     # Decay warmup (timm) lets the average follow the weights early on; short runs need it.
     s.ema = ModelEmaV3(s.model, decay=cfg.train.ema_decay, use_warmup=True) if cfg.train.ema else None
+    s.swa = new_swa(s.model) if cfg.train.swa else None
     s.ddp = distributed.wrap(s.model, s.rt.device)
     print(distributed.describe_batch(cfg.loader.batch_size, cfg.train.accum_steps, cfg.optim.lr))
     s.forward = CompiledForward(s.net) if cfg.train.compile else None
@@ -196,8 +204,11 @@ def run_epoch(s: FoldState, keeper: CheckpointKeeper, epoch: int, tracker: Track
         s.forward = CompiledForward(s.net) if cfg.train.compile else None
         print(f"epoch {epoch}: unfroze all parameters (backbone lr x{cfg.model.backbone_lr_mult})")
     set_train_mode(s.model, s.frozen)
-    row = {"epoch": epoch, **distributed.mean_over_ranks(train_one_epoch(s, epoch), ("train_loss", "train_accuracy"))}
+    s.train_size = size_at(cfg.aug.size_schedule, epoch)
+    trained = distributed.mean_over_ranks(train_one_epoch(s, epoch), ("train_loss", "train_accuracy"))
+    row = {"epoch": epoch, **({"img_size": s.train_size} if s.train_size else {}), **trained}
     row["img_per_s"] = round(row["img_per_s"] * distributed.world_size(), 1)  # every process's images (steps are in lockstep)
+    swa_step(s, epoch)
     value = None
     if s.val_loader is not None:
         probs, scores = validate(s.eval_model, s.val_loader, s.rt, s.val_df["target"].to_numpy(), cfg.metric.name,
@@ -252,10 +263,11 @@ def finish_fold(s: FoldState, keeper: CheckpointKeeper, tracker: Tracker) -> dic
                         "best model; lower optim.lr, set runtime.amp=off or train.clip_grad, then retrain with --force")
     if s.val_df is not None:
         sync_oof(s, keeper)
-    return distributed.from_main(lambda: _record(s, keeper, tracker))
+    swa = finish_swa(s, keeper.meta, keeper.history[-1]["epoch"])  # every rank: its validation is gathered
+    return distributed.from_main(lambda: _record(s, keeper, tracker, swa))
 
 
-def _record(s: FoldState, keeper: CheckpointKeeper, tracker: Tracker) -> dict:
+def _record(s: FoldState, keeper: CheckpointKeeper, tracker: Tracker, swa: dict | None) -> dict:
     """The fold's scores, confusion matrix and summary, and done.json, written last."""
     cfg, fp = s.cfg, s.fp
     result = {"fold": s.fold, "best_epoch": keeper.best_epoch, "epochs_run": len(keeper.history),
@@ -269,6 +281,8 @@ def _record(s: FoldState, keeper: CheckpointKeeper, tracker: Tracker) -> dict:
         tracker.confusion(y, probs.argmax(1), s.classes)
         tracker.summary({f"best_{monitor_name(cfg)}": keeper.best, "best_epoch": keeper.best_epoch,
                          **{f"best_{k}": v for k, v in result.items() if k in ("accuracy", "f1_macro", cfg.metric.name)}})
+    if swa is not None:
+        result["swa"] = swa
     result["best_sha1"] = file_sha1(fp.best)  # later stages refuse a best.pt swapped in after training
     write_done(fp, result)  # last: only now is the fold finished
     return result
@@ -346,7 +360,8 @@ def train_fold(cfg: Config, fold: int, *, resume: bool = False, force: bool = Fa
     meta = {"config": cfg.to_dict(), "classes": s.classes, "fold": fold, "processes": distributed.world_size(),
             "run_id": distributed.from_main(lambda: uuid.uuid4().hex[:12])}
     keeper = CheckpointKeeper(fp.best, fp.last, meta, monitor_name(cfg),
-                              lambda new, best: is_better(monitor_name(cfg), new, best), cfg.train.early_stopping)
+                              lambda new, best: is_better(monitor_name(cfg), new, best), cfg.train.early_stopping,
+                              top_k=cfg.train.keep_top)
     start = keeper.resume(s, cfg.to_dict()) if resume and fp.last.is_file() and not force else 0
     if start:
         print(f"fold {fold}: resuming after epoch {start - 1} (best {monitor_name(cfg)} {keeper.best} "
@@ -385,9 +400,11 @@ def cv_report(cfg: Config, folds: list[int]) -> dict:
                      **{m: done.get(m) for m in ("accuracy", "f1_macro", cfg.metric.name)}})
     oof = pd.concat(parts, ignore_index=True)
     overall = summary(oof["target"].to_numpy(), oof_probs(oof, classes), cfg.metric.name)
-    table = pd.DataFrame(rows + [{"fold": "oof", "best_epoch": "", **overall}])
+    swa = swa_cv(cfg.out_dir, folds, classes, cfg.metric.name)
+    table = pd.DataFrame(rows + [{"fold": "oof", "best_epoch": "", **overall}]
+                         + ([{"fold": "oof swa", "best_epoch": "", **swa}] if swa else []))
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     report = {"experiment": cfg.experiment.name, "metric": cfg.metric.name, "folds": rows, "oof": overall,
-              "n_oof": len(oof)}
+              "n_oof": len(oof), **({"oof_swa": swa} if swa else {})}
     atomic_write_text(cfg.out_dir / "cv.json", json.dumps(report, indent=2))
     return report

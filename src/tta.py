@@ -38,6 +38,9 @@ def parse_views(names: list[str]) -> list[str]:
             out += list(D4)
         elif n in D4:
             out.append(n)
+        elif n == "auto":
+            raise UserError("TTA view 'auto' (views chosen on OOF) is for python -m src.ensemble --tta auto; "
+                            "here pass the views it chose (the ledger's views column), e.g. --tta identity zoom1.05")
         elif m := _SCALED.match(n):
             f = float(m.group(2))
             if not SCALE_RANGE[0] <= f <= SCALE_RANGE[1]:

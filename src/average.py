@@ -1,0 +1,35 @@
+"""Averaged models of a trained experiment, written as a new experiment the ensemble can blend.
+
+    python -m src.average --config configs/demo.yaml --experiment demo --top 3   # -> outputs/demo_top3/
+    python -m src.average --config configs/demo.yaml --experiment demo --swa     # -> outputs/demo_swa/
+    python -m src.ensemble --config configs/demo.yaml --experiments demo demo_top3
+
+--top K averages each fold's K best checkpoints (kept in fold<k>/top/ when trained with
+train.keep_top >= K), recomputes BatchNorm statistics and validates the average on the fold's
+own images; --swa packs the SWA models trained with train.swa. The averaged OOF score is printed
+beside the original's and written to outputs/<new>/cv.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from src.averaged_runs import average_experiment
+from src.config import add_config_args, load_config
+from src.utils import run_cli
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", required=True, help="the trained experiment (outputs/<name>/)")
+    how = parser.add_mutually_exclusive_group(required=True)
+    how.add_argument("--top", type=int, default=None, help="average each fold's K best kept checkpoints")
+    how.add_argument("--swa", action="store_true", help="take each fold's SWA model (train.swa)")
+    add_config_args(parser)
+    args = parser.parse_intermixed_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    average_experiment(cfg, args.experiment, args.top, args.swa)
+
+
+if __name__ == "__main__":
+    run_cli(main)

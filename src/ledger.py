@@ -1,0 +1,47 @@
+"""The submission ledger: CV (OOF) against the public leaderboard.
+
+    python -m src.ledger                                  # the table, CV and LB side by side
+    python -m src.ledger --lb submissions/a+b_tta.csv 0.9412   # record what Kaggle returned
+    python -m src.ledger --ledger other/ledger.csv
+
+Every submission that python -m src.ensemble writes adds a row to ledger.csv beside it
+(submissions/ledger.csv by default); see src/ledger_table.py for its columns.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from src.ledger_table import DEFAULT_LEDGER, record_lb, show
+from src.utils import UserError, run_cli
+
+
+def run(ledger: Path = DEFAULT_LEDGER, lb: tuple[str, float] | None = None) -> str:
+    """Record a leaderboard score when `lb` is (file, score), then return the printed table."""
+    if lb is not None:
+        file, score = lb
+        row = record_lb(ledger, file, score)
+        print(f"recorded LB {score} for {row['file']} (CV {row['cv'] or 'n/a'})")
+    text = show(ledger)
+    print(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ledger", type=Path, default=DEFAULT_LEDGER, help="ledger file (default: %(default)s)")
+    parser.add_argument("--lb", nargs=2, metavar=("FILE", "SCORE"), default=None,
+                        help="record the public leaderboard score of a submission file")
+    args = parser.parse_args(argv)
+    lb = None
+    if args.lb is not None:
+        try:
+            lb = (args.lb[0], float(args.lb[1]))
+        except ValueError:
+            raise UserError(f"--lb takes a file and a number; '{args.lb[1]}' is not a number") from None
+    run(args.ledger, lb)
+
+
+if __name__ == "__main__":
+    run_cli(main)
