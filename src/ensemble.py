@@ -35,14 +35,7 @@ from src.members import across_members, member_test, oof_blend, open_members, re
 from src.metrics import compute_metric
 from src.runtime import Runtime
 from src.stacking import STACKERS, fit_predict_test, nested_oof, stack_features
-from src.submission import (
-    build_submission,
-    check_out_path,
-    check_probs,
-    check_submission,
-    resolve_format,
-    write_submission,
-)
+from src.submission import check_out_path, checked_submission, write_submission
 from src.tta import parse_views
 from src.tta_select import choose_views
 from src.utils import UserError, run_cli
@@ -117,12 +110,9 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
                               cfg.experiment.seed) if stack else combine(np.stack(features), across_members(voting), w))
     computed, cached = sum(m.computed for m in members), sum(m.cached for m in members)
     print(f"predictions (fold x view x split): {computed} computed, {cached} read from outputs/<member>/preds/")
-    check_probs(probs)
 
     # 3) submission
-    fmt = resolve_format(fmt or e.format, sample, cfg.data.id_col, classes, cfg.metric.name)
-    sub = build_submission(sample, cfg.data.id_col, probs, classes, fmt)
-    check_submission(sub, sample, cfg.data.id_col, classes, fmt)
+    sub, fmt = checked_submission(probs, classes, sample, cfg.data.id_col, fmt or e.format, cfg.metric.name)
     probs_path = distributed.from_main(lambda: write_submission(out, sub, probs, classes, sample, cfg.data.id_col))
     dist = pd.Series(np.asarray(classes)[probs.argmax(1)]).value_counts().reindex(classes, fill_value=0)
     print(f"wrote {out} ({len(sub)} rows, format {fmt}, {len(members)} members x folds x {len(views)} views); "

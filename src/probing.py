@@ -32,14 +32,7 @@ from src.metrics import compute_metric, summary
 from src.progress import progress
 from src.runs import prob_columns
 from src.runtime import Runtime
-from src.submission import (
-    build_submission,
-    check_out_path,
-    check_probs,
-    check_submission,
-    resolve_format,
-    write_submission,
-)
+from src.submission import check_out_path, checked_submission, write_submission
 from src.trainer import fold_tables
 from src.utils import UserError, atomic_save, atomic_write_text
 
@@ -104,10 +97,7 @@ def _features(cfg: Config, table: pd.DataFrame, classes: list[str], want_test: b
 
 
 def _write_submission(cfg: Config, out: Path, probs: np.ndarray, classes: list[str], sample: pd.DataFrame) -> Path:
-    check_probs(probs)
-    fmt = resolve_format(cfg.ensemble.format, sample, cfg.data.id_col, classes, cfg.metric.name)
-    sub = build_submission(sample, cfg.data.id_col, probs, classes, fmt)
-    check_submission(sub, sample, cfg.data.id_col, classes, fmt)
+    sub, fmt = checked_submission(probs, classes, sample, cfg.data.id_col, cfg.ensemble.format, cfg.metric.name)
     write_submission(out, sub, probs, classes, sample, cfg.data.id_col)
     print(f"wrote {out} ({len(sub)} rows, format {fmt}; the mean of the {cfg.data.n_folds} fold classifiers)")
     return out

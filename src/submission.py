@@ -97,3 +97,14 @@ def write_submission(out: Path, sub: pd.DataFrame, probs: np.ndarray, classes: l
     atomic_save(probs_path, lambda tmp: probs_df.to_csv(tmp, index=False))
     atomic_save(out, lambda tmp: sub.to_csv(tmp, index=False))
     return probs_path
+
+
+def checked_submission(probs: np.ndarray, classes: list[str], sample: pd.DataFrame, id_col: str, fmt: str,
+                       metric: str) -> tuple[pd.DataFrame, str]:
+    """(the submission table of `probs`, its format): probabilities checked, `auto` resolved, the
+    table built and checked against the sample submission. Nothing is written."""
+    check_probs(probs)
+    fmt = resolve_format(fmt, sample, id_col, classes, metric)
+    sub = build_submission(sample, id_col, probs, classes, fmt)
+    check_submission(sub, sample, id_col, classes, fmt)
+    return sub, fmt
