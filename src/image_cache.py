@@ -79,12 +79,10 @@ class ImageCache:
         entry = self.entry(path)
         try:
             img = np.load(entry, allow_pickle=False)
-            if img.shape == (self.side, self.side, 3) and img.dtype == np.uint8:
-                return img
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError, EOFError):
-            pass  # damaged by something outside this code (a full disk, a manual edit): rebuilt below
+        except (OSError, ValueError, EOFError):  # missing, or damaged by something outside this code
+            img = None  # (a full disk, a manual edit): built again below
+        if img is not None and img.shape == (self.side, self.side, 3) and img.dtype == np.uint8:
+            return img
         return self.build(path, entry)
 
     def missing(self, paths: list[str]) -> list[str]:
