@@ -97,6 +97,23 @@ def check_rehearsal(sub_path: Path, sample: pd.DataFrame, id_col: str) -> pd.Dat
     return sub
 
 
+def snapshot(*folders: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every file under the folders: what a run must leave as it was."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for d in folders for p in d.rglob("*") if p.is_file()}
+
+
+def check_inputs_untouched(before: dict, after: dict) -> None:
+    """Kaggle mounts /kaggle/input read-only; a notebook that writes there (a cache, an output
+    folder) fails on Kaggle even though it ran here, where the fake input is writable (and root
+    ignores permissions), so the rehearsal compares the files instead."""
+    touched = sorted(set(after) - set(before)) + sorted(k for k in set(before) & set(after) if before[k] != after[k])
+    gone = sorted(set(before) - set(after))
+    if touched or gone:
+        shown = ", ".join((touched + gone)[:3])
+        raise UserError(f"the notebook wrote into /kaggle/input ({len(touched) + len(gone)} files, e.g. {shown}), which "
+                        "is read-only on Kaggle; point that output at /kaggle/working instead")
+
+
 def rehearse(cfg: Config, build: Path, scale: int = 1, time_limit_h: float = 9.0, hidden_size: int | None = None,
              keep: Path | None = None) -> dict:
     """Run the built notebook on a fake /kaggle; check its submission; time and extrapolate it.
@@ -117,9 +134,12 @@ def rehearse(cfg: Config, build: Path, scale: int = 1, time_limit_h: float = 9.0
         (root / "working").mkdir()
         os.symlink((build / "dataset").resolve(), root / "input" / manifest["dataset"].split("/", 1)[1])
         sample = fake_competition(cfg, root / "input" / manifest["competition"], scale)
+        inputs = (build / "dataset", root / "input" / manifest["competition"])
+        before = snapshot(*inputs)
         t0 = time.time()
         cells = _execute(notebook, root)
         seconds = time.time() - t0
+        check_inputs_untouched(before, snapshot(*inputs))
         check_rehearsal(root / "working" / "submission.csv", sample, cfg.data.id_col)
         if keep is not None:
             keep.parent.mkdir(parents=True, exist_ok=True)

@@ -176,3 +176,22 @@ def test_a_bundled_wheel_is_installed_only_where_the_image_does_not_fit():
     assert _fits("timm", ">=1.0")
     assert not _fits("timm", ">=999")
     assert not _fits("a-package-that-is-not-installed", ">=0")
+
+
+def test_a_write_into_the_read_only_input_is_caught(tmp_path):
+    """The rehearsal's input check can fail: a new file, a changed file and a removed file under
+    the (fake) /kaggle/input are each reported."""
+    from src.rehearsal import check_inputs_untouched, snapshot
+    from src.utils import UserError
+
+    (tmp_path / "a.txt").write_text("a")
+    (tmp_path / "b.txt").write_text("b")
+    before = snapshot(tmp_path)
+    check_inputs_untouched(before, snapshot(tmp_path))  # nothing written: no error
+    for change in (lambda: (tmp_path / "cache" / "x.npy").parent.mkdir() or (tmp_path / "cache" / "x.npy").write_bytes(b"1"),
+                   lambda: (tmp_path / "a.txt").write_text("aa"),
+                   lambda: (tmp_path / "b.txt").unlink()):
+        change()
+        with pytest.raises(UserError, match="read-only on Kaggle"):
+            check_inputs_untouched(before, snapshot(tmp_path))
+        before = snapshot(tmp_path)
