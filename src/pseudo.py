@@ -4,10 +4,10 @@
     python -m src.pseudo --experiments a b --threshold 0.95 --round 2 --tta identity zoom1.05
     python -m src.pseudo --experiments a b --soft                                    # probabilities as targets
     python -m src.train --config configs/demo.yaml --fold all experiment.name=demo_pl \\
-        data.pseudo=outputs/pseudo/demo_r1.csv
+        data.pseudo=outputs/pseudo/demo_r1_<sha8>.csv             # the exact value is printed
 
-Writes outputs/pseudo/<members>_r<round>.csv (id, label, confidence, round, prob_<class>) and a
-.json beside it. Training with data.pseudo adds those test images to the training part of every
+Writes outputs/pseudo/<members>_r<round>_<sha8>.csv (id, label, confidence, round, prob_<class>;
+sha8 from its content's sha1, checked when training reads it) and a .json beside it. Training with data.pseudo adds those test images to the training part of every
 fold, never to validation, so the OOF score stays a score on real labels.
 """
 

@@ -1,8 +1,12 @@
 """Pseudo-labels: a table of test images labelled by the blended test predictions, and the rows it
 adds to training. `python -m src.pseudo` writes the table; `data.pseudo=<table>` trains with it.
 
-    outputs/pseudo/<members>_r<round>.csv
+    outputs/pseudo/<members>_r<round>_<sha8>.csv   (sha8: the first 8 hex digits of its content's sha1)
       id, label, confidence, round, prob_<class> ... (the blend's probabilities; used with --soft)
+
+The name records the content, and training checks it: folds trained on two different tables have
+two different `data.pseudo` values, so the usual checks refuse to mix them in one experiment or
+to resume across them, and a table edited after it was written stops the run.
 
 The table names test images by id only; training finds their files through the competition's
 sample submission and test folder, so the table travels with the outputs. Pseudo rows join the
@@ -11,6 +15,7 @@ training part of every fold and never a validation part: OOF stays scored on rea
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -24,7 +29,7 @@ from src.members import across_members, member_test, oof_report, open_members, r
 from src.runs import prob_columns
 from src.runtime import Runtime
 from src.tta import parse_views
-from src.utils import UserError, atomic_save, atomic_write_text
+from src.utils import UserError, atomic_write_text
 
 HARD_THRESHOLD = 0.9  # default confidence for hard pseudo-labels; soft ones keep every row by default
 
@@ -77,7 +82,9 @@ def make_pseudo(cfg: Config, names: list[str], views: list[str] | None, weights,
     table = pseudo_table(probs, test["id"], members[0].classes, threshold, round_)
     if table.empty:
         raise UserError(f"no test image reaches confidence {threshold}; lower --threshold; nothing was written")
-    atomic_save(out, lambda tmp: table.to_csv(tmp, index=False))
+    text = table.to_csv(index=False)
+    out = out.with_name(f"{out.stem}_{hashlib.sha1(text.encode()).hexdigest()[:8]}.csv")
+    atomic_write_text(out, text)
     meta = {"members": names, "views": views, "voting": voting, "weights": [float(x) for x in w], "soft": soft,
             "threshold": threshold, "round": round_, "classes": members[0].classes, "rows": len(table),
             "test_rows": len(test), "data_dir": cfg.data.dir}
@@ -96,6 +103,10 @@ def read_pseudo(path: str | Path, cfg: Config, classes: list[str]) -> tuple[pd.D
     if not path.is_file() or not meta_path.is_file():
         raise UserError(f"data.pseudo={path}: no such pseudo-label table (with its .json); write it with "
                         "python -m src.pseudo --experiments ...")
+    tag, sha = path.stem.rsplit("_", 1)[-1], hashlib.sha1(path.read_bytes()).hexdigest()[:8]
+    if tag != sha:
+        raise UserError(f"data.pseudo={path} does not hold the table its name records (sha1 {sha}, name {tag}): it "
+                        "was edited or not written by src.pseudo; write a new one with python -m src.pseudo")
     meta = json.loads(meta_path.read_text())
     if meta.get("classes") != classes:
         raise UserError(f"data.pseudo={path} was made for the classes {meta.get('classes')[:5]}..., not this "

@@ -6,6 +6,7 @@ blended test predictions make the pseudo-labels and its OOF predictions the soft
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -90,12 +91,25 @@ def test_training_with_pseudo_labels_scores_oof_on_real_labels_only(world, capsy
 
 
 def test_a_pseudo_table_of_another_competition_is_refused(world, tmp_path):
-    bad = tmp_path / "bad.csv"
     table = pd.read_csv(world.hard, dtype={"id": str})
-    table.assign(id="nope_" + table["id"]).to_csv(bad, index=False)
+    text = table.assign(id="nope_" + table["id"]).to_csv(index=False)
+    bad = tmp_path / f"bad_{hashlib.sha1(text.encode()).hexdigest()[:8]}.csv"  # named as src.pseudo names tables
+    bad.write_text(text)
     Path(bad.with_suffix(".json")).write_text(world.hard.with_suffix(".json").read_text())
     with pytest.raises(UserError, match="not test images"):
         fold_tables(world.make(f"data.pseudo={bad}"), 0)
+
+
+def test_a_pseudo_table_is_named_by_its_content_and_an_edit_is_refused(world, tmp_path):
+    """Two different tables never share a data.pseudo value (so mixed folds and resumes across them
+    are refused by the usual config checks), and a table edited after src.pseudo wrote it stops."""
+    assert world.hard.name.startswith("hard_") and world.soft.name.startswith("soft_")
+    assert world.hard.stem.rsplit("_", 1)[1] == hashlib.sha1(world.hard.read_bytes()).hexdigest()[:8]
+    edited = tmp_path / world.hard.name
+    edited.write_text(world.hard.read_text().replace(",1.0,", ",0.99,", 1) + "\n")
+    Path(edited.with_suffix(".json")).write_text(world.hard.with_suffix(".json").read_text())
+    with pytest.raises(UserError, match="was edited"):
+        fold_tables(world.make(f"data.pseudo={edited}"), 0)
 
 
 # ---------------------------------------------------------------- distillation
@@ -140,9 +154,10 @@ def test_pseudo_cli_writes_the_table_and_refuses_a_bad_threshold(world, override
     args = ["--config", "configs/demo.yaml", "--experiments", "t", "--tta", "identity", "--threshold", "0.6",
             "--round", "3", "--out", str(out), *overrides_for(world.demo, world.out, *TRAIN)]
     pseudo_cli.main(args)
-    table = pd.read_csv(out, dtype={"id": str})
+    (written,) = out.parent.glob("cli_*.csv")  # the name gains the content's sha8
+    table = pd.read_csv(written, dtype={"id": str})
     assert (table["round"] == 3).all() and (table["confidence"] >= 0.6).all()
-    assert f"train with data.pseudo={out}" in capsys.readouterr().out
+    assert f"train with data.pseudo={written}" in capsys.readouterr().out
     with pytest.raises(UserError, match="not a probability"):
         pseudo_cli.main([*args[:-len(overrides_for(world.demo, world.out, *TRAIN))], "--threshold", "1.5",
                          *overrides_for(world.demo, world.out, *TRAIN)])
