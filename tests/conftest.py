@@ -109,3 +109,14 @@ def tune_workers() -> Callable[..., list[int]]:
                     p.kill()
 
     return run
+
+
+def train_two_members(out: Path, demo_dir: Path, demo_cfg, train: tuple[str, ...]) -> None:
+    """Experiments a and b (b with another seed), folds 0 and 1 each, under `out`: the members the
+    ensemble tests blend."""
+    from src.trainer import train_fold
+
+    for name, extra in (("a", ()), ("b", ("experiment.seed=7",))):
+        cfg = demo_cfg(demo_dir, out, f"experiment.name={name}", *train, *extra)
+        for k in range(2):
+            train_fold(cfg, k)

@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import timm
 import torch
+from conftest import train_two_members
 from PIL import Image
 
 import src.ensemble as ens
@@ -71,10 +72,7 @@ def world(tmp_path_factory, demo_dir, demo_cfg) -> SimpleNamespace:
     """The demo competition and two trained members a and b (2 folds each), outputs under one tmp root."""
     root = tmp_path_factory.mktemp("ens")
     out = root / "out"
-    for name, extra in (("a", ()), ("b", ("experiment.seed=7",))):
-        cfg = demo_cfg(demo_dir, out, f"experiment.name={name}", *TRAIN, *extra)
-        for k in range(2):
-            train_fold(cfg, k)
+    train_two_members(out, demo_dir, demo_cfg, TRAIN)
     return SimpleNamespace(root=root, demo=demo_dir, out=out)
 
 

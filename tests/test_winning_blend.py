@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import train_two_members
 from scipy.stats import rankdata
 
 import src.ensemble as ens
@@ -24,7 +25,6 @@ from src.members import aligned_oof, member_test, open_members
 from src.metrics import compute_metric, softmax
 from src.runtime import Runtime
 from src.stacking import make_stacker, nested_oof, stack_features
-from src.trainer import train_fold
 from src.tta import parse_views
 from src.utils import UserError
 
@@ -38,10 +38,7 @@ ENSEMBLE = ("experiment.name=a", "data.n_folds=2", "runtime.device=cpu")
 def world(tmp_path_factory, demo_dir, demo_cfg) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("win")
     out = root / "out"
-    for name, extra in (("a", ()), ("b", ("experiment.seed=7",))):
-        cfg = demo_cfg(demo_dir, out, f"experiment.name={name}", *TRAIN, *extra)
-        for k in range(2):
-            train_fold(cfg, k)
+    train_two_members(out, demo_dir, demo_cfg, TRAIN)
     return SimpleNamespace(root=root, demo=demo_dir, out=out,
                            cfg=demo_cfg(demo_dir, out, *ENSEMBLE))
 
