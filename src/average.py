@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 
-from src.averaged_runs import average_experiment
-from src.config import add_config_args, load_config
-from src.utils import run_cli
+from src.core.config import add_config_args, load_config
+from src.core.utils import run_cli
+from src.training.averaged_experiment import average_experiment
 
 
 def main(argv: list[str] | None = None) -> None:

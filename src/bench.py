@@ -24,13 +24,13 @@ from pathlib import Path
 
 import torch
 
-from src.config import add_config_args, load_config
-from src.losses import build_loss
-from src.model import build_model, freeze, param_counts, param_groups, set_train_mode
-from src.optim import build_optimizer
-from src.perf import make_photos, run_stages
-from src.runtime import Runtime, predict
-from src.utils import atomic_write_text
+from src.analysis.bench_stages import make_photos, run_stages
+from src.core.config import add_config_args, load_config
+from src.core.runtime import Runtime, predict
+from src.core.utils import atomic_write_text
+from src.models.losses import build_loss
+from src.models.model import build_model, freeze, param_counts, param_groups, set_train_mode
+from src.models.optim import build_optimizer
 
 
 def _sync(device: torch.device) -> None:
@@ -137,6 +137,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from src.utils import run_cli
+    from src.core.utils import run_cli
 
     run_cli(main)

@@ -19,7 +19,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from src.utils import atomic_write_text, run_cli
+from src.core.utils import atomic_write_text, run_cli
 
 SIZE = 32
 

@@ -26,19 +26,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src import distributed
-from src.blend import add_blend_args, combine, log_probs, split_blend_args
-from src.config import Config, add_config_args, load_config
-from src.data import load_test_table
-from src.ledger_table import record_submission
-from src.members import across_members, member_test, oof_blend, open_members, resolve_weights
-from src.metrics import compute_metric
-from src.runtime import Runtime
-from src.stacking import STACKERS, fit_predict_test, nested_oof, stack_features
-from src.submission import check_out_path, checked_submission, write_submission
-from src.tta import parse_views
-from src.tta_select import choose_views
-from src.utils import UserError, run_cli
+from src.core import distributed
+from src.core.config import Config, add_config_args, load_config
+from src.core.runtime import Runtime
+from src.core.utils import UserError, run_cli
+from src.core.views import parse_views
+from src.data.tables import load_test_table
+from src.ensembling.ledger import record_submission
+from src.ensembling.submission import check_out_path, checked_submission, write_submission
+from src.ensembling.view_selection import choose_views
+from src.evaluation.blending import add_blend_args, combine, log_probs, split_blend_args
+from src.evaluation.metrics import compute_metric
+from src.evaluation.stacking import STACKERS, fit_predict_test, nested_oof, stack_features
+from src.runs.members import across_members, member_test, oof_blend, open_members, resolve_weights
 
 
 def _parse_tta(tta: list[str] | None, default: list[str]) -> tuple[list[str], bool]:

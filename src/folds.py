@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.config import Config, add_config_args, load_config
-from src.data import load_train_table
-from src.relabel import check_reviewed, read_reviewed, write_relabel
-from src.splits import folds_path, load_or_create_folds
-from src.utils import UserError, run_cli
+from src.core.config import Config, add_config_args, load_config
+from src.core.utils import UserError, run_cli
+from src.data.folds import folds_path, load_or_create_folds
+from src.data.relabel import check_reviewed, read_reviewed, write_relabel
+from src.data.tables import load_train_table
 
 
 def relabel(cfg: Config, reviewed_file: str | Path) -> Config:

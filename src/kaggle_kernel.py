@@ -18,12 +18,12 @@ import os
 import re
 from pathlib import Path
 
-from src.blend import add_blend_args, split_blend_args
-from src.bundle import BundleSpec, build_bundle
-from src.config import Config, add_config_args, load_config
-from src.rehearsal import rehearse
-from src.tta import parse_views
-from src.utils import UserError, run_cli
+from src.core.config import Config, add_config_args, load_config
+from src.core.utils import UserError, run_cli
+from src.core.views import parse_views
+from src.evaluation.blending import add_blend_args, split_blend_args
+from src.kaggle.bundle import BundleSpec, build_bundle
+from src.kaggle.rehearsal import rehearse
 
 BUILD = Path("kaggle_kernel/build")
 

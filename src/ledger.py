@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from src.ledger_table import DEFAULT_LEDGER, record_lb, show
-from src.utils import UserError, run_cli
+from src.core.utils import UserError, run_cli
+from src.ensembling.ledger import DEFAULT_LEDGER, record_lb, show
 
 
 def run(ledger: Path = DEFAULT_LEDGER, lb: tuple[str, float] | None = None) -> str:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import argparse
 
-from src.config import add_config_args, load_config
-from src.probing import CLASSIFIERS, run_probe
-from src.utils import run_cli
+from src.analysis.probe import CLASSIFIERS, run_probe
+from src.core.config import add_config_args, load_config
+from src.core.utils import run_cli
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 
-from src.blend import add_blend_args, split_blend_args
-from src.config import add_config_args, load_config
-from src.pseudo_labels import make_pseudo
-from src.utils import run_cli
+from src.core.config import add_config_args, load_config
+from src.core.utils import run_cli
+from src.evaluation.blending import add_blend_args, split_blend_args
+from src.training.pseudo_labels import make_pseudo
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 
-from src.comparison import build_comparison
-from src.config import add_config_args, load_config
-from src.reporting import build_report
-from src.utils import run_cli
+from src.analysis.comparison import build_comparison
+from src.analysis.report import build_report
+from src.core.config import add_config_args, load_config
+from src.core.utils import run_cli
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,18 +15,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.config import add_config_args, load_config
-from src.metrics import compute_metric
-from src.utils import UserError, run_cli
+from src.core.config import add_config_args, load_config
+from src.core.utils import UserError, run_cli
+from src.evaluation.metrics import compute_metric
 
 
 def _class_list(cfg, solution: pd.DataFrame) -> list[str]:
-    from src.splits import folds_path
+    from src.data.folds import folds_path
 
     meta = folds_path(cfg).with_suffix(".json")
     if meta.is_file():
         return json.loads(meta.read_text())["classes"]
-    from src.data import sorted_classes
+    from src.data.tables import sorted_classes
 
     return sorted_classes(solution[cfg.data.label_col])
 

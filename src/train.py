@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import time
 
-from src import distributed
-from src.config import Config, add_config_args, load_config
-from src.runs import fold_paths
-from src.tracking import Tracker
-from src.trainer import cv_report, train_fold
-from src.utils import run_cli
+from src.core import distributed
+from src.core.config import Config, add_config_args, load_config
+from src.core.tracking import Tracker
+from src.core.utils import run_cli
+from src.runs.layout import fold_paths
+from src.training.trainer import cv_report, train_fold
 
 
 def parse_fold(text: str) -> int | str:

@@ -26,9 +26,12 @@ import optuna
 import torch
 import yaml
 
-from src.config import DEFAULT_CONFIG, Config, add_config_args, load_config
-from src.search_space import DEFAULT_SPACE_DIR, Space, decode, load_space, nested, suggest
-from src.study import (
+from src.core.config import DEFAULT_CONFIG, Config, add_config_args, load_config
+from src.core.tracking import Tracker
+from src.core.utils import UserError, atomic_save, atomic_write_text, run_cli
+from src.training.trainer import higher_is_better, monitor_name, train_fold
+from src.tuning.search_space import DEFAULT_SPACE_DIR, Space, decode, load_space, nested, suggest
+from src.tuning.study import (
     COUNTED,
     FAIL,
     Heartbeat,
@@ -39,9 +42,6 @@ from src.study import (
     run_trials,
     storage_for,
 )
-from src.tracking import Tracker
-from src.trainer import higher_is_better, monitor_name, train_fold
-from src.utils import UserError, atomic_save, atomic_write_text, run_cli
 
 
 def export_best(study: optuna.Study, space: Space, cfg_path: Path, overrides: list[str], out_dir: Path) -> Path:

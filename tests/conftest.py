@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.config import CONFIG_DIR, Config, load_config
+from src.core.config import CONFIG_DIR, Config, load_config
 from src.demo import build_demo
 
 REPO = CONFIG_DIR.parent
@@ -114,7 +114,7 @@ def tune_workers() -> Callable[..., list[int]]:
 def train_two_members(out: Path, demo_dir: Path, demo_cfg, train: tuple[str, ...]) -> None:
     """Experiments a and b (b with another seed), folds 0 and 1 each, under `out`: the members the
     ensemble tests blend."""
-    from src.trainer import train_fold
+    from src.training.trainer import train_fold
 
     for name, extra in (("a", ()), ("b", ("experiment.seed=7",))):
         cfg = demo_cfg(demo_dir, out, f"experiment.name={name}", *train, *extra)

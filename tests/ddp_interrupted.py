@@ -12,9 +12,9 @@ import shutil
 import sys
 
 import src.train as train
-from src import distributed
-from src.config import load_config
-from src.trainer import train_fold
+from src.core import distributed
+from src.core.config import load_config
+from src.training.trainer import train_fold
 
 
 class Interrupted(Exception):

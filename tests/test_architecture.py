@@ -1,7 +1,10 @@
-"""The shape of src/: commands on top, parts below, one owner per concern.
+"""The shape of src/: commands on top, packages below them in a stated order, one owner per concern.
 
-Read from the source with ast: no part imports a command, no command imports another, no import
-cycles, and no function longer than about 80 lines."""
+Read from the source with ast, recursing into every package: a command imports packages, never
+another command; a package imports only itself and the packages below it in LAYERS; no module
+imports a command; there is no import cycle between modules; and no function is longer than about
+80 lines. `violations` takes any source root, so the rules are also run against a small tree with
+a deliberately wrong import, to see them fail."""
 
 from __future__ import annotations
 
@@ -11,61 +14,153 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+# Bottom to top: each package may import the ones before it, never one after it.
+LAYERS = ["core", "data", "models", "evaluation", "runs", "training", "ensembling", "analysis", "tuning", "kaggle"]
 COMMANDS = {"train", "ensemble", "tune", "folds", "score", "demo", "bench", "kaggle_kernel", "report", "probe",
             "ledger", "pseudo", "average"}
 MAX_FUNCTION_LINES = 80
 
 
-def _modules() -> dict[str, ast.Module]:
-    return {p.stem: ast.parse(p.read_text()) for p in sorted(SRC.glob("*.py")) if p.stem != "__init__"}
+def modules(root: Path) -> dict[str, ast.Module]:
+    """Dotted name under src (e.g. `core.config`, `train`) -> parsed module, every package recursed."""
+    out = {}
+    for p in sorted(root.rglob("*.py")):
+        rel = p.relative_to(root).with_suffix("")
+        parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+        if parts:
+            out[".".join(parts)] = ast.parse(p.read_text())
+    return out
 
 
-def _imports(tree: ast.Module) -> set[str]:
-    """src modules imported anywhere in a module (top level or inside functions)."""
+def imports(tree: ast.Module, known: set[str]) -> set[str]:
+    """The src modules a module imports, anywhere in it (top level or inside functions)."""
     found = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            if node.module.startswith("src."):
-                found.add(node.module.split(".")[1])
-            elif node.module == "src":
-                found.update(a.name for a in node.names)
+        names: list[str] = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "src":
+                names = [a.name for a in node.names]
+            elif node.module.startswith("src."):
+                base = node.module[4:]
+                names = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
         elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("src."))
+            names = [a.name[4:] for a in node.names if a.name.startswith("src.")]
+        found.update(n for n in names if n in known)
     return found
 
 
-def test_the_modules_are_found():
-    assert {"train", "trainer", "engine", "runtime", "runs", "members", "ensemble"} <= set(_modules())
+def owner(module: str) -> str:
+    """The package a module belongs to, or the command it is."""
+    return module.split(".")[0]
 
 
-def test_no_module_imports_a_command():
-    graph = {name: _imports(tree) for name, tree in _modules().items()}
-    offenders = {name: sorted(deps & COMMANDS) for name, deps in graph.items() if deps & COMMANDS}
-    assert offenders == {}, "commands are on top: parts and other commands must not import them"
+def graph(root: Path) -> dict[str, set[str]]:
+    mods = modules(root)
+    return {name: imports(tree, set(mods)) for name, tree in mods.items()}
 
 
-def test_no_import_cycles():
-    graph = {name: _imports(tree) for name, tree in _modules().items()}
+def violations(root: Path) -> list[str]:
+    """Every import that breaks the layering, as 'importer -> imported: why'."""
+    out = []
+    for name, deps in graph(root).items():
+        here = owner(name)
+        for dep in sorted(deps):
+            there = owner(dep)
+            if there in COMMANDS and dep != name:
+                out.append(f"{name} -> {dep}: commands are on top; nothing imports a command")
+            elif here in COMMANDS or there == here:
+                continue
+            elif here not in LAYERS or there not in LAYERS:
+                out.append(f"{name} -> {dep}: every package must have its place in LAYERS")
+            elif LAYERS.index(there) > LAYERS.index(here):
+                out.append(f"{name} -> {dep}: {here} is below {there} and must not import it")
+    return out
+
+
+def cycles(root: Path) -> list[str]:
+    g = graph(root)
     state: dict[str, int] = {}
+    found = []
 
     def visit(node: str, path: list[str]) -> None:
         state[node] = 1
-        for dep in sorted(graph.get(node, ())):
+        for dep in sorted(g.get(node, ())):
             if state.get(dep) == 1:
-                pytest.fail("import cycle: " + " -> ".join(path[path.index(dep):] + [dep]) if dep in path
-                            else f"import cycle through {dep}")
-            if dep not in state:
+                found.append(" -> ".join(path[path.index(dep):] + [dep]))
+            elif dep not in state:
                 visit(dep, path + [dep])
         state[node] = 2
 
-    for name in sorted(graph):
+    for name in sorted(g):
         if name not in state:
             visit(name, [name])
+    return found
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in SRC.glob("*.py") if p.stem != "__init__"))
+def test_src_holds_the_commands_and_the_packages():
+    files = {p.stem for p in SRC.glob("*.py")} - {"__init__"}
+    folders = {p.name for p in SRC.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert files == COMMANDS
+    assert folders == set(LAYERS)
+    assert all((SRC / pkg / "__init__.py").is_file() for pkg in LAYERS)
+
+
+def test_the_modules_are_found_in_every_package():
+    mods = modules(SRC)
+    assert {"train", "ensemble", "core.config", "data.tables", "training.trainer", "runs.members"} <= set(mods)
+    assert all(any(m.startswith(pkg + ".") for m in mods) for pkg in LAYERS)
+
+
+def test_packages_import_only_packages_below_them():
+    assert violations(SRC) == []
+
+
+def test_no_import_cycles():
+    assert cycles(SRC) == []
+
+
+def test_every_package_is_used_by_something_above_it():
+    used = {owner(d) for name, deps in graph(SRC).items() for d in deps if owner(d) != owner(name)}
+    assert set(LAYERS) - used == set()
+
+
+def _tree(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    for pkg in {Path(rel).parts[0] for rel in files if "/" in rel}:
+        (root / pkg / "__init__.py").touch()
+    return root
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"core/config.py": "from src.training.trainer import train_fold\n", "training/trainer.py": ""},
+     "core.config -> training.trainer: core is below training"),
+    ({"data/tables.py": "def f():\n    from src.runs import layout\n", "runs/layout.py": ""},
+     "data.tables -> runs.layout: data is below runs"),
+    ({"runs/members.py": "from src import train\n", "train.py": ""},
+     "runs.members -> train: commands are on top"),
+    ({"train.py": "import src.ensemble\n", "ensemble.py": ""}, "train -> ensemble: commands are on top"),
+    ({"extra/x.py": "from src.core.config import load_config\n", "core/config.py": ""},
+     "extra.x -> core.config: every package must have its place"),
+])
+def test_the_rules_catch_a_wrong_import(tmp_path, files, expected):
+    found = violations(_tree(tmp_path, files))
+    assert any(v.startswith(expected) for v in found), found
+
+
+def test_the_rules_pass_a_right_import_and_catch_a_cycle(tmp_path):
+    ok = _tree(tmp_path / "ok", {"training/trainer.py": "from src.core.config import load_config\n",
+                                 "core/config.py": "", "train.py": "from src.training import trainer\n"})
+    assert violations(ok) == [] and cycles(ok) == []
+    loop = _tree(tmp_path / "loop", {"core/a.py": "from src.core.b import x\n", "core/b.py": "from src.core import a\n"})
+    assert cycles(loop) == ["core.a -> core.b -> core.a"]
+
+
+@pytest.mark.parametrize("name", sorted(modules(SRC)))
 def test_functions_are_short(name):
-    tree = ast.parse((SRC / f"{name}.py").read_text())
+    tree = modules(SRC)[name]
     long = [(n.name, n.end_lineno - n.lineno + 1) for n in ast.walk(tree)
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES]
     assert long == []

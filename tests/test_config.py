@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from src.config import CLI, CONFIG_DIR, Config, config_from_dict, load_config, parse_override, save_config
-from src.utils import UserError
+from src.core.config import CLI, CONFIG_DIR, Config, config_from_dict, load_config, parse_override, save_config
+from src.core.utils import UserError
 
 BASE = CONFIG_DIR / "base.yaml"
 

@@ -11,20 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from src.data import (
-    EpochSampler,
-    ImageDataset,
-    build_transform,
-    drop_bad_images,
-    find_bad_images,
-    load_test_table,
-    load_train_table,
-    read_image,
-    seed_transform,
-    sorted_classes,
-)
-from src.splits import load_or_create_folds
-from src.utils import UserError
+from src.core.distributed import EpochSampler
+from src.core.utils import UserError
+from src.data.folds import load_or_create_folds
+from src.data.images import find_bad_images, read_image
+from src.data.loaders import ImageDataset
+from src.data.tables import drop_bad_images, load_test_table, load_train_table, sorted_classes
+from src.data.transforms import build_transform, seed_transform
 
 # ---------------------------------------------------------------- helpers
 
@@ -611,7 +604,7 @@ def test_cached_image_check_skips_decoding_unchanged_files(demo_cfg, demo_dir: P
 
 
 def test_image_exts_order_decides_between_same_named_files(tmp_path: Path):
-    from src.data import _ImageIndex
+    from src.data.tables import _ImageIndex
 
     for name in ("a.png", "a.jpg", "x/b.png", "y/b.png"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

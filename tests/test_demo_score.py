@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from src.core.utils import UserError
 from src.demo import build_demo
 from src.score import score_submission
-from src.utils import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -22,13 +22,12 @@ from conftest import TINY
 
 import src.ensemble as ens
 import src.train as train
-from src.checkpoint import load_checkpoint
-from src.config import load_config
-from src.data import EpochSampler
-from src.distributed import ShardedEpochSampler, shard_range
-from src.runs import fold_paths
-from src.splits import load_or_create_folds
-from src.utils import UserError
+from src.core.config import load_config
+from src.core.distributed import EpochSampler, ShardedEpochSampler, shard_range
+from src.core.utils import UserError
+from src.data.folds import load_or_create_folds
+from src.runs.checkpoint import load_checkpoint
+from src.runs.layout import fold_paths
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "demo.yaml"

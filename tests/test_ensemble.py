@@ -25,16 +25,18 @@ from conftest import train_two_members
 from PIL import Image
 
 import src.ensemble as ens
-from src.blend import combine, fit_weights
-from src.data import ImageDataset, build_transform, load_test_table, make_loader, resolve_norm
-from src.metrics import compute_metric
-from src.runs import file_sha1, prob_columns
-from src.runtime import Runtime, predict
+from src.core.runtime import Runtime, predict
+from src.core.utils import UserError, run_cli
+from src.core.views import apply_view, parse_views
+from src.data.loaders import ImageDataset, make_loader
+from src.data.tables import load_test_table
+from src.data.transforms import build_transform, resolve_norm
+from src.ensembling.submission import build_submission, check_submission, resolve_format
+from src.evaluation.blending import combine, fit_weights
+from src.evaluation.metrics import compute_metric
+from src.runs.layout import file_sha1, prob_columns
 from src.score import score_submission
-from src.submission import build_submission, check_submission, resolve_format
-from src.trainer import train_fold
-from src.tta import apply_view, parse_views
-from src.utils import UserError, run_cli
+from src.training.trainer import train_fold
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = [str(i) for i in range(10)]
@@ -86,7 +88,7 @@ def _read(path: Path) -> pd.DataFrame:
 
 def _independent_probs(ckpt_path: Path, data_dir: Path, aug) -> np.ndarray:
     """Softmax of one fold's best.pt over the test images in sample_submission order, computed
-    without src.ensemble / src.model / src.checkpoint: torch.load + timm + PIL + the eval transform."""
+    without src.ensemble / src.models.model / src.runs.checkpoint: torch.load + timm + PIL + the eval transform."""
     ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     assert ck["classes"] == CLASSES
     model = timm.create_model("test_resnet", pretrained=False, num_classes=len(CLASSES))

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from src.splits import assign_folds, folds_path, load_or_create_folds
-from src.utils import UserError
+from src.core.utils import UserError
+from src.data.folds import assign_folds, folds_path, load_or_create_folds
 
 
 @pytest.fixture

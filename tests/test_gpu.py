@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from src.checkpoint import load_checkpoint
-from src.trainer import train_fold
+from src.runs.checkpoint import load_checkpoint
+from src.training.trainer import train_fold
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -52,7 +52,7 @@ def test_resume_on_gpu_matches_uninterrupted(demo_dir, demo_cfg, tmp_path):
 def test_device_normalisation_and_predict_on_cuda(tmp_path):
     """uint8 batches copied from pinned memory and normalised on the GPU equal the CPU result; predict
     under bf16 + channels_last stays close to fp32."""
-    from src.runtime import Norm, Runtime, predict
+    from src.core.runtime import Norm, Runtime, predict
 
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=g).pin_memory()

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from src import ensemble, kaggle_kernel
-from src.config import load_config
-from src.runs import fold_paths
-from src.trainer import train_fold
-from src.utils import run_cli
-from src.wheels import _fits
+from src.core.config import load_config
+from src.core.utils import run_cli
+from src.kaggle.wheels import _fits
+from src.runs.layout import fold_paths
+from src.training.trainer import train_fold
 
 REPO = Path(__file__).resolve().parents[1]
 VIEWS = ["identity", "hflip"]
@@ -97,7 +97,10 @@ def test_metadata_notebook_and_slim_weights(built):
         ckpt = torch.load(fold_paths(ds / "outputs" / "tiny", k).best, weights_only=True)
         assert set(ckpt) == {"model", "config", "classes", "fold", "run_id"}  # no optimizer, scheduler or RNG state
         assert all(t.dtype == torch.float32 for t in ckpt["model"].values() if t.is_floating_point())
-    assert {p.name for p in (ds / "code" / "src").glob("*.py")} >= {"ensemble.py", "members.py", "wheels.py"}
+    # the whole package, every subpackage included, and nothing but source
+    shipped = {p.relative_to(ds / "code" / "src").as_posix() for p in (ds / "code" / "src").rglob("*") if p.is_file()}
+    source = {p.relative_to(REPO / "src").as_posix() for p in (REPO / "src").rglob("*.py")}
+    assert shipped == source and {"ensemble.py", "runs/members.py", "kaggle/wheels.py"} <= shipped
     assert not (ds / "wheels").exists()  # --no-wheels
 
 
@@ -135,7 +138,7 @@ def test_an_experiment_of_another_competition_builds_nothing(demo_dir, trained, 
     table["label"] = table["label"].map(lambda d: "abcdefghij"[int(d)])
     (other / "train.csv").unlink()
     table.to_csv(other / "train.csv", index=False)
-    from src.splits import load_or_create_folds
+    from src.data.folds import load_or_create_folds
 
     load_or_create_folds(load_config(REPO / "configs" / "demo.yaml",
                                      overrides_for(other, tmp_path / "outputs", "data.n_folds=2")))
@@ -181,8 +184,8 @@ def test_a_bundled_wheel_is_installed_only_where_the_image_does_not_fit():
 def test_a_write_into_the_read_only_input_is_caught(tmp_path):
     """The rehearsal's input check can fail: a new file, a changed file and a removed file under
     the (fake) /kaggle/input are each reported."""
-    from src.rehearsal import check_inputs_untouched, snapshot
-    from src.utils import UserError
+    from src.core.utils import UserError
+    from src.kaggle.rehearsal import check_inputs_untouched, snapshot
 
     (tmp_path / "a.txt").write_text("a")
     (tmp_path / "b.txt").write_text("b")

@@ -11,10 +11,10 @@ import math
 import pytest
 import torch
 
-from src.checkpoint import load_checkpoint
-from src.config import load_config
-from src.optim import build_optimizer, build_scheduler
-from src.trainer import train_fold
+from src.core.config import load_config
+from src.models.optim import build_optimizer, build_scheduler
+from src.runs.checkpoint import load_checkpoint
+from src.training.trainer import train_fold
 
 LR, SCALE, EPOCHS, UPE = 1e-2, 0.1, 6, 4  # updates per epoch
 MIN_LR, WARMUP_LR = 1e-4, 1e-5

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from src.config import Config
-from src.losses import FocalLoss, build_loss, class_weights
-from src.model import build_model, freeze, param_groups, set_train_mode
-from src.optim import build_optimizer
-from src.utils import UserError, seed_everything
+from src.core.config import Config
+from src.core.utils import UserError, seed_everything
+from src.models.losses import FocalLoss, build_loss, class_weights
+from src.models.model import build_model, freeze, param_groups, set_train_mode
+from src.models.optim import build_optimizer
 
 REPO = Path(__file__).resolve().parent.parent
 FREEZE_AT = "layer4.0.conv1"

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import src.members
+import src.runs.members
 from src import ensemble
-from src.runs import fold_paths
-from src.trainer import train_fold
-from src.utils import run_cli
+from src.core.utils import run_cli
+from src.runs.layout import fold_paths
+from src.training.trainer import train_fold
 
 VIEWS = ["identity", "hflip", "zoom1.1"]
 
@@ -42,7 +42,7 @@ def _no_models(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was built although every prediction was cached")
 
-    monkeypatch.setattr(src.members, "build_model", refuse)
+    monkeypatch.setattr(src.runs.members, "build_model", refuse)
 
 
 def test_reblend_from_cache_writes_the_same_submission_without_a_model(demo_cfg, demo_dir, outputs, tmp_path,

@@ -15,12 +15,13 @@ from conftest import DEMO_CONFIG, TINY
 
 import src.probe as probe_cmd
 import src.train as train
-from src.data import ImageDataset, build_transform, resolve_norm
-from src.features import frozen_backbone
-from src.probing import CLASSIFIERS, run_probe
-from src.runtime import Runtime
-from src.splits import load_or_create_folds
-from src.utils import UserError
+from src.analysis.features import frozen_backbone
+from src.analysis.probe import CLASSIFIERS, run_probe
+from src.core.runtime import Runtime
+from src.core.utils import UserError
+from src.data.folds import load_or_create_folds
+from src.data.loaders import ImageDataset
+from src.data.transforms import build_transform, resolve_norm
 
 FOLDS = ("data.n_folds=2",)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-import src.progress as progress_module
-from src.progress import progress
+import src.core.progress as progress_module
+from src.core.progress import progress
 
 
 class _Clock:

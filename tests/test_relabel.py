@@ -12,10 +12,10 @@ import pytest
 from conftest import DEMO_CONFIG, TINY
 
 import src.folds as folds_cmd
-from src.config import load_config
-from src.splits import folds_path, load_or_create_folds
-from src.trainer import fold_tables, train_fold
-from src.utils import UserError
+from src.core.config import load_config
+from src.core.utils import UserError
+from src.data.folds import folds_path, load_or_create_folds
+from src.training.trainer import fold_tables, train_fold
 
 FOLDS = ("data.n_folds=2",)
 

@@ -17,16 +17,18 @@ import yaml
 from safetensors.torch import save_file
 
 from src import ensemble
-from src.config import load_config
-from src.data import ImageDataset, build_transform, load_test_table, make_loader, resolve_norm
-from src.members import open_member
-from src.model import build_model
-from src.runs import fold_paths
-from src.runtime import Runtime, predict
-from src.search_space import load_space
-from src.splits import load_or_create_folds
-from src.trainer import train_fold
-from src.utils import UserError
+from src.core.config import load_config
+from src.core.runtime import Runtime, predict
+from src.core.utils import UserError
+from src.data.folds import load_or_create_folds
+from src.data.loaders import ImageDataset, make_loader
+from src.data.tables import load_test_table
+from src.data.transforms import build_transform, resolve_norm
+from src.models.model import build_model
+from src.runs.layout import fold_paths
+from src.runs.members import open_member
+from src.training.trainer import train_fold
+from src.tuning.search_space import load_space
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,18 +17,18 @@ import torch
 from conftest import DEMO_CONFIG, REPO, TINY
 
 import src.report as report_cmd
-from src.checkpoint import config_diff
-from src.comparison import build_comparison
-from src.config import load_config
-from src.data import read_image
-from src.gradcam import grad_cam, pick_cam_layer
-from src.members import open_member
-from src.reporting import _model_input, build_report, git_commit
-from src.runs import fold_paths
-from src.runtime import Runtime
-from src.splits import load_or_create_folds
-from src.trainer import train_fold
-from src.utils import UserError
+from src.analysis.comparison import build_comparison
+from src.analysis.gradcam import grad_cam, pick_cam_layer
+from src.analysis.report import _model_input, build_report, git_commit
+from src.core.config import load_config
+from src.core.runtime import Runtime
+from src.core.utils import UserError
+from src.data.folds import load_or_create_folds
+from src.data.images import read_image
+from src.runs.checkpoint import config_diff
+from src.runs.layout import fold_paths
+from src.runs.members import open_member
+from src.training.trainer import train_fold
 
 FOLDS = ("data.n_folds=2",)
 

@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 import torch
 
-from src.config import config_from_dict, load_config
+from src.core.config import config_from_dict, load_config
+from src.core.utils import UserError
 from src.ensemble import run as ensemble_run
-from src.members import open_member
-from src.runs import finished_folds, fold_lock, fold_paths
-from src.trainer import train_fold
-from src.utils import UserError
+from src.runs.layout import finished_folds, fold_lock, fold_paths
+from src.runs.members import open_member
+from src.training.trainer import train_fold
 
 REPO = Path(__file__).resolve().parents[1]
 

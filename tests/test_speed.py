@@ -18,12 +18,13 @@ import torch
 from conftest import REPO, TINY
 from PIL import Image
 
-from src.config import load_config
-from src.data import ImageDataset, build_transform, make_loader, resolve_workers
-from src.image_cache import ImageCache, cache_root, image_cache, transform_side
-from src.runs import fold_paths
-from src.runtime import Norm, Runtime
-from src.trainer import fold_tables, setup_fold, train_fold
+from src.core.config import load_config
+from src.core.runtime import Norm, Runtime
+from src.data.image_cache import ImageCache, cache_root, image_cache, transform_side
+from src.data.loaders import ImageDataset, make_loader, resolve_workers
+from src.data.transforms import build_transform
+from src.runs.layout import fold_paths
+from src.training.trainer import fold_tables, setup_fold, train_fold
 
 
 def _photos(folder: Path, n: int = 6) -> list[str]:

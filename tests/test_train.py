@@ -21,15 +21,16 @@ import yaml
 from conftest import TINY
 
 import src.train as train
-from src.checkpoint import load_checkpoint
-from src.data import ImageDataset, build_transform, make_loader
-from src.engine import TrainingDiverged
-from src.model import build_model, freeze, param_counts
-from src.runs import file_sha1, fold_paths
-from src.runtime import Runtime, predict
-from src.splits import load_or_create_folds
-from src.trainer import derive_seed, train_fold
-from src.utils import UserError, seed_everything
+from src.core.runtime import Runtime, predict
+from src.core.utils import UserError, seed_everything
+from src.data.folds import load_or_create_folds
+from src.data.loaders import ImageDataset, make_loader
+from src.data.transforms import build_transform
+from src.models.model import build_model, freeze, param_counts
+from src.runs.checkpoint import load_checkpoint
+from src.runs.layout import file_sha1, fold_paths
+from src.training.engine import TrainingDiverged
+from src.training.trainer import derive_seed, train_fold
 
 REPO = Path(__file__).resolve().parent.parent
 FREEZE_AT = "layer4.0.conv1"

@@ -19,13 +19,13 @@ import pytest
 import yaml
 from conftest import TRIAL
 
-from src.config import load_config
-from src.search_space import Space, load_space, suggest
-from src.study import COUNTED as FINISHED
-from src.study import FAIL, storage_for
-from src.trainer import train_fold
+from src.core.config import load_config
+from src.core.utils import UserError
+from src.training.trainer import train_fold
 from src.tune import tune
-from src.utils import UserError
+from src.tuning.search_space import Space, load_space, suggest
+from src.tuning.study import COUNTED as FINISHED
+from src.tuning.study import FAIL, storage_for
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "demo.yaml"

@@ -19,9 +19,9 @@ import pytest
 import yaml
 from conftest import TRIAL
 
-from src.study import COUNTED as FINISHED
-from src.study import RUNNING, storage_for
-from src.utils import UserError
+from src.core.utils import UserError
+from src.tuning.study import COUNTED as FINISHED
+from src.tuning.study import RUNNING, storage_for
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "demo.yaml"

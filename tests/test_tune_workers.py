@@ -19,11 +19,11 @@ import sqlalchemy
 import yaml
 from conftest import TRIAL, start_tune_worker
 
-from src.search_space import load_space
-from src.study import COUNTED as FINISHED
-from src.study import FAIL, RUNNING, storage_for
+from src.core.utils import UserError, run_cli
 from src.tune import main, tune
-from src.utils import UserError, run_cli
+from src.tuning.search_space import load_space
+from src.tuning.study import COUNTED as FINISHED
+from src.tuning.study import FAIL, RUNNING, storage_for
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "demo.yaml"

@@ -18,15 +18,15 @@ from scipy.stats import rankdata
 
 import src.ensemble as ens
 import src.ledger as ledger_cli
-from src.blend import combine
-from src.data import load_test_table
-from src.ledger_table import COLUMNS, correlation, read_ledger
-from src.members import aligned_oof, member_test, open_members
-from src.metrics import compute_metric, softmax
-from src.runtime import Runtime
-from src.stacking import make_stacker, nested_oof, stack_features
-from src.tta import parse_views
-from src.utils import UserError
+from src.core.runtime import Runtime
+from src.core.utils import UserError
+from src.core.views import parse_views
+from src.data.tables import load_test_table
+from src.ensembling.ledger import COLUMNS, correlation, read_ledger
+from src.evaluation.blending import combine
+from src.evaluation.metrics import compute_metric, softmax
+from src.evaluation.stacking import make_stacker, nested_oof, stack_features
+from src.runs.members import aligned_oof, member_test, open_members
 
 TRAIN = ("data.n_folds=2", "model.name=test_resnet", "train.epochs=1", "train.limit_batches=20",
          "sched.warmup_epochs=0", "optim.lr=0.01", "loader.batch_size=32", "loader.num_workers=0",

@@ -17,17 +17,18 @@ import pytest
 import timm
 import torch
 
-import src.trainer as trainer
-from src.averaged_runs import average_experiment
-from src.averaging import average_state_dicts
-from src.checkpoint import CheckpointKeeper, load_checkpoint
-from src.data import ImageDataset, build_transform, make_loader, resolve_norm
-from src.members import member_oof_views, open_member
-from src.metrics import softmax
-from src.runs import fold_paths, prob_columns, read_oof
-from src.runtime import Runtime, predict
-from src.size_schedule import size_at
-from src.utils import UserError
+import src.training.trainer as trainer
+from src.core.runtime import Runtime, predict
+from src.core.utils import UserError
+from src.data.loaders import ImageDataset, make_loader
+from src.data.transforms import build_transform, resolve_norm
+from src.evaluation.metrics import softmax
+from src.runs.checkpoint import CheckpointKeeper, load_checkpoint
+from src.runs.layout import fold_paths, prob_columns, read_oof
+from src.runs.members import member_oof_views, open_member
+from src.training.averaged_experiment import average_experiment
+from src.training.size_schedule import size_at
+from src.training.weight_averaging import average_state_dicts
 
 CLASSES = [str(i) for i in range(10)]
 RECIPE = ("data.n_folds=2", "model.name=test_resnet", "train.epochs=4", "train.limit_batches=3",

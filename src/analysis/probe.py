@@ -1,0 +1,133 @@
+"""The frozen-feature baseline: a scikit-learn classifier on a frozen backbone's pooled features,
+fitted on the experiment's own folds, so its OOF score sits beside the fine-tuned model's
+(`python -m src.probe`). The fine-tuned model must beat it.
+
+    outputs/<exp>/probe/features-{train,test}-<key>.npy   cached features (src/features.py)
+    outputs/<exp>/probe/<classifier>_oof.csv              id, fold, label, target, prob_<class>...
+    outputs/<exp>/probe/<classifier>.json                 scores per fold and OOF
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.base import ClassifierMixin
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+from src.analysis.features import cached_features, frozen_backbone
+from src.core.config import Config
+from src.core.progress import progress
+from src.core.runtime import Runtime
+from src.core.utils import UserError, atomic_save, atomic_write_text
+from src.data.tables import load_test_table
+from src.ensembling.submission import check_out_path, checked_submission, write_submission
+from src.evaluation.metrics import compute_metric, summary
+from src.runs.layout import prob_columns
+from src.training.trainer import fold_tables
+
+# Standardized features for the linear and kernel models; trees need no scaling.
+CLASSIFIERS: dict[str, Callable[[int], ClassifierMixin]] = {
+    "logreg": lambda seed: make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
+    "rf": lambda seed: RandomForestClassifier(n_estimators=300, n_jobs=-1, random_state=seed),
+    # SVC(probability=True) is deprecated (scikit-learn 1.9): calibrated on internal folds instead.
+    "svm": lambda seed: make_pipeline(StandardScaler(), CalibratedClassifierCV(SVC(random_state=seed), ensemble=False)),
+}
+
+
+@dataclass
+class ProbeResult:
+    oof: pd.DataFrame  # id, fold, label, target, prob_<class> for every training image
+    scores: dict  # per fold and OOF
+    finetuned: float | None  # the experiment's cv.json OOF score, when it exists
+    submission: Path | None
+
+
+def _full_proba(clf, x: np.ndarray, n_classes: int) -> np.ndarray:
+    """predict_proba (N, C) over every class, also when a class was absent from the fit."""
+    out = np.zeros((len(x), n_classes))
+    out[:, clf.classes_] = clf.predict_proba(x)
+    return out
+
+
+def fit_folds(x: np.ndarray, table: pd.DataFrame, n_classes: int, make: Callable[[], ClassifierMixin],
+              test: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(OOF probabilities (N, C): fold k's rows by a classifier fitted on the other folds,
+    test probabilities: the mean over the fold classifiers)."""
+    oof = np.full((len(x), n_classes), np.nan)
+    test_probs = []
+    y, folds = table["target"].to_numpy(), table["fold"].to_numpy()
+    for k in progress(sorted(set(folds)), desc="probe folds"):
+        clf = make().fit(x[folds != k], y[folds != k])
+        oof[folds == k] = _full_proba(clf, x[folds == k], n_classes)
+        if test is not None:
+            test_probs.append(_full_proba(clf, test, n_classes))
+    return oof, (np.mean(test_probs, 0) if test is not None else None)
+
+
+def _finetuned_score(cfg: Config) -> float | None:
+    path = cfg.out_dir / "cv.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("oof", {}).get(cfg.metric.name)
+
+
+def _features(cfg: Config, table: pd.DataFrame, classes: list[str], want_test: bool, rt: Runtime, cache: bool):
+    """Train features, and test features with the test table and sample submission when wanted."""
+    folder = cfg.out_dir / "probe"
+    backbone = functools.cache(lambda: frozen_backbone(cfg, len(classes), rt))
+    x, hit = cached_features(cfg, backbone, table, "train", rt, folder, cache)
+    print(f"train features {x.shape}: {'read from the cache' if hit else 'computed'} ({folder})")
+    if not want_test:
+        return x, None, None, None
+    test, sample = load_test_table(cfg.data)
+    xt, hit = cached_features(cfg, backbone, test, "test", rt, folder, cache)
+    print(f"test features {xt.shape}: {'read from the cache' if hit else 'computed'}")
+    return x, xt, test, sample
+
+
+def _write_submission(cfg: Config, out: Path, probs: np.ndarray, classes: list[str], sample: pd.DataFrame) -> Path:
+    sub, fmt = checked_submission(probs, classes, sample, cfg.data.id_col, cfg.ensemble.format, cfg.metric.name)
+    write_submission(out, sub, probs, classes, sample, cfg.data.id_col)
+    print(f"wrote {out} ({len(sub)} rows, format {fmt}; the mean of the {cfg.data.n_folds} fold classifiers)")
+    return out
+
+
+def run_probe(cfg: Config, classifier: str = "logreg", out: str | Path | None = None, cache: bool = True
+              ) -> ProbeResult:
+    """Fit `classifier` on frozen features over the experiment's folds; print its OOF score beside
+    the fine-tuned one; write the OOF table, the scores and, with `out`, a submission."""
+    if classifier not in CLASSIFIERS:
+        raise UserError(f"--classifier {classifier} is not one of {sorted(CLASSIFIERS)}")
+    out = Path(out) if out else None
+    if out is not None:
+        check_out_path(out, cfg.data.dir)
+    rt = Runtime.from_cfg(cfg.runtime)
+    table, _, classes = fold_tables(cfg, -1)  # the split (and reviewed labels) training uses
+    x, xt, _, sample = _features(cfg, table, classes, out is not None, rt, cache)
+    probs, test_probs = fit_folds(x, table, len(classes), lambda: CLASSIFIERS[classifier](cfg.experiment.seed), xt)
+    if np.isnan(probs).any():
+        raise UserError("some training images are in no fold of the split; delete the folds file to split again")
+    oof = table[["id", "fold", "label", "target"]].copy()
+    oof[prob_columns(classes)] = probs
+    metric = cfg.metric.name
+    scores = {"classifier": classifier, "metric": metric, "oof": summary(oof["target"].to_numpy(), probs, metric),
+              "folds": {int(k): compute_metric(metric, p["target"].to_numpy(), probs[p.index]) for k, p in oof.groupby("fold")}}
+    folder = cfg.out_dir / "probe"
+    atomic_save(folder / f"{classifier}_oof.csv", lambda tmp: oof.to_csv(tmp, index=False))
+    atomic_write_text(folder / f"{classifier}.json", json.dumps(scores, indent=2))
+    tuned = _finetuned_score(cfg)
+    print(f"OOF {metric}: frozen features + {classifier} {scores['oof'][metric]:.4f}; fine-tuned "
+          + (f"{cfg.experiment.name} {tuned:.4f} (cv.json)" if tuned is not None else "(no cv.json: train --fold all first)"))
+    sub = _write_submission(cfg, out, test_probs, classes, sample) if out is not None else None
+    return ProbeResult(oof, scores, tuned, sub)

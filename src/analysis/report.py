@@ -1,0 +1,270 @@
+"""The experiment report and the recipe comparison (`python -m src.report`).
+
+The report reads an experiment's run folders (through src/runs.py and src/members.py): each
+fold's history.csv, oof.csv, done.json and best.pt. Everything about images is computed by the
+fold model that never trained on the image (the one whose validation fold holds it), so Grad-CAM
+shows what the OOF prediction was based on; each map's forward pass must reproduce the
+probability in oof.csv, which proves the model is the right one.
+
+    outputs/<exp>/report.html         self-contained (PNGs embedded)
+    outputs/<exp>/suspect_labels.csv  every OOF image by loss, with an empty reviewed_label column
+    outputs/<exp>/report/*.png        the figures
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from src.analysis.figures import (
+    cam_grid,
+    confusion_pair,
+    feature_map_grid,
+    filter_grid,
+    image_grid,
+    learning_curves,
+)
+from src.analysis.gradcam import first_conv_filters, grad_cam, pick_cam_layer, stage_maps
+from src.analysis.html_page import Page
+from src.analysis.oof_review import confusion, cv_table, read_member_oof, row_normalised, suspects
+from src.core.config import CONFIG_DIR, Config
+from src.core.progress import progress
+from src.core.runtime import Runtime
+from src.core.utils import UserError, atomic_save
+from src.data.folds import load_or_create_folds
+from src.data.images import read_image
+from src.data.transforms import build_transform, resolve_norm
+from src.runs.checkpoint import config_diff
+from src.runs.layout import fold_paths
+from src.runs.members import Member, open_member
+
+# How far a Grad-CAM pass's probability may be from oof.csv's before the report says the fold
+# model does not reproduce its OOF predictions: float32 here; where validation ran under CUDA
+# autocast (bf16/fp16) the OOF numbers carry that precision.
+OOF_TOLERANCE = {"fp32": 1e-3, "amp": 3e-2}
+
+
+@dataclass
+class Cam:
+    """One Grad-CAM map: the image, the fold whose model explained it, and what that model said."""
+
+    id: str
+    fold: int
+    label: str
+    predicted: str
+    prob: float  # the predicted class's probability in this pass
+    prob_oof: float  # ... and in oof.csv
+    image: np.ndarray = field(repr=False)  # (H, W, 3) uint8: the image as the model saw it
+    cam: np.ndarray = field(repr=False)  # (H, W) in [0, 1]
+
+
+@dataclass
+class Report:
+    html: Path
+    suspects_csv: Path
+    cv: pd.DataFrame
+    counts: np.ndarray
+    per_class: pd.DataFrame
+    suspects: pd.DataFrame
+    cams: list[Cam]
+    cam_layer: str
+    figures: dict[str, Path]
+
+
+def git_commit() -> str:
+    """The repository's commit (with '+ local changes' when the tree differs), or why not known."""
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=CONFIG_DIR.parent, capture_output=True,  # noqa: E731
+                                        text=True, timeout=10, check=True).stdout.strip()
+        head = run("rev-parse", "HEAD")
+        return head + (" + local changes" if run("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout, or git is not installed)"
+
+
+def _oof_with_paths(m: Member) -> pd.DataFrame:
+    """All OOF rows with their image path; each id's fold must be its fold in the split."""
+    oof = read_member_oof(m.exp_dir, m.folds, m.classes, m.records)
+    table, _, split = load_or_create_folds(m.cfg, create=False)
+    split_fold = dict(zip(table["id"], table["fold"]))
+    missing = sorted(set(oof["id"]) - set(split_fold))
+    if missing:
+        raise UserError(f"OOF ids {missing[:5]} of {m.name} are not in the split {split}; the run belongs to other data")
+    moved = [i for i, k in zip(oof["id"], oof["fold"]) if split_fold[i] != int(k)]
+    if moved:
+        raise UserError(f"{len(moved)} OOF images of {m.name} (e.g. {moved[:3]}) sit in another fold of {split} than "
+                        "the fold that predicted them; the run used another split: retrain it (--fold all --force)")
+    path_of = dict(zip(table["id"], table["path"]))
+    return oof.assign(path=[path_of[i] for i in oof["id"]])
+
+
+def _model_input(m: Member, fold: int, model: torch.nn.Module, path: str, rt: Runtime
+                 ) -> tuple[torch.Tensor, np.ndarray]:
+    """(normalized (1, 3, S, S) tensor on the device, the same image as uint8 (S, S, 3)): the fold's
+    own evaluation transform, so the map lies on exactly what the model saw."""
+    aug = m.configs[fold].aug
+    mean, std = resolve_norm(aug, model.pretrained_cfg)
+    x = build_transform(aug, False, mean, std)(image=read_image(path))["image"]  # (3, S, S)
+    seen = x.permute(1, 2, 0).numpy() * np.asarray(std) + np.asarray(mean)
+    return rt.batch(x[None]), np.clip(seen * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def compute_cams(m: Member, rows: pd.DataFrame, rt: Runtime, layer: str | None) -> tuple[list[Cam], str]:
+    """Grad-CAM of each row's image (id, fold, label, path, prob_*) by its own fold's model, in row order."""
+    cams: dict[str, Cam] = {}
+    model, current = None, None
+    records = rows.sort_values("fold", kind="stable").to_dict("records")  # one model load per fold
+    for r in progress(records, desc=f"{m.name} Grad-CAM"):
+        k = int(r["fold"])
+        if k != current:
+            model, current = m.model(k, rt), k
+            layer = layer or pick_cam_layer(model, m.configs[k].aug.img_size)
+        x, seen = _model_input(m, k, model, r["path"], rt)
+        cam, probs = grad_cam(model, x, layer)
+        pred = int(probs.argmax())
+        cams[r["id"]] = Cam(r["id"], k, r["label"], m.classes[pred], float(probs[pred]),
+                            float(r[f"prob_{m.classes[pred]}"]), seen, cam)
+    return [cams[i] for i in rows["id"]], layer or "none"
+
+
+def most_confidently_wrong(sus: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The n wrong OOF predictions with the highest probability on their (wrong) class."""
+    return sus[sus["predicted"] != sus["label"]].sort_values("prob", ascending=False, kind="stable").head(n)
+
+
+def _thumbnail(path: str, side: int = 256) -> np.ndarray:
+    """An image for a grid cell: large photos shrunk so the longer side is `side` pixels."""
+    img = read_image(path)
+    scale = side / max(img.shape[:2])
+    return cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else img
+
+
+def _histories(m: Member) -> dict[int, pd.DataFrame]:
+    return {k: pd.read_csv(fold_paths(m.exp_dir, k).history) for k in m.folds
+            if fold_paths(m.exp_dir, k).history.is_file()}
+
+
+def _cam_title(c: Cam) -> str:
+    return f"{c.id} (fold {c.fold})\ntrue {c.label}, pred {c.predicted} {c.prob:.2f}"
+
+
+def _figures(m: Member, oof: pd.DataFrame, counts: np.ndarray, sus: pd.DataFrame, cams: list[Cam], n_wrong: int,
+             rt: Runtime) -> dict[str, Path]:
+    """Every PNG of the report, under outputs/<exp>/report/."""
+    d, metric = m.exp_dir / "report", m.cfg.metric.name
+    figs = {"curves": d / "curves.png", "confusion": d / "confusion.png", "wrong": d / "most_confidently_wrong.png",
+            "cam_right": d / "gradcam_right.png", "cam_wrong": d / "gradcam_wrong.png",
+            "filters": d / "first_conv_filters.png", "feature_maps": d / "feature_maps.png"}
+    learning_curves(_histories(m), metric, figs["curves"])
+    confusion_pair(counts, row_normalised(counts), m.classes, figs["confusion"])
+    wrong = most_confidently_wrong(sus, n_wrong)
+    path_of = dict(zip(oof["id"], oof["path"]))
+    image_grid([(_thumbnail(path_of[r.id]), f"{r.id}\ntrue {r.label}, pred {r.predicted} {r.prob:.2f}")
+                for r in wrong.itertuples()], figs["wrong"])
+    for key, right in (("cam_right", True), ("cam_wrong", False)):
+        cam_grid([(c.image, c.cam, _cam_title(c)) for c in cams if (c.label == c.predicted) == right], figs[key])
+    # The first layer and early stages: the most confidently right image, by its fold's model.
+    best = sus.iloc[-1]
+    model = m.model(int(best["fold"]), rt)
+    name, filters = first_conv_filters(model)
+    filter_grid(filters, f"{name}: {filters.shape[0]} filters {filters.shape[1]}x{filters.shape[2]} "
+                f"(fold {best['fold']})", figs["filters"])
+    x, seen = _model_input(m, int(best["fold"]), model, path_of[best["id"]], rt)
+    feature_map_grid(seen, stage_maps(model, x), figs["feature_maps"])
+    return figs
+
+
+def _cam_rows(sus: pd.DataFrame, oof: pd.DataFrame, n_cam: int, seed: int) -> pd.DataFrame:
+    """The n_cam most confidently wrong images and n_cam right ones drawn at random (seeded)."""
+    wrong = most_confidently_wrong(sus, n_cam)
+    right = sus[sus["predicted"] == sus["label"]]
+    right = right.sample(min(n_cam, len(right)), random_state=seed) if len(right) else right
+    ids = list(right["id"]) + list(wrong["id"])
+    return oof.set_index("id").loc[ids].reset_index()
+
+
+def build_report(cfg: Config, name: str | None = None, n_wrong: int = 24, n_cam: int = 8, cam_layer: str | None = None
+                 ) -> Report:
+    """Write outputs/<name>/report.html, suspect_labels.csv and the figures; return what they show.
+
+    Args:
+        cfg: a config naming the output and data folders (the experiment's own settings come from
+            its folds' stored configs).
+        name: the experiment (default: cfg.experiment.name).
+        n_wrong: most confidently wrong OOF images in the grid.
+        n_cam: Grad-CAM maps of right predictions, and as many of wrong ones.
+        cam_layer: module to explain (default: the deepest stage whose map is at least 4x4).
+    """
+    m = open_member(name or str(cfg.experiment.name), cfg.experiment.output_dir, "warn", cfg.data.dir)
+    rt = Runtime.from_cfg(cfg.runtime)
+    # 1) tables: CV, confusion matrix and per-class scores, suspect labels
+    oof = _oof_with_paths(m)
+    cv = cv_table(oof, m.classes, m.cfg.metric.name, m.records)
+    counts, per_class = confusion(oof, m.classes)
+    if counts.sum() != len(oof):
+        raise UserError(f"the confusion matrix counts {counts.sum()} images for {len(oof)} OOF rows")
+    sus = suspects(oof, m.classes)
+    sus_path = atomic_save(m.exp_dir / "suspect_labels.csv", lambda tmp: sus.to_csv(tmp, index=False))
+    # 2) Grad-CAM by each image's own fold model, then every figure
+    cams, layer = compute_cams(m, _cam_rows(sus, oof, n_cam, m.cfg.experiment.seed), rt, cam_layer)
+    figs = _figures(m, oof, counts, sus, cams, n_wrong, rt)
+    report = Report(m.exp_dir / "report.html", sus_path, cv, counts, per_class, sus, cams, layer, figs)
+    # 3) the page
+    _page(m, report, n_wrong).write(report.html)
+    print(f"wrote {report.html} (figures in {m.exp_dir / 'report'}) and {sus_path} ({len(sus)} OOF images by loss)")
+    return report
+
+
+def _config_notes(m: Member) -> list[str]:
+    first = m.cfg.to_dict()
+    notes = []
+    for k in m.folds[1:]:
+        diff = [d for d in config_diff(first, m.configs[k].to_dict()) if not d.startswith("experiment.")]
+        if diff:
+            notes.append(f"fold {k} was trained with other settings than fold {m.folds[0]}: {diff[:8]}")
+    return notes
+
+
+def _page(m: Member, r: Report, n_wrong: int) -> Page:
+    page = Page(f"Experiment report: {m.name}")
+    page.text(f"code commit at report time: {git_commit()}; finished folds {m.folds} of {m.cfg.data.n_folds}; "
+              f"{len(r.suspects)} OOF images, {len(m.classes)} classes; model {m.cfg.model.name}")
+    page.heading("Cross-validation (each fold's model on its own validation images)")
+    page.table(r.cv)
+    page.heading("Learning curves (each fold, and their mean)")
+    page.image(r.figures["curves"], "learning curves")
+    page.heading("Out-of-fold confusion matrix")
+    page.image(r.figures["confusion"], "confusion matrix")
+    page.table(r.per_class)
+    page.heading(f"The {n_wrong} most confidently wrong OOF images")
+    page.image(r.figures["wrong"], "most confidently wrong")
+    page.text(f"Every OOF image, highest loss first: {r.suspects_csv}. Fill its reviewed_label column where a label "
+              "is wrong, then: python -m src.folds --relabel " + str(r.suspects_csv))
+    page.table(r.suspects.head(15).drop(columns="reviewed_label"))
+    page.heading(f"Grad-CAM on {r.cam_layer}, by the fold model that never trained on the image")
+    amp = torch.cuda.is_available() and any(c.runtime.device != "cpu" and c.runtime.amp != "off"
+                                             for c in m.configs.values())
+    tol = OOF_TOLERANCE["amp" if amp else "fp32"]
+    bad = [c for c in r.cams if abs(c.prob - c.prob_oof) > tol]
+    if bad:
+        page.text(f"{len(bad)} maps' forward passes do not reproduce oof.csv's probability (e.g. {bad[0].id}: "
+                  f"{bad[0].prob:.4f} vs {bad[0].prob_oof:.4f}): best.pt and oof.csv disagree", "warn")
+    page.text("right predictions (a random sample)")
+    page.image(r.figures["cam_right"], "Grad-CAM right")
+    page.text("wrong predictions (the most confident)")
+    page.image(r.figures["cam_wrong"], "Grad-CAM wrong")
+    page.heading("First convolution's filters, and the first stages' feature maps")
+    page.image(r.figures["filters"], "first convolution filters")
+    page.image(r.figures["feature_maps"], "feature maps")
+    page.heading("Resolved config (fold " + str(m.folds[0]) + ")")
+    for note in _config_notes(m):
+        page.text(note, "warn")
+    page.code(yaml.safe_dump(m.cfg.to_dict(), sort_keys=False))
+    return page

@@ -1,0 +1,1 @@
+"""The ground floor: configuration, errors and atomic writes, progress, tracking, the device runtime, torchrun."""

@@ -1,0 +1,429 @@
+"""Configs: configs/base.yaml < experiment file < `section.key=value` overrides, validated.
+
+`configs/base.yaml` holds every default, documented; this module holds only the types and the
+allowed choices, so a default is written in exactly one place.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from src.core.utils import UserError, atomic_write_text
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"  # the repository's, beside src/
+DEFAULT_CONFIG = CONFIG_DIR / "resnext101.yaml"
+CLI = "the command line"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# Numeric ranges: a value outside one stops the run naming the key, before anything is written.
+Count = Annotated[int, Field(ge=1)]  # at least one
+NonNeg = Annotated[int, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
+NonNegF = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]  # a probability or a share
+
+
+class ExperimentCfg(_Section):
+    name: str | None
+    seed: int
+    output_dir: str
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _number_name(cls, v):
+        # `experiment.name=123` reads as a YAML number; a name is its text.
+        return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
+class DataCfg(_Section):
+    dir: str
+    layout: Literal["csv", "imagefolder"]
+    train_csv: str
+    image_dir: str
+    test_dir: str
+    sample_submission: str
+    solution: str
+    id_col: str
+    label_col: str
+    group_col: str | None
+    image_exts: Annotated[list[str], Field(min_length=1)]
+    na_labels: Literal["error", "keep"]
+    bad_images: Literal["error", "skip"]
+    check_images: bool
+    cache: bool
+    cache_dir: str | None
+    n_folds: int
+    fold_seed: int
+    pseudo: str | None
+    relabel: str | None
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.n_folds < 2:
+            raise ValueError("data.n_folds must be at least 2")
+        return self
+
+
+class LoaderCfg(_Section):
+    batch_size: Count
+    num_workers: int | Literal["auto"]
+    pin_memory: bool
+    persistent_workers: bool
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, v):
+        if v != "auto" and v < 0:
+            raise ValueError(f"loader.num_workers={v} is out of range: give 0 or more, or auto")
+        return v
+
+
+class AugCfg(_Section):
+    img_size: Annotated[int, Field(ge=8)]
+    crop_pct: Annotated[float, Field(gt=0, le=1)]
+    rotate: Annotated[float, Field(ge=0, le=180)]
+    shift: Fraction
+    shear: Annotated[float, Field(ge=0, lt=90)]
+    zoom: tuple[Positive, Positive]
+    affine_p: Fraction
+    border_mode: Literal["wrap", "reflect", "constant", "nearest"]
+    hflip: bool
+    vflip: bool
+    mean: tuple[float, float, float] | None
+    std: tuple[Positive, Positive, Positive] | None
+    size_schedule: list[tuple[NonNeg, Annotated[int, Field(ge=8)]]] | None
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.zoom[0] > self.zoom[1]:
+            raise ValueError(f"aug.zoom is [low, high]; got low {self.zoom[0]} above high {self.zoom[1]}")
+        sched = self.size_schedule
+        if sched is not None:
+            starts = [e for e, _ in sched]
+            if not sched or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
+                raise ValueError(f"aug.size_schedule {sched} must start at epoch 0 with increasing epochs, "
+                                 "e.g. [[0, 160], [4, 224], [8, 288]]")
+            if sched[-1][1] != self.img_size:
+                raise ValueError(f"aug.size_schedule ends at {sched[-1][1]} px but aug.img_size is {self.img_size}; "
+                                 "evaluation runs at aug.img_size, so end the schedule there")
+        return self
+
+
+class ModelCfg(_Section):
+    name: str
+    pretrained: bool
+    pretrained_path: str | None
+    drop_rate: Annotated[float, Field(ge=0, lt=1)]
+    freeze_before: str | None
+    freeze_stages: Count | None
+    unfreeze_epoch: NonNeg | None
+    backbone_lr_mult: Positive
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.freeze_before is not None and self.freeze_stages is not None:
+            raise ValueError("set model.freeze_before or model.freeze_stages, not both (null the other)")
+        return self
+
+
+class LossCfg(_Section):
+    name: Literal["ce", "focal"]
+    smoothing: Annotated[float, Field(ge=0, lt=1)]
+    gamma: NonNegF
+    alpha: list[NonNegF] | None
+    class_weights: Literal["balanced"] | list[NonNegF] | None
+    distill_from: str | None
+    distill_weight: Fraction
+    distill_temperature: Positive
+
+
+class OptimCfg(_Section):
+    name: Literal["adam", "adamw", "sgd", "rmsprop"]
+    lr: Positive
+    weight_decay: NonNegF
+    momentum: Annotated[float, Field(ge=0, lt=1)]
+    nesterov: bool
+
+
+class SchedCfg(_Section):
+    name: Literal["cosine", "step", "plateau", "onecycle", "none"]
+    warmup_epochs: NonNeg
+    warmup_lr: NonNegF
+    min_lr: NonNegF
+    step_epochs: Count
+    decay_rate: Annotated[float, Field(gt=0, le=1)]
+    patience: NonNeg
+
+
+class RuntimeCfg(_Section):
+    device: Literal["auto", "cuda", "mps", "cpu"]
+    amp: Literal["auto", "bf16", "fp16", "off"]
+    channels_last: bool
+    deterministic: bool
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _yaml_off(cls, v):
+        # YAML 1.1 reads a bare `off` as False.
+        return "off" if v is False else v
+
+
+class TrainCfg(_Section):
+    epochs: Count
+    accum_steps: Count
+    clip_grad: Positive | None
+    ema: bool
+    ema_decay: Annotated[float, Field(gt=0, lt=1)]
+    swa: bool
+    swa_epochs: Count
+    keep_top: Count
+    mixup: NonNegF
+    cutmix: NonNegF
+    mix_prob: Fraction
+    monitor: Literal["metric", "loss"]
+    early_stopping: Count | None
+    limit_batches: Count | None
+    compile: bool
+
+
+class MetricCfg(_Section):
+    name: Literal["accuracy", "f1_macro", "log_loss", "roc_auc", "qwk"]
+
+
+class WandbCfg(_Section):
+    mode: Literal["auto", "online", "offline", "disabled"]
+    project: str
+    entity: str | None
+
+
+class EnsembleCfg(_Section):
+    tta: list[str]
+    voting: Literal["soft", "geometric", "logits", "hard", "rank"]
+    weights: Literal["equal", "auto"] | list[float]
+    format: Literal["auto", "label", "index", "proba", "binary"]
+    missing_folds: Literal["error", "warn"]
+
+
+class Config(_Section):
+    experiment: ExperimentCfg
+    data: DataCfg
+    loader: LoaderCfg
+    aug: AugCfg
+    model: ModelCfg
+    loss: LossCfg
+    optim: OptimCfg
+    sched: SchedCfg
+    train: TrainCfg
+    metric: MetricCfg
+    wandb: WandbCfg
+    ensemble: EnsembleCfg
+    runtime: RuntimeCfg
+
+    @model_validator(mode="after")
+    def _check(self):
+        if (self.train.mixup > 0 or self.train.cutmix > 0) and self.loader.batch_size % 2:
+            raise ValueError("train.mixup/cutmix pair images within a batch, so loader.batch_size must be even")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.experiment.output_dir) / str(self.experiment.name)
+
+
+# ---------------------------------------------------------------- loading and merging
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist; pass an existing file to --config")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def _file_chain(path: Path) -> list[Path]:
+    """The file and its `base` ancestors, the root base first."""
+    chain: list[Path] = []
+    while True:
+        path = path.resolve()
+        if path in chain:
+            raise UserError(f"{path} names itself as a base, directly or not; break the loop")
+        chain.append(path)
+        base = _read_yaml(path).get("base")
+        if base is None:
+            return chain[::-1]
+        path = path.parent / str(base)
+
+
+def _merge(dst: dict, src: dict, source: str, origin: dict[str, str], prefix: str = "") -> None:
+    for key, value in src.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _merge(dst[key], value, source, origin, dotted + ".")
+        else:
+            dst[key] = value
+            origin[dotted] = source
+            if isinstance(value, dict):
+                for sub in _leaves(value, dotted + "."):
+                    origin[sub] = source
+
+
+def _leaves(d: dict, prefix: str) -> list[str]:
+    out = []
+    for k, v in d.items():
+        out.extend(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"])
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """`a.b=1` -> {'a': {'b': 1}}; the value is parsed as YAML (numbers, lists, null, bools)."""
+    if "=" not in text or text.startswith("="):
+        raise UserError(f"override '{text}' is not of the form section.key=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) < 2 or not all(parts):
+        raise UserError(f"override '{text}' must name a section and a key, like train.epochs=5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    out: dict[str, Any] = {}
+    node = out
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+# Keys that moved: a user who still writes the old one is told the new one; configs stored in
+# older checkpoints are carried over silently.
+MOVED = {
+    "train.device": "runtime.device",
+    "train.amp": "runtime.amp",
+    "train.channels_last": "runtime.channels_last",
+    "train.deterministic": "runtime.deterministic",
+}
+
+
+def _pop(d: dict, dotted: str) -> tuple[bool, Any]:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        d = d.get(p)
+        if not isinstance(d, dict):
+            return False, None
+    return (True, d.pop(leaf)) if leaf in d else (False, None)
+
+
+def _migrate(d: dict) -> dict:
+    """A stored config with old key names, carried over to today's names."""
+    for old, new in MOVED.items():
+        found, value = _pop(d, old)
+        if found:
+            section, key = new.split(".")
+            d.setdefault(section, {}).setdefault(key, value)
+    return d
+
+
+def _field_names(loc: tuple) -> list[str]:
+    model: Any = Config
+    for part in loc[:-1]:
+        model = model.model_fields[part].annotation
+    return list(model.model_fields) if hasattr(model, "model_fields") else []
+
+
+def _explain(err: dict, origin: dict[str, str], default_src: str) -> str:
+    raw_loc = tuple(err["loc"])
+    loc = tuple(str(p) for p in raw_loc if not isinstance(p, int))
+    key = ".".join(loc)
+    # The source of the key, or for a section-level check the highest-precedence file among its keys.
+    srcs = [origin[k] for k in origin if not key or k == key or k.startswith(key + ".")]
+    src = CLI if CLI in srcs else (srcs[-1] if srcs else default_src)
+    if err["type"] == "extra_forbidden":
+        allowed = _field_names(loc)
+        close = difflib.get_close_matches(loc[-1], allowed, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        section = ".".join(loc[:-1]) or "the top level"
+        return f"unknown key '{key}' in {src}{hint}; {section} takes: {', '.join(allowed)}"
+    if err["type"] == "missing" and raw_loc and isinstance(raw_loc[-1], int):
+        return f"{key} from {src} has too few values; give a list of the documented length (see configs/base.yaml)"
+    if err["type"] == "missing":
+        return f"key '{key}' is missing; add it to {default_src}"
+    if err["type"] == "value_error":
+        return f"{err['msg'].removeprefix('Value error, ')} (from {src})"
+    return f"{key}={err.get('input')!r} from {src} is invalid: {err['msg']}"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load an experiment file (default: the ResNeXt101 recipe), its bases and overrides.
+
+    Args:
+        path: experiment YAML; its `base` key names the file it builds on.
+        overrides: `section.key=value` strings; they win over every file.
+    """
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    chain = _file_chain(path)
+    for f in chain:
+        data = {k: v for k, v in _read_yaml(f).items() if k != "base"}
+        _merge(merged, data, str(_display(f)), origin)
+    for text in overrides or []:
+        _merge(merged, parse_override(text), CLI, origin)
+    for old, new in MOVED.items():
+        if old in origin:
+            raise UserError(f"'{old}' (in {origin[old]}) is now '{new}'; rename the key")
+    merged.setdefault("experiment", {})
+    if isinstance(merged["experiment"], dict) and merged["experiment"].get("name") is None:
+        merged["experiment"]["name"] = path.stem
+    try:
+        cfg = Config.model_validate(merged)
+    except ValidationError as e:
+        raise UserError(_explain(e.errors()[0], origin, str(_display(chain[0])))) from None
+    return cfg
+
+
+def config_from_dict(d: dict[str, Any], where: str) -> Config:
+    """Rebuild a config stored inside a checkpoint; keys added to base.yaml since then get their defaults."""
+    merged: dict[str, Any] = {}
+    _merge(merged, _read_yaml(CONFIG_DIR / "base.yaml"), "base.yaml", {})
+    _merge(merged, _migrate(copy.deepcopy(d)), where, {})
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as e:
+        raise UserError(f"the config stored in {where} does not fit this code: {_explain(e.errors()[0], {}, where)}") from None
+
+
+def save_config(cfg: Config, path: str | Path | None = None) -> Path:
+    """Write the resolved config (default: outputs/<experiment>/config.yaml), atomically."""
+    path = Path(path) if path is not None else cfg.out_dir / "config.yaml"
+    return atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def _display(p: Path) -> Path:
+    try:
+        return p.relative_to(Path.cwd())
+    except ValueError:
+        return p
+
+
+def add_config_args(parser) -> None:
+    """The --config flag and trailing `section.key=value` overrides every entry point takes."""
+    parser.add_argument("--config", default=None, help=f"experiment YAML (default: {_display(DEFAULT_CONFIG)})")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")

@@ -1,0 +1,130 @@
+"""Stratified folds, assigned once per competition and shared by every experiment and ensemble.
+
+The split is written to outputs/folds/<competition>_k<n>_s<seed>[_g<group>][_r<sha8>].csv with its
+class list beside it (.json); `_r<sha8>` names reviewed labels (data.relabel, src/relabel.py). A
+different fold count or seed is a different file; an existing file whose ids no longer match
+train.csv stops the run instead of being rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from src.core.config import Config
+from src.core.utils import UserError, atomic_save, atomic_write_text
+from src.data.relabel import apply_relabel, relabel_tag
+from src.data.tables import load_train_table, sorted_classes
+
+
+def folds_path(cfg: Config) -> Path:
+    d = cfg.data
+    name = f"{Path(d.dir).resolve().name}_k{d.n_folds}_s{d.fold_seed}" + (f"_g{d.group_col}" if d.group_col else "")
+    if d.relabel:  # reviewed labels: a split of their own, named by their content
+        name += f"_r{relabel_tag(d.relabel)}"
+    return Path(cfg.experiment.output_dir) / "folds" / f"{name}.csv"
+
+
+def assign_folds(df: pd.DataFrame, n_folds: int, seed: int, grouped: bool) -> np.ndarray:
+    """Fold index per row: StratifiedKFold, or StratifiedGroupKFold on df['group']."""
+    counts = df["label"].value_counts()
+    small = counts[counts < n_folds]
+    if len(small):
+        shown = ", ".join(f"'{k}' ({v})" for k, v in small.head(10).items())
+        raise UserError(
+            f"{len(small)} classes have fewer images than the {n_folds} folds: {shown}; "
+            "add images, merge or drop those classes, or lower data.n_folds"
+        )
+    fold = np.full(len(df), -1, dtype=np.int64)
+    if grouped and df["group"].nunique() < n_folds:
+        raise UserError(f"data.group_col has {df['group'].nunique()} groups for {n_folds} folds; "
+                        "lower data.n_folds or use a finer group column")
+    if grouped:
+        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(df, df["label"], groups=df["group"])
+    else:
+        splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(df, df["label"])
+    for k, (_, val_idx) in enumerate(splits):
+        fold[val_idx] = k
+    return fold
+
+
+def _read_split(path: Path, df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The saved split joined to the training table, which must still hold the same ids and labels."""
+    saved = pd.read_csv(path, dtype={"id": str, "label": str, "group": str}, keep_default_na=False)
+    classes = json.loads(path.with_suffix(".json").read_text())["classes"]
+    now, before = set(df["id"]), set(saved["id"])
+    if now != before:
+        raise UserError(
+            f"train.csv no longer matches the split in {path} ({len(now - before)} ids added, "
+            f"{len(before - now)} removed); restore the data, or delete {path} to split again"
+        )
+    merged = df.merge(saved[["id", "label", "fold"]], on="id", suffixes=("", "_saved"))
+    changed = (merged["label"] != merged["label_saved"]).sum()
+    if changed:
+        raise UserError(
+            f"{changed} labels in train.csv differ from the split in {path}; "
+            f"delete {path} to split the relabelled data again"
+        )
+    return merged.drop(columns="label_saved"), classes
+
+
+def _write_split(cfg: Config, df: pd.DataFrame, path: Path, meta: dict) -> None:
+    cols = ["id", "label", "fold"] + (["group"] if cfg.data.group_col else [])
+    meta = {"n_folds": cfg.data.n_folds, "seed": cfg.data.fold_seed, "group_col": cfg.data.group_col,
+            "data_dir": cfg.data.dir, **meta}
+    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
+    atomic_save(path, lambda tmp: df[cols].to_csv(tmp, index=False))
+
+
+def _relabelled_split(cfg: Config, original: pd.DataFrame, df: pd.DataFrame, path: Path
+                      ) -> tuple[pd.DataFrame, list[str]]:
+    """The base split's folds and classes with the reviewed labels: a relabelled run validates on
+    the same images as the runs before it, so the two can be compared fold by fold."""
+    base_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"relabel": None})})
+    base, classes, base_path = load_or_create_folds(base_cfg, table=original)
+    bad = sorted(set(df["label"]) - set(classes))
+    if bad:
+        raise UserError(f"data.relabel {cfg.data.relabel} assigns labels {bad[:5]} that are not classes of "
+                        f"{base_path}; use existing class names")
+    df = df.copy()
+    df["fold"] = df["id"].map(dict(zip(base["id"], base["fold"])))
+    changed = int((df["label"] != original["label"]).sum())
+    _write_split(cfg, df, path, {"classes": classes, "relabel": cfg.data.relabel, "base_split": str(base_path),
+                                 "relabelled": changed})
+    return df, classes
+
+
+def load_or_create_folds(cfg: Config, create: bool = True, table: pd.DataFrame | None = None
+                         ) -> tuple[pd.DataFrame, list[str], Path]:
+    """(train table with a `fold` and a `target` column, class names, folds file path).
+
+    `table` is the already loaded training table (load_train_table), to avoid reading it twice.
+    With data.relabel, its labels replace train.csv's, in a split file of its own that keeps the
+    base split's folds and classes.
+    """
+    original = load_train_table(cfg.data) if table is None else table
+    df = apply_relabel(original, cfg.data.relabel) if cfg.data.relabel else original
+    path = folds_path(cfg)
+    if path.is_file() and path.with_suffix(".json").is_file():
+        df, classes = _read_split(path, df)
+    elif not create:
+        raise UserError(f"no folds file {path}; run python -m src.folds first")
+    elif cfg.data.relabel:
+        df, classes = _relabelled_split(cfg, original, df, path)
+    else:
+        classes = sorted_classes(df["label"])
+        df = df.copy()
+        df["fold"] = assign_folds(df, cfg.data.n_folds, cfg.data.fold_seed, bool(cfg.data.group_col))
+        _write_split(cfg, df, path, {"classes": classes})
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(df["label"]) - set(index))
+    if unknown:
+        raise UserError(f"labels {unknown[:10]} are not in the class list of {path}; delete it to split again")
+    df["target"] = df["label"].map(index).astype(np.int64)
+    return df.reset_index(drop=True), classes, path

@@ -1,0 +1,159 @@
+"""Decoded, resized images on disk: each photo is decoded once, not once per epoch, fold and trial.
+
+An entry is the image exactly as the transform's first step (a resize to a square side) would
+make it from the decoded file, stored as a uint8 .npy under `<cache_dir>/<side>px/`. Its name is
+the sha1 of the file's path, size, modification time (in ns) and the side, so an edited file
+gets a new entry, and every fold, epoch, Optuna trial, TTA pass and ensemble member with the same
+side shares the old one. Entries are written to a temporary file and renamed into place, so two
+processes filling the cache at once (two folds, two tuning workers) each see either no entry or a
+complete one. Since the transform's resize of an image already at its side is a no-op, a cached
+image goes through the rest of the pipeline exactly as a freshly decoded one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+from albumentations.augmentations.geometric.functional import resize
+
+from src.core.config import AugCfg, Config
+from src.core.progress import progress
+from src.core.utils import UserError
+from src.data.images import read_image
+
+CACHE_VERSION = 1  # bump when read_image or the resize changes what an entry holds
+
+
+def transform_side(aug: AugCfg, train: bool) -> int:
+    """The square side the transform resizes to first: img_size to train, img_size / crop_pct to evaluate."""
+    return aug.img_size if train else int(round(aug.img_size / aug.crop_pct))
+
+
+def cache_root(cfg: Config) -> Path:
+    return Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(cfg.experiment.output_dir) / "cache"
+
+
+class ImageCache:
+    """Images of one square side, decoded and resized once (`load` builds a missing entry)."""
+
+    def __init__(self, root: str | Path, side: int):
+        self.side = int(side)
+        self.dir = Path(root) / f"{self.side}px"
+
+    def entry(self, path: str) -> Path:
+        p = str(path)  # as the table gives it (relative paths stay valid in a copied project, as the image check's)
+        try:
+            st = os.stat(p)
+        except OSError as e:
+            raise UserError(f"cannot read image {path} ({e.strerror}); replace or remove the file") from None
+        key = hashlib.sha1(f"{CACHE_VERSION}\0{p}\0{st.st_size}\0{st.st_mtime_ns}\0{self.side}".encode()).hexdigest()
+        return self.dir / key[:2] / f"{key}.npy"
+
+    def build(self, path: str, entry: Path | None = None, into: Path | None = None) -> np.ndarray:
+        """Decode and resize `path`, store it (under `into`, a staging folder, when given), return
+        it; UserError naming the file when it cannot be decoded."""
+        entry = entry or self.entry(path)
+        if into is not None:
+            entry = into / entry.relative_to(self.dir)
+        img = np.ascontiguousarray(resize(read_image(path), (self.side, self.side), cv2.INTER_LINEAR))
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.stem[:8]}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, img, allow_pickle=False)
+            os.replace(tmp, entry)  # atomic: readers see no entry or a whole one
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return img
+
+    def load(self, path: str) -> np.ndarray:
+        """The cached image of `path` (HxWx3 uint8 at the cache's side), built first when missing."""
+        entry = self.entry(path)
+        try:
+            img = np.load(entry, allow_pickle=False)
+        except (OSError, ValueError, EOFError):  # missing, or damaged by something outside this code
+            img = None  # (a full disk, a manual edit): built again below
+        if img is not None and img.shape == (self.side, self.side, 3) and img.dtype == np.uint8:
+            return img
+        return self.build(path, entry)
+
+    def missing(self, paths: list[str]) -> list[str]:
+        return [p for p in paths if not self.entry(p).is_file()]
+
+    def fill(self, paths: list[str], workers: int, desc: str = "caching images", keep_if_bad: bool = False,
+             defer: list | None = None, undo: list | None = None) -> list[str]:
+        """Build every missing entry (threads; decoding releases the GIL) and return the paths that
+        cannot be decoded. A progress bar shows only when there is something to build.
+
+        New entries are built in a staging folder and moved into place only when no image failed
+        (or keep_if_bad): a run stopped by a bad image leaves the cache as it was. With `defer`
+        and `undo` lists, the move (or the removal of the staging folder) is appended there, for
+        a caller whose own checks come later.
+        """
+        todo = self.missing(list(dict.fromkeys(paths)))
+        if not todo:
+            return []
+        existed = [d for d in (self.dir.parent, self.dir) if d.is_dir()]
+        self.dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=self.dir.parent, prefix=f".staging-{self.side}px-"))
+
+        def ok(p: str) -> bool:
+            try:
+                self.build(p, into=staging)
+                return True
+            except UserError:
+                return False
+
+        try:
+            with ThreadPoolExecutor(max(1, workers)) as pool:
+                good = list(progress(pool.map(ok, todo), total=len(todo), desc=f"{desc} at {self.side} px"))
+        except BaseException:
+            self._discard(staging, existed)
+            raise
+        bad = [p for p, g in zip(todo, good) if not g]
+        if bad and not keep_if_bad:
+            self._discard(staging, existed)
+        elif defer is not None and undo is not None:
+            defer.append(lambda: self._commit(staging))
+            undo.append(lambda: self._discard(staging, existed))
+        else:
+            self._commit(staging)
+        return bad
+
+    def _commit(self, staging: Path) -> None:
+        for f in staging.rglob("*.npy"):
+            target = self.dir / f.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(f, target)
+        shutil.rmtree(staging, ignore_errors=True)
+
+    def _discard(self, staging: Path, existed: list[Path]) -> None:
+        shutil.rmtree(staging, ignore_errors=True)
+        for d in (self.dir, self.dir.parent):  # folders this fill created, now empty
+            if d not in existed and d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+
+    def fill_or_fail(self, paths: list[str], workers: int) -> None:
+        """fill, stopping with one sentence at an unreadable image (a training set's were checked
+        before the split when data.check_images is on; a test set's are found here)."""
+        bad = self.fill(paths, workers)
+        if bad:
+            raise UserError(f"cannot read image {bad[0]}" + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
+                            + "; replace or remove the files (for training images, data.bad_images=skip with "
+                            "data.check_images=true drops them)")
+
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.dir.rglob("*.npy")) if self.dir.is_dir() else 0
+
+
+def image_cache(cfg: Config, train: bool) -> ImageCache | None:
+    """The cache a training (train=True) or evaluation pipeline of this config reads, or None when data.cache is off."""
+    return ImageCache(cache_root(cfg), transform_side(cfg.aug, train)) if cfg.data.cache else None

@@ -1,0 +1,57 @@
+"""Reading any image file into an RGB uint8 array, and finding the files that cannot be decoded."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from src.core.progress import progress
+from src.core.utils import UserError
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read any image file into an HxWx3 uint8 RGB array.
+
+    Handles grayscale, RGBA/LA and palette PNGs, 16-bit PNGs (scaled to 8 bits), CMYK JPEGs and
+    EXIF orientation. Raises UserError naming the file when it cannot be decoded.
+    """
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im, dtype=np.float64)
+                # 16-bit data uses the full 0..65535 range; int32 'I' images may too.
+                arr = np.clip(arr / 257.0, 0, 255).round().astype(np.uint8)
+                return np.ascontiguousarray(np.repeat(arr[..., None], 3, axis=2))
+            if im.mode == "F":
+                arr = np.asarray(im, dtype=np.float64)
+                lo, hi = float(arr.min()), float(arr.max())
+                arr = (arr - lo) / (hi - lo or 1.0) * 255.0
+                return np.repeat(arr.round().astype(np.uint8)[..., None], 3, axis=2)
+            if im.mode != "RGB":
+                im = im.convert("RGBA").convert("RGB") if im.mode in ("P", "PA") else im.convert("RGB")
+            arr = np.array(im, dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+        raise UserError(f"cannot read image {path} ({e}); replace or remove the file") from None
+    return np.ascontiguousarray(arr)
+
+
+def find_bad_images(paths: list[str], workers: int = 4, cache=None, **fill) -> list[str]:
+    """Decode every image once (in threads) and return the paths that fail. With an ImageCache,
+    the same pass fills it (images already cached decoded fine before); `fill` goes to its fill."""
+    if cache is not None:
+        return cache.fill(paths, workers, desc="checking and caching images", **fill)
+
+    def ok(p: str) -> bool:
+        try:
+            read_image(p)
+            return True
+        except UserError:
+            return False
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        good = list(progress(pool.map(ok, paths), total=len(paths), desc="checking images"))
+    return [p for p, g in zip(paths, good) if not g]

@@ -1,0 +1,73 @@
+"""The Dataset of images and targets, and DataLoaders with the config's workers and seeded epochs."""
+
+from __future__ import annotations
+
+import os
+
+import albumentations as A
+import numpy as np
+import torch
+
+from src.core.config import LoaderCfg
+from src.core.distributed import EpochSampler
+from src.data.images import read_image
+from src.data.transforms import seed_transform
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """(image tensor, target) for training/validation; (image tensor, row index) when targets is None.
+
+    An item may be asked for as `(index, seed)` (see EpochSampler): the augmentation is then
+    seeded per sample, so a given epoch sees the same augmented images whatever the worker
+    count, worker persistence or a resume in between. With a `cache` (src.data.image_cache.ImageCache
+    at the transform's first side), images are read from it instead of decoded.
+    """
+
+    def __init__(self, paths: list[str], targets: list[int] | None, transform: A.Compose | None, cache=None):
+        self.paths = list(paths)
+        self.targets = None if targets is None else np.asarray(targets, dtype=np.int64)
+        self.transform = transform
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key):
+        i, seed = key if isinstance(key, tuple) else (key, None)
+        img = self.cache.load(self.paths[i]) if self.cache is not None else read_image(self.paths[i])
+        if self.transform is None:
+            x = torch.from_numpy(img)
+        else:
+            if seed is not None:
+                seed_transform(self.transform, seed)
+            x = self.transform(image=img)["image"]
+        return x, (int(self.targets[i]) if self.targets is not None else i)
+
+
+def resolve_workers(cfg: LoaderCfg) -> int:
+    """loader.num_workers, with `auto` = the cores this process may run on."""
+    if cfg.num_workers != "auto":
+        return int(cfg.num_workers)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def make_loader(
+    ds: ImageDataset, cfg: LoaderCfg, *, device: str = "cpu", sampler: EpochSampler | None = None,
+    drop_last: bool = False, batch_size: int | None = None,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader with the config's batch size, workers, pinning and persistence (in order
+    unless a sampler is given)."""
+    bs = batch_size or cfg.batch_size
+    workers = resolve_workers(cfg)
+    return torch.utils.data.DataLoader(
+        ds,
+        batch_size=bs,
+        sampler=sampler,
+        drop_last=drop_last and len(ds) > bs,
+        num_workers=workers,
+        pin_memory=cfg.pin_memory and device == "cuda",
+        persistent_workers=cfg.persistent_workers and workers > 0,
+    )

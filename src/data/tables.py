@@ -1,0 +1,228 @@
+"""Competition tables: train.csv or an ImageFolder tree, the sample submission, the class list, bad images dropped."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from src.core.config import Config, DataCfg
+from src.core.utils import UserError, atomic_write_text
+from src.data.images import find_bad_images
+from src.data.loaders import resolve_workers
+
+
+class _ImageIndex:
+    """Maps an id (with or without extension, with or without subfolders) to its file.
+
+    Where an id without extension matches several files, data.image_exts decides in its order;
+    two files of the same rank (a bare name in two folders) are ambiguous.
+    """
+
+    def __init__(self, root: Path, exts: list[str]):
+        self.root = root
+        self.exts = [e.lower() for e in exts]
+        self.by_key: dict[str, list[Path]] = {}
+        for p in sorted(root.rglob("*")):
+            if p.suffix.lower() not in self.exts or not p.is_file():
+                continue
+            rel = p.relative_to(root).as_posix()
+            for key in {rel, rel[: -len(p.suffix)], p.name, p.stem}:
+                self.by_key.setdefault(key, []).append(p)
+
+    def find(self, image_id: str) -> Path | None:
+        found = self.by_key.get(str(image_id).replace("\\", "/"), [])
+        if len(found) <= 1:
+            return found[0] if found else None
+        rank = min(self.exts.index(p.suffix.lower()) for p in found)
+        best = [p for p in found if self.exts.index(p.suffix.lower()) == rank]
+        return best[0] if len(best) == 1 else None
+
+
+# What pandas would read as a missing value: a label spelled so is almost always a hole in the data.
+NA_LIKE = {"#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
+           "NULL", "NaN", "None", "n/a", "nan", "null"}
+
+
+DEMO_DIR = Path("inputs/digits")
+
+
+def require_data_dir(cfg: DataCfg) -> Path:
+    """The competition folder; a missing one names the fix (for the demo's: the command that builds it)."""
+    root = Path(cfg.dir)
+    if root.is_dir():
+        return root
+    if root.resolve() == DEMO_DIR.resolve():
+        raise UserError(f"the demo competition {root} does not exist yet; python -m src.demo builds it")
+    raise UserError(f"competition folder {root} does not exist; copy the competition files there or set data.dir")
+
+
+def _not_utf8(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+        return f"{path} cannot be decoded as text"
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        return (f"{path} is not UTF-8 (byte 0x{raw[e.start]:02x} on line {line}); re-save it as UTF-8, "
+                f"e.g. iconv -f latin1 -t utf-8 {path.name} > utf8.csv")
+
+
+def _read_csv(path: Path, what: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist; copy the competition files into {path.parent} or set data.dir")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(_not_utf8(path)) from None
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{what} {path} is empty; it needs a header and one row per image") from None
+    if len(df) == 0:
+        raise UserError(f"{what} {path} has a header but no rows; it needs one row per image")
+    return df
+
+
+def _require_cols(df: pd.DataFrame, cols: dict[str, str], path: Path) -> None:
+    for key, col in cols.items():
+        if col not in df.columns:
+            raise UserError(
+                f"{path} has no column '{col}' ({key}); its columns are {list(df.columns)}: set {key}"
+            )
+
+
+def _attach_paths(df: pd.DataFrame, id_col: str, image_dir: Path, exts: list[str], what: str) -> pd.DataFrame:
+    if not image_dir.is_dir():
+        raise UserError(f"image folder {image_dir} does not exist; copy the images there or set data.image_dir / data.test_dir")
+    index = _ImageIndex(image_dir, exts)
+    paths = [index.find(i) for i in df[id_col]]
+    missing = [i for i, p in zip(df[id_col], paths) if p is None]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise UserError(
+            f"{len(missing)} {what} ids have no image file in {image_dir} (tried extensions {exts}): {shown}; "
+            "add the files, fix the ids, or set data.image_exts"
+        )
+    out = df.copy()
+    out["path"] = [str(p) for p in paths]
+    return out
+
+
+def _clean_labels(raw: pd.DataFrame, col: str, path: Path, na_labels: str) -> pd.DataFrame:
+    """Labels without surrounding whitespace ('3 ' is '3', said once); NA-like labels refused
+    unless data.na_labels=keep."""
+    stripped = raw[col].str.strip()
+    changed = int((stripped != raw[col]).sum())
+    if changed:
+        print(f"note: stripped surrounding whitespace from {changed} labels in {path}")
+    empty = raw.index[stripped == ""].tolist()
+    if empty:
+        raise UserError(f"{path} has {len(empty)} rows without a label (first at row {empty[0] + 2}); fill or drop them")
+    na = raw.index[stripped.isin(NA_LIKE)].tolist()
+    if na and na_labels == "error":
+        raise UserError(f"{path} has {len(na)} labels that read as missing values (e.g. '{stripped[na[0]]}' at row "
+                        f"{na[0] + 2}); fix or drop those rows, or set data.na_labels=keep to train them as a class")
+    return raw.assign(**{col: stripped})
+
+
+def load_train_table(cfg: DataCfg) -> pd.DataFrame:
+    """Training table with columns id, label (str), path and, when configured, group."""
+    root = require_data_dir(cfg)
+    if cfg.layout == "imagefolder":
+        img_root = root / cfg.image_dir
+        if not img_root.is_dir():
+            raise UserError(f"image folder {img_root} does not exist; copy train/<class>/*.jpg there or set data.image_dir")
+        exts = [e.lower() for e in cfg.image_exts]
+        rows = [
+            (p.relative_to(img_root).with_suffix("").as_posix(), d.name, str(p))
+            for d in sorted(x for x in img_root.iterdir() if x.is_dir())
+            for p in sorted(d.rglob("*"))
+            if p.suffix.lower() in exts and p.is_file()
+        ]
+        if not rows:
+            raise UserError(f"{img_root} holds no class folders with images; expected {img_root}/<class>/<image>")
+        df = pd.DataFrame(rows, columns=["id", "label", "path"])
+    else:
+        path = root / cfg.train_csv
+        raw = _read_csv(path, "training table")
+        cols = {"data.id_col": cfg.id_col, "data.label_col": cfg.label_col}
+        if cfg.group_col:
+            cols["data.group_col"] = cfg.group_col
+        _require_cols(raw, cols, path)
+        raw = _clean_labels(raw, cfg.label_col, path, cfg.na_labels)
+        dup = raw[cfg.id_col][raw[cfg.id_col].duplicated()].tolist()
+        if dup:
+            raise UserError(f"{path} lists {len(dup)} ids twice (e.g. {dup[:3]}); each image must appear once")
+        df = _attach_paths(raw, cfg.id_col, root / cfg.image_dir, cfg.image_exts, "training")
+        df = df.rename(columns={cfg.id_col: "id", cfg.label_col: "label"})
+        if cfg.group_col:
+            df = df.rename(columns={cfg.group_col: "group"})
+        df = df[["id", "label", "path"] + (["group"] if cfg.group_col else [])]
+    if cfg.group_col and "group" not in df:
+        raise UserError("data.group_col works only with data.layout=csv; set it to null")
+    return df.reset_index(drop=True)
+
+
+def load_test_table(cfg: DataCfg) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(test table with id and path in sample_submission order, the sample submission itself)."""
+    root = require_data_dir(cfg)
+    path = root / cfg.sample_submission
+    sample = _read_csv(path, "sample submission")
+    _require_cols(sample, {"data.id_col": cfg.id_col}, path)
+    test = _attach_paths(sample[[cfg.id_col]], cfg.id_col, root / cfg.test_dir, cfg.image_exts, "test")
+    return test.rename(columns={cfg.id_col: "id"}).reset_index(drop=True), sample
+
+
+def sorted_classes(labels: pd.Series) -> list[str]:
+    """Fixed class order: numeric labels sorted as numbers, others as strings."""
+    uniq = list(pd.unique(labels.astype(str)))
+    try:
+        return sorted(uniq, key=lambda s: (float(s), s))
+    except ValueError:
+        return sorted(uniq)
+
+
+def _files_key(paths: list[str]) -> str:
+    h = hashlib.sha1()
+    for p in sorted(paths):
+        st = os.stat(p)
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def drop_bad_images(df: pd.DataFrame, cfg: Config, cache: Path | None = None,
+                    defer: list[Callable[[], None]] | None = None, images=None,
+                    undo: list[Callable[[], None]] | None = None) -> pd.DataFrame:
+    """Check every image once; stop, or drop the bad ones with a warning (data.bad_images).
+
+    With `cache`, the result is remembered for this exact set of files (path, size, mtime), so
+    later folds and runs skip the full decode of a large training set. With `defer`, the cache
+    write is appended there instead of done, for the caller to run once its own checks passed.
+    With `images` (an ImageCache), the check fills it: every image is decoded once in all (its new
+    entries land with the deferred writes; `undo` receives their removal).
+    """
+    if not cfg.data.check_images:
+        return df
+    paths = df["path"].tolist()
+    key = _files_key(paths) if cache is not None else None
+    if cache is not None and cache.is_file() and json.loads(cache.read_text()).get("key") == key:
+        bad = json.loads(cache.read_text())["bad"]
+    else:
+        fill = {"keep_if_bad": cfg.data.bad_images == "skip", "defer": defer, "undo": undo} if images else {}
+        bad = find_bad_images(paths, workers=max(2, resolve_workers(cfg.loader)), cache=images, **fill)
+        if cache is not None and (not bad or cfg.data.bad_images == "skip"):
+            write = lambda: atomic_write_text(cache, json.dumps({"key": key, "bad": bad}))  # noqa: E731
+            write() if defer is None else defer.append(write)
+    if not bad:
+        return df
+    shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+    if cfg.data.bad_images == "error":
+        raise UserError(
+            f"{len(bad)} images cannot be decoded: {shown}; replace them, or set data.bad_images=skip to drop them"
+        )
+    warnings.warn(f"skipping {len(bad)} unreadable images: {shown}", stacklevel=2)
+    return df[~df["path"].isin(bad)].reset_index(drop=True)

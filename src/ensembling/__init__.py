@@ -1,0 +1,1 @@
+"""TTA views chosen on OOF, the submission file, the ledger."""

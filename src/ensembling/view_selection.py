@@ -1,0 +1,97 @@
+"""TTA views chosen on OOF (`--tta auto`): start from the identity view, then, in the candidates'
+order, keep a view only when adding it makes the members' blend score strictly better on OOF.
+
+Every candidate is predicted once per member and fold (and cached in outputs/<member>/preds/);
+the greedy steps then only re-blend those predictions. A view that does not improve the blend is
+never kept, so the chosen views' OOF score is at least the identity view's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from src.core.config import Config
+from src.core.runtime import Runtime
+from src.evaluation.blending import combine, log_probs
+from src.evaluation.metrics import compute_metric, is_better, softmax
+from src.runs.members import Member, across_members, member_oof_views, resolve_weights, within_member
+
+
+@dataclass
+class ViewChoice:
+    views: list[str]
+    base: float  # the blend's OOF score with the identity view alone
+    score: float  # ... with the chosen views
+    steps: pd.DataFrame  # one row per candidate: view, score with it, kept
+
+    @property
+    def gain(self) -> float:
+        """score - base, in the metric's units (negative is better for log_loss)."""
+        return self.score - self.base
+
+
+class _OofViews:
+    """Every member's OOF logits per view, rows aligned on the first member's ids."""
+
+    def __init__(self, members: list[Member], views: list[str], rt: Runtime, cfg: Config):
+        self.views, self.members = views, members
+        self.logits: list[dict[int, np.ndarray]] = []
+        self.order: list[np.ndarray] = []
+        base = None
+        for m in members:
+            table, logits = member_oof_views(m, views, rt, cfg.loader)
+            ids = pd.Index(table["id"])
+            base = ids if base is None else base
+            self.logits.append(logits)
+            self.order.append(ids.get_indexer(base))
+        self.y = table.set_index("id").loc[base, "target"].to_numpy()
+
+    def member(self, i: int, views: list[str], voting: str) -> np.ndarray:
+        """Member i's OOF log-probabilities with `views`, blended within each fold as member_oof does."""
+        vi = [self.views.index(v) for v in views]
+        m = self.members[i]
+        lg = np.concatenate([log_probs(combine(self.logits[i][k][vi], within_member(voting))) for k in m.folds])
+        return lg[self.order[i]]
+
+
+def choose_views(cfg: Config, members: list[Member], candidates: list[str], weights, voting: str, rt: Runtime
+                 ) -> ViewChoice:
+    """Greedy forward selection of TTA views on the members' OOF blend; prints each step.
+
+    Args:
+        candidates: view names, tried in this order after identity.
+        weights: member weights while choosing ('auto' chooses with equal weights; the final
+            weights are fitted afterwards on the chosen views).
+        voting: the voting rule (within members over folds and views, then across members).
+    """
+    metric = cfg.metric.name
+    views = ["identity"] + [v for v in candidates if v != "identity"]
+    data = _OofViews(members, views, rt, cfg)
+    across = across_members(voting)
+    w = resolve_weights("equal" if weights == "auto" else weights, members, [], data.y, metric, across)
+
+    def score(sel: list[str]) -> float:
+        per = [data.member(i, sel, voting) for i in range(len(members))]
+        return compute_metric(metric, data.y, combine(np.stack(per), across, w))
+
+    singles = [{"member": m.name, "view": v, metric: compute_metric(metric, data.y, softmax(data.member(i, [v], voting)))}
+               for i, m in enumerate(members) for v in views]
+    print(f"OOF {metric} of each member with one view:")
+    print(pd.DataFrame(singles).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    chosen, best = ["identity"], score(["identity"])
+    steps = [{"view": "identity", metric: best, "kept": True}]
+    for v in views[1:]:
+        trial = score(chosen + [v])
+        kept = is_better(metric, trial, best)
+        steps.append({"view": v, metric: trial, "kept": kept})
+        if kept:
+            chosen, best = chosen + [v], trial
+    table = pd.DataFrame(steps)
+    base = steps[0][metric]
+    print(f"TTA auto (greedy on the OOF blend, {metric}):")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"TTA auto chose {'+'.join(chosen)}: OOF {metric} {base:.4f} -> {best:.4f} (gain {best - base:+.4f})")
+    return ViewChoice(chosen, base, best, table)

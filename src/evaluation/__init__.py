@@ -1,0 +1,1 @@
+"""Metrics, voting and weights, stacking."""

@@ -1,0 +1,102 @@
+"""Blending predictions: voting rules and member weights fitted on out-of-fold predictions."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.stats import rankdata
+
+from src.evaluation.metrics import LOWER_IS_BETTER, compute_metric, softmax
+
+
+def combine(logits: np.ndarray, voting: str, weights: np.ndarray | None = None) -> np.ndarray:
+    """Blend logits (K, N, C) from K predictors into probabilities (N, C).
+
+    soft: weighted mean of probabilities; geometric: of log-probabilities, renormalized;
+    logits: softmax of the weighted mean logit; hard: weighted share of argmax votes; rank: each
+    predictor's probabilities turned into per-class ranks over the N images (scaled to 0..1),
+    weighted mean, rows renormalized to sum 1 (for two classes this is exactly the rank average
+    of the second class, what AUC-type metrics score; the argmax of ranks is not the argmax of
+    probabilities, so it is no rule for accuracy-type metrics).
+    """
+    k = logits.shape[0]
+    w = np.full(k, 1.0 / k) if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
+    w = w[:, None, None]
+    if voting == "soft":
+        return (w * softmax(logits)).sum(0)
+    if voting == "geometric":
+        return softmax((w * np.log(np.clip(softmax(logits), 1e-12, 1.0))).sum(0))
+    if voting == "logits":
+        return softmax((w * logits).sum(0))
+    if voting == "hard":
+        votes = np.eye(logits.shape[2])[logits.argmax(2)]  # (K, N, C)
+        return (w * votes).sum(0)
+    if voting == "rank":
+        n = logits.shape[1]
+        ranks = (rankdata(softmax(logits), axis=1) - 1.0) / max(n - 1, 1)  # (K, N, C), ties averaged
+        score = (w * ranks).sum(0) + 1e-9  # a row ranked last in every class keeps a defined share
+        return score / score.sum(1, keepdims=True)
+    raise ValueError(voting)
+
+
+def log_probs(p: np.ndarray) -> np.ndarray:
+    """Log-probabilities, clipped: they stand in for logits (per-row shifts cancel in softmax)."""
+    return np.log(np.clip(p, 1e-12, 1.0))
+
+
+def fit_weights(oof_probs: list[np.ndarray], y: np.ndarray, metric: str, voting: str) -> np.ndarray:
+    """Member weights that maximize the metric on OOF predictions (never worse than equal).
+
+    Nelder-Mead over softmax-parametrized weights, started from equal weights; equal weights and
+    each single member are candidates too, so the result is at least as good as equal on OOF.
+    """
+    k = len(oof_probs)
+    stack = np.stack([log_probs(p) for p in oof_probs])
+    sign = 1.0 if metric in LOWER_IS_BETTER else -1.0
+
+    def loss(w: np.ndarray) -> float:
+        return sign * compute_metric(metric, y, combine(stack, voting, w))
+
+    candidates = [np.full(k, 1.0 / k)] + [np.eye(k)[i] for i in range(k)]
+    if k > 1:
+        res = minimize(lambda t: loss(softmax(t)), np.zeros(k), method="Nelder-Mead",
+                       options={"maxiter": 200 * k, "xatol": 1e-4, "fatol": 1e-7})
+        candidates.append(softmax(res.x))
+    return min(candidates, key=loss)
+
+
+def parse_weights(text: str) -> str | list[float]:
+    if text in ("equal", "auto"):
+        return text
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--weights takes equal, auto or w1,w2,..., not '{text}'") from None
+
+
+def add_blend_args(parser: argparse.ArgumentParser, fmt: bool = True) -> None:
+    """The flags every command that blends takes (src.ensemble, src.kaggle_kernel; src.pseudo
+    without --format)."""
+    parser.add_argument("--experiments", nargs="+", default=None, help="member experiments (default: the config's)")
+    tta = parser.add_mutually_exclusive_group()
+    tta.add_argument("--tta", nargs="*", default=None,
+                     help="TTA views (default, or without names: ensemble.tta); auto [CANDIDATES]: keep the views "
+                          "that improve the OOF blend, greedily (candidates default to ensemble.tta)")
+    tta.add_argument("--no-tta", action="store_true", help="identity view only")
+    parser.add_argument("--weights", type=parse_weights, default=None, help="equal | auto | w1,w2,...")
+    parser.add_argument("--voting", choices=["soft", "geometric", "logits", "hard", "rank"], default=None)
+    if fmt:
+        parser.add_argument("--format", dest="fmt", choices=["auto", "label", "index", "proba", "binary"], default=None)
+
+
+def split_blend_args(args: argparse.Namespace) -> list[str] | None:
+    """Move `section.key=value` words that followed --experiments or --tta into args.overrides,
+    and return the views asked for: None for ensemble.tta, ['identity'] for --no-tta."""
+    for name in ("experiments", "tta"):
+        values = getattr(args, name)
+        if values:
+            args.overrides += [t for t in values if "=" in t]
+            setattr(args, name, [t for t in values if "=" not in t] or (None if name == "experiments" else []))
+    return ["identity"] if args.no_tta else (args.tta or None)

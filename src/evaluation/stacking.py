@@ -1,0 +1,69 @@
+"""A second-level model (a stacker) over the members' OOF predictions, scored honestly.
+
+The members' OOF predictions are out-of-fold already; the stacker is cross-fitted over the same
+folds (nested): the prediction for a row of fold k comes from a stacker fitted on the other
+folds' rows only, so its OOF score is never fitted and scored on the same rows. For the test
+set one stacker is fitted on every OOF row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from src.core.utils import UserError
+
+STACKERS = ("logreg",)
+
+
+def make_stacker(name: str, seed: int = 0):
+    """A scikit-learn classifier over stacked member log-probabilities.
+
+    Args:
+        name: logreg (standardized features, L2 multinomial logistic regression).
+        seed: random state of the solver.
+    """
+    if name == "logreg":
+        return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000, random_state=seed))
+    raise UserError(f"unknown stacker '{name}'; use one of {', '.join(STACKERS)}")
+
+
+def stack_features(per: list[np.ndarray]) -> np.ndarray:
+    """Members' log-probabilities [(N, C)] * K -> features (N, K * C)."""
+    return np.concatenate(per, axis=1)
+
+
+def _fit_predict(name: str, x_fit: np.ndarray, y_fit: np.ndarray, x_pred: np.ndarray, n_classes: int,
+                 seed: int) -> np.ndarray:
+    """Fit on (x_fit, y_fit), return probabilities (M, n_classes) for x_pred; classes absent from
+    y_fit get probability 0."""
+    present = np.unique(y_fit)
+    out = np.zeros((len(x_pred), n_classes))
+    if len(present) == 1:  # a one-class fit: that class, surely
+        out[:, present[0]] = 1.0
+        return out
+    model = make_stacker(name, seed).fit(x_fit, y_fit)
+    out[:, model.classes_] = model.predict_proba(x_pred)
+    return out
+
+
+def nested_oof(name: str, x: np.ndarray, y: np.ndarray, folds: np.ndarray, n_classes: int, seed: int = 0
+               ) -> np.ndarray:
+    """The stacker's OOF probabilities (N, n_classes): rows of fold k predicted by a stacker fitted
+    on the rows of every other fold."""
+    ks = np.unique(folds)
+    if len(ks) < 2:
+        raise UserError("stacking needs OOF predictions from at least 2 folds; train more folds")
+    out = np.zeros((len(y), n_classes))
+    for k in ks:
+        held = folds == k
+        out[held] = _fit_predict(name, x[~held], y[~held], x[held], n_classes, seed)
+    return out
+
+
+def fit_predict_test(name: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, n_classes: int, seed: int = 0
+                     ) -> np.ndarray:
+    """Test probabilities (M, n_classes) of a stacker fitted on every OOF row."""
+    return _fit_predict(name, x, y, x_test, n_classes, seed)

@@ -1,0 +1,1 @@
+"""The offline Kaggle dataset and notebook, its rehearsal, wheels."""

@@ -1,0 +1,196 @@
+"""The offline Kaggle bundle: a dataset (code, configs, slim fold weights, wheels, manifest) and a
+notebook that runs src.ensemble on /kaggle/input/<competition>/ and writes
+/kaggle/working/submission.csv. Built in a temporary folder and moved into place at the end, so a
+refused build leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+import torch
+import yaml
+
+import src
+from src.core.config import CONFIG_DIR, Config
+from src.core.runtime import Runtime
+from src.core.utils import UserError, atomic_write_text
+from src.data.folds import load_or_create_folds
+from src.kaggle.wheels import download_wheels
+from src.runs.checkpoint import load_checkpoint, save_checkpoint
+from src.runs.layout import file_sha1, fold_paths, fold_record, read_oof, write_done
+from src.runs.members import Member, oof_report, open_members, resolve_weights
+
+SRC_DIR = Path(src.__file__).resolve().parent  # the whole package, whichever module this is
+
+
+@dataclass
+class BundleSpec:
+    """What the kernel runs: members, views, weights (numbers), voting, format, and where it lives."""
+
+    members: list[str]
+    views: list[str]
+    weights: list[float]
+    voting: str
+    fmt: str
+    competition: str  # slug: /kaggle/input/<competition>/
+    dataset: str  # USER/SLUG of the bundle dataset
+    kernel: str  # USER/SLUG of the notebook
+    gpu: bool
+    half: bool
+
+    @property
+    def dataset_slug(self) -> str:
+        return self.dataset.split("/", 1)[1]
+
+
+def check_competition(cfg: Config, members: list[Member]) -> None:
+    """Every member was trained on this config's competition: its classes and training ids."""
+    table, classes, _ = load_or_create_folds(cfg, create=False)
+    ids = set(table["id"])
+    for m in members:
+        oof_ids = set()
+        for k in m.folds:
+            oof_ids |= set(read_oof(fold_paths(m.exp_dir, k).oof, m.classes)["id"])
+        if m.classes != classes or not oof_ids <= ids:
+            raise UserError(f"experiment {m.name} was trained for another competition than {cfg.data.dir} (its "
+                            "classes or training ids differ); build the bundle with that competition's config")
+
+
+def _slim(src: Path, dst: Path, half: bool) -> None:
+    """best.pt without optimizer, scheduler or RNG state: weights, config, classes, fold, run id."""
+    ckpt = load_checkpoint(src)
+    model = {k: (v.half() if half and v.is_floating_point() else v) for k, v in ckpt["model"].items()}
+    save_checkpoint(dst, {"model": model, **{k: ckpt[k] for k in ("config", "classes", "fold", "run_id") if k in ckpt}})
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=SRC_DIR, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _cv(m: Member, metric: str) -> dict:
+    cv = m.exp_dir / "cv.json"
+    if cv.is_file():
+        return json.loads(cv.read_text())["oof"]
+    return {f"fold{k}": m.records[k].get(metric) for k in m.folds}
+
+
+def write_dataset(root: Path, cfg: Config, members: list[Member], spec: BundleSpec, wheels: bool) -> None:
+    """dataset/: code/ (src and configs), outputs/<exp>/fold<k>/ (slim best.pt, done.json),
+    config.yaml, wheels/, MANIFEST.json, dataset-metadata.json."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(SRC_DIR, root / "code" / "src", ignore=ignore)
+    shutil.copytree(CONFIG_DIR, root / "code" / "configs", ignore=ignore)
+    for m in members:
+        for k in m.folds:
+            fp = fold_paths(root / "outputs" / m.name, k)
+            _slim(fold_paths(m.exp_dir, k).best, fp.best, spec.half)
+            write_done(fp, {**fold_record(fold_paths(m.exp_dir, k)), "best_sha1": file_sha1(fp.best)})
+    atomic_write_text(root / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if wheels:
+        try:
+            download_wheels(root / "wheels")
+        except RuntimeError as e:
+            raise UserError(f"cannot fetch the wheels for the bundle ({e}); build where the package index is "
+                            "reachable, or pass --no-wheels if the Kaggle image has them") from None
+    manifest = {
+        "members": spec.members, "folds": {m.name: m.folds for m in members}, "views": spec.views,
+        "weights": spec.weights, "voting": spec.voting, "format": spec.fmt, "competition": spec.competition,
+        "dataset": spec.dataset, "kernel": spec.kernel, "half": spec.half, "git_commit": _git_commit(),
+        "cv": {m.name: _cv(m, cfg.metric.name) for m in members}, "metric": cfg.metric.name,
+        "built": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
+    }
+    atomic_write_text(root / "MANIFEST.json", json.dumps(manifest, indent=2))
+    atomic_write_text(root / "dataset-metadata.json", json.dumps(
+        {"title": spec.dataset_slug, "id": spec.dataset, "licenses": [{"name": "CC0-1.0"}]}, indent=2))
+
+
+NOTEBOOK_SETUP = '''\
+import os, sys, time
+T0 = time.time()
+ROOT = os.environ.get("KAGGLE_ROOT", "/kaggle")  # set it to run this notebook anywhere
+BUNDLE = os.path.join(ROOT, "input", {slug!r})
+sys.path.insert(0, os.path.join(BUNDLE, "code"))
+from src.kaggle.wheels import install_wheels
+install_wheels(os.path.join(BUNDLE, "wheels"))  # offline, and only where the image's version does not fit'''
+
+NOTEBOOK_RUN = '''\
+import json
+from pathlib import Path
+import yaml
+from src.core.config import config_from_dict
+from src.ensemble import run  # the same blending code as `python -m src.ensemble`
+
+manifest = json.loads(Path(BUNDLE, "MANIFEST.json").read_text())
+stored = yaml.safe_load(Path(BUNDLE, "config.yaml").read_text())
+stored["data"]["dir"] = os.path.join(ROOT, "input", manifest["competition"])
+stored["experiment"]["output_dir"] = os.path.join(BUNDLE, "outputs")
+stored["loader"]["num_workers"] = min(4, os.cpu_count() or 1)
+stored["data"]["cache"] = False  # the input folder is read-only, and one pass per member decodes each image once anyway
+cfg = config_from_dict(stored, "the bundle's config.yaml")
+out = run(cfg, manifest["members"], manifest["views"], manifest["weights"], manifest["voting"],
+          Path(ROOT, "working", "submission.csv"), manifest["format"], report=False, cache=False)
+print(f"wrote {{out}} in {{time.time() - T0:.0f}} s")'''
+
+
+def write_notebook(root: Path, spec: BundleSpec) -> Path:
+    """notebook/<slug>.ipynb (nbformat 4) and kernel-metadata.json."""
+    slug = spec.kernel.split("/", 1)[1]
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell(f"# {slug}\n\nOffline inference of {', '.join(spec.members)} "
+                                      f"({len(spec.views)} TTA views) with the code and weights of the dataset "
+                                      f"`{spec.dataset}`; writes `/kaggle/working/submission.csv`."),
+        nbformat.v4.new_code_cell(NOTEBOOK_SETUP.format(slug=spec.dataset_slug)),
+        nbformat.v4.new_code_cell(NOTEBOOK_RUN.format()),
+    ]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.validate(nb)
+    path = root / f"{slug}.ipynb"
+    root.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    atomic_write_text(root / "kernel-metadata.json", json.dumps({
+        "id": spec.kernel, "title": slug, "code_file": path.name, "language": "python", "kernel_type": "notebook",
+        "is_private": True, "enable_gpu": spec.gpu, "enable_internet": False, "dataset_sources": [spec.dataset],
+        "competition_sources": [spec.competition], "kernel_sources": [],
+    }, indent=2))
+    return path
+
+
+def _size(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def build_bundle(cfg: Config, spec: BundleSpec, weights, out: Path, wheels: bool = True) -> dict:
+    """Check the members, fix the weights, and write out/dataset and out/notebook, replacing a
+    previous build only once the new one is complete. Returns the manifest and the sizes."""
+    members = open_members(cfg, spec.members)
+    check_competition(cfg, members)
+    rt = Runtime.from_cfg(cfg.runtime)
+    w = oof_report(cfg, members, spec.views, weights, spec.voting, rt) if weights == "auto" else \
+        resolve_weights(weights, members, [], [], cfg.metric.name, spec.voting)
+    spec.weights = [float(x) for x in w]  # as given: the kernel must blend with the very same numbers
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=out.parent))
+    try:
+        write_dataset(tmp / "dataset", cfg, members, spec, wheels)
+        write_notebook(tmp / "notebook", spec)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"dataset_bytes": _size(out / "dataset"), "weights": spec.weights,
+            "manifest": json.loads((out / "dataset" / "MANIFEST.json").read_text())}

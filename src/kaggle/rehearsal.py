@@ -1,0 +1,155 @@
+"""Rehearse a built Kaggle bundle here: a fake /kaggle with input/<competition>/ (the test images
+repeated N times, as a larger hidden test set would be) and input/<dataset>/, the notebook run
+headless with its cells in order and no network, then the submission checked and the time
+extrapolated to the real test set and the competition's limit."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+from src.core.config import Config
+from src.core.utils import UserError
+from src.data.images import find_bad_images
+from src.data.tables import load_test_table
+
+# Environment variables that would let the notebook reach a network, and their offline values.
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled", "PIP_NO_INDEX": "1",
+               "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "NO_PROXY": ""}
+DROP_ENV = ("WANDB_API_KEY", "KAGGLE_KEY", "KAGGLE_USERNAME", "HF_TOKEN", "HF_ENDPOINT")
+
+
+def _repeat_id(image_id: str, r: int) -> str:
+    stem, dot, ext = image_id.rpartition(".")
+    return f"{stem}__r{r}.{ext}" if dot and len(ext) <= 5 and "/" not in ext else f"{image_id}__r{r}"
+
+
+def fake_competition(cfg: Config, dest: Path, scale: int) -> pd.DataFrame:
+    """dest/<sample_submission> and dest/<test_dir>/ with every test image `scale` times (hard links
+    where possible); returns the expanded sample submission."""
+    test, sample = load_test_table(cfg.data)
+    bad = find_bad_images(test["path"].tolist())
+    if bad:
+        raise UserError(f"{len(bad)} test images cannot be decoded, e.g. {bad[0]}; replace or remove them before "
+                        "rehearsing (the real kernel would stop there too)")
+    test_root = Path(cfg.data.dir) / cfg.data.test_dir
+    id_col, rows = cfg.data.id_col, []
+    for r in range(scale):
+        part = sample.copy()
+        for i, (image_id, path) in enumerate(zip(test["id"], test["path"])):
+            new_id = image_id if r == 0 else _repeat_id(image_id, r)
+            rel = Path(path).relative_to(test_root)
+            target = dest / cfg.data.test_dir / (rel if r == 0 else rel.with_name(f"{rel.stem}__r{r}{rel.suffix}"))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, target)
+            except OSError:
+                shutil.copyfile(path, target)
+            part.iloc[i, part.columns.get_loc(id_col)] = new_id
+        rows.append(part)
+    expanded = pd.concat(rows, ignore_index=True)
+    expanded.to_csv(dest / cfg.data.sample_submission, index=False)
+    return expanded
+
+
+def _execute(notebook: Path, root: Path) -> list[float]:
+    """Run the notebook's cells in order in a fresh kernel with the fake root and no network;
+    return each code cell's seconds."""
+    nb = nbformat.read(notebook, as_version=4)
+    saved = dict(os.environ)
+    os.environ.update({**OFFLINE_ENV, "KAGGLE_ROOT": str(root)})
+    for key in DROP_ENV:
+        os.environ.pop(key, None)
+    try:
+        nb = NotebookClient(nb, timeout=None, kernel_name="python3",
+                            resources={"metadata": {"path": str(root / "working")}}).execute()
+    except CellExecutionError as e:
+        message = (e.evalue or str(e)).strip().splitlines()
+        raise UserError(f"the notebook failed in rehearsal: {e.ename}: {message[-1] if message else ''}") from None
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    seconds = []
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            t = cell.metadata.get("execution", {})
+            start, end = t.get("iopub.status.busy"), t.get("shell.execute_reply")
+            seconds.append((pd.Timestamp(end) - pd.Timestamp(start)).total_seconds() if start and end else 0.0)
+    return seconds
+
+
+def check_rehearsal(sub_path: Path, sample: pd.DataFrame, id_col: str) -> pd.DataFrame:
+    if not sub_path.is_file():
+        raise UserError("the notebook ran but wrote no working/submission.csv")
+    sub = pd.read_csv(sub_path, dtype=str, keep_default_na=False)
+    if list(sub.columns) != list(sample.columns) or list(sub[id_col]) != list(sample[id_col].astype(str)):
+        raise UserError("the rehearsal's submission.csv does not have sample_submission.csv's columns and ids in order")
+    if (sub == "").any().any():
+        raise UserError("the rehearsal's submission.csv has empty values")
+    return sub
+
+
+def snapshot(*folders: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every file under the folders: what a run must leave as it was."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for d in folders for p in d.rglob("*") if p.is_file()}
+
+
+def check_inputs_untouched(before: dict, after: dict) -> None:
+    """Kaggle mounts /kaggle/input read-only; a notebook that writes there (a cache, an output
+    folder) fails on Kaggle even though it ran here, where the fake input is writable (and root
+    ignores permissions), so the rehearsal compares the files instead."""
+    touched = sorted(set(after) - set(before)) + sorted(k for k in set(before) & set(after) if before[k] != after[k])
+    gone = sorted(set(before) - set(after))
+    if touched or gone:
+        shown = ", ".join((touched + gone)[:3])
+        raise UserError(f"the notebook wrote into /kaggle/input ({len(touched) + len(gone)} files, e.g. {shown}), which "
+                        "is read-only on Kaggle; point that output at /kaggle/working instead")
+
+
+def rehearse(cfg: Config, build: Path, scale: int = 1, time_limit_h: float = 9.0, hidden_size: int | None = None,
+             keep: Path | None = None) -> dict:
+    """Run the built notebook on a fake /kaggle; check its submission; time and extrapolate it.
+
+    Args:
+        cfg: the config the bundle was built with (its data section is the local competition).
+        build: kaggle_kernel/build.
+        scale: how many times each test image appears.
+        time_limit_h: the competition's limit for the notebook.
+        hidden_size: images in the real (hidden) test set (default: the public sample's rows).
+        keep: where to copy the rehearsal's submission.csv.
+    """
+    manifest = json.loads((build / "dataset" / "MANIFEST.json").read_text())
+    notebook = next((build / "notebook").glob("*.ipynb"))
+    with tempfile.TemporaryDirectory(prefix="kaggle-") as tmp:
+        root = Path(tmp)
+        (root / "input").mkdir()
+        (root / "working").mkdir()
+        os.symlink((build / "dataset").resolve(), root / "input" / manifest["dataset"].split("/", 1)[1])
+        sample = fake_competition(cfg, root / "input" / manifest["competition"], scale)
+        inputs = (build / "dataset", root / "input" / manifest["competition"])
+        before = snapshot(*inputs)
+        t0 = time.time()
+        cells = _execute(notebook, root)
+        seconds = time.time() - t0
+        check_inputs_untouched(before, snapshot(*inputs))
+        check_rehearsal(root / "working" / "submission.csv", sample, cfg.data.id_col)
+        if keep is not None:
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(root / "working" / "submission.csv", keep)
+    n = len(sample)
+    hidden = hidden_size or n // scale
+    # Setup (kernel start, wheels, imports) is paid once; the prediction cell (model loading
+    # included, so the estimate errs high) grows with the images.
+    fixed = seconds - cells[-1]
+    estimate = fixed + cells[-1] / n * hidden
+    return {"images": n, "seconds": seconds, "setup_s": fixed, "predict_s": cells[-1], "hidden_size": hidden,
+            "estimate_s": estimate, "limit_s": time_limit_h * 3600, "over_limit": estimate > time_limit_h * 3600}

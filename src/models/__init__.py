@@ -1,0 +1,1 @@
+"""The timm model and its weights and freezing, losses, optimizers and schedules."""

@@ -1,0 +1,1 @@
+"""The run-folder layout, checkpoints, and ensemble members with their cached predictions."""

@@ -1,0 +1,228 @@
+"""Run folders: the layout of outputs/<experiment>/, and the one way to read and write each file.
+
+    outputs/<experiment>/
+      config.yaml                 the resolved config of the latest fold started
+      cv.json                     OOF scores after --fold all
+      fold<k>/                    best.pt last.pt oof.csv history.csv curves.png
+                                  confusion_matrix.png done.json (.lock while training)
+      preds/fold<k>/              cached logits per checkpoint, split and TTA view (src.ensemble)
+      wandb/                      offline W&B runs
+
+A fold is finished only when its done.json exists: it is written last, and removed first when a
+fold is trained again, so an interrupted run never looks finished. done.json also holds the
+class list, which is how later stages learn it without loading a model.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from src.core.utils import UserError, atomic_save, atomic_write_text
+
+
+@dataclass(frozen=True)
+class FoldPaths:
+    """The files of one fold's run folder."""
+
+    dir: Path
+
+    @property
+    def best(self) -> Path:
+        return self.dir / "best.pt"
+
+    @property
+    def last(self) -> Path:
+        return self.dir / "last.pt"
+
+    @property
+    def done(self) -> Path:
+        return self.dir / "done.json"
+
+    @property
+    def oof(self) -> Path:
+        return self.dir / "oof.csv"
+
+    @property
+    def history(self) -> Path:
+        return self.dir / "history.csv"
+
+    @property
+    def curves(self) -> Path:
+        return self.dir / "curves.png"
+
+    @property
+    def confusion(self) -> Path:
+        return self.dir / "confusion_matrix.png"
+
+    @property
+    def lock(self) -> Path:
+        return self.dir / ".lock"
+
+
+def experiment_dir(output_dir: str | Path, name: str) -> Path:
+    return Path(output_dir) / str(name)
+
+
+def fold_paths(exp_dir: Path, fold: int) -> FoldPaths:
+    return FoldPaths(Path(exp_dir) / f"fold{fold}")
+
+
+# ---------------------------------------------------------------- finished folds
+
+
+def finished_folds(exp_dir: Path) -> list[int]:
+    """Validation folds (k >= 0) whose done.json exists, in order."""
+    found = []
+    for p in Path(exp_dir).glob("fold*/done.json"):
+        tail = p.parent.name[4:]
+        if tail.isdigit():
+            found.append(int(tail))
+    return sorted(found)
+
+
+def read_done(fp: FoldPaths) -> dict:
+    return json.loads(fp.done.read_text())
+
+
+def fold_record(fp: FoldPaths) -> dict:
+    """A finished fold's done.json, with its class list and resolved config (runs written by
+    older versions lack them in done.json: they are read from best.pt)."""
+    done = read_done(fp)
+    if "classes" not in done or "config" not in done:
+        from src.runs.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(fp.best)
+        done = {**done, "classes": ckpt["classes"], "config": ckpt["config"]}
+    return done
+
+
+def write_done(fp: FoldPaths, result: dict) -> None:
+    atomic_write_text(fp.done, json.dumps(result, indent=2))
+
+
+def mark_unfinished(fp: FoldPaths) -> None:
+    """Remove done.json before a fold is trained again, so an interruption leaves it unfinished."""
+    fp.done.unlink(missing_ok=True)
+
+
+@contextmanager
+def fold_lock(fp: FoldPaths, what: str):
+    """Hold an exclusive lock on a fold folder while it trains.
+
+    A second process on the same fold stops with one sentence naming the holder. The lock is
+    the operating system's (flock), so a killed process never leaves it behind.
+    """
+    fp.dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(fp.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise UserError(f"{what} is being trained right now by {holder} (lock {fp.lock}); "
+                            "wait for it to finish or stop it, then run again") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- OOF files
+
+
+def prob_columns(classes: list[str]) -> list[str]:
+    return [f"prob_{c}" for c in classes]
+
+
+def write_oof(path: Path, ids, fold: int, labels, targets, probs: np.ndarray, classes: list[str],
+              run_id: str, epoch: int) -> None:
+    """oof.csv: id, fold, label, target, run_id, epoch (of the model that predicted), then
+    prob_<class> for every class, atomically."""
+    oof = pd.DataFrame({"id": list(ids), "fold": fold, "label": list(labels), "target": np.asarray(targets),
+                        "run_id": run_id, "epoch": epoch})
+    oof[prob_columns(classes)] = probs
+    atomic_save(path, lambda tmp: oof.to_csv(tmp, index=False))
+
+
+def read_oof(path: Path, classes: list[str], run_id: str | None = None) -> pd.DataFrame:
+    """An oof.csv with ids and labels kept as written (a label 'None' or 'NA' stays a string);
+    its probability columns must be exactly `classes`, and its run id `run_id` when given."""
+    df = pd.read_csv(path, dtype={"id": str, "label": str, "run_id": str, "epoch": str}, keep_default_na=False)
+    have = [c for c in df.columns if c.startswith("prob_")]
+    if have != prob_columns(classes):
+        raise UserError(f"{path} holds predictions for other classes than its fold's done.json; retrain that fold")
+    if run_id is not None and "run_id" in df and set(df["run_id"]) != {run_id}:
+        raise UserError(f"{path} comes from another training run than its fold's done.json; retrain that fold "
+                        "or restore the fold folder as one piece")
+    return df
+
+
+def oof_probs(df: pd.DataFrame, classes: list[str]) -> np.ndarray:
+    return df[prob_columns(classes)].to_numpy(dtype=np.float64)
+
+
+# ---------------------------------------------------------------- cached predictions
+
+
+def file_sha1(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def preds_path(exp_dir: Path, fold: int, split: str, view: str, key: str) -> Path:
+    """outputs/<exp>/preds/fold<k>/<split>-<view>-<key>.npy; the key names the checkpoint and the data."""
+    return Path(exp_dir) / "preds" / f"fold{fold}" / f"{split}-{view}-{key[:16]}.npy"
+
+
+def images_key(ids, paths) -> str:
+    """Fingerprint of an ordered set of images: ids, files, sizes and modification times."""
+    h = hashlib.sha1()
+    for i, p in zip(ids, paths):
+        st = os.stat(p)
+        h.update(f"{i}\0{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+# Bumped when the code that turns a checkpoint and images into logits (transforms, views, the
+# inference loop) changes what it computes, so caches from before are not reused.
+PREDS_VERSION = 2  # 2: uint8 batches normalised on the device
+
+
+def preds_key(ckpt_sha1: str, split: str, view: str, images: str, amp: str) -> str:
+    """What a cached prediction depends on: the checkpoint's bytes, the images (ids, files, sizes,
+    modification times), the view and the numeric precision."""
+    return hashlib.sha1(f"{PREDS_VERSION}\0{ckpt_sha1}\0{split}\0{view}\0{images}\0{amp}".encode()).hexdigest()
+
+
+def load_preds(path: Path) -> np.ndarray | None:
+    try:
+        return np.load(path)
+    except FileNotFoundError:  # not cached, or replaced by another ensemble run just now
+        return None
+
+
+def save_preds(path: Path, logits: np.ndarray) -> None:
+    """Write logits atomically; entries of the same fold, split and view under older keys (another
+    checkpoint or image set) are removed, so the cache holds one per (fold, split, view)."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, logits.astype(np.float32))
+
+    atomic_save(path, write)
+    split_view = path.name.rsplit("-", 1)[0]
+    for old in path.parent.glob(f"{split_view}-*.npy"):
+        if old != path and old.name.rsplit("-", 1)[0] == split_view:
+            old.unlink(missing_ok=True)

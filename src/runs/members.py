@@ -1,0 +1,336 @@
+"""Ensemble members: an experiment's finished folds and their predictions per fold and TTA view.
+
+Predictions are cached as logits in outputs/<experiment>/preds/fold<k>/, keyed by the bytes of
+the fold's best.pt, the images (ids, files, sizes, modification times), the view and the
+precision. A model is built only for the (fold, view) pairs the cache lacks, so re-blending with
+other weights, voting or formats needs no model at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from src.core import distributed
+from src.core.config import Config, LoaderCfg, config_from_dict
+from src.core.runtime import Norm, Runtime, predict
+from src.core.utils import UserError
+from src.data.folds import load_or_create_folds
+from src.data.image_cache import image_cache
+from src.data.loaders import ImageDataset, make_loader, resolve_workers
+from src.data.transforms import build_transform, resolve_norm
+from src.evaluation.blending import combine, fit_weights, log_probs
+from src.evaluation.metrics import compute_metric, softmax
+from src.models.model import build_model
+from src.runs.checkpoint import load_checkpoint
+from src.runs.layout import (
+    experiment_dir,
+    file_sha1,
+    finished_folds,
+    fold_paths,
+    fold_record,
+    images_key,
+    load_preds,
+    oof_probs,
+    preds_key,
+    preds_path,
+    read_oof,
+    save_preds,
+)
+
+
+@dataclass
+class Member:
+    """One experiment's finished folds, each with its own stored config (paths relocated)."""
+
+    name: str
+    exp_dir: Path
+    folds: list[int]
+    classes: list[str]
+    configs: dict[int, Config] = field(repr=False)
+    records: dict[int, dict] = field(repr=False)  # each fold's done.json
+    computed: int = 0  # (fold, view) predictions made by a model in this process
+    cached: int = 0  # ... and read from the cache
+    _sha: dict[int, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def cfg(self) -> Config:
+        """The first fold's config: the data and split every fold shares."""
+        return self.configs[self.folds[0]]
+
+    def sha(self, fold: int) -> str:
+        if fold not in self._sha:
+            self._sha[fold] = file_sha1(fold_paths(self.exp_dir, fold).best)
+        return self._sha[fold]
+
+    def model(self, fold: int, rt: Runtime) -> torch.nn.Module:
+        """The fold's best.pt, rebuilt from its stored config, on the runtime's device."""
+        path = fold_paths(self.exp_dir, fold).best
+        ckpt = load_checkpoint(path)
+        mine, recorded = ckpt.get("run_id"), self.records[fold].get("run_id")
+        if mine is not None and recorded is not None and mine != recorded:  # None: written before run ids
+            raise UserError(f"{path} comes from another training run than fold {fold}'s done.json; retrain the fold "
+                            "or restore the fold folder as one piece")
+        if ckpt["classes"] != self.classes:
+            raise UserError(f"{path} holds another class list than the fold's done.json; retrain fold {fold}")
+        cfg = self.configs[fold]
+        model = build_model(cfg.model, len(self.classes), pretrained=False, img_size=cfg.aug.img_size)
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise UserError(f"{path} does not fit its stored config ({cfg.model.name}, {len(self.classes)} classes): "
+                            f"{str(e).splitlines()[0][:150]}; retrain that fold") from None
+        return rt.model(model).eval()
+
+
+def _relocated(cfg: Config, output_dir: str, name: str, data_dir: str | None,
+               images: tuple[bool, str | None]) -> Config:
+    """A stored config with the caller's output and data folders and image-cache settings, so
+    copied outputs (a Kaggle kernel, whose input folder is read-only) work where they now are."""
+    return cfg.model_copy(update={
+        "experiment": cfg.experiment.model_copy(update={"output_dir": output_dir, "name": name}),
+        "data": cfg.data.model_copy(update={"dir": data_dir or cfg.data.dir, "cache": images[0],
+                                            "cache_dir": images[1]}),
+    })
+
+
+def open_member(name: str, output_dir: str, missing_folds: str, data_dir: str | None = None,
+                images: tuple[bool, str | None] = (True, None)) -> Member:
+    """The finished folds (done.json) of outputs/<name>/; no model is loaded here. `images` is
+    the caller's (data.cache, data.cache_dir): where inference runs decides how it caches."""
+    root = experiment_dir(output_dir, name)
+    if not root.is_dir():
+        raise UserError(f"experiment folder {root} does not exist; train it first or fix --experiments")
+    found = finished_folds(root)
+    if not found:
+        raise UserError(f"{root} has no finished fold (no fold<k>/done.json); train the folds first "
+                        "(python -m src.train --fold all), or finish interrupted ones with --resume")
+    records = {k: fold_record(fold_paths(root, k)) for k in found}
+    configs = {k: _relocated(config_from_dict(r["config"], str(fold_paths(root, k).done)), output_dir, name, data_dir,
+                             images) for k, r in records.items()}
+    expected = list(range(configs[found[0]].data.n_folds))
+    missing = [k for k in expected if k not in found]
+    if missing:
+        msg = f"experiment {name} has no finished run for folds {missing} (no done.json: never trained, interrupted or running)"
+        if missing_folds == "error":
+            raise UserError(f"{msg}; train them, or set ensemble.missing_folds=warn to blend the folds present")
+        print(f"warning: {msg}; blending folds {[k for k in expected if k in found]}")
+    folds = [k for k in expected if k in found]
+    classes = records[folds[0]]["classes"]
+    for k in folds:
+        if records[k]["classes"] != classes:
+            raise UserError(f"{name} fold {k} has a different class list from fold {folds[0]}; retrain it")
+    member = Member(name, root, folds, classes, {k: configs[k] for k in folds}, {k: records[k] for k in folds})
+    for k in folds:  # the bytes training finished with: a best.pt swapped in later is refused
+        expected = records[k].get("best_sha1")
+        if expected is not None and member.sha(k) != expected:
+            raise UserError(f"{fold_paths(root, k).best} has changed since fold {k} of {name} finished (truncated, "
+                            "corrupted or replaced: its done.json records other bytes); retrain the fold or restore "
+                            "its best.pt")
+    return member
+
+
+def _eval_setup(cfg: Config) -> tuple:
+    """What the evaluation transform depends on: folds that share it share one decoding pass."""
+    return cfg.model.name, cfg.aug.img_size, cfg.aug.crop_pct, cfg.aug.mean, cfg.aug.std, cfg.data.cache
+
+
+def eval_loader(cfg: Config, paths: list[str], loader_cfg: LoaderCfg, rt: Runtime,
+                pretrained_cfg: dict | None) -> tuple[torch.utils.data.DataLoader, Norm]:
+    """The evaluation pass's loader over `paths` (through the image cache, filled first) and the
+    normalisation its uint8 batches get on the device."""
+    images = image_cache(cfg, train=False)
+    if images is not None:
+        distributed.main_first(lambda: images.fill_or_fail(paths, workers=max(2, resolve_workers(loader_cfg))))
+    ds = distributed.shard_dataset(ImageDataset(paths, None, build_transform(cfg.aug, False), images),
+                                   loader_cfg.batch_size)  # this rank's share under torchrun
+    loader = make_loader(ds, loader_cfg, device=rt.device.type)
+    return loader, Norm(*resolve_norm(cfg.aug, pretrained_cfg))
+
+
+def fold_logits(m: Member, jobs: dict[int, pd.DataFrame], split: str, views: list[str], rt: Runtime,
+                loader_cfg: LoaderCfg, cache: bool = True) -> dict[int, np.ndarray]:
+    """Logits (views, N, C) of each fold's model on its images (`jobs`: fold -> table with id, path).
+
+    Cached predictions are read; the rest is predicted in one pass per group of folds that share
+    their images and evaluation transform (the test set: every fold of a member), then cached.
+    """
+    out: dict[int, dict[str, np.ndarray]] = {}
+    todo: dict[tuple, list[int]] = {}
+    paths: dict[tuple[int, str], Path] = {}
+    imgs: dict[int, str] = {}
+    for k, df in jobs.items():
+        imgs[k] = images_key(df["id"], df["path"])
+        out[k] = {}
+        for v in views:
+            paths[k, v] = preds_path(m.exp_dir, k, split, v, preds_key(m.sha(k), split, v, imgs[k], rt.amp_name))
+            cached = load_preds(paths[k, v]) if cache else None
+            if cached is not None and cached.shape == (len(df), len(m.classes)):
+                out[k][v] = cached
+    hits = distributed.common({(k, v) for k in out for v in out[k]})  # under torchrun all ranks plan the same passes
+    for k in jobs:
+        out[k] = {v: a for v, a in out[k].items() if (k, v) in hits}
+        m.cached += len(out[k])
+        if len(out[k]) < len(views):
+            todo.setdefault((imgs[k], _eval_setup(m.configs[k])), []).append(k)
+    for (_, _), group in todo.items():
+        cfg = m.configs[group[0]]
+        models = [m.model(k, rt) for k in group]
+        loader, norm = eval_loader(cfg, jobs[group[0]]["path"].tolist(), loader_cfg, rt, models[0].pretrained_cfg)
+        need = [v for v in views if any(v not in out[k] for k in group)]
+        part = predict(models, loader, rt, need, desc=f"{m.name} {split} folds {group} x {len(need)} views",
+                       norm=norm) if len(loader.dataset) else None  # this rank's images under torchrun
+        logits = distributed.gather_rows(part, axis=2)  # (folds in group, views needed, N, C)
+        for gi, k in enumerate(group):
+            for vi, v in enumerate(need):
+                if v in out[k]:  # cached already; the group pass predicted it for another fold
+                    continue
+                if cache and distributed.is_main():
+                    save_preds(paths[k, v], logits[gi, vi])
+                out[k][v] = logits[gi, vi]
+                m.computed += 1
+        del models
+    return {k: np.stack([out[k][v] for v in views]) for k in jobs}
+
+
+def member_oof(m: Member, views: list[str] | None, rt: Runtime, loader_cfg: LoaderCfg, voting: str = "soft"
+               ) -> tuple[pd.DataFrame, np.ndarray]:
+    """(table of id, target and fold, OOF log-probabilities N x C): each fold model on its own validation images.
+
+    Without views the stored oof.csv files are used; with views those images are predicted again
+    (or read from the cache).
+    """
+    if not views:
+        oof = _oof_table(m)
+        return oof[["id", "target", "fold"]], log_probs(oof_probs(oof, m.classes))
+    table, logits = member_oof_views(m, views, rt, loader_cfg)
+    return table, np.concatenate([log_probs(combine(logits[k], within_member(voting))) for k in m.folds])
+
+
+def _oof_table(m: Member) -> pd.DataFrame:
+    parts = [read_oof(fold_paths(m.exp_dir, k).oof, m.classes, m.records[k].get("run_id")) for k in m.folds]
+    return pd.concat(parts, ignore_index=True)
+
+
+def member_oof_views(m: Member, views: list[str], rt: Runtime, loader_cfg: LoaderCfg
+                     ) -> tuple[pd.DataFrame, dict[int, np.ndarray]]:
+    """(table of id, target and fold in fold order, fold -> logits (views, N_k, C)) of each fold
+    model on its own validation images, one array per view (predicted, or read from the cache)."""
+    oof = _oof_table(m)
+    table, _, _ = load_or_create_folds(m.cfg, create=False)
+    path_of = dict(zip(table["id"], table["path"]))
+    jobs = {k: pd.DataFrame({"id": p["id"].to_numpy(), "path": [path_of[i] for i in p["id"]]})
+            for k, p in oof.groupby("fold", sort=False)}
+    logits = fold_logits(m, {k: jobs[k] for k in m.folds}, "oof", views, rt, loader_cfg)
+    return oof[["id", "target", "fold"]], logits
+
+
+def member_test(m: Member, test: pd.DataFrame, views: list[str], rt: Runtime, loader_cfg: LoaderCfg,
+                voting: str, cache: bool = True) -> np.ndarray:
+    """Test probabilities (N, C): every fold x view of the member, blended by `voting`."""
+    logits = fold_logits(m, {k: test for k in m.folds}, "test", views, rt, loader_cfg, cache)
+    # (folds * views, N, C) -> (N, C)
+    return combine(np.concatenate([logits[k] for k in m.folds]), within_member(voting))
+
+
+# ---------------------------------------------------------------- several members
+
+
+def within_member(voting: str) -> str:
+    """The rule that blends one member's folds and views: rank voting ranks members' predictions,
+    so within a member (models of one recipe, alike in calibration) probabilities are averaged;
+    this keeps the test blend computed as its OOF estimate is (one prediction per member and image)."""
+    return "soft" if voting == "rank" else voting
+
+
+def across_members(voting: str) -> str:
+    """The rule that blends members: hard votes are counted within a member (its folds and views),
+    and members' vote shares are then averaged."""
+    return "soft" if voting == "hard" else voting
+
+
+def open_members(cfg: Config, names: list[str]) -> list[Member]:
+    members = [open_member(n, cfg.experiment.output_dir, cfg.ensemble.missing_folds, cfg.data.dir,
+                           (cfg.data.cache, cfg.data.cache_dir)) for n in names]
+    for m in members[1:]:
+        if m.classes != members[0].classes:
+            raise UserError(f"members {members[0].name} and {m.name} have different class lists; "
+                            "blend experiments of one competition")
+    return members
+
+
+def resolve_weights(weights, members: list[Member], fit_on: list[np.ndarray], y: np.ndarray, metric: str, voting: str
+             ) -> np.ndarray:
+    if weights == "auto":
+        w = fit_weights([softmax(x) for x in fit_on], y, metric, voting)
+        print("auto weights: " + ", ".join(f"{m.name} {wi:.3f}" for m, wi in zip(members, w)))
+        return w
+    if weights == "equal":
+        return np.full(len(members), 1.0 / len(members))
+    if len(weights) != len(members):
+        raise UserError(f"{len(weights)} weights for {len(members)} members; give one per member")
+    w = np.asarray(weights, dtype=np.float64)
+    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise UserError(f"weights {list(weights)} must be non-negative with a positive sum; e.g. --weights 1,1 or auto")
+    return w
+
+
+@dataclass
+class OofBlend:
+    """The members' OOF predictions with the submission's views, and the blend's score on them."""
+
+    weights: np.ndarray
+    score: float  # the blend's OOF score with the views: the CV the submission stands on
+    per: list[np.ndarray]  # each member's OOF log-probabilities (N, C), rows in `ids` order
+    y: np.ndarray  # (N,) targets
+    folds: np.ndarray  # (N,) the validation fold of each row
+    ids: pd.Index
+
+
+def aligned_oof(members: list[Member], views: list[str] | None, rt: Runtime, loader_cfg: LoaderCfg, voting: str
+                ) -> tuple[list[np.ndarray], pd.DataFrame]:
+    """Every member's OOF log-probabilities in the first member's row order, and that order's table
+    (id, target, fold)."""
+    per, base = [], None
+    for m in members:
+        table, lg = member_oof(m, views, rt, loader_cfg, voting)
+        table = table.set_index("id")
+        if base is None:
+            base = table
+        if set(table.index) != set(base.index):
+            raise UserError(f"member {m.name}'s OOF ids differ from {members[0].name}'s; members must share the training set")
+        per.append(lg[table.index.get_indexer(base.index)])
+    return per, base
+
+
+def oof_blend(cfg: Config, members: list[Member], views: list[str], weights, voting: str, rt: Runtime) -> OofBlend:
+    """Print the OOF score of each member and of the blend, without and with TTA; return the
+    weights (fitted on the TTA OOF predictions when weights is 'auto') and the blend's OOF score."""
+    metric = cfg.metric.name
+    report_views = [None] + ([views] if views != ["identity"] else [])
+    rows, per_view, base = [], [], None
+    for rv in report_views:
+        per, base = aligned_oof(members, rv, rt, cfg.loader, voting)
+        y = base["target"].to_numpy()
+        for m, lg in zip(members, per):
+            rows.append({"member": m.name, "tta": "+".join(rv) if rv else "none",
+                         metric: compute_metric(metric, y, softmax(lg))})
+        per_view.append(per)
+    across = across_members(voting)
+    w = resolve_weights(weights, members, per_view[-1], y, metric, across)
+    scores = [compute_metric(metric, y, combine(np.stack(per), across, w)) for per in per_view]
+    if len(members) > 1:
+        for rv, score in zip(report_views, scores):
+            rows.append({"member": "blend", "tta": "+".join(rv) if rv else "none", metric: score})
+    print("OOF CV (" + metric + "):")
+    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return OofBlend(w, scores[-1], per_view[-1], y, base["fold"].to_numpy(), base.index)
+
+
+def oof_report(cfg: Config, members: list[Member], views: list[str], weights, voting: str, rt: Runtime) -> np.ndarray:
+    """oof_blend's weights (the OOF report is printed)."""
+    return oof_blend(cfg, members, views, weights, voting, rt).weights

@@ -1,0 +1,1 @@
+"""A fold trained: setup, epochs, validation, weight averaging, distillation, pseudo-labels."""

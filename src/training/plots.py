@@ -1,0 +1,49 @@
+"""Training figures: loss/metric curves and the confusion matrix, written atomically as PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+
+from src.core.utils import atomic_save  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def plot_curves(history: pd.DataFrame, metric: str, path: Path) -> None:
+    """Train/valid loss and the validation metric per epoch."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    axes[0].plot(history["epoch"], history["train_loss"], marker="o", label="train")
+    if "val_loss" in history and history["val_loss"].notna().any():
+        axes[0].plot(history["epoch"], history["val_loss"], marker="o", label="valid")
+    axes[0].set(xlabel="epoch", ylabel="loss", title="loss")
+    axes[0].legend()
+    for col in dict.fromkeys(("val_accuracy", f"val_{metric}")):
+        if col in history and history[col].notna().any():
+            axes[1].plot(history["epoch"], history[col], marker="o", label=col.removeprefix("val_"))
+    axes[1].set(xlabel="epoch", title="validation")
+    if axes[1].lines:
+        axes[1].legend()
+    _save(fig, path)
+
+
+def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], path: Path) -> None:
+    """Row-normalized confusion matrix with counts."""
+    size = max(5, 0.45 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay.from_predictions(
+        y_true, y_pred, labels=np.arange(len(classes)), display_labels=classes, ax=ax, colorbar=False,
+        xticks_rotation="vertical", include_values=len(classes) <= 30,
+    )
+    ax.set_title("confusion matrix (best epoch, out of fold)")
+    _save(fig, path)

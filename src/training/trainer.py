@@ -1,0 +1,405 @@
+"""One fold of training, conducted: setup, epochs (src/engine.py), checkpoints (CheckpointKeeper),
+final artifacts; several folds and their CV report. `python -m src.train` is its command line."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from timm.data import Mixup
+from timm.utils import ModelEmaV3
+
+from src.core import distributed
+from src.core.config import Config, config_from_dict, save_config
+from src.core.runtime import Norm, Runtime
+from src.core.tracking import Tracker
+from src.core.utils import UserError, atomic_save, atomic_write_text, seed_everything
+from src.data.folds import folds_path, load_or_create_folds
+from src.data.image_cache import image_cache
+from src.data.loaders import ImageDataset, make_loader, resolve_workers
+from src.data.tables import drop_bad_images, load_train_table
+from src.data.transforms import build_transform, resolve_norm
+from src.evaluation.metrics import LOWER_IS_BETTER, is_better, summary
+from src.models.losses import build_loss
+from src.models.model import build_model, freeze, has_weights, param_counts, param_groups, set_train_mode, unfreeze
+from src.models.optim import build_optimizer, build_scheduler
+from src.runs.checkpoint import RESUME_MAY_CHANGE, CheckpointKeeper, config_diff, load_checkpoint
+from src.runs.layout import (
+    FoldPaths,
+    file_sha1,
+    finished_folds,
+    fold_lock,
+    fold_paths,
+    fold_record,
+    mark_unfinished,
+    oof_probs,
+    read_done,
+    read_oof,
+    write_done,
+    write_oof,
+)
+from src.training.engine import CompiledForward, FoldState, train_one_epoch, validate
+from src.training.plots import plot_confusion, plot_curves
+from src.training.pseudo_labels import add_pseudo
+from src.training.size_schedule import size_at
+from src.training.soft_targets import with_soft_targets
+from src.training.weight_averaging import finish_swa, new_swa, swa_cv, swa_step
+
+
+def derive_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([abs(int(p)) for p in parts]).generate_state(1)[0])
+
+
+def fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str]]:
+    """(training rows, validation rows or None for fold -1, class names), readable images only;
+    pseudo-labelled test images (data.pseudo) are appended to the training rows only."""
+    if fold != -1 and not 0 <= fold < cfg.data.n_folds:
+        raise UserError(f"--fold {fold} is out of range; use 0..{cfg.data.n_folds - 1}, all, or -1")
+    table = load_train_table(cfg.data)
+    # Images are checked before the split is written, so bad data writes nothing; skipped images
+    # stay in the split (it must not depend on which files were readable today).
+    cache = folds_path(cfg).with_name(f"{Path(cfg.data.dir).resolve().name}_images_checked.json")
+    pending: list = []
+    undo: list = []
+    try:
+        readable = set(drop_bad_images(table, cfg, cache, defer=pending, images=image_cache(cfg, train=True),
+                                       undo=undo)["id"])
+        df, classes, _ = load_or_create_folds(cfg, table=table)
+    except BaseException:
+        for u in undo:  # new image-cache entries were staged: remove them
+            u()
+        raise
+    for write in pending:  # the split accepted the data: now remember the check (and cache the images)
+        write()
+    df = df[df["id"].isin(readable)].reset_index(drop=True)
+    if fold == -1:
+        return add_pseudo(df, cfg, classes), None, classes
+    train = add_pseudo(df[df["fold"] != fold].reset_index(drop=True), cfg, classes)  # never the validation part
+    return train, df[df["fold"] == fold].reset_index(drop=True), classes
+
+
+# ---------------------------------------------------------------- setup
+
+
+def setup_fold(cfg: Config, fold: int, rt: Runtime) -> FoldState:
+    """Data, model with freezing, and loaders of one fold (the optimization is added by `optimization`)."""
+    train_df, val_df, classes = distributed.main_first(lambda: fold_tables(cfg, fold))  # rank 0 writes the split
+    seed = derive_seed(cfg.experiment.seed, fold + 1)
+    seed_everything(seed)
+    model = build_model(cfg.model, len(classes), img_size=cfg.aug.img_size)
+    frozen = freeze(model, cfg.model.freeze_before, cfg.model.freeze_stages)
+    if frozen.any and not has_weights(cfg.model):
+        warnings.warn(f"{len(frozen.params)} parameter tensors are frozen at their random initialization "
+                      "(no model.pretrained_path, model.pretrained=false); set one of them, or null "
+                      "model.freeze_before / model.freeze_stages", stacklevel=2)
+    counts = param_counts(model)
+    mean, std = resolve_norm(cfg.aug, model.pretrained_cfg)
+    model = rt.model(model)
+    print(
+        f"fold {fold}: {len(train_df)} train / {len(val_df) if val_df is not None else 0} valid images, "
+        f"{len(classes)} classes, {cfg.model.name} on {rt.device}"
+        + (f" ({rt.amp_name} autocast)" if rt.dtype else "")
+        + f"; parameters {counts['total']:,} total, {counts['trainable']:,} trainable, {counts['frozen']:,} frozen"
+    )
+    train_cache, val_cache = image_cache(cfg, train=True), image_cache(cfg, train=False)
+    train_ds = ImageDataset(train_df["path"], train_df["target"], build_transform(cfg.aug, True), train_cache)
+    train_ds = with_soft_targets(train_ds, cfg, train_df, classes)  # distillation, soft pseudo-labels
+    sampler = distributed.epoch_sampler(len(train_ds), seed)
+    train_loader = make_loader(train_ds, cfg.loader, device=rt.device.type, sampler=sampler,
+                               drop_last=len(sampler) > cfg.loader.batch_size)
+    val_loader = None
+    if val_df is not None:
+        val_ds = ImageDataset(val_df["path"], val_df["target"], build_transform(cfg.aug, False), val_cache)
+        val_loader = make_loader(distributed.shard_dataset(val_ds, cfg.loader.batch_size * 2), cfg.loader,
+                                 device=rt.device.type, batch_size=cfg.loader.batch_size * 2)
+    limit = cfg.train.limit_batches
+    batches = len(train_loader) if limit is None else min(len(train_loader), limit)
+    return FoldState(cfg, fold, fold_paths(cfg.out_dir, fold), rt, classes, train_df, val_df, model, frozen, counts,
+                     sampler, train_loader, val_loader, batches, seed, Norm(mean, std))
+
+
+def fill_caches(s: FoldState) -> None:
+    """Decode and resize, once, the images the fold's caches lack, with a progress bar (the
+    datasets would build them one by one otherwise). Called once the run is known to start."""
+    for loader in (s.train_loader, s.val_loader):
+        ds = getattr(loader, "dataset", None)
+        ds = getattr(ds, "base", ds)  # probability targets wrap the images (src/soft_targets.py)
+        base = getattr(ds, "dataset", ds)  # a torch Subset: this rank's share under torchrun
+        if getattr(base, "cache", None) is None:
+            continue
+        paths = [base.paths[i] for i in ds.indices] if base is not ds else base.paths
+        base.cache.fill_or_fail(paths, workers=max(2, resolve_workers(s.cfg.loader)))
+
+
+def higher_is_better(cfg: Config) -> bool:
+    return cfg.train.monitor == "metric" and cfg.metric.name not in LOWER_IS_BETTER
+
+
+def optimization(s: FoldState) -> None:
+    """Loss, mixup, optimizer, schedule, grad scaler and EMA of a set-up fold."""
+    cfg, n_classes = s.cfg, len(s.classes)
+    mixing = cfg.train.mixup > 0 or cfg.train.cutmix > 0
+    targets = s.train_df["target"].to_numpy()
+    s.criterion = build_loss(cfg.loss, n_classes, targets, smoothing=0.0 if mixing else None).to(s.rt.device)
+    if mixing:
+        s.mixup = Mixup(mixup_alpha=cfg.train.mixup, cutmix_alpha=cfg.train.cutmix, prob=cfg.train.mix_prob,
+                        label_smoothing=cfg.loss.smoothing, num_classes=n_classes)
+    groups = param_groups(s.model, cfg.optim.weight_decay, s.frozen, cfg.model.backbone_lr_mult,
+                          include_frozen=cfg.model.unfreeze_epoch is not None)
+    s.optimizer = build_optimizer(cfg.optim, groups)
+    updates_per_epoch = max(1, math.ceil(s.batches / cfg.train.accum_steps))
+    s.scheduler = build_scheduler(cfg.sched, s.optimizer, cfg.optim.lr, cfg.train.epochs, updates_per_epoch,
+                                  higher_is_better(cfg))
+    s.scaler = torch.amp.GradScaler(s.rt.device.type, enabled=s.rt.dtype == torch.float16)
+    # Decay warmup (timm) lets the average follow the weights early on; short runs need it.
+    s.ema = ModelEmaV3(s.model, decay=cfg.train.ema_decay, use_warmup=True) if cfg.train.ema else None
+    s.swa = new_swa(s.model) if cfg.train.swa else None
+    s.ddp = distributed.wrap(s.model, s.rt.device)
+    print(distributed.describe_batch(cfg.loader.batch_size, cfg.train.accum_steps, cfg.optim.lr))
+    s.forward = CompiledForward(s.net) if cfg.train.compile else None
+
+
+def dry_run(s: FoldState) -> dict:
+    """One forward pass of a few training images; nothing trained or written."""
+    x, _ = next(iter(make_loader(s.train_loader.dataset, s.cfg.loader, device=s.rt.device.type,
+                                 batch_size=min(4, len(s.train_df)))))
+    s.model.eval()
+    with torch.no_grad(), s.rt.autocast():
+        logits = s.model(s.rt.batch(x, s.norm))
+    print(f"dry run: input {tuple(x.shape)} -> logits {tuple(logits.shape)}; nothing trained, no checkpoint written")
+    return {"dry_run": True, "params": s.counts, "n_train": len(s.train_df),
+            "n_valid": 0 if s.val_df is None else len(s.val_df)}
+
+
+# ---------------------------------------------------------------- one fold
+
+
+def monitor_name(cfg: Config) -> str:
+    return cfg.metric.name if cfg.train.monitor == "metric" else "loss"
+
+
+def run_epoch(s: FoldState, keeper: CheckpointKeeper, epoch: int, tracker: Tracker,
+              on_epoch: Callable[[int, float], None] | None) -> None:
+    """Train one epoch, validate, keep checkpoints and the OOF file of the best epoch, report."""
+    t0 = time.time()
+    cfg = s.cfg
+    seed_everything(derive_seed(s.seed, epoch))
+    s.sampler.set_epoch(epoch)
+    if cfg.model.unfreeze_epoch is not None and epoch >= cfg.model.unfreeze_epoch and s.frozen.any:
+        s.frozen = unfreeze(s.model, s.frozen)
+        s.ddp = distributed.wrap(s.model, s.rt.device)  # DDP syncs only what was trainable when it was built
+        s.forward = CompiledForward(s.net) if cfg.train.compile else None
+        print(f"epoch {epoch}: unfroze all parameters (backbone lr x{cfg.model.backbone_lr_mult})")
+    set_train_mode(s.model, s.frozen)
+    s.train_size = size_at(cfg.aug.size_schedule, epoch)
+    trained = distributed.mean_over_ranks(train_one_epoch(s, epoch), ("train_loss", "train_accuracy"))
+    row = {"epoch": epoch, **({"img_size": s.train_size} if s.train_size else {}), **trained}
+    row["img_per_s"] = round(row["img_per_s"] * distributed.world_size(), 1)  # every process's images (steps are in lockstep)
+    swa_step(s, epoch)
+    value = None
+    if s.val_loader is not None:
+        probs, scores = validate(s.eval_model, s.val_loader, s.rt, s.val_df["target"].to_numpy(), cfg.metric.name,
+                                 s.norm)
+        row.update({f"val_{k}": v for k, v in scores.items()})
+        value = scores[monitor_name(cfg)]
+    improved = keeper.observe(epoch, value)
+    if improved and s.val_df is not None and distributed.is_main():
+        write_oof(s.fp.oof, s.val_df["id"], s.fold, s.val_df["label"], s.val_df["target"], probs, s.classes,
+                  keeper.meta["run_id"], epoch)
+    row["time_s"] = round(time.time() - t0, 2)
+    keeper.history.append(row)
+    s.scheduler.step(epoch + 1, row.get(f"val_{monitor_name(cfg)}"))
+    if distributed.is_main():
+        keeper.save(s, epoch, improved)
+    tracker.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+    print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
+          + ("  *" if improved and s.val_loader is not None else ""))
+    if on_epoch is not None and value is not None:
+        on_epoch(epoch, value)
+
+
+def sync_oof(s: FoldState, keeper: CheckpointKeeper) -> None:
+    """oof.csv must hold best.pt's predictions. A run stopped between the two writes and resumed
+    (which need not improve again) can leave them apart: then best.pt predicts the fold again."""
+    fp = s.fp
+
+    def current() -> bool:
+        return fp.oof.is_file() and set(read_oof(fp.oof, s.classes).get("epoch", [])) == {str(keeper.best_epoch)}
+
+    if distributed.from_main(current):  # every rank takes rank 0's answer: they validate together or not at all
+        return
+    s.eval_model.load_state_dict(load_checkpoint(fp.best)["model"])
+    probs, _ = validate(s.eval_model, s.val_loader, s.rt, s.val_df["target"].to_numpy(), s.cfg.metric.name, s.norm)
+    if distributed.is_main():
+        write_oof(fp.oof, s.val_df["id"], s.fold, s.val_df["label"], s.val_df["target"], probs, s.classes,
+                  keeper.meta["run_id"], keeper.best_epoch)
+
+
+def finish_fold(s: FoldState, keeper: CheckpointKeeper, tracker: Tracker) -> dict:
+    """history.csv, curves, final checkpoints, OOF scores and confusion matrix, then done.json
+    (written by rank 0 under torchrun; every rank returns its result)."""
+    cfg, fp = s.cfg, s.fp
+    if distributed.is_main():
+        hist = pd.DataFrame(keeper.history)
+        atomic_save(fp.history, lambda tmp: hist.to_csv(tmp, index=False))
+        plot_curves(hist, cfg.metric.name, fp.curves)
+        keeper.finish(s, keep_last_as_best=s.val_df is None)
+    distributed.barrier()  # best.pt is on disk for every rank
+    if not fp.best.is_file():
+        raise UserError(f"no epoch of fold {s.fold} produced a finite validation {monitor_name(cfg)}, so there is no "
+                        "best model; lower optim.lr, set runtime.amp=off or train.clip_grad, then retrain with --force")
+    if s.val_df is not None:
+        sync_oof(s, keeper)
+    swa = finish_swa(s, keeper.meta, keeper.history[-1]["epoch"])  # every rank: its validation is gathered
+    return distributed.from_main(lambda: _record(s, keeper, tracker, swa))
+
+
+def _record(s: FoldState, keeper: CheckpointKeeper, tracker: Tracker, swa: dict | None) -> dict:
+    """The fold's scores, confusion matrix and summary, and done.json, written last."""
+    cfg, fp = s.cfg, s.fp
+    result = {"fold": s.fold, "best_epoch": keeper.best_epoch, "epochs_run": len(keeper.history),
+              "monitor": monitor_name(cfg), "best": keeper.best, "params": s.counts, "classes": s.classes,
+              "config": cfg.to_dict(), "run_id": keeper.meta["run_id"]}
+    if s.val_df is not None:
+        oof = read_oof(fp.oof, s.classes)
+        y, probs = oof["target"].to_numpy(), oof_probs(oof, s.classes)
+        result.update(summary(y, probs, cfg.metric.name))
+        plot_confusion(y, probs.argmax(1), s.classes, fp.confusion)
+        tracker.confusion(y, probs.argmax(1), s.classes)
+        tracker.summary({f"best_{monitor_name(cfg)}": keeper.best, "best_epoch": keeper.best_epoch,
+                         **{f"best_{k}": v for k, v in result.items() if k in ("accuracy", "f1_macro", cfg.metric.name)}})
+    if swa is not None:
+        result["swa"] = swa
+    result["best_sha1"] = file_sha1(fp.best)  # later stages refuse a best.pt swapped in after training
+    write_done(fp, result)  # last: only now is the fold finished
+    return result
+
+
+def check_same_settings(cfg: Config, fold: int) -> None:
+    """Refuse to train a fold with settings that differ from the experiment's finished folds (in
+    anything that changes what is computed): the ensemble would blend models of two recipes under
+    one name. --fold -1 (all data, often trained longer) is not compared."""
+    if fold == -1:
+        return
+    mine = cfg.to_dict()
+    for k in finished_folds(cfg.out_dir):
+        if k == fold:
+            continue
+        fp = fold_paths(cfg.out_dir, k)
+        theirs = config_from_dict(fold_record(fp)["config"], str(fp.done)).to_dict()  # older key names migrated
+        diff = [key for key in config_diff(theirs, mine) if not key.startswith(RESUME_MAY_CHANGE)]
+        if diff:
+            raise UserError(f"fold {fold} would train with settings that differ from fold {k} of experiment "
+                            f"{cfg.experiment.name} in {diff[:6]}; use fold {k}'s settings, another experiment.name, "
+                            "--fold all --force to retrain every fold, or --allow-mixed-configs")
+
+
+def _check_can_start(fp: FoldPaths, fold: int, resume: bool, force: bool) -> dict | None:
+    """The finished result when there is nothing to do; raise when an unfinished run is in the way."""
+    if fp.done.is_file() and not force:
+        print(f"fold {fold}: finished earlier ({fp.done}); pass --force to train it again")
+        return read_done(fp)
+    if fp.last.is_file() and not (resume or force):
+        raise UserError(f"fold {fold} has an unfinished run in {fp.dir}; pass --resume to continue it or --force to start over")
+    return None
+
+
+def _claim(cfg: Config, fp: FoldPaths, fold: int, resume: bool, force: bool, fresh: bool) -> dict | None:
+    """Inside the fold lock: the finished result if another process finished the fold while this
+    one set up; else clear what --force replaces and, for a fresh run, write the config."""
+    if (result := _check_can_start(fp, fold, resume, force)) is not None:
+        return result
+    if force:
+        mark_unfinished(fp)
+        for p in (fp.last, fp.best, fp.oof):
+            p.unlink(missing_ok=True)
+    if fresh:
+        save_config(cfg)
+    return None
+
+
+def train_fold(cfg: Config, fold: int, *, resume: bool = False, force: bool = False, dry_run_only: bool = False,
+               on_epoch: Callable[[int, float], None] | None = None, tracker: Tracker | None = None,
+               allow_mixed: bool = False) -> dict:
+    """Train one fold (or all data with fold=-1) and return its result (done.json's content).
+
+    Args:
+        cfg: the resolved config.
+        fold: fold index to validate on, or -1 to train on everything for train.epochs.
+        resume: continue from last.pt.
+        force: retrain a finished fold (its done.json and checkpoints are removed first).
+        dry_run_only: build data, model and freezing, run one forward pass, train nothing.
+        on_epoch: called with (epoch, monitored value) after each validation (Optuna pruning).
+        tracker: the W&B run the caller opened for this fold (it stays open); None = no tracking.
+        allow_mixed: train even when the experiment's other folds were trained with other settings.
+    """
+    fp = fold_paths(cfg.out_dir, fold)
+    rt = Runtime.from_cfg(cfg.runtime)
+    if dry_run_only:
+        return dry_run(setup_fold(cfg, fold, rt))
+    if (result := _check_can_start(fp, fold, resume, force)) is not None:
+        return result
+    if not allow_mixed:
+        check_same_settings(cfg, fold)
+    # Data, model and resume state first: a mistake there writes nothing, not even a lock.
+    s = setup_fold(cfg, fold, rt)
+    optimization(s)
+    meta = {"config": cfg.to_dict(), "classes": s.classes, "fold": fold, "processes": distributed.world_size(),
+            "run_id": distributed.from_main(lambda: uuid.uuid4().hex[:12])}
+    keeper = CheckpointKeeper(fp.best, fp.last, meta, monitor_name(cfg),
+                              lambda new, best: is_better(monitor_name(cfg), new, best), cfg.train.early_stopping,
+                              top_k=cfg.train.keep_top)
+    start = keeper.resume(s, cfg.to_dict()) if resume and fp.last.is_file() and not force else 0
+    if start:
+        print(f"fold {fold}: resuming after epoch {start - 1} (best {monitor_name(cfg)} {keeper.best} "
+              f"at epoch {keeper.best_epoch})")
+        if keeper.should_stop:  # it had stopped early before the interruption: only finish it
+            start = cfg.train.epochs
+    elif resume and not force:
+        print(f"fold {fold}: nothing to resume in {fp.dir}; starting fresh")
+    distributed.main_first(lambda: fill_caches(s))  # rank 0 builds what is missing, the others find it
+    with distributed.on_main(fold_lock(fp, f"fold {fold} of experiment {cfg.experiment.name}")):
+        if (result := distributed.from_main(lambda: _claim(cfg, fp, fold, resume or start > 0, force, start == 0))) is not None:
+            return result
+        tracker = tracker or Tracker.off()
+        for epoch in range(start, cfg.train.epochs):
+            run_epoch(s, keeper, epoch, tracker, on_epoch)
+            if keeper.should_stop:
+                print(f"early stopping: {monitor_name(cfg)} has not improved for {keeper.bad_epochs} epochs")
+                break
+        return finish_fold(s, keeper, tracker)
+
+
+# ---------------------------------------------------------------- several folds
+
+
+def cv_report(cfg: Config, folds: list[int]) -> dict:
+    """Concatenate the folds' OOF predictions, score them, write cv.json and print a table."""
+    parts, rows, classes = [], [], None
+    for k in folds:
+        fp = fold_paths(cfg.out_dir, k)
+        done = fold_record(fp)
+        if classes is not None and done["classes"] != classes:
+            raise UserError(f"fold {k} of {cfg.experiment.name} has another class list than fold {folds[0]}; retrain it")
+        classes = done["classes"]
+        parts.append(read_oof(fp.oof, classes, done.get("run_id")))
+        rows.append({"fold": k, "best_epoch": done["best_epoch"],
+                     **{m: done.get(m) for m in ("accuracy", "f1_macro", cfg.metric.name)}})
+    oof = pd.concat(parts, ignore_index=True)
+    overall = summary(oof["target"].to_numpy(), oof_probs(oof, classes), cfg.metric.name)
+    swa = swa_cv(cfg.out_dir, folds, classes, cfg.metric.name)
+    table = pd.DataFrame(rows + [{"fold": "oof", "best_epoch": "", **overall}]
+                         + ([{"fold": "oof swa", "best_epoch": "", **swa}] if swa else []))
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    report = {"experiment": cfg.experiment.name, "metric": cfg.metric.name, "folds": rows, "oof": overall,
+              "n_oof": len(oof), **({"oof_swa": swa} if swa else {})}
+    atomic_write_text(cfg.out_dir / "cv.json", json.dumps(report, indent=2))
+    return report

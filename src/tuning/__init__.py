@@ -1,0 +1,1 @@
+"""Optuna search spaces and studies."""
