@@ -12,22 +12,17 @@ beside the original's and written to outputs/<new>/cv.json.
 
 from __future__ import annotations
 
-import argparse
-
-from src.core.config import add_config_args, load_config
-from src.core.utils import run_cli
+from src.core.cli import command_parser, parse_config, run_cli
 from src.training.averaged_experiment import average_experiment
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser(__doc__)
     parser.add_argument("--experiment", required=True, help="the trained experiment (outputs/<name>/)")
     how = parser.add_mutually_exclusive_group(required=True)
     how.add_argument("--top", type=int, default=None, help="average each fold's K best kept checkpoints")
     how.add_argument("--swa", action="store_true", help="take each fold's SWA model (train.swa)")
-    add_config_args(parser)
-    args = parser.parse_intermixed_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    args, cfg = parse_config(parser, argv)
     average_experiment(cfg, args.experiment, args.top, args.swa)
 
 

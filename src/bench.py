@@ -16,7 +16,6 @@ train.py data path (see src/perf.py); writes benchmarks/results/<device>.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 
 from src.analysis.bench_stages import make_photos, run_stages
+from src.core.cli import command_parser, run_cli
 from src.core.config import add_config_args, load_config
 from src.core.runtime import Runtime, predict
 from src.core.utils import atomic_write_text
@@ -110,7 +110,7 @@ def stages(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser(__doc__)
     parser.add_argument("--steps", type=int, default=30, help="timed steps (after 5 warmup steps)")
     parser.add_argument("--out", default="outputs/bench/results.jsonl", help="JSON-lines file to append to")
     parser.add_argument("--stages", action="store_true", help="benchmark every stage of the pipeline on real photos")
@@ -137,6 +137,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from src.core.utils import run_cli
+
 
     run_cli(main)

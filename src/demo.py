@@ -9,7 +9,6 @@ and solution.csv (true test labels, for local scoring only). Deterministic: the 
 
 from __future__ import annotations
 
-import argparse
 import io
 from pathlib import Path
 
@@ -19,7 +18,8 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from src.core.utils import atomic_write_text, run_cli
+from src.core.cli import command_parser, run_cli
+from src.core.utils import atomic_write_text
 
 SIZE = 32
 
@@ -55,7 +55,7 @@ def build_demo(out: str | Path = "inputs/digits") -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser(__doc__)
     parser.add_argument("--out", default="inputs/digits", help="competition folder to write")
     args = parser.parse_intermixed_args(argv)
     out = build_demo(args.out)

@@ -15,13 +15,13 @@ outputs/folds/relabel/<competition>_<sha8>.csv and a split of their own beside t
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
 
-from src.core.config import Config, add_config_args, load_config
-from src.core.utils import UserError, run_cli
+from src.core.cli import command_parser, parse_config, run_cli
+from src.core.config import Config
+from src.core.utils import UserError
 from src.data.folds import folds_path, load_or_create_folds
 from src.data.relabel import check_reviewed, read_reviewed, write_relabel
 from src.data.tables import load_train_table
@@ -44,12 +44,10 @@ def relabel(cfg: Config, reviewed_file: str | Path) -> Config:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser(__doc__)
     parser.add_argument("--relabel", metavar="FILE", default=None,
                         help="reviewed labels: suspect_labels.csv with reviewed_label filled, or an id,label CSV")
-    add_config_args(parser)
-    args = parser.parse_intermixed_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    args, cfg = parse_config(parser, argv)
     if args.relabel:
         cfg = relabel(cfg, args.relabel)
     existed = folds_path(cfg).is_file()

@@ -18,8 +18,9 @@ import os
 import re
 from pathlib import Path
 
-from src.core.config import Config, add_config_args, load_config
-from src.core.utils import UserError, run_cli
+from src.core.cli import command_parser, parse_config, run_cli
+from src.core.config import Config
+from src.core.utils import UserError
 from src.core.views import parse_views
 from src.evaluation.blending import add_blend_args, split_blend_args
 from src.kaggle.bundle import BundleSpec, build_bundle
@@ -74,7 +75,7 @@ def rehearsal(cfg: Config, args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser(__doc__)
     add_blend_args(parser)
     parser.add_argument("--competition", default=None, help="competition slug (default: data.dir's folder name)")
     parser.add_argument("--dataset", default=None, help="USER/SLUG of the bundle dataset")
@@ -87,12 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale", type=int, default=1, help="rehearsal: each test image this many times")
     parser.add_argument("--time-limit", type=float, default=9.0, help="rehearsal: the competition's limit in hours")
     parser.add_argument("--hidden-size", type=int, default=None, help="rehearsal: images in the hidden test set")
-    add_config_args(parser)
-    args = parser.parse_intermixed_args(argv)
-    args.views = split_blend_args(args)
+    args, cfg = parse_config(parser, argv, prepare=split_blend_args)
     if args.scale < 1:
         raise UserError(f"--scale {args.scale} must be at least 1")
-    cfg = load_config(args.config, args.overrides)
     rehearsal(cfg, args) if args.rehearse else build(cfg, args)
 
 

@@ -10,10 +10,10 @@ Every submission that python -m src.ensemble writes adds a row to ledger.csv bes
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from src.core.utils import UserError, run_cli
+from src.core.cli import command_parser, run_cli
+from src.core.utils import UserError
 from src.ensembling.ledger import DEFAULT_LEDGER, record_lb, show
 
 
@@ -29,7 +29,7 @@ def run(ledger: Path = DEFAULT_LEDGER, lb: tuple[str, float] | None = None) -> s
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser(__doc__)
     parser.add_argument("--ledger", type=Path, default=DEFAULT_LEDGER, help="ledger file (default: %(default)s)")
     parser.add_argument("--lb", nargs=2, metavar=("FILE", "SCORE"), default=None,
                         help="record the public leaderboard score of a submission file")

@@ -14,21 +14,16 @@ and written with the OOF probabilities to outputs/<experiment>/probe/. --out wri
 
 from __future__ import annotations
 
-import argparse
-
 from src.analysis.probe import CLASSIFIERS, run_probe
-from src.core.config import add_config_args, load_config
-from src.core.utils import run_cli
+from src.core.cli import command_parser, parse_config, run_cli
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser(__doc__)
     parser.add_argument("--classifier", choices=sorted(CLASSIFIERS), default="logreg", help="default logreg")
     parser.add_argument("--out", default=None, help="write a submission CSV here (and <out>_probs.csv)")
     parser.add_argument("--no-cache", action="store_true", help="compute the features again, write no cache")
-    add_config_args(parser)
-    args = parser.parse_intermixed_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    args, cfg = parse_config(parser, argv)
     run_probe(cfg, args.classifier, args.out, cache=not args.no_cache)
 
 

@@ -13,28 +13,22 @@ fold, never to validation, so the OOF score stays a score on real labels.
 
 from __future__ import annotations
 
-import argparse
-
-from src.core.config import add_config_args, load_config
-from src.core.utils import run_cli
+from src.core.cli import command_parser, parse_config, run_cli
+from src.ensembling.pseudo_labels import make_pseudo
 from src.evaluation.blending import add_blend_args, split_blend_args
-from src.training.pseudo_labels import make_pseudo
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser(__doc__)
     add_blend_args(parser, fmt=False)
     parser.add_argument("--threshold", type=float, default=None,
                         help="keep test images whose top blended probability reaches this (default 0.9; 0 with --soft)")
     parser.add_argument("--soft", action="store_true", help="train on the blended probabilities, not the argmax label")
     parser.add_argument("--round", dest="round_", type=int, default=1, help="pseudo-labelling round (default 1)")
     parser.add_argument("--out", default=None, help="table path (default: outputs/pseudo/<members>_r<round>.csv)")
-    add_config_args(parser)
-    args = parser.parse_intermixed_args(argv)
-    views = split_blend_args(args)
-    cfg = load_config(args.config, args.overrides)
+    args, cfg = parse_config(parser, argv, prepare=split_blend_args)
     names = args.experiments or [str(cfg.experiment.name)]
-    make_pseudo(cfg, names, views, args.weights, args.voting, args.threshold, args.soft, args.round_, args.out)
+    make_pseudo(cfg, names, args.views, args.weights, args.voting, args.threshold, args.soft, args.round_, args.out)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,18 @@ import argparse
 
 from src.analysis.comparison import build_comparison
 from src.analysis.report import build_report
-from src.core.config import add_config_args, load_config
-from src.core.utils import run_cli
+from src.core.cli import command_parser, parse_config, run_cli
+
+
+def _compare_overrides(args: argparse.Namespace) -> None:
+    """--compare A B key=value: argparse hands the trailing overrides to --compare; they are overrides."""
+    if args.compare:
+        args.overrides = [n for n in args.compare if "=" in n] + args.overrides
+        args.compare = [n for n in args.compare if "=" not in n]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser(__doc__)
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--experiment", default=None, help="experiment under outputs/ (default: the config's)")
     what.add_argument("--compare", nargs="+", metavar="EXP", default=None, help="two or more experiments to compare")
@@ -34,14 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cams", type=int, default=8, help="Grad-CAM maps of right and of wrong predictions (default 8 each)")
     parser.add_argument("--cam-layer", default=None, help="module to explain (default: the deepest stage at least 4x4)")
     parser.add_argument("--out", default=None, help="--compare: output folder (default outputs/compare/<A>+<B>...)")
-    add_config_args(parser)
-    args = parser.parse_intermixed_args(argv)
-    # --compare A B key=value: argparse hands the trailing overrides to --compare; they are overrides.
-    names = [n for n in args.compare or [] if "=" not in n]
-    overrides = [n for n in args.compare or [] if "=" in n] + args.overrides
-    cfg = load_config(args.config, overrides)
+    args, cfg = parse_config(parser, argv, prepare=_compare_overrides)
     if args.compare:
-        build_comparison(cfg, names, args.out)
+        build_comparison(cfg, args.compare, args.out)
     else:
         build_report(cfg, args.experiment, n_wrong=args.wrong, n_cam=args.cams, cam_layer=args.cam_layer)
 

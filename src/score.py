@@ -8,15 +8,14 @@ Prints accuracy and the config's competition metric. The submission may hold a l
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from src.core.config import add_config_args, load_config
-from src.core.utils import UserError, run_cli
+from src.core.cli import command_parser, parse_config, run_cli
+from src.core.utils import UserError
 from src.evaluation.metrics import compute_metric
 
 
@@ -81,12 +80,10 @@ def score_submission(sub_path: str | Path, solution_path: str | Path, cfg) -> di
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser(__doc__)
     parser.add_argument("submission", help="submission CSV to score")
     parser.add_argument("--solution", default=None, help="true labels (default: data.dir/data.solution)")
-    add_config_args(parser)
-    args = parser.parse_intermixed_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    args, cfg = parse_config(parser, argv)
     solution = args.solution or Path(cfg.data.dir) / cfg.data.solution
     scores = score_submission(args.submission, solution, cfg)
     print("  ".join(f"{k} {v:.4f}" for k, v in scores.items()))

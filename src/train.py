@@ -19,9 +19,9 @@ import argparse
 import time
 
 from src.core import distributed
-from src.core.config import Config, add_config_args, load_config
+from src.core.cli import command_parser, parse_config, run_cli
+from src.core.config import Config
 from src.core.tracking import Tracker
-from src.core.utils import run_cli
 from src.runs.layout import fold_paths
 from src.training.trainer import cv_report, train_fold
 
@@ -59,20 +59,18 @@ def run(cfg: Config, fold: int | str, *, resume: bool = False, force: bool = Fal
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser(__doc__)
     parser.add_argument("--fold", type=parse_fold, required=True, help="fold index, all, or -1 (all data)")
     parser.add_argument("--resume", action="store_true", help="continue from last.pt")
     parser.add_argument("--force", action="store_true", help="retrain folds that already finished")
     parser.add_argument("--dry-run", action="store_true", help="build everything, one forward pass, train nothing")
     parser.add_argument("--allow-mixed-configs", action="store_true",
                         help="train a fold with other settings than the experiment's finished folds")
-    add_config_args(parser)
-    args = parser.parse_intermixed_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    args, cfg = parse_config(parser, argv)
     with distributed.launched(cfg.runtime.device):  # torchrun: one process group for the whole command
         run(cfg, args.fold, resume=args.resume, force=args.force, dry_run=args.dry_run,
             allow_mixed=args.allow_mixed_configs)
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, interrupted="interrupted: finished epochs are kept in last.pt; continue with --resume")

@@ -28,7 +28,7 @@ import torch
 
 import src.ensemble as ensemble
 import src.train as train
-from src.core.utils import run_cli
+from src.core.cli import run_cli
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 # Relative paths: every command runs with tmp_path as its working directory, so the inputs, the

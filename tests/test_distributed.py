@@ -20,12 +20,12 @@ import pytest
 import torch
 from conftest import TINY
 
-import src.ensemble as ens
 import src.train as train
 from src.core.config import load_config
 from src.core.distributed import EpochSampler, ShardedEpochSampler, shard_range
 from src.core.utils import UserError
 from src.data.folds import load_or_create_folds
+from src.ensembling import pipeline
 from src.runs.checkpoint import load_checkpoint
 from src.runs.layout import fold_paths
 
@@ -179,7 +179,7 @@ def test_ddp_ensemble_writes_the_single_process_submission(runs, demo_dir, overr
         shutil.copytree(tmp / "ddp" / "demo", tmp / name / "demo", ignore=shutil.ignore_patterns("wandb", "preds"))
         shutil.copytree(tmp / "ddp" / "folds", tmp / name / "folds")
     extra = ("ensemble.missing_folds=warn", "loader.batch_size=16", "loader.num_workers=0", "runtime.device=cpu")
-    one = ens.run(load_config(CONFIG, overrides_for(demo_dir, tmp / "ens_one", *extra)), out=tmp / "one.csv")
+    one = pipeline.run(load_config(CONFIG, overrides_for(demo_dir, tmp / "ens_one", *extra)), out=tmp / "one.csv")
     preds_one = tmp / "ens_one" / "demo" / "preds" / "fold0"
     cached = sorted(p.name for p in preds_one.glob("*.npy"))
     assert len(cached) == 6  # test and oof x 3 views

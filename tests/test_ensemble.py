@@ -25,16 +25,18 @@ from conftest import train_two_members
 from PIL import Image
 
 import src.ensemble as ens
+from src.core.cli import run_cli
 from src.core.runtime import Runtime, predict
-from src.core.utils import UserError, run_cli
+from src.core.utils import UserError
 from src.core.views import apply_view, parse_views
 from src.data.loaders import ImageDataset, make_loader
-from src.data.tables import load_test_table
+from src.data.tables import load_test_table, prob_columns
 from src.data.transforms import build_transform, resolve_norm
+from src.ensembling import pipeline
 from src.ensembling.submission import build_submission, check_submission, resolve_format
 from src.evaluation.blending import combine, fit_weights
 from src.evaluation.metrics import compute_metric
-from src.runs.layout import file_sha1, prob_columns
+from src.runs.layout import file_sha1
 from src.score import score_submission
 from src.training.trainer import train_fold
 
@@ -56,7 +58,7 @@ TRAIN = (
 )
 # The config the ensemble runs under (its data section names the competition).
 ENSEMBLE = ("experiment.name=a", "data.n_folds=2", "runtime.device=cpu")
-# ensemble.run's tta=None means ensemble.tta; this is the identity view only.
+# pipeline.run's tta=None means ensemble.tta; this is the identity view only.
 NO_TTA = ["identity"]
 
 
@@ -114,7 +116,7 @@ def indep(world, demo_cfg) -> dict[tuple[str, int], np.ndarray]:
 def soft_run(world, demo_cfg) -> Path:
     """[a, b], no TTA ([]), equal weights, soft voting, default (auto -> label) format."""
     cfg = demo_cfg(world.demo, world.out, *ENSEMBLE)
-    return ens.run(cfg, ["a", "b"], [], "equal", "soft", world.root / "sub" / "soft.csv", None)
+    return pipeline.run(cfg, ["a", "b"], [], "equal", "soft", world.root / "sub" / "soft.csv", None)
 
 
 # ---------------------------------------------------------------- 1. soft voting
@@ -178,7 +180,7 @@ def test_combine_hard_geometric_logits_on_hand_made_examples():
 
 def test_identity_only_tta_equals_no_tta(world, demo_cfg, soft_run):
     out = world.root / "sub" / "identity.csv"
-    ens.run(demo_cfg(world.demo, world.out, *ENSEMBLE), ["a", "b"], ["identity"], "equal", "soft", out, None)
+    pipeline.run(demo_cfg(world.demo, world.out, *ENSEMBLE), ["a", "b"], ["identity"], "equal", "soft", out, None)
     assert _probs_path(out).read_bytes() == _probs_path(soft_run).read_bytes()
     assert out.read_bytes() == soft_run.read_bytes()
 
@@ -279,7 +281,7 @@ def test_label_submission_matches_sample_and_scores(world, demo_cfg, soft_run):
 
 def test_index_submission(world, demo_cfg, soft_run):
     out = world.root / "sub" / "index.csv"
-    ens.run(demo_cfg(world.demo, world.out, *ENSEMBLE), ["a", "b"], NO_TTA, "equal", "soft", out, "index")
+    pipeline.run(demo_cfg(world.demo, world.out, *ENSEMBLE), ["a", "b"], NO_TTA, "equal", "soft", out, "index")
     sample = pd.read_csv(world.demo / "sample_submission.csv", dtype=str)
     sub = pd.read_csv(out, dtype={"id": str})
     assert list(sub.columns) == list(sample.columns)
@@ -317,7 +319,7 @@ def test_proba_submission_in_sample_column_order(world, demo_cfg, soft_run):
     (comp / "sample_submission.csv").unlink()  # a hard link to the demo's file: do not write through it
     proba_sample.to_csv(comp / "sample_submission.csv", index=False)
     out = world.root / "sub" / "proba.csv"
-    ens.run(demo_cfg(comp, world.out, *ENSEMBLE), ["a", "b"], NO_TTA, "equal", "soft", out, None)  # auto -> proba
+    pipeline.run(demo_cfg(comp, world.out, *ENSEMBLE), ["a", "b"], NO_TTA, "equal", "soft", out, None)  # auto -> proba
     sub = pd.read_csv(out, dtype={"id": str})
     assert list(sub.columns) == ["id"] + shuffled
     assert list(sub["id"]) == list(sample["id"])
@@ -342,7 +344,7 @@ def test_binary_submission(world, demo_cfg):
     for k in range(2):
         train_fold(cfg, k)
     out = world.root / "sub" / "bin.csv"
-    ens.run(demo_cfg(comp, world.out, *ENSEMBLE), ["bin"], NO_TTA, None, None, out, "binary")
+    pipeline.run(demo_cfg(comp, world.out, *ENSEMBLE), ["bin"], NO_TTA, None, None, out, "binary")
     sub = pd.read_csv(out, dtype={"id": str})
     assert list(sub.columns) == ["id", "is_one"]
     assert list(sub["id"]) == list(sol["id"])
@@ -412,7 +414,7 @@ def test_bad_input_gives_clear_error_and_writes_nothing(world, demo_cfg, bad_mem
     sub_dir = world.root / "sub_err" / case
     out = sub_dir / "x.csv"
     with pytest.raises(UserError, match=message):
-        ens.run(demo_cfg(world.demo, world.out, *ENSEMBLE), experiments, tta, weights, "soft", out, None)
+        pipeline.run(demo_cfg(world.demo, world.out, *ENSEMBLE), experiments, tta, weights, "soft", out, None)
     assert not out.exists()
     assert not _probs_path(out).exists()
     assert not sub_dir.exists() or not any(sub_dir.iterdir())
@@ -421,7 +423,7 @@ def test_bad_input_gives_clear_error_and_writes_nothing(world, demo_cfg, bad_mem
 def test_missing_fold_with_warn_blends_the_folds_present(world, demo_cfg, bad_members, indep, capsys):
     out = world.root / "sub" / "missing_warn.csv"
     cfg = demo_cfg(world.demo, world.out, *ENSEMBLE, "ensemble.missing_folds=warn")
-    ens.run(cfg, ["a_missing"], NO_TTA, "equal", "soft", out, None)
+    pipeline.run(cfg, ["a_missing"], NO_TTA, "equal", "soft", out, None)
     printed = capsys.readouterr().out
     assert ("warning: experiment a_missing has no finished run for folds [1] (no done.json: never trained, "
             "interrupted or running); blending folds [0]") in printed
@@ -543,7 +545,7 @@ def test_members_are_read_from_the_output_dir_given_not_the_stored_one(world, de
         oof[cols] = np.eye(len(CLASSES))[(oof["target"].to_numpy() + 1) % len(CLASSES)]  # always wrong
         oof.to_csv(path, index=False)
     cfg = demo_cfg(world.demo, moved, *ENSEMBLE)
-    ens.run(cfg, ["a"], NO_TTA, "equal", None, tmp_path / "sub" / "moved.csv")
+    pipeline.run(cfg, ["a"], NO_TTA, "equal", None, tmp_path / "sub" / "moved.csv")
     table = capsys.readouterr().out
     assert "0.0000" in table, table
     assert (tmp_path / "sub" / "moved.csv").is_file()

@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
-from src import ensemble, kaggle_kernel
+from src import kaggle_kernel
+from src.core.cli import run_cli
 from src.core.config import load_config
-from src.core.utils import run_cli
-from src.kaggle.wheels import _fits
+from src.ensembling import pipeline
+from src.kaggle.wheels import installed_fits
 from src.runs.layout import fold_paths
 from src.training.trainer import train_fold
 
@@ -66,7 +67,7 @@ def test_the_rehearsed_submission_is_byte_identical_to_the_local_ensemble(demo_d
     manifest = json.loads((built / "build" / "dataset" / "MANIFEST.json").read_text())
     assert manifest["views"] == VIEWS and len(manifest["weights"]) == 1
     cfg = demo_cfg(demo_dir, built / "outputs", "data.n_folds=2", "loader.num_workers=0")
-    local = ensemble.run(cfg, ["tiny"], manifest["views"], manifest["weights"], manifest["voting"],
+    local = pipeline.run(cfg, ["tiny"], manifest["views"], manifest["weights"], manifest["voting"],
                          built / "local.csv", manifest["format"])
     assert (built / "build" / "rehearsal" / "submission.csv").read_bytes() == local.read_bytes()
 
@@ -92,7 +93,7 @@ def test_metadata_notebook_and_slim_weights(built):
                      "dataset_sources": ["someone/tiny-bundle"], "competition_sources": ["digits"]}
     nb = nbformat.read(nbdir / kmeta["code_file"], as_version=4)
     nbformat.validate(nb)
-    assert nb.nbformat == 4 and "from src.ensemble import run" in "".join(c.source for c in nb.cells)
+    assert nb.nbformat == 4 and "from src.ensembling.pipeline import run" in "".join(c.source for c in nb.cells)
     for k in (0, 1):
         ckpt = torch.load(fold_paths(ds / "outputs" / "tiny", k).best, weights_only=True)
         assert set(ckpt) == {"model", "config", "classes", "fold", "run_id"}  # no optimizer, scheduler or RNG state
@@ -176,9 +177,9 @@ def test_wheels_are_bundled_from_the_package_index(demo_dir, trained, tmp_path, 
 
 
 def test_a_bundled_wheel_is_installed_only_where_the_image_does_not_fit():
-    assert _fits("timm", ">=1.0")
-    assert not _fits("timm", ">=999")
-    assert not _fits("a-package-that-is-not-installed", ">=0")
+    assert installed_fits("timm", ">=1.0")
+    assert not installed_fits("timm", ">=999")
+    assert not installed_fits("a-package-that-is-not-installed", ">=0")
 
 
 def test_a_write_into_the_read_only_input_is_caught(tmp_path):

@@ -11,7 +11,8 @@ import pytest
 
 import src.runs.members
 from src import ensemble
-from src.core.utils import run_cli
+from src.core.cli import run_cli
+from src.ensembling import pipeline
 from src.runs.layout import fold_paths
 from src.training.trainer import train_fold
 
@@ -48,28 +49,28 @@ def _no_models(monkeypatch):
 def test_reblend_from_cache_writes_the_same_submission_without_a_model(demo_cfg, demo_dir, outputs, tmp_path,
                                                                         monkeypatch, capsys):
     cfg = _cfg(demo_cfg, demo_dir, outputs)
-    fresh = ensemble.run(cfg, ["a", "b"], VIEWS, "equal", "soft", tmp_path / "fresh.csv")
+    fresh = pipeline.run(cfg, ["a", "b"], VIEWS, "equal", "soft", tmp_path / "fresh.csv")
     assert "24 computed, 0 read" in capsys.readouterr().out  # 2 members x 2 folds x 3 views x (test + OOF)
     cached = sorted(p.relative_to(outputs) for p in outputs.glob("*/preds/fold*/*.npy"))
     assert len(cached) == 24
     _no_models(monkeypatch)
-    again = ensemble.run(cfg, ["a", "b"], VIEWS, "equal", "soft", tmp_path / "again.csv")
+    again = pipeline.run(cfg, ["a", "b"], VIEWS, "equal", "soft", tmp_path / "again.csv")
     assert "0 computed, 24 read" in capsys.readouterr().out
     assert again.read_bytes() == fresh.read_bytes()
     assert (tmp_path / "again_probs.csv").read_bytes() == (tmp_path / "fresh_probs.csv").read_bytes()
     # Other weights, voting and formats reuse the same files.
     for weights, voting, fmt in (("auto", "soft", None), ([2.0, 1.0], "geometric", "index"), ("equal", "hard", None)):
-        ensemble.run(cfg, ["a", "b"], VIEWS, weights, voting, tmp_path / f"{voting}.csv", fmt)
+        pipeline.run(cfg, ["a", "b"], VIEWS, weights, voting, tmp_path / f"{voting}.csv", fmt)
         assert "0 computed, 24 read" in capsys.readouterr().out
 
 
 def test_cached_logits_are_the_models_logits(demo_cfg, demo_dir, outputs, tmp_path):
     """The blend from cache equals the blend with the cache deleted (recomputed from the models)."""
     cfg = _cfg(demo_cfg, demo_dir, outputs)
-    first = ensemble.run(cfg, ["a"], ["identity", "vflip"], "equal", "logits", tmp_path / "one.csv")
+    first = pipeline.run(cfg, ["a"], ["identity", "vflip"], "equal", "logits", tmp_path / "one.csv")
     probs_first = np.loadtxt(tmp_path / "one_probs.csv", delimiter=",", skiprows=1, usecols=range(1, 11))
     shutil.rmtree(outputs / "a" / "preds")
-    ensemble.run(cfg, ["a"], ["identity", "vflip"], "equal", "logits", tmp_path / "two.csv")
+    pipeline.run(cfg, ["a"], ["identity", "vflip"], "equal", "logits", tmp_path / "two.csv")
     probs_second = np.loadtxt(tmp_path / "two_probs.csv", delimiter=",", skiprows=1, usecols=range(1, 11))
     np.testing.assert_array_equal(probs_first, probs_second)
     assert first.read_bytes() == (tmp_path / "two.csv").read_bytes()
@@ -77,11 +78,11 @@ def test_cached_logits_are_the_models_logits(demo_cfg, demo_dir, outputs, tmp_pa
 
 def test_a_retrained_fold_is_predicted_again(demo_cfg, tiny_cfg, demo_dir, outputs, tmp_path, capsys):
     cfg = _cfg(demo_cfg, demo_dir, outputs)
-    ensemble.run(cfg, ["a"], ["identity"], "equal", "soft", tmp_path / "before.csv")
+    pipeline.run(cfg, ["a"], ["identity"], "equal", "soft", tmp_path / "before.csv")
     capsys.readouterr()
     # Same settings, a new run: a new run id, so new checkpoint bytes.
     train_fold(tiny_cfg(demo_dir, outputs, "data.n_folds=2", "experiment.name=a", "experiment.seed=1"), 1, force=True)
-    ensemble.run(cfg, ["a"], ["identity", "hflip"], "equal", "soft", tmp_path / "after.csv")
+    pipeline.run(cfg, ["a"], ["identity", "hflip"], "equal", "soft", tmp_path / "after.csv")
     # The identity-only run cached test-identity of both folds (its OOF came from oof.csv). Now
     # fold 0 reads test-identity and predicts test-hflip, oof-identity, oof-hflip; fold 1 has a
     # new best.pt, so all four of its predictions are new.

@@ -14,8 +14,8 @@ from conftest import DEMO_CONFIG, TINY
 import src.folds as folds_cmd
 from src.core.config import load_config
 from src.core.utils import UserError
-from src.data.folds import folds_path, load_or_create_folds
-from src.training.trainer import fold_tables, train_fold
+from src.data.folds import fold_tables, folds_path, load_or_create_folds
+from src.training.trainer import train_fold
 
 FOLDS = ("data.n_folds=2",)
 

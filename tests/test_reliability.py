@@ -16,7 +16,6 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from src import ensemble
 from src.core.config import load_config
 from src.core.runtime import Runtime, predict
 from src.core.utils import UserError
@@ -24,6 +23,7 @@ from src.data.folds import load_or_create_folds
 from src.data.loaders import ImageDataset, make_loader
 from src.data.tables import load_test_table
 from src.data.transforms import build_transform, resolve_norm
+from src.ensembling import pipeline
 from src.models.model import build_model
 from src.runs.layout import fold_paths
 from src.runs.members import open_member
@@ -97,7 +97,7 @@ def test_mixed_folds_each_predict_with_their_own_transforms(demo_dir, demo_cfg, 
     train_fold(tiny_cfg(demo_dir, fold0, "data.n_folds=2", "aug.img_size=48"), 1, allow_mixed=True)
     member = open_member("demo", str(fold0), "error", str(demo_dir))
     assert [member.configs[k].aug.img_size for k in (0, 1)] == [32, 48]
-    out = ensemble.run(demo_cfg(demo_dir, fold0, "data.n_folds=2", "loader.num_workers=0"), ["demo"], ["identity"],
+    out = pipeline.run(demo_cfg(demo_dir, fold0, "data.n_folds=2", "loader.num_workers=0"), ["demo"], ["identity"],
                        "equal", "logits", tmp_path / "mixed.csv")
     assert out.is_file()
     # Independently: each fold's model on test images at its own size, logits averaged.
@@ -140,7 +140,7 @@ def test_an_oof_file_from_another_run_is_refused(demo_dir, demo_cfg, two_experim
     shutil.copy(fold_paths(out / "b", 1).oof, fold_paths(out / "a", 1).oof)
     cfg = demo_cfg(demo_dir, out, "data.n_folds=2", "loader.num_workers=0")
     with pytest.raises(UserError, match=r"a/fold1/oof.csv comes from another training run"):
-        ensemble.run(cfg, ["a"], ["identity"], "equal", "soft", tmp_path / "s.csv")
+        pipeline.run(cfg, ["a"], ["identity"], "equal", "soft", tmp_path / "s.csv")
     assert not (tmp_path / "s.csv").exists()
 
 
@@ -153,10 +153,10 @@ def test_reordered_or_partial_sample_submission_is_accepted(demo_dir, demo_cfg, 
     part = sample.iloc[::-1].iloc[:100]  # reversed, a subset
     part.to_csv(comp / "sample_submission.csv", index=False)
     cfg = demo_cfg(comp, two_experiments, "data.n_folds=2", "loader.num_workers=0")
-    out = ensemble.run(cfg, ["a"], ["identity"], "equal", "soft", tmp_path / "part.csv")
+    out = pipeline.run(cfg, ["a"], ["identity"], "equal", "soft", tmp_path / "part.csv")
     sub = pd.read_csv(out, dtype=str)
     assert list(sub["id"]) == list(part["id"])
-    full = ensemble.run(demo_cfg(demo_dir, two_experiments, "data.n_folds=2", "loader.num_workers=0"), ["a"],
+    full = pipeline.run(demo_cfg(demo_dir, two_experiments, "data.n_folds=2", "loader.num_workers=0"), ["a"],
                         ["identity"], "equal", "soft", tmp_path / "full.csv")
     probs_full = pd.read_csv(full.with_name("full_probs.csv"), dtype={"id": str}).set_index("id")
     probs_part = pd.read_csv(out.with_name("part_probs.csv"), dtype={"id": str}).set_index("id")

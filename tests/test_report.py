@@ -19,7 +19,7 @@ from conftest import DEMO_CONFIG, REPO, TINY
 import src.report as report_cmd
 from src.analysis.comparison import build_comparison
 from src.analysis.gradcam import grad_cam, pick_cam_layer
-from src.analysis.report import _model_input, build_report, git_commit
+from src.analysis.report import build_report, git_commit, model_input
 from src.core.config import load_config
 from src.core.runtime import Runtime
 from src.core.utils import UserError
@@ -111,7 +111,7 @@ def test_gradcam_by_the_fold_that_never_saw_the_image(run):
     rt = Runtime.from_cfg(cfg.runtime)
     c = rep.cams[0]
     other = m.model(1 - c.fold, rt)
-    x, _ = _model_input(m, 1 - c.fold, other, path_of[c.id], rt)
+    x, _ = model_input(m, 1 - c.fold, other, path_of[c.id], rt)
     _, probs = grad_cam(other, x, rep.cam_layer)
     assert abs(probs[m.classes.index(c.predicted)] - c.prob_oof) > 1e-4
 

@@ -16,7 +16,7 @@ import torch
 
 from src.core.config import config_from_dict, load_config
 from src.core.utils import UserError
-from src.ensemble import run as ensemble_run
+from src.ensembling.pipeline import run as ensemble_run
 from src.runs.layout import finished_folds, fold_lock, fold_paths
 from src.runs.members import open_member
 from src.training.trainer import train_fold

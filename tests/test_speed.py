@@ -20,11 +20,12 @@ from PIL import Image
 
 from src.core.config import load_config
 from src.core.runtime import Norm, Runtime
+from src.data.folds import fold_tables
 from src.data.image_cache import ImageCache, cache_root, image_cache, transform_side
 from src.data.loaders import ImageDataset, make_loader, resolve_workers
 from src.data.transforms import build_transform
 from src.runs.layout import fold_paths
-from src.training.trainer import fold_tables, setup_fold, train_fold
+from src.training.trainer import setup_fold, train_fold
 
 
 def _photos(folder: Path, n: int = 6) -> list[str]:

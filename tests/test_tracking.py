@@ -12,7 +12,7 @@ import pytest
 import yaml
 from wandb.proto import wandb_internal_pb2 as pb
 
-from src.tune import tune
+from src.tuning.search import tune
 
 _BLOCK = 32768  # W&B's transaction log is a LevelDB log: 32 KiB blocks of checksummed chunks
 

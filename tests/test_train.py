@@ -22,7 +22,7 @@ from conftest import TINY
 
 import src.train as train
 from src.core.runtime import Runtime, predict
-from src.core.utils import UserError, seed_everything
+from src.core.utils import UserError, derive_seed, seed_everything
 from src.data.folds import load_or_create_folds
 from src.data.loaders import ImageDataset, make_loader
 from src.data.transforms import build_transform
@@ -30,7 +30,7 @@ from src.models.model import build_model, freeze, param_counts
 from src.runs.checkpoint import load_checkpoint
 from src.runs.layout import file_sha1, fold_paths
 from src.training.engine import TrainingDiverged
-from src.training.trainer import derive_seed, train_fold
+from src.training.trainer import train_fold
 
 REPO = Path(__file__).resolve().parent.parent
 FREEZE_AT = "layer4.0.conv1"

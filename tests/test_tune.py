@@ -22,7 +22,7 @@ from conftest import TRIAL
 from src.core.config import load_config
 from src.core.utils import UserError
 from src.training.trainer import train_fold
-from src.tune import tune
+from src.tuning.search import tune
 from src.tuning.search_space import Space, load_space, suggest
 from src.tuning.study import COUNTED as FINISHED
 from src.tuning.study import FAIL, storage_for

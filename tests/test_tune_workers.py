@@ -19,8 +19,10 @@ import sqlalchemy
 import yaml
 from conftest import TRIAL, start_tune_worker
 
-from src.core.utils import UserError, run_cli
-from src.tune import main, tune
+from src.core.cli import run_cli
+from src.core.utils import UserError
+from src.tune import main
+from src.tuning.search import tune
 from src.tuning.search_space import load_space
 from src.tuning.study import COUNTED as FINISHED
 from src.tuning.study import FAIL, RUNNING, storage_for

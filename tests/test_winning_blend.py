@@ -16,12 +16,12 @@ import pytest
 from conftest import train_two_members
 from scipy.stats import rankdata
 
-import src.ensemble as ens
 import src.ledger as ledger_cli
 from src.core.runtime import Runtime
 from src.core.utils import UserError
 from src.core.views import parse_views
 from src.data.tables import load_test_table
+from src.ensembling import pipeline
 from src.ensembling.ledger import COLUMNS, correlation, read_ledger
 from src.evaluation.blending import combine
 from src.evaluation.metrics import compute_metric, softmax
@@ -49,7 +49,7 @@ def world(tmp_path_factory, demo_dir, demo_cfg) -> SimpleNamespace:
 def test_ledger_gains_one_row_per_submission_and_records_lb(world, capsys):
     sub_dir = world.root / "ledger_subs"
     ledger = sub_dir / "ledger.csv"
-    first = ens.run(world.cfg, ["a"], ["identity"], "equal", "soft", sub_dir / "one.csv", None)
+    first = pipeline.run(world.cfg, ["a"], ["identity"], "equal", "soft", sub_dir / "one.csv", None)
     df = read_ledger(ledger)
     assert len(df) == 1 and list(df.columns) == COLUMNS
     row = df.iloc[0]
@@ -60,8 +60,8 @@ def test_ledger_gains_one_row_per_submission_and_records_lb(world, capsys):
     printed = [ln.split() for ln in out.splitlines() if ln.split()[:2] == ["a", "none"]]
     assert printed and float(row["cv"]) == pytest.approx(float(printed[0][2]), abs=1e-4)
 
-    second = ens.run(world.cfg, ["a", "b"], ["identity", "zoom1.05"], "equal", "soft", sub_dir / "two.csv", None)
-    ens.run(world.cfg, ["a", "b"], ["identity", "zoom1.05"], "equal", "soft", sub_dir / "two.csv", None)  # rewritten
+    second = pipeline.run(world.cfg, ["a", "b"], ["identity", "zoom1.05"], "equal", "soft", sub_dir / "two.csv", None)
+    pipeline.run(world.cfg, ["a", "b"], ["identity", "zoom1.05"], "equal", "soft", sub_dir / "two.csv", None)  # rewritten
     df = read_ledger(ledger)
     assert len(df) == 3
     assert df["members"].tolist() == ["a", "a+b", "a+b"] and df["views"].iloc[1] == "identity+zoom1.05"
@@ -107,7 +107,7 @@ def test_rank_voting_is_the_rank_average():
 
 
 def test_rank_voting_through_the_ensemble(world, capsys):
-    out = ens.run(world.cfg, ["a", "b"], ["identity"], "equal", "rank", world.root / "rank" / "r.csv", None)
+    out = pipeline.run(world.cfg, ["a", "b"], ["identity"], "equal", "rank", world.root / "rank" / "r.csv", None)
     probs = pd.read_csv(out.with_name("r_probs.csv"), dtype={"id": str}).drop(columns="id").to_numpy()
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
     assert read_ledger(out.parent / "ledger.csv")["voting"].tolist() == ["rank"]
@@ -143,7 +143,7 @@ def test_stacker_oof_comes_from_nested_folds():
 
 
 def test_stack_through_the_ensemble_reports_the_nested_score(world, capsys):
-    out = ens.run(world.cfg, ["a", "b"], ["identity"], "equal", "soft", world.root / "stack" / "s.csv", None,
+    out = pipeline.run(world.cfg, ["a", "b"], ["identity"], "equal", "soft", world.root / "stack" / "s.csv", None,
                   stack="logreg")
     text = capsys.readouterr().out
     # recompute the nested score from the members' OOF predictions
@@ -164,7 +164,7 @@ def test_stack_through_the_ensemble_reports_the_nested_score(world, capsys):
 
 def test_tta_auto_keeps_only_views_that_improve_the_oof_blend(world, capsys):
     candidates = ["rot180", "zoom0.95", "vflip", "zoom1.05", "scale1.25"]
-    out = ens.run(world.cfg, ["a", "b"], ["auto", *candidates], "equal", "soft", world.root / "auto" / "t.csv", None)
+    out = pipeline.run(world.cfg, ["a", "b"], ["auto", *candidates], "equal", "soft", world.root / "auto" / "t.csv", None)
     row = read_ledger(out.parent / "ledger.csv").iloc[-1]
     chosen = row["views"].split("+")
     assert chosen[0] == "identity" and set(chosen) <= {"identity", *candidates}
@@ -194,7 +194,7 @@ def test_tta_auto_keeps_only_views_that_improve_the_oof_blend(world, capsys):
 
 def test_tta_auto_needs_the_oof_report(world):
     with pytest.raises(UserError, match="fitted on the OOF report"):
-        ens.run(world.cfg, ["a"], ["auto"], [1.0], "soft", world.root / "x" / "x.csv", None, report=False)
+        pipeline.run(world.cfg, ["a"], ["auto"], [1.0], "soft", world.root / "x" / "x.csv", None, report=False)
     assert not (world.root / "x").exists()
     with pytest.raises(UserError, match="src.ensemble --tta auto"):  # e.g. src.kaggle_kernel --tta auto
         parse_views(["identity", "auto"])

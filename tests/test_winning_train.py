@@ -17,12 +17,14 @@ import pytest
 import src.pseudo as pseudo_cli
 from src.core.runtime import Runtime
 from src.core.utils import UserError
+from src.data.folds import fold_tables
+from src.data.tables import prob_columns
+from src.ensembling.pseudo_labels import make_pseudo
 from src.evaluation.metrics import softmax
-from src.runs.layout import fold_paths, prob_columns, read_oof
+from src.runs.layout import fold_paths, read_oof
 from src.runs.members import member_oof_views, open_member
-from src.training.pseudo_labels import make_pseudo
 from src.training.soft_targets import fold_soft_targets
-from src.training.trainer import fold_tables, train_fold
+from src.training.trainer import train_fold
 
 TRAIN = ("data.n_folds=2", "model.name=test_resnet", "train.epochs=1", "train.limit_batches=20",
          "sched.warmup_epochs=0", "optim.lr=0.01", "loader.batch_size=32", "loader.num_workers=0",

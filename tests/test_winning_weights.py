@@ -20,11 +20,13 @@ import torch
 import src.training.trainer as trainer
 from src.core.runtime import Runtime, predict
 from src.core.utils import UserError
+from src.data.folds import fold_tables
 from src.data.loaders import ImageDataset, make_loader
+from src.data.tables import prob_columns
 from src.data.transforms import build_transform, resolve_norm
 from src.evaluation.metrics import softmax
 from src.runs.checkpoint import CheckpointKeeper, load_checkpoint
-from src.runs.layout import fold_paths, prob_columns, read_oof
+from src.runs.layout import fold_paths, read_oof
 from src.runs.members import member_oof_views, open_member
 from src.training.averaged_experiment import average_experiment
 from src.training.size_schedule import size_at
@@ -134,7 +136,7 @@ def test_swa_averages_the_last_epochs_and_its_oof_is_scored(world):
     assert bn and any(not torch.allclose(swa["model"][k], mean[k]) for k in bn)  # BatchNorm recomputed
     # swa_oof.csv: the SWA weights' own predictions of the fold's validation images, at 32 px
     oof = read_oof(fp.dir / "swa_oof.csv", CLASSES)
-    _, val, _ = trainer.fold_tables(world.cfg, 0)
+    _, val, _ = fold_tables(world.cfg, 0)
     assert oof["id"].tolist() == val["id"].tolist()
     model = timm.create_model("test_resnet", pretrained=False, num_classes=10)
     model.load_state_dict(swa["model"])
@@ -168,6 +170,36 @@ def test_keeper_keeps_exactly_the_k_best_epochs(tmp_path):
     assert keeper.top == [[0.9, 3], [0.7, 1]]
     assert sorted(p.name for p in (tmp_path / "top").iterdir()) == ["epoch001.pt", "epoch003.pt"]
     assert load_checkpoint(tmp_path / "top" / "epoch003.pt")["metric"] == 0.9
+
+
+def test_keeper_serialises_once_and_links_best_and_top(tmp_path):
+    """best.pt and the top-K file of an improving epoch are the bytes of last.pt, written once (one
+    inode); a later epoch replaces last.pt and leaves them holding the epoch they recorded."""
+    class Fold:
+        eval_model = torch.nn.Linear(2, 2)
+
+        def train_state(self):
+            return {}
+
+    keeper = CheckpointKeeper(tmp_path / "best.pt", tmp_path / "last.pt", {"config": {}, "run_id": "r"}, "accuracy",
+                              lambda new, best: best is None or new > best, None, top_k=2)
+    inode = lambda p: p.stat().st_ino  # noqa: E731
+    for epoch, value in enumerate([0.5, 0.9, 0.6]):
+        Fold.eval_model.weight.data.fill_(float(epoch))
+        keeper.history.append({"epoch": epoch, "val_accuracy": value})
+        improved = keeper.observe(epoch, value)
+        keeper.save(Fold(), epoch, improved)
+        last = tmp_path / "last.pt"
+        if improved:
+            assert inode(tmp_path / "best.pt") == inode(last)
+        assert inode(keeper.top_path(epoch)) == inode(last)  # each of the three epochs entered the top 2
+    assert inode(tmp_path / "best.pt") != inode(tmp_path / "last.pt")
+    best, last = load_checkpoint(tmp_path / "best.pt"), load_checkpoint(tmp_path / "last.pt")
+    assert best["epoch"] == 1 and float(best["model"]["weight"][0, 0]) == 1.0
+    assert last["epoch"] == 2 and float(last["model"]["weight"][0, 0]) == 2.0 and last["top"] == [[0.9, 1], [0.6, 2]]
+    assert sorted(p.name for p in (tmp_path / "top").iterdir()) == ["epoch001.pt", "epoch002.pt"]
+    keeper.finish(Fold(), keep_last_as_best=True)
+    assert inode(tmp_path / "best.pt") == inode(tmp_path / "last.pt") and load_checkpoint(tmp_path / "best.pt")["finished"]
 
 
 def test_average_top_k_writes_a_scored_experiment_beside_the_original(world, capsys):

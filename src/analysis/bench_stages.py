@@ -27,10 +27,9 @@ from src.core.distributed import EpochSampler
 from src.core.progress import progress
 from src.core.runtime import Runtime, predict
 from src.data.image_cache import image_cache
-from src.data.loaders import ImageDataset, make_loader, resolve_workers
+from src.data.loaders import ImageDataset, eval_loader, make_loader, resolve_workers
 from src.data.transforms import build_transform
 from src.models.model import build_model, set_train_mode
-from src.runs.members import eval_loader
 from src.training.engine import train_one_epoch
 from src.training.trainer import fill_caches, optimization, setup_fold
 

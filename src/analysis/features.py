@@ -19,10 +19,10 @@ import torch
 
 from src.core.config import Config
 from src.core.runtime import Runtime, predict
-from src.core.utils import atomic_save, seed_everything
+from src.core.utils import seed_everything
+from src.data.loaders import eval_loader
 from src.models.model import build_model, has_weights
-from src.runs.layout import file_sha1, images_key
-from src.runs.members import eval_loader
+from src.runs.layout import file_sha1, images_key, save_cached_array
 
 # Bumped when what a cached feature file holds changes.
 FEATURES_VERSION = 1
@@ -82,13 +82,6 @@ def cached_features(cfg: Config, backbone: Callable[[], PooledFeatures], table: 
     # The ensemble's evaluation pass: image cache, uint8 batches normalised on the device.
     loader, norm = eval_loader(cfg, table["path"].tolist(), cfg.loader, rt, model.pretrained_cfg)
     feats = predict([model], loader, rt, ["identity"], desc=f"{split} features", norm=norm)[0, 0]  # (N, D)
-    if cache:
-        def write(tmp: str) -> None:
-            with open(tmp, "wb") as f:
-                np.save(f, feats.astype(np.float32))
-
-        atomic_save(path, write)
-        for old in path.parent.glob(f"features-{split}-*.npy"):
-            if old != path:
-                old.unlink(missing_ok=True)
+    if cache:  # one entry per split: features-<split>-<key>.npy
+        save_cached_array(path, feats, lambda p: p.name.rsplit("-", 1)[0])
     return feats, False

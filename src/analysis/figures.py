@@ -4,19 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from src.core.utils import atomic_save  # noqa: E402
-
-
-def _save(fig, path: Path) -> None:
-    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
-    plt.close(fig)
+from src.core.figures import save_figure
 
 
 def mean_band(histories: dict[int, pd.DataFrame], col: str) -> pd.DataFrame:
@@ -43,7 +35,7 @@ def learning_curves(histories: dict[int, pd.DataFrame], metric: str, path: Path)
             ax.plot(band["epoch"], band["mean"], lw=2.5, color="black", marker="o", label="mean")
         ax.set(xlabel="epoch", title=title)
         ax.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def compare_curves(runs: dict[str, dict[int, pd.DataFrame]], metric: str, path: Path) -> None:
@@ -59,7 +51,7 @@ def compare_curves(runs: dict[str, dict[int, pd.DataFrame]], metric: str, path: 
                             color=line.get_color(), alpha=0.2)
         ax.set(xlabel="epoch", title=col.replace("_", " ") + " (mean over folds, band +-1 std)")
         ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _heatmap(ax, m: np.ndarray, classes: list[str], title: str, fmt: str) -> None:
@@ -82,7 +74,7 @@ def confusion_pair(counts: np.ndarray, shares: np.ndarray, classes: list[str], p
     fig, axes = plt.subplots(1, 2, figsize=(2 * size, size))
     _heatmap(axes[0], counts, classes, f"counts ({int(counts.sum())} OOF images)", "d")
     _heatmap(axes[1], shares, classes, "row-normalised (recall on the diagonal)", ".2f")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _grid(n: int, cols: int, cell: float = 2.2):
@@ -99,7 +91,7 @@ def image_grid(items: list[tuple[np.ndarray, str]], path: Path, cols: int = 6) -
     for ax, (img, title) in zip(axes, items):
         ax.imshow(img)
         ax.set_title(title, fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def cam_grid(items: list[tuple[np.ndarray, np.ndarray, str]], path: Path, cols: int = 4) -> None:
@@ -112,7 +104,7 @@ def cam_grid(items: list[tuple[np.ndarray, np.ndarray, str]], path: Path, cols: 
         axes[2 * i + 1].imshow(img)
         axes[2 * i + 1].imshow(cam, cmap="jet", alpha=0.45, vmin=0, vmax=1)
         axes[2 * i + 1].set_title("Grad-CAM", fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def filter_grid(filters: np.ndarray, title: str, path: Path, cols: int = 16) -> None:
@@ -122,7 +114,7 @@ def filter_grid(filters: np.ndarray, title: str, path: Path, cols: int = 16) -> 
         ax.imshow(f if f.shape[-1] == 3 else f[..., 0], cmap=None if f.shape[-1] == 3 else "gray",
                   interpolation="nearest")
     fig.suptitle(title, fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def feature_map_grid(img: np.ndarray, maps: dict[str, np.ndarray], path: Path, per_stage: int = 8) -> None:
@@ -137,4 +129,4 @@ def feature_map_grid(img: np.ndarray, maps: dict[str, np.ndarray], path: Path, p
         for c in range(min(per_stage, len(fmap))):
             axes[r, c].imshow(fmap[c], cmap="viridis")
             axes[r, c].set_title(f"{name} [{c}] {fmap.shape[1]}x{fmap.shape[2]}", fontsize=6)
-    _save(fig, path)
+    save_figure(fig, path)

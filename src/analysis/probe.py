@@ -30,11 +30,10 @@ from src.core.config import Config
 from src.core.progress import progress
 from src.core.runtime import Runtime
 from src.core.utils import UserError, atomic_save, atomic_write_text
-from src.data.tables import load_test_table
+from src.data.folds import fold_tables
+from src.data.tables import load_test_table, prob_columns
 from src.ensembling.submission import check_out_path, checked_submission, write_submission
 from src.evaluation.metrics import compute_metric, summary
-from src.runs.layout import prob_columns
-from src.training.trainer import fold_tables
 
 # Standardized features for the linear and kernel models; trees need no scaling.
 CLASSIFIERS: dict[str, Callable[[int], ClassifierMixin]] = {

@@ -105,7 +105,7 @@ def _oof_with_paths(m: Member) -> pd.DataFrame:
     return oof.assign(path=[path_of[i] for i in oof["id"]])
 
 
-def _model_input(m: Member, fold: int, model: torch.nn.Module, path: str, rt: Runtime
+def model_input(m: Member, fold: int, model: torch.nn.Module, path: str, rt: Runtime
                  ) -> tuple[torch.Tensor, np.ndarray]:
     """(normalized (1, 3, S, S) tensor on the device, the same image as uint8 (S, S, 3)): the fold's
     own evaluation transform, so the map lies on exactly what the model saw."""
@@ -126,7 +126,7 @@ def compute_cams(m: Member, rows: pd.DataFrame, rt: Runtime, layer: str | None) 
         if k != current:
             model, current = m.model(k, rt), k
             layer = layer or pick_cam_layer(model, m.configs[k].aug.img_size)
-        x, seen = _model_input(m, k, model, r["path"], rt)
+        x, seen = model_input(m, k, model, r["path"], rt)
         cam, probs = grad_cam(model, x, layer)
         pred = int(probs.argmax())
         cams[r["id"]] = Cam(r["id"], k, r["label"], m.classes[pred], float(probs[pred]),
@@ -176,7 +176,7 @@ def _figures(m: Member, oof: pd.DataFrame, counts: np.ndarray, sus: pd.DataFrame
     name, filters = first_conv_filters(model)
     filter_grid(filters, f"{name}: {filters.shape[0]} filters {filters.shape[1]}x{filters.shape[2]} "
                 f"(fold {best['fold']})", figs["filters"])
-    x, seen = _model_input(m, int(best["fold"]), model, path_of[best["id"]], rt)
+    x, seen = model_input(m, int(best["fold"]), model, path_of[best["id"]], rt)
     feature_map_grid(seen, stage_maps(model, x), figs["feature_maps"])
     return figs
 

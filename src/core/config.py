@@ -16,7 +16,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from src.core.utils import UserError, atomic_write_text
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"  # the repository's, beside src/
+
+def _configs_dir() -> Path:
+    """The repository's configs/: beside the src package (a checkout, an editable install, a Kaggle
+    bundle's code folder), else in the working directory (the package installed from a wheel and
+    run from the repository)."""
+    beside = Path(__file__).resolve().parents[2] / "configs"
+    return beside if (beside / "base.yaml").is_file() else Path.cwd() / "configs"
+
+
+CONFIG_DIR = _configs_dir()
 DEFAULT_CONFIG = CONFIG_DIR / "resnext101.yaml"
 CLI = "the command line"
 
@@ -46,7 +55,7 @@ class ExperimentCfg(_Section):
 
 
 class DataCfg(_Section):
-    dir: str
+    dir: str | None  # None: no competition named yet; the commands that need one stop (src.core.cli)
     layout: Literal["csv", "imagefolder"]
     train_csv: str
     image_dir: str
@@ -304,11 +313,18 @@ def parse_override(text: str) -> dict[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    return nested({".".join(parts): value})
+
+
+def nested(flat: dict[str, Any]) -> dict[str, Any]:
+    """{'a.b': 1, 'a.c': 2} -> {'a': {'b': 1, 'c': 2}}."""
     out: dict[str, Any] = {}
-    node = out
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
+    for key, value in flat.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
     return out
 
 
@@ -427,3 +443,14 @@ def add_config_args(parser) -> None:
     """The --config flag and trailing `section.key=value` overrides every entry point takes."""
     parser.add_argument("--config", default=None, help=f"experiment YAML (default: {_display(DEFAULT_CONFIG)})")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+
+
+def require_competition(data: DataCfg, config_path: str | Path | None = None) -> str:
+    """data.dir, which every command that reads a competition needs; none ends in one sentence
+    that says how to name one (and how to run the demo instead)."""
+    if data.dir is None:
+        raise UserError(f"no competition folder is configured (data.dir is empty in {_display(Path(config_path or DEFAULT_CONFIG))}); "
+                        "pass --config configs/<name>.yaml whose data: {dir: inputs/<name>} names your competition's "
+                        "folder (or add data.dir=inputs/<name>), or run the demo: python -m src.demo, then the same "
+                        "command with --config configs/demo.yaml")
+    return data.dir

@@ -1,10 +1,10 @@
-"""Small shared helpers: the user-error type, atomic writes, seeding and the CLI wrapper."""
+"""Small shared helpers: the user-error type, atomic writes and seeding."""
 
 from __future__ import annotations
 
 import os
 import random
-import sys
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -14,18 +14,6 @@ import numpy as np
 
 class UserError(Exception):
     """A mistake the user can fix; the CLI prints its one sentence instead of a traceback."""
-
-
-def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
-    """Run an entry point, turning a UserError into one line on stderr and exit code 2."""
-    try:
-        main(argv)
-    except UserError as e:
-        print(f"error: {one_sentence(e)}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: finished epochs are kept; continue with --resume", file=sys.stderr)
-        sys.exit(130)
 
 
 def one_sentence(e: UserError) -> str:
@@ -68,6 +56,29 @@ def atomic_save(path: str | Path, save: Callable[[str], None]) -> Path:
     return _atomic(Path(path), save)
 
 
+def atomic_save_npy(path: str | Path, array: np.ndarray) -> Path:
+    """np.save (no pickles) to a temp file beside `path`, then rename it into place."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a name
+            np.save(f, array, allow_pickle=False)
+
+    return _atomic(Path(path), write)
+
+
+def atomic_link(src: str | Path, dst: str | Path) -> Path:
+    """Make `dst` another name of `src`'s bytes (a hard link; a copy where the file system has
+    none), renamed into place like the writes above. The bytes are written once; a later atomic
+    replacement of `src` leaves `dst` holding what `src` held."""
+    def link(tmp: str) -> None:
+        os.unlink(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+
+    return _atomic(Path(dst), link)
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
     import torch
@@ -75,3 +86,8 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def derive_seed(*parts: int) -> int:
+    """A seed for (seed, fold, epoch, ...): independent streams for every combination of the parts."""
+    return int(np.random.SeedSequence([abs(int(p)) for p in parts]).generate_state(1)[0])

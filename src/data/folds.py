@@ -17,8 +17,10 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from src.core.config import Config
 from src.core.utils import UserError, atomic_save, atomic_write_text
+from src.data.image_cache import image_cache
+from src.data.pseudo_rows import add_pseudo
 from src.data.relabel import apply_relabel, relabel_tag
-from src.data.tables import load_train_table, sorted_classes
+from src.data.tables import drop_bad_images, load_train_table, sorted_classes
 
 
 def folds_path(cfg: Config) -> Path:
@@ -128,3 +130,31 @@ def load_or_create_folds(cfg: Config, create: bool = True, table: pd.DataFrame |
         raise UserError(f"labels {unknown[:10]} are not in the class list of {path}; delete it to split again")
     df["target"] = df["label"].map(index).astype(np.int64)
     return df.reset_index(drop=True), classes, path
+
+
+def fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str]]:
+    """(training rows, validation rows or None for fold -1, class names), readable images only;
+    pseudo-labelled test images (data.pseudo) are appended to the training rows only."""
+    if fold != -1 and not 0 <= fold < cfg.data.n_folds:
+        raise UserError(f"--fold {fold} is out of range; use 0..{cfg.data.n_folds - 1}, all, or -1")
+    table = load_train_table(cfg.data)
+    # Images are checked before the split is written, so bad data writes nothing; skipped images
+    # stay in the split (it must not depend on which files were readable today).
+    cache = folds_path(cfg).with_name(f"{Path(cfg.data.dir).resolve().name}_images_checked.json")
+    pending: list = []
+    undo: list = []
+    try:
+        readable = set(drop_bad_images(table, cfg, cache, defer=pending, images=image_cache(cfg, train=True),
+                                       undo=undo)["id"])
+        df, classes, _ = load_or_create_folds(cfg, table=table)
+    except BaseException:
+        for u in undo:  # new image-cache entries were staged: remove them
+            u()
+        raise
+    for write in pending:  # the split accepted the data: now remember the check (and cache the images)
+        write()
+    df = df[df["id"].isin(readable)].reset_index(drop=True)
+    if fold == -1:
+        return add_pseudo(df, cfg, classes), None, classes
+    train = add_pseudo(df[df["fold"] != fold].reset_index(drop=True), cfg, classes)  # never the validation part
+    return train, df[df["fold"] == fold].reset_index(drop=True), classes

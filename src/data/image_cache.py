@@ -25,7 +25,7 @@ from albumentations.augmentations.geometric.functional import resize
 
 from src.core.config import AugCfg, Config
 from src.core.progress import progress
-from src.core.utils import UserError
+from src.core.utils import UserError, atomic_save_npy
 from src.data.images import read_image
 
 CACHE_VERSION = 1  # bump when read_image or the resize changes what an entry holds
@@ -63,15 +63,7 @@ class ImageCache:
         if into is not None:
             entry = into / entry.relative_to(self.dir)
         img = np.ascontiguousarray(resize(read_image(path), (self.side, self.side), cv2.INTER_LINEAR))
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.stem[:8]}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, img, allow_pickle=False)
-            os.replace(tmp, entry)  # atomic: readers see no entry or a whole one
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_save_npy(entry, img)  # readers see no entry or a whole one
         return img
 
     def load(self, path: str) -> np.ndarray:

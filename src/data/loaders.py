@@ -8,10 +8,13 @@ import albumentations as A
 import numpy as np
 import torch
 
-from src.core.config import LoaderCfg
+from src.core import distributed
+from src.core.config import Config, LoaderCfg
 from src.core.distributed import EpochSampler
+from src.core.runtime import Norm, Runtime
+from src.data.image_cache import image_cache
 from src.data.images import read_image
-from src.data.transforms import seed_transform
+from src.data.transforms import build_transform, resolve_norm, seed_transform
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -71,3 +74,16 @@ def make_loader(
         pin_memory=cfg.pin_memory and device == "cuda",
         persistent_workers=cfg.persistent_workers and workers > 0,
     )
+
+
+def eval_loader(cfg: Config, paths: list[str], loader_cfg: LoaderCfg, rt: Runtime,
+                pretrained_cfg: dict | None) -> tuple[torch.utils.data.DataLoader, Norm]:
+    """The evaluation pass's loader over `paths` (through the image cache, filled first) and the
+    normalisation its uint8 batches get on the device."""
+    images = image_cache(cfg, train=False)
+    if images is not None:
+        distributed.main_first(lambda: images.fill_or_fail(paths, workers=max(2, resolve_workers(loader_cfg))))
+    ds = distributed.shard_dataset(ImageDataset(paths, None, build_transform(cfg.aug, False), images),
+                                   loader_cfg.batch_size)  # this rank's share under torchrun
+    loader = make_loader(ds, loader_cfg, device=rt.device.type)
+    return loader, Norm(*resolve_norm(cfg.aug, pretrained_cfg))

@@ -38,12 +38,16 @@ def read_reviewed(path: str | Path) -> pd.DataFrame:
     return out
 
 
-def check_reviewed(reviewed: pd.DataFrame, table: pd.DataFrame, classes: list[str], source: str | Path) -> pd.DataFrame:
-    """The reviewed rows whose label differs from train.csv's; ids and labels must exist."""
+def _require_known_ids(reviewed: pd.DataFrame, table: pd.DataFrame, source: str, fix: str) -> None:
     unknown = sorted(set(reviewed["id"]) - set(table["id"]))
     if unknown:
         raise UserError(f"{source} names {len(unknown)} ids that are not in the training table (e.g. {unknown[:5]}); "
-                        "fix or drop those rows")
+                        + fix)
+
+
+def check_reviewed(reviewed: pd.DataFrame, table: pd.DataFrame, classes: list[str], source: str | Path) -> pd.DataFrame:
+    """The reviewed rows whose label differs from train.csv's; ids and labels must exist."""
+    _require_known_ids(reviewed, table, str(source), "fix or drop those rows")
     bad = sorted(set(reviewed["label"]) - set(classes))
     if bad:
         raise UserError(f"{source} assigns labels {bad[:5]} that are not classes of the split ({classes[:10]}); "
@@ -85,10 +89,8 @@ def apply_relabel(table: pd.DataFrame, path: str | Path) -> pd.DataFrame:
     """The training table with the labels of a relabel file (checked with relabel_tag)."""
     relabel_tag(path)
     reviewed = pd.read_csv(path, dtype=str, keep_default_na=False)
-    unknown = sorted(set(reviewed["id"]) - set(table["id"]))
-    if unknown:
-        raise UserError(f"data.relabel {path} names ids that are not in the training table (e.g. {unknown[:5]}); "
-                        "it belongs to other data: set data.relabel to this competition's file or null")
+    _require_known_ids(reviewed, table, f"data.relabel {path}",
+                       "it belongs to other data: set data.relabel to this competition's file or null")
     new = dict(zip(reviewed["id"], reviewed["label"]))
     out = table.copy()
     out["label"] = [new.get(i, lab) for i, lab in zip(out["id"], out["label"])]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.core.config import Config, DataCfg
+from src.core.config import Config, DataCfg, require_competition
 from src.core.utils import UserError, atomic_write_text
 from src.data.images import find_bad_images
 from src.data.loaders import resolve_workers
@@ -54,7 +54,7 @@ DEMO_DIR = Path("inputs/digits")
 
 def require_data_dir(cfg: DataCfg) -> Path:
     """The competition folder; a missing one names the fix (for the demo's: the command that builds it)."""
-    root = Path(cfg.dir)
+    root = Path(require_competition(cfg))
     if root.is_dir():
         return root
     if root.resolve() == DEMO_DIR.resolve():
@@ -226,3 +226,7 @@ def drop_bad_images(df: pd.DataFrame, cfg: Config, cache: Path | None = None,
         )
     warnings.warn(f"skipping {len(bad)} unreadable images: {shown}", stacklevel=2)
     return df[~df["path"].isin(bad)].reset_index(drop=True)
+
+
+def prob_columns(classes: list[str]) -> list[str]:
+    return [f"prob_{c}" for c in classes]

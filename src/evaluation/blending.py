@@ -93,10 +93,11 @@ def add_blend_args(parser: argparse.ArgumentParser, fmt: bool = True) -> None:
 
 def split_blend_args(args: argparse.Namespace) -> list[str] | None:
     """Move `section.key=value` words that followed --experiments or --tta into args.overrides,
-    and return the views asked for: None for ensemble.tta, ['identity'] for --no-tta."""
+    and set and return args.views, the views asked for: None for ensemble.tta, ['identity'] for --no-tta."""
     for name in ("experiments", "tta"):
         values = getattr(args, name)
         if values:
             args.overrides += [t for t in values if "=" in t]
             setattr(args, name, [t for t in values if "=" not in t] or (None if name == "experiments" else []))
-    return ["identity"] if args.no_tta else (args.tta or None)
+    args.views = ["identity"] if args.no_tta else (args.tta or None)
+    return args.views

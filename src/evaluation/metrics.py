@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, log_loss, roc_auc_score
 
+from src.core.config import Config
+
 LOWER_IS_BETTER = {"log_loss", "loss"}
 
 
@@ -56,3 +58,13 @@ def summary(y_true: np.ndarray, probs: np.ndarray, metric: str) -> dict[str, flo
     out = {m: compute_metric(m, y_true, probs) for m in ("accuracy", "f1_macro")}
     out[metric] = compute_metric(metric, y_true, probs)
     return out
+
+
+def higher_is_better(cfg: Config) -> bool:
+    """The direction of the monitored value (train.monitor: the metric, or the loss)."""
+    return cfg.train.monitor == "metric" and cfg.metric.name not in LOWER_IS_BETTER
+
+
+def monitor_name(cfg: Config) -> str:
+    """The name of the value that picks the best epoch: the metric's, or loss."""
+    return cfg.metric.name if cfg.train.monitor == "metric" else "loss"

@@ -130,7 +130,7 @@ import json
 from pathlib import Path
 import yaml
 from src.core.config import config_from_dict
-from src.ensemble import run  # the same blending code as `python -m src.ensemble`
+from src.ensembling.pipeline import run  # the same code as `python -m src.ensemble`
 
 manifest = json.loads(Path(BUNDLE, "MANIFEST.json").read_text())
 stored = yaml.safe_load(Path(BUNDLE, "config.yaml").read_text())

@@ -52,7 +52,8 @@ def download_wheels(dest: Path, packages: dict[str, str] = KERNEL_PACKAGES) -> d
     return index
 
 
-def _fits(name: str, requires: str) -> bool:
+def installed_fits(name: str, requires: str) -> bool:
+    """Whether the installed version of a package satisfies a requirement such as ">=1.0"."""
     from packaging.specifiers import SpecifierSet
 
     try:
@@ -70,7 +71,7 @@ def install_wheels(folder: str | Path) -> list[str]:
         return []
     installed = []
     for name, w in json.loads(index_path.read_text()).items():
-        if _fits(name, w["requires"]):
+        if installed_fits(name, w["requires"]):
             continue
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
                         str(Path(folder) / w["file"])], check=True)

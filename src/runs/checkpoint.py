@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from src.core.config import config_from_dict
-from src.core.utils import UserError, atomic_save
+from src.core.utils import UserError, atomic_link, atomic_save
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:
@@ -135,17 +135,16 @@ class CheckpointKeeper:
             "train_state": {**fold.train_state(), "rng": rng_state(), "bad_epochs": self.bad_epochs},
         }
 
-    def _keep_top(self, fold, epoch: int) -> None:
-        """Add this epoch to the K best when it belongs there; remove the files that fell out."""
+    def _rank_top(self, epoch: int) -> bool:
+        """Add this epoch to the K best when it belongs there; True when it does."""
         value = self.history[-1].get(f"val_{self.monitor}") if self.history else None
         if self.top_k <= 1 or value is None or value != value:
-            return
+            return False
         order = functools.cmp_to_key(lambda a, b: -1 if self.better(a[0], b[0]) else int(self.better(b[0], a[0])))
-        ranked = sorted(self.top + [[value, epoch]], key=order)[: self.top_k]
-        if [value, epoch] in ranked:
-            save_checkpoint(self.top_path(epoch), {**self.meta, "model": fold.eval_model.state_dict(), "epoch": epoch,
-                                                   "metric": value})
-        self.top = ranked
+        self.top = sorted(self.top + [[value, epoch]], key=order)[: self.top_k]
+        return [value, epoch] in self.top
+
+    def _prune_top(self) -> None:
         kept = {self.top_path(e) for _, e in self.top}
         for p in self.top_dir.glob("epoch*.pt"):
             if p not in kept:
@@ -155,21 +154,25 @@ class CheckpointKeeper:
         return self.top_dir / f"epoch{epoch:03d}.pt"
 
     def save(self, fold, epoch: int, improved: bool) -> None:
-        """After an epoch: the top-K files, best.pt when it improved, last.pt always."""
-        self._keep_top(fold, epoch)
-        state = self._state(fold, epoch, False)
+        """After an epoch: last.pt, serialised once; best.pt (when it improved) and top/epoch<e>.pt
+        (when the epoch is among the K best) are links to those bytes, as timm's CheckpointSaver
+        links rather than saving again."""
+        in_top = self._rank_top(epoch)
+        save_checkpoint(self.last_path, self._state(fold, epoch, False))
         if improved:
-            save_checkpoint(self.best_path, state)
-        save_checkpoint(self.last_path, state)
+            atomic_link(self.last_path, self.best_path)
+        if in_top:
+            atomic_link(self.last_path, self.top_path(epoch))
+        if self.top_k > 1:
+            self._prune_top()
 
     def finish(self, fold, keep_last_as_best: bool) -> None:
         """Mark last.pt finished; without validation the final weights are also best.pt."""
         if not self.history:
             return
-        state = self._state(fold, self.history[-1]["epoch"], True)
-        save_checkpoint(self.last_path, state)
+        save_checkpoint(self.last_path, self._state(fold, self.history[-1]["epoch"], True))
         if keep_last_as_best:
-            save_checkpoint(self.best_path, state)
+            atomic_link(self.last_path, self.best_path)
 
     def resume(self, fold, config: dict) -> int:
         """Load last.pt into the fold's objects and this keeper; return the epoch to start from."""

@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.core.utils import UserError, atomic_save, atomic_write_text
+from src.core.utils import UserError, atomic_save, atomic_save_npy, atomic_write_text
+from src.data.tables import prob_columns
 
 
 @dataclass(frozen=True)
@@ -140,10 +142,6 @@ def fold_lock(fp: FoldPaths, what: str):
 # ---------------------------------------------------------------- OOF files
 
 
-def prob_columns(classes: list[str]) -> list[str]:
-    return [f"prob_{c}" for c in classes]
-
-
 def write_oof(path: Path, ids, fold: int, labels, targets, probs: np.ndarray, classes: list[str],
               run_id: str, epoch: int) -> None:
     """oof.csv: id, fold, label, target, run_id, epoch (of the model that predicted), then
@@ -214,15 +212,16 @@ def load_preds(path: Path) -> np.ndarray | None:
         return None
 
 
-def save_preds(path: Path, logits: np.ndarray) -> None:
-    """Write logits atomically; entries of the same fold, split and view under older keys (another
-    checkpoint or image set) are removed, so the cache holds one per (fold, split, view)."""
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, logits.astype(np.float32))
-
-    atomic_save(path, write)
-    split_view = path.name.rsplit("-", 1)[0]
-    for old in path.parent.glob(f"{split_view}-*.npy"):
-        if old != path and old.name.rsplit("-", 1)[0] == split_view:
+def save_cached_array(path: Path, array: np.ndarray, slot: Callable[[Path], str]) -> None:
+    """Write a cache entry (float32 .npy) atomically, then remove the entries beside it of the same
+    slot under older keys, so a cache holds one entry per slot. `slot(path)` names an entry's slot."""
+    atomic_save_npy(path, array.astype(np.float32))
+    for old in path.parent.glob("*.npy"):
+        if old != path and slot(old) == slot(path):
             old.unlink(missing_ok=True)
+
+
+def save_preds(path: Path, logits: np.ndarray) -> None:
+    """Write logits; entries of the same fold, split and view under older keys (another checkpoint
+    or image set) are removed, so the cache holds one per (fold, split, view)."""
+    save_cached_array(path, logits, lambda p: p.name.rsplit("-", 1)[0])

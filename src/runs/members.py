@@ -17,12 +17,10 @@ import torch
 
 from src.core import distributed
 from src.core.config import Config, LoaderCfg, config_from_dict
-from src.core.runtime import Norm, Runtime, predict
+from src.core.runtime import Runtime, predict
 from src.core.utils import UserError
 from src.data.folds import load_or_create_folds
-from src.data.image_cache import image_cache
-from src.data.loaders import ImageDataset, make_loader, resolve_workers
-from src.data.transforms import build_transform, resolve_norm
+from src.data.loaders import eval_loader
 from src.evaluation.blending import combine, fit_weights, log_probs
 from src.evaluation.metrics import compute_metric, softmax
 from src.models.model import build_model
@@ -137,19 +135,6 @@ def open_member(name: str, output_dir: str, missing_folds: str, data_dir: str | 
 def _eval_setup(cfg: Config) -> tuple:
     """What the evaluation transform depends on: folds that share it share one decoding pass."""
     return cfg.model.name, cfg.aug.img_size, cfg.aug.crop_pct, cfg.aug.mean, cfg.aug.std, cfg.data.cache
-
-
-def eval_loader(cfg: Config, paths: list[str], loader_cfg: LoaderCfg, rt: Runtime,
-                pretrained_cfg: dict | None) -> tuple[torch.utils.data.DataLoader, Norm]:
-    """The evaluation pass's loader over `paths` (through the image cache, filled first) and the
-    normalisation its uint8 batches get on the device."""
-    images = image_cache(cfg, train=False)
-    if images is not None:
-        distributed.main_first(lambda: images.fill_or_fail(paths, workers=max(2, resolve_workers(loader_cfg))))
-    ds = distributed.shard_dataset(ImageDataset(paths, None, build_transform(cfg.aug, False), images),
-                                   loader_cfg.batch_size)  # this rank's share under torchrun
-    loader = make_loader(ds, loader_cfg, device=rt.device.type)
-    return loader, Norm(*resolve_norm(cfg.aug, pretrained_cfg))
 
 
 def fold_logits(m: Member, jobs: dict[int, pd.DataFrame], split: str, views: list[str], rt: Runtime,

@@ -19,12 +19,12 @@ import pandas as pd
 from src.core.config import Config, save_config
 from src.core.runtime import Runtime
 from src.core.utils import UserError
-from src.evaluation.metrics import LOWER_IS_BETTER, summary
+from src.evaluation.metrics import higher_is_better, monitor_name, summary
 from src.runs.checkpoint import load_checkpoint, save_checkpoint
 from src.runs.layout import file_sha1, fold_paths, oof_probs, read_oof, write_done, write_oof
 from src.runs.members import Member, open_member
 from src.training.engine import validate
-from src.training.trainer import cv_report, monitor_name, setup_fold
+from src.training.trainer import cv_report, setup_fold
 from src.training.weight_averaging import average_state_dicts, recompute_bn, swa_paths
 
 
@@ -36,8 +36,7 @@ def top_checkpoints(m: Member, fold: int, k: int) -> list[dict]:
     if len(ckpts) < k:
         raise UserError(f"fold {fold} of {m.name} kept {len(ckpts)} checkpoints of its run in top/, fewer than "
                         f"--top {k}; train with train.keep_top={k} (or more), or lower --top")
-    lower = m.cfg.train.monitor == "loss" or m.cfg.metric.name in LOWER_IS_BETTER
-    ckpts.sort(key=lambda c: c["metric"], reverse=not lower)
+    ckpts.sort(key=lambda c: c["metric"], reverse=higher_is_better(m.cfg))
     return ckpts[:k]
 
 

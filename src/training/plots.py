@@ -4,20 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.metrics import ConfusionMatrixDisplay
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
-
-from src.core.utils import atomic_save  # noqa: E402
-
-
-def _save(fig, path: Path) -> None:
-    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
-    plt.close(fig)
+from src.core.figures import save_figure
 
 
 def plot_curves(history: pd.DataFrame, metric: str, path: Path) -> None:
@@ -34,7 +26,7 @@ def plot_curves(history: pd.DataFrame, metric: str, path: Path) -> None:
     axes[1].set(xlabel="epoch", title="validation")
     if axes[1].lines:
         axes[1].legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], path: Path) -> None:
@@ -46,4 +38,4 @@ def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], p
         xticks_rotation="vertical", include_values=len(classes) <= 30,
     )
     ax.set_title("confusion matrix (best epoch, out of fold)")
-    _save(fig, path)
+    save_figure(fig, path)

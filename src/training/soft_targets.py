@@ -10,7 +10,7 @@ import torch
 
 from src.core.config import Config
 from src.core.utils import UserError
-from src.runs.layout import prob_columns
+from src.data.tables import prob_columns
 from src.training.distillation import distill_targets, teacher_oof
 
 

@@ -9,9 +9,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from timm.data import Mixup
@@ -21,13 +19,12 @@ from src.core import distributed
 from src.core.config import Config, config_from_dict, save_config
 from src.core.runtime import Norm, Runtime
 from src.core.tracking import Tracker
-from src.core.utils import UserError, atomic_save, atomic_write_text, seed_everything
-from src.data.folds import folds_path, load_or_create_folds
+from src.core.utils import UserError, atomic_save, atomic_write_text, derive_seed, seed_everything
+from src.data.folds import fold_tables
 from src.data.image_cache import image_cache
 from src.data.loaders import ImageDataset, make_loader, resolve_workers
-from src.data.tables import drop_bad_images, load_train_table
 from src.data.transforms import build_transform, resolve_norm
-from src.evaluation.metrics import LOWER_IS_BETTER, is_better, summary
+from src.evaluation.metrics import higher_is_better, is_better, monitor_name, summary
 from src.models.losses import build_loss
 from src.models.model import build_model, freeze, has_weights, param_counts, param_groups, set_train_mode, unfreeze
 from src.models.optim import build_optimizer, build_scheduler
@@ -48,43 +45,9 @@ from src.runs.layout import (
 )
 from src.training.engine import CompiledForward, FoldState, train_one_epoch, validate
 from src.training.plots import plot_confusion, plot_curves
-from src.training.pseudo_labels import add_pseudo
 from src.training.size_schedule import size_at
 from src.training.soft_targets import with_soft_targets
 from src.training.weight_averaging import finish_swa, new_swa, swa_cv, swa_step
-
-
-def derive_seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([abs(int(p)) for p in parts]).generate_state(1)[0])
-
-
-def fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str]]:
-    """(training rows, validation rows or None for fold -1, class names), readable images only;
-    pseudo-labelled test images (data.pseudo) are appended to the training rows only."""
-    if fold != -1 and not 0 <= fold < cfg.data.n_folds:
-        raise UserError(f"--fold {fold} is out of range; use 0..{cfg.data.n_folds - 1}, all, or -1")
-    table = load_train_table(cfg.data)
-    # Images are checked before the split is written, so bad data writes nothing; skipped images
-    # stay in the split (it must not depend on which files were readable today).
-    cache = folds_path(cfg).with_name(f"{Path(cfg.data.dir).resolve().name}_images_checked.json")
-    pending: list = []
-    undo: list = []
-    try:
-        readable = set(drop_bad_images(table, cfg, cache, defer=pending, images=image_cache(cfg, train=True),
-                                       undo=undo)["id"])
-        df, classes, _ = load_or_create_folds(cfg, table=table)
-    except BaseException:
-        for u in undo:  # new image-cache entries were staged: remove them
-            u()
-        raise
-    for write in pending:  # the split accepted the data: now remember the check (and cache the images)
-        write()
-    df = df[df["id"].isin(readable)].reset_index(drop=True)
-    if fold == -1:
-        return add_pseudo(df, cfg, classes), None, classes
-    train = add_pseudo(df[df["fold"] != fold].reset_index(drop=True), cfg, classes)  # never the validation part
-    return train, df[df["fold"] == fold].reset_index(drop=True), classes
-
 
 # ---------------------------------------------------------------- setup
 
@@ -139,10 +102,6 @@ def fill_caches(s: FoldState) -> None:
         base.cache.fill_or_fail(paths, workers=max(2, resolve_workers(s.cfg.loader)))
 
 
-def higher_is_better(cfg: Config) -> bool:
-    return cfg.train.monitor == "metric" and cfg.metric.name not in LOWER_IS_BETTER
-
-
 def optimization(s: FoldState) -> None:
     """Loss, mixup, optimizer, schedule, grad scaler and EMA of a set-up fold."""
     cfg, n_classes = s.cfg, len(s.classes)
@@ -180,10 +139,6 @@ def dry_run(s: FoldState) -> dict:
 
 
 # ---------------------------------------------------------------- one fold
-
-
-def monitor_name(cfg: Config) -> str:
-    return cfg.metric.name if cfg.train.monitor == "metric" else "loss"
 
 
 def run_epoch(s: FoldState, keeper: CheckpointKeeper, epoch: int, tracker: Tracker,

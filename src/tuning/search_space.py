@@ -106,14 +106,3 @@ def suggest(trial: optuna.Trial, space: Space) -> dict[str, Any]:
         else:
             values[key] = decode(trial.suggest_categorical(key, [encode(c) for c in p.choices]), p.choices)
     return values
-
-
-def nested(flat: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return out

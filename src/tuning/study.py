@@ -16,8 +16,7 @@ from pathlib import Path
 import optuna
 import sqlalchemy
 
-from src.core.utils import UserError
-from src.training.trainer import derive_seed
+from src.core.utils import UserError, derive_seed
 from src.tuning.search_space import Space
 
 

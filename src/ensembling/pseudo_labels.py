@@ -26,9 +26,8 @@ from src.core.config import Config
 from src.core.runtime import Runtime
 from src.core.utils import UserError, atomic_write_text
 from src.core.views import parse_views
-from src.data.tables import load_test_table
+from src.data.tables import load_test_table, prob_columns
 from src.evaluation.blending import combine, log_probs
-from src.runs.layout import prob_columns
 from src.runs.members import across_members, member_test, oof_report, open_members, resolve_weights
 
 HARD_THRESHOLD = 0.9  # default confidence for hard pseudo-labels; soft ones keep every row by default
@@ -96,44 +95,4 @@ def make_pseudo(cfg: Config, names: list[str], views: list[str] | None, weights,
     return out
 
 
-def read_pseudo(path: str | Path, cfg: Config, classes: list[str]) -> tuple[pd.DataFrame, bool]:
-    """(pseudo rows with id, label, path, target, and prob_<class> columns; soft?) for training."""
-    path = Path(path)
-    meta_path = path.with_suffix(".json")
-    if not path.is_file() or not meta_path.is_file():
-        raise UserError(f"data.pseudo={path}: no such pseudo-label table (with its .json); write it with "
-                        "python -m src.pseudo --experiments ...")
-    tag, sha = path.stem.rsplit("_", 1)[-1], hashlib.sha1(path.read_bytes()).hexdigest()[:8]
-    if tag != sha:
-        raise UserError(f"data.pseudo={path} does not hold the table its name records (sha1 {sha}, name {tag}): it "
-                        "was edited or not written by src.pseudo; write a new one with python -m src.pseudo")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("classes") != classes:
-        raise UserError(f"data.pseudo={path} was made for the classes {meta.get('classes')[:5]}..., not this "
-                        "competition's; make it from this competition's members")
-    df = pd.read_csv(path, dtype={"id": str, "label": str}, keep_default_na=False)
-    missing = [c for c in ["id", "label", *prob_columns(classes)] if c not in df]
-    if missing:
-        raise UserError(f"data.pseudo={path} lacks the columns {missing[:4]}; write it again with python -m src.pseudo")
-    test, _ = load_test_table(cfg.data)
-    path_of = dict(zip(test["id"], test["path"]))
-    unknown = [i for i in df["id"] if i not in path_of]
-    if unknown:
-        raise UserError(f"data.pseudo={path} names {len(unknown)} images that are not test images of {cfg.data.dir} "
-                        f"(e.g. {unknown[:3]}); make the table from this competition's test set")
-    index = {c: i for i, c in enumerate(classes)}
-    rows = df[["id", "label", *prob_columns(classes)]].copy()
-    rows["path"] = [path_of[i] for i in rows["id"]]
-    rows["target"] = rows["label"].map(index).astype(np.int64)
-    return rows, bool(meta.get("soft"))
 
-
-def add_pseudo(train: pd.DataFrame, cfg: Config, classes: list[str]) -> pd.DataFrame:
-    """The training rows of a fold with the pseudo-labelled test images appended (fold -1,
-    pseudo=True); unchanged without data.pseudo. Validation rows are never passed here."""
-    if cfg.data.pseudo is None:
-        return train
-    rows, soft = read_pseudo(cfg.data.pseudo, cfg, classes)
-    rows["fold"], rows["pseudo"], rows["pseudo_soft"] = -1, True, soft
-    real = train.assign(pseudo=False, pseudo_soft=False)
-    return pd.concat([real, rows], ignore_index=True)

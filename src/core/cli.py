@@ -1,0 +1,51 @@
+"""What every command's main() shares: the parser, `--config` with overrides, and the exit.
+
+A command builds its parser with `command_parser(__doc__)`, adds its own flags, and reads the
+config with `parse_config(parser, argv)`; `run_cli(main)` turns a UserError into one line and exit
+code 2, and Ctrl-C into exit code 130 with what was kept (the command says what; only a command
+that can resume says how)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from src.core.config import Config, add_config_args, load_config, require_competition
+from src.core.utils import UserError, one_sentence
+
+
+def command_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A parser whose --help shows the command's docstring as written (its example commands)."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def parse_config(parser: argparse.ArgumentParser, argv: list[str] | None,
+                 prepare: Callable[[argparse.Namespace], object] | None = None) -> tuple[argparse.Namespace, Config]:
+    """Add --config and the trailing `section.key=value` overrides, parse, and load the config
+    (base < experiment < command line). `prepare(args)` runs before the config is loaded: where a
+    flag with many values swallowed overrides, it moves them into args.overrides.
+
+    A config that names no competition folder (data.dir) ends here, in one sentence that says how
+    to name one, before anything is built or written."""
+    add_config_args(parser)
+    args = parser.parse_intermixed_args(argv)
+    if prepare is not None:
+        prepare(args)
+    cfg = load_config(args.config, args.overrides)
+    require_competition(cfg.data, args.config)
+    return args, cfg
+
+
+def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None, *,
+            interrupted: str = "interrupted") -> None:
+    """Run an entry point: a UserError becomes one line on stderr and exit code 2; Ctrl-C prints
+    `interrupted` (what was kept, and how to continue where the command can) and exits with 130."""
+    try:
+        main(argv)
+    except UserError as e:
+        print(f"error: {one_sentence(e)}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,57 @@
+"""Pseudo-label rows for training: a table written by src.pseudo, read and checked against the content hash in its name, and appended to a fold's training rows (never its validation rows)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from src.core.config import Config
+from src.core.utils import UserError
+from src.data.tables import load_test_table, prob_columns
+
+
+def read_pseudo(path: str | Path, cfg: Config, classes: list[str]) -> tuple[pd.DataFrame, bool]:
+    """(pseudo rows with id, label, path, target, and prob_<class> columns; soft?) for training."""
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    if not path.is_file() or not meta_path.is_file():
+        raise UserError(f"data.pseudo={path}: no such pseudo-label table (with its .json); write it with "
+                        "python -m src.pseudo --experiments ...")
+    tag, sha = path.stem.rsplit("_", 1)[-1], hashlib.sha1(path.read_bytes()).hexdigest()[:8]
+    if tag != sha:
+        raise UserError(f"data.pseudo={path} does not hold the table its name records (sha1 {sha}, name {tag}): it "
+                        "was edited or not written by src.pseudo; write a new one with python -m src.pseudo")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("classes") != classes:
+        raise UserError(f"data.pseudo={path} was made for the classes {meta.get('classes')[:5]}..., not this "
+                        "competition's; make it from this competition's members")
+    df = pd.read_csv(path, dtype={"id": str, "label": str}, keep_default_na=False)
+    missing = [c for c in ["id", "label", *prob_columns(classes)] if c not in df]
+    if missing:
+        raise UserError(f"data.pseudo={path} lacks the columns {missing[:4]}; write it again with python -m src.pseudo")
+    test, _ = load_test_table(cfg.data)
+    path_of = dict(zip(test["id"], test["path"]))
+    unknown = [i for i in df["id"] if i not in path_of]
+    if unknown:
+        raise UserError(f"data.pseudo={path} names {len(unknown)} images that are not test images of {cfg.data.dir} "
+                        f"(e.g. {unknown[:3]}); make the table from this competition's test set")
+    index = {c: i for i, c in enumerate(classes)}
+    rows = df[["id", "label", *prob_columns(classes)]].copy()
+    rows["path"] = [path_of[i] for i in rows["id"]]
+    rows["target"] = rows["label"].map(index).astype(np.int64)
+    return rows, bool(meta.get("soft"))
+
+
+def add_pseudo(train: pd.DataFrame, cfg: Config, classes: list[str]) -> pd.DataFrame:
+    """The training rows of a fold with the pseudo-labelled test images appended (fold -1,
+    pseudo=True); unchanged without data.pseudo. Validation rows are never passed here."""
+    if cfg.data.pseudo is None:
+        return train
+    rows, soft = read_pseudo(cfg.data.pseudo, cfg, classes)
+    rows["fold"], rows["pseudo"], rows["pseudo_soft"] = -1, True, soft
+    real = train.assign(pseudo=False, pseudo_soft=False)
+    return pd.concat([real, rows], ignore_index=True)

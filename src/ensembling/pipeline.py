@@ -1,0 +1,107 @@
+"""The ensemble as an API (what python -m src.ensemble and the Kaggle notebook run): the OOF report, the views and weights fitted on it, the test predictions of every member, fold and view, the blend, the submission and its ledger row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from src.core import distributed
+from src.core.config import Config
+from src.core.runtime import Runtime
+from src.core.utils import UserError
+from src.core.views import parse_views
+from src.data.tables import load_test_table
+from src.ensembling.ledger import record_submission
+from src.ensembling.submission import check_out_path, checked_submission, write_submission
+from src.ensembling.view_selection import choose_views
+from src.evaluation.blending import combine, log_probs
+from src.evaluation.metrics import compute_metric
+from src.evaluation.stacking import fit_predict_test, nested_oof, stack_features
+from src.runs.members import across_members, member_test, oof_blend, open_members, resolve_weights
+
+
+def _parse_tta(tta: list[str] | None, default: list[str]) -> tuple[list[str], bool]:
+    """(views, or the candidates for auto; auto?). None: the default views; ['auto', ...]: choose on OOF."""
+    if tta and tta[0] == "auto":
+        return parse_views(tta[1:] or default), True
+    return parse_views(default if tta is None else (tta or ["identity"])), False
+
+
+def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None = None,
+        weights: str | list[float] | None = None, voting: str | None = None, out: str | Path | None = None,
+        fmt: str | None = None, report: bool = True, cache: bool = True, stack: str | None = None) -> Path:
+    """Blend members' folds (x TTA views) into a submission CSV and return its path.
+
+    Args:
+        cfg: config naming the competition (data) and defaults (ensemble section).
+        experiments: member experiment names (default: cfg's experiment).
+        tta: view names (default: ensemble.tta; ['identity'] = no TTA; ['auto', candidates...]:
+            the views that improve the OOF blend, chosen greedily among the candidates or ensemble.tta).
+        weights: 'equal', 'auto' or one weight per member (default: ensemble.weights).
+        voting: soft | geometric | logits | hard | rank (default: ensemble.voting).
+        out: submission path (default: submissions/<members>[_tta][_stack].csv).
+        fmt: submission format (default: ensemble.format).
+        report: print the OOF report first (needs the members' oof.csv and training images); a
+            Kaggle kernel turns it off and passes the weights chosen when the bundle was built.
+        cache: read and write outputs/<member>/preds/ (off where outputs are read-only).
+        stack: a stacker fitted on the members' OOF predictions (logreg) instead of weighted voting;
+            its OOF score comes from nested folds.
+    """
+    e = cfg.ensemble
+    names = experiments or [str(cfg.experiment.name)]
+    views, auto = _parse_tta(tta, e.tta)
+    weights = e.weights if weights is None else weights
+    voting = voting or e.voting
+    if not report and (auto or stack or weights == "auto"):
+        raise UserError("--tta auto, --stack and weights=auto are fitted on the OOF report; fix the views and "
+                        "weights when the report is off")
+    tag = ("_tta" if auto or views != ["identity"] else "") + (f"_{stack}" if stack else "")
+    out = Path(out) if out else Path("submissions") / ("+".join(names) + tag + ".csv")
+    check_out_path(out, cfg.data.dir)
+    rt = Runtime.from_cfg(cfg.runtime)
+    test, sample = load_test_table(cfg.data)
+    members = open_members(cfg, names)
+    if isinstance(weights, list):
+        resolve_weights(weights, members, [], np.zeros(0), cfg.metric.name, voting)  # checked before any prediction
+    classes = members[0].classes
+
+    # 1) OOF report: views chosen on OOF (auto), each member and the blend without and with TTA, the stacker
+    cv, choice, blend = None, None, None
+    if report:
+        if auto:
+            choice = choose_views(cfg, members, views, weights, voting, rt)
+            views = choice.views
+        blend = oof_blend(cfg, members, views, weights, voting, rt)
+        w, cv = blend.weights, blend.score
+        if stack:
+            stacked = nested_oof(stack, stack_features(blend.per), blend.y, blend.folds, len(classes), cfg.experiment.seed)
+            cv = compute_metric(cfg.metric.name, blend.y, stacked)
+            print(f"stacker {stack} (nested over {len(np.unique(blend.folds))} folds): OOF {cfg.metric.name} "
+                  f"{cv:.4f} against the blend's {blend.score:.4f}")
+    else:
+        w = resolve_weights(weights, members, [], np.zeros(0), cfg.metric.name, voting)
+
+    # 2) test predictions: folds x views per member (cached), blended within, then across members.
+    # Hard votes are counted per member; members' vote shares are then averaged.
+    member_probs = [member_test(m, test, views, rt, cfg.loader, voting, cache) for m in members]
+    features = [log_probs(p) for p in member_probs]
+    probs = (fit_predict_test(stack, stack_features(blend.per), blend.y, stack_features(features), len(classes),
+                              cfg.experiment.seed) if stack else combine(np.stack(features), across_members(voting), w))
+    computed, cached = sum(m.computed for m in members), sum(m.cached for m in members)
+    print(f"predictions (fold x view x split): {computed} computed, {cached} read from outputs/<member>/preds/")
+
+    # 3) submission
+    sub, fmt = checked_submission(probs, classes, sample, cfg.data.id_col, fmt or e.format, cfg.metric.name)
+    probs_path = distributed.from_main(lambda: write_submission(out, sub, probs, classes, sample, cfg.data.id_col))
+    dist = pd.Series(np.asarray(classes)[probs.argmax(1)]).value_counts().reindex(classes, fill_value=0)
+    print(f"wrote {out} ({len(sub)} rows, format {fmt}, {len(members)} members x folds x {len(views)} views); "
+          f"probabilities in {probs_path}")
+    print("predicted classes: " + ", ".join(f"{c} {n}" for c, n in dist.items()))
+
+    # 4) the ledger (local runs: a kernel, report off, has no CV to record)
+    if report:
+        record_submission(out, members, views, None if stack else w, voting, stack, cfg.metric.name, cv,
+                          choice.gain if choice else None)
+    return out
