@@ -164,3 +164,21 @@ def test_functions_are_short(name):
     long = [(n.name, n.end_lineno - n.lineno + 1) for n in ast.walk(tree)
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES]
     assert long == []
+
+
+def test_tests_import_no_private_names():
+    """Tests use what the packages offer; a private name is free to change without a test noticing."""
+    private = []
+    for p in sorted((SRC.parent / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("src"):
+                private += [f"{p.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    assert private == []
+
+
+def test_no_two_modules_share_a_name_across_packages():
+    """A module's name says what it holds; the same name in two packages (say figures in core and in
+    analysis) makes a newcomer open both. A command and the part it conducts may share one."""
+    parts = [m for m in modules(SRC) if "." in m and not m.endswith("__init__")]
+    names = [m.split(".")[1] for m in parts]
+    assert sorted({n for n in names if names.count(n) > 1}) == []

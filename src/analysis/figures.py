@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from src.core.figures import save_figure
+from src.core.plotting import save_figure
 
 
 def mean_band(histories: dict[int, pd.DataFrame], col: str) -> pd.DataFrame:

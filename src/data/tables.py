@@ -17,7 +17,7 @@ from src.data.images import find_bad_images
 from src.data.loaders import resolve_workers
 
 
-class _ImageIndex:
+class ImageIndex:
     """Maps an id (with or without extension, with or without subfolders) to its file.
 
     Where an id without extension matches several files, data.image_exts decides in its order;
@@ -98,7 +98,7 @@ def _require_cols(df: pd.DataFrame, cols: dict[str, str], path: Path) -> None:
 def _attach_paths(df: pd.DataFrame, id_col: str, image_dir: Path, exts: list[str], what: str) -> pd.DataFrame:
     if not image_dir.is_dir():
         raise UserError(f"image folder {image_dir} does not exist; copy the images there or set data.image_dir / data.test_dir")
-    index = _ImageIndex(image_dir, exts)
+    index = ImageIndex(image_dir, exts)
     paths = [index.find(i) for i in df[id_col]]
     missing = [i for i, p in zip(df[id_col], paths) if p is None]
     if missing:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import ConfusionMatrixDisplay
 
-from src.core.figures import save_figure
+from src.core.plotting import save_figure
 
 
 def plot_curves(history: pd.DataFrame, metric: str, path: Path) -> None:

@@ -58,7 +58,7 @@ def save_plots(study: optuna.Study, out_dir: Path) -> list[Path]:
 
     from optuna.visualization import matplotlib as ovm
 
-    from src.core.figures import save_figure
+    from src.core.plotting import save_figure
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 

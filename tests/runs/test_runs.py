@@ -21,7 +21,7 @@ from src.runs.layout import finished_folds, fold_lock, fold_paths
 from src.runs.members import open_member
 from src.training.trainer import train_fold
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Interrupted(KeyboardInterrupt):

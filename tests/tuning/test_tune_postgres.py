@@ -1,7 +1,7 @@
 """Optuna workers sharing one study on a real PostgreSQL server: the storage for workers on several
 machines. A throwaway server (initdb + pg_ctl in a temporary folder, listening on a unix socket
 only) is started when PostgreSQL's binaries are installed; the test skips itself, saying why, when
-they or the driver (psycopg) are absent. (SQLite and the journal file: tests/test_tune.py.)
+they or the driver (psycopg) are absent. (SQLite and the journal file: tests/tuning/test_tune.py.)
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from src.core.utils import UserError
 from src.tuning.study import COUNTED as FINISHED
 from src.tuning.study import RUNNING, storage_for
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "demo.yaml"
 
 

@@ -30,7 +30,7 @@ from src.runs.members import open_member
 from src.training.trainer import train_fold
 from src.tuning.search_space import load_space
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------- weights

@@ -21,7 +21,7 @@ from src.models.losses import FocalLoss, build_loss, class_weights
 from src.models.model import build_model, freeze, param_groups, set_train_mode
 from src.models.optim import build_optimizer
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FREEZE_AT = "layer4.0.conv1"
 
 

@@ -1,9 +1,9 @@
-"""Started by torchrun from tests/test_distributed.py: fold 0 trained under DDP, interrupted by an
+"""Started by torchrun from tests/core/test_distributed.py: fold 0 trained under DDP, interrupted by an
 exception on every rank once epoch 0 is saved (the interruption test_train's resume test uses),
 a copy of the unfinished outputs kept for the test, then continued by `src.train --resume` (W&B
 offline) in the same processes, which saves a second torchrun start.
 
-    torchrun --standalone --nproc_per_node 2 tests/ddp_interrupted.py CONFIG COPY_DIR [key=value ...]
+    torchrun --standalone --nproc_per_node 2 tests/core/ddp_interrupted.py CONFIG COPY_DIR [key=value ...]
 """
 
 from __future__ import annotations

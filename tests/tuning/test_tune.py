@@ -27,7 +27,7 @@ from src.tuning.search_space import Space, load_space, suggest
 from src.tuning.study import COUNTED as FINISHED
 from src.tuning.study import FAIL, storage_for
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "demo.yaml"
 COMPLETE = optuna.trial.TrialState.COMPLETE
 PRUNED = optuna.trial.TrialState.PRUNED

@@ -15,7 +15,7 @@ from src.core.utils import UserError
 from src.demo import build_demo
 from src.score import score_submission
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _tree(root: Path) -> dict[str, bytes]:

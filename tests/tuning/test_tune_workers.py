@@ -27,7 +27,7 @@ from src.tuning.search_space import load_space
 from src.tuning.study import COUNTED as FINISHED
 from src.tuning.study import FAIL, RUNNING, storage_for
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "demo.yaml"
 PARAMS = {
     "optim.lr": {"type": "float", "low": 1.0e-3, "high": 2.0e-2, "log": True},

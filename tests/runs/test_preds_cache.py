@@ -95,7 +95,7 @@ def test_a_retrained_fold_is_predicted_again(demo_cfg, tiny_cfg, demo_dir, outpu
 def test_plain_run_uses_the_configured_views_and_no_tta_turns_them_off(demo_dir, overrides_for, outputs, tmp_path,
                                                                         monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    args = ["--config", str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"), "--experiments", "a",
+    args = ["--config", str(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"), "--experiments", "a",
             *overrides_for(demo_dir, outputs, "data.n_folds=2", "loader.num_workers=0", "ensemble.tta=[identity,hflip]")]
     run_cli(ensemble.main, args)
     out = capsys.readouterr().out

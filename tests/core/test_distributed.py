@@ -29,7 +29,7 @@ from src.ensembling import pipeline
 from src.runs.checkpoint import load_checkpoint
 from src.runs.layout import fold_paths
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "demo.yaml"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 # Two short epochs of the head only; 16 images per process (TINY), 32 for the single process.
@@ -100,7 +100,7 @@ def runs(demo_dir, tmp_path_factory, overrides_for):
     tmp = tmp_path_factory.mktemp("ddp")
     ov = {name: overrides_for(demo_dir, tmp / name, *RUN) for name in ("one", "ddp")}
     train.run(load_config(CONFIG, [*ov["one"], "loader.batch_size=32"]), 0)
-    ddp = _torchrun([str(REPO / "tests" / "ddp_interrupted.py"), str(CONFIG), str(tmp / "interrupted"), *ov["ddp"]], tmp)
+    ddp = _torchrun([str(REPO / "tests" / "core" / "ddp_interrupted.py"), str(CONFIG), str(tmp / "interrupted"), *ov["ddp"]], tmp)
     return {"tmp": tmp, "ddp": ddp}
 
 

@@ -40,7 +40,7 @@ from src.runs.layout import file_sha1
 from src.score import score_submission
 from src.training.trainer import train_fold
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CLASSES = [str(i) for i in range(10)]
 # A few real optimizer steps (no warmup) so the members are better than chance: the OOF-weight
 # test needs informative members, and label predictions then are not all one class.

@@ -604,12 +604,12 @@ def test_cached_image_check_skips_decoding_unchanged_files(demo_cfg, demo_dir: P
 
 
 def test_image_exts_order_decides_between_same_named_files(tmp_path: Path):
-    from src.data.tables import _ImageIndex
+    from src.data.tables import ImageIndex
 
     for name in ("a.png", "a.jpg", "x/b.png", "y/b.png"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (4, 4)).save(tmp_path / name)
-    assert _ImageIndex(tmp_path, [".png", ".jpg"]).find("a").name == "a.png"
-    assert _ImageIndex(tmp_path, [".jpg", ".png"]).find("a").name == "a.jpg"
-    assert _ImageIndex(tmp_path, [".png"]).find("b") is None  # same rank in two folders: ambiguous
-    assert _ImageIndex(tmp_path, [".png"]).find("x/b").parent.name == "x"
+    assert ImageIndex(tmp_path, [".png", ".jpg"]).find("a").name == "a.png"
+    assert ImageIndex(tmp_path, [".jpg", ".png"]).find("a").name == "a.jpg"
+    assert ImageIndex(tmp_path, [".png"]).find("b") is None  # same rank in two folders: ambiguous
+    assert ImageIndex(tmp_path, [".png"]).find("x/b").parent.name == "x"

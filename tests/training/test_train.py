@@ -32,7 +32,7 @@ from src.runs.layout import file_sha1, fold_paths
 from src.training.engine import TrainingDiverged
 from src.training.trainer import train_fold
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FREEZE_AT = "layer4.0.conv1"
 ARTIFACTS = ["best.pt", "last.pt", "oof.csv", "history.csv", "curves.png", "confusion_matrix.png", "done.json"]
 

@@ -30,7 +30,7 @@ import src.ensemble as ensemble
 import src.train as train
 from src.core.cli import run_cli
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 # Relative paths: every command runs with tmp_path as its working directory, so the inputs, the
 # outputs and the default submissions/ folder all land there (and the image-check cache that the
 # trained folds leave behind stays valid in each copy: same relative paths, sizes and mtimes).

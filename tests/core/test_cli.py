@@ -1,0 +1,88 @@
+"""The command wrapper every main() shares (src.core.cli): --help of every command, a config that
+names no competition refused in one sentence before anything is written, Ctrl-C's message (the
+--resume hint only where resuming exists), and the repository's configs found from the package."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+
+import pytest
+from conftest import REPO
+
+from src.core.cli import run_cli
+from src.core.config import CONFIG_DIR
+from src.tuning.search_space import DEFAULT_SPACE_DIR
+
+COMMANDS = sorted(p.stem for p in (REPO / "src").glob("*.py") if p.stem != "__init__")
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_has_help_showing_how_it_is_called(name, capsys):
+    module = importlib.import_module(f"src.{name}")
+    with pytest.raises(SystemExit) as e:
+        module.main(["--help"])
+    assert e.value.code == 0
+    assert f"python -m src.{name}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--fold", "0"],
+    ["folds"],
+    ["ensemble", "--tta", "hflip"],
+    ["report"],
+    ["probe"],
+    ["tune", "--n-trials", "1"],
+    ["kaggle_kernel"],
+    ["pseudo", "--experiments", "x"],
+])
+def test_no_competition_configured_is_one_sentence_and_writes_nothing(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # base.yaml and the default recipe name no data.dir
+    with pytest.raises(SystemExit) as e:
+        run_cli(importlib.import_module(f"src.{argv[0]}").main, argv[1:])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert "no competition folder is configured" in err and "data.dir" in err
+    assert "--config configs/demo.yaml" in err and "python -m src.demo" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def _interrupt_messages() -> dict[str, str]:
+    """The `interrupted=` text each command's `if __name__ == "__main__"` block passes to run_cli."""
+    found = {}
+    for name in COMMANDS:
+        tree = ast.parse((REPO / "src" / f"{name}.py").read_text())
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "run_cli"]
+        assert len(calls) == 1, f"src/{name}.py must end in one run_cli(main)"
+        kw = {k.arg: k.value for k in calls[0].keywords}
+        found[name] = ast.literal_eval(kw["interrupted"]) if "interrupted" in kw else "interrupted"
+    return found
+
+
+def test_only_train_says_continue_with_resume_on_ctrl_c():
+    messages = _interrupt_messages()
+    assert "--resume" in messages["train"]
+    assert [n for n, m in messages.items() if "--resume" in m] == ["train"]
+
+
+def test_run_cli_exit_codes(capsys):
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as e:
+        run_cli(interrupted, [], interrupted="interrupted: kept X")
+    assert e.value.code == 130 and capsys.readouterr().err.strip() == "interrupted: kept X"
+
+    def fails(argv):
+        from src.core.utils import UserError
+
+        raise UserError("fix the thing")
+
+    with pytest.raises(SystemExit) as e:
+        run_cli(fails, [])
+    assert e.value.code == 2 and capsys.readouterr().err.strip() == "error: fix the thing"
+
+
+def test_configs_are_the_repositorys_not_a_modules():
+    assert CONFIG_DIR == REPO / "configs" and (CONFIG_DIR / "base.yaml").is_file()
+    assert DEFAULT_SPACE_DIR == REPO / "configs" / "tune"
