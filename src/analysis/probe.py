@@ -33,7 +33,7 @@ from src.core.utils import UserError, atomic_save, atomic_write_text
 from src.data.folds import fold_tables
 from src.data.tables import load_test_table, prob_columns
 from src.ensembling.submission import check_out_path, checked_submission, write_submission
-from src.evaluation.metrics import compute_metric, summary
+from src.evaluation.metrics import check_metric_fits, compute_metric, summary
 
 # Standardized features for the linear and kernel models; trees need no scaling.
 CLASSIFIERS: dict[str, Callable[[int], ClassifierMixin]] = {
@@ -113,6 +113,7 @@ def run_probe(cfg: Config, classifier: str = "logreg", out: str | Path | None = 
         check_out_path(out, cfg.data.dir)
     rt = Runtime.from_cfg(cfg.runtime)
     table, _, classes = fold_tables(cfg, -1)  # the split (and reviewed labels) training uses
+    check_metric_fits(cfg.metric.name, len(classes))
     x, xt, _, sample = _features(cfg, table, classes, out is not None, rt, cache)
     probs, test_probs = fit_folds(x, table, len(classes), lambda: CLASSIFIERS[classifier](cfg.experiment.seed), xt)
     if np.isnan(probs).any():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -205,8 +206,24 @@ class TrainCfg(_Section):
     compile: bool
 
 
+# The spelling of metric names; what each one computes, its direction and the tasks it scores are
+# in src.evaluation.metrics (a test checks that the two agree). Per-image F-beta (f2_samples) is
+# computed there, but a config cannot ask for it until multi-label tasks can be trained.
+METRIC_NAMES = ("accuracy, balanced_accuracy, f1_macro (f<beta>_macro|micro|weighted), roc_auc, pauc[@0.8], "
+                "average_precision, log_loss, qwk, map@<k>, gap")
+METRIC_NAME_PATTERN = re.compile(r"^(accuracy|balanced_accuracy|roc_auc|average_precision|log_loss|qwk|gap"
+                          r"|f\d+(\.\d+)?_(macro|micro|weighted)|map@[1-9]\d*|pauc(@0?\.\d+)?)$")
+
+
 class MetricCfg(_Section):
-    name: Literal["accuracy", "f1_macro", "log_loss", "roc_auc", "qwk"]
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if not METRIC_NAME_PATTERN.match(v):
+            raise ValueError(f"metric.name '{v}' is not a metric; use one of {METRIC_NAMES}")
+        return v
 
 
 class WandbCfg(_Section):

@@ -9,6 +9,7 @@ train.csv stops the run instead of being rewritten.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -132,12 +133,16 @@ def load_or_create_folds(cfg: Config, create: bool = True, table: pd.DataFrame |
     return df.reset_index(drop=True), classes, path
 
 
-def fold_tables(cfg: Config, fold: int) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str]]:
+def fold_tables(cfg: Config, fold: int, check_classes: Callable[[int], None] | None = None
+                ) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str]]:
     """(training rows, validation rows or None for fold -1, class names), readable images only;
-    pseudo-labelled test images (data.pseudo) are appended to the training rows only."""
+    pseudo-labelled test images (data.pseudo) are appended to the training rows only.
+    `check_classes(n_classes)` runs once the labels are read, before anything is written."""
     if fold != -1 and not 0 <= fold < cfg.data.n_folds:
         raise UserError(f"--fold {fold} is out of range; use 0..{cfg.data.n_folds - 1}, all, or -1")
     table = load_train_table(cfg.data)
+    if check_classes is not None:
+        check_classes(table["label"].nunique())
     # Images are checked before the split is written, so bad data writes nothing; skipped images
     # stay in the split (it must not depend on which files were readable today).
     cache = folds_path(cfg).with_name(f"{Path(cfg.data.dir).resolve().name}_images_checked.json")

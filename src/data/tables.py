@@ -129,6 +129,33 @@ def _clean_labels(raw: pd.DataFrame, col: str, path: Path, na_labels: str) -> pd
     return raw.assign(**{col: stripped})
 
 
+def looks_like_tag_lists(labels: pd.Series) -> bool:
+    """Whether a label column holds lists of tags (Planet's "clear primary water", iMet's
+    "13 405 896") rather than one class per image: most labels hold several words, a word recurs
+    in at least three different combinations, and some image's words are a strict part of
+    another's. Class names with spaces ("Common wheat", "Common Chickweed") meet the first test only."""
+    words = [frozenset(v.split()) for v in labels.astype(str)]
+    if not words or sum(len(w) > 1 for w in words) * 2 < len(words):
+        return False
+    combos = sorted(set(words), key=len)
+    counts: dict[str, int] = {}
+    for c in combos:
+        for w in c:
+            counts[w] = counts.get(w, 0) + 1
+    if max(counts.values()) < 3:
+        return False
+    return any(a < b for i, a in enumerate(combos) for b in combos[i + 1:])
+
+
+def _refuse_tag_lists(labels: pd.Series, path: Path, col: str) -> None:
+    if looks_like_tag_lists(labels):
+        several = int((labels.str.split().str.len() > 1).sum())
+        raise UserError(f"{path}: the labels of {col} look like lists of tags ({several} of {len(labels)} hold several "
+                        f"words, e.g. '{labels[labels.str.split().str.len().idxmax()]}'), and this workflow trains one "
+                        "class per image: it would learn every tag combination as a class; multi-label tasks are not "
+                        "supported yet, so keep one label per image in the column")
+
+
 def load_train_table(cfg: DataCfg) -> pd.DataFrame:
     """Training table with columns id, label (str), path and, when configured, group."""
     root = require_data_dir(cfg)
@@ -154,6 +181,7 @@ def load_train_table(cfg: DataCfg) -> pd.DataFrame:
             cols["data.group_col"] = cfg.group_col
         _require_cols(raw, cols, path)
         raw = _clean_labels(raw, cfg.label_col, path, cfg.na_labels)
+        _refuse_tag_lists(raw[cfg.label_col], path, cfg.label_col)
         dup = raw[cfg.id_col][raw[cfg.id_col].duplicated()].tolist()
         if dup:
             raise UserError(f"{path} lists {len(dup)} ids twice (e.g. {dup[:3]}); each image must appear once")

@@ -17,7 +17,7 @@ from src.ensembling.ledger import record_submission
 from src.ensembling.submission import check_out_path, checked_submission, write_submission
 from src.ensembling.view_selection import choose_views
 from src.evaluation.blending import combine, log_probs
-from src.evaluation.metrics import compute_metric
+from src.evaluation.metrics import check_metric_fits, compute_metric
 from src.evaluation.stacking import fit_predict_test, nested_oof, stack_features
 from src.runs.members import across_members, member_test, oof_blend, open_members, resolve_weights
 
@@ -66,6 +66,7 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
     if isinstance(weights, list):
         resolve_weights(weights, members, [], np.zeros(0), cfg.metric.name, voting)  # checked before any prediction
     classes = members[0].classes
+    check_metric_fits(cfg.metric.name, len(classes))
 
     # 1) OOF report: views chosen on OOF (auto), each member and the blend without and with TTA, the stacker
     cv, choice, blend = None, None, None

@@ -8,7 +8,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.stats import rankdata
 
-from src.evaluation.metrics import LOWER_IS_BETTER, compute_metric, softmax
+from src.evaluation.metrics import compute_metric, metric_spec, softmax
 
 
 def combine(logits: np.ndarray, voting: str, weights: np.ndarray | None = None) -> np.ndarray:
@@ -54,7 +54,7 @@ def fit_weights(oof_probs: list[np.ndarray], y: np.ndarray, metric: str, voting:
     """
     k = len(oof_probs)
     stack = np.stack([log_probs(p) for p in oof_probs])
-    sign = 1.0 if metric in LOWER_IS_BETTER else -1.0
+    sign = -1.0 if metric_spec(metric).higher_is_better else 1.0
 
     def loss(w: np.ndarray) -> float:
         return sign * compute_metric(metric, y, combine(stack, voting, w))

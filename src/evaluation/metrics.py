@@ -1,13 +1,40 @@
-"""Competition metrics over class-probability matrices (scikit-learn does the arithmetic)."""
+"""Competition metrics, each with its direction and the tasks it scores, in one registry.
+
+A metric scores a probability matrix against the truth: integer class indices (N,) for
+multi-class, binary and ordinal tasks, a 0/1 matrix (N, L) for multi-label ones. Metrics on
+decisions decode the probabilities first (the argmax; for multi-label, the labels whose
+probability reaches a threshold: 0.5, or thresholds fitted on OOF). scikit-learn does the
+arithmetic wherever it has the metric; written here: MAP@k, GAP (global average precision) and the
+partial ROC AUC above a true-positive rate, as ISIC 2024 scored it.
+
+Names: accuracy, balanced_accuracy, f<beta>_<average> (f1_macro, f1_micro, f1_weighted, f2_samples,
+...; samples is per image, multi-label only), roc_auc, pauc (pauc@<min_tpr>, default 0.8; binary),
+average_precision, log_loss, qwk, map@<k> (map@5), gap.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
-from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, log_loss, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    balanced_accuracy_score,
+    cohen_kappa_score,
+    fbeta_score,
+    log_loss,
+    roc_auc_score,
+    roc_curve,
+)
 
-from src.core.config import Config
+from src.core.config import METRIC_NAMES, Config
+from src.core.utils import UserError
 
-LOWER_IS_BETTER = {"log_loss", "loss"}
+SINGLE = frozenset({"multiclass", "binary", "ordinal"})  # one label per image: integer targets
+ALL = SINGLE | {"multilabel"}
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -17,31 +44,183 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
-def compute_metric(name: str, y_true: np.ndarray, probs: np.ndarray) -> float:
-    """Score `probs` (N x C) against integer targets with the metric `name`.
+def decide(probs: np.ndarray, thresholds: np.ndarray | float | None = None) -> np.ndarray:
+    """Decisions from probabilities: the argmax class (N,) for one label per image; with
+    `thresholds` (multi-label), the 0/1 matrix of labels whose probability reaches them."""
+    if thresholds is None:
+        return probs.argmax(1)
+    return (probs >= np.broadcast_to(np.asarray(thresholds, dtype=np.float64), probs.shape[1:])).astype(np.int64)
 
-    accuracy, f1_macro and qwk (quadratic-weighted kappa) use the argmax; log_loss and roc_auc
-    (binary, or one-vs-rest macro for more classes) use the probabilities.
-    """
-    y_true = np.asarray(y_true)
-    n_classes = probs.shape[1]
-    pred = probs.argmax(1)
-    if name == "accuracy":
-        return float(accuracy_score(y_true, pred))
-    if name == "f1_macro":
-        return float(f1_score(y_true, pred, average="macro", labels=np.arange(n_classes), zero_division=0))
-    if name == "qwk":
-        return float(cohen_kappa_score(y_true, pred, weights="quadratic", labels=np.arange(n_classes)))
-    if name == "log_loss":
-        p = np.clip(probs, 1e-15, 1.0)
-        return float(log_loss(y_true, p / p.sum(1, keepdims=True), labels=np.arange(n_classes)))
-    if name == "roc_auc":
-        if len(np.unique(y_true)) < 2:
+
+def _multilabel(y: np.ndarray) -> bool:
+    return y.ndim == 2
+
+
+def _decisions(y: np.ndarray, probs: np.ndarray, thresholds) -> np.ndarray:
+    return decide(probs, 0.5 if thresholds is None else thresholds) if _multilabel(y) else decide(probs)
+
+
+def _accuracy(y, probs, thresholds, _):
+    return accuracy_score(y, _decisions(y, probs, thresholds))  # multi-label: every label of the image right
+
+
+def _balanced_accuracy(y, probs, thresholds, _):
+    return balanced_accuracy_score(y, probs.argmax(1))
+
+
+def _fbeta(beta: float, average: str):
+    def score(y, probs, thresholds, _):
+        labels = None if _multilabel(y) else np.arange(probs.shape[1])
+        return fbeta_score(y, _decisions(y, probs, thresholds), beta=beta, average=average, labels=labels,
+                           zero_division=0)
+    return score
+
+
+def _columns_with_both(y: np.ndarray) -> np.ndarray:
+    return np.flatnonzero((y.min(0) == 0) & (y.max(0) == 1))
+
+
+def _roc_auc(y, probs, thresholds, _):
+    if _multilabel(y):  # mean column-wise, over the labels that have both outcomes
+        cols = _columns_with_both(y)
+        return float(np.mean([roc_auc_score(y[:, c], probs[:, c]) for c in cols])) if len(cols) else float("nan")
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    if probs.shape[1] == 2:
+        return roc_auc_score(y, probs[:, 1])
+    present = np.unique(y)
+    if len(present) < probs.shape[1]:  # one-vs-rest over the classes present
+        return float(np.mean([roc_auc_score(y == c, probs[:, c]) for c in present]))
+    return roc_auc_score(y, probs, multi_class="ovr", average="macro")
+
+
+def partial_auc(y: np.ndarray, score: np.ndarray, min_tpr: float) -> float:
+    """Area under the ROC curve where the true-positive rate is at least `min_tpr` (0 to 1 - min_tpr),
+    as ISIC 2024 scored it: the negatives become the positives of a flipped problem whose
+    false-positive rate then runs from 0 to 1 - min_tpr, and the area up to there is integrated with
+    the curve interpolated at that rate."""
+    max_fpr = 1.0 - min_tpr
+    fpr, tpr, _ = roc_curve(1 - np.asarray(y), -np.asarray(score, dtype=np.float64))
+    stop = np.searchsorted(fpr, max_fpr, side="right")
+    x = np.append(fpr[:stop], max_fpr)
+    t = np.append(tpr[:stop], np.interp(max_fpr, fpr, tpr))
+    return float(np.trapezoid(t, x) if hasattr(np, "trapezoid") else np.trapz(t, x))
+
+
+def _pauc(min_tpr: float):
+    def score(y, probs, thresholds, _):
+        if len(np.unique(y)) < 2:
             return float("nan")
-        if n_classes == 2:
-            return float(roc_auc_score(y_true, probs[:, 1]))
-        return float(roc_auc_score(y_true, probs, multi_class="ovr", average="macro", labels=np.arange(n_classes)))
-    raise ValueError(f"unknown metric {name}")
+        return partial_auc(y, probs[:, 1], min_tpr)
+    return score
+
+
+def _average_precision(y, probs, thresholds, _):
+    if _multilabel(y):
+        cols = _columns_with_both(y)
+        return float(np.mean([average_precision_score(y[:, c], probs[:, c]) for c in cols])) if len(cols) else float("nan")
+    if probs.shape[1] == 2:
+        return average_precision_score(y, probs[:, 1])
+    return float(np.mean([average_precision_score(y == c, probs[:, c]) for c in np.unique(y)]))
+
+
+def _log_loss(y, probs, thresholds, _):
+    p = np.clip(probs, 1e-15, 1 - 1e-15)
+    if _multilabel(y):  # mean column-wise binary log loss
+        return float(np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p))))
+    p = np.clip(probs, 1e-15, 1.0)
+    return log_loss(y, p / p.sum(1, keepdims=True), labels=np.arange(probs.shape[1]))
+
+
+def _qwk(y, probs, thresholds, _):
+    return cohen_kappa_score(y, probs.argmax(1), weights="quadratic", labels=np.arange(probs.shape[1]))
+
+
+def _map_at(k: int):
+    def score(y, probs, thresholds, _):
+        """Mean over images of 1/rank of the true label among the k most probable (0 beyond k)."""
+        top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        hit = top == np.asarray(y)[:, None]
+        ranks = np.where(hit.any(1), hit.argmax(1) + 1, np.inf)
+        return float(np.mean(1.0 / ranks))
+    return score
+
+
+def _gap(y, probs, thresholds, _):
+    """Global average precision (Landmark Recognition): one prediction per image (the argmax) with
+    its probability as confidence, all images ranked by confidence, precision averaged at the hits."""
+    pred, conf = probs.argmax(1), probs.max(1)
+    order = np.argsort(-conf, kind="stable")
+    rel = (pred[order] == np.asarray(y)[order]).astype(np.float64)
+    precision = np.cumsum(rel) / np.arange(1, len(rel) + 1)
+    return float((precision * rel).sum() / len(rel))
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric: its score function, direction and the tasks it can score."""
+
+    name: str
+    score: Callable
+    higher_is_better: bool
+    tasks: frozenset
+    decisions: bool  # scores decoded predictions (thresholds matter), not probabilities
+
+
+_FIXED = {
+    "accuracy": (_accuracy, True, ALL, True),
+    "balanced_accuracy": (_balanced_accuracy, True, SINGLE, True),
+    "roc_auc": (_roc_auc, True, ALL, False),
+    "average_precision": (_average_precision, True, ALL, False),
+    "log_loss": (_log_loss, False, ALL, False),
+    "qwk": (_qwk, True, frozenset({"multiclass", "ordinal"}), True),
+    "gap": (_gap, True, frozenset({"multiclass"}), False),
+}
+_FBETA = re.compile(r"^f(\d+(?:\.\d+)?)_(macro|micro|weighted|samples)$")
+_MAP = re.compile(r"^map@([1-9]\d*)$")
+_PAUC = re.compile(r"^pauc(?:@(0?\.\d+))?$")
+
+
+def metric_spec(name: str) -> Metric:
+    """The registry entry of a metric name; ValueError naming the choices for an unknown one."""
+    if name in _FIXED:
+        return Metric(name, *_FIXED[name])
+    if m := _FBETA.match(name):
+        tasks = frozenset({"multilabel"}) if m.group(2) == "samples" else ALL
+        return Metric(name, _fbeta(float(m.group(1)), m.group(2)), True, tasks, True)
+    if m := _MAP.match(name):
+        return Metric(name, _map_at(int(m.group(1))), True, frozenset({"multiclass"}), False)
+    if m := _PAUC.match(name):
+        return Metric(name, _pauc(float(m.group(1) or 0.8)), True, frozenset({"binary"}), False)
+    if name == "loss":
+        return Metric(name, None, False, ALL, False)
+    raise ValueError(f"unknown metric {name}; the metrics are {METRIC_NAMES}")
+
+
+def check_metric_fits(name: str, n_classes: int, multilabel: bool = False) -> None:
+    """One sentence, before anything is trained or written, when a metric cannot score this task
+    (a per-image F-beta on single-label images, a binary partial AUC over more than two classes)."""
+    if name == "loss":
+        return
+    tasks = metric_spec(name).tasks
+    if multilabel and "multilabel" not in tasks:
+        raise UserError(f"metric.name={name} does not score multi-label predictions; use one of f1_macro, f1_micro, "
+                        "f2_samples, roc_auc, average_precision, log_loss or accuracy")
+    if not multilabel and not tasks & SINGLE:
+        raise UserError(f"metric.name={name} scores multi-label tasks (several labels per image), and this competition "
+                        "has one label per image; use f1_macro, f1_micro or f1_weighted")
+    if not multilabel and tasks == {"binary"} and n_classes != 2:
+        raise UserError(f"metric.name={name} scores binary tasks, and this competition has {n_classes} classes; "
+                        "use roc_auc (one-vs-rest) or average_precision")
+
+
+def compute_metric(name: str, y_true: np.ndarray, probs: np.ndarray, thresholds=None) -> float:
+    """Score `probs` (N x C class probabilities, or N x L label probabilities) against `y_true`
+    (N integer classes, or an N x L 0/1 matrix) with the metric `name`; multi-label decisions use
+    `thresholds` (one, or one per label; default 0.5)."""
+    y_true = np.asarray(y_true)
+    check_metric_fits(name, np.shape(probs)[1], y_true.ndim == 2)
+    return float(metric_spec(name).score(y_true, np.asarray(probs, dtype=np.float64), thresholds, None))
 
 
 def is_better(name: str, new: float, best: float | None) -> bool:
@@ -50,7 +229,7 @@ def is_better(name: str, new: float, best: float | None) -> bool:
         return False
     if best is None or best != best:
         return True
-    return new < best if name in LOWER_IS_BETTER else new > best
+    return new > best if metric_spec(name).higher_is_better else new < best
 
 
 def summary(y_true: np.ndarray, probs: np.ndarray, metric: str) -> dict[str, float]:
@@ -62,7 +241,7 @@ def summary(y_true: np.ndarray, probs: np.ndarray, metric: str) -> dict[str, flo
 
 def higher_is_better(cfg: Config) -> bool:
     """The direction of the monitored value (train.monitor: the metric, or the loss)."""
-    return cfg.train.monitor == "metric" and cfg.metric.name not in LOWER_IS_BETTER
+    return cfg.train.monitor == "metric" and metric_spec(cfg.metric.name).higher_is_better
 
 
 def monitor_name(cfg: Config) -> str:

@@ -24,7 +24,7 @@ from src.data.folds import fold_tables
 from src.data.image_cache import image_cache
 from src.data.loaders import ImageDataset, make_loader, resolve_workers
 from src.data.transforms import build_transform, resolve_norm
-from src.evaluation.metrics import higher_is_better, is_better, monitor_name, summary
+from src.evaluation.metrics import check_metric_fits, higher_is_better, is_better, monitor_name, summary
 from src.models.losses import build_loss
 from src.models.model import build_model, freeze, has_weights, param_counts, param_groups, set_train_mode, unfreeze
 from src.models.optim import build_optimizer, build_scheduler
@@ -54,7 +54,8 @@ from src.training.weight_averaging import finish_swa, new_swa, swa_cv, swa_step
 
 def setup_fold(cfg: Config, fold: int, rt: Runtime) -> FoldState:
     """Data, model with freezing, and loaders of one fold (the optimization is added by `optimization`)."""
-    train_df, val_df, classes = distributed.main_first(lambda: fold_tables(cfg, fold))  # rank 0 writes the split
+    fits = lambda n_classes: check_metric_fits(cfg.metric.name, n_classes)  # noqa: E731
+    train_df, val_df, classes = distributed.main_first(lambda: fold_tables(cfg, fold, fits))  # rank 0 writes the split
     seed = derive_seed(cfg.experiment.seed, fold + 1)
     seed_everything(seed)
     model = build_model(cfg.model, len(classes), img_size=cfg.aug.img_size)

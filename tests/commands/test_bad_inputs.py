@@ -141,6 +141,17 @@ def _nan_labels(root: Path) -> None:
         _edit_csv_line(line, lambda s: s.split(",")[0] + ",nan")(root)
 
 
+def _tag_lists(root: Path) -> None:
+    """Planet-style labels: each image's digit as a tag, most with a parity tag and some with a
+    size tag, space-separated in one column."""
+    path = root / "inputs/digits/train.csv"
+    df = pd.read_csv(path, dtype=str)
+    extra = [("" if i % 5 == 0 else (" even" if int(d) % 2 == 0 else " odd")) + (" big" if int(d) > 6 and i % 3 else "")
+             for i, d in enumerate(df["label"])]
+    df["label"] = [f"d{d}{e}" for d, e in zip(df["label"], extra)]
+    df.to_csv(path, index=False)
+
+
 def _corrupt_png(root: Path) -> None:
     path = _train_png(root)
     data = bytearray(path.read_bytes())
@@ -288,6 +299,12 @@ ROWS = [
     row("out-is-a-folder", "ensemble", ("--out", "submissions"), ("submissions", ("folder", "directory"), "--out"),
         world="trained", damage=_old_submission),
     row("label-literal-nan", "train", F0, ("train.csv", "nan"), damage=_nan_labels),
+    row("tag-list-labels", "train", F0, ("train.csv", "tags", "one class per image"), damage=_tag_lists),
+    row("per-image-f2-on-single-labels", "train", F0 + ("metric.name=f2_samples",), ("f2_samples", "f1_macro")),
+    row("binary-pauc-on-10-classes-in-the-ensemble", "ensemble", ("metric.name=pauc@0.9",), ("pauc@0.9", "10 classes"),
+        world="trained"),
+    row("binary-pauc-on-10-classes", "train", F0 + ("metric.name=pauc",), ("pauc", "10 classes", "roc_auc")),
+    row("unknown-metric", "train", F0 + ("metric.name=f1",), ("metric.name", "f1_macro", "map@<k>")),
     *[
         row(f"out-of-range-{kv}", "train", F0 + (kv,), (kv.split("=")[0], SCALAR))
         for kv in ("loader.batch_size=0", "loader.num_workers=-1", "optim.lr=-1", "aug.img_size=-5",

@@ -613,3 +613,17 @@ def test_image_exts_order_decides_between_same_named_files(tmp_path: Path):
     assert ImageIndex(tmp_path, [".jpg", ".png"]).find("a").name == "a.jpg"
     assert ImageIndex(tmp_path, [".png"]).find("b") is None  # same rank in two folders: ambiguous
     assert ImageIndex(tmp_path, [".png"]).find("x/b").parent.name == "x"
+
+
+@pytest.mark.parametrize("labels, tags", [
+    (["clear primary", "clear primary water", "haze primary", "cloudy", "clear primary road", "partly_cloudy primary"],
+     True),  # Planet
+    (["13 405 896", "13 405", "51 896 1092", "13", "405 896"], True),  # iMet attribute ids
+    (["Common wheat", "Fat Hen", "Loose Silky-bent", "Common Chickweed", "Black-grass", "Sugar beet"], False),
+    (["cat", "dog", "dog", "cat"], False),
+    (["0", "1", "2", "3"], False),
+])
+def test_tag_lists_are_told_from_class_names_with_spaces(labels, tags):
+    from src.data.tables import looks_like_tag_lists
+
+    assert looks_like_tag_lists(pd.Series(labels * 3)) is tags
