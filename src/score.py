@@ -30,6 +30,20 @@ def _class_list(cfg, solution: pd.DataFrame) -> list[str]:
     return sorted_classes(solution[cfg.data.label_col])
 
 
+def _ranked(values: pd.Series, classes: list[str], index: dict[str, int]) -> np.ndarray:
+    """A top-k column (labels best first, space-separated) as scores that rank them so: the first
+    label highest, unlisted classes lowest; MAP@k and accuracy (top-1) read it as written."""
+    rows = values.str.split()
+    bad = sorted({w for r in rows for w in r} - set(index))
+    if bad:
+        raise UserError(f"submission labels {bad[:5]} are not classes of this competition")
+    scores = np.zeros((len(rows), len(classes)))
+    for i, r in enumerate(rows):
+        for rank, w in enumerate(dict.fromkeys(r)):
+            scores[i, index[w]] = len(classes) - rank
+    return scores / scores.sum(1, keepdims=True)
+
+
 def score_submission(sub_path: str | Path, solution_path: str | Path, cfg) -> dict[str, float]:
     """{'accuracy': ..., <metric>: ...} of a submission file against a solution file."""
     d = cfg.data
@@ -64,6 +78,8 @@ def score_submission(sub_path: str | Path, solution_path: str | Path, cfg) -> di
             # a binary task's single column: the probability of the second class
             p = numeric.to_numpy(dtype=float)
             probs = np.stack([1 - p, p], axis=1)
+        elif (values.str.split().str.len() > 1).any():
+            probs = _ranked(values, classes, index)
         else:
             labels = values
             if not set(labels) <= set(index) and set(labels) <= {str(i) for i in range(len(classes))}:

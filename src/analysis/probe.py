@@ -96,7 +96,8 @@ def _features(cfg: Config, table: pd.DataFrame, classes: list[str], want_test: b
 
 
 def _write_submission(cfg: Config, out: Path, probs: np.ndarray, classes: list[str], sample: pd.DataFrame) -> Path:
-    sub, fmt = checked_submission(probs, classes, sample, cfg.data.id_col, cfg.ensemble.format, cfg.metric.name)
+    sub, fmt = checked_submission(probs, classes, sample, cfg.data.id_col, cfg.ensemble.format, cfg.metric.name,
+                                  cfg.ensemble.top_k)
     write_submission(out, sub, probs, classes, sample, cfg.data.id_col)
     print(f"wrote {out} ({len(sub)} rows, format {fmt}; the mean of the {cfg.data.n_folds} fold classifiers)")
     return out

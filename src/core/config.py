@@ -57,7 +57,8 @@ class ExperimentCfg(_Section):
 
 class DataCfg(_Section):
     dir: str | None  # None: no competition named yet; the commands that need one stop (src.core.cli)
-    layout: Literal["csv", "imagefolder"]
+    layout: Literal["csv", "imagefolder", "filename"]
+    label_pattern: str | None
     train_csv: str
     image_dir: str
     test_dir: str
@@ -81,6 +82,17 @@ class DataCfg(_Section):
     def _check(self):
         if self.n_folds < 2:
             raise ValueError("data.n_folds must be at least 2")
+        if self.layout == "filename" and self.label_pattern is None:
+            raise ValueError("data.layout=filename needs data.label_pattern, a regular expression whose group is "
+                             r"the label in a file name, e.g. '^(cat|dog)\.' for train/cat.0.jpg")
+        if self.label_pattern is not None:
+            try:
+                groups = re.compile(self.label_pattern).groups
+            except re.error as e:
+                raise ValueError(f"data.label_pattern '{self.label_pattern}' is not a regular expression ({e})") from None
+            if groups != 1:
+                raise ValueError(f"data.label_pattern '{self.label_pattern}' has {groups} groups; give it exactly one, "
+                                 r"the label, e.g. '^(cat|dog)\.'")
         return self
 
 
@@ -236,7 +248,8 @@ class EnsembleCfg(_Section):
     tta: list[str]
     voting: Literal["soft", "geometric", "logits", "hard", "rank"]
     weights: Literal["equal", "auto"] | list[float]
-    format: Literal["auto", "label", "index", "proba", "binary"]
+    format: Literal["auto", "label", "index", "proba", "binary", "topk"]
+    top_k: Annotated[int, Field(ge=1)] | None
     missing_folds: Literal["error", "warn"]
 
 

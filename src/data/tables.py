@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -156,23 +157,45 @@ def _refuse_tag_lists(labels: pd.Series, path: Path, col: str) -> None:
                         "supported yet, so keep one label per image in the column")
 
 
+def _image_files(img_root: Path, exts: list[str], layout: str) -> list[Path]:
+    if not img_root.is_dir():
+        raise UserError(f"image folder {img_root} does not exist; copy the training images there or set data.image_dir "
+                        f"(data.layout={layout})")
+    exts = [e.lower() for e in exts]
+    return [p for p in sorted(img_root.rglob("*")) if p.suffix.lower() in exts and p.is_file()]
+
+
+def _imagefolder_table(img_root: Path, exts: list[str]) -> pd.DataFrame:
+    """train/<class>/<image>: the folder names the class."""
+    files = _image_files(img_root, exts, "imagefolder")
+    rows = [(p.relative_to(img_root).with_suffix("").as_posix(), p.relative_to(img_root).parts[0], str(p))
+            for p in files if len(p.relative_to(img_root).parts) > 1]
+    if not rows:
+        raise UserError(f"{img_root} holds no class folders with images; expected {img_root}/<class>/<image>")
+    return pd.DataFrame(rows, columns=["id", "label", "path"])
+
+
+def _filename_table(img_root: Path, exts: list[str], pattern: str) -> pd.DataFrame:
+    """train/cat.0.jpg: data.label_pattern's group, searched in the file name, is the label."""
+    regex = re.compile(pattern)
+    files = _image_files(img_root, exts, "filename")
+    found = [(p, regex.search(p.name)) for p in files]
+    unmatched = [p.name for p, m in found if m is None or not m.group(1)]
+    if not files or unmatched:
+        shown = ", ".join(unmatched[:5]) or f"no image files ({', '.join(exts)})"
+        raise UserError(f"{len(unmatched)} of {len(files)} files in {img_root} have no label by data.label_pattern "
+                        f"'{pattern}' ({shown}); fix the pattern or move those files out")
+    return pd.DataFrame([(p.relative_to(img_root).with_suffix("").as_posix(), m.group(1), str(p)) for p, m in found],
+                        columns=["id", "label", "path"])
+
+
 def load_train_table(cfg: DataCfg) -> pd.DataFrame:
     """Training table with columns id, label (str), path and, when configured, group."""
     root = require_data_dir(cfg)
     if cfg.layout == "imagefolder":
-        img_root = root / cfg.image_dir
-        if not img_root.is_dir():
-            raise UserError(f"image folder {img_root} does not exist; copy train/<class>/*.jpg there or set data.image_dir")
-        exts = [e.lower() for e in cfg.image_exts]
-        rows = [
-            (p.relative_to(img_root).with_suffix("").as_posix(), d.name, str(p))
-            for d in sorted(x for x in img_root.iterdir() if x.is_dir())
-            for p in sorted(d.rglob("*"))
-            if p.suffix.lower() in exts and p.is_file()
-        ]
-        if not rows:
-            raise UserError(f"{img_root} holds no class folders with images; expected {img_root}/<class>/<image>")
-        df = pd.DataFrame(rows, columns=["id", "label", "path"])
+        df = _imagefolder_table(root / cfg.image_dir, cfg.image_exts)
+    elif cfg.layout == "filename":
+        df = _filename_table(root / cfg.image_dir, cfg.image_exts, cfg.label_pattern)
     else:
         path = root / cfg.train_csv
         raw = _read_csv(path, "training table")

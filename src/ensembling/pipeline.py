@@ -94,7 +94,8 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
     print(f"predictions (fold x view x split): {computed} computed, {cached} read from outputs/<member>/preds/")
 
     # 3) submission
-    sub, fmt = checked_submission(probs, classes, sample, cfg.data.id_col, fmt or e.format, cfg.metric.name)
+    sub, fmt = checked_submission(probs, classes, sample, cfg.data.id_col, fmt or e.format, cfg.metric.name,
+                                  e.top_k)
     probs_path = distributed.from_main(lambda: write_submission(out, sub, probs, classes, sample, cfg.data.id_col))
     dist = pd.Series(np.asarray(classes)[probs.argmax(1)]).value_counts().reindex(classes, fill_value=0)
     print(f"wrote {out} ({len(sub)} rows, format {fmt}, {len(members)} members x folds x {len(views)} views); "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,26 +10,53 @@ import pandas as pd
 
 from src.core.utils import UserError, atomic_save
 
+FORMATS = "label, index, proba, binary, topk"
+_MAP_AT = re.compile(r"^map@(\d+)$")
+
+
+def _words(sample: pd.DataFrame, col: str) -> pd.Series:
+    return sample[col].astype(str).str.split().str.len()
+
 
 def resolve_format(fmt: str, sample: pd.DataFrame, id_col: str, classes: list[str], metric: str = "accuracy") -> str:
-    """auto: one column per class -> proba; two classes, one column and a probability metric
-    (roc_auc, log_loss) or fractional placeholders -> binary; one column -> label."""
+    """auto: one column per class -> proba; one column whose placeholders hold several
+    space-separated labels, or a map@k metric -> topk; two classes, one column and a probability
+    metric (roc_auc, log_loss) or fractional placeholders -> binary; one column -> label."""
     cols = [c for c in sample.columns if c != id_col]
     if fmt != "auto":
         return fmt
     if set(cols) == set(classes):
         return "proba"
     if len(cols) != 1:
-        raise UserError(f"cannot tell the submission format from columns {cols}; set ensemble.format")
+        raise UserError(f"cannot tell the submission format from the sample submission's columns {cols[:6]}; "
+                        f"set ensemble.format to one of {FORMATS}")
+    if _MAP_AT.match(metric) or (len(sample) and (_words(sample, cols[0]) > 1).mean() > 0.5):
+        return "topk"
     values = pd.to_numeric(sample[cols[0]], errors="coerce")
     fractional = values.notna().all() and ((values % 1) != 0).any()
-    if len(classes) == 2 and (metric in ("roc_auc", "log_loss") or fractional):
+    if len(classes) == 2 and (metric in ("roc_auc", "log_loss", "average_precision") or metric.startswith("pauc")
+                              or fractional):
         return "binary"
     return "label"
 
 
-def build_submission(sample: pd.DataFrame, id_col: str, probs: np.ndarray, classes: list[str], fmt: str) -> pd.DataFrame:
-    """Fill sample_submission's columns, in its id order, from test probabilities (N, C)."""
+def resolve_top_k(sample: pd.DataFrame, id_col: str, metric: str, configured: int | None, n_classes: int) -> int:
+    """How many ranked labels a topk row holds: ensemble.top_k, else the k of a map@k metric, else
+    the placeholders' word count (when they hold several), else 5; never more than the classes."""
+    col = [c for c in sample.columns if c != id_col][0]
+    words = _words(sample, col)
+    m = _MAP_AT.match(metric)
+    k = configured or (int(m.group(1)) if m else (int(words.mode()[0]) if len(sample) and words.max() > 1 else 5))
+    if k > n_classes:
+        raise UserError(f"a top-{k} submission needs at least {k} classes and the split has {n_classes}; set "
+                        f"ensemble.top_k to {n_classes} or fewer")
+    return k
+
+
+def build_submission(sample: pd.DataFrame, id_col: str, probs: np.ndarray, classes: list[str], fmt: str,
+                     top_k: int = 5) -> pd.DataFrame:
+    """Fill sample_submission's columns, in its id order, from test probabilities (N, C); topk
+    rows hold the `top_k` most probable labels, best first, space-separated."""
     cols = [c for c in sample.columns if c != id_col]
     sub = sample.copy()
     if fmt == "proba":
@@ -46,11 +74,20 @@ def build_submission(sample: pd.DataFrame, id_col: str, probs: np.ndarray, class
             raise UserError(f"ensemble.format={fmt} needs one prediction column; sample_submission has {cols}")
         pred = probs.argmax(1)
         sub[cols[0]] = [classes[i] for i in pred] if fmt == "label" else pred
+    elif fmt == "topk":
+        if len(cols) != 1:
+            raise UserError(f"ensemble.format=topk needs one prediction column; sample_submission has {cols}")
+        best = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]  # ties: the class first in order
+        sub[cols[0]] = [" ".join(classes[i] for i in row) for row in best]
+    else:
+        raise UserError(f"ensemble.format={fmt} is not a submission format; use one of {FORMATS} or auto")
     return sub
 
 
-def check_submission(sub: pd.DataFrame, sample: pd.DataFrame, id_col: str, classes: list[str], fmt: str) -> None:
-    """Row count, ids and their order, columns, no NaN, labels in the class set."""
+def check_submission(sub: pd.DataFrame, sample: pd.DataFrame, id_col: str, classes: list[str], fmt: str,
+                     top_k: int = 5) -> None:
+    """Row count, ids and their order, columns, no NaN, labels in the class set (topk: k distinct
+    labels per row)."""
     if len(sub) != len(sample) or list(sub.columns) != list(sample.columns):
         raise UserError("the submission's shape or columns differ from sample_submission.csv")
     if not (sub[id_col].astype(str).to_numpy() == sample[id_col].astype(str).to_numpy()).all():
@@ -62,6 +99,10 @@ def check_submission(sub: pd.DataFrame, sample: pd.DataFrame, id_col: str, class
         bad = set(sub[col].astype(str)) - set(classes)
         if bad:
             raise UserError(f"predicted labels {sorted(bad)[:5]} are not in the class set")
+    if fmt == "topk":
+        rows = sub[[c for c in sub.columns if c != id_col][0]].astype(str).str.split()
+        if not all(len(r) == top_k == len(set(r)) and set(r) <= set(classes) for r in rows):
+            raise UserError(f"a top-{top_k} row does not hold {top_k} distinct class labels; nothing was written")
 
 
 def check_probs(probs: np.ndarray) -> None:
@@ -100,11 +141,12 @@ def write_submission(out: Path, sub: pd.DataFrame, probs: np.ndarray, classes: l
 
 
 def checked_submission(probs: np.ndarray, classes: list[str], sample: pd.DataFrame, id_col: str, fmt: str,
-                       metric: str) -> tuple[pd.DataFrame, str]:
-    """(the submission table of `probs`, its format): probabilities checked, `auto` resolved, the
-    table built and checked against the sample submission. Nothing is written."""
+                       metric: str, top_k: int | None = None) -> tuple[pd.DataFrame, str]:
+    """(the submission table of `probs`, its format, e.g. top5 for topk): probabilities checked,
+    `auto` resolved, the table built and checked against the sample submission. Nothing is written."""
     check_probs(probs)
     fmt = resolve_format(fmt, sample, id_col, classes, metric)
-    sub = build_submission(sample, id_col, probs, classes, fmt)
-    check_submission(sub, sample, id_col, classes, fmt)
-    return sub, fmt
+    k = resolve_top_k(sample, id_col, metric, top_k, len(classes)) if fmt == "topk" else 5
+    sub = build_submission(sample, id_col, probs, classes, fmt, k)
+    check_submission(sub, sample, id_col, classes, fmt, k)
+    return sub, (f"top{k}" if fmt == "topk" else fmt)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from src.data.images import find_bad_images, read_image
 from src.data.loaders import ImageDataset
 from src.data.tables import drop_bad_images, load_test_table, load_train_table, sorted_classes
 from src.data.transforms import build_transform, seed_transform
+from src.training.trainer import train_fold
 
 # ---------------------------------------------------------------- helpers
 
@@ -249,6 +252,32 @@ def test_imagefolder_missing_or_empty(tmp_path: Path, demo_cfg):
     (d / "train" / "empty_class").mkdir(parents=True)
     msg = _user_error(load_train_table, demo_cfg(d, tmp_path / "out", "data.layout=imagefolder").data)
     assert "class folders" in msg
+
+
+def test_filename_layout_reads_labels_from_file_names(tmp_path: Path, demo_cfg, demo_dir: Path, tiny_cfg):
+    """Dogs vs Cats: train/cat.0.png and train/dog.1.png, no train.csv. Built from the digits demo
+    (the digit is in each file name), its table holds the labels train.csv has, and a fold trains."""
+    d = tmp_path / "dogs_vs_cats"
+    shutil.copytree(demo_dir, d, ignore=shutil.ignore_patterns("train", "train.csv"))
+    truth = pd.read_csv(demo_dir / "train.csv", dtype=str)
+    (d / "train").mkdir()
+    for i, label in zip(truth["id"], truth["label"]):
+        os.link(demo_dir / "train" / f"{i}.png", d / "train" / f"digit{label}.{i}.png")
+    pattern = r"data.label_pattern=^digit(\d)\."
+    table = load_train_table(demo_cfg(d, tmp_path / "out", "data.layout=filename", pattern).data)
+    assert sorted(zip(table["id"], table["label"])) == sorted(zip("digit" + truth["label"] + "." + truth["id"],
+                                                                   truth["label"]))
+    result = train_fold(tiny_cfg(d, tmp_path / "out", "data.layout=filename", pattern, "data.n_folds=2"), 0)
+    assert result["best"] is not None
+
+    (d / "train" / "notes.png").write_bytes((d / "train" / f"digit{truth['label'][0]}.{truth['id'][0]}.png").read_bytes())
+    msg = _user_error(load_train_table, demo_cfg(d, tmp_path / "out", "data.layout=filename", pattern).data)
+    assert "1 of" in msg and "notes.png" in msg and "data.label_pattern" in msg
+    for bad, needle in ((["data.layout=filename"], "needs data.label_pattern"),
+                        (["data.layout=filename", "data.label_pattern=^(a)(b)"], "exactly one"),
+                        (["data.layout=filename", "data.label_pattern=^(a"], "not a regular expression")):
+        with pytest.raises(UserError, match=needle):
+            demo_cfg(d, tmp_path / "out", *bad)
 
 
 def test_imagefolder_with_group_col_is_rejected(tmp_path: Path, demo_cfg):

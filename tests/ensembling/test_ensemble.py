@@ -33,7 +33,7 @@ from src.data.loaders import ImageDataset, make_loader
 from src.data.tables import load_test_table, prob_columns
 from src.data.transforms import build_transform, resolve_norm
 from src.ensembling import pipeline
-from src.ensembling.submission import build_submission, check_submission, resolve_format
+from src.ensembling.submission import build_submission, check_submission, resolve_format, resolve_top_k
 from src.evaluation.blending import combine, fit_weights
 from src.evaluation.metrics import compute_metric
 from src.runs.layout import file_sha1
@@ -549,3 +549,45 @@ def test_members_are_read_from_the_output_dir_given_not_the_stored_one(world, de
     table = capsys.readouterr().out
     assert "0.0000" in table, table
     assert (tmp_path / "sub" / "moved.csv").is_file()
+
+
+# ---------------------------------------------------------------- top-k submissions (MAP@k)
+
+
+def test_topk_rows_are_the_k_most_probable_labels_best_first():
+    probs = np.array([[0.1, 0.5, 0.15, 0.25], [0.4, 0.3, 0.2, 0.1], [0.25, 0.25, 0.3, 0.2]])
+    classes = ["w_a", "w_b", "w_c", "new_whale"]
+    sample = pd.DataFrame({"Image": ["x", "y", "z"], "Id": ["new_whale w_a w_b"] * 3})
+    assert resolve_format("auto", sample, "Image", classes) == "topk"
+    assert resolve_format("auto", sample.assign(Id="w_a"), "Image", classes, "map@3") == "topk"
+    assert resolve_format("auto", sample.assign(Id="w_a"), "Image", classes) == "label"
+    assert resolve_top_k(sample, "Image", "accuracy", None, 4) == 3  # the placeholders' word count
+    assert resolve_top_k(sample, "Image", "map@2", None, 4) == 2 and resolve_top_k(sample, "Image", "map@2", 4, 4) == 4
+    sub = build_submission(sample, "Image", probs, classes, "topk", 3)
+    assert list(sub["Id"]) == ["w_b new_whale w_c", "w_a w_b w_c", "w_c w_a w_b"]  # a tie keeps the class order
+    check_submission(sub, sample, "Image", classes, "topk", 3)
+    with pytest.raises(UserError, match="3 distinct"):
+        check_submission(sub.assign(Id="w_a w_a w_b"), sample, "Image", classes, "topk", 3)
+    with pytest.raises(UserError, match="ensemble.top_k to 4 or fewer"):
+        resolve_top_k(sample, "Image", "map@5", None, 4)
+
+
+def test_a_map_at_5_competition_gets_ranked_labels_scored_as_written(world, demo_cfg, capsys):
+    """A Happywhale-shaped copy of the demo: placeholders of five labels, metric map@5. The file holds
+    each image's five most probable labels of the written probabilities, best first, and src.score
+    gives it the MAP@5 of those probabilities."""
+    comp = _link_copy(world.demo, world.root / "digits_top5")
+    sample = pd.read_csv(world.demo / "sample_submission.csv", dtype=str)
+    (comp / "sample_submission.csv").unlink()
+    sample.assign(label="0 1 2 3 4").to_csv(comp / "sample_submission.csv", index=False)
+    cfg = demo_cfg(comp, world.out, *ENSEMBLE, "metric.name=map@5")
+    out = pipeline.run(cfg, ["a", "b"], NO_TTA, "equal", "soft", world.root / "sub" / "top5.csv", None)
+    assert "format top5" in capsys.readouterr().out
+    sub, probs = pd.read_csv(out, dtype=str), _read(_probs_path(out))
+    expected = [" ".join(np.asarray(CLASSES)[np.argsort(-row, kind="stable")[:5]]) for row in probs[CLASSES].to_numpy()]
+    assert list(sub["label"]) == expected
+    solution = pd.read_csv(world.demo / "solution.csv", dtype=str).set_index("id").loc[sub["id"]]
+    y = solution["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+    scored = score_submission(out, world.demo / "solution.csv", cfg)
+    assert scored["map@5"] == pytest.approx(compute_metric("map@5", y, probs[CLASSES].to_numpy()))
+    assert scored["accuracy"] == pytest.approx(compute_metric("accuracy", y, probs[CLASSES].to_numpy()))
