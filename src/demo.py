@@ -1,10 +1,15 @@
-"""Build the embedded demo competition from scikit-learn's bundled handwritten digits.
+"""Build the embedded demo competitions from scikit-learn's bundled handwritten digits.
 
     python -m src.demo [--out inputs/digits]
+    python -m src.demo --task multilabel [--out inputs/digits_multilabel]
 
 1,797 real 8x8 scans of 10 digits, split 80/20 (stratified) into train and test, each saved as a
 32x32 grayscale PNG; train.csv (id,label), sample_submission.csv (test ids, placeholder label)
 and solution.csv (true test labels, for local scoring only). Deterministic: the same bytes every run.
+
+--task multilabel: each 32x32 image is a 2x2 grid of cells, each holding a scan (of the train or
+the test split's scans) with probability 0.5, else blank; the label is the set of digits shown,
+space-separated like Planet's tags ("" when every cell is blank).
 """
 
 from __future__ import annotations
@@ -54,14 +59,62 @@ def build_demo(out: str | Path = "inputs/digits") -> Path:
     return out
 
 
+def _grid_png(cells: list[np.ndarray | None]) -> bytes:
+    """Four 8x8 scans (or None: blank) as one 2x2 grid, each cell 16x16, the image 32x32."""
+    canvas = np.zeros((SIZE, SIZE), dtype=np.uint8)
+    half = SIZE // 2
+    for k, img8 in enumerate(cells):
+        if img8 is None:
+            continue
+        arr = np.round(img8.astype(np.float64) * (255.0 / 16.0)).astype(np.uint8)
+        cell = np.asarray(Image.fromarray(arr, mode="L").resize((half, half), Image.Resampling.BILINEAR))
+        r, c = divmod(k, 2)
+        canvas[r * half:(r + 1) * half, c * half:(c + 1) * half] = cell
+    buf = io.BytesIO()
+    Image.fromarray(canvas, mode="L").save(buf, format="PNG", optimize=False, compress_level=9)
+    return buf.getvalue()
+
+
+def build_multilabel_demo(out: str | Path = "inputs/digits_multilabel", n_train: int = 1400, n_test: int = 400) -> Path:
+    """Write the multi-label digits competition (2x2 grids of scans, tags = the digits shown)."""
+    out = Path(out)
+    digits = load_digits()
+    pool_tr, pool_te = train_test_split(np.arange(len(digits.target)), test_size=0.2, stratify=digits.target,
+                                        random_state=0)
+    rng = np.random.default_rng(0)
+    tables = {}
+    for split, pool, n in (("train", np.sort(pool_tr), n_train), ("test", np.sort(pool_te), n_test)):
+        folder = out / split
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for i in range(n):
+            picks = [int(rng.choice(pool)) if rng.random() < 0.5 else None for _ in range(4)]
+            image_id = f"grid_{split}_{i:04d}"
+            p, data = folder / f"{image_id}.png", _grid_png([None if j is None else digits.images[j] for j in picks])
+            if not p.is_file() or p.read_bytes() != data:
+                p.write_bytes(data)
+            rows.append((image_id, " ".join(sorted({str(digits.target[j]) for j in picks if j is not None}))))
+        tables[split] = pd.DataFrame(rows, columns=["id", "label"])
+    atomic_write_text(out / "train.csv", tables["train"].to_csv(index=False))
+    atomic_write_text(out / "sample_submission.csv", tables["test"].assign(label="0 1").to_csv(index=False))
+    atomic_write_text(out / "solution.csv", tables["test"].to_csv(index=False))
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = command_parser(__doc__)
-    parser.add_argument("--out", default="inputs/digits", help="competition folder to write")
+    parser.add_argument("--task", choices=["multiclass", "multilabel"], default="multiclass",
+                        help="multiclass: one digit per image (default); multilabel: 2x2 grids tagged with their digits")
+    parser.add_argument("--out", default=None, help="competition folder (default inputs/digits, or inputs/digits_<task>)")
     args = parser.parse_intermixed_args(argv)
-    out = build_demo(args.out)
+    if args.task == "multilabel":
+        out = build_multilabel_demo(args.out or "inputs/digits_multilabel")
+    else:
+        out = build_demo(args.out or "inputs/digits")
     n_train = len(pd.read_csv(out / "train.csv"))
     n_test = len(pd.read_csv(out / "sample_submission.csv"))
-    print(f"wrote {out}: {n_train} training and {n_test} test images, 10 classes")
+    print(f"wrote {out}: {n_train} training and {n_test} test images, 10 " + ("labels" if args.task == "multilabel"
+                                                                             else "classes"))
 
 
 if __name__ == "__main__":

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from src.core.cli import command_parser, parse_config, run_cli
 from src.core.config import Config
 from src.core.utils import UserError
-from src.data.folds import folds_path, load_or_create_folds
+from src.data.folds import fold_counts, folds_path, load_or_create_folds
 from src.data.relabel import check_reviewed, read_reviewed, write_relabel
 from src.data.tables import load_train_table
 
@@ -53,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     existed = folds_path(cfg).is_file()
     df, classes, path = load_or_create_folds(cfg)
     print(f"{'kept existing' if existed else 'wrote'} {path}: {len(df)} images, {len(classes)} classes, {cfg.data.n_folds} folds")
-    print(pd.crosstab(df["label"], df["fold"]).reindex(classes).to_string())
+    print(fold_counts(df, classes, cfg.data.task).to_string())
     if args.relabel:
         print(f"train on the reviewed labels with data.relabel={cfg.data.relabel} (on the command line, or under "
               "data: in the experiment's YAML), under a new experiment.name to keep the old run to compare")

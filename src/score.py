@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from src.core.cli import command_parser, parse_config, run_cli
+from src.core.task import single_label_only
 from src.core.utils import UserError
 from src.evaluation.metrics import compute_metric
 
@@ -46,6 +47,7 @@ def _ranked(values: pd.Series, classes: list[str], index: dict[str, int]) -> np.
 
 def score_submission(sub_path: str | Path, solution_path: str | Path, cfg) -> dict[str, float]:
     """{'accuracy': ..., <metric>: ...} of a submission file against a solution file."""
+    single_label_only(cfg.data.task, "src.score")
     d = cfg.data
     frames = []
     for p, what in ((Path(sub_path), "submission"), (Path(solution_path), "solution")):

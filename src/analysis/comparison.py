@@ -16,6 +16,7 @@ from src.analysis.figures import compare_curves
 from src.analysis.html_page import Page
 from src.analysis.oof_review import METRICS, read_member_oof
 from src.core.config import Config
+from src.core.task import single_label_only
 from src.core.utils import UserError, atomic_save
 from src.evaluation.metrics import compute_metric
 from src.runs.checkpoint import config_diff
@@ -58,6 +59,7 @@ def _value(cfg: dict, dotted: str):
 
 def build_comparison(cfg: Config, names: list[str], out_dir: str | Path | None = None) -> Comparison:
     """Write the comparison of experiments `names` (at least two); return its table and paths."""
+    single_label_only(cfg.data.task, "src.report --compare")
     if len(names) < 2 or len(set(names)) != len(names):
         raise UserError(f"--compare takes two or more different experiments, got {names}")
     members = [open_member(n, cfg.experiment.output_dir, "warn", cfg.data.dir) for n in names]

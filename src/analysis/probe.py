@@ -29,6 +29,7 @@ from src.analysis.features import cached_features, frozen_backbone
 from src.core.config import Config
 from src.core.progress import progress
 from src.core.runtime import Runtime
+from src.core.task import single_label_only
 from src.core.utils import UserError, atomic_save, atomic_write_text
 from src.data.folds import fold_tables
 from src.data.tables import load_test_table, prob_columns
@@ -107,6 +108,7 @@ def run_probe(cfg: Config, classifier: str = "logreg", out: str | Path | None = 
               ) -> ProbeResult:
     """Fit `classifier` on frozen features over the experiment's folds; print its OOF score beside
     the fine-tuned one; write the OOF table, the scores and, with `out`, a submission."""
+    single_label_only(cfg.data.task, "src.probe")
     if classifier not in CLASSIFIERS:
         raise UserError(f"--classifier {classifier} is not one of {sorted(CLASSIFIERS)}")
     out = Path(out) if out else None

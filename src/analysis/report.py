@@ -37,6 +37,7 @@ from src.analysis.oof_review import confusion, cv_table, read_member_oof, row_no
 from src.core.config import CONFIG_DIR, Config
 from src.core.progress import progress
 from src.core.runtime import Runtime
+from src.core.task import single_label_only
 from src.core.utils import UserError, atomic_save
 from src.data.folds import load_or_create_folds
 from src.data.images import read_image
@@ -202,6 +203,7 @@ def build_report(cfg: Config, name: str | None = None, n_wrong: int = 24, n_cam:
         n_cam: Grad-CAM maps of right predictions, and as many of wrong ones.
         cam_layer: module to explain (default: the deepest stage whose map is at least 4x4).
     """
+    single_label_only(cfg.data.task, "src.report")
     m = open_member(name or str(cfg.experiment.name), cfg.experiment.output_dir, "warn", cfg.data.dir)
     rt = Runtime.from_cfg(cfg.runtime)
     # 1) tables: CV, confusion matrix and per-class scores, suspect labels

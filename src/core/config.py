@@ -57,6 +57,9 @@ class ExperimentCfg(_Section):
 
 class DataCfg(_Section):
     dir: str | None  # None: no competition named yet; the commands that need one stop (src.core.cli)
+    task: Literal["multiclass", "binary", "multilabel"]
+    label_sep: str
+    label_cols: list[str] | Literal["all"] | None
     layout: Literal["csv", "imagefolder", "filename"]
     label_pattern: str | None
     train_csv: str
@@ -82,6 +85,11 @@ class DataCfg(_Section):
     def _check(self):
         if self.n_folds < 2:
             raise ValueError("data.n_folds must be at least 2")
+        if self.label_cols is not None and (self.task != "multilabel" or self.layout != "csv"):
+            raise ValueError("data.label_cols (one 0/1 column per label) needs data.task=multilabel and data.layout=csv")
+        if self.task == "multilabel" and self.layout != "csv":
+            raise ValueError("data.task=multilabel reads its labels from train.csv (data.layout=csv): a tags column "
+                             "or data.label_cols")
         if self.layout == "filename" and self.label_pattern is None:
             raise ValueError("data.layout=filename needs data.label_pattern, a regular expression whose group is "
                              r"the label in a file name, e.g. '^(cat|dog)\.' for train/cat.0.jpg")
@@ -159,7 +167,7 @@ class ModelCfg(_Section):
 
 
 class LossCfg(_Section):
-    name: Literal["ce", "focal"]
+    name: Literal["ce", "focal", "asl"]
     smoothing: Annotated[float, Field(ge=0, lt=1)]
     gamma: NonNegF
     alpha: list[NonNegF] | None
@@ -272,6 +280,15 @@ class Config(_Section):
     def _check(self):
         if (self.train.mixup > 0 or self.train.cutmix > 0) and self.loader.batch_size % 2:
             raise ValueError("train.mixup/cutmix pair images within a batch, so loader.batch_size must be even")
+        if self.data.task == "multilabel":
+            single = [k for k, on in (("train.mixup", self.train.mixup > 0), ("train.cutmix", self.train.cutmix > 0),
+                                      ("loss.distill_from", self.loss.distill_from is not None),
+                                      ("data.pseudo", self.data.pseudo is not None)) if on]
+            if single:
+                raise ValueError(f"{', '.join(single)} do(es) not work with data.task=multilabel yet; turn them off")
+        if self.data.task != "multilabel" and self.loss.name == "asl":
+            raise ValueError("loss.name=asl is the asymmetric loss of multi-label tasks (data.task=multilabel); "
+                             "use ce or focal")
         return self
 
     def to_dict(self) -> dict[str, Any]:

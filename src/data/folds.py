@@ -17,6 +17,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from src.core.config import Config
+from src.core.task import Task, label_tags
 from src.core.utils import UserError, atomic_save, atomic_write_text
 from src.data.image_cache import image_cache
 from src.data.pseudo_rows import add_pseudo
@@ -27,6 +28,7 @@ from src.data.tables import drop_bad_images, load_train_table, sorted_classes
 def folds_path(cfg: Config) -> Path:
     d = cfg.data
     name = f"{Path(d.dir).resolve().name}_k{d.n_folds}_s{d.fold_seed}" + (f"_g{d.group_col}" if d.group_col else "")
+    name += "_multilabel" if d.task == "multilabel" else ""  # its labels are tag sets: a split of its own
     if d.relabel:  # reviewed labels: a split of their own, named by their content
         name += f"_r{relabel_tag(d.relabel)}"
     return Path(cfg.experiment.output_dir) / "folds" / f"{name}.csv"
@@ -53,6 +55,29 @@ def assign_folds(df: pd.DataFrame, n_folds: int, seed: int, grouped: bool) -> np
         splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         splits = splitter.split(df, df["label"])
     for k, (_, val_idx) in enumerate(splits):
+        fold[val_idx] = k
+    return fold
+
+
+def multilabel_folds(y: np.ndarray, n_folds: int, seed: int, groups: pd.Series | None = None) -> np.ndarray:
+    """Fold index per row, each label spread evenly over the folds (iterative stratification,
+    iterative-stratification's MultilabelStratifiedKFold); with groups, the groups are split by the
+    union of their images' labels and every image follows its group."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    if groups is not None:
+        codes, uniq = pd.factorize(groups)
+        if len(uniq) < n_folds:
+            raise UserError(f"data.group_col has {len(uniq)} groups for {n_folds} folds; lower data.n_folds or use "
+                            "a finer group column")
+        per_group = np.zeros((len(uniq), y.shape[1]))
+        np.maximum.at(per_group, codes, y)
+        return multilabel_folds(per_group, n_folds, seed)[codes]
+    if len(y) < n_folds:
+        raise UserError(f"{len(y)} images cannot fill {n_folds} folds; lower data.n_folds")
+    fold = np.full(len(y), -1, dtype=np.int64)
+    splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for k, (_, val_idx) in enumerate(splitter.split(np.zeros(len(y)), y)):
         fold[val_idx] = k
     return fold
 
@@ -120,17 +145,32 @@ def load_or_create_folds(cfg: Config, create: bool = True, table: pd.DataFrame |
         raise UserError(f"no folds file {path}; run python -m src.folds first")
     elif cfg.data.relabel:
         df, classes = _relabelled_split(cfg, original, df, path)
+    elif cfg.data.task == "multilabel":
+        classes = sorted_classes(pd.Series([t for lab in df["label"] for t in lab.split()]))
+        df = df.copy()
+        groups = df["group"] if cfg.data.group_col else None
+        df["fold"] = multilabel_folds(Task("multilabel", tuple(classes)).targets(df["label"]), cfg.data.n_folds,
+                                      cfg.data.fold_seed, groups)
+        _write_split(cfg, df, path, {"classes": classes, "task": "multilabel"})
     else:
         classes = sorted_classes(df["label"])
+        Task(cfg.data.task, tuple(classes))  # data.task=binary with other than 2 classes stops before writing
         df = df.copy()
         df["fold"] = assign_folds(df, cfg.data.n_folds, cfg.data.fold_seed, bool(cfg.data.group_col))
         _write_split(cfg, df, path, {"classes": classes})
-    index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted(set(df["label"]) - set(index))
-    if unknown:
-        raise UserError(f"labels {unknown[:10]} are not in the class list of {path}; delete it to split again")
-    df["target"] = df["label"].map(index).astype(np.int64)
+    task = Task(cfg.data.task, tuple(classes))
+    targets = task.targets(df["label"])  # every label (tag) must be in the split's class list
+    if not task.multilabel:  # a multi-label image's targets are a row of 0/1 (Task.targets of its label)
+        df["target"] = targets
     return df.reset_index(drop=True), classes, path
+
+
+def fold_counts(df: pd.DataFrame, classes: list[str], task: str) -> pd.DataFrame:
+    """Images of each class (for a multi-label task: each label) in each fold."""
+    multilabel = task == "multilabel"
+    rows = pd.DataFrame([(t, f) for lab, f in zip(df["label"], df["fold"]) for t in label_tags(lab, multilabel)],
+                        columns=["label", "fold"])
+    return pd.crosstab(rows["label"], rows["fold"]).reindex(classes, fill_value=0)
 
 
 def fold_tables(cfg: Config, fold: int, check_classes: Callable[[int], None] | None = None
@@ -142,7 +182,7 @@ def fold_tables(cfg: Config, fold: int, check_classes: Callable[[int], None] | N
         raise UserError(f"--fold {fold} is out of range; use 0..{cfg.data.n_folds - 1}, all, or -1")
     table = load_train_table(cfg.data)
     if check_classes is not None:
-        check_classes(table["label"].nunique())
+        check_classes(len({t for lab in table["label"] for t in label_tags(lab, cfg.data.task == "multilabel")}))
     # Images are checked before the split is written, so bad data writes nothing; skipped images
     # stay in the split (it must not depend on which files were readable today).
     cache = folds_path(cfg).with_name(f"{Path(cfg.data.dir).resolve().name}_images_checked.json")

@@ -28,7 +28,9 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __init__(self, paths: list[str], targets: list[int] | None, transform: A.Compose | None, cache=None):
         self.paths = list(paths)
-        self.targets = None if targets is None else np.asarray(targets, dtype=np.int64)
+        # class indices (N,), or a 0/1 matrix (N, L) for a multi-label task (src.core.task.Task.targets)
+        targets = None if targets is None else np.asarray(targets)
+        self.targets = targets if targets is None or targets.ndim == 2 else targets.astype(np.int64)
         self.transform = transform
         self.cache = cache
 
@@ -44,7 +46,10 @@ class ImageDataset(torch.utils.data.Dataset):
             if seed is not None:
                 seed_transform(self.transform, seed)
             x = self.transform(image=img)["image"]
-        return x, (int(self.targets[i]) if self.targets is not None else i)
+        if self.targets is None:
+            return x, i
+        return x, (torch.from_numpy(self.targets[i].astype(np.float32)) if self.targets.ndim == 2
+                   else int(self.targets[i]))
 
 
 def resolve_workers(cfg: LoaderCfg) -> int:

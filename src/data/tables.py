@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from src.core.config import Config, DataCfg, require_competition
+from src.core.task import canonical_tags
 from src.core.utils import UserError, atomic_write_text
 from src.data.images import find_bad_images
 from src.data.loaders import resolve_workers
@@ -152,9 +153,35 @@ def _refuse_tag_lists(labels: pd.Series, path: Path, col: str) -> None:
     if looks_like_tag_lists(labels):
         several = int((labels.str.split().str.len() > 1).sum())
         raise UserError(f"{path}: the labels of {col} look like lists of tags ({several} of {len(labels)} hold several "
-                        f"words, e.g. '{labels[labels.str.split().str.len().idxmax()]}'), and this workflow trains one "
-                        "class per image: it would learn every tag combination as a class; multi-label tasks are not "
-                        "supported yet, so keep one label per image in the column")
+                        f"words, e.g. '{labels[labels.str.split().str.len().idxmax()]}'), which a one-class-per-image "
+                        "task would learn as one class per tag combination; set data.task=multilabel (tags split "
+                        "by data.label_sep)")
+
+
+def _multilabel_labels(raw: pd.DataFrame, cfg: DataCfg, path: Path) -> list[str]:
+    """Each image's labels as canonical tags (sorted, space-separated; "" for none), from a tags
+    column split by data.label_sep or from one 0/1 column per label (data.label_cols)."""
+    if cfg.label_cols:
+        cols = [c for c in raw.columns if c != cfg.id_col and c != cfg.group_col] if cfg.label_cols == "all" \
+            else cfg.label_cols
+        missing = [c for c in cols if c not in raw.columns]
+        if missing:
+            raise UserError(f"{path} has no columns {missing[:5]} (data.label_cols); its columns are {list(raw.columns)}")
+        values = raw[cols].apply(lambda s: s.str.strip())
+        bad = sorted(set(values.to_numpy().ravel()) - {"0", "1", "0.0", "1.0"})
+        if bad:
+            raise UserError(f"{path}: data.label_cols must hold 0 or 1, and they hold {bad[:5]}; list only the label "
+                            "columns in data.label_cols")
+        spaced = [c for c in cols if len(c.split()) != 1]
+        if spaced:
+            raise UserError(f"{path}: label columns {spaced[:3]} have spaces or are empty; rename them")
+        on = values.isin(["1", "1.0"]).to_numpy()
+        return [" ".join(c for c, v in zip(cols, row) if v) for row in on]
+    tags = raw[cfg.label_col].astype(str)
+    if cfg.label_sep.strip() and tags.str.split(cfg.label_sep).map(lambda ts: any(len(t.split()) > 1 for t in ts)).any():
+        raise UserError(f"{path}: some tags of {cfg.label_col} hold spaces inside (split by data.label_sep "
+                        f"'{cfg.label_sep}'); labels are kept space-separated, so rename those tags")
+    return canonical_tags(tags, cfg.label_sep)
 
 
 def _image_files(img_root: Path, exts: list[str], layout: str) -> list[Path]:
@@ -199,12 +226,15 @@ def load_train_table(cfg: DataCfg) -> pd.DataFrame:
     else:
         path = root / cfg.train_csv
         raw = _read_csv(path, "training table")
-        cols = {"data.id_col": cfg.id_col, "data.label_col": cfg.label_col}
+        cols = {"data.id_col": cfg.id_col} | ({} if cfg.label_cols else {"data.label_col": cfg.label_col})
         if cfg.group_col:
             cols["data.group_col"] = cfg.group_col
         _require_cols(raw, cols, path)
-        raw = _clean_labels(raw, cfg.label_col, path, cfg.na_labels)
-        _refuse_tag_lists(raw[cfg.label_col], path, cfg.label_col)
+        if cfg.task == "multilabel":
+            raw = raw.assign(**{cfg.label_col: _multilabel_labels(raw, cfg, path)})
+        else:
+            _refuse_tag_lists(raw[cfg.label_col], path, cfg.label_col)
+            raw = _clean_labels(raw, cfg.label_col, path, cfg.na_labels)
         dup = raw[cfg.id_col][raw[cfg.id_col].duplicated()].tolist()
         if dup:
             raise UserError(f"{path} lists {len(dup)} ids twice (e.g. {dup[:3]}); each image must appear once")

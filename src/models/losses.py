@@ -1,4 +1,5 @@
-"""Losses: cross-entropy with label smoothing (torch), focal loss, class weights."""
+"""Losses: cross-entropy with label smoothing (torch), focal loss, class weights; for multi-label
+tasks binary cross-entropy per label (optionally focal) and timm's asymmetric loss."""
 
 from __future__ import annotations
 
@@ -34,6 +35,52 @@ class FocalLoss(torch.nn.Module):
         return loss.sum(1).mean()
 
 
+class MultiLabelLoss(torch.nn.Module):
+    """Binary cross-entropy with logits per label (torch), averaged over images and labels; with
+    gamma > 0 each term is scaled by (1 - p_t)^gamma (focal). Smoothing moves every 0/1 target
+    toward 0.5; pos_weight scales the positive term of each label."""
+
+    def __init__(self, gamma: float = 0.0, smoothing: float = 0.0, pos_weight: torch.Tensor | None = None):
+        super().__init__()
+        self.gamma, self.smoothing = gamma, smoothing
+        self.register_buffer("pos_weight", pos_weight, persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        z = logits.float()
+        t = target.float() * (1.0 - self.smoothing) + 0.5 * self.smoothing
+        loss = F.binary_cross_entropy_with_logits(z, t, pos_weight=self.pos_weight, reduction="none")
+        if self.gamma:
+            p = torch.sigmoid(z)
+            loss = loss * (1.0 - (p * t + (1.0 - p) * (1.0 - t))).pow(self.gamma)
+        return loss.mean()
+
+
+def positive_weights(cfg: LossCfg, targets: np.ndarray) -> torch.Tensor | None:
+    """Per-label weights of the positive term: None, 'balanced' (negatives / positives of each
+    label) or the given list."""
+    if cfg.class_weights is None:
+        return None
+    n_labels = targets.shape[1]
+    if cfg.class_weights == "balanced":
+        pos = targets.sum(0)
+        return torch.tensor((len(targets) - pos) / np.maximum(pos, 1), dtype=torch.float32)
+    if len(cfg.class_weights) != n_labels:
+        raise UserError(f"loss.class_weights has {len(cfg.class_weights)} values for {n_labels} labels; give one per label")
+    return torch.tensor(cfg.class_weights, dtype=torch.float32)
+
+
+def _multilabel_loss(cfg: LossCfg, targets: np.ndarray, eps: float) -> torch.nn.Module:
+    if cfg.alpha is not None:
+        raise UserError("loss.alpha weighs the classes of a multi-class focal loss; for multi-label tasks weigh the "
+                        "labels with loss.class_weights (balanced, or one weight per label)")
+    pos_weight = positive_weights(cfg, targets)
+    if cfg.name == "asl":
+        from timm.loss import AsymmetricLossMultiLabel
+
+        return AsymmetricLossMultiLabel(smoothing=eps, reduction="mean", pos_weight=pos_weight)
+    return MultiLabelLoss(cfg.gamma if cfg.name == "focal" else 0.0, eps, pos_weight)
+
+
 def class_weights(cfg: LossCfg, targets: np.ndarray, n_classes: int) -> torch.Tensor | None:
     """Per-class loss weights: None, 'balanced' (n / (C * count_c)) or the given list."""
     if cfg.class_weights is None:
@@ -46,16 +93,23 @@ def class_weights(cfg: LossCfg, targets: np.ndarray, n_classes: int) -> torch.Te
     return torch.tensor(cfg.class_weights, dtype=torch.float32)
 
 
-def build_loss(cfg: LossCfg, n_classes: int, targets: np.ndarray, smoothing: float | None = None) -> torch.nn.Module:
+def build_loss(cfg: LossCfg, n_classes: int, targets: np.ndarray, smoothing: float | None = None,
+               multilabel: bool = False) -> torch.nn.Module:
     """The training criterion.
 
     Args:
         cfg: loss section (name, smoothing, gamma, alpha, class_weights).
         n_classes: number of classes.
-        targets: training targets, for balanced class weights.
+        targets: training targets (class indices, or a 0/1 matrix for multi-label), for balanced weights.
         smoothing: override cfg.smoothing (0 when mixup already smooths the targets).
+        multilabel: one sigmoid per label: ce is binary cross-entropy, focal its focal form, asl timm's
+            asymmetric loss.
     """
     eps = cfg.smoothing if smoothing is None else smoothing
+    if multilabel:
+        return _multilabel_loss(cfg, targets, eps)
+    if cfg.name == "asl":
+        raise UserError("loss.name=asl is the asymmetric loss of multi-label tasks; use ce or focal here")
     weight = class_weights(cfg, targets, n_classes)
     if cfg.name == "ce":
         return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=eps)

@@ -144,10 +144,13 @@ def fold_lock(fp: FoldPaths, what: str):
 
 def write_oof(path: Path, ids, fold: int, labels, targets, probs: np.ndarray, classes: list[str],
               run_id: str, epoch: int) -> None:
-    """oof.csv: id, fold, label, target, run_id, epoch (of the model that predicted), then
-    prob_<class> for every class, atomically."""
-    oof = pd.DataFrame({"id": list(ids), "fold": fold, "label": list(labels), "target": np.asarray(targets),
-                        "run_id": run_id, "epoch": epoch})
+    """oof.csv: id, fold, label, target (the class index; none for a multi-label task, whose label
+    holds its tags), run_id, epoch (of the model that predicted), then prob_<class> for every class,
+    atomically."""
+    oof = pd.DataFrame({"id": list(ids), "fold": fold, "label": list(labels)})
+    if targets is not None:
+        oof["target"] = np.asarray(targets)
+    oof["run_id"], oof["epoch"] = run_id, epoch
     oof[prob_columns(classes)] = probs
     atomic_save(path, lambda tmp: oof.to_csv(tmp, index=False))
 

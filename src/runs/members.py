@@ -18,6 +18,7 @@ import torch
 from src.core import distributed
 from src.core.config import Config, LoaderCfg, config_from_dict
 from src.core.runtime import Runtime, predict
+from src.core.task import single_label_only
 from src.core.utils import UserError
 from src.data.folds import load_or_create_folds
 from src.data.loaders import eval_loader
@@ -241,6 +242,8 @@ def across_members(voting: str) -> str:
 def open_members(cfg: Config, names: list[str]) -> list[Member]:
     members = [open_member(n, cfg.experiment.output_dir, cfg.ensemble.missing_folds, cfg.data.dir,
                            (cfg.data.cache, cfg.data.cache_dir)) for n in names]
+    for m in members:  # blending, TTA selection, pseudo-labels and the Kaggle bundle read softmax outputs
+        single_label_only(m.cfg.data.task, f"blending members ({m.name}: src.ensemble, src.pseudo, src.kaggle_kernel)")
     for m in members[1:]:
         if m.classes != members[0].classes:
             raise UserError(f"members {members[0].name} and {m.name} have different class lists; "

@@ -18,6 +18,7 @@ import pandas as pd
 
 from src.core.config import Config, save_config
 from src.core.runtime import Runtime
+from src.core.task import single_label_only
 from src.core.utils import UserError
 from src.evaluation.metrics import higher_is_better, monitor_name, summary
 from src.runs.checkpoint import load_checkpoint, save_checkpoint
@@ -71,6 +72,7 @@ def average_experiment(cfg: Config, name: str, top: int | None = None, swa: bool
     """
     if (top is None) == (not swa):
         raise UserError("give --top K or --swa (one of them)")
+    single_label_only(cfg.data.task, "src.average (averaged checkpoints)")
     m = open_member(name, cfg.experiment.output_dir, "error", cfg.data.dir)
     new = f"{name}_top{top}" if top is not None else f"{name}_swa"
     rt = Runtime.from_cfg(cfg.runtime)

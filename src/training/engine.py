@@ -19,6 +19,7 @@ from src.core.config import Config
 from src.core.distributed import EpochSampler
 from src.core.progress import progress
 from src.core.runtime import Norm, Runtime, predict
+from src.core.task import Task
 from src.core.utils import UserError
 from src.evaluation.metrics import softmax, summary
 from src.models.model import Frozen
@@ -61,6 +62,11 @@ class FoldState:
     train_size: int | None = None  # aug.size_schedule: this epoch's training input size (src/size_schedule.py)
     forward: object = None  # the compiled training forward (train.compile), else None: `net` itself
     ddp: torch.nn.Module | None = None  # the model in DistributedDataParallel under torchrun
+
+    @property
+    def task(self) -> Task:
+        """The competition's task over this fold's classes (src.core.task)."""
+        return Task(self.cfg.data.task, tuple(self.classes))
 
     @property
     def net(self) -> torch.nn.Module:
@@ -167,7 +173,7 @@ def train_one_epoch(s: FoldState, epoch: int) -> dict:
         wait += time.perf_counter() - tw
         x, y = s.rt.batch(x, s.norm), y.to(dev, non_blocking=True)
         target = y
-        if y.ndim == 2:  # probability targets (src/soft_targets.py): accuracy against their argmax
+        if y.ndim == 2 and not s.task.multilabel:  # probability targets (soft_targets.py): accuracy against their argmax
             y = y.argmax(1)
         x = resize_batch(x, s.train_size)
         if s.mixup is not None:
@@ -179,7 +185,7 @@ def train_one_epoch(s: FoldState, epoch: int) -> dict:
         if (step + 1) % accum == 0 or step + 1 == s.batches:
             _update(s)
         loss_sum += loss.detach().float() * len(y)
-        correct += (logits.detach().argmax(1) == y).sum()
+        correct += _hits(logits.detach(), y, s.task.multilabel)
         seen += len(y)
         if (step + 1) % SYNC_EVERY == 0:
             _check_finite(loss_sum.item(), epoch, step)
@@ -193,11 +199,24 @@ def train_one_epoch(s: FoldState, epoch: int) -> dict:
             "data_wait": round(wait / elapsed, 4) if elapsed > 0 else float("nan")}
 
 
+def _hits(logits: torch.Tensor, y: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    """Images predicted right: the argmax class, or for multi-label every label (logit > 0 = p > 0.5)."""
+    if multilabel:
+        return ((logits > 0) == (y > 0.5)).all(1).sum()
+    return (logits.argmax(1) == y).sum()
+
+
 def validate(model: torch.nn.Module, loader, rt: Runtime, targets: np.ndarray, metric: str,
-             norm: Norm | None = None) -> tuple[np.ndarray, dict]:
-    """(probabilities N x C, {'loss', 'accuracy', 'f1_macro', metric}) over a validation loader."""
+             norm: Norm | None = None, task: Task | None = None) -> tuple[np.ndarray, dict]:
+    """(probabilities N x C, {'loss', 'accuracy', 'f1_macro', metric}) over a validation loader.
+    `targets`: class indices (N,), or with a multi-label task a 0/1 matrix (N, L) (Task.targets)."""
     part = predict([model], loader, rt, desc="validation", norm=norm)[0, 0] if len(loader.dataset) else None
     logits = distributed.gather_rows(part)  # (N, C), every rank's rows in order (this rank's only in one process)
-    loss = float(F.cross_entropy(torch.from_numpy(logits), torch.tensor(np.asarray(targets), dtype=torch.long)))
-    probs = softmax(logits)
+    z = torch.from_numpy(logits).float()
+    if task is not None and task.multilabel:
+        loss = float(F.binary_cross_entropy_with_logits(z, torch.as_tensor(np.asarray(targets), dtype=torch.float32)))
+        probs = task.activate(logits)
+    else:
+        loss = float(F.cross_entropy(z, torch.tensor(np.asarray(targets), dtype=torch.long)))
+        probs = softmax(logits)
     return probs, {"loss": loss, **summary(targets, probs, metric)}

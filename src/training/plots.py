@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from sklearn.metrics import ConfusionMatrixDisplay
+from sklearn.metrics import ConfusionMatrixDisplay, f1_score
 
 from src.core.plotting import save_figure
 
@@ -38,4 +38,18 @@ def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], p
         xticks_rotation="vertical", include_values=len(classes) <= 30,
     )
     ax.set_title("confusion matrix (best epoch, out of fold)")
+    save_figure(fig, path)
+
+
+def plot_label_scores(y_true: np.ndarray, probs: np.ndarray, labels: list[str], path: Path) -> None:
+    """Multi-label OOF: each label's F1 at probability 0.5, with its count of positive images."""
+    pred = probs >= 0.5
+    f1 = f1_score(y_true, pred, average=None, zero_division=0)
+    fig, ax = plt.subplots(figsize=(max(5, 0.4 * len(labels) + 2), 4))
+    ax.bar(range(len(labels)), f1, color="tab:blue")
+    ax.set_xticks(range(len(labels)), [f"{c}\n({int(n)})" for c, n in zip(labels, y_true.sum(0))],
+                  rotation=90 if len(labels) > 20 else 0)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("F1 at 0.5")
+    ax.set_title("per-label F1 (best epoch, out of fold; positives in brackets)")
     save_figure(fig, path)

@@ -18,6 +18,7 @@ from timm.utils import ModelEmaV3
 from src.core import distributed
 from src.core.config import Config, config_from_dict, save_config
 from src.core.runtime import Norm, Runtime
+from src.core.task import Task
 from src.core.tracking import Tracker
 from src.core.utils import UserError, atomic_save, atomic_write_text, derive_seed, seed_everything
 from src.data.folds import fold_tables
@@ -44,7 +45,7 @@ from src.runs.layout import (
     write_oof,
 )
 from src.training.engine import CompiledForward, FoldState, train_one_epoch, validate
-from src.training.plots import plot_confusion, plot_curves
+from src.training.plots import plot_confusion, plot_curves, plot_label_scores
 from src.training.size_schedule import size_at
 from src.training.soft_targets import with_soft_targets
 from src.training.weight_averaging import finish_swa, new_swa, swa_cv, swa_step
@@ -54,8 +55,9 @@ from src.training.weight_averaging import finish_swa, new_swa, swa_cv, swa_step
 
 def setup_fold(cfg: Config, fold: int, rt: Runtime) -> FoldState:
     """Data, model with freezing, and loaders of one fold (the optimization is added by `optimization`)."""
-    fits = lambda n_classes: check_metric_fits(cfg.metric.name, n_classes)  # noqa: E731
+    fits = lambda n_classes: check_metric_fits(cfg.metric.name, n_classes, cfg.data.task == "multilabel")  # noqa: E731
     train_df, val_df, classes = distributed.main_first(lambda: fold_tables(cfg, fold, fits))  # rank 0 writes the split
+    task = Task(cfg.data.task, tuple(classes))
     seed = derive_seed(cfg.experiment.seed, fold + 1)
     seed_everything(seed)
     model = build_model(cfg.model, len(classes), img_size=cfg.aug.img_size)
@@ -74,14 +76,14 @@ def setup_fold(cfg: Config, fold: int, rt: Runtime) -> FoldState:
         + f"; parameters {counts['total']:,} total, {counts['trainable']:,} trainable, {counts['frozen']:,} frozen"
     )
     train_cache, val_cache = image_cache(cfg, train=True), image_cache(cfg, train=False)
-    train_ds = ImageDataset(train_df["path"], train_df["target"], build_transform(cfg.aug, True), train_cache)
+    train_ds = ImageDataset(train_df["path"], task.targets(train_df["label"]), build_transform(cfg.aug, True), train_cache)
     train_ds = with_soft_targets(train_ds, cfg, train_df, classes)  # distillation, soft pseudo-labels
     sampler = distributed.epoch_sampler(len(train_ds), seed)
     train_loader = make_loader(train_ds, cfg.loader, device=rt.device.type, sampler=sampler,
                                drop_last=len(sampler) > cfg.loader.batch_size)
     val_loader = None
     if val_df is not None:
-        val_ds = ImageDataset(val_df["path"], val_df["target"], build_transform(cfg.aug, False), val_cache)
+        val_ds = ImageDataset(val_df["path"], task.targets(val_df["label"]), build_transform(cfg.aug, False), val_cache)
         val_loader = make_loader(distributed.shard_dataset(val_ds, cfg.loader.batch_size * 2), cfg.loader,
                                  device=rt.device.type, batch_size=cfg.loader.batch_size * 2)
     limit = cfg.train.limit_batches
@@ -107,8 +109,9 @@ def optimization(s: FoldState) -> None:
     """Loss, mixup, optimizer, schedule, grad scaler and EMA of a set-up fold."""
     cfg, n_classes = s.cfg, len(s.classes)
     mixing = cfg.train.mixup > 0 or cfg.train.cutmix > 0
-    targets = s.train_df["target"].to_numpy()
-    s.criterion = build_loss(cfg.loss, n_classes, targets, smoothing=0.0 if mixing else None).to(s.rt.device)
+    targets = s.task.targets(s.train_df["label"])
+    s.criterion = build_loss(cfg.loss, n_classes, targets, smoothing=0.0 if mixing else None,
+                             multilabel=s.task.multilabel).to(s.rt.device)
     if mixing:
         s.mixup = Mixup(mixup_alpha=cfg.train.mixup, cutmix_alpha=cfg.train.cutmix, prob=cfg.train.mix_prob,
                         label_smoothing=cfg.loss.smoothing, num_classes=n_classes)
@@ -162,13 +165,13 @@ def run_epoch(s: FoldState, keeper: CheckpointKeeper, epoch: int, tracker: Track
     swa_step(s, epoch)
     value = None
     if s.val_loader is not None:
-        probs, scores = validate(s.eval_model, s.val_loader, s.rt, s.val_df["target"].to_numpy(), cfg.metric.name,
-                                 s.norm)
+        probs, scores = validate(s.eval_model, s.val_loader, s.rt, s.task.targets(s.val_df["label"]), cfg.metric.name,
+                                 s.norm, s.task)
         row.update({f"val_{k}": v for k, v in scores.items()})
         value = scores[monitor_name(cfg)]
     improved = keeper.observe(epoch, value)
     if improved and s.val_df is not None and distributed.is_main():
-        write_oof(s.fp.oof, s.val_df["id"], s.fold, s.val_df["label"], s.val_df["target"], probs, s.classes,
+        write_oof(s.fp.oof, s.val_df["id"], s.fold, s.val_df["label"], s.val_df.get("target"), probs, s.classes,
                   keeper.meta["run_id"], epoch)
     row["time_s"] = round(time.time() - t0, 2)
     keeper.history.append(row)
@@ -193,9 +196,10 @@ def sync_oof(s: FoldState, keeper: CheckpointKeeper) -> None:
     if distributed.from_main(current):  # every rank takes rank 0's answer: they validate together or not at all
         return
     s.eval_model.load_state_dict(load_checkpoint(fp.best)["model"])
-    probs, _ = validate(s.eval_model, s.val_loader, s.rt, s.val_df["target"].to_numpy(), s.cfg.metric.name, s.norm)
+    probs, _ = validate(s.eval_model, s.val_loader, s.rt, s.task.targets(s.val_df["label"]), s.cfg.metric.name, s.norm,
+                        s.task)
     if distributed.is_main():
-        write_oof(fp.oof, s.val_df["id"], s.fold, s.val_df["label"], s.val_df["target"], probs, s.classes,
+        write_oof(fp.oof, s.val_df["id"], s.fold, s.val_df["label"], s.val_df.get("target"), probs, s.classes,
                   keeper.meta["run_id"], keeper.best_epoch)
 
 
@@ -226,10 +230,13 @@ def _record(s: FoldState, keeper: CheckpointKeeper, tracker: Tracker, swa: dict 
               "config": cfg.to_dict(), "run_id": keeper.meta["run_id"]}
     if s.val_df is not None:
         oof = read_oof(fp.oof, s.classes)
-        y, probs = oof["target"].to_numpy(), oof_probs(oof, s.classes)
+        y, probs = s.task.targets(oof["label"]), oof_probs(oof, s.classes)
         result.update(summary(y, probs, cfg.metric.name))
-        plot_confusion(y, probs.argmax(1), s.classes, fp.confusion)
-        tracker.confusion(y, probs.argmax(1), s.classes)
+        if s.task.multilabel:  # no confusion between labels: each label's F1 and support instead
+            plot_label_scores(y, probs, s.classes, fp.confusion.with_name("label_scores.png"))
+        else:
+            plot_confusion(y, probs.argmax(1), s.classes, fp.confusion)
+            tracker.confusion(y, probs.argmax(1), s.classes)
         tracker.summary({f"best_{monitor_name(cfg)}": keeper.best, "best_epoch": keeper.best_epoch,
                          **{f"best_{k}": v for k, v in result.items() if k in ("accuracy", "f1_macro", cfg.metric.name)}})
     if swa is not None:
@@ -350,8 +357,9 @@ def cv_report(cfg: Config, folds: list[int]) -> dict:
         rows.append({"fold": k, "best_epoch": done["best_epoch"],
                      **{m: done.get(m) for m in ("accuracy", "f1_macro", cfg.metric.name)}})
     oof = pd.concat(parts, ignore_index=True)
-    overall = summary(oof["target"].to_numpy(), oof_probs(oof, classes), cfg.metric.name)
-    swa = swa_cv(cfg.out_dir, folds, classes, cfg.metric.name)
+    task = Task(cfg.data.task, tuple(classes))
+    overall = summary(task.targets(oof["label"]), oof_probs(oof, classes), cfg.metric.name)
+    swa = swa_cv(cfg.out_dir, folds, task, cfg.metric.name)
     table = pd.DataFrame(rows + [{"fold": "oof", "best_epoch": "", **overall}]
                          + ([{"fold": "oof swa", "best_epoch": "", **swa}] if swa else []))
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

@@ -17,6 +17,7 @@ from torch.optim.swa_utils import AveragedModel, update_bn
 
 from src.core import distributed
 from src.core.runtime import Norm, Runtime
+from src.core.task import Task
 from src.core.utils import UserError
 from src.evaluation.metrics import summary
 from src.runs.checkpoint import save_checkpoint
@@ -99,9 +100,10 @@ def finish_swa(s: FoldState, meta: dict, epoch: int) -> dict | None:
         save_checkpoint(ckpt, {**meta, "model": model.state_dict(), "epoch": epoch, "swa_epochs": n})
     out = {"swa_epochs": n}
     if s.val_df is not None:  # every rank validates its share; rank 0 writes
-        probs, scores = validate(model, s.val_loader, s.rt, s.val_df["target"].to_numpy(), s.cfg.metric.name, s.norm)
+        probs, scores = validate(model, s.val_loader, s.rt, s.task.targets(s.val_df["label"]), s.cfg.metric.name, s.norm,
+                                  s.task)
         if distributed.is_main():
-            write_oof(oof, s.val_df["id"], s.fold, s.val_df["label"], s.val_df["target"], probs, s.classes,
+            write_oof(oof, s.val_df["id"], s.fold, s.val_df["label"], s.val_df.get("target"), probs, s.classes,
                       meta["run_id"], epoch)
         out.update(scores)
         print(f"fold {s.fold}: SWA of the last {n} epochs, BatchNorm recomputed: " +
@@ -109,7 +111,7 @@ def finish_swa(s: FoldState, meta: dict, epoch: int) -> dict | None:
     return out
 
 
-def swa_cv(exp_dir: Path, folds: list[int], classes: list[str], metric: str) -> dict | None:
+def swa_cv(exp_dir: Path, folds: list[int], task: Task, metric: str) -> dict | None:
     """The SWA models' OOF scores over `folds` when every one of them has a swa_oof.csv of its
     finished run (one left from an earlier run of the fold does not count), else None."""
     parts = []
@@ -118,9 +120,10 @@ def swa_cv(exp_dir: Path, folds: list[int], classes: list[str], metric: str) -> 
         oof = swa_paths(fp.dir)[1]
         if not oof.is_file():
             return None
-        df = read_oof(oof, classes)
+        df = read_oof(oof, list(task.classes))
         if set(df["run_id"]) != {read_done(fp).get("run_id")}:
             return None
         parts.append(df)
     df = pd.concat(parts, ignore_index=True)
-    return summary(df["target"].to_numpy(), oof_probs(df, classes), metric)
+    classes = list(task.classes)
+    return summary(task.targets(df["label"]), oof_probs(df, classes), metric)

@@ -299,7 +299,7 @@ ROWS = [
     row("out-is-a-folder", "ensemble", ("--out", "submissions"), ("submissions", ("folder", "directory"), "--out"),
         world="trained", damage=_old_submission),
     row("label-literal-nan", "train", F0, ("train.csv", "nan"), damage=_nan_labels),
-    row("tag-list-labels", "train", F0, ("train.csv", "tags", "one class per image"), damage=_tag_lists),
+    row("tag-list-labels", "train", F0, ("train.csv", "tags", "data.task=multilabel"), damage=_tag_lists),
     row("per-image-f2-on-single-labels", "train", F0 + ("metric.name=f2_samples",), ("f2_samples", "f1_macro")),
     row("binary-pauc-on-10-classes-in-the-ensemble", "ensemble", ("metric.name=pauc@0.9",), ("pauc@0.9", "10 classes"),
         world="trained"),

@@ -43,10 +43,10 @@ def _cli(code_root: Path, *args: str) -> str:
 def test_outputs_of_the_code_before_the_move_load_and_blend(old_code, demo_dir, tmp_path):
     ov = [*TINY, "data.n_folds=2", f"data.dir={demo_dir}", f"experiment.output_dir={tmp_path / 'outputs'}",
           "wandb.mode=disabled"]
-    demo = str(REPO / "configs" / "demo.yaml")
+    demo, old_demo = str(REPO / "configs" / "demo.yaml"), str(old_code / "configs" / "demo.yaml")  # each code its configs
     blend = ["--tta", "identity", "hflip"]
-    _cli(old_code, "src.train", "--config", demo, "--fold", "all", *ov)
-    _cli(old_code, "src.ensemble", "--config", demo, *blend, "--out", str(tmp_path / "old.csv"), *ov)
+    _cli(old_code, "src.train", "--config", old_demo, "--fold", "all", *ov)
+    _cli(old_code, "src.ensemble", "--config", old_demo, *blend, "--out", str(tmp_path / "old.csv"), *ov)
 
     again = _cli(REPO, "src.ensemble", "--config", demo, *blend, "--out", str(tmp_path / "new.csv"), *ov)
     assert "0 computed" in again  # every prediction read from the old cache

@@ -1,0 +1,118 @@
+"""Multi-label tasks (data.task=multilabel) on the multi-label digits demo (2x2 grids tagged with the
+digits they show): tags or one 0/1 column per label in, folds stratified per label, a sigmoid per
+label trained with binary cross-entropy (or its focal form, or timm's asymmetric loss), OOF
+probabilities scored per label; the stages that blend softmax outputs refuse it in one sentence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import DEMO_CONFIG, TINY
+from sklearn.metrics import f1_score, log_loss
+
+from src.core.config import load_config
+from src.core.task import Task
+from src.core.utils import UserError
+from src.data.folds import fold_counts, load_or_create_folds
+from src.data.tables import load_train_table
+from src.demo import build_multilabel_demo
+from src.ensembling import pipeline
+from src.evaluation.metrics import check_metric_fits
+from src.models.losses import MultiLabelLoss, build_loss
+from src.runs.layout import fold_paths, oof_probs, read_oof
+from src.training.trainer import train_fold
+
+ML_CONFIG = DEMO_CONFIG.with_name("demo_multilabel.yaml")
+DIGITS = [str(d) for d in range(10)]
+
+
+@pytest.fixture(scope="module")
+def comp(tmp_path_factory):
+    return build_multilabel_demo(tmp_path_factory.mktemp("ml") / "digits_multilabel")  # the demo as users get it
+
+
+def _cfg(comp, out, *extra):
+    return load_config(ML_CONFIG, [f"data.dir={comp}", f"experiment.output_dir={out}", "wandb.mode=disabled", *extra])
+
+
+def test_the_demo_holds_tag_lists_including_images_without_a_label(comp):
+    train = pd.read_csv(comp / "train.csv", dtype=str, keep_default_na=False)
+    tags = train["label"].str.split()
+    assert (tags.str.len() == 0).any() and (tags.str.len() >= 2).any()
+    assert set(t for ts in tags for t in ts) == set(DIGITS)
+    assert list(pd.read_csv(comp / "solution.csv", dtype=str).columns) == ["id", "label"]
+
+
+def test_tags_and_one_hot_columns_give_the_same_table(comp, tmp_path):
+    from_tags = load_train_table(_cfg(comp, tmp_path).data)
+    train = pd.read_csv(comp / "train.csv", dtype=str, keep_default_na=False)
+    onehot = pd.DataFrame({"id": train["id"], **{f"d{d}": train["label"].str.split().map(lambda t, d=d: int(d in t))
+                                                   for d in DIGITS}})
+    other = tmp_path / "onehot"
+    other.mkdir()
+    (other / "train").symlink_to(comp / "train")
+    onehot.to_csv(other / "train.csv", index=False)
+    from_cols = load_train_table(_cfg(other, tmp_path, "data.label_cols=all").data)
+    assert list(from_cols["label"].str.replace("d", "")) == list(from_tags["label"])
+    onehot.loc[0, "d3"] = 2
+    onehot.to_csv(other / "train.csv", index=False)
+    with pytest.raises(UserError, match="must hold 0 or 1"):
+        load_train_table(_cfg(other, tmp_path, "data.label_cols=all").data)
+
+
+def test_folds_spread_every_label_evenly(comp, tmp_path):
+    cfg = _cfg(comp, tmp_path)
+    df, classes, path = load_or_create_folds(cfg)
+    assert classes == DIGITS and path.name.endswith("_multilabel.csv") and "target" not in df
+    counts = fold_counts(df, classes, "multilabel")
+    ideal = counts.sum(axis=1).to_numpy()[:, None] / cfg.data.n_folds
+    assert (np.abs(counts.to_numpy() - ideal) <= 1).all(), counts
+
+
+def test_the_multilabel_losses():
+    logits, y = torch.randn(6, 4), (torch.rand(6, 4) > 0.5).float()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
+    assert MultiLabelLoss()(logits, y) == pytest.approx(float(bce), abs=1e-6)
+    smoothed = torch.nn.functional.binary_cross_entropy_with_logits(logits, y * 0.8 + 0.1)
+    assert MultiLabelLoss(smoothing=0.2)(logits, y) == pytest.approx(float(smoothed), abs=1e-6)
+    assert MultiLabelLoss(gamma=2.0)(logits, y) < MultiLabelLoss()(logits, y)
+    cfg = load_config(ML_CONFIG, ["loss.class_weights=balanced"]).loss
+    targets = np.array([[1, 0], [1, 0], [1, 1], [0, 0]], dtype=np.float32)
+    assert build_loss(cfg, 2, targets, multilabel=True).pos_weight.tolist() == pytest.approx([1 / 3, 3.0])
+    asl = build_loss(load_config(ML_CONFIG, ["loss.name=asl"]).loss, 4, y.numpy(), multilabel=True)
+    assert type(asl).__name__ == "AsymmetricLossMultiLabel" and float(asl(logits, y)) > 0
+    with pytest.raises(UserError, match="multi-label"):
+        build_loss(load_config(ML_CONFIG, ["loss.name=asl"]).loss, 4, np.zeros(6, int))
+
+
+def test_a_fold_trains_sigmoid_outputs_scored_per_label(comp, tmp_path):
+    cfg = _cfg(comp, tmp_path, *TINY, "train.epochs=2", "train.limit_batches=null", "data.n_folds=2")
+    result = train_fold(cfg, 0)
+    fp = fold_paths(cfg.out_dir, 0)
+    oof = read_oof(fp.oof, DIGITS)
+    probs = oof_probs(oof, DIGITS)
+    y = Task("multilabel", tuple(DIGITS)).targets(oof["label"])
+    assert "target" not in oof and not np.allclose(probs.sum(1), 1.0)  # a sigmoid per label, not a softmax
+    assert result["f1_macro"] == pytest.approx(f1_score(y, probs >= 0.5, average="macro", zero_division=0))
+    history = pd.read_csv(fp.history)
+    best = history.loc[history["epoch"] == result["best_epoch"]].iloc[0]
+    bce = np.mean([log_loss(y[:, j], probs[:, j], labels=[0, 1]) for j in range(10)])
+    assert best["val_loss"] == pytest.approx(bce, rel=1e-4)  # the validation loss is the per-label BCE
+    assert (fp.dir / "label_scores.png").is_file() and not fp.confusion.is_file()
+    with pytest.raises(UserError, match="multilabel"):
+        pipeline.run(cfg, [str(cfg.experiment.name)], ["identity"], "equal", "soft", tmp_path / "s.csv", None)
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_what_does_not_fit_a_multilabel_task_is_refused(comp, tmp_path):
+    with pytest.raises(UserError, match="does not score multi-label"):
+        check_metric_fits("qwk", 10, multilabel=True)
+    for key in ("train.mixup=0.2", "data.pseudo=x.csv", "loss.distill_from=t"):
+        with pytest.raises(UserError, match=f"{key.split('=')[0]}.*multilabel"):
+            _cfg(comp, tmp_path, key)
+    with pytest.raises(UserError, match="asl"):
+        load_config(DEMO_CONFIG, ["loss.name=asl"])
+    with pytest.raises(UserError, match="data.task=multilabel"):
+        load_train_table(load_config(DEMO_CONFIG, [f"data.dir={comp}"]).data)  # tags under multiclass
