@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from src.core.cli import command_parser, parse_config, run_cli
-from src.core.task import single_label_only
+from src.core.task import Task, canonical_tags
 from src.core.utils import UserError
 from src.evaluation.metrics import compute_metric
 
@@ -45,9 +45,25 @@ def _ranked(values: pd.Series, classes: list[str], index: dict[str, int]) -> np.
     return scores / scores.sum(1, keepdims=True)
 
 
+def _score_multilabel(sub: pd.DataFrame, sol: pd.DataFrame, cfg, classes: list[str]) -> dict[str, float]:
+    """A multi-label submission: tags (scored as the 0/1 decisions they are) or one probability
+    column per label, against the solution's tags."""
+    task = Task("multilabel", tuple(classes))
+    y = task.targets(canonical_tags(sol[cfg.data.label_col], cfg.data.label_sep))
+    cols = [c for c in sub.columns if c != cfg.data.id_col]
+    if all(c in sub.columns for c in classes):
+        probs = sub[classes].astype(float).to_numpy()
+    elif len(cols) == 1:
+        probs = task.targets(canonical_tags(sub[cols[0]], " "))  # raises on tags that are not labels
+    else:
+        raise UserError(f"the submission has neither one tags column nor one column per label (columns {cols[:6]})")
+    out = {"accuracy": compute_metric("accuracy", y, probs)}
+    out[cfg.metric.name] = compute_metric(cfg.metric.name, y, probs)
+    return out
+
+
 def score_submission(sub_path: str | Path, solution_path: str | Path, cfg) -> dict[str, float]:
     """{'accuracy': ..., <metric>: ...} of a submission file against a solution file."""
-    single_label_only(cfg.data.task, "src.score")
     d = cfg.data
     frames = []
     for p, what in ((Path(sub_path), "submission"), (Path(solution_path), "solution")):
@@ -65,6 +81,8 @@ def score_submission(sub_path: str | Path, solution_path: str | Path, cfg) -> di
         raise UserError(f"the submission lacks {len(missing)} solution ids (e.g. {list(missing[:3])}); predict every test id")
     sub = sub.loc[sol.index]
     classes = _class_list(cfg, sol)
+    if cfg.data.task == "multilabel":
+        return _score_multilabel(sub, sol, cfg, classes)
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted(set(sol[d.label_col]) - set(index))
     if unknown:

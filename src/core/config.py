@@ -256,8 +256,10 @@ class EnsembleCfg(_Section):
     tta: list[str]
     voting: Literal["soft", "geometric", "logits", "hard", "rank"]
     weights: Literal["equal", "auto"] | list[float]
-    format: Literal["auto", "label", "index", "proba", "binary", "topk"]
+    format: Literal["auto", "label", "index", "proba", "binary", "topk", "tags"]
     top_k: Annotated[int, Field(ge=1)] | None
+    threshold: Literal["per_label", "global"] | Annotated[float, Field(gt=0, lt=1)]
+    min_labels: Literal[0, 1]
     missing_folds: Literal["error", "warn"]
 
 

@@ -16,7 +16,8 @@ from src.data.tables import load_test_table
 from src.ensembling.ledger import record_submission
 from src.ensembling.submission import check_out_path, checked_submission, write_submission
 from src.ensembling.view_selection import choose_views
-from src.evaluation.blending import combine, log_probs
+from src.evaluation.blending import as_logits, combine
+from src.evaluation.decoding import decide_labels, fit_thresholds, score_decisions
 from src.evaluation.metrics import check_metric_fits, compute_metric
 from src.evaluation.stacking import fit_predict_test, nested_oof, stack_features
 from src.runs.members import across_members, member_test, oof_blend, open_members, resolve_weights
@@ -27,6 +28,41 @@ def _parse_tta(tta: list[str] | None, default: list[str]) -> tuple[list[str], bo
     if tta and tta[0] == "auto":
         return parse_views(tta[1:] or default), True
     return parse_views(default if tta is None else (tta or ["identity"])), False
+
+
+def _stacked_cv(cfg: Config, stack: str, blend, n_classes: int) -> float:
+    stacked = nested_oof(stack, stack_features(blend.per), blend.y, blend.folds, n_classes, cfg.experiment.seed)
+    cv = compute_metric(cfg.metric.name, blend.y, stacked)
+    print(f"stacker {stack} (nested over {len(np.unique(blend.folds))} folds): OOF {cfg.metric.name} "
+          f"{cv:.4f} against the blend's {blend.score:.4f}")
+    return cv
+
+
+def _fitted_thresholds(cfg: Config, blend, classes: list[str]) -> tuple[np.ndarray, float]:
+    """Multi-label thresholds fitted on the OOF blend (never on test predictions) and the OOF
+    score of exactly what a submission with them holds; printed with the gain over 0.5."""
+    e, metric = cfg.ensemble, cfg.metric.name
+    th = fit_thresholds(metric, blend.y, blend.probs, e.threshold, e.min_labels)
+    at_half = score_decisions(metric, blend.y, blend.probs, np.full(len(classes), 0.5), e.min_labels)
+    cv = score_decisions(metric, blend.y, blend.probs, th, e.min_labels)
+    how = e.threshold if isinstance(e.threshold, str) else "fixed"
+    print(f"thresholds ({how}, fitted on OOF): " + ", ".join(f"{c} {t:.2f}" for c, t in zip(classes, th)))
+    print(f"OOF {metric} of what is written: {cv:.4f} (at 0.5: {at_half:.4f}, gain {cv - at_half:+.4f})")
+    return th, cv
+
+
+def _submit(cfg: Config, out: Path, probs: np.ndarray, classes: list[str], sample: pd.DataFrame, fmt: str,
+            thresholds: np.ndarray | None, what: str) -> None:
+    """Check and write the submission and its probabilities (rank 0 writes), and say what it holds."""
+    e = cfg.ensemble
+    decisions = decide_labels(probs, thresholds, e.min_labels) if thresholds is not None else None
+    sub, fmt = checked_submission(probs, classes, sample, cfg.data.id_col, fmt, cfg.metric.name, e.top_k, decisions)
+    probs_path = distributed.from_main(lambda: write_submission(out, sub, probs, classes, sample, cfg.data.id_col,
+                                                                thresholds))
+    counts = decisions.sum(0) if decisions is not None else np.bincount(probs.argmax(1), minlength=len(classes))
+    print(f"wrote {out} ({len(sub)} rows, format {fmt}, {what}); probabilities in {probs_path}")
+    print(f"predicted {'labels' if decisions is not None else 'classes'}: "
+          + ", ".join(f"{c} {n}" for c, n in zip(classes, counts)))
 
 
 def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None = None,
@@ -65,11 +101,14 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
     members = open_members(cfg, names)
     if isinstance(weights, list):
         resolve_weights(weights, members, [], np.zeros(0), cfg.metric.name, voting)  # checked before any prediction
-    classes = members[0].classes
-    check_metric_fits(cfg.metric.name, len(classes))
+    classes, task = members[0].classes, members[0].task
+    check_metric_fits(cfg.metric.name, len(classes), task.multilabel)
+    if task.multilabel and (stack or not report):
+        raise UserError("a multi-label blend needs the OOF report (its thresholds are fitted there) and no stacker; "
+                        "drop --stack" + (" and keep the report on" if not report else ""))
 
     # 1) OOF report: views chosen on OOF (auto), each member and the blend without and with TTA, the stacker
-    cv, choice, blend = None, None, None
+    cv, choice, blend, thresholds = None, None, None, None
     if report:
         if auto:
             choice = choose_views(cfg, members, views, weights, voting, rt)
@@ -77,30 +116,25 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
         blend = oof_blend(cfg, members, views, weights, voting, rt)
         w, cv = blend.weights, blend.score
         if stack:
-            stacked = nested_oof(stack, stack_features(blend.per), blend.y, blend.folds, len(classes), cfg.experiment.seed)
-            cv = compute_metric(cfg.metric.name, blend.y, stacked)
-            print(f"stacker {stack} (nested over {len(np.unique(blend.folds))} folds): OOF {cfg.metric.name} "
-                  f"{cv:.4f} against the blend's {blend.score:.4f}")
+            cv = _stacked_cv(cfg, stack, blend, len(classes))
+        if task.multilabel:
+            thresholds, cv = _fitted_thresholds(cfg, blend, classes)
     else:
         w = resolve_weights(weights, members, [], np.zeros(0), cfg.metric.name, voting)
 
     # 2) test predictions: folds x views per member (cached), blended within, then across members.
     # Hard votes are counted per member; members' vote shares are then averaged.
     member_probs = [member_test(m, test, views, rt, cfg.loader, voting, cache) for m in members]
-    features = [log_probs(p) for p in member_probs]
+    features = [as_logits(p, task.multilabel) for p in member_probs]
     probs = (fit_predict_test(stack, stack_features(blend.per), blend.y, stack_features(features), len(classes),
-                              cfg.experiment.seed) if stack else combine(np.stack(features), across_members(voting), w))
+                              cfg.experiment.seed) if stack
+             else combine(np.stack(features), across_members(voting), w, task.multilabel))
     computed, cached = sum(m.computed for m in members), sum(m.cached for m in members)
     print(f"predictions (fold x view x split): {computed} computed, {cached} read from outputs/<member>/preds/")
 
-    # 3) submission
-    sub, fmt = checked_submission(probs, classes, sample, cfg.data.id_col, fmt or e.format, cfg.metric.name,
-                                  e.top_k)
-    probs_path = distributed.from_main(lambda: write_submission(out, sub, probs, classes, sample, cfg.data.id_col))
-    dist = pd.Series(np.asarray(classes)[probs.argmax(1)]).value_counts().reindex(classes, fill_value=0)
-    print(f"wrote {out} ({len(sub)} rows, format {fmt}, {len(members)} members x folds x {len(views)} views); "
-          f"probabilities in {probs_path}")
-    print("predicted classes: " + ", ".join(f"{c} {n}" for c, n in dist.items()))
+    # 3) submission (a multi-label one: the labels above the thresholds fitted on OOF, written beside it)
+    _submit(cfg, out, probs, classes, sample, fmt or e.format, thresholds, f"{len(members)} members x folds x "
+            f"{len(views)} views")
 
     # 4) the ledger (local runs: a kernel, report off, has no CV to record)
     if report:

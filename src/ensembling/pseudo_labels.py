@@ -24,6 +24,7 @@ import pandas as pd
 
 from src.core.config import Config
 from src.core.runtime import Runtime
+from src.core.task import single_label_only
 from src.core.utils import UserError, atomic_write_text
 from src.core.views import parse_views
 from src.data.tables import load_test_table, prob_columns
@@ -72,6 +73,8 @@ def make_pseudo(cfg: Config, names: list[str], views: list[str] | None, weights,
         raise UserError(f"--out {out} must be a .csv outside the competition folder {cfg.data.dir}")
     rt = Runtime.from_cfg(cfg.runtime)
     members = open_members(cfg, names)
+    for m in members:
+        single_label_only(m.cfg.data.task, "src.pseudo (pseudo-labels)")
     weights = e.weights if weights is None else weights
     w = (oof_report(cfg, members, views, weights, voting, rt) if weights == "auto"
          else resolve_weights(weights, members, [], np.zeros(0), cfg.metric.name, voting))

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from src.core.utils import UserError, atomic_save
+from src.core.utils import UserError, atomic_save, atomic_write_text
 
-FORMATS = "label, index, proba, binary, topk"
+FORMATS = "label, index, proba, binary, topk, tags"
 _MAP_AT = re.compile(r"^map@(\d+)$")
 
 
@@ -18,11 +19,16 @@ def _words(sample: pd.DataFrame, col: str) -> pd.Series:
     return sample[col].astype(str).str.split().str.len()
 
 
-def resolve_format(fmt: str, sample: pd.DataFrame, id_col: str, classes: list[str], metric: str = "accuracy") -> str:
-    """auto: one column per class -> proba; one column whose placeholders hold several
-    space-separated labels, or a map@k metric -> topk; two classes, one column and a probability
-    metric (roc_auc, log_loss) or fractional placeholders -> binary; one column -> label."""
+def resolve_format(fmt: str, sample: pd.DataFrame, id_col: str, classes: list[str], metric: str = "accuracy",
+                   multilabel: bool = False) -> str:
+    """auto: one column per class -> proba; a multi-label task's one column -> tags; one column
+    whose placeholders hold several space-separated labels, or a map@k metric -> topk; two classes,
+    one column and a probability metric (roc_auc, log_loss) or fractional placeholders -> binary;
+    one column -> label."""
     cols = [c for c in sample.columns if c != id_col]
+    if multilabel and fmt not in ("auto", "proba", "tags"):
+        raise UserError(f"ensemble.format={fmt} writes one label per image; a multi-label submission is tags "
+                        "(labels above their thresholds) or proba (one probability column per label)")
     if fmt != "auto":
         return fmt
     if set(cols) == set(classes):
@@ -30,6 +36,8 @@ def resolve_format(fmt: str, sample: pd.DataFrame, id_col: str, classes: list[st
     if len(cols) != 1:
         raise UserError(f"cannot tell the submission format from the sample submission's columns {cols[:6]}; "
                         f"set ensemble.format to one of {FORMATS}")
+    if multilabel:
+        return "tags"
     if _MAP_AT.match(metric) or (len(sample) and (_words(sample, cols[0]) > 1).mean() > 0.5):
         return "topk"
     values = pd.to_numeric(sample[cols[0]], errors="coerce")
@@ -54,9 +62,10 @@ def resolve_top_k(sample: pd.DataFrame, id_col: str, metric: str, configured: in
 
 
 def build_submission(sample: pd.DataFrame, id_col: str, probs: np.ndarray, classes: list[str], fmt: str,
-                     top_k: int = 5) -> pd.DataFrame:
+                     top_k: int = 5, decisions: np.ndarray | None = None) -> pd.DataFrame:
     """Fill sample_submission's columns, in its id order, from test probabilities (N, C); topk
-    rows hold the `top_k` most probable labels, best first, space-separated."""
+    rows hold the `top_k` most probable labels, best first, space-separated; tags rows the labels
+    of the 0/1 `decisions` (N, L), space-separated."""
     cols = [c for c in sample.columns if c != id_col]
     sub = sample.copy()
     if fmt == "proba":
@@ -74,6 +83,11 @@ def build_submission(sample: pd.DataFrame, id_col: str, probs: np.ndarray, class
             raise UserError(f"ensemble.format={fmt} needs one prediction column; sample_submission has {cols}")
         pred = probs.argmax(1)
         sub[cols[0]] = [classes[i] for i in pred] if fmt == "label" else pred
+    elif fmt == "tags":
+        if len(cols) != 1 or decisions is None:
+            raise UserError(f"ensemble.format=tags needs a multi-label task and one prediction column; sample_submission "
+                            f"has {cols}")
+        sub[cols[0]] = [" ".join(classes[j] for j in np.flatnonzero(row)) for row in decisions]
     elif fmt == "topk":
         if len(cols) != 1:
             raise UserError(f"ensemble.format=topk needs one prediction column; sample_submission has {cols}")
@@ -99,17 +113,26 @@ def check_submission(sub: pd.DataFrame, sample: pd.DataFrame, id_col: str, class
         bad = set(sub[col].astype(str)) - set(classes)
         if bad:
             raise UserError(f"predicted labels {sorted(bad)[:5]} are not in the class set")
+    if fmt == "tags":
+        tags = {t for row in sub[[c for c in sub.columns if c != id_col][0]].astype(str) for t in row.split()}
+        if tags - set(classes):
+            raise UserError(f"predicted tags {sorted(tags - set(classes))[:5]} are not labels of the split")
     if fmt == "topk":
         rows = sub[[c for c in sub.columns if c != id_col][0]].astype(str).str.split()
         if not all(len(r) == top_k == len(set(r)) and set(r) <= set(classes) for r in rows):
             raise UserError(f"a top-{top_k} row does not hold {top_k} distinct class labels; nothing was written")
 
 
-def check_probs(probs: np.ndarray) -> None:
-    """The blended probability matrix: finite, in [0, 1], every row summing to 1."""
+def check_probs(probs: np.ndarray, multilabel: bool = False) -> None:
+    """The blended probability matrix: finite, in [0, 1], every row summing to 1 (one label per
+    image; a multi-label row holds one probability per label)."""
     if not np.isfinite(probs).all():
         raise UserError("the blended probabilities hold NaN or infinite values (a member predicted non-finite "
                         "numbers, or the weights are degenerate); nothing was written")
+    if multilabel:
+        if (probs < -1e-9).any() or (probs > 1 + 1e-9).any():
+            raise UserError("the blended label probabilities leave [0, 1]; check the weights and voting; nothing was written")
+        return
     if (probs < -1e-9).any() or not np.allclose(probs.sum(1), 1.0, atol=1e-5):
         raise UserError("the blended probabilities do not sum to 1 per row; check the weights and voting; nothing was written")
 
@@ -129,9 +152,13 @@ def check_out_path(out: Path, data_dir: str | Path) -> Path:
 
 
 def write_submission(out: Path, sub: pd.DataFrame, probs: np.ndarray, classes: list[str], sample: pd.DataFrame,
-                     id_col: str) -> Path:
+                     id_col: str, thresholds: np.ndarray | None = None) -> Path:
     """<out> and <out stem>_probs.csv (the probability matrix, checked with check_probs first),
-    each written atomically."""
+    and for a multi-label blend <out stem>_thresholds.json (the thresholds fitted on OOF), each
+    written atomically."""
+    if thresholds is not None:
+        atomic_write_text(out.with_name(out.stem + "_thresholds.json"),
+                          json.dumps({c: float(th) for c, th in zip(classes, thresholds)}, indent=2))
     probs_df = pd.DataFrame(probs, columns=classes)
     probs_df.insert(0, id_col, sample[id_col].to_numpy())
     probs_path = out.with_name(out.stem + "_probs.csv")
@@ -141,12 +168,14 @@ def write_submission(out: Path, sub: pd.DataFrame, probs: np.ndarray, classes: l
 
 
 def checked_submission(probs: np.ndarray, classes: list[str], sample: pd.DataFrame, id_col: str, fmt: str,
-                       metric: str, top_k: int | None = None) -> tuple[pd.DataFrame, str]:
+                       metric: str, top_k: int | None = None, decisions: np.ndarray | None = None
+                       ) -> tuple[pd.DataFrame, str]:
     """(the submission table of `probs`, its format, e.g. top5 for topk): probabilities checked,
-    `auto` resolved, the table built and checked against the sample submission. Nothing is written."""
-    check_probs(probs)
-    fmt = resolve_format(fmt, sample, id_col, classes, metric)
+    `auto` resolved, the table built and checked against the sample submission. `decisions` (0/1,
+    N x L) are a multi-label task's labels, from thresholds fitted on OOF. Nothing is written."""
+    check_probs(probs, decisions is not None)
+    fmt = resolve_format(fmt, sample, id_col, classes, metric, decisions is not None)
     k = resolve_top_k(sample, id_col, metric, top_k, len(classes)) if fmt == "topk" else 5
-    sub = build_submission(sample, id_col, probs, classes, fmt, k)
+    sub = build_submission(sample, id_col, probs, classes, fmt, k, decisions)
     check_submission(sub, sample, id_col, classes, fmt, k)
     return sub, (f"top{k}" if fmt == "topk" else fmt)

@@ -15,8 +15,8 @@ import pandas as pd
 
 from src.core.config import Config
 from src.core.runtime import Runtime
-from src.evaluation.blending import combine, log_probs
-from src.evaluation.metrics import compute_metric, is_better, softmax
+from src.evaluation.blending import as_logits, combine
+from src.evaluation.metrics import compute_metric, is_better
 from src.runs.members import Member, across_members, member_oof_views, resolve_weights, within_member
 
 
@@ -47,13 +47,16 @@ class _OofViews:
             base = ids if base is None else base
             self.logits.append(logits)
             self.order.append(ids.get_indexer(base))
-        self.y = table.set_index("id").loc[base, "target"].to_numpy()
+        self.task = members[0].task
+        self.y = self.task.targets(table.set_index("id").loc[base, "label"])
 
     def member(self, i: int, views: list[str], voting: str) -> np.ndarray:
         """Member i's OOF log-probabilities with `views`, blended within each fold as member_oof does."""
         vi = [self.views.index(v) for v in views]
         m = self.members[i]
-        lg = np.concatenate([log_probs(combine(self.logits[i][k][vi], within_member(voting))) for k in m.folds])
+        ml = self.task.multilabel
+        lg = np.concatenate([as_logits(combine(self.logits[i][k][vi], within_member(voting), multilabel=ml), ml)
+                             for k in m.folds])
         return lg[self.order[i]]
 
 
@@ -75,9 +78,9 @@ def choose_views(cfg: Config, members: list[Member], candidates: list[str], weig
 
     def score(sel: list[str]) -> float:
         per = [data.member(i, sel, voting) for i in range(len(members))]
-        return compute_metric(metric, data.y, combine(np.stack(per), across, w))
+        return compute_metric(metric, data.y, combine(np.stack(per), across, w, data.task.multilabel))
 
-    singles = [{"member": m.name, "view": v, metric: compute_metric(metric, data.y, softmax(data.member(i, [v], voting)))}
+    singles = [{"member": m.name, "view": v, metric: compute_metric(metric, data.y, data.task.activate(data.member(i, [v], voting)))}
                for i, m in enumerate(members) for v in views]
     print(f"OOF {metric} of each member with one view:")
     print(pd.DataFrame(singles).to_string(index=False, float_format=lambda v: f"{v:.4f}"))

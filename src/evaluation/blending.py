@@ -6,13 +6,32 @@ import argparse
 
 import numpy as np
 from scipy.optimize import minimize
+from scipy.special import expit
 from scipy.stats import rankdata
 
+from src.core.utils import UserError
 from src.evaluation.metrics import compute_metric, metric_spec, softmax
 
+MULTILABEL_VOTING = ("soft", "logits", "rank")
 
-def combine(logits: np.ndarray, voting: str, weights: np.ndarray | None = None) -> np.ndarray:
-    """Blend logits (K, N, C) from K predictors into probabilities (N, C).
+
+def _combine_multilabel(logits: np.ndarray, voting: str, w: np.ndarray) -> np.ndarray:
+    """Per-label blend of sigmoid outputs: soft (mean probability), logits (sigmoid of the mean
+    logit) or rank (each label's probabilities ranked over the images, 0..1, averaged)."""
+    if voting == "soft":
+        return (w * expit(logits)).sum(0)
+    if voting == "logits":
+        return expit((w * logits).sum(0))
+    if voting == "rank":
+        return (w * (rankdata(logits, axis=1) - 1.0) / max(logits.shape[1] - 1, 1)).sum(0)
+    raise UserError(f"ensemble.voting={voting} does not apply to multi-label predictions (a sigmoid per label); "
+                    f"use one of {', '.join(MULTILABEL_VOTING)}")
+
+
+def combine(logits: np.ndarray, voting: str, weights: np.ndarray | None = None, multilabel: bool = False
+            ) -> np.ndarray:
+    """Blend logits (K, N, C) from K predictors into probabilities (N, C); with `multilabel`, a
+    sigmoid per label (soft, logits or rank voting, per label).
 
     soft: weighted mean of probabilities; geometric: of log-probabilities, renormalized;
     logits: softmax of the weighted mean logit; hard: weighted share of argmax votes; rank: each
@@ -24,6 +43,8 @@ def combine(logits: np.ndarray, voting: str, weights: np.ndarray | None = None) 
     k = logits.shape[0]
     w = np.full(k, 1.0 / k) if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
     w = w[:, None, None]
+    if multilabel:
+        return _combine_multilabel(logits, voting, w)
     if voting == "soft":
         return (w * softmax(logits)).sum(0)
     if voting == "geometric":
@@ -46,18 +67,28 @@ def log_probs(p: np.ndarray) -> np.ndarray:
     return np.log(np.clip(p, 1e-12, 1.0))
 
 
-def fit_weights(oof_probs: list[np.ndarray], y: np.ndarray, metric: str, voting: str) -> np.ndarray:
+def as_logits(p: np.ndarray, multilabel: bool = False) -> np.ndarray:
+    """Probabilities back as logits for `combine`: log-probabilities (softmax ignores per-row
+    shifts), or for multi-label the log-odds of each label."""
+    if multilabel:
+        q = np.clip(p, 1e-12, 1.0 - 1e-12)
+        return np.log(q) - np.log1p(-q)
+    return log_probs(p)
+
+
+def fit_weights(oof_probs: list[np.ndarray], y: np.ndarray, metric: str, voting: str, multilabel: bool = False
+                ) -> np.ndarray:
     """Member weights that maximize the metric on OOF predictions (never worse than equal).
 
     Nelder-Mead over softmax-parametrized weights, started from equal weights; equal weights and
     each single member are candidates too, so the result is at least as good as equal on OOF.
     """
     k = len(oof_probs)
-    stack = np.stack([log_probs(p) for p in oof_probs])
+    stack = np.stack([as_logits(p, multilabel) for p in oof_probs])
     sign = -1.0 if metric_spec(metric).higher_is_better else 1.0
 
     def loss(w: np.ndarray) -> float:
-        return sign * compute_metric(metric, y, combine(stack, voting, w))
+        return sign * compute_metric(metric, y, combine(stack, voting, w, multilabel))
 
     candidates = [np.full(k, 1.0 / k)] + [np.eye(k)[i] for i in range(k)]
     if k > 1:

@@ -21,6 +21,7 @@ import yaml
 import src
 from src.core.config import CONFIG_DIR, Config
 from src.core.runtime import Runtime
+from src.core.task import single_label_only
 from src.core.utils import UserError, atomic_write_text
 from src.data.folds import load_or_create_folds
 from src.kaggle.wheels import download_wheels
@@ -176,6 +177,8 @@ def build_bundle(cfg: Config, spec: BundleSpec, weights, out: Path, wheels: bool
     """Check the members, fix the weights, and write out/dataset and out/notebook, replacing a
     previous build only once the new one is complete. Returns the manifest and the sizes."""
     members = open_members(cfg, spec.members)
+    for m in members:
+        single_label_only(m.cfg.data.task, "the Kaggle bundle (its notebook has no fitted thresholds yet)")
     check_competition(cfg, members)
     rt = Runtime.from_cfg(cfg.runtime)
     w = oof_report(cfg, members, spec.views, weights, spec.voting, rt) if weights == "auto" else \

@@ -18,12 +18,12 @@ import torch
 from src.core import distributed
 from src.core.config import Config, LoaderCfg, config_from_dict
 from src.core.runtime import Runtime, predict
-from src.core.task import single_label_only
+from src.core.task import Task
 from src.core.utils import UserError
 from src.data.folds import load_or_create_folds
 from src.data.loaders import eval_loader
-from src.evaluation.blending import combine, fit_weights, log_probs
-from src.evaluation.metrics import compute_metric, softmax
+from src.evaluation.blending import as_logits, combine, fit_weights
+from src.evaluation.metrics import compute_metric
 from src.models.model import build_model
 from src.runs.checkpoint import load_checkpoint
 from src.runs.layout import (
@@ -60,6 +60,10 @@ class Member:
     def cfg(self) -> Config:
         """The first fold's config: the data and split every fold shares."""
         return self.configs[self.folds[0]]
+
+    @property
+    def task(self) -> Task:
+        return Task(self.cfg.data.task, tuple(self.classes))
 
     def sha(self, fold: int) -> str:
         if fold not in self._sha:
@@ -190,11 +194,13 @@ def member_oof(m: Member, views: list[str] | None, rt: Runtime, loader_cfg: Load
     Without views the stored oof.csv files are used; with views those images are predicted again
     (or read from the cache).
     """
+    ml = m.task.multilabel
     if not views:
         oof = _oof_table(m)
-        return oof[["id", "target", "fold"]], log_probs(oof_probs(oof, m.classes))
+        return oof[["id", "label", "fold"]], as_logits(oof_probs(oof, m.classes), ml)
     table, logits = member_oof_views(m, views, rt, loader_cfg)
-    return table, np.concatenate([log_probs(combine(logits[k], within_member(voting))) for k in m.folds])
+    return table, np.concatenate([as_logits(combine(logits[k], within_member(voting), multilabel=ml), ml)
+                                  for k in m.folds])
 
 
 def _oof_table(m: Member) -> pd.DataFrame:
@@ -212,7 +218,7 @@ def member_oof_views(m: Member, views: list[str], rt: Runtime, loader_cfg: Loade
     jobs = {k: pd.DataFrame({"id": p["id"].to_numpy(), "path": [path_of[i] for i in p["id"]]})
             for k, p in oof.groupby("fold", sort=False)}
     logits = fold_logits(m, {k: jobs[k] for k in m.folds}, "oof", views, rt, loader_cfg)
-    return oof[["id", "target", "fold"]], logits
+    return oof[["id", "label", "fold"]], logits
 
 
 def member_test(m: Member, test: pd.DataFrame, views: list[str], rt: Runtime, loader_cfg: LoaderCfg,
@@ -220,7 +226,7 @@ def member_test(m: Member, test: pd.DataFrame, views: list[str], rt: Runtime, lo
     """Test probabilities (N, C): every fold x view of the member, blended by `voting`."""
     logits = fold_logits(m, {k: test for k in m.folds}, "test", views, rt, loader_cfg, cache)
     # (folds * views, N, C) -> (N, C)
-    return combine(np.concatenate([logits[k] for k in m.folds]), within_member(voting))
+    return combine(np.concatenate([logits[k] for k in m.folds]), within_member(voting), multilabel=m.task.multilabel)
 
 
 # ---------------------------------------------------------------- several members
@@ -242,8 +248,6 @@ def across_members(voting: str) -> str:
 def open_members(cfg: Config, names: list[str]) -> list[Member]:
     members = [open_member(n, cfg.experiment.output_dir, cfg.ensemble.missing_folds, cfg.data.dir,
                            (cfg.data.cache, cfg.data.cache_dir)) for n in names]
-    for m in members:  # blending, TTA selection, pseudo-labels and the Kaggle bundle read softmax outputs
-        single_label_only(m.cfg.data.task, f"blending members ({m.name}: src.ensemble, src.pseudo, src.kaggle_kernel)")
     for m in members[1:]:
         if m.classes != members[0].classes:
             raise UserError(f"members {members[0].name} and {m.name} have different class lists; "
@@ -254,7 +258,8 @@ def open_members(cfg: Config, names: list[str]) -> list[Member]:
 def resolve_weights(weights, members: list[Member], fit_on: list[np.ndarray], y: np.ndarray, metric: str, voting: str
              ) -> np.ndarray:
     if weights == "auto":
-        w = fit_weights([softmax(x) for x in fit_on], y, metric, voting)
+        task = members[0].task
+        w = fit_weights([task.activate(x) for x in fit_on], y, metric, voting, task.multilabel)
         print("auto weights: " + ", ".join(f"{m.name} {wi:.3f}" for m, wi in zip(members, w)))
         return w
     if weights == "equal":
@@ -274,7 +279,8 @@ class OofBlend:
     weights: np.ndarray
     score: float  # the blend's OOF score with the views: the CV the submission stands on
     per: list[np.ndarray]  # each member's OOF log-probabilities (N, C), rows in `ids` order
-    y: np.ndarray  # (N,) targets
+    y: np.ndarray  # (N,) class indices, or (N, L) 0/1 for a multi-label task
+    probs: np.ndarray  # the blend's OOF probabilities (N, C), what `score` scores
     folds: np.ndarray  # (N,) the validation fold of each row
     ids: pd.Index
 
@@ -282,7 +288,7 @@ class OofBlend:
 def aligned_oof(members: list[Member], views: list[str] | None, rt: Runtime, loader_cfg: LoaderCfg, voting: str
                 ) -> tuple[list[np.ndarray], pd.DataFrame]:
     """Every member's OOF log-probabilities in the first member's row order, and that order's table
-    (id, target, fold)."""
+    (id, label, fold)."""
     per, base = [], None
     for m in members:
         table, lg = member_oof(m, views, rt, loader_cfg, voting)
@@ -298,25 +304,26 @@ def aligned_oof(members: list[Member], views: list[str] | None, rt: Runtime, loa
 def oof_blend(cfg: Config, members: list[Member], views: list[str], weights, voting: str, rt: Runtime) -> OofBlend:
     """Print the OOF score of each member and of the blend, without and with TTA; return the
     weights (fitted on the TTA OOF predictions when weights is 'auto') and the blend's OOF score."""
-    metric = cfg.metric.name
+    metric, task = cfg.metric.name, members[0].task
     report_views = [None] + ([views] if views != ["identity"] else [])
     rows, per_view, base = [], [], None
     for rv in report_views:
         per, base = aligned_oof(members, rv, rt, cfg.loader, voting)
-        y = base["target"].to_numpy()
+        y = task.targets(base["label"])
         for m, lg in zip(members, per):
             rows.append({"member": m.name, "tta": "+".join(rv) if rv else "none",
-                         metric: compute_metric(metric, y, softmax(lg))})
+                         metric: compute_metric(metric, y, task.activate(lg))})
         per_view.append(per)
     across = across_members(voting)
     w = resolve_weights(weights, members, per_view[-1], y, metric, across)
-    scores = [compute_metric(metric, y, combine(np.stack(per), across, w)) for per in per_view]
+    blends = [combine(np.stack(per), across, w, task.multilabel) for per in per_view]
+    scores = [compute_metric(metric, y, p) for p in blends]
     if len(members) > 1:
         for rv, score in zip(report_views, scores):
             rows.append({"member": "blend", "tta": "+".join(rv) if rv else "none", metric: score})
     print("OOF CV (" + metric + "):")
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    return OofBlend(w, scores[-1], per_view[-1], y, base["fold"].to_numpy(), base.index)
+    return OofBlend(w, scores[-1], per_view[-1], y, blends[-1], base["fold"].to_numpy(), base.index)
 
 
 def oof_report(cfg: Config, members: list[Member], views: list[str], weights, voting: str, rt: Runtime) -> np.ndarray:

@@ -149,7 +149,7 @@ def test_stack_through_the_ensemble_reports_the_nested_score(world, capsys):
     # recompute the nested score from the members' OOF predictions
     members = open_members(world.cfg, ["a", "b"])
     per, base = aligned_oof(members, ["identity"], Runtime.from_cfg(world.cfg.runtime), world.cfg.loader, "soft")
-    y = base["target"].to_numpy()
+    y = base["label"].map({c: i for i, c in enumerate(members[0].classes)}).to_numpy()
     nested = nested_oof("logreg", stack_features(per), y, base["fold"].to_numpy(), 10)
     expected = compute_metric("accuracy", y, nested)
     assert f"stacker logreg (nested over 2 folds): OOF accuracy {expected:.4f}" in text
@@ -174,7 +174,8 @@ def test_tta_auto_keeps_only_views_that_improve_the_oof_blend(world, capsys):
 
     def score(views):
         per, base = aligned_oof(members, views, rt, world.cfg.loader, "soft")
-        return compute_metric("accuracy", base["target"].to_numpy(), combine(np.stack(per), "soft"))
+        y = base["label"].map({c: i for i, c in enumerate(members[0].classes)}).to_numpy()
+        return compute_metric("accuracy", y, combine(np.stack(per), "soft"))
 
     sel, best = ["identity"], score(["identity"])
     base_score = best

@@ -5,14 +5,19 @@ probabilities scored per label; the stages that blend softmax outputs refuse it 
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from conftest import DEMO_CONFIG, TINY
+from PIL import Image
 from sklearn.metrics import f1_score, log_loss
 
 from src.core.config import load_config
+from src.core.runtime import Runtime
 from src.core.task import Task
 from src.core.utils import UserError
 from src.data.folds import fold_counts, load_or_create_folds
@@ -22,6 +27,8 @@ from src.ensembling import pipeline
 from src.evaluation.metrics import check_metric_fits
 from src.models.losses import MultiLabelLoss, build_loss
 from src.runs.layout import fold_paths, oof_probs, read_oof
+from src.runs.members import member_oof, open_members
+from src.score import score_submission
 from src.training.trainer import train_fold
 
 ML_CONFIG = DEMO_CONFIG.with_name("demo_multilabel.yaml")
@@ -101,9 +108,76 @@ def test_a_fold_trains_sigmoid_outputs_scored_per_label(comp, tmp_path):
     bce = np.mean([log_loss(y[:, j], probs[:, j], labels=[0, 1]) for j in range(10)])
     assert best["val_loss"] == pytest.approx(bce, rel=1e-4)  # the validation loss is the per-label BCE
     assert (fp.dir / "label_scores.png").is_file() and not fp.confusion.is_file()
-    with pytest.raises(UserError, match="multilabel"):
-        pipeline.run(cfg, [str(cfg.experiment.name)], ["identity"], "equal", "soft", tmp_path / "s.csv", None)
-    assert not (tmp_path / "s.csv").exists()
+
+
+@pytest.fixture(scope="module")
+def trained(comp, tmp_path_factory):
+    """Both folds of the multi-label demo, a few real steps each."""
+    out = tmp_path_factory.mktemp("ml_trained")
+    cfg = _cfg(comp, out, *TINY, "train.epochs=2", "train.limit_batches=null", "data.n_folds=2")
+    for k in (0, 1):
+        train_fold(cfg, k)
+    return cfg
+
+
+def _thresholds(path) -> np.ndarray:
+    th = json.loads(path.read_text())
+    assert list(th) == DIGITS
+    return np.array([th[d] for d in DIGITS])
+
+
+def _blend(cfg, out, capsys, *extra):
+    path = pipeline.run(cfg.model_copy(update={"ensemble": cfg.ensemble.model_copy(update=dict(extra))}),
+                        [str(cfg.experiment.name)], ["identity", "hflip"], "equal", "soft", out, None)
+    return path, capsys.readouterr().out
+
+
+def test_the_blend_writes_the_tags_its_oof_fitted_thresholds_give(trained, comp, tmp_path, capsys):
+    out, printed = _blend(trained, tmp_path / "sub.csv", capsys)
+    thresholds = _thresholds(tmp_path / "sub_thresholds.json")
+    probs = pd.read_csv(tmp_path / "sub_probs.csv", dtype={"id": str})[DIGITS].to_numpy()
+    sub = pd.read_csv(out, dtype=str, keep_default_na=False)
+    expected = [" ".join(d for d, p, th in zip(DIGITS, row, thresholds) if p >= th) for row in probs]
+    assert list(sub["label"]) == expected and "format tags" in printed
+    # the printed OOF score is the score of the OOF blend decided with exactly these thresholds
+    task = Task("multilabel", tuple(DIGITS))
+    member = open_members(trained, [str(trained.experiment.name)])[0]
+    table, logits = member_oof(member, ["identity", "hflip"], Runtime.from_cfg(trained.runtime), trained.loader)
+    y = task.targets(table["label"])
+    decided = (task.activate(logits) >= thresholds).astype(int)
+    printed_score = float(printed.split("of what is written: ")[1].split()[0])
+    assert printed_score == pytest.approx(f1_score(y, decided, average="macro", zero_division=0), abs=5e-5)
+    # and src.score reads the tags file as the decisions it holds
+    solution = pd.read_csv(comp / "solution.csv", dtype=str, keep_default_na=False).set_index("id").loc[sub["id"]]
+    truth = task.targets(solution["label"])
+    scores = score_submission(out, comp / "solution.csv", trained)
+    assert scores["f1_macro"] == pytest.approx(f1_score(truth, task.targets(sub["label"]), average="macro",
+                                                        zero_division=0))
+
+
+def test_thresholds_never_see_the_test_images(trained, comp, tmp_path, capsys):
+    """Another test set (the same images flipped): other test predictions, the same thresholds."""
+    other = tmp_path / "other" / comp.name  # the same folder name: the same split file
+    shutil.copytree(comp, other, ignore=shutil.ignore_patterns("test"))
+    (other / "test").mkdir()
+    for p in (comp / "test").iterdir():
+        Image.open(p).transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(other / "test" / p.name)
+    _blend(trained, tmp_path / "a.csv", capsys)
+    moved = trained.model_copy(update={"data": trained.data.model_copy(update={"dir": str(other)})})
+    _blend(moved, tmp_path / "b.csv", capsys)
+    assert (tmp_path / "a_probs.csv").read_bytes() != (tmp_path / "b_probs.csv").read_bytes()
+    assert (tmp_path / "a_thresholds.json").read_text() == (tmp_path / "b_thresholds.json").read_text()
+
+
+def test_global_and_fixed_thresholds_and_at_least_one_label(trained, tmp_path, capsys):
+    _blend(trained, tmp_path / "g.csv", capsys, ("threshold", "global"))
+    assert len(set(_thresholds(tmp_path / "g_thresholds.json"))) == 1
+    _blend(trained, tmp_path / "f.csv", capsys, ("threshold", 0.3), ("min_labels", 1))
+    assert set(_thresholds(tmp_path / "f_thresholds.json")) == {0.3}
+    assert (pd.read_csv(tmp_path / "f.csv", dtype=str, keep_default_na=False)["label"] != "").all()
+    with pytest.raises(UserError, match="voting=hard does not apply"):
+        pipeline.run(trained, [str(trained.experiment.name)], ["identity"], "equal", "hard", tmp_path / "h.csv", None)
+    assert not (tmp_path / "h.csv").exists()
 
 
 def test_what_does_not_fit_a_multilabel_task_is_refused(comp, tmp_path):
