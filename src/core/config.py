@@ -227,12 +227,11 @@ class TrainCfg(_Section):
 
 
 # The spelling of metric names; what each one computes, its direction and the tasks it scores are
-# in src.evaluation.metrics (a test checks that the two agree). Per-image F-beta (f2_samples) is
-# computed there, but a config cannot ask for it until multi-label tasks can be trained.
-METRIC_NAMES = ("accuracy, balanced_accuracy, f1_macro (f<beta>_macro|micro|weighted), roc_auc, pauc[@0.8], "
+# in src.evaluation.metrics (a test checks that the two agree).
+METRIC_NAMES = ("accuracy, balanced_accuracy, f1_macro (f<beta>_macro|micro|weighted|samples), roc_auc, pauc[@0.8], "
                 "average_precision, log_loss, qwk, map@<k>, gap")
 METRIC_NAME_PATTERN = re.compile(r"^(accuracy|balanced_accuracy|roc_auc|average_precision|log_loss|qwk|gap"
-                          r"|f\d+(\.\d+)?_(macro|micro|weighted)|map@[1-9]\d*|pauc(@0?\.\d+)?)$")
+                          r"|f\d+(\.\d+)?_(macro|micro|weighted|samples)|map@[1-9]\d*|pauc(@0?\.\d+)?)$")
 
 
 class MetricCfg(_Section):

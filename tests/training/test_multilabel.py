@@ -175,6 +175,9 @@ def test_global_and_fixed_thresholds_and_at_least_one_label(trained, tmp_path, c
     _blend(trained, tmp_path / "f.csv", capsys, ("threshold", 0.3), ("min_labels", 1))
     assert set(_thresholds(tmp_path / "f_thresholds.json")) == {0.3}
     assert (pd.read_csv(tmp_path / "f.csv", dtype=str, keep_default_na=False)["label"] != "").all()
+    planet = trained.model_copy(update={"metric": trained.metric.model_copy(update={"name": "f2_samples"})})
+    _, printed = _blend(planet, tmp_path / "p.csv", capsys)  # Planet's metric: mean F2 per image
+    assert "OOF f2_samples of what is written" in printed
     with pytest.raises(UserError, match="voting=hard does not apply"):
         pipeline.run(trained, [str(trained.experiment.name)], ["identity"], "equal", "hard", tmp_path / "h.csv", None)
     assert not (tmp_path / "h.csv").exists()
