@@ -65,9 +65,17 @@ def _submit(cfg: Config, out: Path, probs: np.ndarray, classes: list[str], sampl
           + ", ".join(f"{c} {n}" for c, n in zip(classes, counts)))
 
 
+def blend_thresholds(cfg: Config, members: list, views: list[str], weights, voting: str, rt: Runtime
+                     ) -> tuple[np.ndarray, list[float]]:
+    """(weights, thresholds) of a multi-label blend, fitted on its OOF report (for the Kaggle bundle)."""
+    blend = oof_blend(cfg, members, views, weights, voting, rt)
+    return blend.weights, [float(x) for x in _fitted_thresholds(cfg, blend, members[0].classes)[0]]
+
+
 def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None = None,
         weights: str | list[float] | None = None, voting: str | None = None, out: str | Path | None = None,
-        fmt: str | None = None, report: bool = True, cache: bool = True, stack: str | None = None) -> Path:
+        fmt: str | None = None, report: bool = True, cache: bool = True, stack: str | None = None,
+        thresholds: list[float] | None = None) -> Path:
     """Blend members' folds (x TTA views) into a submission CSV and return its path.
 
     Args:
@@ -84,6 +92,8 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
         cache: read and write outputs/<member>/preds/ (off where outputs are read-only).
         stack: a stacker fitted on the members' OOF predictions (logreg) instead of weighted voting;
             its OOF score comes from nested folds.
+        thresholds: a multi-label blend's thresholds when the report is off (a Kaggle kernel: those
+            fitted on OOF when the bundle was built); with the report they are fitted there.
     """
     e = cfg.ensemble
     names = experiments or [str(cfg.experiment.name)]
@@ -103,12 +113,13 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
         resolve_weights(weights, members, [], np.zeros(0), cfg.metric.name, voting)  # checked before any prediction
     classes, task = members[0].classes, members[0].task
     check_metric_fits(cfg.metric.name, len(classes), task.multilabel)
-    if task.multilabel and (stack or not report):
-        raise UserError("a multi-label blend needs the OOF report (its thresholds are fitted there) and no stacker; "
-                        "drop --stack" + (" and keep the report on" if not report else ""))
+    if task.multilabel and (stack or (not report and thresholds is None)):
+        raise UserError("a multi-label blend needs thresholds fitted on the OOF report (or given, in a Kaggle "
+                        "kernel) and no stacker; drop --stack and keep the report on")
+    thresholds = None if thresholds is None else np.asarray(thresholds, dtype=np.float64)
 
     # 1) OOF report: views chosen on OOF (auto), each member and the blend without and with TTA, the stacker
-    cv, choice, blend, thresholds = None, None, None, None
+    cv, choice, blend = None, None, None
     if report:
         if auto:
             choice = choose_views(cfg, members, views, weights, voting, rt)

@@ -21,9 +21,9 @@ import yaml
 import src
 from src.core.config import CONFIG_DIR, Config
 from src.core.runtime import Runtime
-from src.core.task import single_label_only
 from src.core.utils import UserError, atomic_write_text
 from src.data.folds import load_or_create_folds
+from src.ensembling.pipeline import blend_thresholds
 from src.kaggle.wheels import download_wheels
 from src.runs.checkpoint import load_checkpoint, save_checkpoint
 from src.runs.layout import file_sha1, fold_paths, fold_record, read_oof, write_done
@@ -46,6 +46,7 @@ class BundleSpec:
     kernel: str  # USER/SLUG of the notebook
     gpu: bool
     half: bool
+    thresholds: list[float] | None = None  # a multi-label blend's, fitted on OOF when the bundle is built
 
     @property
     def dataset_slug(self) -> str:
@@ -107,7 +108,8 @@ def write_dataset(root: Path, cfg: Config, members: list[Member], spec: BundleSp
                             "reachable, or pass --no-wheels if the Kaggle image has them") from None
     manifest = {
         "members": spec.members, "folds": {m.name: m.folds for m in members}, "views": spec.views,
-        "weights": spec.weights, "voting": spec.voting, "format": spec.fmt, "competition": spec.competition,
+        "weights": spec.weights, "voting": spec.voting, "format": spec.fmt, "thresholds": spec.thresholds,
+        "competition": spec.competition,
         "dataset": spec.dataset, "kernel": spec.kernel, "half": spec.half, "git_commit": _git_commit(),
         "cv": {m.name: _cv(m, cfg.metric.name) for m in members}, "metric": cfg.metric.name,
         "built": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
@@ -141,7 +143,8 @@ stored["loader"]["num_workers"] = min(4, os.cpu_count() or 1)
 stored["data"]["cache"] = False  # the input folder is read-only, and one pass per member decodes each image once anyway
 cfg = config_from_dict(stored, "the bundle's config.yaml")
 out = run(cfg, manifest["members"], manifest["views"], manifest["weights"], manifest["voting"],
-          Path(ROOT, "working", "submission.csv"), manifest["format"], report=False, cache=False)
+          Path(ROOT, "working", "submission.csv"), manifest["format"], report=False, cache=False,
+          thresholds=manifest.get("thresholds"))
 print(f"wrote {{out}} in {{time.time() - T0:.0f}} s")'''
 
 
@@ -177,12 +180,13 @@ def build_bundle(cfg: Config, spec: BundleSpec, weights, out: Path, wheels: bool
     """Check the members, fix the weights, and write out/dataset and out/notebook, replacing a
     previous build only once the new one is complete. Returns the manifest and the sizes."""
     members = open_members(cfg, spec.members)
-    for m in members:
-        single_label_only(m.cfg.data.task, "the Kaggle bundle (its notebook has no fitted thresholds yet)")
     check_competition(cfg, members)
     rt = Runtime.from_cfg(cfg.runtime)
-    w = oof_report(cfg, members, spec.views, weights, spec.voting, rt) if weights == "auto" else \
-        resolve_weights(weights, members, [], [], cfg.metric.name, spec.voting)
+    if members[0].task.multilabel:  # the kernel decides with the thresholds fitted here, on OOF
+        w, spec.thresholds = blend_thresholds(cfg, members, spec.views, weights, spec.voting, rt)
+    else:
+        w = oof_report(cfg, members, spec.views, weights, spec.voting, rt) if weights == "auto" else \
+            resolve_weights(weights, members, [], [], cfg.metric.name, spec.voting)
     spec.weights = [float(x) for x in w]  # as given: the kernel must blend with the very same numbers
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=out.parent))

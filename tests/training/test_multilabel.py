@@ -16,6 +16,8 @@ from conftest import DEMO_CONFIG, TINY
 from PIL import Image
 from sklearn.metrics import f1_score, log_loss
 
+from src import kaggle_kernel
+from src.core.cli import run_cli
 from src.core.config import load_config
 from src.core.runtime import Runtime
 from src.core.task import Task
@@ -193,3 +195,23 @@ def test_what_does_not_fit_a_multilabel_task_is_refused(comp, tmp_path):
         load_config(DEMO_CONFIG, ["loss.name=asl"])
     with pytest.raises(UserError, match="data.task=multilabel"):
         load_train_table(load_config(DEMO_CONFIG, [f"data.dir={comp}"]).data)  # tags under multiclass
+
+
+def test_the_kaggle_bundle_carries_the_thresholds_and_rehearses_the_local_submission(trained, comp, tmp_path, capsys):
+    """The bundle fits the thresholds on OOF when it is built and the offline notebook decides with
+    them: the rehearsed submission is byte-identical to src.ensemble's with the same numbers."""
+    root = tmp_path / "kernel"
+    shutil.copytree(trained.out_dir.parent, root / "outputs")
+    args = ["--config", str(ML_CONFIG), "--experiments", str(trained.experiment.name), "--tta", "identity", "hflip",
+            "--out", str(root / "build"), f"data.dir={comp}", f"experiment.output_dir={root / 'outputs'}",
+            "data.n_folds=2", "loader.num_workers=0", "wandb.mode=disabled"]
+    run_cli(kaggle_kernel.main, [*args, "--no-wheels"])
+    manifest = json.loads((root / "build" / "dataset" / "MANIFEST.json").read_text())
+    assert len(manifest["thresholds"]) == 10 and manifest["format"] == "auto"
+    run_cli(kaggle_kernel.main, [*args, "--rehearse"])
+    assert "submission checked" in capsys.readouterr().out
+    cfg = _cfg(comp, root / "outputs", "data.n_folds=2", "loader.num_workers=0")
+    local = pipeline.run(cfg, manifest["members"], manifest["views"], manifest["weights"], manifest["voting"],
+                         root / "local.csv", manifest["format"], report=False, thresholds=manifest["thresholds"])
+    assert (root / "build" / "rehearsal" / "submission.csv").read_bytes() == local.read_bytes()
+    assert local.with_name("local_thresholds.json").is_file()
