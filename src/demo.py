@@ -2,10 +2,14 @@
 
     python -m src.demo [--out inputs/digits]
     python -m src.demo --task multilabel [--out inputs/digits_multilabel]
+    python -m src.demo --task topk [--out inputs/digits_topk]
 
 1,797 real 8x8 scans of 10 digits, split 80/20 (stratified) into train and test, each saved as a
 32x32 grayscale PNG; train.csv (id,label), sample_submission.csv (test ids, placeholder label)
 and solution.csv (true test labels, for local scoring only). Deterministic: the same bytes every run.
+
+--task topk: the same images, scored like Happywhale (MAP@5): the sample submission's placeholders
+hold five space-separated labels, so a submission holds each image's five most probable digits.
 
 --task multilabel: each 32x32 image is a 2x2 grid of cells, each holding a scan (of the train or
 the test split's scans) with probability 0.5, else blank; the label is the set of digits shown,
@@ -103,14 +107,18 @@ def build_multilabel_demo(out: str | Path = "inputs/digits_multilabel", n_train:
 
 def main(argv: list[str] | None = None) -> None:
     parser = command_parser(__doc__)
-    parser.add_argument("--task", choices=["multiclass", "multilabel"], default="multiclass",
-                        help="multiclass: one digit per image (default); multilabel: 2x2 grids tagged with their digits")
+    parser.add_argument("--task", choices=["multiclass", "multilabel", "topk"], default="multiclass",
+                        help="multiclass: one digit per image (default); multilabel: 2x2 grids tagged with their "
+                             "digits; topk: the digits scored by MAP@5 on five ranked labels")
     parser.add_argument("--out", default=None, help="competition folder (default inputs/digits, or inputs/digits_<task>)")
     args = parser.parse_intermixed_args(argv)
     if args.task == "multilabel":
         out = build_multilabel_demo(args.out or "inputs/digits_multilabel")
     else:
-        out = build_demo(args.out or "inputs/digits")
+        out = build_demo(args.out or ("inputs/digits_topk" if args.task == "topk" else "inputs/digits"))
+    if args.task == "topk":  # placeholders of five ranked labels, as Humpback and Happywhale ship them
+        sample = pd.read_csv(out / "sample_submission.csv", dtype=str)
+        atomic_write_text(out / "sample_submission.csv", sample.assign(label="0 1 2 3 4").to_csv(index=False))
     n_train = len(pd.read_csv(out / "train.csv"))
     n_test = len(pd.read_csv(out / "sample_submission.csv"))
     print(f"wrote {out}: {n_train} training and {n_test} test images, 10 " + ("labels" if args.task == "multilabel"

@@ -11,8 +11,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from src.core.config import load_config
 from src.core.utils import UserError
 from src.demo import build_demo
+from src.demo import main as demo_main
+from src.ensembling.submission import resolve_format, resolve_top_k
 from src.score import score_submission
 
 REPO = Path(__file__).resolve().parents[2]
@@ -271,3 +274,13 @@ def test_binary_probability_column_is_scored(tmp_path: Path, demo_cfg):
     scores = score_submission(tmp_path / "sub.csv", tmp_path / "solution.csv", cfg)
     assert scores["accuracy"] == pytest.approx(0.75)  # c (0.3) is a dog called a cat
     assert scores["roc_auc"] == pytest.approx(1.0)
+
+
+def test_the_topk_demo_asks_for_five_ranked_labels(tmp_path):
+    demo_main(["--task", "topk", "--out", str(tmp_path / "digits_topk")])
+    sample = pd.read_csv(tmp_path / "digits_topk" / "sample_submission.csv", dtype=str)
+    assert (sample["label"] == "0 1 2 3 4").all()
+    classes = [str(i) for i in range(10)]
+    assert resolve_format("auto", sample, "id", classes, "map@5") == "topk"
+    assert resolve_top_k(sample, "id", "map@5", None, 10) == 5
+    assert load_config(REPO / "configs" / "demo_topk.yaml").metric.name == "map@5"
