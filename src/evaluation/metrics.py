@@ -60,16 +60,16 @@ def _decisions(y: np.ndarray, probs: np.ndarray, thresholds) -> np.ndarray:
     return decide(probs, 0.5 if thresholds is None else thresholds) if _multilabel(y) else decide(probs)
 
 
-def _accuracy(y, probs, thresholds, _):
+def _accuracy(y, probs, thresholds):
     return accuracy_score(y, _decisions(y, probs, thresholds))  # multi-label: every label of the image right
 
 
-def _balanced_accuracy(y, probs, thresholds, _):
+def _balanced_accuracy(y, probs, thresholds):
     return balanced_accuracy_score(y, probs.argmax(1))
 
 
 def _fbeta(beta: float, average: str):
-    def score(y, probs, thresholds, _):
+    def score(y, probs, thresholds):
         labels = None if _multilabel(y) else np.arange(probs.shape[1])
         return fbeta_score(y, _decisions(y, probs, thresholds), beta=beta, average=average, labels=labels,
                            zero_division=0)
@@ -80,7 +80,7 @@ def _columns_with_both(y: np.ndarray) -> np.ndarray:
     return np.flatnonzero((y.min(0) == 0) & (y.max(0) == 1))
 
 
-def _roc_auc(y, probs, thresholds, _):
+def _roc_auc(y, probs, thresholds):
     if _multilabel(y):  # mean column-wise, over the labels that have both outcomes
         cols = _columns_with_both(y)
         return float(np.mean([roc_auc_score(y[:, c], probs[:, c]) for c in cols])) if len(cols) else float("nan")
@@ -108,14 +108,14 @@ def partial_auc(y: np.ndarray, score: np.ndarray, min_tpr: float) -> float:
 
 
 def _pauc(min_tpr: float):
-    def score(y, probs, thresholds, _):
+    def score(y, probs, thresholds):
         if len(np.unique(y)) < 2:
             return float("nan")
         return partial_auc(y, probs[:, 1], min_tpr)
     return score
 
 
-def _average_precision(y, probs, thresholds, _):
+def _average_precision(y, probs, thresholds):
     if _multilabel(y):
         cols = _columns_with_both(y)
         return float(np.mean([average_precision_score(y[:, c], probs[:, c]) for c in cols])) if len(cols) else float("nan")
@@ -124,20 +124,20 @@ def _average_precision(y, probs, thresholds, _):
     return float(np.mean([average_precision_score(y == c, probs[:, c]) for c in np.unique(y)]))
 
 
-def _log_loss(y, probs, thresholds, _):
-    p = np.clip(probs, 1e-15, 1 - 1e-15)
+def _log_loss(y, probs, thresholds):
     if _multilabel(y):  # mean column-wise binary log loss
+        p = np.clip(probs, 1e-15, 1 - 1e-15)
         return float(np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p))))
     p = np.clip(probs, 1e-15, 1.0)
     return log_loss(y, p / p.sum(1, keepdims=True), labels=np.arange(probs.shape[1]))
 
 
-def _qwk(y, probs, thresholds, _):
+def _qwk(y, probs, thresholds):
     return cohen_kappa_score(y, probs.argmax(1), weights="quadratic", labels=np.arange(probs.shape[1]))
 
 
 def _map_at(k: int):
-    def score(y, probs, thresholds, _):
+    def score(y, probs, thresholds):
         """Mean over images of 1/rank of the true label among the k most probable (0 beyond k)."""
         top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         hit = top == np.asarray(y)[:, None]
@@ -146,7 +146,7 @@ def _map_at(k: int):
     return score
 
 
-def _gap(y, probs, thresholds, _):
+def _gap(y, probs, thresholds):
     """Global average precision (Landmark Recognition): one prediction per image (the argmax) with
     its probability as confidence, all images ranked by confidence, precision averaged at the hits."""
     pred, conf = probs.argmax(1), probs.max(1)
@@ -220,7 +220,7 @@ def compute_metric(name: str, y_true: np.ndarray, probs: np.ndarray, thresholds=
     `thresholds` (one, or one per label; default 0.5)."""
     y_true = np.asarray(y_true)
     check_metric_fits(name, np.shape(probs)[1], y_true.ndim == 2)
-    return float(metric_spec(name).score(y_true, np.asarray(probs, dtype=np.float64), thresholds, None))
+    return float(metric_spec(name).score(y_true, np.asarray(probs, dtype=np.float64), thresholds))
 
 
 def is_better(name: str, new: float, best: float | None) -> bool:

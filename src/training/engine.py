@@ -166,6 +166,7 @@ def train_one_epoch(s: FoldState, epoch: int) -> dict:
     batches = iter(s.train_loader)
     s.optimizer.zero_grad(set_to_none=True)
     t0 = time.perf_counter()
+    multilabel = s.task.multilabel  # asked once: the step loop is the hot path
     bar = progress(range(s.batches), desc=f"fold {s.fold} epoch {epoch}")
     for step in bar:
         tw = time.perf_counter()
@@ -173,7 +174,7 @@ def train_one_epoch(s: FoldState, epoch: int) -> dict:
         wait += time.perf_counter() - tw
         x, y = s.rt.batch(x, s.norm), y.to(dev, non_blocking=True)
         target = y
-        if y.ndim == 2 and not s.task.multilabel:  # probability targets (soft_targets.py): accuracy against their argmax
+        if y.ndim == 2 and not multilabel:  # probability targets (soft_targets.py): accuracy against their argmax
             y = y.argmax(1)
         x = resize_batch(x, s.train_size)
         if s.mixup is not None:
@@ -185,7 +186,7 @@ def train_one_epoch(s: FoldState, epoch: int) -> dict:
         if (step + 1) % accum == 0 or step + 1 == s.batches:
             _update(s)
         loss_sum += loss.detach().float() * len(y)
-        correct += _hits(logits.detach(), y, s.task.multilabel)
+        correct += _hits(logits.detach(), y, multilabel)
         seen += len(y)
         if (step + 1) % SYNC_EVERY == 0:
             _check_finite(loss_sum.item(), epoch, step)
