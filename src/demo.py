@@ -3,6 +3,7 @@
     python -m src.demo [--out inputs/digits]
     python -m src.demo --task multilabel [--out inputs/digits_multilabel]
     python -m src.demo --task topk [--out inputs/digits_topk]
+    python -m src.demo --task ordinal [--out inputs/digits_ordinal]
 
 1,797 real 8x8 scans of 10 digits, split 80/20 (stratified) into train and test, each saved as a
 32x32 grayscale PNG; train.csv (id,label), sample_submission.csv (test ids, placeholder label)
@@ -14,6 +15,10 @@ hold five space-separated labels, so a submission holds each image's five most p
 --task multilabel: each 32x32 image is a 2x2 grid of cells, each holding a scan (of the train or
 the test split's scans) with probability 0.5, else blank; the label is the set of digits shown,
 space-separated like Planet's tags ("" when every cell is blank).
+
+--task ordinal: each 32x32 image is a 2x2 grid of four scans; its grade (0-4, like APTOS's
+severity) is how many of them show a digit of 5 or more, so grades are counted findings: the
+extremes are rare (1:4:6:4:1) and a grade off by two is worse than one off (quadratic kappa).
 """
 
 from __future__ import annotations
@@ -79,41 +84,66 @@ def _grid_png(cells: list[np.ndarray | None]) -> bytes:
     return buf.getvalue()
 
 
-def build_multilabel_demo(out: str | Path = "inputs/digits_multilabel", n_train: int = 1400, n_test: int = 400) -> Path:
-    """Write the multi-label digits competition (2x2 grids of scans, tags = the digits shown)."""
-    out = Path(out)
+def _grid_splits(out: Path, n_train: int, n_test: int, seed: int, prefix: str, draw, label) -> dict[str, pd.DataFrame]:
+    """Write 2x2 grids of the train (or test) split's scans under out/train and out/test: `draw(rng,
+    pool)` picks four scan indices (None: blank), `label(picks)` names the grid. Returns each split's
+    table of (id, label)."""
     digits = load_digits()
     pool_tr, pool_te = train_test_split(np.arange(len(digits.target)), test_size=0.2, stratify=digits.target,
                                         random_state=0)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     tables = {}
     for split, pool, n in (("train", np.sort(pool_tr), n_train), ("test", np.sort(pool_te), n_test)):
         folder = out / split
         folder.mkdir(parents=True, exist_ok=True)
         rows = []
         for i in range(n):
-            picks = [int(rng.choice(pool)) if rng.random() < 0.5 else None for _ in range(4)]
-            image_id = f"grid_{split}_{i:04d}"
+            picks = draw(rng, pool)
+            image_id = f"{prefix}_{split}_{i:04d}"
             p, data = folder / f"{image_id}.png", _grid_png([None if j is None else digits.images[j] for j in picks])
             if not p.is_file() or p.read_bytes() != data:
                 p.write_bytes(data)
-            rows.append((image_id, " ".join(sorted({str(digits.target[j]) for j in picks if j is not None}))))
+            rows.append((image_id, label([None if j is None else int(digits.target[j]) for j in picks])))
         tables[split] = pd.DataFrame(rows, columns=["id", "label"])
+    return tables
+
+
+def build_multilabel_demo(out: str | Path = "inputs/digits_multilabel", n_train: int = 1400, n_test: int = 400) -> Path:
+    """Write the multi-label digits competition (2x2 grids of scans, tags = the digits shown)."""
+    out = Path(out)
+    tables = _grid_splits(out, n_train, n_test, 0, "grid",
+                          lambda rng, pool: [int(rng.choice(pool)) if rng.random() < 0.5 else None for _ in range(4)],
+                          lambda shown: " ".join(sorted({str(d) for d in shown if d is not None})))
     atomic_write_text(out / "train.csv", tables["train"].to_csv(index=False))
     atomic_write_text(out / "sample_submission.csv", tables["test"].assign(label="0 1").to_csv(index=False))
     atomic_write_text(out / "solution.csv", tables["test"].to_csv(index=False))
     return out
 
 
+def build_ordinal_demo(out: str | Path = "inputs/digits_ordinal", n_train: int = 1400, n_test: int = 400) -> Path:
+    """Write the ordinal digits competition (2x2 grids of four scans, grade = the scans of 5-9)."""
+    out = Path(out)
+    tables = _grid_splits(out, n_train, n_test, 1, "grade", lambda rng, pool: [int(rng.choice(pool)) for _ in range(4)],
+                          lambda shown: sum(d >= 5 for d in shown))
+    tables = {k: t.rename(columns={"label": "diagnosis"}) for k, t in tables.items()}  # APTOS's column name
+    atomic_write_text(out / "train.csv", tables["train"].to_csv(index=False))
+    atomic_write_text(out / "sample_submission.csv", tables["test"].assign(diagnosis=0).to_csv(index=False))
+    atomic_write_text(out / "solution.csv", tables["test"].to_csv(index=False))
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = command_parser(__doc__)
-    parser.add_argument("--task", choices=["multiclass", "multilabel", "topk"], default="multiclass",
+    parser.add_argument("--task", choices=["multiclass", "multilabel", "topk", "ordinal"], default="multiclass",
                         help="multiclass: one digit per image (default); multilabel: 2x2 grids tagged with their "
-                             "digits; topk: the digits scored by MAP@5 on five ranked labels")
+                             "digits; topk: the digits scored by MAP@5 on five ranked labels; ordinal: 2x2 grids "
+                             "graded 0-4 by their digits of 5 or more (QWK)")
     parser.add_argument("--out", default=None, help="competition folder (default inputs/digits, or inputs/digits_<task>)")
     args = parser.parse_intermixed_args(argv)
     if args.task == "multilabel":
         out = build_multilabel_demo(args.out or "inputs/digits_multilabel")
+    elif args.task == "ordinal":
+        out = build_ordinal_demo(args.out or "inputs/digits_ordinal")
     else:
         out = build_demo(args.out or ("inputs/digits_topk" if args.task == "topk" else "inputs/digits"))
     if args.task == "topk":  # placeholders of five ranked labels, as Humpback and Happywhale ship them
@@ -121,8 +151,8 @@ def main(argv: list[str] | None = None) -> None:
         atomic_write_text(out / "sample_submission.csv", sample.assign(label="0 1 2 3 4").to_csv(index=False))
     n_train = len(pd.read_csv(out / "train.csv"))
     n_test = len(pd.read_csv(out / "sample_submission.csv"))
-    print(f"wrote {out}: {n_train} training and {n_test} test images, 10 " + ("labels" if args.task == "multilabel"
-                                                                             else "classes"))
+    what = {"multilabel": "10 labels", "ordinal": "grades 0-4"}.get(args.task, "10 classes")
+    print(f"wrote {out}: {n_train} training and {n_test} test images, {what}")
 
 
 if __name__ == "__main__":

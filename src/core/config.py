@@ -57,7 +57,7 @@ class ExperimentCfg(_Section):
 
 class DataCfg(_Section):
     dir: str | None  # None: no competition named yet; the commands that need one stop (src.core.cli)
-    task: Literal["multiclass", "binary", "multilabel"]
+    task: Literal["multiclass", "binary", "multilabel", "ordinal"]
     label_sep: str
     label_cols: list[str] | Literal["all"] | None
     layout: Literal["csv", "imagefolder", "filename"]
@@ -167,7 +167,7 @@ class ModelCfg(_Section):
 
 
 class LossCfg(_Section):
-    name: Literal["ce", "focal", "asl"]
+    name: Literal["ce", "focal", "asl", "mse", "smooth_l1"]
     smoothing: Annotated[float, Field(ge=0, lt=1)]
     gamma: NonNegF
     alpha: list[NonNegF] | None
@@ -282,13 +282,15 @@ class Config(_Section):
         if (self.train.mixup > 0 or self.train.cutmix > 0) and self.loader.batch_size % 2:
             raise ValueError("train.mixup/cutmix pair images within a batch, so loader.batch_size must be even")
         if self.data.task == "multilabel":
-            single = [k for k, on in (("train.mixup", self.train.mixup > 0), ("train.cutmix", self.train.cutmix > 0),
-                                      ("loss.distill_from", self.loss.distill_from is not None),
+            single = [k for k, on in (("loss.distill_from", self.loss.distill_from is not None),
                                       ("data.pseudo", self.data.pseudo is not None)) if on]
             if single:
                 raise ValueError(f"{', '.join(single)} do(es) not work with data.task=multilabel yet; turn them off")
         if self.data.task != "multilabel" and self.loss.name == "asl":
             raise ValueError("loss.name=asl is the asymmetric loss of multi-label tasks (data.task=multilabel); "
+                             "use ce or focal")
+        if self.data.task != "ordinal" and self.loss.name in ("mse", "smooth_l1"):
+            raise ValueError(f"loss.name={self.loss.name} regresses a grade, which needs data.task=ordinal; "
                              "use ce or focal")
         return self
 

@@ -154,11 +154,11 @@ def load_or_create_folds(cfg: Config, create: bool = True, table: pd.DataFrame |
         _write_split(cfg, df, path, {"classes": classes, "task": "multilabel"})
     else:
         classes = sorted_classes(df["label"])
-        Task(cfg.data.task, tuple(classes))  # data.task=binary with other than 2 classes stops before writing
+        Task.from_cfg(cfg, classes)  # binary with other than 2 classes, ordinal without integer grades: refused unwritten
         df = df.copy()
         df["fold"] = assign_folds(df, cfg.data.n_folds, cfg.data.fold_seed, bool(cfg.data.group_col))
         _write_split(cfg, df, path, {"classes": classes})
-    task = Task(cfg.data.task, tuple(classes))
+    task = Task.from_cfg(cfg, classes)
     targets = task.targets(df["label"])  # every label (tag) must be in the split's class list
     if not task.multilabel:  # a multi-label image's targets are a row of 0/1 (Task.targets of its label)
         df["target"] = targets

@@ -10,6 +10,7 @@ import pandas as pd
 from src.core import distributed
 from src.core.config import Config
 from src.core.runtime import Runtime
+from src.core.task import Task
 from src.core.utils import UserError
 from src.core.views import parse_views
 from src.data.tables import load_test_table
@@ -17,7 +18,7 @@ from src.ensembling.ledger import record_submission
 from src.ensembling.submission import check_out_path, checked_submission, write_submission
 from src.ensembling.view_selection import choose_views
 from src.evaluation.blending import as_logits, combine
-from src.evaluation.decoding import decide_labels, fit_thresholds, score_decisions
+from src.evaluation.decoding import decide, fit_grade_thresholds, fit_thresholds, score_decisions
 from src.evaluation.metrics import check_metric_fits, compute_metric
 from src.evaluation.stacking import fit_predict_test, nested_oof, stack_features
 from src.runs.members import across_members, member_test, oof_blend, open_members, resolve_weights
@@ -38,9 +39,28 @@ def _stacked_cv(cfg: Config, stack: str, blend, n_classes: int) -> float:
     return cv
 
 
-def _fitted_thresholds(cfg: Config, blend, classes: list[str]) -> tuple[np.ndarray, float]:
-    """Multi-label thresholds fitted on the OOF blend (never on test predictions) and the OOF
-    score of exactly what a submission with them holds; printed with the gain over 0.5."""
+def _grade_thresholds(cfg: Config, blend, classes: list[str]) -> tuple[np.ndarray, float]:
+    """Ordinal thresholds between grades fitted on the OOF blend (never on test predictions) and
+    the OOF score of what a submission with them holds; printed with the gain over rounding."""
+    metric = cfg.metric.name
+    if not isinstance(cfg.ensemble.threshold, str):
+        raise UserError(f"ensemble.threshold={cfg.ensemble.threshold} is a multi-label probability; an ordinal blend "
+                        "fits its thresholds between grades on OOF (ensemble.threshold=per_label)")
+    th = fit_grade_thresholds(metric, blend.y, blend.probs)
+    rounded, cv = compute_metric(metric, blend.y, blend.probs), compute_metric(metric, blend.y, blend.probs, th)
+    print("thresholds between grades (fitted on OOF): "
+          + ", ".join(f"{a}|{b} {t:.3f}" for a, b, t in zip(classes, classes[1:], th)))
+    print(f"OOF {metric} of what is written: {cv:.4f} (rounded: {rounded:.4f}, gain {cv - rounded:+.4f})")
+    return th, cv
+
+
+def _fitted_thresholds(cfg: Config, blend, task: Task) -> tuple[np.ndarray, float]:
+    """Thresholds fitted on the OOF blend (never on test predictions) and the OOF score of exactly
+    what a submission with them holds; printed with the gain over 0.5 (multi-label) or rounding
+    (ordinal)."""
+    classes = list(task.classes)
+    if task.ordinal:
+        return _grade_thresholds(cfg, blend, classes)
     e, metric = cfg.ensemble, cfg.metric.name
     th = fit_thresholds(metric, blend.y, blend.probs, e.threshold, e.min_labels)
     at_half = score_decisions(metric, blend.y, blend.probs, np.full(len(classes), 0.5), e.min_labels)
@@ -51,25 +71,28 @@ def _fitted_thresholds(cfg: Config, blend, classes: list[str]) -> tuple[np.ndarr
     return th, cv
 
 
-def _submit(cfg: Config, out: Path, probs: np.ndarray, classes: list[str], sample: pd.DataFrame, fmt: str,
+def _submit(cfg: Config, out: Path, probs: np.ndarray, task: Task, sample: pd.DataFrame, fmt: str,
             thresholds: np.ndarray | None, what: str) -> None:
     """Check and write the submission and its probabilities (rank 0 writes), and say what it holds."""
-    e = cfg.ensemble
-    decisions = decide_labels(probs, thresholds, e.min_labels) if thresholds is not None else None
-    sub, fmt = checked_submission(probs, classes, sample, cfg.data.id_col, fmt, cfg.metric.name, e.top_k, decisions)
+    e, classes = cfg.ensemble, list(task.classes)
+    decisions = decide(probs, thresholds, e.min_labels, task.ordinal) if thresholds is not None else None
+    sub, fmt = checked_submission(probs, classes, sample, cfg.data.id_col, fmt, cfg.metric.name, e.top_k, decisions,
+                                  task.kind)
     probs_path = distributed.from_main(lambda: write_submission(out, sub, probs, classes, sample, cfg.data.id_col,
                                                                 thresholds))
-    counts = decisions.sum(0) if decisions is not None else np.bincount(probs.argmax(1), minlength=len(classes))
-    print(f"wrote {out} ({len(sub)} rows, format {fmt}, {what}); probabilities in {probs_path}")
-    print(f"predicted {'labels' if decisions is not None else 'classes'}: "
+    picked = decisions if decisions is not None and decisions.ndim == 1 else probs.argmax(1)
+    counts = decisions.sum(0) if decisions is not None and decisions.ndim == 2 else np.bincount(picked, minlength=len(classes))
+    print(f"wrote {out} ({len(sub)} rows, format {fmt}, {what}); "
+          + ("grade distributions" if task.ordinal else "probabilities") + f" in {probs_path}")
+    print(f"predicted {'labels' if task.multilabel else 'grades' if task.ordinal else 'classes'}: "
           + ", ".join(f"{c} {n}" for c, n in zip(classes, counts)))
 
 
 def blend_thresholds(cfg: Config, members: list, views: list[str], weights, voting: str, rt: Runtime
                      ) -> tuple[np.ndarray, list[float]]:
-    """(weights, thresholds) of a multi-label blend, fitted on its OOF report (for the Kaggle bundle)."""
+    """(weights, thresholds) of a multi-label or ordinal blend, fitted on its OOF report (for the Kaggle bundle)."""
     blend = oof_blend(cfg, members, views, weights, voting, rt)
-    return blend.weights, [float(x) for x in _fitted_thresholds(cfg, blend, members[0].classes)[0]]
+    return blend.weights, [float(x) for x in _fitted_thresholds(cfg, blend, members[0].task)[0]]
 
 
 def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None = None,
@@ -92,7 +115,7 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
         cache: read and write outputs/<member>/preds/ (off where outputs are read-only).
         stack: a stacker fitted on the members' OOF predictions (logreg) instead of weighted voting;
             its OOF score comes from nested folds.
-        thresholds: a multi-label blend's thresholds when the report is off (a Kaggle kernel: those
+        thresholds: a multi-label or ordinal blend's thresholds when the report is off (a Kaggle kernel: those
             fitted on OOF when the bundle was built); with the report they are fitted there.
     """
     e = cfg.ensemble
@@ -112,9 +135,9 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
     if isinstance(weights, list):
         resolve_weights(weights, members, [], np.zeros(0), cfg.metric.name, voting)  # checked before any prediction
     classes, task = members[0].classes, members[0].task
-    check_metric_fits(cfg.metric.name, len(classes), task.multilabel)
-    if task.multilabel and (stack or (not report and thresholds is None)):
-        raise UserError("a multi-label blend needs thresholds fitted on the OOF report (or given, in a Kaggle "
+    check_metric_fits(cfg.metric.name, len(classes), task.kind)
+    if task.decides_by_threshold and (stack or (not report and thresholds is None)):
+        raise UserError(f"a {task.kind} blend needs thresholds fitted on the OOF report (or given, in a Kaggle "
                         "kernel) and no stacker; drop --stack and keep the report on")
     thresholds = None if thresholds is None else np.asarray(thresholds, dtype=np.float64)
 
@@ -128,23 +151,24 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
         w, cv = blend.weights, blend.score
         if stack:
             cv = _stacked_cv(cfg, stack, blend, len(classes))
-        if task.multilabel:
-            thresholds, cv = _fitted_thresholds(cfg, blend, classes)
+        if task.decides_by_threshold:
+            thresholds, cv = _fitted_thresholds(cfg, blend, task)
     else:
         w = resolve_weights(weights, members, [], np.zeros(0), cfg.metric.name, voting)
 
     # 2) test predictions: folds x views per member (cached), blended within, then across members.
     # Hard votes are counted per member; members' vote shares are then averaged.
     member_probs = [member_test(m, test, views, rt, cfg.loader, voting, cache) for m in members]
-    features = [as_logits(p, task.multilabel) for p in member_probs]
+    features = [as_logits(p, task) for p in member_probs]
     probs = (fit_predict_test(stack, stack_features(blend.per), blend.y, stack_features(features), len(classes),
                               cfg.experiment.seed) if stack
-             else combine(np.stack(features), across_members(voting), w, task.multilabel))
+             else combine(np.stack(features), across_members(voting), w, task))
     computed, cached = sum(m.computed for m in members), sum(m.cached for m in members)
     print(f"predictions (fold x view x split): {computed} computed, {cached} read from outputs/<member>/preds/")
 
-    # 3) submission (a multi-label one: the labels above the thresholds fitted on OOF, written beside it)
-    _submit(cfg, out, probs, classes, sample, fmt or e.format, thresholds, f"{len(members)} members x folds x "
+    # 3) submission (multi-label: the labels above the thresholds fitted on OOF; ordinal: the grades between
+    # them; the thresholds are written beside it)
+    _submit(cfg, out, probs, task, sample, fmt or e.format, thresholds, f"{len(members)} members x folds x "
             f"{len(views)} views")
 
     # 4) the ledger (local runs: a kernel, report off, has no CV to record)

@@ -20,12 +20,22 @@ def _words(sample: pd.DataFrame, col: str) -> pd.Series:
 
 
 def resolve_format(fmt: str, sample: pd.DataFrame, id_col: str, classes: list[str], metric: str = "accuracy",
-                   multilabel: bool = False) -> str:
-    """auto: one column per class -> proba; a multi-label task's one column -> tags; one column
+                   kind: str = "multiclass") -> str:
+    """auto: one column per class -> proba; a multi-label task's one column -> tags; an ordinal
+    task's -> label (the grade); one column
     whose placeholders hold several space-separated labels, or a map@k metric -> topk; two classes,
     one column and a probability metric (roc_auc, log_loss) or fractional placeholders -> binary;
     one column -> label."""
     cols = [c for c in sample.columns if c != id_col]
+    multilabel = kind == "multilabel"
+    if kind == "ordinal" and fmt not in ("auto", "label", "index"):
+        raise UserError(f"ensemble.format={fmt} does not write grades; an ordinal submission is label (the grade) or "
+                        "index (its position among the grades)")
+    if kind == "ordinal":
+        if len(cols) != 1:
+            raise UserError(f"an ordinal submission holds one grade column, and the sample submission has {cols[:6]}; "
+                            "check data.sample_submission")
+        return "label" if fmt == "auto" else fmt
     if multilabel and fmt not in ("auto", "proba", "tags"):
         raise UserError(f"ensemble.format={fmt} writes one label per image; a multi-label submission is tags "
                         "(labels above their thresholds) or proba (one probability column per label)")
@@ -65,7 +75,8 @@ def build_submission(sample: pd.DataFrame, id_col: str, probs: np.ndarray, class
                      top_k: int = 5, decisions: np.ndarray | None = None) -> pd.DataFrame:
     """Fill sample_submission's columns, in its id order, from test probabilities (N, C); topk
     rows hold the `top_k` most probable labels, best first, space-separated; tags rows the labels
-    of the 0/1 `decisions` (N, L), space-separated."""
+    of the 0/1 `decisions` (N, L), space-separated; label and index rows the grade `decisions`
+    (N,) of an ordinal task when given, else the argmax."""
     cols = [c for c in sample.columns if c != id_col]
     sub = sample.copy()
     if fmt == "proba":
@@ -81,7 +92,7 @@ def build_submission(sample: pd.DataFrame, id_col: str, probs: np.ndarray, class
     elif fmt in ("label", "index"):
         if len(cols) != 1:
             raise UserError(f"ensemble.format={fmt} needs one prediction column; sample_submission has {cols}")
-        pred = probs.argmax(1)
+        pred = decisions if decisions is not None and decisions.ndim == 1 else probs.argmax(1)  # ordinal: the grades
         sub[cols[0]] = [classes[i] for i in pred] if fmt == "label" else pred
     elif fmt == "tags":
         if len(cols) != 1 or decisions is None:
@@ -154,11 +165,12 @@ def check_out_path(out: Path, data_dir: str | Path) -> Path:
 def write_submission(out: Path, sub: pd.DataFrame, probs: np.ndarray, classes: list[str], sample: pd.DataFrame,
                      id_col: str, thresholds: np.ndarray | None = None) -> Path:
     """<out> and <out stem>_probs.csv (the probability matrix, checked with check_probs first),
-    and for a multi-label blend <out stem>_thresholds.json (the thresholds fitted on OOF), each
-    written atomically."""
+    and for a multi-label or ordinal blend <out stem>_thresholds.json (the thresholds fitted on
+    OOF: one per label, or one between each two grades, "0|1"), each written atomically."""
     if thresholds is not None:
+        keys = classes if len(thresholds) == len(classes) else [f"{a}|{b}" for a, b in zip(classes, classes[1:])]
         atomic_write_text(out.with_name(out.stem + "_thresholds.json"),
-                          json.dumps({c: float(th) for c, th in zip(classes, thresholds)}, indent=2))
+                          json.dumps({c: float(th) for c, th in zip(keys, thresholds)}, indent=2))
     probs_df = pd.DataFrame(probs, columns=classes)
     probs_df.insert(0, id_col, sample[id_col].to_numpy())
     probs_path = out.with_name(out.stem + "_probs.csv")
@@ -168,13 +180,14 @@ def write_submission(out: Path, sub: pd.DataFrame, probs: np.ndarray, classes: l
 
 
 def checked_submission(probs: np.ndarray, classes: list[str], sample: pd.DataFrame, id_col: str, fmt: str,
-                       metric: str, top_k: int | None = None, decisions: np.ndarray | None = None
-                       ) -> tuple[pd.DataFrame, str]:
+                       metric: str, top_k: int | None = None, decisions: np.ndarray | None = None,
+                       kind: str = "multiclass") -> tuple[pd.DataFrame, str]:
     """(the submission table of `probs`, its format, e.g. top5 for topk): probabilities checked,
-    `auto` resolved, the table built and checked against the sample submission. `decisions` (0/1,
-    N x L) are a multi-label task's labels, from thresholds fitted on OOF. Nothing is written."""
-    check_probs(probs, decisions is not None)
-    fmt = resolve_format(fmt, sample, id_col, classes, metric, decisions is not None)
+    `auto` resolved, the table built and checked against the sample submission. `decisions` are a
+    multi-label task's labels (0/1, N x L) or an ordinal task's grades (N,), from thresholds fitted
+    on OOF. Nothing is written."""
+    check_probs(probs, kind == "multilabel")
+    fmt = resolve_format(fmt, sample, id_col, classes, metric, kind)
     k = resolve_top_k(sample, id_col, metric, top_k, len(classes)) if fmt == "topk" else 5
     sub = build_submission(sample, id_col, probs, classes, fmt, k, decisions)
     check_submission(sub, sample, id_col, classes, fmt, k)

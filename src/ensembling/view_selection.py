@@ -54,8 +54,8 @@ class _OofViews:
         """Member i's OOF log-probabilities with `views`, blended within each fold as member_oof does."""
         vi = [self.views.index(v) for v in views]
         m = self.members[i]
-        ml = self.task.multilabel
-        lg = np.concatenate([as_logits(combine(self.logits[i][k][vi], within_member(voting), multilabel=ml), ml)
+        task = self.task
+        lg = np.concatenate([as_logits(combine(self.logits[i][k][vi], within_member(voting), task=task), task)
                              for k in m.folds])
         return lg[self.order[i]]
 
@@ -78,7 +78,7 @@ def choose_views(cfg: Config, members: list[Member], candidates: list[str], weig
 
     def score(sel: list[str]) -> float:
         per = [data.member(i, sel, voting) for i in range(len(members))]
-        return compute_metric(metric, data.y, combine(np.stack(per), across, w, data.task.multilabel))
+        return compute_metric(metric, data.y, combine(np.stack(per), across, w, data.task))
 
     singles = [{"member": m.name, "view": v, metric: compute_metric(metric, data.y, data.task.activate(data.member(i, [v], voting)))}
                for i, m in enumerate(members) for v in views]

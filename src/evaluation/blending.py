@@ -9,10 +9,12 @@ from scipy.optimize import minimize
 from scipy.special import expit
 from scipy.stats import rankdata
 
+from src.core.task import Task, expected_grade, grade_probs, grade_scores
 from src.core.utils import UserError
 from src.evaluation.metrics import compute_metric, metric_spec, softmax
 
 MULTILABEL_VOTING = ("soft", "logits", "rank")
+ORDINAL_VOTING = ("soft", "logits")
 
 
 def _combine_multilabel(logits: np.ndarray, voting: str, w: np.ndarray) -> np.ndarray:
@@ -28,10 +30,20 @@ def _combine_multilabel(logits: np.ndarray, voting: str, w: np.ndarray) -> np.nd
                     f"use one of {', '.join(MULTILABEL_VOTING)}")
 
 
-def combine(logits: np.ndarray, voting: str, weights: np.ndarray | None = None, multilabel: bool = False
+def _combine_grades(logits: np.ndarray, voting: str, w: np.ndarray, n_grades: int) -> np.ndarray:
+    """Ordinal blend: the weighted mean of the predictors' grade scores (a regression output, or
+    the expected grade of a softmax), as a grade distribution (Task.activate)."""
+    if voting not in ORDINAL_VOTING:
+        raise UserError(f"ensemble.voting={voting} does not apply to ordinal predictions (a grade score per image); "
+                        "use soft (the mean grade)")
+    return grade_probs((w[:, :, 0] * grade_scores(logits)).sum(0), n_grades)
+
+
+def combine(logits: np.ndarray, voting: str, weights: np.ndarray | None = None, task: Task | None = None
             ) -> np.ndarray:
-    """Blend logits (K, N, C) from K predictors into probabilities (N, C); with `multilabel`, a
-    sigmoid per label (soft, logits or rank voting, per label).
+    """Blend logits (K, N, C) from K predictors into probabilities (N, C); for a multi-label
+    `task`, a sigmoid per label (soft, logits or rank voting, per label); for an ordinal one, the
+    mean grade (as_logits gives a grade distribution back as its score, C = 1).
 
     soft: weighted mean of probabilities; geometric: of log-probabilities, renormalized;
     logits: softmax of the weighted mean logit; hard: weighted share of argmax votes; rank: each
@@ -43,8 +55,10 @@ def combine(logits: np.ndarray, voting: str, weights: np.ndarray | None = None, 
     k = logits.shape[0]
     w = np.full(k, 1.0 / k) if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
     w = w[:, None, None]
-    if multilabel:
+    if task is not None and task.multilabel:
         return _combine_multilabel(logits, voting, w)
+    if task is not None and task.ordinal:
+        return _combine_grades(logits, voting, w, len(task.classes))
     if voting == "soft":
         return (w * softmax(logits)).sum(0)
     if voting == "geometric":
@@ -67,16 +81,18 @@ def log_probs(p: np.ndarray) -> np.ndarray:
     return np.log(np.clip(p, 1e-12, 1.0))
 
 
-def as_logits(p: np.ndarray, multilabel: bool = False) -> np.ndarray:
+def as_logits(p: np.ndarray, task: Task | None = None) -> np.ndarray:
     """Probabilities back as logits for `combine`: log-probabilities (softmax ignores per-row
-    shifts), or for multi-label the log-odds of each label."""
-    if multilabel:
+    shifts), for multi-label the log-odds of each label, for ordinal the grade score (N, 1)."""
+    if task is not None and task.ordinal:
+        return expected_grade(p)[:, None]
+    if task is not None and task.multilabel:
         q = np.clip(p, 1e-12, 1.0 - 1e-12)
         return np.log(q) - np.log1p(-q)
     return log_probs(p)
 
 
-def fit_weights(oof_probs: list[np.ndarray], y: np.ndarray, metric: str, voting: str, multilabel: bool = False
+def fit_weights(oof_probs: list[np.ndarray], y: np.ndarray, metric: str, voting: str, task: Task | None = None
                 ) -> np.ndarray:
     """Member weights that maximize the metric on OOF predictions (never worse than equal).
 
@@ -84,11 +100,11 @@ def fit_weights(oof_probs: list[np.ndarray], y: np.ndarray, metric: str, voting:
     each single member are candidates too, so the result is at least as good as equal on OOF.
     """
     k = len(oof_probs)
-    stack = np.stack([as_logits(p, multilabel) for p in oof_probs])
+    stack = np.stack([as_logits(p, task) for p in oof_probs])
     sign = -1.0 if metric_spec(metric).higher_is_better else 1.0
 
     def loss(w: np.ndarray) -> float:
-        return sign * compute_metric(metric, y, combine(stack, voting, w, multilabel))
+        return sign * compute_metric(metric, y, combine(stack, voting, w, task))
 
     candidates = [np.full(k, 1.0 / k)] + [np.eye(k)[i] for i in range(k)]
     if k > 1:

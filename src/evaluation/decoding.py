@@ -1,15 +1,20 @@
-"""Decisions from multi-label probabilities: thresholds fitted on OOF predictions only.
+"""Decisions from multi-label probabilities and ordinal grade scores: thresholds fitted on OOF
+predictions only, never on the test set.
 
-A label is predicted when its probability reaches its threshold; with min_labels=1 an image with
-none gets its most probable label. Thresholds are chosen to the competition metric on the OOF
-blend (one for every label, or one each), from a grid of 0.05 steps, and never see the test set.
+Multi-label: a label is predicted when its probability reaches its threshold; with min_labels=1 an
+image with none gets its most probable label. Thresholds are chosen to the competition metric on
+the OOF blend (one for every label, or one each), from a grid of 0.05 steps.
+
+Ordinal: the K-1 thresholds between grades (the "optimized rounder" of APTOS solutions) start at
+rounding (0.5, 1.5, ...) and move one at a time, in steps of 0.025 between their neighbours, while
+the metric improves on the OOF blend; a grade's interval then holds the scores decided as it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from src.evaluation.metrics import compute_metric, metric_spec
+from src.evaluation.metrics import compute_metric, decide_grades, metric_spec
 
 GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
 
@@ -57,3 +62,47 @@ def fit_thresholds(metric: str, y: np.ndarray, probs: np.ndarray, mode: str | fl
                         best, best_t = value(trial), t
                 th[j] = best_t
     return th
+
+
+def rounding_thresholds(n_grades: int) -> np.ndarray:
+    """The thresholds between grades that round the score: 0.5, 1.5, ..., n_grades - 1.5."""
+    return np.arange(n_grades - 1, dtype=np.float64) + 0.5
+
+
+def fit_grade_thresholds(metric: str, y: np.ndarray, probs: np.ndarray, passes: int = 3, step: float = 0.025
+                         ) -> np.ndarray:
+    """Ascending thresholds (K-1,) between the grades of ordinal OOF predictions (grade
+    distributions N x K, src.core.task) against the grades `y` (N,), by coordinate ascent from
+    rounding; a move is kept only when it raises the metric, so the OOF score never falls below
+    rounding's."""
+    k = probs.shape[1]
+    th = rounding_thresholds(k)
+    if not metric_spec(metric).decisions:
+        return th
+    sign = 1.0 if metric_spec(metric).higher_is_better else -1.0
+    score = probs @ np.arange(k, dtype=np.float64)
+    one_hot = np.eye(k)
+
+    def value(t: np.ndarray) -> float:
+        return sign * compute_metric(metric, y, one_hot[np.digitize(score, t)])
+
+    best = value(th)
+    for _ in range(passes):
+        moved = False
+        for j in range(k - 1):
+            lo = th[j - 1] if j else 0.0
+            hi = th[j + 1] if j < k - 2 else k - 1.0
+            for t in np.round(np.arange(lo + step, hi - 1e-9, step), 6):
+                trial = th.copy()
+                trial[j] = t
+                v = value(trial)
+                if v > best + 1e-12:
+                    best, th, moved = v, trial, True
+        if not moved:
+            break
+    return th
+
+
+def decide(probs: np.ndarray, thresholds: np.ndarray, min_labels: int = 0, ordinal: bool = False) -> np.ndarray:
+    """A submission's decisions: grade indices (N,) for an ordinal task, else 0/1 labels (N, L)."""
+    return decide_grades(probs, thresholds) if ordinal else decide_labels(probs, thresholds, min_labels)

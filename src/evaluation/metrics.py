@@ -3,7 +3,8 @@
 A metric scores a probability matrix against the truth: integer class indices (N,) for
 multi-class, binary and ordinal tasks, a 0/1 matrix (N, L) for multi-label ones. Metrics on
 decisions decode the probabilities first (the argmax; for multi-label, the labels whose
-probability reaches a threshold: 0.5, or thresholds fitted on OOF). scikit-learn does the
+probability reaches a threshold: 0.5, or thresholds fitted on OOF; for ordinal, the rounded grade
+score, or with thresholds between grades fitted on OOF, the grade whose interval holds the score). scikit-learn does the
 arithmetic wherever it has the metric; written here: MAP@k, GAP (global average precision) and the
 partial ROC AUC above a true-positive rate, as ISIC 2024 scored it.
 
@@ -35,6 +36,7 @@ from src.core.utils import UserError
 
 SINGLE = frozenset({"multiclass", "binary", "ordinal"})  # one label per image: integer targets
 ALL = SINGLE | {"multilabel"}
+PROBABILITIES = ALL - {"ordinal"}  # an ordinal prediction is a grade score (src.core.task), not class probabilities
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -52,12 +54,23 @@ def decide(probs: np.ndarray, thresholds: np.ndarray | float | None = None) -> n
     return (probs >= np.broadcast_to(np.asarray(thresholds, dtype=np.float64), probs.shape[1:])).astype(np.int64)
 
 
+def decide_grades(probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Ordinal decisions (N,): the grade whose interval between the K-1 ascending `thresholds`
+    holds the mean grade of each row of grade distributions (N, K)."""
+    th = np.asarray(thresholds, dtype=np.float64)
+    if th.shape != (probs.shape[1] - 1,) or (np.diff(th) < 0).any():
+        raise ValueError(f"{probs.shape[1]} grades need {probs.shape[1] - 1} ascending thresholds, not {th.tolist()}")
+    return np.digitize(probs @ np.arange(probs.shape[1], dtype=np.float64), th)
+
+
 def _multilabel(y: np.ndarray) -> bool:
     return y.ndim == 2
 
 
 def _decisions(y: np.ndarray, probs: np.ndarray, thresholds) -> np.ndarray:
-    return decide(probs, 0.5 if thresholds is None else thresholds) if _multilabel(y) else decide(probs)
+    if _multilabel(y):
+        return decide(probs, 0.5 if thresholds is None else thresholds)
+    return decide(probs) if thresholds is None else decide_grades(probs, thresholds)  # one label: thresholds are grades'
 
 
 def _accuracy(y, probs, thresholds):
@@ -65,7 +78,7 @@ def _accuracy(y, probs, thresholds):
 
 
 def _balanced_accuracy(y, probs, thresholds):
-    return balanced_accuracy_score(y, probs.argmax(1))
+    return balanced_accuracy_score(y, _decisions(y, probs, thresholds))
 
 
 def _fbeta(beta: float, average: str):
@@ -133,7 +146,7 @@ def _log_loss(y, probs, thresholds):
 
 
 def _qwk(y, probs, thresholds):
-    return cohen_kappa_score(y, probs.argmax(1), weights="quadratic", labels=np.arange(probs.shape[1]))
+    return cohen_kappa_score(y, _decisions(y, probs, thresholds), weights="quadratic", labels=np.arange(probs.shape[1]))
 
 
 def _map_at(k: int):
@@ -170,9 +183,9 @@ class Metric:
 _FIXED = {
     "accuracy": (_accuracy, True, ALL, True),
     "balanced_accuracy": (_balanced_accuracy, True, SINGLE, True),
-    "roc_auc": (_roc_auc, True, ALL, False),
-    "average_precision": (_average_precision, True, ALL, False),
-    "log_loss": (_log_loss, False, ALL, False),
+    "roc_auc": (_roc_auc, True, PROBABILITIES, False),
+    "average_precision": (_average_precision, True, PROBABILITIES, False),
+    "log_loss": (_log_loss, False, PROBABILITIES, False),
     "qwk": (_qwk, True, frozenset({"multiclass", "ordinal"}), True),
     "gap": (_gap, True, frozenset({"multiclass"}), False),
 }
@@ -197,12 +210,17 @@ def metric_spec(name: str) -> Metric:
     raise ValueError(f"unknown metric {name}; the metrics are {METRIC_NAMES}")
 
 
-def check_metric_fits(name: str, n_classes: int, multilabel: bool = False) -> None:
+def check_metric_fits(name: str, n_classes: int, kind: str = "multiclass") -> None:
     """One sentence, before anything is trained or written, when a metric cannot score this task
-    (a per-image F-beta on single-label images, a binary partial AUC over more than two classes)."""
+    (kind: data.task): a per-image F-beta on single-label images, a binary partial AUC over more
+    than two classes, a metric on class probabilities for ordinal grades."""
     if name == "loss":
         return
     tasks = metric_spec(name).tasks
+    multilabel = kind == "multilabel"
+    if kind == "ordinal" and "ordinal" not in tasks:
+        raise UserError(f"metric.name={name} does not score ordinal predictions (a grade per image, not class "
+                        "probabilities); use qwk, accuracy, balanced_accuracy or f1_macro")
     if multilabel and "multilabel" not in tasks:
         raise UserError(f"metric.name={name} does not score multi-label predictions; use one of f1_macro, f1_micro, "
                         "f2_samples, roc_auc, average_precision, log_loss or accuracy")
@@ -217,9 +235,10 @@ def check_metric_fits(name: str, n_classes: int, multilabel: bool = False) -> No
 def compute_metric(name: str, y_true: np.ndarray, probs: np.ndarray, thresholds=None) -> float:
     """Score `probs` (N x C class probabilities, or N x L label probabilities) against `y_true`
     (N integer classes, or an N x L 0/1 matrix) with the metric `name`; multi-label decisions use
-    `thresholds` (one, or one per label; default 0.5)."""
+    `thresholds` (one, or one per label; default 0.5), ordinal ones the K-1 thresholds between
+    grades (default: rounding)."""
     y_true = np.asarray(y_true)
-    check_metric_fits(name, np.shape(probs)[1], y_true.ndim == 2)
+    check_metric_fits(name, np.shape(probs)[1], "multilabel" if y_true.ndim == 2 else "multiclass")
     return float(metric_spec(name).score(y_true, np.asarray(probs, dtype=np.float64), thresholds))
 
 

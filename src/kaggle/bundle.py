@@ -46,7 +46,7 @@ class BundleSpec:
     kernel: str  # USER/SLUG of the notebook
     gpu: bool
     half: bool
-    thresholds: list[float] | None = None  # a multi-label blend's, fitted on OOF when the bundle is built
+    thresholds: list[float] | None = None  # a multi-label or ordinal blend's, fitted on OOF when the bundle is built
 
     @property
     def dataset_slug(self) -> str:
@@ -182,7 +182,7 @@ def build_bundle(cfg: Config, spec: BundleSpec, weights, out: Path, wheels: bool
     members = open_members(cfg, spec.members)
     check_competition(cfg, members)
     rt = Runtime.from_cfg(cfg.runtime)
-    if members[0].task.multilabel:  # the kernel decides with the thresholds fitted here, on OOF
+    if members[0].task.decides_by_threshold:  # the kernel decides with the thresholds fitted here, on OOF
         w, spec.thresholds = blend_thresholds(cfg, members, spec.views, weights, spec.voting, rt)
     else:
         w = oof_report(cfg, members, spec.views, weights, spec.voting, rt) if weights == "auto" else \

@@ -1,5 +1,6 @@
 """Losses: cross-entropy with label smoothing (torch), focal loss, class weights; for multi-label
-tasks binary cross-entropy per label (optionally focal) and timm's asymmetric loss."""
+tasks binary cross-entropy per label (optionally focal) and timm's asymmetric loss; for ordinal
+tasks with a regression head, the mean squared error or smooth L1 of the grade (torch)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,30 @@ class MultiLabelLoss(torch.nn.Module):
         return loss.mean()
 
 
+class GradeRegressionLoss(torch.nn.Module):
+    """A one-output head's score against the grade (class index, or a mixed grade under mixup):
+    torch's mean squared error, or smooth L1 (Huber with beta 1)."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        score, grade = output.float().reshape(-1), target.float().reshape(-1)
+        if self.kind == "mse":
+            return F.mse_loss(score, grade)
+        return F.smooth_l1_loss(score, grade, beta=1.0)
+
+
+def _regression_loss(cfg: LossCfg, eps: float) -> torch.nn.Module:
+    unused = [k for k, on in (("loss.smoothing", eps > 0), ("loss.alpha", cfg.alpha is not None),
+                              ("loss.class_weights", cfg.class_weights is not None)) if on]
+    if unused:
+        raise UserError(f"{', '.join(unused)} weigh or smooth classes, and loss.name={cfg.name} regresses the grade; "
+                        "set them to 0/null, or use loss.name=ce for a softmax over the grades")
+    return GradeRegressionLoss(cfg.name)
+
+
 def positive_weights(cfg: LossCfg, targets: np.ndarray) -> torch.Tensor | None:
     """Per-label weights of the positive term: None, 'balanced' (negatives / positives of each
     label) or the given list."""
@@ -94,7 +119,7 @@ def class_weights(cfg: LossCfg, targets: np.ndarray, n_classes: int) -> torch.Te
 
 
 def build_loss(cfg: LossCfg, n_classes: int, targets: np.ndarray, smoothing: float | None = None,
-               multilabel: bool = False) -> torch.nn.Module:
+               multilabel: bool = False, regression: bool = False) -> torch.nn.Module:
     """The training criterion.
 
     Args:
@@ -104,10 +129,13 @@ def build_loss(cfg: LossCfg, n_classes: int, targets: np.ndarray, smoothing: flo
         smoothing: override cfg.smoothing (0 when mixup already smooths the targets).
         multilabel: one sigmoid per label: ce is binary cross-entropy, focal its focal form, asl timm's
             asymmetric loss.
+        regression: an ordinal task's one-output head (loss.name mse or smooth_l1).
     """
     eps = cfg.smoothing if smoothing is None else smoothing
     if multilabel:
         return _multilabel_loss(cfg, targets, eps)
+    if regression:
+        return _regression_loss(cfg, cfg.smoothing)
     if cfg.name == "asl":
         raise UserError("loss.name=asl is the asymmetric loss of multi-label tasks; use ce or focal here")
     weight = class_weights(cfg, targets, n_classes)

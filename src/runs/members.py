@@ -63,7 +63,7 @@ class Member:
 
     @property
     def task(self) -> Task:
-        return Task(self.cfg.data.task, tuple(self.classes))
+        return Task.from_cfg(self.cfg, self.classes)
 
     def sha(self, fold: int) -> str:
         if fold not in self._sha:
@@ -81,7 +81,7 @@ class Member:
         if ckpt["classes"] != self.classes:
             raise UserError(f"{path} holds another class list than the fold's done.json; retrain fold {fold}")
         cfg = self.configs[fold]
-        model = build_model(cfg.model, len(self.classes), pretrained=False, img_size=cfg.aug.img_size)
+        model = build_model(cfg.model, Task.from_cfg(cfg, self.classes).n_outputs, pretrained=False, img_size=cfg.aug.img_size)
         try:
             model.load_state_dict(ckpt["model"])
         except RuntimeError as e:
@@ -194,12 +194,12 @@ def member_oof(m: Member, views: list[str] | None, rt: Runtime, loader_cfg: Load
     Without views the stored oof.csv files are used; with views those images are predicted again
     (or read from the cache).
     """
-    ml = m.task.multilabel
+    task = m.task
     if not views:
         oof = _oof_table(m)
-        return oof[["id", "label", "fold"]], as_logits(oof_probs(oof, m.classes), ml)
+        return oof[["id", "label", "fold"]], as_logits(oof_probs(oof, m.classes), task)
     table, logits = member_oof_views(m, views, rt, loader_cfg)
-    return table, np.concatenate([as_logits(combine(logits[k], within_member(voting), multilabel=ml), ml)
+    return table, np.concatenate([as_logits(combine(logits[k], within_member(voting), task=task), task)
                                   for k in m.folds])
 
 
@@ -226,7 +226,7 @@ def member_test(m: Member, test: pd.DataFrame, views: list[str], rt: Runtime, lo
     """Test probabilities (N, C): every fold x view of the member, blended by `voting`."""
     logits = fold_logits(m, {k: test for k in m.folds}, "test", views, rt, loader_cfg, cache)
     # (folds * views, N, C) -> (N, C)
-    return combine(np.concatenate([logits[k] for k in m.folds]), within_member(voting), multilabel=m.task.multilabel)
+    return combine(np.concatenate([logits[k] for k in m.folds]), within_member(voting), task=m.task)
 
 
 # ---------------------------------------------------------------- several members
@@ -259,7 +259,7 @@ def resolve_weights(weights, members: list[Member], fit_on: list[np.ndarray], y:
              ) -> np.ndarray:
     if weights == "auto":
         task = members[0].task
-        w = fit_weights([task.activate(x) for x in fit_on], y, metric, voting, task.multilabel)
+        w = fit_weights([task.activate(x) for x in fit_on], y, metric, voting, task)
         print("auto weights: " + ", ".join(f"{m.name} {wi:.3f}" for m, wi in zip(members, w)))
         return w
     if weights == "equal":
@@ -316,7 +316,7 @@ def oof_blend(cfg: Config, members: list[Member], views: list[str], weights, vot
         per_view.append(per)
     across = across_members(voting)
     w = resolve_weights(weights, members, per_view[-1], y, metric, across)
-    blends = [combine(np.stack(per), across, w, task.multilabel) for per in per_view]
+    blends = [combine(np.stack(per), across, w, task) for per in per_view]
     scores = [compute_metric(metric, y, p) for p in blends]
     if len(members) > 1:
         for rv, score in zip(report_views, scores):

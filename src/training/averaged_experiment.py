@@ -18,7 +18,6 @@ import pandas as pd
 
 from src.core.config import Config, save_config
 from src.core.runtime import Runtime
-from src.core.task import single_label_only
 from src.core.utils import UserError
 from src.evaluation.metrics import higher_is_better, monitor_name, summary
 from src.runs.checkpoint import load_checkpoint, save_checkpoint
@@ -49,7 +48,8 @@ def _averaged_fold(m: Member, fold: int, cfg: Config, top: int | None, rt: Runti
         s.model.load_state_dict(average_state_dicts([c["model"] for c in ckpts]))
         recompute_bn(s.model, s.train_loader, rt, s.batches, s.norm)
         epochs = [int(c["epoch"]) for c in ckpts]
-        probs, _ = validate(s.model, s.val_loader, rt, s.val_df["target"].to_numpy(), cfg.metric.name, s.norm)
+        probs, _ = validate(s.model, s.val_loader, rt, s.task.targets(s.val_df["label"]), cfg.metric.name, s.norm,
+                            s.task)
     else:
         ckpt_path, oof_path = swa_paths(fold_paths(m.exp_dir, fold).dir)
         ckpt = load_checkpoint(ckpt_path, fix="train the fold with train.swa=true")
@@ -72,7 +72,6 @@ def average_experiment(cfg: Config, name: str, top: int | None = None, swa: bool
     """
     if (top is None) == (not swa):
         raise UserError("give --top K or --swa (one of them)")
-    single_label_only(cfg.data.task, "src.average (averaged checkpoints)")
     m = open_member(name, cfg.experiment.output_dir, "error", cfg.data.dir)
     new = f"{name}_top{top}" if top is not None else f"{name}_swa"
     rt = Runtime.from_cfg(cfg.runtime)
@@ -85,9 +84,9 @@ def average_experiment(cfg: Config, name: str, top: int | None = None, swa: bool
         fp.done.unlink(missing_ok=True)
         meta = {"config": fold_cfg.to_dict(), "classes": m.classes, "fold": k, "run_id": run_id}
         save_checkpoint(fp.best, {**meta, "model": state, "epoch": max(info["epochs"]), "averaged_epochs": info["epochs"]})
-        write_oof(fp.oof, s.val_df["id"], k, s.val_df["label"], s.val_df["target"], info["probs"], m.classes, run_id,
-                  max(info["epochs"]))
-        scores = summary(s.val_df["target"].to_numpy(), info["probs"], fold_cfg.metric.name)
+        write_oof(fp.oof, s.val_df["id"], k, s.val_df["label"], s.val_df.get("target"), info["probs"], m.classes,
+                  run_id, max(info["epochs"]))
+        scores = summary(s.task.targets(s.val_df["label"]), info["probs"], fold_cfg.metric.name)
         record = {"fold": k, "best_epoch": max(info["epochs"]), "averaged_epochs": info["epochs"], "averaged_from": name,
                   "monitor": monitor_name(fold_cfg), "best": scores.get(monitor_name(fold_cfg)), **scores,
                   "classes": m.classes, "config": fold_cfg.to_dict(), "run_id": run_id, "best_sha1": file_sha1(fp.best)}

@@ -66,7 +66,7 @@ class FoldState:
     @property
     def task(self) -> Task:
         """The competition's task over this fold's classes (src.core.task)."""
-        return Task(self.cfg.data.task, tuple(self.classes))
+        return Task.from_cfg(self.cfg, self.classes)
 
     @property
     def net(self) -> torch.nn.Module:
@@ -166,7 +166,8 @@ def train_one_epoch(s: FoldState, epoch: int) -> dict:
     batches = iter(s.train_loader)
     s.optimizer.zero_grad(set_to_none=True)
     t0 = time.perf_counter()
-    multilabel = s.task.multilabel  # asked once: the step loop is the hot path
+    task = s.task  # asked once: the step loop is the hot path
+    multilabel, regression, top = task.multilabel, task.regression, len(task.classes) - 1
     bar = progress(range(s.batches), desc=f"fold {s.fold} epoch {epoch}")
     for step in bar:
         tw = time.perf_counter()
@@ -177,8 +178,8 @@ def train_one_epoch(s: FoldState, epoch: int) -> dict:
         if y.ndim == 2 and not multilabel:  # probability targets (soft_targets.py): accuracy against their argmax
             y = y.argmax(1)
         x = resize_batch(x, s.train_size)
-        if s.mixup is not None:
-            x, target = s.mixup(x, y)
+        if s.mixup is not None:  # a regression head mixes its grades as one dense target column
+            x, target = s.mixup(x, y[:, None].float() if regression else y)
         with s.rt.autocast():
             logits = forward(x)
             loss = s.criterion(logits, target)
@@ -186,7 +187,7 @@ def train_one_epoch(s: FoldState, epoch: int) -> dict:
         if (step + 1) % accum == 0 or step + 1 == s.batches:
             _update(s)
         loss_sum += loss.detach().float() * len(y)
-        correct += _hits(logits.detach(), y, multilabel)
+        correct += _hits(logits.detach(), y, multilabel, top if regression else None)
         seen += len(y)
         if (step + 1) % SYNC_EVERY == 0:
             _check_finite(loss_sum.item(), epoch, step)
@@ -200,11 +201,25 @@ def train_one_epoch(s: FoldState, epoch: int) -> dict:
             "data_wait": round(wait / elapsed, 4) if elapsed > 0 else float("nan")}
 
 
-def _hits(logits: torch.Tensor, y: torch.Tensor, multilabel: bool) -> torch.Tensor:
-    """Images predicted right: the argmax class, or for multi-label every label (logit > 0 = p > 0.5)."""
+def _hits(logits: torch.Tensor, y: torch.Tensor, multilabel: bool, top_grade: int | None = None) -> torch.Tensor:
+    """Images predicted right: the argmax class, for multi-label every label (logit > 0 = p > 0.5),
+    for a regression head (top_grade: the highest grade index) the rounded score clipped to the grades."""
     if multilabel:
         return ((logits > 0) == (y > 0.5)).all(1).sum()
+    if top_grade is not None:
+        return (logits[:, 0].float().round().clamp(0, top_grade) == y).sum()
     return (logits.argmax(1) == y).sum()
+
+
+def validation_loss(logits: np.ndarray, targets: np.ndarray, task: Task | None) -> float:
+    """The unweighted, unsmoothed loss of validation logits: cross-entropy, binary cross-entropy
+    per label (multi-label), or the mean squared error of a regression head's grade."""
+    z = torch.from_numpy(np.asarray(logits)).float()
+    if task is not None and task.multilabel:
+        return float(F.binary_cross_entropy_with_logits(z, torch.as_tensor(np.asarray(targets), dtype=torch.float32)))
+    if task is not None and task.regression:
+        return float(F.mse_loss(z[:, 0], torch.as_tensor(np.asarray(targets), dtype=torch.float32)))
+    return float(F.cross_entropy(z, torch.tensor(np.asarray(targets), dtype=torch.long)))
 
 
 def validate(model: torch.nn.Module, loader, rt: Runtime, targets: np.ndarray, metric: str,
@@ -213,11 +228,5 @@ def validate(model: torch.nn.Module, loader, rt: Runtime, targets: np.ndarray, m
     `targets`: class indices (N,), or with a multi-label task a 0/1 matrix (N, L) (Task.targets)."""
     part = predict([model], loader, rt, desc="validation", norm=norm)[0, 0] if len(loader.dataset) else None
     logits = distributed.gather_rows(part)  # (N, C), every rank's rows in order (this rank's only in one process)
-    z = torch.from_numpy(logits).float()
-    if task is not None and task.multilabel:
-        loss = float(F.binary_cross_entropy_with_logits(z, torch.as_tensor(np.asarray(targets), dtype=torch.float32)))
-        probs = task.activate(logits)
-    else:
-        loss = float(F.cross_entropy(z, torch.tensor(np.asarray(targets), dtype=torch.long)))
-        probs = softmax(logits)
-    return probs, {"loss": loss, **summary(targets, probs, metric)}
+    probs = task.activate(logits) if task is not None else softmax(logits)
+    return probs, {"loss": validation_loss(logits, targets, task), **summary(targets, probs, metric)}

@@ -55,12 +55,12 @@ from src.training.weight_averaging import finish_swa, new_swa, swa_cv, swa_step
 
 def setup_fold(cfg: Config, fold: int, rt: Runtime) -> FoldState:
     """Data, model with freezing, and loaders of one fold (the optimization is added by `optimization`)."""
-    fits = lambda n_classes: check_metric_fits(cfg.metric.name, n_classes, cfg.data.task == "multilabel")  # noqa: E731
+    fits = lambda n_classes: check_metric_fits(cfg.metric.name, n_classes, cfg.data.task)  # noqa: E731
     train_df, val_df, classes = distributed.main_first(lambda: fold_tables(cfg, fold, fits))  # rank 0 writes the split
-    task = Task(cfg.data.task, tuple(classes))
+    task = Task.from_cfg(cfg, classes)
     seed = derive_seed(cfg.experiment.seed, fold + 1)
     seed_everything(seed)
-    model = build_model(cfg.model, len(classes), img_size=cfg.aug.img_size)
+    model = build_model(cfg.model, task.n_outputs, img_size=cfg.aug.img_size)
     frozen = freeze(model, cfg.model.freeze_before, cfg.model.freeze_stages)
     if frozen.any and not has_weights(cfg.model):
         warnings.warn(f"{len(frozen.params)} parameter tensors are frozen at their random initialization "
@@ -71,7 +71,8 @@ def setup_fold(cfg: Config, fold: int, rt: Runtime) -> FoldState:
     model = rt.model(model)
     print(
         f"fold {fold}: {len(train_df)} train / {len(val_df) if val_df is not None else 0} valid images, "
-        f"{len(classes)} classes, {cfg.model.name} on {rt.device}"
+        f"{len(classes)} {task.noun}" + (" (a regression head)" if task.regression else "")
+        + f", {cfg.model.name} on {rt.device}"
         + (f" ({rt.amp_name} autocast)" if rt.dtype else "")
         + f"; parameters {counts['total']:,} total, {counts['trainable']:,} trainable, {counts['frozen']:,} frozen"
     )
@@ -111,10 +112,12 @@ def optimization(s: FoldState) -> None:
     mixing = cfg.train.mixup > 0 or cfg.train.cutmix > 0
     targets = s.task.targets(s.train_df["label"])
     s.criterion = build_loss(cfg.loss, n_classes, targets, smoothing=0.0 if mixing else None,
-                             multilabel=s.task.multilabel).to(s.rt.device)
+                             multilabel=s.task.multilabel, regression=s.task.regression).to(s.rt.device)
     if mixing:
+        # timm mixes dense targets for multi-label tasks (multi_label) and a regression head's grade (one column)
         s.mixup = Mixup(mixup_alpha=cfg.train.mixup, cutmix_alpha=cfg.train.cutmix, prob=cfg.train.mix_prob,
-                        label_smoothing=cfg.loss.smoothing, num_classes=n_classes)
+                        label_smoothing=0.0 if s.task.regression else cfg.loss.smoothing,
+                        num_classes=s.task.n_outputs, multi_label=s.task.multilabel or s.task.regression)
     groups = param_groups(s.model, cfg.optim.weight_decay, s.frozen, cfg.model.backbone_lr_mult,
                           include_frozen=cfg.model.unfreeze_epoch is not None)
     s.optimizer = build_optimizer(cfg.optim, groups)
@@ -357,7 +360,7 @@ def cv_report(cfg: Config, folds: list[int]) -> dict:
         rows.append({"fold": k, "best_epoch": done["best_epoch"],
                      **{m: done.get(m) for m in ("accuracy", "f1_macro", cfg.metric.name)}})
     oof = pd.concat(parts, ignore_index=True)
-    task = Task(cfg.data.task, tuple(classes))
+    task = Task.from_cfg(cfg, classes)
     overall = summary(task.targets(oof["label"]), oof_probs(oof, classes), cfg.metric.name)
     swa = swa_cv(cfg.out_dir, folds, task, cfg.metric.name)
     table = pd.DataFrame(rows + [{"fold": "oof", "best_epoch": "", **overall}]

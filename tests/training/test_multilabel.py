@@ -112,6 +112,29 @@ def test_a_fold_trains_sigmoid_outputs_scored_per_label(comp, tmp_path):
     assert (fp.dir / "label_scores.png").is_file() and not fp.confusion.is_file()
 
 
+def test_mixup_and_cutmix_mix_the_multi_hot_targets(comp, tmp_path):
+    """timm's Mixup in its multi-label mode: mixed 0/1 rows, trained with the per-label loss."""
+    cfg = _cfg(comp, tmp_path, *TINY, "train.mixup=0.4", "train.cutmix=1.0", "data.n_folds=2")
+    from src.training.trainer import optimization, setup_fold
+
+    s = setup_fold(cfg, 0, Runtime.from_cfg(cfg.runtime))
+    optimization(s)
+    x, y = next(iter(s.train_loader))
+    torch.manual_seed(0)
+    _, target = s.mixup(x.clone(), y)
+    assert target.shape == y.shape and ((target > 0) & (target < 1)).any()  # mixed, not one-hot of a class
+    lam = None
+    for i in range(len(y)):  # every row is lam * its own labels + (1 - lam) * the flipped row's
+        a, b = y[i], y.flip(0)[i]
+        differ = a != b
+        if differ.any():
+            row_lam = float(target[i][differ & (a == 1)].max()) if (differ & (a == 1)).any() else \
+                1 - float(target[i][differ & (b == 1)].max())
+            lam = row_lam if lam is None else lam
+            assert torch.allclose(target[i], lam * a + (1 - lam) * b, atol=1e-6)
+    assert np.isfinite(train_fold(cfg, 0)["f1_macro"])
+
+
 @pytest.fixture(scope="module")
 def trained(comp, tmp_path_factory):
     """Both folds of the multi-label demo, a few real steps each."""
@@ -187,8 +210,8 @@ def test_global_and_fixed_thresholds_and_at_least_one_label(trained, tmp_path, c
 
 def test_what_does_not_fit_a_multilabel_task_is_refused(comp, tmp_path):
     with pytest.raises(UserError, match="does not score multi-label"):
-        check_metric_fits("qwk", 10, multilabel=True)
-    for key in ("train.mixup=0.2", "data.pseudo=x.csv", "loss.distill_from=t"):
+        check_metric_fits("qwk", 10, "multilabel")
+    for key in ("data.pseudo=x.csv", "loss.distill_from=t"):
         with pytest.raises(UserError, match=f"{key.split('=')[0]}.*multilabel"):
             _cfg(comp, tmp_path, key)
     with pytest.raises(UserError, match="asl"):
