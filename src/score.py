@@ -49,7 +49,12 @@ def _score_multilabel(sub: pd.DataFrame, sol: pd.DataFrame, cfg, classes: list[s
     """A multi-label submission: tags (scored as the 0/1 decisions they are) or one probability
     column per label, against the solution's tags."""
     task = Task("multilabel", tuple(classes))
-    y = task.targets(canonical_tags(sol[cfg.data.label_col], cfg.data.label_sep))
+    truth = canonical_tags(sol[cfg.data.label_col], cfg.data.label_sep)
+    unseen = sorted({t for lab in truth for t in lab.split()} - set(classes))
+    if unseen:
+        raise UserError(f"the solution holds tags {unseen[:5]} that no training image has, so no model of this split "
+                        "can predict them; check data.label_sep and that the solution belongs to this competition")
+    y = task.targets(truth)
     cols = [c for c in sub.columns if c != cfg.data.id_col]
     if all(c in sub.columns for c in classes):
         probs = sub[classes].astype(float).to_numpy()

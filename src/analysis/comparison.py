@@ -14,9 +14,8 @@ import pandas as pd
 
 from src.analysis.figures import compare_curves
 from src.analysis.html_page import Page
-from src.analysis.oof_review import METRICS, read_member_oof
+from src.analysis.oof_review import METRICS, TASK_METRICS, read_member_oof
 from src.core.config import Config
-from src.core.task import single_label_only
 from src.core.utils import UserError, atomic_save
 from src.evaluation.metrics import compute_metric
 from src.runs.checkpoint import config_diff
@@ -36,8 +35,9 @@ class Comparison:
 
 def _row(m: Member, metric: str) -> tuple[dict, set[str]]:
     oof = read_member_oof(m.exp_dir, m.folds, m.classes, m.records)
-    y, probs = oof["target"].to_numpy(), oof_probs(oof, m.classes)
-    names = METRICS + ((metric,) if metric not in METRICS else ())
+    y, probs = m.task.targets(oof["label"]), oof_probs(oof, m.classes)
+    base = TASK_METRICS.get(m.task.kind, METRICS)
+    names = base + ((metric,) if metric not in base else ())
     row = {"experiment": m.name, "folds": len(m.folds), "oof_images": len(oof),
            "epochs": max(int(r.get("epochs_run") or 0) for r in m.records.values()),
            **{f"oof_{n}": compute_metric(n, y, probs) for n in names}}
@@ -59,7 +59,6 @@ def _value(cfg: dict, dotted: str):
 
 def build_comparison(cfg: Config, names: list[str], out_dir: str | Path | None = None) -> Comparison:
     """Write the comparison of experiments `names` (at least two); return its table and paths."""
-    single_label_only(cfg.data.task, "src.report --compare")
     if len(names) < 2 or len(set(names)) != len(names):
         raise UserError(f"--compare takes two or more different experiments, got {names}")
     members = [open_member(n, cfg.experiment.output_dir, "warn", cfg.data.dir) for n in names]

@@ -77,7 +77,7 @@ def _capture(modules: dict[str, torch.nn.Module]):
             h.remove()
 
 
-def grad_cam(model: torch.nn.Module, x: torch.Tensor, layer: str, target: int | None = None
+def grad_cam(model: torch.nn.Module, x: torch.Tensor, layer: str, target: int | None = None, activate=None
              ) -> tuple[np.ndarray, np.ndarray]:
     """(Grad-CAM map in [0, 1] at the input's height and width, class probabilities) for one image.
 
@@ -85,7 +85,9 @@ def grad_cam(model: torch.nn.Module, x: torch.Tensor, layer: str, target: int | 
         model: a timm classifier returning logits, in eval mode.
         x: (1, 3, H, W) normalized input on the model's device.
         layer: module name of the stage to explain (pick_cam_layer).
-        target: class whose score is explained; None = the predicted class.
+        target: class whose score is explained; None = the largest output (the predicted class,
+            the most probable label, a regression head's only output).
+        activate: logits (1, C) as numpy -> the probabilities returned (Task.activate); default softmax.
     """
     channels = {s["module"]: s["num_chs"] for s in _stages(model)}.get(layer)
     model.eval()
@@ -101,7 +103,8 @@ def grad_cam(model: torch.nn.Module, x: torch.Tensor, layer: str, target: int | 
     cam = torch.relu((g.mean((1, 2))[:, None, None] * a).sum(0)).cpu().numpy()  # (h, w)
     cam = cv2.resize(cam, (x.shape[3], x.shape[2]), interpolation=cv2.INTER_LINEAR)  # (H, W)
     peak = float(cam.max())
-    probs = torch.softmax(logits.detach(), 1)[0].cpu().numpy()
+    z = logits.detach()
+    probs = activate(z.cpu().numpy())[0] if activate is not None else torch.softmax(z, 1)[0].cpu().numpy()
     return (cam / peak if peak > 0 else cam), probs
 
 

@@ -1,19 +1,25 @@
-"""An experiment's out-of-fold predictions, read back and examined: the CV table with every metric,
-the confusion matrix with per-class precision/recall/F1, and the suspect-label list (every OOF
-image by its loss). scikit-learn does the arithmetic; nothing here builds a model."""
+"""An experiment's out-of-fold predictions, read back and examined: the CV table with every metric
+of its task, the confusion matrix with per-class precision/recall/F1 (for multi-label tasks, a
+per-label table of support, AUC, the threshold fitted on OOF and the F1 there), and the
+suspect-label list (every OOF image by its loss: -log p of its label; the mean binary
+cross-entropy over the labels; an ordinal grade's absolute error). scikit-learn does the
+arithmetic; nothing here builds a model."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
+from src.core.task import Task, expected_grade
 from src.core.utils import UserError
 from src.data.relabel import REVIEW_COL
+from src.evaluation.decoding import fit_thresholds
 from src.evaluation.metrics import compute_metric
 from src.runs.layout import fold_paths, oof_probs, read_oof
 
 METRICS = ("accuracy", "f1_macro", "log_loss", "roc_auc")
+TASK_METRICS = {"multilabel": ("f1_macro", "f1_micro", "roc_auc", "log_loss"), "ordinal": ("accuracy", "f1_macro", "qwk")}
 
 
 def read_member_oof(exp_dir, folds: list[int], classes: list[str], records: dict[int, dict]) -> pd.DataFrame:
@@ -27,21 +33,21 @@ def read_member_oof(exp_dir, folds: list[int], classes: list[str], records: dict
     return oof
 
 
-def _scores(y: np.ndarray, probs: np.ndarray, metric: str) -> dict[str, float]:
-    names = METRICS + ((metric,) if metric not in METRICS else ())
-    return {m: compute_metric(m, y, probs) for m in names}
+def _scores(task: Task, part: pd.DataFrame, metric: str) -> dict[str, float]:
+    base = TASK_METRICS.get(task.kind, METRICS)
+    y, probs = task.targets(part["label"]), oof_probs(part, list(task.classes))
+    return {m: compute_metric(m, y, probs) for m in base + ((metric,) if metric not in base else ())}
 
 
-def cv_table(oof: pd.DataFrame, classes: list[str], metric: str, records: dict[int, dict]) -> pd.DataFrame:
-    """One row per fold and one for all OOF predictions: images, best epoch, and every metric."""
+def cv_table(oof: pd.DataFrame, task: Task, metric: str, records: dict[int, dict]) -> pd.DataFrame:
+    """One row per fold and one for all OOF predictions: images, best epoch, and every metric of the task."""
     rows = []
     for k, part in oof.groupby("fold", sort=True):
         rec = records[int(k)]
         rows.append({"fold": str(k), "images": len(part), "best_epoch": rec.get("best_epoch"),
-                     "epochs_run": rec.get("epochs_run"),
-                     **_scores(part["target"].to_numpy(), oof_probs(part, classes), metric)})
+                     "epochs_run": rec.get("epochs_run"), **_scores(task, part, metric)})
     rows.append({"fold": "oof", "images": len(oof), "best_epoch": None, "epochs_run": None,
-                 **_scores(oof["target"].to_numpy(), oof_probs(oof, classes), metric)})
+                 **_scores(task, oof, metric)})
     table = pd.DataFrame(rows)
     return table.astype({"best_epoch": "Int64", "epochs_run": "Int64"})
 
@@ -56,22 +62,45 @@ def confusion(oof: pd.DataFrame, classes: list[str]) -> tuple[np.ndarray, pd.Dat
     return counts, per_class
 
 
+def label_table(oof: pd.DataFrame, task: Task, metric: str, mode: str | float) -> pd.DataFrame:
+    """Multi-label OOF, one row per label: positive images, ROC AUC, the threshold fitted on OOF to
+    the metric (ensemble.threshold's mode, as src.ensemble fits it) and precision, recall and F1 there."""
+    classes = list(task.classes)
+    y, probs = task.targets(oof["label"]), oof_probs(oof, classes)
+    th = fit_thresholds(metric, y, probs, mode)
+    pred = (probs >= th).astype(int)
+    p, r, f, s = precision_recall_fscore_support(y, pred, average=None, zero_division=0)
+    auc = [roc_auc_score(y[:, j], probs[:, j]) if 0 < y[:, j].sum() < len(y) else np.nan for j in range(len(classes))]
+    return pd.DataFrame({"label": classes, "support": s, "roc_auc": auc, "threshold": th, "precision": p,
+                         "recall": r, "f1": f})
+
+
 def row_normalised(counts: np.ndarray) -> np.ndarray:
     """Each true class's row as shares (a class without images stays zero)."""
     return counts / np.maximum(counts.sum(1, keepdims=True), 1)
 
 
-def suspects(oof: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
-    """Every OOF image, highest loss (-log p of its label) first: id, fold, label, predicted label,
-    the predicted label's probability, the label's probability, loss, and an empty reviewed_label
-    column for src.folds --relabel."""
-    probs = oof_probs(oof, classes)
-    y = oof["target"].to_numpy()
-    pred = probs.argmax(1)
-    p_label = probs[np.arange(len(y)), y]
-    out = pd.DataFrame({
-        "id": oof["id"].to_numpy(), "fold": oof["fold"].to_numpy(), "label": oof["label"].to_numpy(),
-        "predicted": np.asarray(classes, dtype=object)[pred], "prob": probs[np.arange(len(y)), pred],
-        "prob_label": p_label, "loss": -np.log(np.clip(p_label, 1e-15, 1.0)), REVIEW_COL: "",
-    })
+def suspects(oof: pd.DataFrame, task: Task) -> pd.DataFrame:
+    """Every OOF image, highest loss first: id, fold, label, predicted label, ..., loss, and an
+    empty reviewed_label column for src.folds --relabel. One label per image: the predicted
+    label's probability, the label's, and -log p of the label; multi-label: the labels at 0.5 and
+    the mean binary cross-entropy over the labels; ordinal: the grade score, the rounded grade and
+    the score's distance from the label."""
+    classes = list(task.classes)
+    probs, y = oof_probs(oof, classes), task.targets(oof["label"])
+    rows = np.arange(len(y))
+    names = np.asarray(classes, dtype=object)
+    out = {"id": oof["id"].to_numpy(), "fold": oof["fold"].to_numpy(), "label": oof["label"].to_numpy()}
+    if task.multilabel:
+        p = np.clip(probs, 1e-15, 1 - 1e-15)
+        out |= {"predicted": [" ".join(names[np.flatnonzero(r >= 0.5)]) for r in probs],
+                "loss": -(y * np.log(p) + (1 - y) * np.log(1 - p)).mean(1)}
+    elif task.ordinal:
+        score = expected_grade(probs)
+        out |= {"predicted": names[probs.argmax(1)], "score": score, "loss": np.abs(score - y)}
+    else:
+        pred, p_label = probs.argmax(1), probs[rows, y]
+        out |= {"predicted": names[pred], "prob": probs[rows, pred], "prob_label": p_label,
+                "loss": -np.log(np.clip(p_label, 1e-15, 1.0))}
+    out = pd.DataFrame(out | {REVIEW_COL: ""})
     return out.sort_values(["loss", "id"], ascending=[False, True], kind="stable").reset_index(drop=True)

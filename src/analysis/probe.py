@@ -2,6 +2,11 @@
 fitted on the experiment's own folds, so its OOF score sits beside the fine-tuned model's
 (`python -m src.probe`). The fine-tuned model must beat it.
 
+Multi-label tasks fit one classifier per label (scikit-learn's OneVsRestClassifier) and submit the
+labels above thresholds fitted on the probe's OOF probabilities; ordinal tasks read the
+classifier's expected grade as the grade score and submit the grades between thresholds fitted on
+its OOF scores, as src.ensemble does for the fine-tuned models.
+
     outputs/<exp>/probe/features-{train,test}-<key>.npy   cached features (src/features.py)
     outputs/<exp>/probe/<classifier>_oof.csv              id, fold, label, target, prob_<class>...
     outputs/<exp>/probe/<classifier>.json                 scores per fold and OOF
@@ -21,6 +26,7 @@ from sklearn.base import ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
+from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
@@ -29,11 +35,12 @@ from src.analysis.features import cached_features, frozen_backbone
 from src.core.config import Config
 from src.core.progress import progress
 from src.core.runtime import Runtime
-from src.core.task import single_label_only
+from src.core.task import Task, expected_grade, grade_probs
 from src.core.utils import UserError, atomic_save, atomic_write_text
 from src.data.folds import fold_tables
 from src.data.tables import load_test_table, prob_columns
 from src.ensembling.submission import check_out_path, checked_submission, write_submission
+from src.evaluation.decoding import decide, fit_grade_thresholds, fit_thresholds
 from src.evaluation.metrics import check_metric_fits, compute_metric, summary
 
 # Standardized features for the linear and kernel models; trees need no scaling.
@@ -54,21 +61,24 @@ class ProbeResult:
 
 
 def _full_proba(clf, x: np.ndarray, n_classes: int) -> np.ndarray:
-    """predict_proba (N, C) over every class, also when a class was absent from the fit."""
+    """predict_proba (N, C) over every class, also when a class was absent from the fit (a
+    one-vs-rest classifier's columns are the labels already)."""
+    if isinstance(clf, OneVsRestClassifier):
+        return clf.predict_proba(x)
     out = np.zeros((len(x), n_classes))
     out[:, clf.classes_] = clf.predict_proba(x)
     return out
 
 
-def fit_folds(x: np.ndarray, table: pd.DataFrame, n_classes: int, make: Callable[[], ClassifierMixin],
+def fit_folds(x: np.ndarray, y: np.ndarray, folds: np.ndarray, n_classes: int, make: Callable[[], ClassifierMixin],
               test: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
     """(OOF probabilities (N, C): fold k's rows by a classifier fitted on the other folds,
-    test probabilities: the mean over the fold classifiers)."""
+    test probabilities: the mean over the fold classifiers). `y`: class indices (N,), or a 0/1
+    matrix (N, L), fitted one label at a time (one-vs-rest)."""
     oof = np.full((len(x), n_classes), np.nan)
     test_probs = []
-    y, folds = table["target"].to_numpy(), table["fold"].to_numpy()
     for k in progress(sorted(set(folds)), desc="probe folds"):
-        clf = make().fit(x[folds != k], y[folds != k])
+        clf = (OneVsRestClassifier(make()) if y.ndim == 2 else make()).fit(x[folds != k], y[folds != k])
         oof[folds == k] = _full_proba(clf, x[folds == k], n_classes)
         if test is not None:
             test_probs.append(_full_proba(clf, test, n_classes))
@@ -96,19 +106,29 @@ def _features(cfg: Config, table: pd.DataFrame, classes: list[str], want_test: b
     return x, xt, test, sample
 
 
-def _write_submission(cfg: Config, out: Path, probs: np.ndarray, classes: list[str], sample: pd.DataFrame) -> Path:
-    sub, fmt = checked_submission(probs, classes, sample, cfg.data.id_col, cfg.ensemble.format, cfg.metric.name,
-                                  cfg.ensemble.top_k)
-    write_submission(out, sub, probs, classes, sample, cfg.data.id_col)
-    print(f"wrote {out} ({len(sub)} rows, format {fmt}; the mean of the {cfg.data.n_folds} fold classifiers)")
+def _write_submission(cfg: Config, out: Path, probs: np.ndarray, task: Task, sample: pd.DataFrame,
+                      thresholds: np.ndarray | None) -> Path:
+    classes, e = list(task.classes), cfg.ensemble
+    decisions = decide(probs, thresholds, e.min_labels, task.ordinal) if thresholds is not None else None
+    sub, fmt = checked_submission(probs, classes, sample, cfg.data.id_col, e.format, cfg.metric.name, e.top_k,
+                                  decisions, task.kind)
+    write_submission(out, sub, probs, classes, sample, cfg.data.id_col, thresholds)
+    print(f"wrote {out} ({len(sub)} rows, format {fmt}; the mean of the {cfg.data.n_folds} fold classifiers"
+          + ("; thresholds fitted on the probe's OOF" if thresholds is not None else "") + ")")
     return out
+
+
+def _thresholds(cfg: Config, task: Task, y: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
+    """The probe's decision thresholds, fitted on its OOF predictions as src.ensemble fits a blend's."""
+    if task.multilabel:
+        return fit_thresholds(cfg.metric.name, y, probs, cfg.ensemble.threshold, cfg.ensemble.min_labels)
+    return fit_grade_thresholds(cfg.metric.name, y, probs) if task.ordinal else None
 
 
 def run_probe(cfg: Config, classifier: str = "logreg", out: str | Path | None = None, cache: bool = True
               ) -> ProbeResult:
     """Fit `classifier` on frozen features over the experiment's folds; print its OOF score beside
     the fine-tuned one; write the OOF table, the scores and, with `out`, a submission."""
-    single_label_only(cfg.data.task, "src.probe")
     if classifier not in CLASSIFIERS:
         raise UserError(f"--classifier {classifier} is not one of {sorted(CLASSIFIERS)}")
     out = Path(out) if out else None
@@ -116,21 +136,28 @@ def run_probe(cfg: Config, classifier: str = "logreg", out: str | Path | None = 
         check_out_path(out, cfg.data.dir)
     rt = Runtime.from_cfg(cfg.runtime)
     table, _, classes = fold_tables(cfg, -1)  # the split (and reviewed labels) training uses
-    check_metric_fits(cfg.metric.name, len(classes))
+    task = Task.from_cfg(cfg, classes)
+    check_metric_fits(cfg.metric.name, len(classes), task.kind)
     x, xt, _, sample = _features(cfg, table, classes, out is not None, rt, cache)
-    probs, test_probs = fit_folds(x, table, len(classes), lambda: CLASSIFIERS[classifier](cfg.experiment.seed), xt)
+    y = task.targets(table["label"])
+    probs, test_probs = fit_folds(x, y, table["fold"].to_numpy(), len(classes),
+                                  lambda: CLASSIFIERS[classifier](cfg.experiment.seed), xt)
     if np.isnan(probs).any():
         raise UserError("some training images are in no fold of the split; delete the folds file to split again")
-    oof = table[["id", "fold", "label", "target"]].copy()
+    if task.ordinal:  # the classifier's expected grade is the grade score
+        probs, test_probs = (None if p is None else grade_probs(expected_grade(p), len(classes)) for p in (probs, test_probs))
+    oof = table[["id", "fold", "label"] + (["target"] if "target" in table else [])].copy()
     oof[prob_columns(classes)] = probs
     metric = cfg.metric.name
-    scores = {"classifier": classifier, "metric": metric, "oof": summary(oof["target"].to_numpy(), probs, metric),
-              "folds": {int(k): compute_metric(metric, p["target"].to_numpy(), probs[p.index]) for k, p in oof.groupby("fold")}}
+    folds = oof["fold"].to_numpy()
+    scores = {"classifier": classifier, "metric": metric, "oof": summary(y, probs, metric),
+              "folds": {int(k): compute_metric(metric, y[folds == k], probs[folds == k]) for k in sorted(set(folds))}}
     folder = cfg.out_dir / "probe"
     atomic_save(folder / f"{classifier}_oof.csv", lambda tmp: oof.to_csv(tmp, index=False))
     atomic_write_text(folder / f"{classifier}.json", json.dumps(scores, indent=2))
     tuned = _finetuned_score(cfg)
     print(f"OOF {metric}: frozen features + {classifier} {scores['oof'][metric]:.4f}; fine-tuned "
           + (f"{cfg.experiment.name} {tuned:.4f} (cv.json)" if tuned is not None else "(no cv.json: train --fold all first)"))
-    sub = _write_submission(cfg, out, test_probs, classes, sample) if out is not None else None
+    sub = (_write_submission(cfg, out, test_probs, task, sample, _thresholds(cfg, task, y, probs)) if out is not None
+           else None)
     return ProbeResult(oof, scores, tuned, sub)

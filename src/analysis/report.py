@@ -33,18 +33,18 @@ from src.analysis.figures import (
 )
 from src.analysis.gradcam import first_conv_filters, grad_cam, pick_cam_layer, stage_maps
 from src.analysis.html_page import Page
-from src.analysis.oof_review import confusion, cv_table, read_member_oof, row_normalised, suspects
+from src.analysis.oof_review import confusion, cv_table, label_table, read_member_oof, row_normalised, suspects
 from src.core.config import CONFIG_DIR, Config
 from src.core.progress import progress
 from src.core.runtime import Runtime
-from src.core.task import single_label_only
 from src.core.utils import UserError, atomic_save
 from src.data.folds import load_or_create_folds
 from src.data.images import read_image
 from src.data.transforms import build_transform, resolve_norm
 from src.runs.checkpoint import config_diff
-from src.runs.layout import fold_paths
+from src.runs.layout import fold_paths, oof_probs
 from src.runs.members import Member, open_member
+from src.training.plots import plot_label_scores
 
 # How far a Grad-CAM pass's probability may be from oof.csv's before the report says the fold
 # model does not reproduce its OOF predictions: float32 here; where validation ran under CUDA
@@ -71,8 +71,8 @@ class Report:
     html: Path
     suspects_csv: Path
     cv: pd.DataFrame
-    counts: np.ndarray
-    per_class: pd.DataFrame
+    counts: np.ndarray | None  # None for a multi-label task: no confusion between labels
+    per_class: pd.DataFrame  # per class (precision, recall, F1, support), or per label (label_table)
     suspects: pd.DataFrame
     cams: list[Cam]
     cam_layer: str
@@ -128,16 +128,26 @@ def compute_cams(m: Member, rows: pd.DataFrame, rt: Runtime, layer: str | None) 
             model, current = m.model(k, rt), k
             layer = layer or pick_cam_layer(model, m.configs[k].aug.img_size)
         x, seen = model_input(m, k, model, r["path"], rt)
-        cam, probs = grad_cam(model, x, layer)
-        pred = int(probs.argmax())
-        cams[r["id"]] = Cam(r["id"], k, r["label"], m.classes[pred], float(probs[pred]),
-                            float(r[f"prob_{m.classes[pred]}"]), seen, cam)
+        cam, probs = grad_cam(model, x, layer, activate=m.task.activate)  # explains the top output
+        top = int(probs.argmax())  # the class, the rounded grade, or the most probable label
+        shown = " ".join(np.asarray(m.classes)[probs >= 0.5]) if m.task.multilabel else m.classes[top]
+        cams[r["id"]] = Cam(r["id"], k, r["label"], shown, float(probs[top]), float(r[f"prob_{m.classes[top]}"]),
+                            seen, cam)
     return [cams[i] for i in rows["id"]], layer or "none"
 
 
 def most_confidently_wrong(sus: pd.DataFrame, n: int) -> pd.DataFrame:
-    """The n wrong OOF predictions with the highest probability on their (wrong) class."""
-    return sus[sus["predicted"] != sus["label"]].sort_values("prob", ascending=False, kind="stable").head(n)
+    """The n wrong OOF predictions with the highest probability on their (wrong) class (for
+    multi-label and ordinal tasks: the highest loss)."""
+    key = "prob" if "prob" in sus else "loss"
+    return sus[sus["predicted"] != sus["label"]].sort_values(key, ascending=False, kind="stable").head(n)
+
+
+def _caption(r) -> str:
+    """A suspect's grid caption: its truth, the prediction and how sure or how far off it was."""
+    how = f"{r.prob:.2f}" if hasattr(r, "prob") else (f"(score {r.score:.2f})" if hasattr(r, "score")
+                                                       else f"(loss {r.loss:.2f})")
+    return f"{r.id}\ntrue {r.label or '-'}, pred {r.predicted or '-'} {how}"
 
 
 def _thumbnail(path: str, side: int = 256) -> np.ndarray:
@@ -164,11 +174,13 @@ def _figures(m: Member, oof: pd.DataFrame, counts: np.ndarray, sus: pd.DataFrame
             "cam_right": d / "gradcam_right.png", "cam_wrong": d / "gradcam_wrong.png",
             "filters": d / "first_conv_filters.png", "feature_maps": d / "feature_maps.png"}
     learning_curves(_histories(m), metric, figs["curves"])
-    confusion_pair(counts, row_normalised(counts), m.classes, figs["confusion"])
+    if m.task.multilabel:  # no confusion between labels: each label's F1 at 0.5 and its positives
+        plot_label_scores(m.task.targets(oof["label"]), oof_probs(oof, m.classes), m.classes, figs["confusion"])
+    else:
+        confusion_pair(counts, row_normalised(counts), m.classes, figs["confusion"])
     wrong = most_confidently_wrong(sus, n_wrong)
     path_of = dict(zip(oof["id"], oof["path"]))
-    image_grid([(_thumbnail(path_of[r.id]), f"{r.id}\ntrue {r.label}, pred {r.predicted} {r.prob:.2f}")
-                for r in wrong.itertuples()], figs["wrong"])
+    image_grid([(_thumbnail(path_of[r.id]), _caption(r)) for r in wrong.itertuples()], figs["wrong"])
     for key, right in (("cam_right", True), ("cam_wrong", False)):
         cam_grid([(c.image, c.cam, _cam_title(c)) for c in cams if (c.label == c.predicted) == right], figs[key])
     # The first layer and early stages: the most confidently right image, by its fold's model.
@@ -203,16 +215,18 @@ def build_report(cfg: Config, name: str | None = None, n_wrong: int = 24, n_cam:
         n_cam: Grad-CAM maps of right predictions, and as many of wrong ones.
         cam_layer: module to explain (default: the deepest stage whose map is at least 4x4).
     """
-    single_label_only(cfg.data.task, "src.report")
     m = open_member(name or str(cfg.experiment.name), cfg.experiment.output_dir, "warn", cfg.data.dir)
     rt = Runtime.from_cfg(cfg.runtime)
-    # 1) tables: CV, confusion matrix and per-class scores, suspect labels
+    # 1) tables: CV, confusion matrix and per-class scores (multi-label: per-label scores), suspect labels
     oof = _oof_with_paths(m)
-    cv = cv_table(oof, m.classes, m.cfg.metric.name, m.records)
-    counts, per_class = confusion(oof, m.classes)
-    if counts.sum() != len(oof):
-        raise UserError(f"the confusion matrix counts {counts.sum()} images for {len(oof)} OOF rows")
-    sus = suspects(oof, m.classes)
+    cv = cv_table(oof, m.task, m.cfg.metric.name, m.records)
+    if m.task.multilabel:
+        counts, per_class = None, label_table(oof, m.task, m.cfg.metric.name, m.cfg.ensemble.threshold)
+    else:
+        counts, per_class = confusion(oof, m.classes)
+        if counts.sum() != len(oof):
+            raise UserError(f"the confusion matrix counts {counts.sum()} images for {len(oof)} OOF rows")
+    sus = suspects(oof, m.task)
     sus_path = atomic_save(m.exp_dir / "suspect_labels.csv", lambda tmp: sus.to_csv(tmp, index=False))
     # 2) Grad-CAM by each image's own fold model, then every figure
     cams, layer = compute_cams(m, _cam_rows(sus, oof, n_cam, m.cfg.experiment.seed), rt, cam_layer)
@@ -237,13 +251,17 @@ def _config_notes(m: Member) -> list[str]:
 def _page(m: Member, r: Report, n_wrong: int) -> Page:
     page = Page(f"Experiment report: {m.name}")
     page.text(f"code commit at report time: {git_commit()}; finished folds {m.folds} of {m.cfg.data.n_folds}; "
-              f"{len(r.suspects)} OOF images, {len(m.classes)} classes; model {m.cfg.model.name}")
+              f"{len(r.suspects)} OOF images, {len(m.classes)} {m.task.noun} ({m.task.kind}); model {m.cfg.model.name}")
     page.heading("Cross-validation (each fold's model on its own validation images)")
     page.table(r.cv)
     page.heading("Learning curves (each fold, and their mean)")
     page.image(r.figures["curves"], "learning curves")
-    page.heading("Out-of-fold confusion matrix")
-    page.image(r.figures["confusion"], "confusion matrix")
+    if m.task.multilabel:
+        page.heading("Out-of-fold scores per label (thresholds fitted on OOF to the metric, as src.ensemble does)")
+        page.image(r.figures["confusion"], "per-label F1")
+    else:
+        page.heading("Out-of-fold confusion matrix" + (" (grades rounded from the score)" if m.task.ordinal else ""))
+        page.image(r.figures["confusion"], "confusion matrix")
     page.table(r.per_class)
     page.heading(f"The {n_wrong} most confidently wrong OOF images")
     page.image(r.figures["wrong"], "most confidently wrong")

@@ -281,11 +281,9 @@ class Config(_Section):
     def _check(self):
         if (self.train.mixup > 0 or self.train.cutmix > 0) and self.loader.batch_size % 2:
             raise ValueError("train.mixup/cutmix pair images within a batch, so loader.batch_size must be even")
-        if self.data.task == "multilabel":
-            single = [k for k, on in (("loss.distill_from", self.loss.distill_from is not None),
-                                      ("data.pseudo", self.data.pseudo is not None)) if on]
-            if single:
-                raise ValueError(f"{', '.join(single)} do(es) not work with data.task=multilabel yet; turn them off")
+        if self.data.task == "ordinal" and self.loss.distill_from is not None:
+            raise ValueError("loss.distill_from mixes a teacher's class probabilities into the targets, and an ordinal "
+                             "task trains on its grades; set it to null")
         if self.data.task != "multilabel" and self.loss.name == "asl":
             raise ValueError("loss.name=asl is the asymmetric loss of multi-label tasks (data.task=multilabel); "
                              "use ce or focal")

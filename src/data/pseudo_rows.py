@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from src.core.config import Config
+from src.core.task import Task
 from src.core.utils import UserError
 from src.data.tables import load_test_table, prob_columns
 
@@ -39,10 +40,12 @@ def read_pseudo(path: str | Path, cfg: Config, classes: list[str]) -> tuple[pd.D
     if unknown:
         raise UserError(f"data.pseudo={path} names {len(unknown)} images that are not test images of {cfg.data.dir} "
                         f"(e.g. {unknown[:3]}); make the table from this competition's test set")
-    index = {c: i for i, c in enumerate(classes)}
     rows = df[["id", "label", *prob_columns(classes)]].copy()
     rows["path"] = [path_of[i] for i in rows["id"]]
-    rows["target"] = rows["label"].map(index).astype(np.int64)
+    task = Task.from_cfg(cfg, classes)
+    targets = task.targets(rows["label"])  # a label or tag outside the class list stops here
+    if not task.multilabel:  # a multi-label row's targets come from its tags (Task.targets), as real rows' do
+        rows["target"] = targets.astype(np.int64)
     return rows, bool(meta.get("soft"))
 
 

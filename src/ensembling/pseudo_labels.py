@@ -8,6 +8,11 @@ The name records the content, and training checks it: folds trained on two diffe
 two different `data.pseudo` values, so the usual checks refuse to mix them in one experiment or
 to resume across them, and a table edited after it was written stops the run.
 
+Multi-label tables keep an image when every label's probability is at least the threshold or at
+most one minus it, labelled with the labels above 0.5 (soft: every label's probability is its
+target); ordinal tables keep an image whose grade score lies within one minus the threshold of a
+grade, labelled with that grade (hard only: a grade is trained as a number).
+
 The table names test images by id only; training finds their files through the competition's
 sample submission and test folder, so the table travels with the outputs. Pseudo rows join the
 training part of every fold and never a validation part: OOF stays scored on real labels only.
@@ -24,11 +29,11 @@ import pandas as pd
 
 from src.core.config import Config
 from src.core.runtime import Runtime
-from src.core.task import single_label_only
+from src.core.task import Task
 from src.core.utils import UserError, atomic_write_text
 from src.core.views import parse_views
 from src.data.tables import load_test_table, prob_columns
-from src.evaluation.blending import combine, log_probs
+from src.evaluation.blending import as_logits, combine
 from src.runs.members import across_members, member_test, oof_report, open_members, resolve_weights
 
 HARD_THRESHOLD = 0.9  # default confidence for hard pseudo-labels; soft ones keep every row by default
@@ -38,15 +43,22 @@ def default_table_path(cfg: Config, names: list[str], round_: int) -> Path:
     return Path(cfg.experiment.output_dir) / "pseudo" / f"{'+'.join(names)}_r{round_}.csv"
 
 
-def pseudo_table(probs: np.ndarray, ids, classes: list[str], threshold: float, round_: int) -> pd.DataFrame:
-    """Rows whose top probability reaches `threshold`: id, label (the argmax class), confidence,
-    round and the probability of every class."""
+def pseudo_table(probs: np.ndarray, ids, task: Task, threshold: float, round_: int) -> pd.DataFrame:
+    """Rows whose confidence reaches `threshold`: id, label, confidence, round and the probability
+    of every class. One label per image: the top probability and its class (ordinal: the weight of
+    the nearest grade, 1 - the score's distance to it, and that grade); multi-label: the least sure
+    label's max(p, 1 - p), and the labels at 0.5 or above."""
     if not 0.0 <= threshold <= 1.0:
         raise UserError(f"--threshold {threshold} is not a probability; give a value in [0, 1], e.g. 0.9")
-    conf = probs.max(1)
+    classes = np.asarray(task.classes)
+    if task.multilabel:
+        conf = np.maximum(probs, 1.0 - probs).min(1)
+        labels = np.array([" ".join(classes[row >= 0.5]) for row in probs], dtype=object)
+    else:
+        conf, labels = probs.max(1), classes[probs.argmax(1)]
     keep = conf >= threshold
-    table = pd.DataFrame({"id": np.asarray(ids)[keep], "label": np.asarray(classes)[probs.argmax(1)[keep]],
-                          "confidence": conf[keep], "round": round_})
+    table = pd.DataFrame({"id": np.asarray(ids)[keep], "label": labels[keep], "confidence": conf[keep],
+                          "round": round_})
     table[prob_columns(classes)] = probs[keep]
     return table
 
@@ -73,15 +85,17 @@ def make_pseudo(cfg: Config, names: list[str], views: list[str] | None, weights,
         raise UserError(f"--out {out} must be a .csv outside the competition folder {cfg.data.dir}")
     rt = Runtime.from_cfg(cfg.runtime)
     members = open_members(cfg, names)
-    for m in members:
-        single_label_only(m.cfg.data.task, "src.pseudo (pseudo-labels)")
+    task = members[0].task
+    if soft and task.ordinal:
+        raise UserError("an ordinal task trains on its grades, so its pseudo-labels are hard (the nearest grade); "
+                        "drop --soft")
     weights = e.weights if weights is None else weights
     w = (oof_report(cfg, members, views, weights, voting, rt) if weights == "auto"
          else resolve_weights(weights, members, [], np.zeros(0), cfg.metric.name, voting))
     test, _ = load_test_table(cfg.data)
     member_probs = [member_test(m, test, views, rt, cfg.loader, voting) for m in members]
-    probs = combine(np.stack([log_probs(p) for p in member_probs]), across_members(voting), w)
-    table = pseudo_table(probs, test["id"], members[0].classes, threshold, round_)
+    probs = combine(np.stack([as_logits(p, task) for p in member_probs]), across_members(voting), w, task)
+    table = pseudo_table(probs, test["id"], task, threshold, round_)
     if table.empty:
         raise UserError(f"no test image reaches confidence {threshold}; lower --threshold; nothing was written")
     text = table.to_csv(index=False)
@@ -91,10 +105,11 @@ def make_pseudo(cfg: Config, names: list[str], views: list[str] | None, weights,
             "threshold": threshold, "round": round_, "classes": members[0].classes, "rows": len(table),
             "test_rows": len(test), "data_dir": cfg.data.dir}
     atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=2))
-    dist = table["label"].value_counts().reindex(members[0].classes, fill_value=0)
+    dist = pd.Series([t for lab in table["label"] for t in task.tags(lab)]).value_counts().reindex(
+        members[0].classes, fill_value=0)
     print(f"wrote {out}: {len(table)} of {len(test)} test images (confidence >= {threshold:g}, "
           f"{'soft' if soft else 'hard'} targets, round {round_}); train with data.pseudo={out}")
-    print("pseudo-labels per class: " + ", ".join(f"{c} {n}" for c, n in dist.items()))
+    print(f"pseudo-labels per {task.noun[:-1]}: " + ", ".join(f"{c} {n}" for c, n in dist.items()))
     return out
 
 

@@ -47,6 +47,11 @@ def resolve_format(fmt: str, sample: pd.DataFrame, id_col: str, classes: list[st
         raise UserError(f"cannot tell the submission format from the sample submission's columns {cols[:6]}; "
                         f"set ensemble.format to one of {FORMATS}")
     if multilabel:
+        unseen = sorted({t for v in sample[cols[0]].astype(str) for t in v.split()} - set(classes))
+        if unseen:
+            raise UserError(f"the sample submission's placeholders hold tags {unseen[:5]} that no training image has, so "
+                            "no model of this split can predict them; check data.label_sep, or set ensemble.format=tags "
+                            "if the placeholders are not labels")
         return "tags"
     if _MAP_AT.match(metric) or (len(sample) and (_words(sample, cols[0]) > 1).mean() > 0.5):
         return "topk"

@@ -6,14 +6,19 @@ trained on the student's very split (the same folds file, every id in the same f
 a teacher fold model could have trained on the images it labels.
 
     target = (1 - loss.distill_weight) * one_hot(label) + loss.distill_weight * softmax(log p_teacher / T)
+
+For a multi-label task each label is its own two-class problem: the 0/1 label row is mixed with the
+teacher's probability per label, sharpened or softened by T on its log-odds (sigmoid(logit p / T)).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.special import expit, logit
 
 from src.core.config import Config
+from src.core.task import Task
 from src.core.utils import UserError
 from src.data.folds import folds_path
 from src.evaluation.metrics import softmax
@@ -47,13 +52,19 @@ def teacher_oof(cfg: Config, split: pd.DataFrame, classes: list[str]) -> pd.Data
     return oof
 
 
-def distill_targets(cfg: Config, rows: pd.DataFrame, classes: list[str], oof: pd.DataFrame) -> np.ndarray:
-    """Soft targets (N, C) of training rows (id, fold, target) from the teacher's OOF table."""
+def distill_targets(cfg: Config, rows: pd.DataFrame, task: Task, oof: pd.DataFrame) -> np.ndarray:
+    """Soft targets (N, C) of training rows (id, fold, label) from the teacher's OOF table."""
+    classes = list(task.classes)
     by_id = oof.set_index("id")
     t = by_id.loc[rows["id"].to_numpy()]
     if not (t["fold"].to_numpy() == rows["fold"].to_numpy()).all():
         raise UserError("a teacher OOF prediction comes from another fold than the image's; retrain the teacher")
-    teacher = softmax(np.log(np.clip(oof_probs(t, classes), 1e-12, 1.0)) / cfg.loss.distill_temperature)
-    hard = np.eye(len(classes))[rows["target"].to_numpy()]
+    p, temp = oof_probs(t, classes), cfg.loss.distill_temperature
+    if task.multilabel:
+        teacher = expit(logit(np.clip(p, 1e-6, 1 - 1e-6)) / temp)
+    else:
+        teacher = softmax(np.log(np.clip(p, 1e-12, 1.0)) / temp)
+    hard = task.targets(rows["label"])
+    hard = hard if task.multilabel else np.eye(len(classes))[hard]
     w = cfg.loss.distill_weight
     return (1.0 - w) * hard + w * teacher

@@ -1,6 +1,7 @@
 """Probability targets for training: distillation from a teacher's OOF predictions (loss.distill_from)
 and soft pseudo-labels. The training loader then yields (image, target row (C,)) and the loss takes
-the rows as class probabilities; accuracy is counted against their argmax."""
+the rows as class probabilities (for a multi-label task, one probability per label); accuracy is
+counted against their argmax (per label: against 0.5)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pandas as pd
 import torch
 
 from src.core.config import Config
+from src.core.task import Task
 from src.core.utils import UserError
 from src.data.tables import prob_columns
 from src.training.distillation import distill_targets, teacher_oof
@@ -27,10 +29,15 @@ def fold_soft_targets(cfg: Config, train: pd.DataFrame, classes: list[str]) -> n
     if cfg.train.mixup > 0 or cfg.train.cutmix > 0:
         raise UserError("train.mixup/cutmix mix hard labels; set them to 0 to train on soft targets "
                         "(loss.distill_from, soft pseudo-labels)")
-    out = np.eye(len(classes))[train["target"].to_numpy()]
+    task = Task.from_cfg(cfg, classes)
+    if task.ordinal:
+        raise UserError("an ordinal task trains on its grades; distillation and soft pseudo-labels mix class "
+                        "probabilities, so set loss.distill_from to null and use hard pseudo-labels")
+    hard = task.targets(train["label"])
+    out = (hard if task.multilabel else np.eye(len(classes))[hard]).astype(np.float64)
     if cfg.loss.distill_from is not None:
         real = train.loc[~pseudo]
-        out[~pseudo] = distill_targets(cfg, real, classes, teacher_oof(cfg, real, classes))
+        out[~pseudo] = distill_targets(cfg, real, task, teacher_oof(cfg, real, classes))
     if soft_pseudo:
         out[pseudo] = train.loc[pseudo, prob_columns(classes)].to_numpy(np.float64)
     return out.astype(np.float32)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import DEMO_CONFIG, TINY
 from PIL import Image
-from sklearn.metrics import f1_score, log_loss
+from sklearn.metrics import f1_score, log_loss, roc_auc_score
 
 from src import kaggle_kernel
 from src.core.cli import run_cli
@@ -154,7 +154,7 @@ def _thresholds(path) -> np.ndarray:
 def _blend(cfg, out, capsys, *extra):
     path = pipeline.run(cfg.model_copy(update={"ensemble": cfg.ensemble.model_copy(update=dict(extra))}),
                         [str(cfg.experiment.name)], ["identity", "hflip"], "equal", "soft", out, None)
-    return path, capsys.readouterr().out
+    return path, capsys.readouterr().out if capsys is not None else ""
 
 
 def test_the_blend_writes_the_tags_its_oof_fitted_thresholds_give(trained, comp, tmp_path, capsys):
@@ -238,3 +238,107 @@ def test_the_kaggle_bundle_carries_the_thresholds_and_rehearses_the_local_submis
                          root / "local.csv", manifest["format"], report=False, thresholds=manifest["thresholds"])
     assert (root / "build" / "rehearsal" / "submission.csv").read_bytes() == local.read_bytes()
     assert local.with_name("local_thresholds.json").is_file()
+
+
+def _oof(cfg):
+    parts = [read_oof(fold_paths(cfg.out_dir, k).oof, DIGITS) for k in (0, 1)]
+    oof = pd.concat(parts, ignore_index=True)
+    return oof, Task("multilabel", tuple(DIGITS)).targets(oof["label"]), oof_probs(oof, DIGITS)
+
+
+def test_the_report_scores_each_label_and_ranks_images_by_their_binary_cross_entropy(trained):
+    from src.analysis.report import build_report
+
+    r = build_report(trained, n_wrong=4, n_cam=2)
+    oof, y, probs = _oof(trained)
+    table = r.per_class.set_index("label")
+    assert r.counts is None and list(table.index) == DIGITS
+    assert list(table["support"]) == list(y.sum(0).astype(int))
+    for j, d in enumerate(DIGITS):  # F1 at the threshold fitted on OOF, and AUC, per label, as scikit-learn has them
+        assert table.loc[d, "f1"] == pytest.approx(f1_score(y[:, j], probs[:, j] >= table.loc[d, "threshold"],
+                                                            zero_division=0))
+        assert table.loc[d, "roc_auc"] == pytest.approx(roc_auc_score(y[:, j], probs[:, j]))
+    sus = r.suspects.set_index("id").loc[oof["id"]]
+    bce = np.mean([[log_loss([t], [p], labels=[0, 1]) for t, p in zip(ty, py)] for ty, py in zip(y, probs)], axis=1)
+    assert sus["loss"].to_numpy() == pytest.approx(bce, rel=1e-5)
+    assert list(sus["predicted"]) == [" ".join(np.asarray(DIGITS)[p >= 0.5]) for p in probs]
+    assert r.suspects["loss"].is_monotonic_decreasing and r.html.is_file()
+    assert {"f1_macro", "f1_micro", "roc_auc", "log_loss"} <= set(r.cv.columns)
+
+
+def test_the_probe_fits_one_classifier_per_label_and_submits_tags(trained, comp, tmp_path):
+    from src.analysis.probe import run_probe
+
+    res = run_probe(trained, "logreg", tmp_path / "probe.csv")
+    y = Task("multilabel", tuple(DIGITS)).targets(res.oof["label"])
+    probs = res.oof[[f"prob_{d}" for d in DIGITS]].to_numpy()
+    assert not np.allclose(probs.sum(1), 1.0)  # one classifier per label, not a softmax
+    assert res.scores["oof"]["f1_macro"] == pytest.approx(f1_score(y, probs >= 0.5, average="macro", zero_division=0))
+    th = _thresholds(tmp_path / "probe_thresholds.json")
+    test_probs = pd.read_csv(tmp_path / "probe_probs.csv", dtype={"id": str})[DIGITS].to_numpy()
+    sub = pd.read_csv(tmp_path / "probe.csv", dtype=str, keep_default_na=False)
+    assert list(sub["label"]) == [" ".join(d for d, p, t in zip(DIGITS, row, th) if p >= t) for row in test_probs]
+
+
+def test_multilabel_pseudo_labels_join_training_parts_only(trained, comp, tmp_path):
+    from src.data.folds import fold_tables
+    from src.ensembling.pseudo_labels import make_pseudo
+    from src.training.soft_targets import fold_soft_targets
+
+    name = [str(trained.experiment.name)]
+    hard = make_pseudo(trained, name, ["identity"], "equal", None, 0.8, False, 1, tmp_path / "hard.csv")
+    table = pd.read_csv(hard, dtype={"id": str, "label": str}, keep_default_na=False)
+    probs = table[[f"prob_{d}" for d in DIGITS]].to_numpy()
+    assert len(table) and (np.maximum(probs, 1 - probs).min(1) >= 0.8).all()  # every label sure either way
+    assert list(table["label"]) == [" ".join(np.asarray(DIGITS)[p >= 0.5]) for p in probs]
+    soft = make_pseudo(trained, name, ["identity"], "equal", None, None, True, 1, tmp_path / "soft.csv")
+    for path, is_soft in ((hard, False), (soft, True)):
+        cfg = trained.model_copy(update={"data": trained.data.model_copy(update={"pseudo": str(path)})})
+        train, val, _ = fold_tables(cfg, 0)
+        pseudo = train["pseudo"].to_numpy(bool)
+        assert pseudo.sum() == len(pd.read_csv(path)) and not set(val["id"]) & set(train.loc[pseudo, "id"])
+        targets = fold_soft_targets(cfg, train, DIGITS)
+        real = Task("multilabel", tuple(DIGITS)).targets(train.loc[~pseudo, "label"])
+        if is_soft:  # the blend's probabilities per label for pseudo rows, the 0/1 labels for real ones
+            assert np.allclose(targets[~pseudo], real)
+            assert np.allclose(targets[pseudo], train.loc[pseudo, [f"prob_{d}" for d in DIGITS]].to_numpy(), atol=1e-6)
+        else:
+            assert targets is None
+    assert np.isfinite(train_fold(cfg.model_copy(update={"experiment": cfg.experiment.model_copy(
+        update={"name": "ml_soft_pseudo"})}), 0)["f1_macro"])
+
+
+def test_distillation_mixes_the_teachers_sigmoid_outputs_per_label(trained, tmp_path):
+    from src.data.folds import fold_tables
+    from src.training.soft_targets import fold_soft_targets
+
+    cfg = load_config(ML_CONFIG, [f"data.dir={trained.data.dir}", f"experiment.output_dir={trained.experiment.output_dir}",
+                                  "wandb.mode=disabled", "data.n_folds=2", "experiment.name=ml_student",
+                                  f"loss.distill_from={trained.experiment.name}", "loss.distill_weight=0.5",
+                                  "loss.distill_temperature=2"])
+    train, _, _ = fold_tables(cfg, 0)
+    targets = fold_soft_targets(cfg, train, DIGITS)
+    oof, _, _ = _oof(trained)
+    p = oof.set_index("id").loc[train["id"], [f"prob_{d}" for d in DIGITS]].to_numpy()
+    q = np.clip(p, 1e-6, 1 - 1e-6)
+    teacher = 1 / (1 + np.exp(-np.log(q / (1 - q)) / 2))
+    hard = Task("multilabel", tuple(DIGITS)).targets(train["label"])
+    assert np.allclose(targets, 0.5 * hard + 0.5 * teacher, atol=1e-6)
+
+
+def test_tags_no_training_image_has_are_refused_in_the_sample_and_the_solution(trained, comp, tmp_path):
+    other = tmp_path / comp.name
+    shutil.copytree(comp, other, ignore=shutil.ignore_patterns("test", "train"))
+    (other / "test").symlink_to(comp / "test")
+    (other / "train").symlink_to(comp / "train")
+    sample = pd.read_csv(other / "sample_submission.csv", dtype=str)
+    sample.assign(label="0 cloudy").to_csv(other / "sample_submission.csv", index=False)
+    moved = trained.model_copy(update={"data": trained.data.model_copy(update={"dir": str(other)})})
+    with pytest.raises(UserError, match="placeholders hold tags \\['cloudy'\\] that no training image has"):
+        _blend(moved, tmp_path / "s.csv", None)
+    assert not (tmp_path / "s.csv").exists()
+    solution = pd.read_csv(other / "solution.csv", dtype=str, keep_default_na=False)
+    solution.loc[0, "label"] = "3 haze"
+    solution.to_csv(other / "solution.csv", index=False)
+    with pytest.raises(UserError, match="solution holds tags \\['haze'\\]"):
+        score_submission(comp / "solution.csv", other / "solution.csv", trained)

@@ -127,7 +127,7 @@ def test_folds_are_stratified_by_grade(comp, tmp_path):
 def trained(comp, tmp_path_factory):
     """Both folds of the small ordinal demo with a regression head (mse), a few real steps each."""
     out = tmp_path_factory.mktemp("ord_trained")
-    cfg = _cfg(comp, out, *TINY, "train.epochs=2", "train.limit_batches=null", "data.n_folds=2")
+    cfg = _cfg(comp, out, *TINY, "train.epochs=2", "train.limit_batches=null", "data.n_folds=2", "train.keep_top=2")
     results = [train_fold(cfg, k) for k in (0, 1)]
     return cfg, results
 
@@ -203,3 +203,73 @@ def test_a_softmax_head_or_smooth_l1_with_mixup_trains_an_ordinal_fold(comp, tmp
     head = [v for k, v in load_checkpoint(fp.best)["model"].items() if k.endswith("weight")][-1]
     assert head.shape[0] == (5 if loss == "ce" else 1)
     assert np.isfinite(result["qwk"]) and np.allclose(probs.sum(1), 1)
+
+
+def _oof(cfg, name=None):
+    exp = cfg.out_dir if name is None else cfg.out_dir.parent / name
+    oof = pd.concat([read_oof(fold_paths(exp, k).oof, GRADES) for k in (0, 1)], ignore_index=True)
+    return oof, oof["label"].astype(int).to_numpy(), oof_probs(oof, GRADES)
+
+
+def test_the_report_shows_rounded_grades_and_ranks_images_by_their_grade_error(trained):
+    from src.analysis.report import build_report
+
+    cfg, _ = trained
+    r = build_report(cfg, n_wrong=4, n_cam=2)
+    oof, y, probs = _oof(cfg)
+    score = expected_grade(probs)
+    rounded = probs.argmax(1)
+    assert (r.counts == pd.crosstab(y, rounded).reindex(index=range(5), columns=range(5), fill_value=0).to_numpy()).all()
+    sus = r.suspects.set_index("id").loc[oof["id"]]
+    assert sus["loss"].to_numpy() == pytest.approx(np.abs(score - y)) and r.suspects["loss"].is_monotonic_decreasing
+    assert list(sus["predicted"]) == [GRADES[g] for g in rounded]
+    assert "qwk" in r.cv and "log_loss" not in r.cv  # no metric on class probabilities for grades
+    assert r.cv.iloc[-1]["qwk"] == pytest.approx(_qwk(y, rounded))
+
+
+def test_the_probe_reads_the_expected_grade_and_submits_grades_between_fitted_thresholds(trained, tmp_path):
+    from src.analysis.probe import run_probe
+
+    cfg, _ = trained
+    res = run_probe(cfg, "logreg", tmp_path / "probe.csv")
+    probs = res.oof[[f"prob_{g}" for g in GRADES]].to_numpy()
+    assert ((probs > 1e-9).sum(1) <= 2).all()  # grade distributions of the classifier's expected grade
+    y = res.oof["label"].astype(int).to_numpy()
+    assert res.scores["oof"]["qwk"] == pytest.approx(_qwk(y, probs.argmax(1)))
+    th = np.array(list(json.loads((tmp_path / "probe_thresholds.json").read_text()).values()))
+    test = pd.read_csv(tmp_path / "probe_probs.csv", dtype={"id": str})[GRADES].to_numpy()
+    sub = pd.read_csv(tmp_path / "probe.csv")
+    assert list(sub["diagnosis"]) == list(np.digitize(expected_grade(test), th))
+
+
+def test_ordinal_pseudo_labels_are_the_nearest_grade_of_sure_scores(trained, tmp_path):
+    from src.data.folds import fold_tables
+    from src.ensembling.pseudo_labels import make_pseudo
+
+    cfg, _ = trained
+    name = [str(cfg.experiment.name)]
+    path = make_pseudo(cfg, name, ["identity"], "equal", None, 0.7, False, 1, tmp_path / "p.csv")
+    table = pd.read_csv(path)
+    probs = table[[f"prob_{g}" for g in GRADES]].to_numpy()
+    score = expected_grade(probs)
+    assert len(table) and (np.abs(score - np.rint(score)) <= 0.3 + 1e-9).all()
+    assert list(table["label"]) == list(np.rint(score).astype(int))
+    with_pseudo = cfg.model_copy(update={"data": cfg.data.model_copy(update={"pseudo": str(path)})})
+    train, val, _ = fold_tables(with_pseudo, 1)
+    pseudo = train["pseudo"].to_numpy(bool)
+    assert pseudo.sum() == len(table) and not set(val["id"]) & set(train.loc[pseudo, "id"])
+    assert (train.loc[pseudo, "target"].to_numpy() == table["label"].to_numpy()).all()
+    with pytest.raises(UserError, match="drop --soft"):
+        make_pseudo(cfg, name, ["identity"], "equal", None, None, True, 1, tmp_path / "s.csv")
+    with pytest.raises(UserError, match="loss.distill_from"):
+        _cfg(cfg.data.dir, tmp_path, f"loss.distill_from={name[0]}")
+
+
+def test_averaged_checkpoints_of_a_regression_head_are_validated_as_grades(trained):
+    from src.training.averaged_experiment import average_experiment
+
+    cfg, _ = trained
+    report = average_experiment(cfg, str(cfg.experiment.name), top=2)
+    _, y, probs = _oof(cfg, f"{cfg.experiment.name}_top2")
+    assert ((probs > 1e-9).sum(1) <= 2).all()
+    assert report["oof"]["qwk"] == pytest.approx(_qwk(y, probs.argmax(1)))
