@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +32,14 @@ def _parse_tta(tta: list[str] | None, default: list[str]) -> tuple[list[str], bo
     return parse_views(default if tta is None else (tta or ["identity"])), False
 
 
-def _stacked_cv(cfg: Config, stack: str, blend, n_classes: int) -> float:
-    stacked = nested_oof(stack, stack_features(blend.per), blend.y, blend.folds, n_classes, cfg.experiment.seed)
+def _stacked(cfg: Config, stack: str, blend, task: Task):
+    """The OOF report with the stacker's nested OOF probabilities in place of the blend's, scored."""
+    stacked = nested_oof(stack, stack_features(blend.per), blend.y, blend.folds, len(task.classes),
+                         cfg.experiment.seed, task)
     cv = compute_metric(cfg.metric.name, blend.y, stacked)
     print(f"stacker {stack} (nested over {len(np.unique(blend.folds))} folds): OOF {cfg.metric.name} "
           f"{cv:.4f} against the blend's {blend.score:.4f}")
-    return cv
+    return replace(blend, probs=stacked, score=cv)
 
 
 def _grade_thresholds(cfg: Config, blend, classes: list[str]) -> tuple[np.ndarray, float]:
@@ -95,6 +98,19 @@ def blend_thresholds(cfg: Config, members: list, views: list[str], weights, voti
     return blend.weights, [float(x) for x in _fitted_thresholds(cfg, blend, members[0].task)[0]]
 
 
+def _checked_members(cfg: Config, names: list[str], weights, voting: str, report: bool, thresholds) -> list:
+    """The members, once the weights, the metric and the thresholds are known to fit them (before any prediction)."""
+    members = open_members(cfg, names)
+    if isinstance(weights, list):
+        resolve_weights(weights, members, [], np.zeros(0), cfg.metric.name, voting)
+    task = members[0].task
+    check_metric_fits(cfg.metric.name, len(task.classes), task.kind)
+    if task.decides_by_threshold and not report and thresholds is None:
+        raise UserError(f"a {task.kind} blend needs thresholds fitted on the OOF report (or given, in a Kaggle "
+                        "kernel); keep the report on")
+    return members
+
+
 def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None = None,
         weights: str | list[float] | None = None, voting: str | None = None, out: str | Path | None = None,
         fmt: str | None = None, report: bool = True, cache: bool = True, stack: str | None = None,
@@ -131,14 +147,8 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
     check_out_path(out, cfg.data.dir)
     rt = Runtime.from_cfg(cfg.runtime)
     test, sample = load_test_table(cfg.data)
-    members = open_members(cfg, names)
-    if isinstance(weights, list):
-        resolve_weights(weights, members, [], np.zeros(0), cfg.metric.name, voting)  # checked before any prediction
+    members = _checked_members(cfg, names, weights, voting, report, thresholds)
     classes, task = members[0].classes, members[0].task
-    check_metric_fits(cfg.metric.name, len(classes), task.kind)
-    if task.decides_by_threshold and (stack or (not report and thresholds is None)):
-        raise UserError(f"a {task.kind} blend needs thresholds fitted on the OOF report (or given, in a Kaggle "
-                        "kernel) and no stacker; drop --stack and keep the report on")
     thresholds = None if thresholds is None else np.asarray(thresholds, dtype=np.float64)
 
     # 1) OOF report: views chosen on OOF (auto), each member and the blend without and with TTA, the stacker
@@ -148,11 +158,10 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
             choice = choose_views(cfg, members, views, weights, voting, rt)
             views = choice.views
         blend = oof_blend(cfg, members, views, weights, voting, rt)
-        w, cv = blend.weights, blend.score
-        if stack:
-            cv = _stacked_cv(cfg, stack, blend, len(classes))
+        fitted = _stacked(cfg, stack, blend, task) if stack else blend  # what the thresholds are fitted on
+        w, cv = blend.weights, fitted.score
         if task.decides_by_threshold:
-            thresholds, cv = _fitted_thresholds(cfg, blend, task)
+            thresholds, cv = _fitted_thresholds(cfg, fitted, task)
     else:
         w = resolve_weights(weights, members, [], np.zeros(0), cfg.metric.name, voting)
 
@@ -161,7 +170,7 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
     member_probs = [member_test(m, test, views, rt, cfg.loader, voting, cache) for m in members]
     features = [as_logits(p, task) for p in member_probs]
     probs = (fit_predict_test(stack, stack_features(blend.per), blend.y, stack_features(features), len(classes),
-                              cfg.experiment.seed) if stack
+                              cfg.experiment.seed, task) if stack
              else combine(np.stack(features), across_members(voting), w, task))
     computed, cached = sum(m.computed for m in members), sum(m.cached for m in members)
     print(f"predictions (fold x view x split): {computed} computed, {cached} read from outputs/<member>/preds/")

@@ -4,15 +4,21 @@ The members' OOF predictions are out-of-fold already; the stacker is cross-fitte
 folds (nested): the prediction for a row of fold k comes from a stacker fitted on the other
 folds' rows only, so its OOF score is never fitted and scored on the same rows. For the test
 set one stacker is fitted on every OOF row.
+
+Multi-label tasks stack one classifier per label (scikit-learn's OneVsRestClassifier) over every
+member's log-odds of every label; ordinal tasks stack the members' grade scores, and the stacker's
+expected grade is the stacked score (src.core.task), so thresholds between grades apply after it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
+from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from src.core.task import Task, expected_grade, grade_probs
 from src.core.utils import UserError
 
 STACKERS = ("logreg",)
@@ -36,9 +42,14 @@ def stack_features(per: list[np.ndarray]) -> np.ndarray:
 
 
 def _fit_predict(name: str, x_fit: np.ndarray, y_fit: np.ndarray, x_pred: np.ndarray, n_classes: int,
-                 seed: int) -> np.ndarray:
+                 seed: int, task: Task | None = None) -> np.ndarray:
     """Fit on (x_fit, y_fit), return probabilities (M, n_classes) for x_pred; classes absent from
-    y_fit get probability 0."""
+    y_fit get probability 0. A 0/1 `y_fit` (N, L) is fitted one label at a time; an ordinal
+    task's probabilities become the grade distribution of their expected grade."""
+    if y_fit.ndim == 2:
+        return OneVsRestClassifier(make_stacker(name, seed)).fit(x_fit, y_fit).predict_proba(x_pred)
+    if task is not None and task.ordinal:
+        return grade_probs(expected_grade(_fit_predict(name, x_fit, y_fit, x_pred, n_classes, seed)), n_classes)
     present = np.unique(y_fit)
     out = np.zeros((len(x_pred), n_classes))
     if len(present) == 1:  # a one-class fit: that class, surely
@@ -49,8 +60,8 @@ def _fit_predict(name: str, x_fit: np.ndarray, y_fit: np.ndarray, x_pred: np.nda
     return out
 
 
-def nested_oof(name: str, x: np.ndarray, y: np.ndarray, folds: np.ndarray, n_classes: int, seed: int = 0
-               ) -> np.ndarray:
+def nested_oof(name: str, x: np.ndarray, y: np.ndarray, folds: np.ndarray, n_classes: int, seed: int = 0,
+               task: Task | None = None) -> np.ndarray:
     """The stacker's OOF probabilities (N, n_classes): rows of fold k predicted by a stacker fitted
     on the rows of every other fold."""
     ks = np.unique(folds)
@@ -59,11 +70,11 @@ def nested_oof(name: str, x: np.ndarray, y: np.ndarray, folds: np.ndarray, n_cla
     out = np.zeros((len(y), n_classes))
     for k in ks:
         held = folds == k
-        out[held] = _fit_predict(name, x[~held], y[~held], x[held], n_classes, seed)
+        out[held] = _fit_predict(name, x[~held], y[~held], x[held], n_classes, seed, task)
     return out
 
 
-def fit_predict_test(name: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, n_classes: int, seed: int = 0
-                     ) -> np.ndarray:
+def fit_predict_test(name: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, n_classes: int, seed: int = 0,
+                     task: Task | None = None) -> np.ndarray:
     """Test probabilities (M, n_classes) of a stacker fitted on every OOF row."""
-    return _fit_predict(name, x, y, x_test, n_classes, seed)
+    return _fit_predict(name, x, y, x_test, n_classes, seed, task)

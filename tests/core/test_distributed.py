@@ -197,3 +197,33 @@ def test_ddp_ensemble_writes_the_single_process_submission(runs, demo_dir, overr
     assert sorted(p.name for p in preds_ddp.glob("*.npy")) == cached
     for name in cached:
         assert np.array_equal(np.load(preds_ddp / name), np.load(preds_one / name)), name
+
+
+# ---------------------------------------------------------------- every task under torchrun
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["multilabel", "ordinal"])
+def test_ddp_trains_multilabel_and_ordinal_folds_as_one_process_does(kind, tmp_path):
+    """Multi-hot targets (N, L) and a regression head's one-column outputs gathered across 2
+    processes x 16: the OOF predictions and losses of 1 process x 32, to float tolerance (RUN freezes
+    the backbone, so no BatchNorm statistic depends on the per-process batch)."""
+    from src.demo import build_multilabel_demo, build_ordinal_demo
+
+    build = build_multilabel_demo if kind == "multilabel" else build_ordinal_demo
+    comp = build(tmp_path / f"digits_{kind}", n_train=160, n_test=8)
+    config = REPO / "configs" / f"demo_{kind}.yaml"
+    ov = [*RUN, "train.limit_batches=null", "data.n_folds=2", f"data.dir={comp}", "wandb.mode=disabled",
+          "sched.name=none"]
+    train.run(load_config(config, [*ov, f"experiment.output_dir={tmp_path / 'one'}", "loader.batch_size=32"]), 0)
+    _torchrun(["-m", "src.train", "--config", str(config), "--fold", "0", *ov,
+               f"experiment.output_dir={tmp_path / 'ddp'}"], tmp_path)
+    name = f"demo_{kind}"
+    one, ddp = (pd.read_csv(fold_paths(tmp_path / d / name, 0).oof, dtype={"id": str, "label": str},
+                            keep_default_na=False) for d in ("one", "ddp"))
+    assert ddp["id"].tolist() == one["id"].tolist() and ddp["label"].tolist() == one["label"].tolist()
+    probs = [c for c in one.columns if c.startswith("prob_")]
+    np.testing.assert_allclose(ddp[probs].to_numpy(), one[probs].to_numpy(), atol=1e-4)
+    h1, h2 = (pd.read_csv(fold_paths(tmp_path / d / name, 0).history) for d in ("one", "ddp"))
+    np.testing.assert_allclose(h2["train_loss"], h1["train_loss"], rtol=1e-4)
+    np.testing.assert_allclose(h2["val_loss"], h1["val_loss"], rtol=1e-4)

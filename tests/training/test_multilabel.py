@@ -342,3 +342,25 @@ def test_tags_no_training_image_has_are_refused_in_the_sample_and_the_solution(t
     solution.to_csv(other / "solution.csv", index=False)
     with pytest.raises(UserError, match="solution holds tags \\['haze'\\]"):
         score_submission(comp / "solution.csv", other / "solution.csv", trained)
+
+
+def test_a_stacker_per_label_is_scored_nested_and_its_thresholds_fitted_on_its_own_oof(trained, tmp_path, capsys):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    out = pipeline.run(trained, [str(trained.experiment.name)], ["identity"], "equal", "soft", tmp_path / "st.csv",
+                       None, stack="logreg")
+    printed = capsys.readouterr().out
+    member = open_members(trained, [str(trained.experiment.name)])[0]
+    table, logodds = member_oof(member, None, Runtime.from_cfg(trained.runtime), trained.loader)
+    y, folds = Task("multilabel", tuple(DIGITS)).targets(table["label"]), table["fold"].to_numpy()
+    nested = np.zeros(y.shape)
+    for k in (0, 1):
+        clf = OneVsRestClassifier(make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=42)))
+        nested[folds == k] = clf.fit(logodds[folds != k], y[folds != k]).predict_proba(logodds[folds == k])
+    th = _thresholds(tmp_path / "st_thresholds.json")
+    written = float(printed.split("of what is written: ")[1].split()[0])
+    assert written == pytest.approx(f1_score(y, nested >= th, average="macro", zero_division=0), abs=5e-5)
+    assert "stacker logreg (nested over 2 folds)" in printed and out.is_file()

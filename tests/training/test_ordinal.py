@@ -273,3 +273,25 @@ def test_averaged_checkpoints_of_a_regression_head_are_validated_as_grades(train
     _, y, probs = _oof(cfg, f"{cfg.experiment.name}_top2")
     assert ((probs > 1e-9).sum(1) <= 2).all()
     assert report["oof"]["qwk"] == pytest.approx(_qwk(y, probs.argmax(1)))
+
+
+def test_a_stacker_over_grade_scores_is_scored_nested_with_thresholds_fitted_after_it(trained, tmp_path, capsys):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    cfg, _ = trained
+    pipeline.run(cfg, [str(cfg.experiment.name)], ["identity"], "equal", "soft", tmp_path / "st.csv", None,
+                 stack="logreg")
+    printed = capsys.readouterr().out
+    member = open_members(cfg, [str(cfg.experiment.name)])[0]
+    table, scores = member_oof(member, None, Runtime.from_cfg(cfg.runtime), cfg.loader)
+    y, folds = table["label"].astype(int).to_numpy(), table["fold"].to_numpy()
+    nested = np.zeros(len(y))
+    for k in (0, 1):
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=42))
+        clf.fit(scores[folds != k], y[folds != k])
+        nested[folds == k] = clf.predict_proba(scores[folds == k]) @ clf.classes_
+    th = np.array(list(json.loads((tmp_path / "st_thresholds.json").read_text()).values()))
+    written = float(printed.split("of what is written: ")[1].split()[0])
+    assert written == pytest.approx(_qwk(y, np.digitize(nested, th)), abs=5e-5)
