@@ -139,7 +139,7 @@ def test_mixup_and_cutmix_mix_the_multi_hot_targets(comp, tmp_path):
 def trained(comp, tmp_path_factory):
     """Both folds of the multi-label demo, a few real steps each."""
     out = tmp_path_factory.mktemp("ml_trained")
-    cfg = _cfg(comp, out, *TINY, "train.epochs=2", "train.limit_batches=null", "data.n_folds=2")
+    cfg = _cfg(comp, out, *TINY, "train.epochs=2", "train.limit_batches=null", "data.n_folds=2", "train.keep_top=2")
     for k in (0, 1):
         train_fold(cfg, k)
     return cfg
@@ -364,3 +364,14 @@ def test_a_stacker_per_label_is_scored_nested_and_its_thresholds_fitted_on_its_o
     written = float(printed.split("of what is written: ")[1].split()[0])
     assert written == pytest.approx(f1_score(y, nested >= th, average="macro", zero_division=0), abs=5e-5)
     assert "stacker logreg (nested over 2 folds)" in printed and out.is_file()
+
+
+def test_averaged_checkpoints_are_validated_with_a_sigmoid_per_label(trained):
+    from src.training.averaged_experiment import average_experiment
+
+    report = average_experiment(trained, str(trained.experiment.name), top=2)
+    averaged = trained.model_copy(update={"experiment": trained.experiment.model_copy(
+        update={"name": f"{trained.experiment.name}_top2"})})
+    oof, y, probs = _oof(averaged)
+    assert "target" not in oof and not np.allclose(probs.sum(1), 1.0)
+    assert report["oof"]["f1_macro"] == pytest.approx(f1_score(y, probs >= 0.5, average="macro", zero_division=0))
