@@ -159,7 +159,7 @@ def fold_logits(m: Member, jobs: dict[int, pd.DataFrame], split: str, views: lis
         for v in views:
             paths[k, v] = preds_path(m.exp_dir, k, split, v, preds_key(m.sha(k), split, v, imgs[k], rt.amp_name))
             cached = load_preds(paths[k, v]) if cache else None
-            if cached is not None and cached.shape == (len(df), len(m.classes)):
+            if cached is not None and cached.shape == (len(df), m.task.n_outputs):
                 out[k][v] = cached
     hits = distributed.common({(k, v) for k in out for v in out[k]})  # under torchrun all ranks plan the same passes
     for k in jobs:

@@ -183,6 +183,8 @@ def test_grade_thresholds_never_see_the_test_images(trained, comp, tmp_path, cap
     for p in (comp / "test").iterdir():
         Image.open(p).transpose(Image.Transpose.ROTATE_90).save(other / "test" / p.name)
     _blend(cfg, tmp_path / "a.csv", capsys)
+    _, again = _blend(cfg, tmp_path / "a2.csv", capsys)
+    assert "0 computed" in again  # the regression head's (N, 1) predictions are read back from the cache
     _blend(cfg.model_copy(update={"data": cfg.data.model_copy(update={"dir": str(other)})}), tmp_path / "b.csv", capsys)
     assert (tmp_path / "a_probs.csv").read_bytes() != (tmp_path / "b_probs.csv").read_bytes()
     assert (tmp_path / "a_thresholds.json").read_text() == (tmp_path / "b_thresholds.json").read_text()
