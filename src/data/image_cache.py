@@ -2,9 +2,10 @@
 
 An entry is the image exactly as the transform's first step (a resize to a square side) would
 make it from the decoded file, stored as a uint8 .npy under `<cache_dir>/<side>px/`. Its name is
-the sha1 of the file's path, size, modification time (in ns) and the side, so an edited file
-gets a new entry, and every fold, epoch, Optuna trial, TTA pass and ensemble member with the same
-side shares the old one. Entries are written to a temporary file and renamed into place, so two
+the sha1 of the file's bytes (images.content_sha1) and the side, so a changed file gets a new entry
+whatever its path, size and times, and every fold, epoch, Optuna trial, TTA pass and ensemble
+member with the same side shares one. The entry ends with the sha1 of its name and pixels: an entry
+damaged, or replaced by another image's, fails that check and is built again. Entries are written to a temporary file and renamed into place, so two
 processes filling the cache at once (two folds, two tuning workers) each see either no entry or a
 complete one. Since the transform's resize of an image already at its side is a no-op, a cached
 image goes through the rest of the pipeline exactly as a freshly decoded one.
@@ -26,9 +27,10 @@ from albumentations.augmentations.geometric.functional import resize
 from src.core.config import AugCfg, Config
 from src.core.progress import progress
 from src.core.utils import UserError, atomic_save_npy
-from src.data.images import read_image
+from src.data.images import content_sha1, read_image
 
-CACHE_VERSION = 1  # bump when read_image or the resize changes what an entry holds
+CACHE_VERSION = 2  # bump when read_image or the resize changes what an entry holds (2: content keys, sealed entries)
+SEAL = 20  # bytes of sha1 that end an entry: of its key and its pixels
 
 
 def transform_side(aug: AugCfg, train: bool) -> int:
@@ -48,34 +50,40 @@ class ImageCache:
         self.dir = Path(root) / f"{self.side}px"
 
     def entry(self, path: str) -> Path:
-        p = str(path)  # as the table gives it (relative paths stay valid in a copied project, as the image check's)
-        try:
-            st = os.stat(p)
-        except OSError as e:
-            raise UserError(f"cannot read image {path} ({e.strerror}); replace or remove the file") from None
-        key = hashlib.sha1(f"{CACHE_VERSION}\0{p}\0{st.st_size}\0{st.st_mtime_ns}\0{self.side}".encode()).hexdigest()
+        key = hashlib.sha1(f"{CACHE_VERSION}\0{content_sha1(path)}\0{self.side}".encode()).hexdigest()
         return self.dir / key[:2] / f"{key}.npy"
+
+    def _seal(self, entry: Path, pixels: np.ndarray) -> np.ndarray:
+        return np.frombuffer(hashlib.sha1(entry.stem.encode() + pixels.tobytes()).digest(), dtype=np.uint8)
 
     def build(self, path: str, entry: Path | None = None, into: Path | None = None) -> np.ndarray:
         """Decode and resize `path`, store it (under `into`, a staging folder, when given), return
         it; UserError naming the file when it cannot be decoded."""
         entry = entry or self.entry(path)
-        if into is not None:
-            entry = into / entry.relative_to(self.dir)
         img = np.ascontiguousarray(resize(read_image(path), (self.side, self.side), cv2.INTER_LINEAR))
-        atomic_save_npy(entry, img)  # readers see no entry or a whole one
+        flat = img.reshape(-1)
+        target = entry if into is None else into / entry.relative_to(self.dir)
+        atomic_save_npy(target, np.concatenate([flat, self._seal(entry, flat)]))  # readers see no entry or a whole one
         return img
 
-    def load(self, path: str) -> np.ndarray:
-        """The cached image of `path` (HxWx3 uint8 at the cache's side), built first when missing."""
+    def read(self, path: str) -> np.ndarray | None:
+        """The entry of `path` when it is there and whole (its seal matches its name and pixels), else None."""
         entry = self.entry(path)
         try:
-            img = np.load(entry, allow_pickle=False)
+            stored = np.load(entry, allow_pickle=False)
         except (OSError, ValueError, EOFError):  # missing, or damaged by something outside this code
-            img = None  # (a full disk, a manual edit): built again below
-        if img is not None and img.shape == (self.side, self.side, 3) and img.dtype == np.uint8:
-            return img
-        return self.build(path, entry)
+            return None  # (a full disk, a manual edit)
+        n = self.side * self.side * 3
+        if stored.shape != (n + SEAL,) or stored.dtype != np.uint8:
+            return None
+        flat = stored[:n]
+        return flat.reshape(self.side, self.side, 3) if np.array_equal(stored[n:], self._seal(entry, flat)) else None
+
+    def load(self, path: str) -> np.ndarray:
+        """The cached image of `path` (HxWx3 uint8 at the cache's side), built first when missing
+        or when the entry's seal does not match its name and pixels."""
+        img = self.read(path)
+        return img if img is not None else self.build(path)
 
     def missing(self, paths: list[str]) -> list[str]:
         return [p for p in paths if not self.entry(p).is_file()]

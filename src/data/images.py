@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -10,6 +12,28 @@ from PIL import Image, ImageOps
 
 from src.core.progress import progress
 from src.core.utils import UserError
+
+_DIGESTS: dict[tuple, str] = {}  # (path, device, inode, size, mtime, ctime) -> sha1 of the bytes, this process only
+
+
+def content_sha1(path: str | Path) -> str:
+    """The sha1 of a file's bytes: what the image and prediction caches key an image on, so a
+    replaced image is never served from them whatever metadata the replacement keeps. Read once
+    per process: the digest is remembered under the file's full status (inode and change time
+    included, which no replacement keeps), so an epoch or a TTA pass does not read the file again."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise UserError(f"cannot read image {path} ({e.strerror}); replace or remove the file") from None
+    key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    digest = _DIGESTS.get(key)
+    if digest is None:
+        h = hashlib.sha1()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        digest = _DIGESTS[key] = h.hexdigest()
+    return digest
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from src.core.utils import UserError, atomic_save, atomic_save_npy, atomic_write_text
+from src.data.images import content_sha1
 from src.data.tables import prob_columns
 
 
@@ -189,22 +190,21 @@ def preds_path(exp_dir: Path, fold: int, split: str, view: str, key: str) -> Pat
 
 
 def images_key(ids, paths) -> str:
-    """Fingerprint of an ordered set of images: ids, files, sizes and modification times."""
+    """Fingerprint of an ordered set of images: ids and the sha1 of each file's bytes."""
     h = hashlib.sha1()
     for i, p in zip(ids, paths):
-        st = os.stat(p)
-        h.update(f"{i}\0{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(f"{i}\0{content_sha1(p)}\n".encode())
     return h.hexdigest()
 
 
 # Bumped when the code that turns a checkpoint and images into logits (transforms, views, the
 # inference loop) changes what it computes, so caches from before are not reused.
-PREDS_VERSION = 2  # 2: uint8 batches normalised on the device
+PREDS_VERSION = 3  # 2: uint8 batches normalised on the device; 3: images keyed on their bytes
 
 
 def preds_key(ckpt_sha1: str, split: str, view: str, images: str, amp: str) -> str:
-    """What a cached prediction depends on: the checkpoint's bytes, the images (ids, files, sizes,
-    modification times), the view and the numeric precision."""
+    """What a cached prediction depends on: the checkpoint's bytes, the images (ids and the bytes
+    of their files), the view and the numeric precision."""
     return hashlib.sha1(f"{PREDS_VERSION}\0{ckpt_sha1}\0{split}\0{view}\0{images}\0{amp}".encode()).hexdigest()
 
 

@@ -1,8 +1,7 @@
 """Ensemble members: an experiment's finished folds and their predictions per fold and TTA view.
 
 Predictions are cached as logits in outputs/<experiment>/preds/fold<k>/, keyed by the bytes of
-the fold's best.pt, the images (ids, files, sizes, modification times), the view and the
-precision. A model is built only for the (fold, view) pairs the cache lacks, so re-blending with
+the fold's best.pt, the images (ids and the bytes of their files), the view and the precision. A model is built only for the (fold, view) pairs the cache lacks, so re-blending with
 other weights, voting or formats needs no model at all.
 """
 

@@ -83,6 +83,33 @@ def test_cache_follows_an_edited_file(tmp_path: Path):
     np.testing.assert_array_equal(cache.load(paths[1]), ImageCache(tmp_path / "fresh", 16).load(paths[1]))
 
 
+def test_a_replacement_that_keeps_size_and_times_is_never_served_stale(tmp_path: Path):
+    """Another image's bytes of the same size, with the old modification time restored (touch -r):
+    the entry follows the content. An entry swapped for another image's entry, or with one pixel
+    changed, fails its seal and is built again."""
+    paths = _photos(tmp_path / "img", 3)
+    a, b = Path(tmp_path / "img" / "a.png"), Path(tmp_path / "img" / "twin.png")
+    Image.fromarray(np.full((40, 30, 3), 17, np.uint8)).save(a)
+    Image.fromarray(np.full((40, 30, 3), 230, np.uint8)).save(b)
+    assert a.stat().st_size == b.stat().st_size  # flat images of one size compress alike
+    cache = ImageCache(tmp_path / "cache", 16)
+    assert (cache.load(str(a)) == 17).all()
+    times = a.stat()
+    a.write_bytes(b.read_bytes())
+    os.utime(a, ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert a.stat().st_size == times.st_size and a.stat().st_mtime_ns == times.st_mtime_ns
+    assert (cache.load(str(a)) == 230).all()  # the new content, not the entry of the old
+    x, y = paths[1], paths[2]
+    truth_x = cache.load(x).copy()
+    cache.load(y)
+    cache.entry(x).write_bytes(cache.entry(y).read_bytes())  # another image's whole, valid entry
+    np.testing.assert_array_equal(cache.load(x), truth_x)
+    raw = bytearray(cache.entry(x).read_bytes())
+    raw[-30] ^= 0xFF  # one pixel byte, the .npy still well formed
+    cache.entry(x).write_bytes(bytes(raw))
+    np.testing.assert_array_equal(cache.load(x), truth_x)
+
+
 def _fill(root: str, paths: list[str], side: int) -> None:
     ImageCache(root, side).fill(paths, workers=2)
 
@@ -102,7 +129,7 @@ def test_concurrent_writers_leave_complete_entries(tmp_path: Path):
     assert cache.missing(paths) == []
     reference = ImageCache(tmp_path / "ref", 20)
     for p in paths:
-        np.testing.assert_array_equal(np.load(cache.entry(p)), reference.load(p))
+        np.testing.assert_array_equal(cache.read(p), reference.load(p))  # None for a missing or broken entry
     assert [f for f in (tmp_path / "cache").rglob("*") if f.is_file() and f.suffix != ".npy"] == []
 
 

@@ -107,3 +107,33 @@ def test_plain_run_uses_the_configured_views_and_no_tta_turns_them_off(demo_dir,
     assert (tmp_path / "submissions" / "a.csv").is_file()
     run_cli(ensemble.main, [*args, "--tta", "vflip"])
     assert "x 1 views" in capsys.readouterr().out
+
+
+def test_a_replaced_test_image_is_predicted_anew_whatever_times_it_keeps(demo_cfg, demo_dir, outputs, tmp_path,
+                                                                          capsys):
+    """Another test image's file of the same byte size over digit A, its modification time restored
+    (touch -r): neither cache serves A's old prediction; A now scores exactly as that image does."""
+    import os
+
+    comp = shutil.copytree(demo_dir, tmp_path / "comp" / demo_dir.name)
+    by_size: dict[int, list[Path]] = {}
+    for p in sorted((comp / "test").glob("*.png")):
+        by_size.setdefault(p.stat().st_size, []).append(p)
+    a, b = next(v for v in by_size.values() if len(v) >= 2)[:2]
+    cfg = _cfg(demo_cfg, comp, outputs, "data.cache=true")
+    out = pipeline.run(cfg, ["a"], ["identity"], "equal", "soft", tmp_path / "before.csv")
+    capsys.readouterr()
+    probs = lambda path: np.loadtxt(path.with_name(path.stem + "_probs.csv"), delimiter=",", skiprows=1,  # noqa: E731
+                                    usecols=range(1, 11), dtype=np.float64)
+    names = [line.split(",")[0] for line in out.read_text().splitlines()[1:]]
+    ia, ib = names.index(a.stem), names.index(b.stem)
+    before = probs(out)
+    assert not np.allclose(before[ia], before[ib])
+    times = a.stat()
+    a.write_bytes(b.read_bytes())
+    os.utime(a, ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert (a.stat().st_size, a.stat().st_mtime_ns) == (times.st_size, times.st_mtime_ns)
+    after = probs(pipeline.run(cfg, ["a"], ["identity"], "equal", "soft", tmp_path / "after.csv"))
+    assert "2 computed" in capsys.readouterr().out  # the test split of both folds again; the OOF split is cached
+    np.testing.assert_allclose(after[ia], after[ib], atol=1e-7)
+    np.testing.assert_allclose(np.delete(after, ia, 0), np.delete(before, ia, 0), atol=1e-7)
