@@ -15,6 +15,13 @@ from src.core.utils import UserError
 from src.data.tables import load_test_table, prob_columns
 
 
+def pseudo_digest(table: bytes, meta: bytes) -> str:
+    """The 8 hex digits a pseudo-label table's name ends with: the sha1 of the table's bytes and
+    its .json's (which says whether its targets are soft), so anything that changes what training
+    does changes the name, and an edit of either file no longer matches it."""
+    return hashlib.sha1(table + b"\0" + meta).hexdigest()[:8]
+
+
 def read_pseudo(path: str | Path, cfg: Config, classes: list[str]) -> tuple[pd.DataFrame, bool]:
     """(pseudo rows with id, label, path, target, and prob_<class> columns; soft?) for training."""
     path = Path(path)
@@ -22,10 +29,10 @@ def read_pseudo(path: str | Path, cfg: Config, classes: list[str]) -> tuple[pd.D
     if not path.is_file() or not meta_path.is_file():
         raise UserError(f"data.pseudo={path}: no such pseudo-label table (with its .json); write it with "
                         "python -m src.pseudo --experiments ...")
-    tag, sha = path.stem.rsplit("_", 1)[-1], hashlib.sha1(path.read_bytes()).hexdigest()[:8]
+    tag, sha = path.stem.rsplit("_", 1)[-1], pseudo_digest(path.read_bytes(), meta_path.read_bytes())
     if tag != sha:
-        raise UserError(f"data.pseudo={path} does not hold the table its name records (sha1 {sha}, name {tag}): it "
-                        "was edited or not written by src.pseudo; write a new one with python -m src.pseudo")
+        raise UserError(f"data.pseudo={path} and its .json do not hold what its name records (sha1 {sha}, name "
+                        f"{tag}): one was edited or not written by src.pseudo; write a new one with python -m src.pseudo")
     meta = json.loads(meta_path.read_text())
     if meta.get("classes") != classes:
         raise UserError(f"data.pseudo={path} was made for the classes {meta.get('classes')[:5]}..., not this "

@@ -1,10 +1,12 @@
 """Pseudo-labels: a table of test images labelled by the blended test predictions, and the rows it
 adds to training. `python -m src.pseudo` writes the table; `data.pseudo=<table>` trains with it.
 
-    outputs/pseudo/<members>_r<round>_<sha8>.csv   (sha8: the first 8 hex digits of its content's sha1)
+    outputs/pseudo/<members>_r<round>_<sha8>.csv   (sha8: 8 hex digits of the sha1 of it and its .json)
       id, label, confidence, round, prob_<class> ... (the blend's probabilities; used with --soft)
+    outputs/pseudo/<members>_r<round>_<sha8>.json  how it was made, and whether its targets are soft
 
-The name records the content, and training checks it: folds trained on two different tables have
+The name records the content of both files (a hard and a soft table of the same rows get two
+names), and training checks it: folds trained on two different tables have
 two different `data.pseudo` values, so the usual checks refuse to mix them in one experiment or
 to resume across them, and a table edited after it was written stops the run.
 
@@ -20,7 +22,6 @@ training part of every fold and never a validation part: OOF stays scored on rea
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from src.core.runtime import Runtime
 from src.core.task import Task
 from src.core.utils import UserError, atomic_write_text
 from src.core.views import parse_views
+from src.data.pseudo_rows import pseudo_digest
 from src.data.tables import load_test_table, prob_columns
 from src.evaluation.blending import as_logits, combine
 from src.runs.members import across_members, member_test, oof_report, open_members, resolve_weights
@@ -99,12 +101,13 @@ def make_pseudo(cfg: Config, names: list[str], views: list[str] | None, weights,
     if table.empty:
         raise UserError(f"no test image reaches confidence {threshold}; lower --threshold; nothing was written")
     text = table.to_csv(index=False)
-    out = out.with_name(f"{out.stem}_{hashlib.sha1(text.encode()).hexdigest()[:8]}.csv")
-    atomic_write_text(out, text)
     meta = {"members": names, "views": views, "voting": voting, "weights": [float(x) for x in w], "soft": soft,
             "threshold": threshold, "round": round_, "classes": members[0].classes, "rows": len(table),
             "test_rows": len(test), "data_dir": cfg.data.dir}
-    atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=2))
+    meta_text = json.dumps(meta, indent=2)
+    out = out.with_name(f"{out.stem}_{pseudo_digest(text.encode(), meta_text.encode())}.csv")
+    atomic_write_text(out.with_suffix(".json"), meta_text)
+    atomic_write_text(out, text)
     dist = pd.Series([t for lab in table["label"] for t in task.tags(lab)]).value_counts().reindex(
         members[0].classes, fill_value=0)
     print(f"wrote {out}: {len(table)} of {len(test)} test images (confidence >= {threshold:g}, "

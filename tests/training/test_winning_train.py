@@ -6,8 +6,7 @@ blended test predictions make the pseudo-labels and its OOF predictions the soft
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,6 +17,7 @@ import src.pseudo as pseudo_cli
 from src.core.runtime import Runtime
 from src.core.utils import UserError
 from src.data.folds import fold_tables
+from src.data.pseudo_rows import pseudo_digest
 from src.data.tables import prob_columns
 from src.ensembling.pseudo_labels import make_pseudo
 from src.evaluation.metrics import softmax
@@ -95,9 +95,10 @@ def test_training_with_pseudo_labels_scores_oof_on_real_labels_only(world, capsy
 def test_a_pseudo_table_of_another_competition_is_refused(world, tmp_path):
     table = pd.read_csv(world.hard, dtype={"id": str})
     text = table.assign(id="nope_" + table["id"]).to_csv(index=False)
-    bad = tmp_path / f"bad_{hashlib.sha1(text.encode()).hexdigest()[:8]}.csv"  # named as src.pseudo names tables
+    meta = world.hard.with_suffix(".json").read_bytes()
+    bad = tmp_path / f"bad_{pseudo_digest(text.encode(), meta)}.csv"  # named as src.pseudo names tables
     bad.write_text(text)
-    Path(bad.with_suffix(".json")).write_text(world.hard.with_suffix(".json").read_text())
+    bad.with_suffix(".json").write_bytes(meta)
     with pytest.raises(UserError, match="not test images"):
         fold_tables(world.make(f"data.pseudo={bad}"), 0)
 
@@ -106,12 +107,32 @@ def test_a_pseudo_table_is_named_by_its_content_and_an_edit_is_refused(world, tm
     """Two different tables never share a data.pseudo value (so mixed folds and resumes across them
     are refused by the usual config checks), and a table edited after src.pseudo wrote it stops."""
     assert world.hard.name.startswith("hard_") and world.soft.name.startswith("soft_")
-    assert world.hard.stem.rsplit("_", 1)[1] == hashlib.sha1(world.hard.read_bytes()).hexdigest()[:8]
+    meta = world.hard.with_suffix(".json").read_bytes()
+    assert world.hard.stem.rsplit("_", 1)[1] == pseudo_digest(world.hard.read_bytes(), meta)
     edited = tmp_path / world.hard.name
     edited.write_text(world.hard.read_text().replace(",1.0,", ",0.99,", 1) + "\n")
-    Path(edited.with_suffix(".json")).write_text(world.hard.with_suffix(".json").read_text())
+    edited.with_suffix(".json").write_bytes(meta)
     with pytest.raises(UserError, match="was edited"):
         fold_tables(world.make(f"data.pseudo={edited}"), 0)
+
+
+def test_hard_and_soft_tables_of_the_same_rows_get_two_names_and_an_edited_json_is_refused(world, tmp_path):
+    """At one threshold a hard and a --soft table hold the same CSV bytes; only the .json says which
+    targets they train. Both files are in the name, so neither overwrites the other, and turning a
+    hard table soft by editing its .json stops training."""
+    cfg = world.cfg
+    hard = make_pseudo(cfg, ["t"], ["identity"], "equal", "soft", 0.0, False, 1, tmp_path / "same.csv")
+    soft = make_pseudo(cfg, ["t"], ["identity"], "equal", "soft", 0.0, True, 1, tmp_path / "same.csv")
+    assert hard.read_bytes() == soft.read_bytes() and hard != soft
+    assert json.loads(hard.with_suffix(".json").read_text())["soft"] is False
+    assert json.loads(soft.with_suffix(".json").read_text())["soft"] is True
+    for path, is_soft in ((hard, False), (soft, True)):  # each trains what it says
+        train, _, classes = fold_tables(world.make(f"data.pseudo={path}"), 0)
+        assert bool(train.loc[train["pseudo"], "pseudo_soft"].all()) is is_soft
+    meta = json.loads(hard.with_suffix(".json").read_text())
+    hard.with_suffix(".json").write_text(json.dumps({**meta, "soft": True}, indent=2))
+    with pytest.raises(UserError, match="edited"):
+        fold_tables(world.make(f"data.pseudo={hard}"), 0)
 
 
 # ---------------------------------------------------------------- distillation
