@@ -18,7 +18,7 @@ from src.data.tables import load_test_table
 from src.ensembling.ledger import record_submission
 from src.ensembling.submission import check_out_path, checked_submission, write_submission
 from src.ensembling.view_selection import choose_views
-from src.evaluation.blending import as_logits, combine
+from src.evaluation.blending import as_logits, check_voting, combine
 from src.evaluation.decoding import decide, fit_grade_thresholds, fit_thresholds, score_decisions
 from src.evaluation.metrics import check_metric_fits, compute_metric
 from src.evaluation.stacking import fit_predict_test, nested_oof, stack_features
@@ -100,6 +100,7 @@ def blend_thresholds(cfg: Config, members: list, views: list[str], weights, voti
 
 def _checked_members(cfg: Config, names: list[str], weights, voting: str, report: bool, thresholds) -> list:
     """The members, once the weights, the metric and the thresholds are known to fit them (before any prediction)."""
+    check_voting(voting, cfg.metric.name)
     members = open_members(cfg, names)
     if isinstance(weights, list):
         resolve_weights(weights, members, [], np.zeros(0), cfg.metric.name, voting)

@@ -76,6 +76,14 @@ def combine(logits: np.ndarray, voting: str, weights: np.ndarray | None = None, 
     raise ValueError(voting)
 
 
+def check_voting(voting: str, metric: str) -> None:
+    """One sentence where a voting rule writes something the metric cannot score as intended: rank
+    voting writes rank averages (right for AUC-type metrics), not probabilities for log loss."""
+    if voting == "rank" and metric == "log_loss":
+        raise UserError("ensemble.voting=rank writes per-class rank averages, not probabilities, and metric.name="
+                        "log_loss scores the probabilities themselves; use soft, geometric or logits voting")
+
+
 def log_probs(p: np.ndarray) -> np.ndarray:
     """Log-probabilities, clipped: they stand in for logits (per-row shifts cancel in softmax)."""
     return np.log(np.clip(p, 1e-12, 1.0))

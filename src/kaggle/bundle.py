@@ -24,6 +24,7 @@ from src.core.runtime import Runtime
 from src.core.utils import UserError, atomic_write_text
 from src.data.folds import load_or_create_folds
 from src.ensembling.pipeline import blend_thresholds
+from src.evaluation.blending import check_voting
 from src.kaggle.wheels import download_wheels
 from src.runs.checkpoint import load_checkpoint, save_checkpoint
 from src.runs.layout import file_sha1, fold_paths, fold_record, read_oof, write_done
@@ -179,6 +180,7 @@ def _size(root: Path) -> int:
 def build_bundle(cfg: Config, spec: BundleSpec, weights, out: Path, wheels: bool = True) -> dict:
     """Check the members, fix the weights, and write out/dataset and out/notebook, replacing a
     previous build only once the new one is complete. Returns the manifest and the sizes."""
+    check_voting(spec.voting, cfg.metric.name)
     members = open_members(cfg, spec.members)
     check_competition(cfg, members)
     rt = Runtime.from_cfg(cfg.runtime)

@@ -317,8 +317,9 @@ def oof_blend(cfg: Config, members: list[Member], views: list[str], weights, vot
     w = resolve_weights(weights, members, per_view[-1], y, metric, across)
     blends = [combine(np.stack(per), across, w, task) for per in per_view]
     scores = [compute_metric(metric, y, p) for p in blends]
-    if len(members) > 1:
-        for rv, score in zip(report_views, scores):
+    member_rows = [r[metric] for r in rows]
+    if len(members) > 1 or any(not np.isclose(a, b, rtol=0, atol=5e-5) for a, b in zip(scores, member_rows)):
+        for rv, score in zip(report_views, scores):  # the score of exactly what the voting writes
             rows.append({"member": "blend", "tta": "+".join(rv) if rv else "none", metric: score})
     print("OOF CV (" + metric + "):")
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4f}"))

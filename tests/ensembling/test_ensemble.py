@@ -591,3 +591,22 @@ def test_a_map_at_5_competition_gets_ranked_labels_scored_as_written(world, demo
     scored = score_submission(out, world.demo / "solution.csv", cfg)
     assert scored["map@5"] == pytest.approx(compute_metric("map@5", y, probs[CLASSES].to_numpy()))
     assert scored["accuracy"] == pytest.approx(compute_metric("accuracy", y, probs[CLASSES].to_numpy()))
+
+
+def test_the_printed_blend_score_is_the_score_of_what_the_voting_writes(world, demo_cfg, tmp_path, capsys):
+    """One member under rank voting: its own row scores its probabilities, the blend row the rank
+    averages the submission is made of; rank voting under log loss is refused before anything is written."""
+    cfg = demo_cfg(world.demo, world.out, *ENSEMBLE)
+    pipeline.run(cfg, ["a"], NO_TTA, "equal", "rank", tmp_path / "rank.csv", None)
+    printed = capsys.readouterr().out
+    oof = pd.concat([pd.read_csv(world.out / "a" / f"fold{k}" / "oof.csv", dtype={"id": str}) for k in (0, 1)])
+    probs, y = oof[prob_columns(CLASSES)].to_numpy(), oof["target"].to_numpy()
+    ranks = (np.argsort(np.argsort(probs, axis=0, kind="stable"), axis=0) + 0.0)  # per-class ranks (no ties here)
+    blend_acc = float(np.mean(ranks.argmax(1) == y))
+    row = next(line for line in printed.splitlines() if line.strip().startswith("blend"))
+    assert float(row.split()[-1]) == pytest.approx(blend_acc, abs=5e-5)
+    assert float(row.split()[-1]) != pytest.approx(float(np.mean(probs.argmax(1) == y)), abs=1e-6)  # not the member's
+    bad = demo_cfg(world.demo, world.out, *ENSEMBLE, "metric.name=log_loss")
+    with pytest.raises(UserError, match="voting=rank writes per-class rank averages"):
+        pipeline.run(bad, ["a"], NO_TTA, "equal", "rank", tmp_path / "ll.csv", None)
+    assert not (tmp_path / "ll.csv").exists()
