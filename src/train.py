@@ -22,7 +22,7 @@ from src.core import distributed
 from src.core.cli import command_parser, parse_config, run_cli
 from src.core.config import Config
 from src.core.tracking import Tracker
-from src.runs.layout import fold_paths
+from src.runs.layout import finished_folds, fold_paths
 from src.training.trainer import cv_report, train_fold
 
 
@@ -47,7 +47,12 @@ def run(cfg: Config, fold: int | str, *, resume: bool = False, force: bool = Fal
         allow_mixed: bool = False) -> dict:
     """Train one fold, -1 (all data) or 'all' folds (then write the CV report); one W&B run per fold."""
     if fold != "all":
-        return _one(cfg, int(fold), resume, force, dry_run, allow_mixed)
+        result = _one(cfg, int(fold), resume, force, dry_run, allow_mixed)
+        if int(fold) >= 0 and not dry_run and (cfg.out_dir / "cv.json").is_file():  # never left describing older folds
+            folds = finished_folds(cfg.out_dir)
+            distributed.from_main(lambda: cv_report(cfg, folds))
+            print(f"CV report over the finished folds {folds} rewritten in {cfg.out_dir / 'cv.json'}")
+        return result
     t0 = time.time()
     # --fold all --force retrains every fold with these settings: the old ones are not kept alongside.
     results = [_one(cfg, k, resume, force, dry_run, allow_mixed or force) for k in range(cfg.data.n_folds)]

@@ -42,6 +42,8 @@ from src.data.tables import load_test_table, prob_columns
 from src.ensembling.submission import check_out_path, checked_submission, write_submission
 from src.evaluation.decoding import decide, fit_grade_thresholds, fit_thresholds
 from src.evaluation.metrics import check_metric_fits, compute_metric, summary
+from src.runs.layout import finished_folds
+from src.runs.members import open_member
 
 # Standardized features for the linear and kernel models; trees need no scaling.
 CLASSIFIERS: dict[str, Callable[[int], ClassifierMixin]] = {
@@ -56,7 +58,7 @@ CLASSIFIERS: dict[str, Callable[[int], ClassifierMixin]] = {
 class ProbeResult:
     oof: pd.DataFrame  # id, fold, label, target, prob_<class> for every training image
     scores: dict  # per fold and OOF
-    finetuned: float | None  # the experiment's cv.json OOF score, when it exists
+    finetuned: float | None  # the experiment's OOF score over its finished folds, when it has any
     submission: Path | None
 
 
@@ -85,11 +87,14 @@ def fit_folds(x: np.ndarray, y: np.ndarray, folds: np.ndarray, n_classes: int, m
     return oof, (np.mean(test_probs, 0) if test is not None else None)
 
 
-def _finetuned_score(cfg: Config) -> float | None:
-    path = cfg.out_dir / "cv.json"
-    if not path.is_file():
+def _finetuned_score(cfg: Config) -> tuple[float, list[int]] | None:
+    """The experiment's OOF score over the folds it has finished now (not cv.json, which may be
+    older), and those folds; None before any fold is finished."""
+    if not finished_folds(cfg.out_dir):
         return None
-    return json.loads(path.read_text()).get("oof", {}).get(cfg.metric.name)
+    m = open_member(str(cfg.experiment.name), cfg.experiment.output_dir, "warn_quietly", cfg.data.dir)
+    scores = m.oof_scores()
+    return scores.get(cfg.metric.name), scores["folds"]
 
 
 def _features(cfg: Config, table: pd.DataFrame, classes: list[str], want_test: bool, rt: Runtime, cache: bool):
@@ -155,9 +160,11 @@ def run_probe(cfg: Config, classifier: str = "logreg", out: str | Path | None = 
     folder = cfg.out_dir / "probe"
     atomic_save(folder / f"{classifier}_oof.csv", lambda tmp: oof.to_csv(tmp, index=False))
     atomic_write_text(folder / f"{classifier}.json", json.dumps(scores, indent=2))
-    tuned = _finetuned_score(cfg)
+    found = _finetuned_score(cfg)
+    tuned = found[0] if found else None
     print(f"OOF {metric}: frozen features + {classifier} {scores['oof'][metric]:.4f}; fine-tuned "
-          + (f"{cfg.experiment.name} {tuned:.4f} (cv.json)" if tuned is not None else "(no cv.json: train --fold all first)"))
+          + (f"{cfg.experiment.name} {tuned:.4f} (OOF of its finished folds {found[1]})" if found
+             else "(no finished fold: train --fold all first)"))
     sub = (_write_submission(cfg, out, test_probs, task, sample, _thresholds(cfg, task, y, probs)) if out is not None
            else None)
     return ProbeResult(oof, scores, tuned, sub)

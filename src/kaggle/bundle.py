@@ -82,11 +82,9 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _cv(m: Member, metric: str) -> dict:
-    cv = m.exp_dir / "cv.json"
-    if cv.is_file():
-        return json.loads(cv.read_text())["oof"]
-    return {f"fold{k}": m.records[k].get(metric) for k in m.folds}
+def _cv(m: Member) -> dict:
+    """The member's OOF scores over exactly the folds the bundle carries (not cv.json, which may be older)."""
+    return m.oof_scores()
 
 
 def write_dataset(root: Path, cfg: Config, members: list[Member], spec: BundleSpec, wheels: bool) -> None:
@@ -112,7 +110,7 @@ def write_dataset(root: Path, cfg: Config, members: list[Member], spec: BundleSp
         "weights": spec.weights, "voting": spec.voting, "format": spec.fmt, "thresholds": spec.thresholds,
         "competition": spec.competition,
         "dataset": spec.dataset, "kernel": spec.kernel, "half": spec.half, "git_commit": _git_commit(),
-        "cv": {m.name: _cv(m, cfg.metric.name) for m in members}, "metric": cfg.metric.name,
+        "cv": {m.name: _cv(m) for m in members}, "metric": cfg.metric.name,
         "built": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
     }
     atomic_write_text(root / "MANIFEST.json", json.dumps(manifest, indent=2))

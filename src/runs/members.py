@@ -22,7 +22,7 @@ from src.core.utils import UserError
 from src.data.folds import load_or_create_folds
 from src.data.loaders import eval_loader
 from src.evaluation.blending import as_logits, combine, fit_weights
-from src.evaluation.metrics import compute_metric
+from src.evaluation.metrics import compute_metric, summary
 from src.models.model import build_model
 from src.runs.checkpoint import load_checkpoint
 from src.runs.layout import (
@@ -63,6 +63,15 @@ class Member:
     @property
     def task(self) -> Task:
         return Task.from_cfg(self.cfg, self.classes)
+
+    def oof_scores(self) -> dict:
+        """{'folds': the finished folds this member uses, accuracy, f1_macro and the metric} of their
+        OOF predictions concatenated: what a CV figure quotes (cv.json may predate a retrained or
+        removed fold)."""
+        oof = pd.concat([read_oof(fold_paths(self.exp_dir, k).oof, self.classes, self.records[k].get("run_id"))
+                         for k in self.folds], ignore_index=True)
+        return {"folds": list(self.folds), **summary(self.task.targets(oof["label"]), oof_probs(oof, self.classes),
+                                                      self.cfg.metric.name)}
 
     def sha(self, fold: int) -> str:
         if fold not in self._sha:
@@ -120,7 +129,8 @@ def open_member(name: str, output_dir: str, missing_folds: str, data_dir: str | 
         msg = f"experiment {name} has no finished run for folds {missing} (no done.json: never trained, interrupted or running)"
         if missing_folds == "error":
             raise UserError(f"{msg}; train them, or set ensemble.missing_folds=warn to blend the folds present")
-        print(f"warning: {msg}; blending folds {[k for k in expected if k in found]}")
+        if missing_folds == "warn":  # warn_quietly: the caller says which folds it used
+            print(f"warning: {msg}; blending folds {[k for k in expected if k in found]}")
     folds = [k for k in expected if k in found]
     classes = records[folds[0]]["classes"]
     for k in folds:

@@ -98,8 +98,6 @@ def average_experiment(cfg: Config, name: str, top: int | None = None, swa: bool
           f"against {name}'s best.pt ({cfg.metric.name}):")
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     report = cv_report(fold_cfg, m.folds)
-    original = m.exp_dir / "cv.json"
-    if original.is_file():
-        print(f"OOF {cfg.metric.name}: {name} {pd.read_json(original, typ='series')['oof'][cfg.metric.name]:.4f}, "
-              f"{new} {report['oof'][cfg.metric.name]:.4f}")
+    print(f"OOF {cfg.metric.name} over folds {m.folds}: {name} {m.oof_scores()[cfg.metric.name]:.4f}, "
+          f"{new} {report['oof'][cfg.metric.name]:.4f}")
     return report
