@@ -230,7 +230,7 @@ def _record(s: FoldState, keeper: CheckpointKeeper, tracker: Tracker, swa: dict 
     cfg, fp = s.cfg, s.fp
     result = {"fold": s.fold, "best_epoch": keeper.best_epoch, "epochs_run": len(keeper.history),
               "monitor": monitor_name(cfg), "best": keeper.best, "params": s.counts, "classes": s.classes,
-              "config": cfg.to_dict(), "run_id": keeper.meta["run_id"]}
+              "config": cfg.to_dict(), "run_id": keeper.meta["run_id"], "processes": distributed.world_size()}
     if s.val_df is not None:
         oof = read_oof(fp.oof, s.classes)
         y, probs = s.task.targets(oof["label"]), oof_probs(oof, s.classes)
@@ -262,6 +262,9 @@ def check_same_settings(cfg: Config, fold: int) -> None:
         fp = fold_paths(cfg.out_dir, k)
         theirs = config_from_dict(fold_record(fp)["config"], str(fp.done)).to_dict()  # older key names migrated
         diff = [key for key in config_diff(theirs, mine) if not key.startswith(RESUME_MAY_CHANGE)]
+        processes = fold_record(fp).get("processes", 1)  # the effective batch: processes x batch x accumulation
+        if processes != distributed.world_size():
+            diff.append(f"processes ({processes} there, {distributed.world_size()} here)")
         if diff:
             raise UserError(f"fold {fold} would train with settings that differ from fold {k} of experiment "
                             f"{cfg.experiment.name} in {diff[:6]}; use fold {k}'s settings, another experiment.name, "

@@ -8,6 +8,7 @@ rank, seeded differently or left out shows up in the losses and weights.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -227,3 +228,8 @@ def test_ddp_trains_multilabel_and_ordinal_folds_as_one_process_does(kind, tmp_p
     h1, h2 = (pd.read_csv(fold_paths(tmp_path / d / name, 0).history) for d in ("one", "ddp"))
     np.testing.assert_allclose(h2["train_loss"], h1["train_loss"], rtol=1e-4)
     np.testing.assert_allclose(h2["val_loss"], h1["val_loss"], rtol=1e-4)
+    # done.json records the process count, and a new fold of this experiment on another count is refused
+    assert json.loads(fold_paths(tmp_path / "ddp" / name, 0).done.read_text())["processes"] == 2
+    with pytest.raises(UserError, match=r"processes \(2 there, 1 here\)"):
+        train.run(load_config(config, [*ov, f"experiment.output_dir={tmp_path / 'ddp'}"]), 1)
+    assert not fold_paths(tmp_path / "ddp" / name, 1).dir.exists()
