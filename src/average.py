@@ -13,6 +13,7 @@ beside the original's and written to outputs/<new>/cv.json.
 from __future__ import annotations
 
 from src.core.cli import command_parser, parse_config, run_cli
+from src.core.utils import UserError
 from src.training.averaged_experiment import average_experiment
 
 
@@ -23,6 +24,9 @@ def main(argv: list[str] | None = None) -> None:
     how.add_argument("--top", type=int, default=None, help="average each fold's K best kept checkpoints")
     how.add_argument("--swa", action="store_true", help="take each fold's SWA model (train.swa)")
     args, cfg = parse_config(parser, argv)
+    if args.top is not None and args.top < 1:
+        raise UserError(f"--top {args.top} averages no checkpoint; give the number of best checkpoints to average "
+                        "per fold (2 or more; train with train.keep_top at least that)")
     average_experiment(cfg, args.experiment, args.top, args.swa)
 
 

@@ -30,9 +30,13 @@ def relabel(cfg: Config, reviewed_file: str | Path) -> Config:
     if cfg.data.relabel:
         raise UserError(f"data.relabel is already set ({cfg.data.relabel}); --relabel starts from train.csv's labels, "
                         "so set data.relabel=null and give one file with every reviewed label")
+    reviewed = read_reviewed(reviewed_file)
+    if reviewed.empty:  # said before the split is made: a failed --relabel writes nothing
+        raise UserError(f"{reviewed_file} reviews no label; fill its reviewed_label column where a label is wrong "
+                        "(empty keeps the label)")
     table = load_train_table(cfg.data)
     base, classes, base_path = load_or_create_folds(cfg, table=table)
-    changed = check_reviewed(read_reviewed(reviewed_file), base, classes, reviewed_file)
+    changed = check_reviewed(reviewed, base, classes, reviewed_file)
     if changed.empty:
         raise UserError(f"{reviewed_file} changes no label of train.csv; fill its reviewed_label column where a label "
                         "is wrong (empty keeps the label)")

@@ -85,6 +85,9 @@ class DataCfg(_Section):
     def _check(self):
         if self.n_folds < 2:
             raise ValueError("data.n_folds must be at least 2")
+        if self.cache_dir is not None and not self.cache_dir.strip():
+            raise ValueError("data.cache_dir is empty; name a folder for the image cache, or null for "
+                             "<experiment.output_dir>/cache (data.cache=false turns it off)")
         if self.label_cols is not None and (self.task != "multilabel" or self.layout != "csv"):
             raise ValueError("data.label_cols (one 0/1 column per label) needs data.task=multilabel and data.layout=csv")
         if self.task == "multilabel" and self.layout != "csv":

@@ -63,8 +63,15 @@ class ImageCache:
         img = np.ascontiguousarray(resize(read_image(path), (self.side, self.side), cv2.INTER_LINEAR))
         flat = img.reshape(-1)
         target = entry if into is None else into / entry.relative_to(self.dir)
-        atomic_save_npy(target, np.concatenate([flat, self._seal(entry, flat)]))  # readers see no entry or a whole one
+        try:
+            atomic_save_npy(target, np.concatenate([flat, self._seal(entry, flat)]))  # readers see no entry or a whole one
+        except OSError as e:
+            raise self._unwritable(e) from None
         return img
+
+    def _unwritable(self, e: OSError) -> UserError:
+        return UserError(f"cannot write the image cache in {self.dir.parent} ({e.strerror}); give data.cache_dir a "
+                         "writable folder, or set data.cache=false")
 
     def read(self, path: str) -> np.ndarray | None:
         """The entry of `path` when it is there and whole (its seal matches its name and pixels), else None."""
@@ -102,14 +109,19 @@ class ImageCache:
         if not todo:
             return []
         existed = [d for d in (self.dir.parent, self.dir) if d.is_dir()]
-        self.dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=self.dir.parent, prefix=f".staging-{self.side}px-"))
+        try:
+            self.dir.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=self.dir.parent, prefix=f".staging-{self.side}px-"))
+        except OSError as e:
+            raise self._unwritable(e) from None
 
         def ok(p: str) -> bool:
             try:
                 self.build(p, into=staging)
                 return True
-            except UserError:
+            except UserError as e:
+                if "image cache" in str(e):  # the cache cannot be written: no image is to blame
+                    raise
                 return False
 
         try:

@@ -47,13 +47,34 @@ def read_pseudo(path: str | Path, cfg: Config, classes: list[str]) -> tuple[pd.D
     if unknown:
         raise UserError(f"data.pseudo={path} names {len(unknown)} images that are not test images of {cfg.data.dir} "
                         f"(e.g. {unknown[:3]}); make the table from this competition's test set")
+    task = Task.from_cfg(cfg, classes)
+    _check_rows(df, path, task)
     rows = df[["id", "label", *prob_columns(classes)]].copy()
     rows["path"] = [path_of[i] for i in rows["id"]]
-    task = Task.from_cfg(cfg, classes)
-    targets = task.targets(rows["label"])  # a label or tag outside the class list stops here
+    targets = task.targets(rows["label"])
     if not task.multilabel:  # a multi-label row's targets come from its tags (Task.targets), as real rows' do
         rows["target"] = targets.astype(np.int64)
     return rows, bool(meta.get("soft"))
+
+
+def _check_rows(df: pd.DataFrame, path: Path, task: Task) -> None:
+    """One sentence for a table src.pseudo would not have written: repeated ids, labels that are
+    not classes, probabilities missing, outside [0, 1] or (one label per image) not summing to 1."""
+    fix = "write it again with python -m src.pseudo"
+    dup = df["id"][df["id"].duplicated()].unique().tolist()
+    if dup:
+        raise UserError(f"data.pseudo={path} lists ids {dup[:3]} more than once; {fix}")
+    unknown = sorted({t for lab in df["label"] for t in task.tags(lab)} - set(task.classes))
+    if unknown:
+        raise UserError(f"data.pseudo={path} holds labels {unknown[:5]} that are not classes of this competition; {fix}")
+    probs = df[prob_columns(list(task.classes))].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    bad = ~np.isfinite(probs).all(1) | (probs < 0).any(1) | (probs > 1).any(1)
+    if not task.multilabel:
+        bad |= ~np.isclose(np.nan_to_num(probs).sum(1), 1.0, atol=1e-4)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise UserError(f"data.pseudo={path} holds probabilities that are missing, outside [0, 1] or do not sum to 1 "
+                        f"(first at row {i + 2}, id {df['id'].iloc[i]}); {fix}")
 
 
 def add_pseudo(train: pd.DataFrame, cfg: Config, classes: list[str]) -> pd.DataFrame:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from src.core.utils import UserError, atomic_write_text
@@ -26,7 +27,11 @@ def read_reviewed(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--relabel {path} does not exist; give the reviewed suspect_labels.csv or an id,label CSV")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise UserError(f"--relabel {path} is empty (0 bytes); give the reviewed suspect_labels.csv (src.report) "
+                        "with its reviewed_label column filled where a label is wrong") from None
     col = REVIEW_COL if REVIEW_COL in df.columns else "label"
     if "id" not in df.columns or col not in df.columns:
         raise UserError(f"{path} needs an 'id' column and a '{REVIEW_COL}' (or 'label') column; it has {list(df.columns)}")
@@ -53,7 +58,7 @@ def check_reviewed(reviewed: pd.DataFrame, table: pd.DataFrame, classes: list[st
         raise UserError(f"{source} assigns labels {bad[:5]} that are not classes of the split ({classes[:10]}); "
                         "use an existing class name")
     now = dict(zip(table["id"], table["label"]))
-    changed = reviewed[[now[i] != lab for i, lab in zip(reviewed["id"], reviewed["label"])]]
+    changed = reviewed[np.array([now[i] != lab for i, lab in zip(reviewed["id"], reviewed["label"])], dtype=bool)]
     return changed.sort_values("id").reset_index(drop=True)
 
 

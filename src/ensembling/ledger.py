@@ -65,9 +65,17 @@ def _locked(path: Path):
 
 
 def read_ledger(path: Path) -> pd.DataFrame:
-    if not Path(path).is_file():
+    if not Path(path).is_file() or Path(path).stat().st_size == 0:
         return pd.DataFrame(columns=COLUMNS)
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        df, why = None, str(e).splitlines()[0][:80]
+    else:
+        why = None if "file" in df.columns else f"no 'file' column, columns {list(df.columns)[:4]}"
+    if why is not None:
+        raise UserError(f"{path} is not a ledger this code can read ({why}); move it aside (mv {path} {path}.bad) "
+                        "and the next submission starts a new one")
     for c in COLUMNS:
         if c not in df:
             df[c] = ""

@@ -183,6 +183,9 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
 
     # 4) the ledger (local runs: a kernel, report off, has no CV to record)
     if report:
-        record_submission(out, members, views, None if stack else w, voting, stack, cfg.metric.name, cv,
-                          choice.gain if choice else None)
+        try:
+            record_submission(out, members, views, None if stack else w, voting, stack, cfg.metric.name, cv,
+                              choice.gain if choice else None)
+        except UserError as e:  # the submission stands; only its record is missing
+            raise UserError(f"{out} was written, but its ledger row was not: {e}") from None
     return out

@@ -110,9 +110,10 @@ def _relocated(cfg: Config, output_dir: str, name: str, data_dir: str | None,
 
 
 def open_member(name: str, output_dir: str, missing_folds: str, data_dir: str | None = None,
-                images: tuple[bool, str | None] = (True, None)) -> Member:
+                images: tuple[bool, str | None] = (True, None), needs_every_fold: str | None = None) -> Member:
     """The finished folds (done.json) of outputs/<name>/; no model is loaded here. `images` is
-    the caller's (data.cache, data.cache_dir): where inference runs decides how it caches."""
+    the caller's (data.cache, data.cache_dir): where inference runs decides how it caches.
+    `needs_every_fold`: why the caller cannot do without a missing fold (its error then says so)."""
     root = experiment_dir(output_dir, name)
     if not root.is_dir():
         raise UserError(f"experiment folder {root} does not exist; train it first or fix --experiments")
@@ -127,6 +128,8 @@ def open_member(name: str, output_dir: str, missing_folds: str, data_dir: str | 
     missing = [k for k in expected if k not in found]
     if missing:
         msg = f"experiment {name} has no finished run for folds {missing} (no done.json: never trained, interrupted or running)"
+        if needs_every_fold:
+            raise UserError(f"{msg}; train them (python -m src.train --fold K), since {needs_every_fold}")
         if missing_folds == "error":
             raise UserError(f"{msg}; train them, or set ensemble.missing_folds=warn to blend the folds present")
         if missing_folds == "warn":  # warn_quietly: the caller says which folds it used

@@ -72,7 +72,8 @@ def average_experiment(cfg: Config, name: str, top: int | None = None, swa: bool
     """
     if (top is None) == (not swa):
         raise UserError("give --top K or --swa (one of them)")
-    m = open_member(name, cfg.experiment.output_dir, "error", cfg.data.dir)
+    m = open_member(name, cfg.experiment.output_dir, "error", cfg.data.dir,
+                    needs_every_fold="the averaged experiment is blended like any other and needs every fold")
     new = f"{name}_top{top}" if top is not None else f"{name}_swa"
     rt = Runtime.from_cfg(cfg.runtime)
     rows = []

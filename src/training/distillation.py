@@ -32,7 +32,9 @@ def teacher_oof(cfg: Config, split: pd.DataFrame, classes: list[str]) -> pd.Data
     name = cfg.loss.distill_from
     if name == cfg.experiment.name:
         raise UserError(f"loss.distill_from={name} is this experiment; name a finished teacher experiment")
-    teacher = open_member(name, cfg.experiment.output_dir, "error", cfg.data.dir)
+    teacher = open_member(name, cfg.experiment.output_dir, "error", cfg.data.dir,
+                          needs_every_fold="each training image's target is the OOF prediction of the teacher fold "
+                                           "that validated it")
     mine, theirs = folds_path(cfg), folds_path(teacher.cfg)
     if mine.resolve() != theirs.resolve():
         raise UserError(f"teacher {name} was trained on the folds file {theirs}, this experiment uses {mine}; "

@@ -26,9 +26,12 @@ import pandas as pd
 import pytest
 import torch
 
+import src.average as average
 import src.ensemble as ensemble
+import src.folds as folds
 import src.train as train
 from src.core.cli import run_cli
+from src.data.pseudo_rows import pseudo_digest
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 # Relative paths: every command runs with tmp_path as its working directory, so the inputs, the
@@ -44,7 +47,7 @@ TINY = [
     "loader.num_workers=0",
     "runtime.device=cpu",
 ]
-MODULES = {"train": train, "ensemble": ensemble}
+MODULES = {"train": train, "ensemble": ensemble, "folds": folds, "average": average}
 
 
 # ---------------------------------------------------------------- worlds
@@ -216,8 +219,9 @@ def _old_submission(root: Path) -> None:
 
 @dataclass(frozen=True)
 class Row:
-    module: str                      # train | ensemble
-    args: tuple[str, ...]            # flags and overrides after the defaults (later overrides win)
+    module: str                      # train | ensemble | folds | average
+    args: tuple                      # flags and overrides after the defaults (later overrides win); a callable
+                                     # of the row's root gives one computed after the damage
     needles: tuple                   # substrings of the message; a tuple inside = any one of them
     world: str = "inputs"            # inputs: the demo copy only | trained: + trained outputs | empty
     damage: Callable[[Path], None] | None = None
@@ -237,6 +241,42 @@ class NotOneSentence(AssertionError):
 
 def row(id_: str, *args, marks=(), **kw):
     return pytest.param(Row(*args, **kw), id=id_, marks=marks)
+
+
+def _review(text: str):
+    """Damage: a reviewed-labels file review.csv holding `text` (the header and rows of suspect_labels.csv)."""
+    return lambda r: (r / "review.csv").write_text(text)
+
+
+SUSPECTS_HEADER = "id,fold,label,predicted,prob,prob_label,loss,reviewed_label\n"
+
+
+def _pseudo_table(edit: Callable[[pd.DataFrame], pd.DataFrame]):
+    """Damage: a pseudo-label table as src.pseudo names it (sha1 of it and its .json in the name),
+    made from the sample submission's ids with one-hot probabilities, then `edit`ed."""
+
+    def damage(root: Path) -> None:
+        ids = pd.read_csv(root / "inputs/digits/sample_submission.csv", dtype=str)["id"][:20]
+        classes = [str(c) for c in range(10)]
+        table = pd.DataFrame({"id": ids, "label": "3", "confidence": 1.0, "round": 1})
+        for c in classes:
+            table[f"prob_{c}"] = 1.0 if c == "3" else 0.0
+        text = edit(table).to_csv(index=False).encode()
+        meta = ('{"soft": false, "classes": ' + str(classes).replace("'", '"') + "}").encode()
+        (root / "pl").mkdir()
+        name = root / "pl" / f"bad_r1_{pseudo_digest(text, meta)}"
+        name.with_suffix(".csv").write_bytes(text)
+        name.with_suffix(".json").write_bytes(meta)
+
+    return damage
+
+
+PSEUDO = (lambda r: f"data.pseudo={next((r / 'pl').glob('*.csv'))}", "experiment.name=with_pseudo")
+NOT_A_FOLDER = "data.cache_dir=inputs/digits/train.csv/cache"
+
+
+def _unfinish_fold1(root: Path) -> None:
+    (root / "outputs/demo/fold1/done.json").unlink()
 
 
 F0 = ("--fold", "0")
@@ -319,6 +359,36 @@ ROWS = [
         world="trained", damage=_fold0_untrained_bad_image, may_write=("outputs/demo/config.yaml", "outputs/demo/fold0/.lock")),
     row("missing-data-dir", "train", F0, ("inputs/digits", "python -m src.demo"), world="empty",
         tiny=tuple(t for t in TINY if not t.startswith("data.dir="))),
+    # ---- issue 20 C: one sentence, not a traceback
+    row("cache-dir-not-a-folder", "train", F0 + (NOT_A_FOLDER,), ("inputs/digits/train.csv/cache", "data.cache=false")),
+    row("cache-dir-not-a-folder-in-the-ensemble", "ensemble", (NOT_A_FOLDER,),
+        ("inputs/digits/train.csv/cache", "data.cache=false"), world="trained"),
+    row("cache-dir-empty", "train", F0 + ("data.cache_dir=''",), ("data.cache_dir", "empty", "null")),
+    row("relabel-zero-byte-file", "folds", ("--relabel", "review.csv"), ("review.csv", "empty"), damage=_review("")),
+    row("relabel-header-only", "folds", ("--relabel", "review.csv"), ("review.csv", "reviews no label"),
+        damage=_review(SUSPECTS_HEADER)),
+    row("relabel-nothing-reviewed", "folds", ("--relabel", "review.csv"), ("review.csv", "reviews no label"),
+        damage=_review(SUSPECTS_HEADER + "digit_0005,1,5,9,0.98,0.005,5.28,\n")),
+    row("pseudo-labels-not-classes", "train", F0 + PSEUDO, ("data.pseudo", "['zebra']", "python -m src.pseudo"),
+        world="trained", damage=_pseudo_table(lambda t: t.assign(label="zebra"))),
+    row("pseudo-probabilities-missing", "train", F0 + PSEUDO, ("data.pseudo", "row 2", "python -m src.pseudo"),
+        world="trained", damage=_pseudo_table(lambda t: t.assign(prob_3=[None] + [1.0] * (len(t) - 1)))),
+    row("pseudo-probabilities-negative", "train", F0 + PSEUDO, ("data.pseudo", "outside [0, 1]"), world="trained",
+        damage=_pseudo_table(lambda t: t.assign(prob_3=1.5, prob_4=-0.5))),
+    row("pseudo-probabilities-above-one", "train", F0 + PSEUDO, ("data.pseudo", "outside [0, 1]"), world="trained",
+        damage=_pseudo_table(lambda t: t.assign(prob_3=2.0))),
+    row("pseudo-probabilities-not-summing-to-one", "train", F0 + PSEUDO, ("data.pseudo", "sum to 1"),
+        world="trained", damage=_pseudo_table(lambda t: t.assign(prob_3=0.5))),
+    row("pseudo-ids-repeated", "train", F0 + PSEUDO, ("data.pseudo", "more than once"), world="trained",
+        damage=_pseudo_table(lambda t: pd.concat([t, t.head(1)]))),
+    row("average-top-negative", "average", ("--experiment", "demo", "--top", "-1"), ("--top -1", "keep_top"),
+        world="trained"),
+    row("average-with-a-missing-fold", "average", ("--experiment", "demo", "--top", "2"),
+        ("[1]", "python -m src.train --fold K", "needs every fold"), world="trained", damage=_unfinish_fold1),
+    row("distill-from-a-teacher-with-a-missing-fold", "train",
+        F0 + ("loss.distill_from=demo", "experiment.name=student"), ("[1]", "python -m src.train --fold K",
+                                                                     "teacher fold"),
+        world="trained", damage=_unfinish_fold1),
 ]
 
 
@@ -333,7 +403,8 @@ def test_user_mistake_is_one_sentence_and_writes_nothing(case: Row, pristine: Pa
     if case.damage is not None:
         case.damage(tmp_path)
     needles = [n(tmp_path) if callable(n) else n for n in case.needles]
-    argv = ["--config", case.config or str(DEMO_CONFIG), *case.tiny, *case.args]
+    argv = ["--config", case.config or str(DEMO_CONFIG), *case.tiny,
+            *[a(tmp_path) if callable(a) else a for a in case.args]]
     before = _snapshot(tmp_path)
     capsys.readouterr()
 

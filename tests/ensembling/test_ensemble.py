@@ -610,3 +610,15 @@ def test_the_printed_blend_score_is_the_score_of_what_the_voting_writes(world, d
     with pytest.raises(UserError, match="voting=rank writes per-class rank averages"):
         pipeline.run(bad, ["a"], NO_TTA, "equal", "rank", tmp_path / "ll.csv", None)
     assert not (tmp_path / "ll.csv").exists()
+
+
+def test_a_corrupt_ledger_leaves_the_submission_written_and_says_what_to_do(world, demo_cfg, tmp_path):
+    cfg = demo_cfg(world.demo, world.out, *ENSEMBLE)
+    ledger = tmp_path / "ledger.csv"
+    ledger.write_bytes(b'garbage\x00,"never closed\n1,2,3\n')
+    before = ledger.read_bytes()
+    with pytest.raises(UserError, match=r"sub.csv was written, but its ledger row was not: .*ledger.csv is not a "
+                                        r"ledger .*move it aside"):
+        pipeline.run(cfg, ["a"], NO_TTA, "equal", "soft", tmp_path / "sub.csv", None)
+    assert (tmp_path / "sub.csv").is_file() and (tmp_path / "sub_probs.csv").is_file()
+    assert ledger.read_bytes() == before
