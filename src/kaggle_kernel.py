@@ -25,6 +25,7 @@ from src.core.views import parse_views
 from src.evaluation.blending import add_blend_args, split_blend_args
 from src.kaggle.bundle import BundleSpec, build_bundle
 from src.kaggle.rehearsal import rehearse
+from src.kaggle.wheels import IMAGE_FILE
 
 BUILD = Path("kaggle_kernel/build")
 
@@ -42,11 +43,14 @@ def make_spec(cfg: Config, args) -> BundleSpec:
         members=members, views=views, weights=[], voting=args.voting or cfg.ensemble.voting,
         fmt=args.fmt or cfg.ensemble.format, competition=args.competition or _slug(Path(cfg.data.dir).resolve().name),
         dataset=args.dataset or f"{user}/{name}-bundle", kernel=args.kernel or f"{user}/{name}-inference",
-        gpu=args.gpu, half=args.half,
+        gpu=args.gpu, half=args.half, image=Path(args.image),
     )
 
 
 def build(cfg: Config, args) -> None:
+    if not Path(args.image).is_file():
+        raise UserError(f"--image {args.image} does not exist; give a list of the Kaggle image's packages "
+                        "(name==version lines), or leave --image out for today's image")
     spec = make_spec(cfg, args)
     for what, value in (("--dataset", spec.dataset), ("--kernel", spec.kernel)):
         if value.count("/") != 1 or not all(value.split("/")):
@@ -83,6 +87,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=True, help="enable_gpu in the kernel")
     parser.add_argument("--half", action="store_true", help="store the weights as fp16 (half the upload)")
     parser.add_argument("--no-wheels", action="store_true", help="bundle no wheels (the Kaggle image has them)")
+    parser.add_argument("--image", default=str(IMAGE_FILE),
+                        help="the Kaggle image's packages (name==version lines, '# python: X.Y'); what it lacks is "
+                             "bundled as wheels and hidden in the rehearsal (default: today's image, src/kaggle/"
+                             "kaggle_image.txt)")
     parser.add_argument("--out", default=str(BUILD), help="build folder")
     parser.add_argument("--rehearse", action="store_true", help="run the built notebook here on a fake /kaggle")
     parser.add_argument("--scale", type=int, default=1, help="rehearsal: each test image this many times")

@@ -25,7 +25,7 @@ from src.core.utils import UserError, atomic_write_text
 from src.data.folds import load_or_create_folds
 from src.ensembling.pipeline import blend_thresholds
 from src.evaluation.blending import check_voting
-from src.kaggle.wheels import download_wheels
+from src.kaggle.wheels import IMAGE_FILE, download_wheels, needed_wheels, read_image
 from src.runs.checkpoint import load_checkpoint, save_checkpoint
 from src.runs.layout import file_sha1, fold_paths, fold_record, read_oof, write_done
 from src.runs.members import Member, oof_report, open_members, resolve_weights
@@ -48,6 +48,7 @@ class BundleSpec:
     gpu: bool
     half: bool
     thresholds: list[float] | None = None  # a multi-label or ordinal blend's, fitted on OOF when the bundle is built
+    image: Path = IMAGE_FILE  # the Kaggle image's packages: what it lacks is bundled (and hidden in the rehearsal)
 
     @property
     def dataset_slug(self) -> str:
@@ -99,9 +100,11 @@ def write_dataset(root: Path, cfg: Config, members: list[Member], spec: BundleSp
             _slim(fold_paths(m.exp_dir, k).best, fp.best, spec.half)
             write_done(fp, {**fold_record(fold_paths(m.exp_dir, k)), "best_sha1": file_sha1(fp.best)})
     atomic_write_text(root / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    packages, header = read_image(spec.image)
+    needs = sorted(needed_wheels(packages, header.get("python", "3.12")))
     if wheels:
         try:
-            download_wheels(root / "wheels")
+            download_wheels(root / "wheels", spec.image)
         except RuntimeError as e:
             raise UserError(f"cannot fetch the wheels for the bundle ({e}); build where the package index is "
                             "reachable, or pass --no-wheels if the Kaggle image has them") from None
@@ -112,6 +115,7 @@ def write_dataset(root: Path, cfg: Config, members: list[Member], spec: BundleSp
         "dataset": spec.dataset, "kernel": spec.kernel, "half": spec.half, "git_commit": _git_commit(),
         "cv": {m.name: _cv(m) for m in members}, "metric": cfg.metric.name,
         "built": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
+        "image": {"source": header.get("image", str(spec.image)), "python": header.get("python"), "lacks": needs},
     }
     atomic_write_text(root / "MANIFEST.json", json.dumps(manifest, indent=2))
     atomic_write_text(root / "dataset-metadata.json", json.dumps(

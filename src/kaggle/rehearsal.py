@@ -5,6 +5,7 @@ extrapolated to the real test set and the competition's limit."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -61,12 +62,51 @@ def fake_competition(cfg: Config, dest: Path, scale: int) -> pd.DataFrame:
     return expanded
 
 
+IMAGE_GUARD = '''\
+# Rehearsal only: the packages the Kaggle image lacks are hidden, as they are on Kaggle, until the
+# bundle's wheels install them (into KAGGLE_WHEELS_TARGET, first on sys.path).
+import importlib.metadata as _md, os as _os, re as _re, sys as _sys
+_LACKS, _MODULES = {lacks!r}, {modules!r}
+_TARGET = _os.environ["KAGGLE_WHEELS_TARGET"]
+def _in_target(top):
+    return any(_os.path.exists(_os.path.join(_TARGET, top + ext)) for ext in ("", ".py"))
+class _KaggleImage:
+    def find_spec(self, name, path=None, target=None):
+        top = name.split(".")[0]
+        if top in _MODULES and not _in_target(top):
+            raise ModuleNotFoundError(f"No module named {{top!r}}: the Kaggle image lacks {{_MODULES[top]}} and no "
+                                      "bundled wheel installed it", name=top)
+        return None
+_sys.meta_path.insert(0, _KaggleImage())
+_version = _md.version
+def _image_version(name):
+    dist = _re.sub(r"[-_.]+", "-", name).lower()
+    if dist in _LACKS and not any(_re.sub(r"[-_.]+", "-", d.name.split("-")[0]).lower() == dist
+                                  for d in __import__("pathlib").Path(_TARGET).glob("*.dist-info")):
+        raise _md.PackageNotFoundError(name)
+    return _version(name)
+_md.version = _image_version'''
+
+
+def guarded_notebook(notebook: Path, lacks: list[str], dest: Path) -> Path:
+    """A copy of the notebook that first hides the packages the Kaggle image lacks (IMAGE_GUARD)."""
+    from src.kaggle.wheels import canonical
+
+    modules = {m: ", ".join(sorted({canonical(d) for d in ds} & set(lacks)))
+               for m, ds in importlib.metadata.packages_distributions().items()
+               if {canonical(d) for d in ds} & set(lacks) and not m.startswith("_")}
+    nb = nbformat.read(notebook, as_version=4)
+    nb.cells.insert(0, nbformat.v4.new_code_cell(IMAGE_GUARD.format(lacks=sorted(lacks), modules=modules)))
+    nbformat.write(nb, dest)
+    return dest
+
+
 def _execute(notebook: Path, root: Path) -> list[float]:
     """Run the notebook's cells in order in a fresh kernel with the fake root and no network;
     return each code cell's seconds."""
     nb = nbformat.read(notebook, as_version=4)
     saved = dict(os.environ)
-    os.environ.update({**OFFLINE_ENV, "KAGGLE_ROOT": str(root)})
+    os.environ.update({**OFFLINE_ENV, "KAGGLE_ROOT": str(root), "KAGGLE_WHEELS_TARGET": str(root / "wheels")})
     for key in DROP_ENV:
         os.environ.pop(key, None)
     try:
@@ -139,8 +179,10 @@ def rehearse(cfg: Config, build: Path, scale: int = 1, time_limit_h: float = 9.0
         sample = fake_competition(cfg, root / "input" / manifest["competition"], scale)
         inputs = (build / "dataset", root / "input" / manifest["competition"])
         before = snapshot(*inputs)
+        lacks = manifest.get("image", {}).get("lacks", [])
+        guarded = guarded_notebook(notebook, lacks, root / "rehearsal.ipynb")
         t0 = time.time()
-        cells = _execute(notebook, root)
+        cells = _execute(guarded, root)[1:]  # the guard cell is the rehearsal's, not the notebook's
         seconds = time.time() - t0
         check_inputs_untouched(before, snapshot(*inputs))
         check_rehearsal(root / "working" / "submission.csv", sample, cfg.data.id_col, cfg.data.task == "multilabel")

@@ -8,6 +8,7 @@ import importlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import nbformat
@@ -19,7 +20,7 @@ from src import kaggle_kernel
 from src.core.cli import run_cli
 from src.core.config import load_config
 from src.ensembling import pipeline
-from src.kaggle.wheels import installed_fits
+from src.kaggle.wheels import IMAGE_FILE, canonical, installed_fits, needed_wheels, read_image
 from src.runs.layout import fold_paths
 from src.training.trainer import train_fold
 
@@ -165,17 +166,45 @@ def test_rehearsing_without_a_build_says_to_build(demo_dir, tmp_path, capsys):
     assert code == 2 and "holds no built bundle" in err
 
 
-def test_wheels_are_bundled_from_the_package_index(demo_dir, trained, tmp_path, capsys):
+def _image_without(tmp_path: Path, *names: str) -> Path:
+    """Today's Kaggle image list without `names`, for this machine's Python (so the rehearsal can
+    install its compiled wheels)."""
+    keep = [line for line in IMAGE_FILE.read_text().splitlines()
+            if not line.startswith("# python") and canonical(line.split("==")[0]) not in names]
+    path = tmp_path / "image.txt"
+    path.write_text("\n".join(keep + [f"# python: {sys.version_info.major}.{sys.version_info.minor}"]) + "\n")
+    return path
+
+
+def test_what_the_image_lacks_is_bundled_with_its_exact_dependencies(demo_dir, trained, tmp_path, capsys):
+    """An image without pydantic: pydantic, its pinned pydantic-core (compiled, manylinux, for the
+    image's Python) and the newer typing packages it needs are bundled, nothing the image has."""
+    image, _ = read_image(_image_without(tmp_path, "pydantic", "pydantic-core"))
+    needed = needed_wheels(image, "3.12")
+    assert {"pydantic", "pydantic-core"} <= set(needed) and "timm" not in needed and "torch" not in needed
+    assert needed["pydantic-core"]["requires"].startswith("==")  # pydantic pins its core exactly
+    assert set(needed_wheels(read_image()[0], "3.12")) == {"iterative-stratification"}  # today's image
     shutil.copytree(trained / "outputs", tmp_path / "outputs")
-    code, _, err = _cli(_args(demo_dir, tmp_path, "--no-tta"), capsys)
+    code, _, err = _cli(_args(demo_dir, tmp_path, "--no-tta", "--image", str(tmp_path / "image.txt")), capsys)
     if code == 2 and "cannot fetch the wheels" in err:
         pytest.skip(f"the package index cannot be reached here: {err.strip()}")
     assert code == 0, err
-    index = json.loads((tmp_path / "build" / "dataset" / "wheels" / "wheels.json").read_text())
-    assert {"timm", "albumentations", "albucore", "pydantic"} <= set(index)
+    index = json.loads((tmp_path / "build" / "dataset" / "wheels" / "wheels.json").read_text())["wheels"]
+    assert set(index) == set(needed_wheels(image, f"{sys.version_info.major}.{sys.version_info.minor}"))
+    core = index["pydantic-core"]["file"]
+    assert "manylinux" in core and f"cp{sys.version_info.major}{sys.version_info.minor}" in core
     for name, w in index.items():
         assert (tmp_path / "build" / "dataset" / "wheels" / w["file"]).is_file(), name
-        assert w["file"].endswith("-py3-none-any.whl")
+    # the rehearsal hides what the image lacks: it passes with the wheels, and fails naming the package without one
+    code, out, err = _cli(_args(demo_dir, tmp_path, "--rehearse"), capsys)
+    assert code == 0 and "submission checked" in out, err
+    wheels = tmp_path / "build" / "dataset" / "wheels"
+    (wheels / core).unlink()
+    listed = json.loads((wheels / "wheels.json").read_text())
+    del listed["wheels"]["pydantic-core"]
+    (wheels / "wheels.json").write_text(json.dumps(listed))
+    code, _, err = _cli(_args(demo_dir, tmp_path, "--rehearse"), capsys)
+    assert code == 2 and "pydantic_core" in err and "the Kaggle image lacks pydantic-core" in err, err
 
 
 def test_a_bundled_wheel_is_installed_only_where_the_image_does_not_fit():
