@@ -34,6 +34,26 @@ def _slug(text: str) -> str:
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]+", "-", text.lower())).strip("-")[:50]
 
 
+# What the kaggle CLI accepts (it checks before any upload): a dataset slug and title of 6 to 50
+# characters, a kernel slug and title of at least 5 (and Kaggle's 50 at most).
+DATASET_SLUG, KERNEL_SLUG = (6, 50), (5, 50)
+
+
+def _derived(name: str, suffix: str) -> str:
+    """<name>-<suffix>, the name cut so the whole fits 50 characters (a short name still gives 6+)."""
+    return f"{(name or 'ensemble')[:50 - len(suffix) - 1].strip('-')}-{suffix}"
+
+
+def _check_slug(what: str, value: str, bounds: tuple[int, int]) -> None:
+    if value.count("/") != 1 or not all(value.split("/")):
+        raise UserError(f"{what} {value} is not USER/SLUG; give your Kaggle user name and a slug")
+    slug = value.split("/")[1]
+    if not bounds[0] <= len(slug) <= bounds[1] or slug != _slug(slug):
+        raise UserError(f"{what} {value}: the slug must be {bounds[0]} to {bounds[1]} lowercase letters, digits and "
+                        f"hyphens (it has {len(slug)} characters); give another, e.g. {value.split('/')[0]}/"
+                        f"{_derived(_slug(slug), 'bundle' if what == '--dataset' else 'inference')}")
+
+
 def make_spec(cfg: Config, args) -> BundleSpec:
     members = args.experiments or [str(cfg.experiment.name)]
     user = os.environ.get("KAGGLE_USERNAME", "your-kaggle-username")
@@ -42,7 +62,8 @@ def make_spec(cfg: Config, args) -> BundleSpec:
     return BundleSpec(
         members=members, views=views, weights=[], voting=args.voting or cfg.ensemble.voting,
         fmt=args.fmt or cfg.ensemble.format, competition=args.competition or _slug(Path(cfg.data.dir).resolve().name),
-        dataset=args.dataset or f"{user}/{name}-bundle", kernel=args.kernel or f"{user}/{name}-inference",
+        dataset=args.dataset or f"{user}/{_derived(name, 'bundle')}",
+        kernel=args.kernel or f"{user}/{_derived(name, 'inference')}",
         gpu=args.gpu, half=args.half, image=Path(args.image),
     )
 
@@ -52,9 +73,8 @@ def build(cfg: Config, args) -> None:
         raise UserError(f"--image {args.image} does not exist; give a list of the Kaggle image's packages "
                         "(name==version lines), or leave --image out for today's image")
     spec = make_spec(cfg, args)
-    for what, value in (("--dataset", spec.dataset), ("--kernel", spec.kernel)):
-        if value.count("/") != 1 or not all(value.split("/")):
-            raise UserError(f"{what} {value} is not USER/SLUG; give your Kaggle user name and a slug")
+    _check_slug("--dataset", spec.dataset, DATASET_SLUG)
+    _check_slug("--kernel", spec.kernel, KERNEL_SLUG)
     result = build_bundle(cfg, spec, args.weights or cfg.ensemble.weights, Path(args.out), wheels=not args.no_wheels)
     print(f"built {args.out}: dataset {result['dataset_bytes'] / 2**20:.1f} MiB ({spec.dataset}), notebook "
           f"{spec.kernel}; members {spec.members}, views {spec.views}, weights {spec.weights}")

@@ -245,3 +245,56 @@ def test_every_import_in_the_notebook_code_resolves():
                 found += [(node.module, a.name) for a in node.names if hasattr(module, a.name)]
                 assert all(hasattr(module, a.name) for a in node.names), node.module
     assert ("src.ensembling.pipeline", "run") in found and ("src.kaggle.wheels", "install_wheels") in found
+
+
+class _ReachedTheNetwork(Exception):
+    """The kaggle CLI got past its own metadata checks to its first request."""
+
+
+def _kaggle_api(tmp_path: Path, monkeypatch):
+    """The kaggle package's API with dummy credentials; its first network request raises instead."""
+    config = tmp_path / "kaggle_config"
+    config.mkdir()
+    (config / "kaggle.json").write_text('{"username": "someone", "key": "0123456789abcdef0123456789abcdef"}')
+    (config / "kaggle.json").chmod(0o600)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(config))
+    for key in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    extended = pytest.importorskip("kaggle.api.kaggle_api_extended", reason="the kaggle CLI package is not installed "
+                                   "(pip install kaggle six; it is in the dev extra)")
+    api = extended.KaggleApi()
+    api.authenticate()
+
+    def offline(*args, **kwargs):
+        raise _ReachedTheNetwork
+
+    monkeypatch.setattr(api, "build_kaggle_client", offline)
+    return api
+
+
+@pytest.mark.parametrize("experiment", ["a", "an-experiment-name-far-longer-than-kaggle-allows-for-a-slug"])
+def test_built_metadata_passes_the_kaggle_clis_own_checks(demo_dir, trained, tmp_path, capsys, monkeypatch, experiment):
+    """Derived slugs and titles fit the CLI's rules (dataset 6-50 characters, kernel 5+) for a
+    one-letter and a 60-letter experiment name; the CLI itself checks the built files."""
+    api = _kaggle_api(tmp_path, monkeypatch)
+    shutil.copytree(trained / "outputs" / "tiny", tmp_path / "outputs" / experiment)
+    shutil.copytree(trained / "outputs" / "folds", tmp_path / "outputs" / "folds")
+    argv = _args(demo_dir, tmp_path, "--no-tta", "--no-wheels")
+    argv[argv.index("tiny")] = experiment
+    code, _, err = _cli(argv, capsys)
+    assert code == 0, err
+    meta = json.loads((tmp_path / "build" / "dataset" / "dataset-metadata.json").read_text())
+    assert 6 <= len(meta["id"].split("/")[1]) <= 50 and 6 <= len(meta["title"]) <= 50
+    for push in (lambda: api.dataset_create_new(str(tmp_path / "build" / "dataset"), dir_mode="zip"),
+                 lambda: api.kernels_push(str(tmp_path / "build" / "notebook"))):
+        with pytest.raises(_ReachedTheNetwork):  # a ValueError here is the CLI refusing the metadata
+            push()
+
+
+def test_a_slug_the_kaggle_cli_would_refuse_is_refused_before_building(demo_dir, trained, tmp_path, capsys):
+    shutil.copytree(trained / "outputs", tmp_path / "outputs")
+    for flag, value in (("--dataset", "me/abc"), ("--dataset", "me/" + "x" * 51), ("--kernel", "me/abcd"),
+                        ("--dataset", "me/Not_A_Slug")):
+        code, _, err = _cli(_args(demo_dir, tmp_path, "--no-tta", "--no-wheels", flag, value), capsys)
+        assert code == 2 and flag in err and "characters" in err, err
+    assert not (tmp_path / "build").exists()
