@@ -123,4 +123,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, interrupted="interrupted: a build replaces kaggle_kernel/build only when complete, and the rehearsal's "
+                              "temporary folder is removed; run the same command again")

@@ -9,6 +9,7 @@ import importlib.metadata
 import json
 import os
 import shutil
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +33,31 @@ DROP_ENV = ("WANDB_API_KEY", "KAGGLE_KEY", "KAGGLE_USERNAME", "HF_TOKEN", "HF_EN
 def _repeat_id(image_id: str, r: int) -> str:
     stem, dot, ext = image_id.rpartition(".")
     return f"{stem}__r{r}.{ext}" if dot and len(ext) <= 5 and "/" not in ext else f"{image_id}__r{r}"
+
+
+MAX_REHEARSED = 100_000  # images: the pace is measured long before this; the estimate extrapolates the rest
+
+
+def check_scale(cfg: Config, scale: int, hidden_size: int | None, tmp: Path) -> None:
+    """Refuse, before anything is written, a --scale that rehearses more images than the hidden
+    test set (or MAX_REHEARSED) or that the temporary folder's disk cannot hold (hard links cost a
+    directory entry each; a copy, where the test images sit on another filesystem, their bytes)."""
+    test, _ = load_test_table(cfg.data)
+    n = len(test)
+    total, cap = n * scale, max(hidden_size or 0, MAX_REHEARSED)
+    if total > cap:
+        raise UserError(f"--scale {scale} would rehearse {total:,} images ({n} x {scale}), more than {cap:,}: the "
+                        f"pace is measured well before that and --hidden-size extrapolates it; use --scale "
+                        f"{max(1, cap // max(n, 1))} or less")
+    sizes = sum(os.stat(p).st_size for p in test["path"])
+    linked = os.stat(test["path"].iloc[0]).st_dev == os.stat(tmp).st_dev if n else True
+    need = total * (64 + max((len(str(i)) for i in test["id"]), default=0)) + (0 if linked else (scale - 1) * sizes)
+    free = shutil.disk_usage(tmp).free
+    if need * 2 > free:
+        raise UserError(f"--scale {scale} needs about {need / 2**30:.1f} GiB in {tmp} ("
+                        + ("hard links and " if linked else "copies of the test images and ")
+                        + f"the expanded sample submission) and {free / 2**30:.1f} GiB are free; use a smaller --scale "
+                        "or point TMPDIR at a larger disk")
 
 
 def fake_competition(cfg: Config, dest: Path, scale: int) -> pd.DataFrame:
@@ -171,6 +197,20 @@ def rehearse(cfg: Config, build: Path, scale: int = 1, time_limit_h: float = 9.0
     """
     manifest = json.loads((build / "dataset" / "MANIFEST.json").read_text())
     notebook = next((build / "notebook").glob("*.ipynb"))
+    check_scale(cfg, scale, hidden_size, Path(tempfile.gettempdir()))
+    previous = signal.signal(signal.SIGTERM, _terminated)  # a stopped rehearsal removes its temporary folder too
+    try:
+        return _rehearse(cfg, build, manifest, notebook, scale, time_limit_h, hidden_size, keep)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminated(signum, frame) -> None:
+    raise KeyboardInterrupt  # unwinds through the temporary folder's cleanup, as Ctrl-C does
+
+
+def _rehearse(cfg: Config, build: Path, manifest: dict, notebook: Path, scale: int, time_limit_h: float,
+              hidden_size: int | None, keep: Path | None) -> dict:
     with tempfile.TemporaryDirectory(prefix="kaggle-") as tmp:
         root = Path(tmp)
         (root / "input").mkdir()

@@ -298,3 +298,26 @@ def test_a_slug_the_kaggle_cli_would_refuse_is_refused_before_building(demo_dir,
         code, _, err = _cli(_args(demo_dir, tmp_path, "--no-tta", "--no-wheels", flag, value), capsys)
         assert code == 2 and flag in err and "characters" in err, err
     assert not (tmp_path / "build").exists()
+
+
+def test_a_huge_scale_is_refused_first_and_a_terminated_rehearsal_leaves_no_temporary_folder(demo_dir, built,
+                                                                                              tmp_path, capsys):
+    code, _, err = _cli(_args(demo_dir, built, "--rehearse", "--scale", "100000"), capsys)
+    assert code == 2 and "--scale 100000 would rehearse" in err and "--hidden-size" in err, err
+    import signal
+    import subprocess
+    import time
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "src.kaggle_kernel", *_args(demo_dir, built, "--rehearse")],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(tmp.glob("kaggle-*")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert list(tmp.glob("kaggle-*")), "the rehearsal never made its temporary folder"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "run the same command again" in err and "--resume" not in err, err
+    assert list(tmp.glob("kaggle-*")) == []
