@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from src.core.cli import command_parser, parse_config, run_cli
 from src.core.utils import UserError
-from src.training.averaged_experiment import average_experiment
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,6 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.top is not None and args.top < 1:
         raise UserError(f"--top {args.top} averages no checkpoint; give the number of best checkpoints to average "
                         "per fold (2 or more; train with train.keep_top at least that)")
+    from src.training.averaged_experiment import average_experiment  # after parsing: --help imports nothing heavy
+
     average_experiment(cfg, args.experiment, args.top, args.swa)
 
 

@@ -29,8 +29,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from src.core.cli import command_parser, run_cli
 from src.core.utils import atomic_write_text
@@ -47,13 +45,22 @@ def _png_bytes(img8: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _digits_split():
+    """(scikit-learn's digits, their 80/20 stratified train and test indices); imported here, so
+    --help imports nothing heavy."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    tr, te = train_test_split(np.arange(len(digits.target)), test_size=0.2, stratify=digits.target, random_state=0)
+    return digits, np.sort(tr), np.sort(te)
+
+
 def build_demo(out: str | Path = "inputs/digits") -> Path:
     """Write the digits competition to `out` and return it."""
     out = Path(out)
-    digits = load_digits()
+    digits, tr, te = _digits_split()
     ids = np.array([f"digit_{i:04d}" for i in range(len(digits.target))])
-    tr, te = train_test_split(np.arange(len(ids)), test_size=0.2, stratify=digits.target, random_state=0)
-    tr, te = np.sort(tr), np.sort(te)
     for split, idx in (("train", tr), ("test", te)):
         folder = out / split
         folder.mkdir(parents=True, exist_ok=True)
@@ -88,12 +95,10 @@ def _grid_splits(out: Path, n_train: int, n_test: int, seed: int, prefix: str, d
     """Write 2x2 grids of the train (or test) split's scans under out/train and out/test: `draw(rng,
     pool)` picks four scan indices (None: blank), `label(picks)` names the grid. Returns each split's
     table of (id, label)."""
-    digits = load_digits()
-    pool_tr, pool_te = train_test_split(np.arange(len(digits.target)), test_size=0.2, stratify=digits.target,
-                                        random_state=0)
+    digits, pool_tr, pool_te = _digits_split()
     rng = np.random.default_rng(seed)
     tables = {}
-    for split, pool, n in (("train", np.sort(pool_tr), n_train), ("test", np.sort(pool_te), n_test)):
+    for split, pool, n in (("train", pool_tr, n_train), ("test", pool_te, n_test)):
         folder = out / split
         folder.mkdir(parents=True, exist_ok=True)
         rows = []

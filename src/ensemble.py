@@ -20,11 +20,8 @@ Writes submissions/<name>.csv and <name>_probs.csv, and adds a row to ledger.csv
 
 from __future__ import annotations
 
-from src.core import distributed
-from src.core.cli import command_parser, parse_config, run_cli
-from src.ensembling.pipeline import run
-from src.evaluation.blending import add_blend_args, split_blend_args
-from src.evaluation.stacking import STACKERS
+from src.core.cli import add_blend_args, command_parser, parse_config, run_cli, split_blend_args
+from src.core.config import STACKERS
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,6 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stack", choices=list(STACKERS), default=None,
                         help="fit a stacker on the members' OOF predictions (nested folds) instead of voting")
     args, cfg = parse_config(parser, argv, prepare=split_blend_args)
+    from src.core import distributed  # after parsing: --help imports nothing heavy
+    from src.ensembling.pipeline import run
+
     with distributed.launched(cfg.runtime.device):  # torchrun: each process predicts its share of the images
         run(cfg, args.experiments, args.views, args.weights, args.voting, args.out, args.fmt, stack=args.stack)
 

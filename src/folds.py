@@ -20,13 +20,14 @@ from pathlib import Path
 from src.core.cli import command_parser, parse_config, run_cli
 from src.core.config import Config
 from src.core.utils import UserError
-from src.data.folds import fold_counts, folds_path, load_or_create_folds
-from src.data.relabel import check_reviewed, read_reviewed, write_relabel
-from src.data.tables import load_train_table
 
 
 def relabel(cfg: Config, reviewed_file: str | Path) -> Config:
     """Write the reviewed labels (content-addressed) and their split; the config that trains on them."""
+    from src.data.folds import load_or_create_folds
+    from src.data.relabel import check_reviewed, read_reviewed, write_relabel
+    from src.data.tables import load_train_table
+
     if cfg.data.relabel:
         raise UserError(f"data.relabel is already set ({cfg.data.relabel}); --relabel starts from train.csv's labels, "
                         "so set data.relabel=null and give one file with every reviewed label")
@@ -50,6 +51,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--relabel", metavar="FILE", default=None,
                         help="reviewed labels: suspect_labels.csv with reviewed_label filled, or an id,label CSV")
     args, cfg = parse_config(parser, argv)
+    from src.data.folds import (  # after parsing: --help imports nothing heavy
+        fold_counts,
+        folds_path,
+        load_or_create_folds,
+    )
+
     if args.relabel:
         cfg = relabel(cfg, args.relabel)
     existed = folds_path(cfg).is_file()

@@ -17,15 +17,15 @@ import argparse
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from src.core.cli import command_parser, parse_config, run_cli
+from src.core.cli import add_blend_args, command_parser, parse_config, run_cli, split_blend_args
 from src.core.config import Config
 from src.core.utils import UserError
-from src.core.views import parse_views
-from src.evaluation.blending import add_blend_args, split_blend_args
-from src.kaggle.bundle import BundleSpec, build_bundle
-from src.kaggle.rehearsal import rehearse
-from src.kaggle.wheels import IMAGE_FILE
+from src.kaggle.wheels import IMAGE_FILE  # standard library only (the notebook imports it before installing)
+
+if TYPE_CHECKING:
+    from src.kaggle.bundle import BundleSpec
 
 BUILD = Path("kaggle_kernel/build")
 
@@ -58,6 +58,9 @@ def make_spec(cfg: Config, args) -> BundleSpec:
     members = args.experiments or [str(cfg.experiment.name)]
     user = os.environ.get("KAGGLE_USERNAME", "your-kaggle-username")
     name = _slug("-".join(members))
+    from src.core.views import parse_views  # here, not at the top: --help imports nothing heavy
+    from src.kaggle.bundle import BundleSpec
+
     views = parse_views(args.views or cfg.ensemble.tta)
     return BundleSpec(
         members=members, views=views, weights=[], voting=args.voting or cfg.ensemble.voting,
@@ -75,6 +78,8 @@ def build(cfg: Config, args) -> None:
     spec = make_spec(cfg, args)
     _check_slug("--dataset", spec.dataset, DATASET_SLUG)
     _check_slug("--kernel", spec.kernel, KERNEL_SLUG)
+    from src.kaggle.bundle import build_bundle
+
     result = build_bundle(cfg, spec, args.weights or cfg.ensemble.weights, Path(args.out), wheels=not args.no_wheels)
     print(f"built {args.out}: dataset {result['dataset_bytes'] / 2**20:.1f} MiB ({spec.dataset}), notebook "
           f"{spec.kernel}; members {spec.members}, views {spec.views}, weights {spec.weights}")
@@ -87,6 +92,8 @@ def rehearsal(cfg: Config, args) -> None:
     out = Path(args.out)
     if not (out / "dataset" / "MANIFEST.json").is_file():
         raise UserError(f"{out} holds no built bundle; build it first (python -m src.kaggle_kernel --experiments ...)")
+    from src.kaggle.rehearsal import rehearse
+
     r = rehearse(cfg, out, args.scale, args.time_limit, args.hidden_size, keep=out / "rehearsal" / "submission.csv")
     print(f"rehearsal: {r['images']} test images in {r['seconds']:.1f} s ({r['setup_s']:.1f} s setup, "
           f"{r['predict_s']:.1f} s predicting); submission checked, copy in {out / 'rehearsal' / 'submission.csv'}")

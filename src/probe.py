@@ -14,16 +14,18 @@ and written with the OOF probabilities to outputs/<experiment>/probe/. --out wri
 
 from __future__ import annotations
 
-from src.analysis.probe import CLASSIFIERS, run_probe
 from src.core.cli import command_parser, parse_config, run_cli
+from src.core.config import PROBE_CLASSIFIERS
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = command_parser(__doc__)
-    parser.add_argument("--classifier", choices=sorted(CLASSIFIERS), default="logreg", help="default logreg")
+    parser.add_argument("--classifier", choices=PROBE_CLASSIFIERS, default="logreg", help="default logreg")
     parser.add_argument("--out", default=None, help="write a submission CSV here (and <out>_probs.csv)")
     parser.add_argument("--no-cache", action="store_true", help="compute the features again, write no cache")
     args, cfg = parse_config(parser, argv)
+    from src.analysis.probe import run_probe  # after parsing: --help imports nothing heavy
+
     run_probe(cfg, args.classifier, args.out, cache=not args.no_cache)
 
 

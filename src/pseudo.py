@@ -13,9 +13,7 @@ fold, never to validation, so the OOF score stays a score on real labels.
 
 from __future__ import annotations
 
-from src.core.cli import command_parser, parse_config, run_cli
-from src.ensembling.pseudo_labels import make_pseudo
-from src.evaluation.blending import add_blend_args, split_blend_args
+from src.core.cli import add_blend_args, command_parser, parse_config, run_cli, split_blend_args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,8 +23,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="keep test images whose top blended probability reaches this (default 0.9; 0 with --soft)")
     parser.add_argument("--soft", action="store_true", help="train on the blended probabilities, not the argmax label")
     parser.add_argument("--round", dest="round_", type=int, default=1, help="pseudo-labelling round (default 1)")
-    parser.add_argument("--out", default=None, help="table path (default: outputs/pseudo/<members>_r<round>.csv)")
+    parser.add_argument("--out", default=None,
+                        help="table path: X.csv writes X_<sha8>.csv, sha8 naming the table and its .json (default: "
+                             "outputs/pseudo/<members>_r<round>_<sha8>.csv)")
     args, cfg = parse_config(parser, argv, prepare=split_blend_args)
+    from src.ensembling.pseudo_labels import make_pseudo  # after parsing: --help imports nothing heavy
+
     names = args.experiments or [str(cfg.experiment.name)]
     make_pseudo(cfg, names, args.views, args.weights, args.voting, args.threshold, args.soft, args.round_, args.out)
 

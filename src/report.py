@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 
-from src.analysis.comparison import build_comparison
-from src.analysis.report import build_report
 from src.core.cli import command_parser, parse_config, run_cli
 
 
@@ -42,8 +40,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="--compare: output folder (default outputs/compare/<A>+<B>...)")
     args, cfg = parse_config(parser, argv, prepare=_compare_overrides)
     if args.compare:
+        from src.analysis.comparison import build_comparison  # after parsing: --help imports nothing heavy
+
         build_comparison(cfg, args.compare, args.out)
     else:
+        from src.analysis.report import build_report
+
         build_report(cfg, args.experiment, n_wrong=args.wrong, n_cam=args.cams, cam_layer=args.cam_layer)
 
 

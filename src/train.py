@@ -18,12 +18,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from src.core import distributed
 from src.core.cli import command_parser, parse_config, run_cli
 from src.core.config import Config
-from src.core.tracking import Tracker
-from src.runs.layout import finished_folds, fold_paths
-from src.training.trainer import cv_report, train_fold
 
 
 def parse_fold(text: str) -> int | str:
@@ -36,6 +32,11 @@ def parse_fold(text: str) -> int | str:
 
 
 def _one(cfg: Config, fold: int, resume: bool, force: bool, dry_run: bool, allow_mixed: bool) -> dict:
+    from src.core import distributed  # here, not at the top: --help imports nothing heavy
+    from src.core.tracking import Tracker
+    from src.runs.layout import fold_paths
+    from src.training.trainer import train_fold
+
     if dry_run or (fold_paths(cfg.out_dir, fold).done.is_file() and not force):
         return train_fold(cfg, fold, dry_run_only=dry_run)  # nothing to track
     name = f"{cfg.experiment.name}-fold{fold}"
@@ -46,6 +47,10 @@ def _one(cfg: Config, fold: int, resume: bool, force: bool, dry_run: bool, allow
 def run(cfg: Config, fold: int | str, *, resume: bool = False, force: bool = False, dry_run: bool = False,
         allow_mixed: bool = False) -> dict:
     """Train one fold, -1 (all data) or 'all' folds (then write the CV report); one W&B run per fold."""
+    from src.core import distributed
+    from src.runs.layout import finished_folds
+    from src.training.trainer import cv_report
+
     if fold != "all":
         result = _one(cfg, int(fold), resume, force, dry_run, allow_mixed)
         if int(fold) >= 0 and not dry_run and (cfg.out_dir / "cv.json").is_file():  # never left describing older folds
@@ -72,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--allow-mixed-configs", action="store_true",
                         help="train a fold with other settings than the experiment's finished folds")
     args, cfg = parse_config(parser, argv)
+    from src.core import distributed  # after parsing: --help imports nothing heavy
+
     with distributed.launched(cfg.runtime.device):  # torchrun: one process group for the whole command
         run(cfg, args.fold, resume=args.resume, force=args.force, dry_run=args.dry_run,
             allow_mixed=args.allow_mixed_configs)

@@ -13,10 +13,7 @@ Writes outputs/<study>/best.yaml (a config src.train takes), history.png and imp
 
 from __future__ import annotations
 
-import optuna
-
 from src.core.cli import command_parser, parse_config, run_cli
-from src.tuning.search import tune
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,6 +24,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--study", default=None, help="study name (default: the space file's)")
     parser.add_argument("--storage", default=None, help="Optuna storage URL, or a *.log journal file")
     args, _ = parse_config(parser, argv)  # a config that cannot load stops here, before the study opens
+    import optuna  # after parsing: --help imports nothing heavy
+
+    from src.tuning.search import tune
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tune(args.config, args.overrides, args.space, args.n_trials, args.timeout, args.study, args.storage)
 

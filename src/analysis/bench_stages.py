@@ -263,4 +263,26 @@ def run_stages(cfg: Config, full_cfg: Config, photos: Path, folds: int, views: l
     peer["src_train_img_per_s"] = result["b_photos_vs_synthetic"]["photos_img_per_s"]
     peer["src_train_vs_timm"] = round(peer["src_train_img_per_s"] / peer["timm_img_per_s"], 3)
     result["peer_timm"] = peer
+    result["warnings"] = implausible(result)
     return result
+
+
+def implausible(result: dict) -> list[str]:
+    """What the numbers cannot physically be, and runs too short to trust: photos trained faster
+    than in-memory tensors, a frozen model slower than a trainable one, an ensemble pass faster
+    than its pure forwards, more FLOP/s than the matmul peak, fewer than 8 timed batches."""
+    out = []
+    b, c = result["b_photos_vs_synthetic"], result["c_frozen_vs_full"]
+    d, e = result["d_ensemble"], result["e_flops"]
+    if b["batches"] < 8:
+        out.append(f"only {b['batches']} timed batches per epoch: the ratios are noise (give --batches 8 or more)")
+    checks = [(b["photos_vs_synthetic"] > 1.05, f"photos trained {b['photos_vs_synthetic']}x as fast as in-memory "
+               "tensors, which decoding cannot do"),
+              (c["frozen_speedup"] < 0.9, f"the frozen model ran at {c['frozen_speedup']}x the trainable one's speed, "
+               "which skipping gradients cannot cause"),
+              (d["ensemble_vs_pure_time"] < 0.95, f"the ensemble pass took {d['ensemble_vs_pure_time']}x the time of its "
+               "pure forwards, which it contains"),
+              (e["fraction_of_peak"] > 1.0, f"{e['fraction_of_peak']}x the measured matmul peak")]
+    out += [f"implausible: {why}; the machine was likely busy or the run too short, so rerun it" for bad, why in checks
+            if bad]
+    return out

@@ -32,7 +32,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from src.analysis.features import cached_features, frozen_backbone
-from src.core.config import Config
+from src.core.config import PROBE_CLASSIFIERS, Config
 from src.core.progress import progress
 from src.core.runtime import Runtime
 from src.core.task import Task, expected_grade, grade_probs
@@ -52,6 +52,9 @@ CLASSIFIERS: dict[str, Callable[[int], ClassifierMixin]] = {
     # SVC(probability=True) is deprecated (scikit-learn 1.9): calibrated on internal folds instead.
     "svm": lambda seed: make_pipeline(StandardScaler(), CalibratedClassifierCV(SVC(random_state=seed), ensemble=False)),
 }
+
+
+assert tuple(CLASSIFIERS) == PROBE_CLASSIFIERS  # the names src.probe offers before importing this module
 
 
 @dataclass

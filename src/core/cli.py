@@ -49,3 +49,42 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         sys.exit(130)
+
+
+# ---------------------------------------------------------------- the flags every command that blends takes
+
+
+def parse_weights(text: str) -> str | list[float]:
+    if text in ("equal", "auto"):
+        return text
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--weights takes equal, auto or w1,w2,..., not '{text}'") from None
+
+
+def add_blend_args(parser: argparse.ArgumentParser, fmt: bool = True) -> None:
+    """The flags every command that blends takes (src.ensemble, src.kaggle_kernel; src.pseudo
+    without --format)."""
+    parser.add_argument("--experiments", nargs="+", default=None, help="member experiments (default: the config's)")
+    tta = parser.add_mutually_exclusive_group()
+    tta.add_argument("--tta", nargs="*", default=None,
+                     help="TTA views (default, or without names: ensemble.tta); auto [CANDIDATES]: keep the views "
+                          "that improve the OOF blend, greedily (candidates default to ensemble.tta)")
+    tta.add_argument("--no-tta", action="store_true", help="identity view only")
+    parser.add_argument("--weights", type=parse_weights, default=None, help="equal | auto | w1,w2,...")
+    parser.add_argument("--voting", choices=["soft", "geometric", "logits", "hard", "rank"], default=None)
+    if fmt:
+        parser.add_argument("--format", dest="fmt", choices=["auto", "label", "index", "proba", "binary", "topk"], default=None)
+
+
+def split_blend_args(args: argparse.Namespace) -> list[str] | None:
+    """Move `section.key=value` words that followed --experiments or --tta into args.overrides,
+    and set and return args.views, the views asked for: None for ensemble.tta, ['identity'] for --no-tta."""
+    for name in ("experiments", "tta"):
+        values = getattr(args, name)
+        if values:
+            args.overrides += [t for t in values if "=" in t]
+            setattr(args, name, [t for t in values if "=" not in t] or (None if name == "experiments" else []))
+    args.views = ["identity"] if args.no_tta else (args.tta or None)
+    return args.views

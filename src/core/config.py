@@ -55,6 +55,10 @@ class ExperimentCfg(_Section):
         return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
 
+STACKERS = ("logreg",)  # second-level models src.ensemble --stack fits (src/evaluation/stacking.py)
+PROBE_CLASSIFIERS = ("logreg", "rf", "svm")  # src.probe's classifiers (src/analysis/probe.py)
+
+
 class DataCfg(_Section):
     dir: str | None  # None: no competition named yet; the commands that need one stop (src.core.cli)
     task: Literal["multiclass", "binary", "multilabel", "ordinal"]

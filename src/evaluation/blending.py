@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit
@@ -120,39 +118,3 @@ def fit_weights(oof_probs: list[np.ndarray], y: np.ndarray, metric: str, voting:
                        options={"maxiter": 200 * k, "xatol": 1e-4, "fatol": 1e-7})
         candidates.append(softmax(res.x))
     return min(candidates, key=loss)
-
-
-def parse_weights(text: str) -> str | list[float]:
-    if text in ("equal", "auto"):
-        return text
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--weights takes equal, auto or w1,w2,..., not '{text}'") from None
-
-
-def add_blend_args(parser: argparse.ArgumentParser, fmt: bool = True) -> None:
-    """The flags every command that blends takes (src.ensemble, src.kaggle_kernel; src.pseudo
-    without --format)."""
-    parser.add_argument("--experiments", nargs="+", default=None, help="member experiments (default: the config's)")
-    tta = parser.add_mutually_exclusive_group()
-    tta.add_argument("--tta", nargs="*", default=None,
-                     help="TTA views (default, or without names: ensemble.tta); auto [CANDIDATES]: keep the views "
-                          "that improve the OOF blend, greedily (candidates default to ensemble.tta)")
-    tta.add_argument("--no-tta", action="store_true", help="identity view only")
-    parser.add_argument("--weights", type=parse_weights, default=None, help="equal | auto | w1,w2,...")
-    parser.add_argument("--voting", choices=["soft", "geometric", "logits", "hard", "rank"], default=None)
-    if fmt:
-        parser.add_argument("--format", dest="fmt", choices=["auto", "label", "index", "proba", "binary", "topk"], default=None)
-
-
-def split_blend_args(args: argparse.Namespace) -> list[str] | None:
-    """Move `section.key=value` words that followed --experiments or --tta into args.overrides,
-    and set and return args.views, the views asked for: None for ensemble.tta, ['identity'] for --no-tta."""
-    for name in ("experiments", "tta"):
-        values = getattr(args, name)
-        if values:
-            args.overrides += [t for t in values if "=" in t]
-            setattr(args, name, [t for t in values if "=" not in t] or (None if name == "experiments" else []))
-    args.views = ["identity"] if args.no_tta else (args.tta or None)
-    return args.views

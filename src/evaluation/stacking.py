@@ -18,10 +18,9 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from src.core.config import STACKERS
 from src.core.task import Task, expected_grade, grade_probs
 from src.core.utils import UserError
-
-STACKERS = ("logreg",)
 
 
 def make_stacker(name: str, seed: int = 0):

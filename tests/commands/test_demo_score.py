@@ -16,7 +16,7 @@ from src.core.utils import UserError
 from src.demo import build_demo
 from src.demo import main as demo_main
 from src.ensembling.submission import resolve_format, resolve_top_k
-from src.score import score_submission
+from src.evaluation.scoring import score_submission
 
 REPO = Path(__file__).resolve().parents[2]
 

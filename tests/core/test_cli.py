@@ -86,3 +86,24 @@ def test_run_cli_exit_codes(capsys):
 def test_configs_are_the_repositorys_not_a_modules():
     assert CONFIG_DIR == REPO / "configs" and (CONFIG_DIR / "base.yaml").is_file()
     assert DEFAULT_SPACE_DIR == REPO / "configs" / "tune"
+
+
+HEAVY = ("torch", "timm", "albumentations", "cv2", "sklearn", "scipy", "matplotlib", "optuna", "wandb", "nbclient")
+COMMANDS = ("train", "ensemble", "tune", "folds", "score", "demo", "bench", "kaggle_kernel", "report", "probe", "ledger",
+            "pseudo", "average")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_parses_before_importing_anything_heavy(command):
+    """`python -m src.<command> --help` answers from argparse alone (about a second, not 20-40 s on a
+    busy 2-core machine): none of the heavy libraries is imported by the time the help is printed."""
+    import subprocess
+    import sys
+
+    code = (f"import sys, src.{command} as m\n"
+            "try:\n    m.main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+            f"print(sorted(k for k in {HEAVY!r} if k in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "usage:" in proc.stdout and proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout[-500:]

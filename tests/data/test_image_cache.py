@@ -226,3 +226,28 @@ def test_bench_stages_runs_every_stage_on_photos(tmp_path: Path):
     assert 0 <= b["photos_data_wait"] < 1 and d["images"] == 8 and d["views"] == ["identity", "hflip"]
     assert p["src_train_vs_timm"] == pytest.approx(p["src_train_img_per_s"] / p["timm_img_per_s"], abs=0.002)
     assert "RandomResizedCrop" in p["timm_transform"]
+    assert any("only 1 timed batches" in w for w in r["warnings"])  # too short to trust, and said so
+
+
+def test_implausible_ratios_are_flagged_and_plausible_ones_are_not():
+    from src.analysis.bench_stages import implausible
+
+    ok = {"b_photos_vs_synthetic": {"batches": 16, "photos_vs_synthetic": 0.8}, "c_frozen_vs_full": {"frozen_speedup": 1.6},
+          "d_ensemble": {"ensemble_vs_pure_time": 1.2}, "e_flops": {"fraction_of_peak": 0.4}}
+    assert implausible(ok) == []
+    for stage, key, value, words in (("b_photos_vs_synthetic", "photos_vs_synthetic", 4.4, "photos trained 4.4x"),
+                                     ("c_frozen_vs_full", "frozen_speedup", 0.5, "frozen model"),
+                                     ("d_ensemble", "ensemble_vs_pure_time", 0.5, "ensemble pass"),
+                                     ("e_flops", "fraction_of_peak", 1.7, "matmul peak")):
+        bad = {**ok, stage: {**ok[stage], key: value}}
+        (line,) = implausible(bad)
+        assert words in line and line.startswith("implausible")
+
+
+def test_the_model_benchmark_times_the_competitions_head(demo_dir, demo_cfg, tmp_path):
+    from src.analysis.model_bench import head_classes
+    from src.core.config import load_config
+
+    assert head_classes(demo_cfg(demo_dir, tmp_path))[0] == 10
+    assert head_classes(demo_cfg(demo_dir, tmp_path, "data.task=ordinal", "loss.name=mse"))[0] == 1
+    assert head_classes(load_config(Path("configs/resnext101.yaml"), []))[0] == 1000

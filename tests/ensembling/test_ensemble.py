@@ -36,8 +36,8 @@ from src.ensembling import pipeline
 from src.ensembling.submission import build_submission, check_submission, resolve_format, resolve_top_k
 from src.evaluation.blending import combine, fit_weights
 from src.evaluation.metrics import compute_metric
+from src.evaluation.scoring import score_submission
 from src.runs.layout import file_sha1
-from src.score import score_submission
 from src.training.trainer import train_fold
 
 REPO = Path(__file__).resolve().parents[2]

@@ -27,10 +27,10 @@ from src.data.tables import load_train_table
 from src.demo import build_multilabel_demo
 from src.ensembling import pipeline
 from src.evaluation.metrics import check_metric_fits
+from src.evaluation.scoring import score_submission
 from src.models.losses import MultiLabelLoss, build_loss
 from src.runs.layout import fold_paths, oof_probs, read_oof
 from src.runs.members import member_oof, open_members
-from src.score import score_submission
 from src.training.trainer import train_fold
 
 ML_CONFIG = DEMO_CONFIG.with_name("demo_multilabel.yaml")

@@ -26,11 +26,11 @@ from src.ensembling import pipeline
 from src.evaluation.blending import combine
 from src.evaluation.decoding import fit_grade_thresholds, rounding_thresholds
 from src.evaluation.metrics import check_metric_fits, compute_metric
+from src.evaluation.scoring import score_submission
 from src.models.losses import GradeRegressionLoss, build_loss
 from src.runs.checkpoint import load_checkpoint
 from src.runs.layout import fold_paths, oof_probs, read_oof
 from src.runs.members import member_oof, open_members
-from src.score import score_submission
 from src.training.trainer import train_fold
 
 ORD_CONFIG = DEMO_CONFIG.with_name("demo_ordinal.yaml")

@@ -1,0 +1,90 @@
+"""Throughput of the configured model on synthetic batches: a training step (freezing, optimizer,
+AMP, channels_last as configured) and inference, images per second and peak accelerator memory
+(`python -m src.bench` without --stages)."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import torch
+
+from src.core.runtime import Runtime, predict
+from src.models.losses import build_loss
+from src.models.model import build_model, freeze, param_counts, param_groups, set_train_mode
+from src.models.optim import build_optimizer
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def head_classes(cfg) -> tuple[int, str]:
+    """(the model head's width, why): the competition's classes (or labels, or one grade score)
+    when the config names one, else 1000, ImageNet's."""
+    from src.core.task import Task, label_tags
+    from src.data.tables import load_train_table, sorted_classes
+
+    if cfg.data.dir is None:
+        return 1000, "no competition named (data.dir), so ImageNet's 1000 classes"
+    labels = load_train_table(cfg.data)["label"]
+    tags = pd.Series([t for lab in labels for t in label_tags(lab, cfg.data.task == "multilabel")], dtype=str)
+    task = Task.from_cfg(cfg, sorted_classes(tags))
+    return task.n_outputs, f"the {len(task.classes)} {task.noun} of {cfg.data.dir}"
+
+
+def bench(cfg, steps: int = 30, warmup: int = 5, n_classes: int = 1000) -> dict:
+    """Time `steps` training steps and inference batches after `warmup` of each."""
+    rt = Runtime.from_cfg(cfg.runtime)
+    device = rt.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    model = build_model(cfg.model, n_classes, pretrained=False, img_size=cfg.aug.img_size)
+    frozen = freeze(model, cfg.model.freeze_before, cfg.model.freeze_stages)
+    model = rt.model(model)
+    opt = build_optimizer(cfg.optim, param_groups(model, cfg.optim.weight_decay, frozen, 1.0, False))
+    criterion = build_loss(cfg.loss, n_classes, torch.zeros(1, dtype=torch.long).numpy()).to(device)
+    scaler = torch.amp.GradScaler(device.type, enabled=rt.dtype == torch.float16)
+    bs, size = cfg.loader.batch_size, cfg.aug.img_size
+    x = rt.batch(torch.randn(bs, 3, size, size))
+    y = torch.randint(0, n_classes, (bs,), device=device)
+
+    def train_step() -> None:
+        with rt.autocast():
+            loss = criterion(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+
+    set_train_mode(model, frozen)
+    for _ in range(warmup):
+        train_step()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        train_step()
+    _sync(device)
+    train_ips = steps * bs / (time.perf_counter() - t0)
+
+    # Inference through the loop validation and the ensemble use (logits copied back per batch).
+    predict([model], [(x, None)] * warmup, rt)
+    _sync(device)
+    t0 = time.perf_counter()
+    predict([model], [(x, None)] * steps, rt)
+    _sync(device)
+    infer_ips = steps * bs / (time.perf_counter() - t0)
+    return {
+        "model": cfg.model.name,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else str(device),
+        "amp": rt.amp_name,
+        "channels_last": rt.channels_last,
+        "batch_size": bs,
+        "img_size": size,
+        "params": param_counts(model),
+        "train_img_per_s": round(train_ips, 1),
+        "infer_img_per_s": round(infer_ips, 1),
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
+        "torch": torch.__version__,
+    }

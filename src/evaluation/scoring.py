@@ -1,0 +1,112 @@
+"""A submission file scored against a solution file, as Kaggle would: labels, ranked labels (top-k),
+tags (multi-label), one probability column, or one column per class; what `python -m src.score` runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from src.core.task import Task, canonical_tags
+from src.core.utils import UserError
+from src.data.folds import folds_path
+from src.data.tables import sorted_classes
+from src.evaluation.metrics import compute_metric
+
+
+def _class_list(cfg, solution: pd.DataFrame) -> list[str]:
+    meta = folds_path(cfg).with_suffix(".json")
+    if meta.is_file():
+        return json.loads(meta.read_text())["classes"]
+    return sorted_classes(solution[cfg.data.label_col])
+
+
+def _ranked(values: pd.Series, classes: list[str], index: dict[str, int]) -> np.ndarray:
+    """A top-k column (labels best first, space-separated) as scores that rank them so: the first
+    label highest, unlisted classes lowest; MAP@k and accuracy (top-1) read it as written."""
+    rows = values.str.split()
+    bad = sorted({w for r in rows for w in r} - set(index))
+    if bad:
+        raise UserError(f"submission labels {bad[:5]} are not classes of this competition")
+    scores = np.zeros((len(rows), len(classes)))
+    for i, r in enumerate(rows):
+        for rank, w in enumerate(dict.fromkeys(r)):
+            scores[i, index[w]] = len(classes) - rank
+    return scores / scores.sum(1, keepdims=True)
+
+
+def _score_multilabel(sub: pd.DataFrame, sol: pd.DataFrame, cfg, classes: list[str]) -> dict[str, float]:
+    """A multi-label submission: tags (scored as the 0/1 decisions they are) or one probability
+    column per label, against the solution's tags."""
+    task = Task("multilabel", tuple(classes))
+    truth = canonical_tags(sol[cfg.data.label_col], cfg.data.label_sep)
+    unseen = sorted({t for lab in truth for t in lab.split()} - set(classes))
+    if unseen:
+        raise UserError(f"the solution holds tags {unseen[:5]} that no training image has, so no model of this split "
+                        "can predict them; check data.label_sep and that the solution belongs to this competition")
+    y = task.targets(truth)
+    cols = [c for c in sub.columns if c != cfg.data.id_col]
+    if all(c in sub.columns for c in classes):
+        probs = sub[classes].astype(float).to_numpy()
+    elif len(cols) == 1:
+        probs = task.targets(canonical_tags(sub[cols[0]], " "))  # raises on tags that are not labels
+    else:
+        raise UserError(f"the submission has neither one tags column nor one column per label (columns {cols[:6]})")
+    out = {"accuracy": compute_metric("accuracy", y, probs)}
+    out[cfg.metric.name] = compute_metric(cfg.metric.name, y, probs)
+    return out
+
+
+def score_submission(sub_path: str | Path, solution_path: str | Path, cfg) -> dict[str, float]:
+    """{'accuracy': ..., <metric>: ...} of a submission file against a solution file."""
+    d = cfg.data
+    frames = []
+    for p, what in ((Path(sub_path), "submission"), (Path(solution_path), "solution")):
+        if not p.is_file():
+            raise UserError(f"{what} file {p} does not exist; pass an existing path")
+        df = pd.read_csv(p, dtype=str, keep_default_na=False)
+        if d.id_col not in df.columns:
+            raise UserError(f"{p} has no id column '{d.id_col}'; set data.id_col")
+        frames.append(df.set_index(d.id_col))
+    sub, sol = frames
+    if d.label_col not in sol.columns:
+        raise UserError(f"solution {solution_path} has no label column '{d.label_col}'; set data.label_col")
+    missing = sol.index.difference(sub.index)
+    if len(missing):
+        raise UserError(f"the submission lacks {len(missing)} solution ids (e.g. {list(missing[:3])}); predict every test id")
+    sub = sub.loc[sol.index]
+    classes = _class_list(cfg, sol)
+    if cfg.data.task == "multilabel":
+        return _score_multilabel(sub, sol, cfg, classes)
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(sol[d.label_col]) - set(index))
+    if unknown:
+        raise UserError(f"solution labels {unknown[:5]} are not in the class list {classes[:10]}")
+    y = sol[d.label_col].map(index).to_numpy()
+    cols = [c for c in sub.columns if c != d.id_col]
+    if all(c in sub.columns for c in classes):
+        probs = sub[classes].astype(float).to_numpy()
+    elif len(cols) == 1:
+        values = sub[cols[0]]
+        numeric = pd.to_numeric(values, errors="coerce")
+        if len(classes) == 2 and numeric.notna().all() and not set(values) <= set(index) and numeric.between(0, 1).all():
+            # a binary task's single column: the probability of the second class
+            p = numeric.to_numpy(dtype=float)
+            probs = np.stack([1 - p, p], axis=1)
+        elif (values.str.split().str.len() > 1).any():
+            probs = _ranked(values, classes, index)
+        else:
+            labels = values
+            if not set(labels) <= set(index) and set(labels) <= {str(i) for i in range(len(classes))}:
+                labels = labels.map(lambda s: classes[int(s)])
+            bad = sorted(set(labels) - set(index))
+            if bad:
+                raise UserError(f"submission labels {bad[:5]} are not classes of this competition")
+            probs = np.eye(len(classes))[labels.map(index).to_numpy()]
+    else:
+        raise UserError(f"{sub_path} has neither one prediction column nor one column per class (columns {cols[:6]})")
+    out = {"accuracy": compute_metric("accuracy", y, probs)}
+    out[cfg.metric.name] = compute_metric(cfg.metric.name, y, probs)
+    return out
