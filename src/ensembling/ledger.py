@@ -2,7 +2,11 @@
 leaderboard score once Kaggle returned it. `python -m src.ledger` is its command line.
 
     submissions/ledger.csv   (beside the submissions: <folder of --out>/ledger.csv)
-      time, file, members, views, weights, voting, stack, metric, cv, tta_gain, commit, configs, lb
+      time, file, members, views, weights, voting, stack, metric, cv, tta_gain, commit, configs, lb, sha1
+
+sha1 is the submission file's content when its row was written: src.ensemble never writes over a
+file the ledger holds (a default name moves on to <name>_v2.csv, an explicit --out is refused), and
+--lb refuses a file whose content no longer matches its row.
 
 Rows are appended under an exclusive lock (flock on ledger.csv.lock) and the file is replaced
 atomically, so two ensembles finishing together both land and a crash never leaves half a row.
@@ -26,7 +30,7 @@ from src.core.utils import UserError, atomic_save
 
 DEFAULT_LEDGER = Path("submissions") / "ledger.csv"
 COLUMNS = ["time", "file", "members", "views", "weights", "voting", "stack", "metric", "cv", "tta_gain", "commit",
-           "configs", "lb"]
+           "configs", "lb", "sha1"]
 MIN_ROWS_FOR_CORRELATION = 3  # fewer scored submissions give a correlation that means nothing
 
 
@@ -117,7 +121,8 @@ def record_submission(out: Path, members: list, views: list[str], weights, votin
         "weights": "" if weights is None else ",".join(f"{x:.4g}" for x in np.asarray(weights) / np.sum(weights)),
         "voting": voting, "stack": stack or "", "metric": metric, "cv": repr(float(cv)), "commit": git_commit(),
         "tta_gain": "" if tta_gain is None else repr(float(tta_gain)),
-        "configs": ";".join(f"{m.name}:{config_hash(m.records[m.folds[0]]['config'])}" for m in members)})
+        "configs": ";".join(f"{m.name}:{config_hash(m.records[m.folds[0]]['config'])}" for m in members),
+        "sha1": _file_sha1(out)})
     print(f"ledger: one row added to {path} (record the public score with python -m src.ledger --ledger {path} "
           f"--lb {out} SCORE)")
     return row
@@ -125,6 +130,39 @@ def record_submission(out: Path, members: list, views: list[str], weights, votin
 
 def _same_file(a: str, b: Path) -> bool:
     return Path(a).resolve() == b.resolve()
+
+
+def _file_sha1(path: Path) -> str:
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+def recorded(submission: Path) -> dict | None:
+    """The latest ledger row (beside it) of a submission file that exists, else None."""
+    submission = Path(submission)
+    if not submission.is_file():
+        return None
+    df = read_ledger(ledger_path(submission))
+    hits = [i for i, f in enumerate(df["file"]) if _same_file(f, submission)]
+    return df.iloc[hits[-1]].to_dict() if hits else None
+
+
+def free_submission_path(out: Path, explicit: bool) -> Path:
+    """Where a new submission may go without writing over one the ledger recorded: `out`, or for a
+    default name the next free <stem>_v<k>.csv (said); an explicit --out on a recorded file is refused."""
+    row = recorded(out)
+    if row is None:
+        return out
+    scored = f", public score {row['lb']}" if row.get("lb") else ""
+    if explicit:
+        raise UserError(f"--out {out} is a submission the ledger recorded ({row['time']}{scored}); writing over it "
+                        "would leave its row describing other content, so give another --out")
+    k = 2
+    while recorded(out.with_name(f"{out.stem}_v{k}{out.suffix}")) is not None or \
+            out.with_name(f"{out.stem}_v{k}{out.suffix}").exists():
+        k += 1
+    new = out.with_name(f"{out.stem}_v{k}{out.suffix}")
+    print(f"note: {out} is a submission the ledger recorded ({row['time']}{scored}); writing {new} instead")
+    return new
 
 
 def record_lb(path: Path, file: str | Path, score: float) -> dict:
@@ -145,6 +183,11 @@ def record_lb(path: Path, file: str | Path, score: float) -> dict:
         if not hits:
             raise UserError(f"{file} is not in the ledger {path}; give a file listed in its file column "
                             "(python -m src.ledger shows them)")
+        row = df.iloc[hits[-1]]
+        if row.get("sha1") and file.is_file() and _file_sha1(file) != row["sha1"]:
+            raise UserError(f"{file} no longer holds what its ledger row recorded ({row['time']}): the score would "
+                            "describe other content; record it for the file as it was submitted, or write a new "
+                            "submission with python -m src.ensemble")
         df.loc[hits[-1], "lb"] = repr(float(score))
         _write(path, df)
         return df.iloc[hits[-1]].to_dict()

@@ -15,7 +15,7 @@ from src.core.task import Task
 from src.core.utils import UserError
 from src.core.views import parse_views
 from src.data.tables import load_test_table
-from src.ensembling.ledger import record_submission
+from src.ensembling.ledger import free_submission_path, record_submission
 from src.ensembling.submission import check_out_path, checked_submission, write_submission
 from src.ensembling.view_selection import choose_views
 from src.evaluation.blending import as_logits, check_voting, combine
@@ -144,7 +144,8 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
         raise UserError("--tta auto, --stack and weights=auto are fitted on the OOF report; fix the views and "
                         "weights when the report is off")
     tag = ("_tta" if auto or views != ["identity"] else "") + (f"_{stack}" if stack else "")
-    out = Path(out) if out else Path("submissions") / ("+".join(names) + tag + ".csv")
+    out = free_submission_path(Path(out), True) if out else \
+        free_submission_path(Path("submissions") / ("+".join(names) + tag + ".csv"), False)
     check_out_path(out, cfg.data.dir)
     rt = Runtime.from_cfg(cfg.runtime)
     test, sample = load_test_table(cfg.data)
