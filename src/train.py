@@ -59,12 +59,16 @@ def run(cfg: Config, fold: int | str, *, resume: bool = False, force: bool = Fal
             print(f"CV report over the finished folds {folds} rewritten in {cfg.out_dir / 'cv.json'}")
         return result
     t0 = time.time()
+    earlier = [] if force or dry_run else finished_folds(cfg.out_dir)  # skipped below: counted apart
     # --fold all --force retrains every fold with these settings: the old ones are not kept alongside.
     results = [_one(cfg, k, resume, force, dry_run, allow_mixed or force) for k in range(cfg.data.n_folds)]
     if dry_run:
         return {"folds": results}
     report = distributed.from_main(lambda: cv_report(cfg, list(range(cfg.data.n_folds))))
-    print(f"{cfg.data.n_folds} folds in {time.time() - t0:.0f} s; CV report in {cfg.out_dir / 'cv.json'}")
+    trained = cfg.data.n_folds - len(earlier)
+    print(f"{trained} fold{'s' * (trained != 1)} trained in {time.time() - t0:.0f} s"
+          + (f" ({len(earlier)} finished earlier: {earlier})" if earlier else "")
+          + f"; CV report in {cfg.out_dir / 'cv.json'}")
     return report
 
 

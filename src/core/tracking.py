@@ -24,8 +24,24 @@ def wandb_mode(mode: str) -> str:
 class Tracker:
     """One W&B run, or nothing (`Tracker.off()`). Any tracking failure is a warning, then a no-op."""
 
-    def __init__(self, run=None):
-        self.run = run
+    def __init__(self, run=None, opener=None):
+        self._run, self._opener = run, opener
+
+    @property
+    def run(self):
+        """The W&B run, opened at its first use: a command that stops in its start checks (a bad
+        path, offline weights) leaves no run behind."""
+        if self._run is None and self._opener is not None:
+            opener, self._opener = self._opener, None
+            try:
+                self._run = opener()
+            except Exception as e:  # tracking must never cost a training run
+                self._fail("start", e)
+        return self._run
+
+    @run.setter
+    def run(self, value) -> None:
+        self._run = value
 
     @classmethod
     def off(cls) -> Tracker:
@@ -33,15 +49,17 @@ class Tracker:
 
     @classmethod
     def start(cls, cfg: Config, name: str, out_dir: Path, job_type: str = "train", group: str | None = None) -> Tracker:
-        """Open a run named `name` in `group` (default: the experiment), files under out_dir/wandb."""
+        """A run named `name` in `group` (default: the experiment), files under out_dir/wandb,
+        opened when something is first logged."""
         mode = wandb_mode(cfg.wandb.mode)
         if mode == "disabled":
             return cls.off()
-        try:
+
+        def open_run():
             import wandb
 
             out_dir.mkdir(parents=True, exist_ok=True)
-            return cls(wandb.init(
+            return wandb.init(
                 mode=mode,
                 project=cfg.wandb.project,
                 entity=cfg.wandb.entity,
@@ -52,15 +70,13 @@ class Tracker:
                 config=cfg.to_dict(),
                 reinit="create_new",
                 settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
-            ))
-        except Exception as e:  # tracking must never cost a training run
-            tracker = cls.off()
-            tracker._fail("start", e)
-            return tracker
+            )
+
+        return cls(opener=open_run)
 
     def _fail(self, what: str, e: Exception) -> None:
         warnings.warn(f"W&B {what} failed ({type(e).__name__}: {e}); continuing without tracking", stacklevel=3)
-        self.run = None
+        self._run, self._opener = None, None
 
     def log(self, data: dict, step: int | None = None) -> None:
         if self.run is not None:
@@ -96,12 +112,13 @@ class Tracker:
                 self._fail("confusion matrix", e)
 
     def finish(self) -> None:
-        if self.run is not None:
+        self._opener = None  # never used: never opened
+        if self._run is not None:
             try:
-                self.run.finish()
+                self._run.finish()
             except Exception as e:
                 self._fail("finish", e)
-            self.run = None
+            self._run = None
 
     def __enter__(self) -> Tracker:
         return self

@@ -107,3 +107,17 @@ def test_every_trial_fold_has_its_own_finished_run(study_runs):
         assert r["group"] == "tracked" and r["exit"]
         assert len(r["history"]) >= 1 and "val_accuracy" in r["history"][0]
         assert "best_accuracy" in r["summary"]
+
+
+def test_a_run_that_stops_in_its_start_checks_leaves_no_wandb_run(demo_dir, tiny_cfg, tmp_path):
+    """Weights that are not there stop the fold while it is set up: the W&B run, opened only when
+    something is logged, was never created; a fold that trains opens exactly one."""
+    import src.train as train
+    from src.core.utils import UserError
+
+    cfg = tiny_cfg(demo_dir, tmp_path, "wandb.mode=offline", f"model.pretrained_path={tmp_path / 'nope.safetensors'}")
+    with pytest.raises(UserError):
+        train.run(cfg, 0)
+    assert list(tmp_path.rglob("offline-run-*")) == []
+    train.run(tiny_cfg(demo_dir, tmp_path, "wandb.mode=offline", "experiment.name=ok"), 0)
+    assert len(list((tmp_path / "ok" / "wandb").glob("offline-run-*"))) == 1

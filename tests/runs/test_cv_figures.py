@@ -27,6 +27,10 @@ def _oof_accuracy(out, folds) -> float:
 def test_cv_figures_follow_the_folds_that_exist_now(demo_dir, tiny_cfg, tmp_path, capsys):
     cfg = tiny_cfg(demo_dir, tmp_path, "data.n_folds=2")
     train.run(cfg, "all")
+    assert "2 folds trained in" in capsys.readouterr().out
+    train.run(cfg, "all")  # nothing left to train: it says so rather than "2 folds in ..."
+    again = capsys.readouterr().out
+    assert "0 folds trained in" in again and "(2 finished earlier: [0, 1])" in again
     first = json.loads((cfg.out_dir / "cv.json").read_text())["oof"]["accuracy"]
     # fold 1 again, another seed (allowed explicitly): cv.json is rewritten from the folds as they are now
     train.run(tiny_cfg(demo_dir, tmp_path, "data.n_folds=2", "experiment.seed=7", "optim.lr=0.02"), 1, force=True,
