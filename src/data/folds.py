@@ -128,14 +128,15 @@ def _relabelled_split(cfg: Config, original: pd.DataFrame, df: pd.DataFrame, pat
     return df, classes
 
 
-def load_or_create_folds(cfg: Config, create: bool = True, table: pd.DataFrame | None = None
+def load_or_create_folds(cfg: Config, create: bool = True, table: pd.DataFrame | None = None, write: bool = True
                          ) -> tuple[pd.DataFrame, list[str], Path]:
     """(train table with a `fold` and a `target` column, class names, folds file path).
 
     `table` is the already loaded training table (load_train_table), to avoid reading it twice.
     With data.relabel, its labels replace train.csv's, in a split file of its own that keeps the
-    base split's folds and classes.
+    base split's folds and classes. write=False (a dry run) makes a missing split without writing it.
     """
+    save = _write_split if write else (lambda *a: None)
     original = load_train_table(cfg.data) if table is None else table
     df = apply_relabel(original, cfg.data.relabel) if cfg.data.relabel else original
     path = folds_path(cfg)
@@ -151,13 +152,13 @@ def load_or_create_folds(cfg: Config, create: bool = True, table: pd.DataFrame |
         groups = df["group"] if cfg.data.group_col else None
         df["fold"] = multilabel_folds(Task("multilabel", tuple(classes)).targets(df["label"]), cfg.data.n_folds,
                                       cfg.data.fold_seed, groups)
-        _write_split(cfg, df, path, {"classes": classes, "task": "multilabel"})
+        save(cfg, df, path, {"classes": classes, "task": "multilabel"})
     else:
         classes = sorted_classes(df["label"])
         Task.from_cfg(cfg, classes)  # binary with other than 2 classes, ordinal without integer grades: refused unwritten
         df = df.copy()
         df["fold"] = assign_folds(df, cfg.data.n_folds, cfg.data.fold_seed, bool(cfg.data.group_col))
-        _write_split(cfg, df, path, {"classes": classes})
+        save(cfg, df, path, {"classes": classes})
     task = Task.from_cfg(cfg, classes)
     targets = task.targets(df["label"])  # every label (tag) must be in the split's class list
     if not task.multilabel:  # a multi-label image's targets are a row of 0/1 (Task.targets of its label)
@@ -173,11 +174,12 @@ def fold_counts(df: pd.DataFrame, classes: list[str], task: str) -> pd.DataFrame
     return pd.crosstab(rows["label"], rows["fold"]).reindex(classes, fill_value=0)
 
 
-def fold_tables(cfg: Config, fold: int, check_classes: Callable[[int], None] | None = None
+def fold_tables(cfg: Config, fold: int, check_classes: Callable[[int], None] | None = None, write: bool = True
                 ) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str]]:
     """(training rows, validation rows or None for fold -1, class names), readable images only;
     pseudo-labelled test images (data.pseudo) are appended to the training rows only.
-    `check_classes(n_classes)` runs once the labels are read, before anything is written."""
+    `check_classes(n_classes)` runs once the labels are read, before anything is written;
+    write=False (a dry run) writes nothing: no split file, no image-check record, no cached image."""
     if fold != -1 and not 0 <= fold < cfg.data.n_folds:
         raise UserError(f"--fold {fold} is out of range; use 0..{cfg.data.n_folds - 1}, all, or -1")
     table = load_train_table(cfg.data)
@@ -191,13 +193,13 @@ def fold_tables(cfg: Config, fold: int, check_classes: Callable[[int], None] | N
     try:
         readable = set(drop_bad_images(table, cfg, cache, defer=pending, images=image_cache(cfg, train=True),
                                        undo=undo)["id"])
-        df, classes, _ = load_or_create_folds(cfg, table=table)
+        df, classes, _ = load_or_create_folds(cfg, table=table, write=write)
     except BaseException:
         for u in undo:  # new image-cache entries were staged: remove them
             u()
         raise
-    for write in pending:  # the split accepted the data: now remember the check (and cache the images)
-        write()
+    for step in (pending if write else undo):  # the split accepted the data: remember the check, cache the images
+        step()
     df = df[df["id"].isin(readable)].reset_index(drop=True)
     if fold == -1:
         return add_pseudo(df, cfg, classes), None, classes

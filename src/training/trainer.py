@@ -21,7 +21,7 @@ from src.core.runtime import Norm, Runtime
 from src.core.task import Task
 from src.core.tracking import Tracker
 from src.core.utils import UserError, atomic_save, atomic_write_text, derive_seed, seed_everything
-from src.data.folds import fold_tables
+from src.data.folds import fold_tables, folds_path
 from src.data.image_cache import image_cache
 from src.data.loaders import ImageDataset, make_loader, resolve_workers
 from src.data.transforms import build_transform, resolve_norm
@@ -53,10 +53,11 @@ from src.training.weight_averaging import finish_swa, new_swa, swa_cv, swa_step
 # ---------------------------------------------------------------- setup
 
 
-def setup_fold(cfg: Config, fold: int, rt: Runtime) -> FoldState:
-    """Data, model with freezing, and loaders of one fold (the optimization is added by `optimization`)."""
+def setup_fold(cfg: Config, fold: int, rt: Runtime, dry: bool = False) -> FoldState:
+    """Data, model with freezing, and loaders of one fold (the optimization is added by `optimization`);
+    `dry`: write nothing (no split file, no image cache)."""
     fits = lambda n_classes: check_metric_fits(cfg.metric.name, n_classes, cfg.data.task)  # noqa: E731
-    train_df, val_df, classes = distributed.main_first(lambda: fold_tables(cfg, fold, fits))  # rank 0 writes the split
+    train_df, val_df, classes = distributed.main_first(lambda: fold_tables(cfg, fold, fits, write=not dry))  # rank 0 writes the split
     task = Task.from_cfg(cfg, classes)
     seed = derive_seed(cfg.experiment.seed, fold + 1)
     seed_everything(seed)
@@ -76,7 +77,7 @@ def setup_fold(cfg: Config, fold: int, rt: Runtime) -> FoldState:
         + (f" ({rt.amp_name} autocast)" if rt.dtype else "")
         + f"; parameters {counts['total']:,} total, {counts['trainable']:,} trainable, {counts['frozen']:,} frozen"
     )
-    train_cache, val_cache = image_cache(cfg, train=True), image_cache(cfg, train=False)
+    train_cache, val_cache = (None, None) if dry else (image_cache(cfg, train=True), image_cache(cfg, train=False))
     train_ds = ImageDataset(train_df["path"], task.targets(train_df["label"]), build_transform(cfg.aug, True), train_cache)
     train_ds = with_soft_targets(train_ds, cfg, train_df, classes)  # distillation, soft pseudo-labels
     sampler = distributed.epoch_sampler(len(train_ds), seed)
@@ -140,7 +141,9 @@ def dry_run(s: FoldState) -> dict:
     s.model.eval()
     with torch.no_grad(), s.rt.autocast():
         logits = s.model(s.rt.batch(x, s.norm))
-    print(f"dry run: input {tuple(x.shape)} -> logits {tuple(logits.shape)}; nothing trained, no checkpoint written")
+    split = folds_path(s.cfg)
+    print(f"dry run: input {tuple(x.shape)} -> logits {tuple(logits.shape)}; nothing trained or written (no checkpoint, "
+          "no image cache" + ("" if split.is_file() else f"; the split {split} would be written by a real run") + ")")
     return {"dry_run": True, "params": s.counts, "n_train": len(s.train_df),
             "n_valid": 0 if s.val_df is None else len(s.val_df)}
 
@@ -313,7 +316,7 @@ def train_fold(cfg: Config, fold: int, *, resume: bool = False, force: bool = Fa
     fp = fold_paths(cfg.out_dir, fold)
     rt = Runtime.from_cfg(cfg.runtime)
     if dry_run_only:
-        return dry_run(setup_fold(cfg, fold, rt))
+        return dry_run(setup_fold(cfg, fold, rt, dry=True))
     if (result := _check_can_start(fp, fold, resume, force)) is not None:
         return result
     if not allow_mixed:
