@@ -138,6 +138,9 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
     e = cfg.ensemble
     names = experiments or [str(cfg.experiment.name)]
     views, auto = _parse_tta(tta, e.tta)
+    if "identity" not in views and not auto:  # --tta VIEW ... replaces the views: say when the plain image is gone
+        print(f"note: the views {views} leave out identity, the plain image; predictions use only these (add "
+              "identity to keep it, e.g. --tta identity " + " ".join(views) + ")")
     weights = e.weights if weights is None else weights
     voting = voting or e.voting
     if not report and (auto or stack or weights == "auto"):

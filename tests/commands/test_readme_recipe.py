@@ -1,0 +1,66 @@
+"""The README's "Use your own competition" recipe, run as written on a small competition in the
+layout it describes (train.csv with image_id,label, train/, test/, sample_submission.csv): its
+config snippet and its three commands, read from the README itself, with only the tiny model and
+one short epoch added on the command line. The ensemble must blend the plain and the flipped
+image (2 views) into submissions/<name>_tta.csv."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pandas as pd
+import pytest
+from conftest import REPO
+
+import src.ensemble as ensemble
+import src.train as train
+from src.core.cli import run_cli
+
+TINY = ["model.name=test_resnet", "model.pretrained=false", "model.freeze_before=null", "aug.img_size=32",
+        "train.epochs=1", "train.limit_batches=2", "loader.batch_size=16", "loader.num_workers=0",
+        "data.n_folds=2", "wandb.mode=disabled", "runtime.device=cpu", "aug.hflip=false"]
+
+
+def _recipe() -> tuple[str, list[list[str]]]:
+    """(the config snippet of step 2, the commands of step 3) from README.md."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Use your own competition"):]
+    blocks = re.findall(r"```(yaml|bash)\n(.*?)```", section, re.S)
+    yaml_text = next(b for kind, b in blocks if kind == "yaml")
+    bash = next(b for kind, b in blocks if kind == "bash")
+    commands = [line.split("#")[0].split() for line in bash.splitlines() if line.strip().startswith("python")]
+    return "\n".join(line.strip() for line in yaml_text.splitlines()), commands
+
+
+@pytest.mark.slow
+def test_the_readme_recipe_blends_the_plain_and_the_flipped_image(demo_dir, tmp_path, monkeypatch, capsys):
+    name = "mycomp"
+    comp = tmp_path / "inputs" / name
+    shutil.copytree(demo_dir, comp)
+    for csv in ("train.csv", "sample_submission.csv"):
+        pd.read_csv(comp / csv, dtype=str).rename(columns={"id": "image_id"}).to_csv(comp / csv, index=False)
+    shutil.copytree(REPO / "configs", tmp_path / "configs")
+    snippet, commands = _recipe()
+    (tmp_path / "configs" / f"{name}.yaml").write_text(snippet.replace("<name>", name))
+    monkeypatch.chdir(tmp_path)
+    assert [c[:3] for c in commands] == [["python", "-m", "src.train"]] * 2 + [["python", "-m", "src.ensemble"]]
+    for command in commands:
+        argv = [a.replace("<name>", name) for a in command[3:]]
+        module = {"src.train": train, "src.ensemble": ensemble}[command[2]]
+        run_cli(module.main, [*argv, *TINY])
+    out = capsys.readouterr().out
+    assert "1 members x folds x 2 views" in out and "leave out identity" not in out
+    sub = tmp_path / "submissions" / f"{name}_tta.csv"
+    assert sub.is_file() and list(pd.read_csv(sub).columns) == ["image_id", "label"]
+
+
+def test_a_view_list_without_identity_says_so(demo_dir, tmp_path, demo_cfg, capsys):
+    from src.ensembling import pipeline
+    from src.training.trainer import train_fold
+
+    cfg = demo_cfg(demo_dir, tmp_path, *TINY)
+    for k in (0, 1):
+        train_fold(cfg, k)
+    pipeline.run(cfg, None, ["hflip"], "equal", "soft", tmp_path / "flip.csv", None)
+    assert "leave out identity" in capsys.readouterr().out
