@@ -43,8 +43,8 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_the_wheel_holds_every_module_of_every_subpackage(wheel):
     shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("src/")}
-    source = {p.relative_to(REPO).as_posix() for p in (REPO / "src").rglob("*.py")}
-    assert shipped == source
+    source = {p.relative_to(REPO).as_posix() for p in (REPO / "src").rglob("*.py")} | {"src/kaggle/kaggle_image.txt"}
+    assert shipped == source  # the modules, and the Kaggle image's package list (package data)
     assert {"src/core/config.py", "src/ensembling/pipeline.py", "src/kaggle/bundle.py"} <= shipped
 
 
