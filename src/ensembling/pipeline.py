@@ -26,10 +26,15 @@ from src.runs.members import across_members, member_test, oof_blend, open_member
 
 
 def _parse_tta(tta: list[str] | None, default: list[str]) -> tuple[list[str], bool]:
-    """(views, or the candidates for auto; auto?). None: the default views; ['auto', ...]: choose on OOF."""
+    """(views, or the candidates for auto; auto?). None: the default views; ['auto', ...]: choose on OOF.
+    A list without identity (--tta VIEW ... replaces the views) is said: the plain image is not predicted."""
     if tta and tta[0] == "auto":
         return parse_views(tta[1:] or default), True
-    return parse_views(default if tta is None else (tta or ["identity"])), False
+    views = parse_views(default if tta is None else (tta or ["identity"]))
+    if "identity" not in views:
+        print(f"note: the views {views} leave out identity, the plain image; predictions use only these (add "
+              "identity to keep it, e.g. --tta identity " + " ".join(views) + ")")
+    return views, False
 
 
 def _stacked(cfg: Config, stack: str, blend, task: Task):
@@ -138,9 +143,6 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
     e = cfg.ensemble
     names = experiments or [str(cfg.experiment.name)]
     views, auto = _parse_tta(tta, e.tta)
-    if "identity" not in views and not auto:  # --tta VIEW ... replaces the views: say when the plain image is gone
-        print(f"note: the views {views} leave out identity, the plain image; predictions use only these (add "
-              "identity to keep it, e.g. --tta identity " + " ".join(views) + ")")
     weights = e.weights if weights is None else weights
     voting = voting or e.voting
     if not report and (auto or stack or weights == "auto"):
