@@ -23,7 +23,7 @@ demo: setup
 	$(PY) -m src.report --config configs/demo.yaml
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses=4
 
 lint: setup
 	$(PY) -m ruff check src tests

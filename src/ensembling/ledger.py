@@ -4,9 +4,10 @@ leaderboard score once Kaggle returned it. `python -m src.ledger` is its command
     submissions/ledger.csv   (beside the submissions: <folder of --out>/ledger.csv)
       time, file, members, views, weights, voting, stack, metric, cv, tta_gain, commit, configs, lb, sha1
 
-sha1 is the submission file's content when its row was written: src.ensemble never writes over a
-file the ledger holds (a default name moves on to <name>_v2.csv, an explicit --out is refused), and
---lb refuses a file whose content no longer matches its row.
+sha1 is the submission file's content when its row was written: src.ensemble never writes other
+content over a file the ledger holds (a default name moves on to <name>_v2.csv, an explicit --out
+is refused; the same bytes again are fine), and --lb refuses a file whose content no longer matches
+its row.
 
 Rows are appended under an exclusive lock (flock on ledger.csv.lock) and the file is replaced
 atomically, so two ensembles finishing together both land and a crash never leaves half a row.
@@ -141,16 +142,20 @@ def recorded(submission: Path) -> dict | None:
     submission = Path(submission)
     if not submission.is_file():
         return None
-    df = read_ledger(ledger_path(submission))
+    try:
+        df = read_ledger(ledger_path(submission))
+    except UserError:  # an unreadable ledger is said when the row is added, after the submission is written
+        return None
     hits = [i for i, f in enumerate(df["file"]) if _same_file(f, submission)]
     return df.iloc[hits[-1]].to_dict() if hits else None
 
 
-def free_submission_path(out: Path, explicit: bool) -> Path:
-    """Where a new submission may go without writing over one the ledger recorded: `out`, or for a
-    default name the next free <stem>_v<k>.csv (said); an explicit --out on a recorded file is refused."""
+def free_submission_path(out: Path, explicit: bool, content_sha1: str) -> Path:
+    """Where a new submission (whose bytes hash to `content_sha1`) may go without writing other
+    content over one the ledger recorded: `out` (also when it would be written again byte for
+    byte), or for a default name the next free <stem>_v<k>.csv (said); an explicit --out is refused."""
     row = recorded(out)
-    if row is None:
+    if row is None or row.get("sha1") == content_sha1:
         return out
     scored = f", public score {row['lb']}" if row.get("lb") else ""
     if explicit:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -79,13 +80,15 @@ def _fitted_thresholds(cfg: Config, blend, task: Task) -> tuple[np.ndarray, floa
     return th, cv
 
 
-def _submit(cfg: Config, out: Path, probs: np.ndarray, task: Task, sample: pd.DataFrame, fmt: str,
-            thresholds: np.ndarray | None, what: str) -> None:
-    """Check and write the submission and its probabilities (rank 0 writes), and say what it holds."""
+def _submit(cfg: Config, out: tuple[Path, bool], probs: np.ndarray, task: Task, sample: pd.DataFrame, fmt: str,
+            thresholds: np.ndarray | None, what: str) -> Path:
+    """Check and write the submission and its probabilities (rank 0 writes), say what it holds and
+    return its path (`out`: the path and whether --out named it; see ledger.free_submission_path)."""
     e, classes = cfg.ensemble, list(task.classes)
     decisions = decide(probs, thresholds, e.min_labels, task.ordinal) if thresholds is not None else None
     sub, fmt = checked_submission(probs, classes, sample, cfg.data.id_col, fmt, cfg.metric.name, e.top_k, decisions,
                                   task.kind)
+    out = free_submission_path(out[0], out[1], hashlib.sha1(sub.to_csv(index=False).encode()).hexdigest())
     probs_path = distributed.from_main(lambda: write_submission(out, sub, probs, classes, sample, cfg.data.id_col,
                                                                 thresholds))
     picked = decisions if decisions is not None and decisions.ndim == 1 else probs.argmax(1)
@@ -94,6 +97,7 @@ def _submit(cfg: Config, out: Path, probs: np.ndarray, task: Task, sample: pd.Da
           + ("grade distributions" if task.ordinal else "probabilities") + f" in {probs_path}")
     print(f"predicted {'labels' if task.multilabel else 'grades' if task.ordinal else 'classes'}: "
           + ", ".join(f"{c} {n}" for c, n in zip(classes, counts)))
+    return out
 
 
 def blend_thresholds(cfg: Config, members: list, views: list[str], weights, voting: str, rt: Runtime
@@ -149,8 +153,7 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
         raise UserError("--tta auto, --stack and weights=auto are fitted on the OOF report; fix the views and "
                         "weights when the report is off")
     tag = ("_tta" if auto or views != ["identity"] else "") + (f"_{stack}" if stack else "")
-    out = free_submission_path(Path(out), True) if out else \
-        free_submission_path(Path("submissions") / ("+".join(names) + tag + ".csv"), False)
+    out, explicit = (Path(out), True) if out else (Path("submissions") / ("+".join(names) + tag + ".csv"), False)
     check_out_path(out, cfg.data.dir)
     rt = Runtime.from_cfg(cfg.runtime)
     test, sample = load_test_table(cfg.data)
@@ -184,7 +187,7 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
 
     # 3) submission (multi-label: the labels above the thresholds fitted on OOF; ordinal: the grades between
     # them; the thresholds are written beside it)
-    _submit(cfg, out, probs, task, sample, fmt or e.format, thresholds, f"{len(members)} members x folds x "
+    out = _submit(cfg, (out, explicit), probs, task, sample, fmt or e.format, thresholds, f"{len(members)} members x folds x "
             f"{len(views)} views")
 
     # 4) the ledger (local runs: a kernel, report off, has no CV to record)

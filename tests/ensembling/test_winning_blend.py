@@ -63,35 +63,54 @@ def test_ledger_gains_one_row_per_submission_and_records_lb(world, capsys):
 
     second = pipeline.run(world.cfg, ["a", "b"], ["identity", "zoom1.05"], "equal", "soft", sub_dir / "two.csv", None)
     before = second.read_bytes()
-    with pytest.raises(UserError, match="--out .*two.csv is a submission the ledger recorded"):  # never written over
-        pipeline.run(world.cfg, ["a"], ["identity"], "equal", "soft", sub_dir / "two.csv", None)
-    assert second.read_bytes() == before
     df = read_ledger(ledger)
     assert len(df) == 2 and df["sha1"].iloc[1] == hashlib.sha1(before).hexdigest()
+    # the same blend again writes the same bytes: allowed, and a row of its own
+    pipeline.run(world.cfg, ["a", "b"], ["identity", "zoom1.05"], "equal", "soft", sub_dir / "two.csv", None)
+    assert second.read_bytes() == before and len(read_ledger(ledger)) == 3
+    _recorded_as_other_content(ledger, "two.csv")
+    with pytest.raises(UserError, match="--out .*two.csv is a submission the ledger recorded"):  # never written over
+        pipeline.run(world.cfg, ["a", "b"], ["identity", "zoom1.05"], "equal", "soft", sub_dir / "two.csv", None)
+    assert second.read_bytes() == before and len(read_ledger(ledger)) == 3
     assert df["members"].tolist() == ["a", "a+b"] and df["views"].iloc[1] == "identity+zoom1.05"
     assert df["configs"].iloc[1].count(";") == 1
 
+    _recorded_as(ledger, "two.csv", hashlib.sha1(before).hexdigest())  # back to what it holds
     ledger_cli.run(ledger, (str(second), 0.5))
     df = read_ledger(ledger)
-    assert df["lb"].tolist() == ["", "0.5"]
+    assert df["lb"].tolist() == ["", "", "0.5"]  # the latest row of that file
     with pytest.raises(UserError, match="not in the ledger"):
         ledger_cli.run(ledger, (str(sub_dir / "nope.csv"), 0.5))
     assert "correlation is shown from 3" in capsys.readouterr().out
     second.write_text(second.read_text().replace(",", ";", 1))  # edited after it was recorded
     with pytest.raises(UserError, match="no longer holds what its ledger row recorded"):
         ledger_cli.run(ledger, (str(second), 0.6))
-    assert read_ledger(ledger)["lb"].tolist() == ["", "0.5"]
+    assert read_ledger(ledger)["lb"].tolist() == ["", "", "0.5"]
+
+
+def _recorded_as(ledger, name: str, sha1: str) -> None:
+    df = read_ledger(ledger)
+    df.loc[df["file"].str.endswith(name), "sha1"] = sha1
+    df.to_csv(ledger, index=False)
+
+
+def _recorded_as_other_content(ledger, name: str) -> None:
+    """The ledger's rows of `name` describe other bytes than the next blend writes (as when the
+    file was scored from an earlier model): what the overwrite checks must protect."""
+    _recorded_as(ledger, name, "0" * 40)
 
 
 def test_a_default_name_the_ledger_recorded_moves_on_to_a_new_one(world, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # default names are under ./submissions/
     first = pipeline.run(world.cfg, ["a"], ["identity"], "equal", "soft", None, None)
     ledger_cli.run(first.parent / "ledger.csv", (str(first), 0.9))
+    assert pipeline.run(world.cfg, ["a"], ["identity"], "equal", "soft", None, None) == first  # same bytes: fine
+    _recorded_as_other_content(first.parent / "ledger.csv", "a.csv")
     scored = first.read_bytes()
+    capsys.readouterr()
     again = pipeline.run(world.cfg, ["a"], ["identity"], "equal", "soft", None, None)
     assert again.name == "a_v2.csv" and first.read_bytes() == scored
     assert f"{first} is a submission the ledger recorded" in capsys.readouterr().out
-    assert pipeline.run(world.cfg, ["a"], ["identity"], "equal", "soft", None, None).name == "a_v3.csv"
 
 
 def test_ledger_correlation_needs_three_scored_rows():
