@@ -25,6 +25,11 @@ from src.core.config import add_config_args, load_config
 from src.core.utils import atomic_write_text
 
 
+def _timed(cfg):
+    """A step takes as long at any rate: optim.lr=find is timed at 1e-3, without a sweep."""
+    return cfg.with_lr(1e-3) if cfg.optim.lr == "find" else cfg
+
+
 def stages(args) -> None:
     from src.analysis.bench_stages import make_photos, run_stages  # here: --help imports nothing heavy
 
@@ -34,7 +39,7 @@ def stages(args) -> None:
               f"train.limit_batches={args.batches}", "model.pretrained=false"]
     cfg = load_config(args.config, [*common, *args.overrides])
     full = load_config(args.config, [*common, *args.overrides, "model.freeze_before=null", "model.freeze_stages=null"])
-    result = run_stages(cfg, full, photos, args.folds, args.views, args.test_images)
+    result = run_stages(_timed(cfg), _timed(full), photos, args.folds, args.views, args.test_images)
     result["command"] = "python -m src.bench " + " ".join(args.raw)
     print(json.dumps(result, indent=2))
     for line in result["warnings"]:
@@ -62,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.stages:
         args.raw = list(argv if argv is not None else sys.argv[1:])
         return stages(args)
-    cfg = load_config(args.config, args.overrides)
+    cfg = _timed(load_config(args.config, args.overrides))
     from src.analysis.model_bench import bench, head_classes
 
     n_classes, why = head_classes(cfg)

@@ -4,10 +4,15 @@
     python -m src.demo --task multilabel [--out inputs/digits_multilabel]
     python -m src.demo --task topk [--out inputs/digits_topk]
     python -m src.demo --task ordinal [--out inputs/digits_ordinal]
+    python -m src.demo --train-size 160 [--out inputs/digits_160]   # a small competition: 160 training images
 
 1,797 real 8x8 scans of 10 digits, split 80/20 (stratified) into train and test, each saved as a
 32x32 grayscale PNG; train.csv (id,label), sample_submission.csv (test ids, placeholder label)
 and solution.csv (true test labels, for local scoring only). Deterministic: the same bytes every run.
+
+--train-size N: a small competition of N training images (a stratified subset of the digits'
+scans; for the grid tasks, N grids), the same test images: the size of many real competitions'
+hardest start, where a recipe that counts epochs takes too few steps.
 
 --task topk: the same images, scored like Happywhale (MAP@5): the sample submission's placeholders
 hold five space-separated labels, so a submission holds each image's five most probable digits.
@@ -56,10 +61,15 @@ def _digits_split():
     return digits, np.sort(tr), np.sort(te)
 
 
-def build_demo(out: str | Path = "inputs/digits") -> Path:
-    """Write the digits competition to `out` and return it."""
+def build_demo(out: str | Path = "inputs/digits", train_size: int | None = None) -> Path:
+    """Write the digits competition to `out` and return it; `train_size`: a stratified subset of
+    that many training scans (the test scans unchanged)."""
     out = Path(out)
     digits, tr, te = _digits_split()
+    if train_size is not None and train_size < len(tr):
+        from sklearn.model_selection import train_test_split
+
+        tr = np.sort(train_test_split(tr, train_size=train_size, stratify=digits.target[tr], random_state=0)[0])
     ids = np.array([f"digit_{i:04d}" for i in range(len(digits.target))])
     for split, idx in (("train", tr), ("test", te)):
         folder = out / split
@@ -143,14 +153,23 @@ def main(argv: list[str] | None = None) -> None:
                         help="multiclass: one digit per image (default); multilabel: 2x2 grids tagged with their "
                              "digits; topk: the digits scored by MAP@5 on five ranked labels; ordinal: 2x2 grids "
                              "graded 0-4 by their digits of 5 or more (QWK)")
-    parser.add_argument("--out", default=None, help="competition folder (default inputs/digits, or inputs/digits_<task>)")
+    parser.add_argument("--train-size", type=int, default=None, metavar="N",
+                        help="a small competition: N training images, stratified (default: all 1,437 scans, or 1,400 "
+                             "grids); the test images are the same")
+    parser.add_argument("--out", default=None,
+                        help="competition folder (default inputs/digits, or inputs/digits_<task>, then _<N> with --train-size)")
     args = parser.parse_intermixed_args(argv)
+    if args.train_size is not None and not 20 <= args.train_size <= 1400:
+        parser.error(f"--train-size takes 20 to 1400 training images, not {args.train_size}")
+    default = "inputs/digits" + ("" if args.task == "multiclass" else f"_{args.task}") + (
+        f"_{args.train_size}" if args.train_size else "")
+    out = args.out or default
     if args.task == "multilabel":
-        out = build_multilabel_demo(args.out or "inputs/digits_multilabel")
+        out = build_multilabel_demo(out, n_train=args.train_size or 1400)
     elif args.task == "ordinal":
-        out = build_ordinal_demo(args.out or "inputs/digits_ordinal")
+        out = build_ordinal_demo(out, n_train=args.train_size or 1400)
     else:
-        out = build_demo(args.out or ("inputs/digits_topk" if args.task == "topk" else "inputs/digits"))
+        out = build_demo(out, train_size=args.train_size)
     if args.task == "topk":  # placeholders of five ranked labels, as Humpback and Happywhale ship them
         sample = pd.read_csv(out / "sample_submission.csv", dtype=str)
         atomic_write_text(out / "sample_submission.csv", sample.assign(label="0 1 2 3 4").to_csv(index=False))

@@ -5,10 +5,12 @@
     python -m src.train --fold -1 train.epochs=8       # all training data, no validation
     python -m src.train --fold 0 --resume              # continue an interrupted fold
     python -m src.train --fold 0 --dry-run             # build everything, one forward pass
+    python -m src.train --lr-find                      # the learning-rate range test: a suggestion and a plot
     torchrun --nproc_per_node 4 -m src.train --fold all  # DistributedDataParallel over 4 GPUs
 
 Writes outputs/<experiment>/fold<k>/: best.pt, last.pt, oof.csv, history.csv, curves.png,
-confusion_matrix.png, done.json; after --fold all also outputs/<experiment>/cv.json.
+confusion_matrix.png, done.json; after --fold all also outputs/<experiment>/cv.json. --lr-find
+(and optim.lr: find) writes outputs/<experiment>/lr_find.png, .csv and .json.
 Under torchrun every process trains on its share of each batch (src/distributed.py); rank 0
 alone writes, prints and tracks.
 """
@@ -49,8 +51,11 @@ def run(cfg: Config, fold: int | str, *, resume: bool = False, force: bool = Fal
     """Train one fold, -1 (all data) or 'all' folds (then write the CV report); one W&B run per fold."""
     from src.core import distributed
     from src.runs.layout import finished_folds
+    from src.training.lr_finder import resolve_lr
     from src.training.trainer import cv_report
 
+    if not dry_run:
+        cfg = resolve_lr(cfg)  # optim.lr=find: one sweep before the first fold, one rate for every fold
     if fold != "all":
         result = _one(cfg, int(fold), resume, force, dry_run, allow_mixed)
         if int(fold) >= 0 and not dry_run and (cfg.out_dir / "cv.json").is_file():  # never left describing older folds
@@ -74,14 +79,28 @@ def run(cfg: Config, fold: int | str, *, resume: bool = False, force: bool = Fal
 
 def main(argv: list[str] | None = None) -> None:
     parser = command_parser(__doc__)
-    parser.add_argument("--fold", type=parse_fold, required=True, help="fold index, all, or -1 (all data)")
+    parser.add_argument("--fold", type=parse_fold, help="fold index, all, or -1 (all data)")
+    parser.add_argument("--lr-find", action="store_true",
+                        help="run the learning-rate range test on fold 0's training part, print a suggested optim.lr "
+                             "and plot the loss against the rate (outputs/<experiment>/lr_find.png); trains nothing")
     parser.add_argument("--resume", action="store_true", help="continue from last.pt")
     parser.add_argument("--force", action="store_true", help="retrain folds that already finished")
     parser.add_argument("--dry-run", action="store_true", help="build everything, one forward pass, train nothing")
     parser.add_argument("--allow-mixed-configs", action="store_true",
                         help="train a fold with other settings than the experiment's finished folds")
     args, cfg = parse_config(parser, argv)
+    if (args.fold is None) == (not args.lr_find):
+        parser.error("give --fold (to train) or --lr-find (to find a learning rate), one of them")
     from src.core import distributed  # after parsing: --help imports nothing heavy
+
+    if args.lr_find:
+        from src.training.lr_finder import find_lr
+
+        with distributed.launched(cfg.runtime.device):
+            if distributed.world_size() > 1:
+                parser.error("--lr-find sweeps in one process: run it without torchrun")
+            find_lr(cfg)
+        return
 
     with distributed.launched(cfg.runtime.device):  # torchrun: one process group for the whole command
         run(cfg, args.fold, resume=args.resume, force=args.force, dry_run=args.dry_run,

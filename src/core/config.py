@@ -161,6 +161,8 @@ class ModelCfg(_Section):
     pretrained: bool
     pretrained_path: str | None
     drop_rate: Annotated[float, Field(ge=0, lt=1)]
+    drop_path_rate: Annotated[float, Field(ge=0, lt=1)]
+    grad_checkpointing: bool
     freeze_before: str | None
     freeze_stages: Count | None
     unfreeze_epoch: NonNeg | None
@@ -186,20 +188,53 @@ class LossCfg(_Section):
 
 class OptimCfg(_Section):
     name: Literal["adam", "adamw", "sgd", "rmsprop"]
-    lr: Positive
+    lr: Positive | Literal["find"]
     weight_decay: NonNegF
     momentum: Annotated[float, Field(ge=0, lt=1)]
     nesterov: bool
+    layer_decay: Annotated[float, Field(gt=0, le=1)] | None
+    find_start_lr: Positive
+    find_end_lr: Positive
+    find_steps: Annotated[int, Field(ge=10)]
+    find_rule: Literal["valley", "steepest", "minimum"]
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.find_start_lr >= self.find_end_lr:
+            raise ValueError(f"optim.find_start_lr ({self.find_start_lr}) must be below optim.find_end_lr "
+                             f"({self.find_end_lr})")
+        return self
+
+    @property
+    def peak_lr(self) -> float:
+        """The learning rate, once `find` has been resolved (src.training.lr_finder.resolve_lr)."""
+        if self.lr == "find":
+            raise RuntimeError("optim.lr=find must be resolved (src.training.lr_finder.resolve_lr) before training")
+        return float(self.lr)
 
 
 class SchedCfg(_Section):
     name: Literal["cosine", "step", "plateau", "onecycle", "none"]
     warmup_epochs: NonNeg
+    warmup_steps: NonNeg
     warmup_lr: NonNegF
     min_lr: NonNegF
     step_epochs: Count
     decay_rate: Annotated[float, Field(gt=0, le=1)]
     patience: NonNeg
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.warmup_epochs and self.warmup_steps:
+            raise ValueError("set sched.warmup_epochs or sched.warmup_steps, not both (0 the other)")
+        if self.warmup_steps and self.name in ("onecycle", "none"):
+            raise ValueError(f"sched.warmup_steps warms up cosine, step and plateau schedules; sched.name={self.name} "
+                             "has none (onecycle warms up by itself): set it to 0")
+        return self
+
+    def warmup_updates(self, updates_per_epoch: int) -> int:
+        """Optimizer updates of linear warmup: warmup_steps, or warmup_epochs whole epochs."""
+        return self.warmup_steps or self.warmup_epochs * updates_per_epoch
 
 
 class RuntimeCfg(_Section):
@@ -217,6 +252,7 @@ class RuntimeCfg(_Section):
 
 class TrainCfg(_Section):
     epochs: Count
+    min_steps: NonNeg
     accum_steps: Count
     clip_grad: Positive | None
     ema: bool
@@ -301,6 +337,10 @@ class Config(_Section):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def with_lr(self, lr: float) -> Config:
+        """This config with optim.lr set to `lr` (optim.lr=find resolved, src.training.lr_finder)."""
+        return self.model_copy(update={"optim": self.optim.model_copy(update={"lr": float(lr)})})
 
     @property
     def out_dir(self) -> Path:

@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 import timm
 import torch
 from timm.models import group_parameters, load_state_dict
+from timm.optim import param_groups_layer_decay
 
 from src.core.config import ModelCfg
 from src.core.utils import UserError
@@ -18,6 +19,8 @@ from src.core.utils import UserError
 
 def _create(cfg: ModelCfg, num_classes: int, pretrained: bool, img_size: int | None = None) -> torch.nn.Module:
     kwargs = {"num_classes": num_classes, "drop_rate": cfg.drop_rate}
+    if cfg.drop_path_rate:  # only when asked: some timm models have no stochastic depth
+        kwargs["drop_path_rate"] = cfg.drop_path_rate
     try:
         model = timm.create_model(cfg.name, pretrained=pretrained, **kwargs)
         pc = model.pretrained_cfg
@@ -29,6 +32,10 @@ def _create(cfg: ModelCfg, num_classes: int, pretrained: bool, img_size: int | N
                 raise UserError(f"{cfg.name} takes only {pc['input_size'][-1]} px inputs; set aug.img_size="
                                 f"{pc['input_size'][-1]}") from None
         return model
+    except TypeError as e:
+        if "drop_path_rate" in str(e):
+            raise UserError(f"{cfg.name} has no stochastic depth (timm's drop_path_rate); set model.drop_path_rate=0") from None
+        raise
     except RuntimeError as e:
         if "Unknown model" in str(e) or "Invalid pretrained tag" in str(e):
             close = difflib.get_close_matches(cfg.name.split(".")[0], timm.list_models(), n=3)
@@ -132,6 +139,16 @@ def _from_hub(cfg: ModelCfg, num_classes: int, img_size: int | None) -> torch.nn
         constants.HF_HUB_OFFLINE = before
 
 
+def set_grad_checkpointing(model: torch.nn.Module, name: str) -> None:
+    """timm's activation checkpointing (model.grad_checkpointing): the blocks' activations are
+    recomputed in backward instead of kept."""
+    try:
+        model.set_grad_checkpointing(True)
+    except (AttributeError, NotImplementedError, AssertionError):
+        raise UserError(f"{name} does not support gradient checkpointing in timm; set model.grad_checkpointing=false "
+                        "(and lower loader.batch_size with train.accum_steps to save memory)") from None
+
+
 # ---------------------------------------------------------------- freezing
 
 
@@ -201,22 +218,48 @@ def param_counts(model: torch.nn.Module) -> dict[str, int]:
     return {"total": total, "trainable": trainable, "frozen": total - trainable}
 
 
+def _layer_scales(model: torch.nn.Module, layer_decay: float, name: str) -> dict[str, float]:
+    """Each parameter's lr_scale under timm's layer-wise decay (its fine-grained group_matcher: a
+    block d blocks below the head scales by layer_decay^d), frozen parameters included."""
+    held = {n: p.requires_grad for n, p in model.named_parameters()}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(True)  # timm groups only trainable parameters; a frozen one may be unfrozen later
+        groups = param_groups_layer_decay(model, weight_decay=0.0, layer_decay=layer_decay)
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(held[n])
+    if len({g["lr_scale"] for g in groups}) < 2:
+        raise UserError(f"{name} has no layer grouping in timm, so optim.layer_decay would change nothing; set it to null")
+    by_id = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    return {n: by_id[id(p)] for n, p in model.named_parameters()}
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float, frozen: Frozen, backbone_lr_mult: float,
-                 include_frozen: bool) -> list[dict]:
-    """Optimizer groups: no weight decay on norm and bias (1-D) parameters; the frozen backbone
-    (only when it will be unfrozen later) at `backbone_lr_mult` times the lr via timm's lr_scale."""
+                 include_frozen: bool, layer_decay: float | None = None, name: str = "the model") -> list[dict]:
+    """Optimizer groups, each parameter's lr_scale the product of two factors:
+
+    - layer-wise decay (`layer_decay`, timm's layer map): layer_decay^d, d blocks below the head;
+    - the frozen backbone (only when it will be unfrozen later): `backbone_lr_mult`.
+
+    No weight decay on norm and bias (1-D) parameters nor on those the model names in
+    no_weight_decay() (a ViT's position embedding and class token), as timm's optimizer factory does.
+    """
     frozen_set = set(frozen.params)
-    buckets: dict[tuple[bool, bool], list] = {}
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    layers = _layer_scales(model, layer_decay, name) if layer_decay is not None else {}
+    buckets: dict[tuple[float, bool, bool], list] = {}
     for n, p in model.named_parameters():
         is_backbone = n in frozen_set
         if is_backbone and not include_frozen:
             continue
-        no_decay = p.ndim <= 1 or n.endswith(".bias")
-        buckets.setdefault((is_backbone, no_decay), []).append(p)
+        no_decay = p.ndim <= 1 or n.endswith(".bias") or n in skip
+        buckets.setdefault((layers.get(n, 1.0), is_backbone, no_decay), []).append(p)
     groups = []
-    for (is_backbone, no_decay), params in sorted(buckets.items()):
+    for (layer_scale, is_backbone, no_decay), params in sorted(buckets.items(), key=lambda kv: (-kv[0][0], kv[0][1:])):
         g = {"params": params, "weight_decay": 0.0 if no_decay else weight_decay}
-        if is_backbone:
-            g["lr_scale"] = backbone_lr_mult
+        scale = layer_scale * (backbone_lr_mult if is_backbone else 1.0)
+        if scale != 1.0:
+            g["lr_scale"] = scale
         groups.append(g)
     return groups

@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import torch
 from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
+from timm.scheduler import CosineLRScheduler, StepLRScheduler
 
 from src.core.config import OptimCfg, SchedCfg
 
 _TIMM_OPT = {"adam": "adam", "adamw": "adamw", "rmsprop": "rmsprop"}
 
 
-def build_optimizer(cfg: OptimCfg, groups: list[dict]) -> torch.optim.Optimizer:
-    """Adam, AdamW, SGD (momentum, optionally Nesterov) or RMSprop over prepared param groups."""
+def build_optimizer(cfg: OptimCfg, groups: list[dict], lr: float | None = None) -> torch.optim.Optimizer:
+    """Adam, AdamW, SGD (momentum, optionally Nesterov) or RMSprop over prepared param groups, each
+    at `lr` (default: optim.lr) times its lr_scale."""
+    lr = cfg.peak_lr if lr is None else lr
     name = _TIMM_OPT.get(cfg.name) or ("sgd" if cfg.nesterov else "momentum")
     kwargs = {"momentum": cfg.momentum} if cfg.name in ("sgd", "rmsprop") else {}
-    opt = create_optimizer_v2(groups, opt=name, lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs)
-    for g in opt.param_groups:
-        g["lr"] = cfg.lr * g.get("lr_scale", 1.0)
+    opt = create_optimizer_v2(groups, opt=name, lr=lr, weight_decay=cfg.weight_decay, **kwargs)
+    set_lr(opt, lr)
     return opt
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Every group at lr times its lr_scale (layer decay, the unfrozen backbone's multiplier)."""
+    for g in opt.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
 
 
 class _Constant:
@@ -98,22 +105,15 @@ def build_scheduler(cfg: SchedCfg, opt: torch.optim.Optimizer, lr: float, epochs
     if cfg.name == "onecycle":
         return _OneCycle(opt, lr, epochs * updates_per_epoch)
     if cfg.name == "plateau":
-        return _Plateau(opt, cfg, cfg.warmup_epochs * updates_per_epoch, higher_is_better)
+        return _Plateau(opt, cfg, cfg.warmup_updates(updates_per_epoch), higher_is_better)
     # timm's schedules read every group's base lr and multiply it by the group's lr_scale
     # themselves, so they start from the unscaled lr (else a scaled group gets lr x scale^2).
     for g in opt.param_groups:
         g["lr"] = lr
         g.pop("initial_lr", None)
-    sched, _ = create_scheduler_v2(
-        opt,
-        sched=cfg.name,
-        num_epochs=epochs,
-        decay_epochs=cfg.step_epochs,
-        decay_rate=cfg.decay_rate,
-        min_lr=cfg.min_lr,
-        warmup_lr=cfg.warmup_lr,
-        warmup_epochs=cfg.warmup_epochs,
-        step_on_epochs=False,
-        updates_per_epoch=updates_per_epoch,
-    )
-    return sched
+    # Stepped per optimizer update (t_in_epochs=False), so warmup (in whole epochs or in steps) is smooth.
+    warmup = {"warmup_lr_init": cfg.warmup_lr, "warmup_t": cfg.warmup_updates(updates_per_epoch),
+              "warmup_prefix": False, "t_in_epochs": False}
+    if cfg.name == "cosine":
+        return CosineLRScheduler(opt, t_initial=epochs * updates_per_epoch, lr_min=cfg.min_lr, **warmup)
+    return StepLRScheduler(opt, decay_t=cfg.step_epochs * updates_per_epoch, decay_rate=cfg.decay_rate, **warmup)

@@ -59,6 +59,7 @@ class FoldState:
     ema: ModelEmaV3 | None = None
     swa: torch.optim.swa_utils.AveragedModel | None = None  # train.swa: the running average (src/averaging.py)
     num_updates: int = 0
+    epochs: int = 0  # this fold's epochs: train.epochs, or more under train.min_steps (trainer.fold_epochs)
     train_size: int | None = None  # aug.size_schedule: this epoch's training input size (src/size_schedule.py)
     forward: object = None  # the compiled training forward (train.compile), else None: `net` itself
     ddp: torch.nn.Module | None = None  # the model in DistributedDataParallel under torchrun
@@ -150,6 +151,23 @@ def _check_finite(loss_sum: float, epoch: int, step: int) -> None:
         )
 
 
+def step_loss(s: FoldState, forward, x: torch.Tensor, y: torch.Tensor, multilabel: bool,
+              regression: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One training batch through the fold's normalisation, size schedule, mixup, autocast and loss:
+    (loss, logits, the labels accuracy is counted against)."""
+    x, y = s.rt.batch(x, s.norm), y.to(s.rt.device, non_blocking=True)
+    target = y
+    if y.ndim == 2 and not multilabel:  # probability targets (soft_targets.py): accuracy against their argmax
+        y = y.argmax(1)
+    x = resize_batch(x, s.train_size)
+    if s.mixup is not None:  # a regression head mixes its grades as one dense target column
+        x, target = s.mixup(x, y[:, None].float() if regression else y)
+    with s.rt.autocast():
+        logits = forward(x)
+        loss = s.criterion(logits, target)
+    return loss, logits, y
+
+
 def train_one_epoch(s: FoldState, epoch: int) -> dict:
     """Train over at most `s.batches` batches; return the epoch's lr, mean loss and accuracy,
     images per second and the share of the time spent waiting for the loader.
@@ -173,16 +191,7 @@ def train_one_epoch(s: FoldState, epoch: int) -> dict:
         tw = time.perf_counter()
         x, y = next(batches)
         wait += time.perf_counter() - tw
-        x, y = s.rt.batch(x, s.norm), y.to(dev, non_blocking=True)
-        target = y
-        if y.ndim == 2 and not multilabel:  # probability targets (soft_targets.py): accuracy against their argmax
-            y = y.argmax(1)
-        x = resize_batch(x, s.train_size)
-        if s.mixup is not None:  # a regression head mixes its grades as one dense target column
-            x, target = s.mixup(x, y[:, None].float() if regression else y)
-        with s.rt.autocast():
-            logits = forward(x)
-            loss = s.criterion(logits, target)
+        loss, logits, y = step_loss(s, forward, x, y, multilabel, regression)
         s.scaler.scale(loss / accum).backward()
         if (step + 1) % accum == 0 or step + 1 == s.batches:
             _update(s)

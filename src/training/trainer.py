@@ -16,7 +16,7 @@ from timm.data import Mixup
 from timm.utils import ModelEmaV3
 
 from src.core import distributed
-from src.core.config import Config, config_from_dict, save_config
+from src.core.config import Config, TrainCfg, config_from_dict, save_config
 from src.core.runtime import Norm, Runtime
 from src.core.task import Task
 from src.core.tracking import Tracker
@@ -27,7 +27,16 @@ from src.data.loaders import ImageDataset, make_loader, resolve_workers
 from src.data.transforms import build_transform, resolve_norm
 from src.evaluation.metrics import check_metric_fits, higher_is_better, is_better, monitor_name, summary
 from src.models.losses import build_loss
-from src.models.model import build_model, freeze, has_weights, param_counts, param_groups, set_train_mode, unfreeze
+from src.models.model import (
+    build_model,
+    freeze,
+    has_weights,
+    param_counts,
+    param_groups,
+    set_grad_checkpointing,
+    set_train_mode,
+    unfreeze,
+)
 from src.models.optim import build_optimizer, build_scheduler
 from src.runs.checkpoint import RESUME_MAY_CHANGE, CheckpointKeeper, config_diff, load_checkpoint
 from src.runs.layout import (
@@ -62,6 +71,8 @@ def setup_fold(cfg: Config, fold: int, rt: Runtime, dry: bool = False) -> FoldSt
     seed = derive_seed(cfg.experiment.seed, fold + 1)
     seed_everything(seed)
     model = build_model(cfg.model, task.n_outputs, img_size=cfg.aug.img_size)
+    if cfg.model.grad_checkpointing:
+        set_grad_checkpointing(model, cfg.model.name)
     frozen = freeze(model, cfg.model.freeze_before, cfg.model.freeze_stages)
     if frozen.any and not has_weights(cfg.model):
         warnings.warn(f"{len(frozen.params)} parameter tensors are frozen at their random initialization "
@@ -107,8 +118,17 @@ def fill_caches(s: FoldState) -> None:
         base.cache.fill_or_fail(paths, workers=max(2, resolve_workers(s.cfg.loader)))
 
 
-def optimization(s: FoldState) -> None:
-    """Loss, mixup, optimizer, schedule, grad scaler and EMA of a set-up fold."""
+def fold_epochs(cfg: TrainCfg, updates_per_epoch: int) -> int:
+    """train.epochs, raised until the fold takes train.min_steps optimizer steps (not in smoke runs,
+    train.limit_batches, whose epochs are cut short on purpose)."""
+    if not cfg.min_steps or cfg.limit_batches is not None:
+        return cfg.epochs
+    return max(cfg.epochs, math.ceil(cfg.min_steps / updates_per_epoch))
+
+
+def optimization(s: FoldState, lr: float | None = None) -> None:
+    """Loss, mixup, optimizer, schedule, grad scaler and EMA of a set-up fold; `lr` instead of
+    optim.lr (the learning-rate finder's sweep, whose optim.lr may still be `find`)."""
     cfg, n_classes = s.cfg, len(s.classes)
     mixing = cfg.train.mixup > 0 or cfg.train.cutmix > 0
     targets = s.task.targets(s.train_df["label"])
@@ -120,17 +140,23 @@ def optimization(s: FoldState) -> None:
                         label_smoothing=0.0 if s.task.regression else cfg.loss.smoothing,
                         num_classes=s.task.n_outputs, multi_label=s.task.multilabel or s.task.regression)
     groups = param_groups(s.model, cfg.optim.weight_decay, s.frozen, cfg.model.backbone_lr_mult,
-                          include_frozen=cfg.model.unfreeze_epoch is not None)
-    s.optimizer = build_optimizer(cfg.optim, groups)
+                          include_frozen=cfg.model.unfreeze_epoch is not None, layer_decay=cfg.optim.layer_decay,
+                          name=cfg.model.name)
+    peak = cfg.optim.peak_lr if lr is None else lr
+    s.optimizer = build_optimizer(cfg.optim, groups, lr=peak)
     updates_per_epoch = max(1, math.ceil(s.batches / cfg.train.accum_steps))
-    s.scheduler = build_scheduler(cfg.sched, s.optimizer, cfg.optim.lr, cfg.train.epochs, updates_per_epoch,
-                                  higher_is_better(cfg))
+    s.epochs = fold_epochs(cfg.train, updates_per_epoch)
+    if s.epochs > cfg.train.epochs:
+        print(f"train.min_steps={cfg.train.min_steps}: {updates_per_epoch} optimizer step"
+              f"{'s' * (updates_per_epoch != 1)} an epoch, so {s.epochs} epochs instead of train.epochs="
+              f"{cfg.train.epochs} (the schedule follows; train.min_steps=0 keeps the epochs)")
+    s.scheduler = build_scheduler(cfg.sched, s.optimizer, peak, s.epochs, updates_per_epoch, higher_is_better(cfg))
     s.scaler = torch.amp.GradScaler(s.rt.device.type, enabled=s.rt.dtype == torch.float16)
     # Decay warmup (timm) lets the average follow the weights early on; short runs need it.
     s.ema = ModelEmaV3(s.model, decay=cfg.train.ema_decay, use_warmup=True) if cfg.train.ema else None
     s.swa = new_swa(s.model) if cfg.train.swa else None
     s.ddp = distributed.wrap(s.model, s.rt.device)
-    print(distributed.describe_batch(cfg.loader.batch_size, cfg.train.accum_steps, cfg.optim.lr))
+    print(distributed.describe_batch(cfg.loader.batch_size, cfg.train.accum_steps, peak))
     s.forward = CompiledForward(s.net) if cfg.train.compile else None
 
 
@@ -141,6 +167,13 @@ def dry_run(s: FoldState) -> dict:
     s.model.eval()
     with torch.no_grad(), s.rt.autocast():
         logits = s.model(s.rt.batch(x, s.norm))
+    cfg, upe = s.cfg, max(1, math.ceil(s.batches / s.cfg.train.accum_steps))
+    groups = param_groups(s.model, cfg.optim.weight_decay, s.frozen, cfg.model.backbone_lr_mult,
+                          include_frozen=cfg.model.unfreeze_epoch is not None, layer_decay=cfg.optim.layer_decay,
+                          name=cfg.model.name)
+    scales = [g.get("lr_scale", 1.0) for g in groups]
+    print(f"optimizer: {len(groups)} parameter groups, lr x {min(scales):.3g} to x {max(scales):.3g}; "
+          f"{fold_epochs(cfg.train, upe)} epochs of {upe} optimizer steps")
     split = folds_path(s.cfg)
     print(f"dry run: input {tuple(x.shape)} -> logits {tuple(logits.shape)}; nothing trained or written (no checkpoint, "
           "no image cache" + ("" if split.is_file() else f"; the split {split} would be written by a real run") + ")")
@@ -231,7 +264,7 @@ def finish_fold(s: FoldState, keeper: CheckpointKeeper, tracker: Tracker) -> dic
 def _record(s: FoldState, keeper: CheckpointKeeper, tracker: Tracker, swa: dict | None) -> dict:
     """The fold's scores, confusion matrix and summary, and done.json, written last."""
     cfg, fp = s.cfg, s.fp
-    result = {"fold": s.fold, "best_epoch": keeper.best_epoch, "epochs_run": len(keeper.history),
+    result = {"fold": s.fold, "best_epoch": keeper.best_epoch, "epochs": s.epochs, "epochs_run": len(keeper.history),
               "monitor": monitor_name(cfg), "best": keeper.best, "params": s.counts, "classes": s.classes,
               "config": cfg.to_dict(), "run_id": keeper.meta["run_id"], "processes": distributed.world_size()}
     if s.val_df is not None:
@@ -304,7 +337,7 @@ def train_fold(cfg: Config, fold: int, *, resume: bool = False, force: bool = Fa
     """Train one fold (or all data with fold=-1) and return its result (done.json's content).
 
     Args:
-        cfg: the resolved config.
+        cfg: the resolved config (optim.lr=find made a number: src.training.lr_finder.resolve_lr).
         fold: fold index to validate on, or -1 to train on everything for train.epochs.
         resume: continue from last.pt.
         force: retrain a finished fold (its done.json and checkpoints are removed first).
@@ -316,6 +349,9 @@ def train_fold(cfg: Config, fold: int, *, resume: bool = False, force: bool = Fa
     fp = fold_paths(cfg.out_dir, fold)
     rt = Runtime.from_cfg(cfg.runtime)
     if dry_run_only:
+        if cfg.optim.lr == "find":
+            print(f"optim.lr=find: a real run first sweeps {cfg.optim.find_steps} steps on fold 0 for the rate "
+                  "(or takes the one the experiment recorded)")
         return dry_run(setup_fold(cfg, fold, rt, dry=True))
     if (result := _check_can_start(fp, fold, resume, force)) is not None:
         return result
@@ -334,7 +370,7 @@ def train_fold(cfg: Config, fold: int, *, resume: bool = False, force: bool = Fa
         print(f"fold {fold}: resuming after epoch {start - 1} (best {monitor_name(cfg)} {keeper.best} "
               f"at epoch {keeper.best_epoch})")
         if keeper.should_stop:  # it had stopped early before the interruption: only finish it
-            start = cfg.train.epochs
+            start = s.epochs
     elif resume and not force:
         print(f"fold {fold}: nothing to resume in {fp.dir}; starting fresh")
     distributed.main_first(lambda: fill_caches(s))  # rank 0 builds what is missing, the others find it
@@ -342,7 +378,7 @@ def train_fold(cfg: Config, fold: int, *, resume: bool = False, force: bool = Fa
         if (result := distributed.from_main(lambda: _claim(cfg, fp, fold, resume or start > 0, force, start == 0))) is not None:
             return result
         tracker = tracker or Tracker.off()
-        for epoch in range(start, cfg.train.epochs):
+        for epoch in range(start, s.epochs):
             run_epoch(s, keeper, epoch, tracker, on_epoch)
             if keeper.should_stop:
                 print(f"early stopping: {monitor_name(cfg)} has not improved for {keeper.bad_epochs} epochs")

@@ -82,7 +82,7 @@ def swa_paths(fold_dir: Path) -> tuple[Path, Path]:
 def swa_step(s: FoldState, epoch: int) -> None:
     """After training an epoch: add the weights to the running average once the SWA epochs began."""
     cfg = s.cfg.train
-    if s.swa is not None and epoch >= swa_start_epoch(cfg.epochs, cfg.swa_epochs):
+    if s.swa is not None and epoch >= swa_start_epoch(s.epochs, cfg.swa_epochs):
         s.swa.update_parameters(s.model)
 
 

@@ -18,6 +18,7 @@ from src.core.config import DEFAULT_CONFIG, Config, load_config, nested
 from src.core.tracking import Tracker
 from src.core.utils import UserError, atomic_write_text
 from src.evaluation.metrics import higher_is_better, monitor_name
+from src.training.lr_finder import resolve_lr
 from src.training.trainer import train_fold
 from src.tuning.search_space import DEFAULT_SPACE_DIR, Space, decode, load_space, suggest
 from src.tuning.study import (
@@ -124,19 +125,21 @@ def make_objective(cfg_path: Path, overrides: list[str], space: Space, out_dir: 
         trial_overrides = [*overrides, *(f"{k}={json.dumps(v)}" for k, v in values.items()),
                            f"experiment.name={space.study}/trial{trial.number}"]
         try:
-            cfg: Config = load_config(cfg_path, trial_overrides)
-            scores = []
-            for i, k in enumerate(space.folds):
-                def report(epoch: int, value: float, i=i, k=k) -> None:
+            cfg: Config = resolve_lr(load_config(cfg_path, trial_overrides))  # optim.lr=find: one sweep a trial
+            scores, offset = [], [0]  # the pruner's steps: the epochs of the trial's earlier folds, then this one's
+            for k in space.folds:
+                def report(epoch: int, value: float, k=k) -> None:
                     if value is None or not math.isfinite(value):
                         return
-                    trial.report(value, step=i * cfg.train.epochs + epoch)
+                    trial.report(value, step=offset[0] + epoch)
                     if trial.should_prune():
                         raise optuna.TrialPruned(f"pruned at fold {k}, epoch {epoch} ({value:.4g})")
 
                 with Tracker.start(cfg, name=f"{space.study}-trial{trial.number}-fold{k}", out_dir=out_dir,
                                    job_type="trial", group=space.study) as fold_tracker:
-                    scores.append(train_fold(cfg, k, force=True, on_epoch=report, tracker=fold_tracker)["best"])
+                    result = train_fold(cfg, k, force=True, on_epoch=report, tracker=fold_tracker)
+                scores.append(result["best"])
+                offset[0] += result["epochs"]  # train.epochs, or more under train.min_steps
             return float(sum(scores) / len(scores))
         except optuna.TrialPruned:
             raise
