@@ -58,10 +58,11 @@ def make_spec(cfg: Config, args) -> BundleSpec:
     members = args.experiments or [str(cfg.experiment.name)]
     user = os.environ.get("KAGGLE_USERNAME", "your-kaggle-username")
     name = _slug("-".join(members))
-    from src.core.views import parse_views  # here, not at the top: --help imports nothing heavy
+    from src.core.views import split_auto  # here, not at the top: --help imports nothing heavy
     from src.kaggle.bundle import BundleSpec
 
-    views = parse_views(args.views or cfg.ensemble.tta)
+    views = args.views or cfg.ensemble.tta  # [auto, ...]: chosen on OOF when the bundle is built
+    split_auto(views)  # a wrong view name stops here
     return BundleSpec(
         members=members, views=views, weights=[], voting=args.voting or cfg.ensemble.voting,
         fmt=args.fmt or cfg.ensemble.format, competition=args.competition or _slug(Path(cfg.data.dir).resolve().name),

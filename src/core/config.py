@@ -460,7 +460,8 @@ def _field_names(loc: tuple) -> list[str]:
 
 
 def _explain(err: dict, origin: dict[str, str], default_src: str) -> str:
-    raw_loc = tuple(err["loc"])
+    # A union's member is named in the location too (optim.lr.constrained-float): keys only.
+    raw_loc = tuple(p for p in err["loc"] if isinstance(p, int) or str(p).isidentifier())
     loc = tuple(str(p) for p in raw_loc if not isinstance(p, int))
     key = ".".join(loc)
     # The source of the key, or for a section-level check the highest-precedence file among its keys.

@@ -39,8 +39,8 @@ def parse_views(names: list[str]) -> list[str]:
         elif n in D4:
             out.append(n)
         elif n == "auto":
-            raise UserError("TTA view 'auto' (views chosen on OOF) is for python -m src.ensemble --tta auto; "
-                            "here pass the views it chose (the ledger's views column), e.g. --tta identity zoom1.05")
+            raise UserError("TTA 'auto' (views chosen on OOF) comes first in a list of candidates, e.g. --tta auto "
+                            "hflip zoom1.05 or ensemble.tta: [auto, hflip, zoom1.05]")
         elif m := _SCALED.match(n):
             f = float(m.group(2))
             if not SCALE_RANGE[0] <= f <= SCALE_RANGE[1]:
@@ -50,6 +50,14 @@ def parse_views(names: list[str]) -> list[str]:
         else:
             raise UserError(f"unknown TTA view '{n}'; use {', '.join(D4)}, d4, scale<f> or zoom<f> (e.g. scale1.15, zoom0.9)")
     return list(dict.fromkeys(out))
+
+
+def split_auto(names: list[str]) -> tuple[list[str], bool]:
+    """(views, auto?): a list that begins with `auto` (ensemble.tta: [auto, hflip, ...]) asks for the
+    views to be chosen on OOF among the rest; any other list is the views themselves."""
+    if names and names[0] == "auto":
+        return parse_views(names[1:]), True
+    return parse_views(names), False
 
 
 def apply_view(name: str, x: torch.Tensor) -> torch.Tensor:

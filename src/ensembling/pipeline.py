@@ -14,11 +14,11 @@ from src.core.config import Config
 from src.core.runtime import Runtime
 from src.core.task import Task
 from src.core.utils import UserError
-from src.core.views import parse_views
+from src.core.views import parse_views, split_auto
 from src.data.tables import load_test_table
 from src.ensembling.ledger import free_submission_path, record_submission
 from src.ensembling.submission import check_out_path, checked_submission, write_submission
-from src.ensembling.view_selection import choose_views
+from src.ensembling.view_selection import choose_views, view_effects
 from src.evaluation.blending import as_logits, check_voting, combine
 from src.evaluation.decoding import decide, fit_grade_thresholds, fit_thresholds, score_decisions
 from src.evaluation.metrics import check_metric_fits, compute_metric
@@ -29,9 +29,11 @@ from src.runs.members import across_members, member_test, oof_blend, open_member
 def _parse_tta(tta: list[str] | None, default: list[str]) -> tuple[list[str], bool]:
     """(views, or the candidates for auto; auto?). None: the default views; ['auto', ...]: choose on OOF.
     A list without identity (--tta VIEW ... replaces the views) is said: the plain image is not predicted."""
-    if tta and tta[0] == "auto":
-        return parse_views(tta[1:] or default), True
-    views = parse_views(default if tta is None else (tta or ["identity"]))
+    if tta and tta[0] == "auto":  # --tta auto [CANDIDATES]: the candidates, or ensemble.tta's views
+        return (parse_views(tta[1:]) if tta[1:] else split_auto(default)[0]), True
+    views, auto = split_auto(default if tta is None else (tta or ["identity"]))
+    if auto:
+        return views, True
     if "identity" not in views:
         print(f"note: the views {views} leave out identity, the plain image; predictions use only these (add "
               "identity to keep it, e.g. --tta identity " + " ".join(views) + ")")
@@ -167,6 +169,8 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
         if auto:
             choice = choose_views(cfg, members, views, weights, voting, rt)
             views = choice.views
+        elif len(views) > 1:
+            view_effects(cfg, members, views, weights, voting, rt)  # says which configured view lowers OOF
         blend = oof_blend(cfg, members, views, weights, voting, rt)
         fitted = _stacked(cfg, stack, blend, task) if stack else blend  # what the thresholds are fitted on
         w, cv = blend.weights, fitted.score

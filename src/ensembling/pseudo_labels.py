@@ -32,9 +32,10 @@ from src.core.config import Config
 from src.core.runtime import Runtime
 from src.core.task import Task
 from src.core.utils import UserError, atomic_write_text
-from src.core.views import parse_views
+from src.core.views import split_auto
 from src.data.pseudo_rows import pseudo_digest
 from src.data.tables import load_test_table, prob_columns
+from src.ensembling.view_selection import resolve_views
 from src.evaluation.blending import as_logits, combine
 from src.runs.members import across_members, member_test, oof_report, open_members, resolve_weights
 
@@ -77,7 +78,8 @@ def make_pseudo(cfg: Config, names: list[str], views: list[str] | None, weights,
         round_: the pseudo-labelling round, recorded in the table and its default name.
     """
     e = cfg.ensemble
-    views = parse_views(e.tta if views is None else (views or ["identity"]))
+    names_views = e.tta if views is None else (views or ["identity"])
+    split_auto(names_views)  # a wrong view name stops here, before any prediction
     voting = voting or e.voting
     threshold = (0.0 if soft else HARD_THRESHOLD) if threshold is None else threshold
     if not 0.0 <= threshold <= 1.0:
@@ -92,6 +94,7 @@ def make_pseudo(cfg: Config, names: list[str], views: list[str] | None, weights,
         raise UserError("an ordinal task trains on its grades, so its pseudo-labels are hard (the nearest grade); "
                         "drop --soft")
     weights = e.weights if weights is None else weights
+    views, _ = resolve_views(cfg, members, names_views, weights, voting, rt)  # [auto, ...]: chosen on OOF
     w = (oof_report(cfg, members, views, weights, voting, rt) if weights == "auto"
          else resolve_weights(weights, members, [], np.zeros(0), cfg.metric.name, voting))
     test, _ = load_test_table(cfg.data)

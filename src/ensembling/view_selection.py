@@ -1,9 +1,11 @@
-"""TTA views chosen on OOF (`--tta auto`): start from the identity view, then, in the candidates'
-order, keep a view only when adding it makes the members' blend score strictly better on OOF.
+"""TTA views chosen on OOF (`--tta auto`, `ensemble.tta: [auto, ...]`): start from the identity
+view, then, in the candidates' order, keep a view only when adding it makes the members' blend
+score strictly better on OOF; every candidate together is tried last, so the choice scores at least
+as well on OOF as the identity view alone and as the whole list.
 
 Every candidate is predicted once per member and fold (and cached in outputs/<member>/preds/);
-the greedy steps then only re-blend those predictions. A view that does not improve the blend is
-never kept, so the chosen views' OOF score is at least the identity view's.
+the greedy steps then only re-blend those predictions. A fixed list of views gets the same look
+(`view_effects`): the blend without each view, and a line for each one that lowers the OOF score.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pandas as pd
 
 from src.core.config import Config
 from src.core.runtime import Runtime
+from src.core.views import split_auto
 from src.evaluation.blending import as_logits, combine
 from src.evaluation.metrics import compute_metric, is_better
 from src.runs.members import Member, across_members, member_oof_views, resolve_weights, within_member
@@ -92,9 +95,55 @@ def choose_views(cfg: Config, members: list[Member], candidates: list[str], weig
         steps.append({"view": v, metric: trial, "kept": kept})
         if kept:
             chosen, best = chosen + [v], trial
+    if len(views) > 2 and len(chosen) < len(views):  # greedy can miss views that only help together
+        together = score(views)
+        kept = is_better(metric, together, best)
+        steps.append({"view": "all together", metric: together, "kept": kept})
+        if kept:
+            chosen, best = list(views), together
     table = pd.DataFrame(steps)
     base = steps[0][metric]
     print(f"TTA auto (greedy on the OOF blend, {metric}):")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"TTA auto chose {'+'.join(chosen)}: OOF {metric} {base:.4f} -> {best:.4f} (gain {best - base:+.4f})")
     return ViewChoice(chosen, base, best, table)
+
+
+def view_effects(cfg: Config, members: list[Member], views: list[str], weights, voting: str, rt: Runtime
+                 ) -> list[str]:
+    """The OOF blend with a fixed list of views, and without each one in turn; prints the table and a
+    line for each view that lowers the OOF score. Returns those views."""
+    metric = cfg.metric.name
+    data = _OofViews(members, views, rt, cfg)
+    across = across_members(voting)
+    w = resolve_weights("equal" if weights == "auto" else weights, members, [], data.y, metric, across)
+
+    def score(sel: list[str]) -> float:
+        per = [data.member(i, sel, voting) for i in range(len(members))]
+        return compute_metric(metric, data.y, combine(np.stack(per), across, w, data.task))
+
+    full = score(views)
+    rows = [{"views": "all " + "+".join(views), metric: full}]
+    lowers = []
+    for v in views:
+        without = score([u for u in views if u != v])
+        rows.append({"views": f"without {v}", metric: without})
+        if is_better(metric, without, full):
+            lowers.append(v)
+    print(f"TTA views on the OOF blend ({metric}):")
+    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    for v, row in zip(views, rows[1:]):
+        if v in lowers:
+            print(f"view {v} lowers the OOF {metric}: {full:.4f} with it, {row[metric]:.4f} without "
+                  "(--tta auto keeps only views that raise it)")
+    return lowers
+
+
+def resolve_views(cfg: Config, members: list[Member], names: list[str], weights, voting: str, rt: Runtime
+                  ) -> tuple[list[str], ViewChoice | None]:
+    """The views of a list that may begin with `auto` (then chosen on OOF among the rest)."""
+    views, auto = split_auto(names)
+    if not auto:
+        return views, None
+    choice = choose_views(cfg, members, views, weights, voting, rt)
+    return choice.views, choice

@@ -24,6 +24,7 @@ from src.core.runtime import Runtime
 from src.core.utils import UserError, atomic_write_text
 from src.data.folds import load_or_create_folds
 from src.ensembling.pipeline import blend_thresholds
+from src.ensembling.view_selection import resolve_views
 from src.evaluation.blending import check_voting
 from src.kaggle.wheels import IMAGE_FILE, download_wheels, needed_wheels, read_image
 from src.runs.checkpoint import load_checkpoint, save_checkpoint
@@ -186,6 +187,7 @@ def build_bundle(cfg: Config, spec: BundleSpec, weights, out: Path, wheels: bool
     members = open_members(cfg, spec.members)
     check_competition(cfg, members)
     rt = Runtime.from_cfg(cfg.runtime)
+    spec.views, _ = resolve_views(cfg, members, spec.views, weights, spec.voting, rt)  # the kernel's fixed views
     if members[0].task.decides_by_threshold:  # the kernel decides with the thresholds fitted here, on OOF
         w, spec.thresholds = blend_thresholds(cfg, members, spec.views, weights, spec.voting, rt)
     else:

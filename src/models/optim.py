@@ -115,5 +115,6 @@ def build_scheduler(cfg: SchedCfg, opt: torch.optim.Optimizer, lr: float, epochs
     warmup = {"warmup_lr_init": cfg.warmup_lr, "warmup_t": cfg.warmup_updates(updates_per_epoch),
               "warmup_prefix": False, "t_in_epochs": False}
     if cfg.name == "cosine":
-        return CosineLRScheduler(opt, t_initial=epochs * updates_per_epoch, lr_min=cfg.min_lr, **warmup)
+        # One cycle: cycle_decay never applies; 0.1 as create_scheduler_v2 passes it (1.0 warns on 1-step runs).
+        return CosineLRScheduler(opt, t_initial=epochs * updates_per_epoch, lr_min=cfg.min_lr, cycle_decay=0.1, **warmup)
     return StepLRScheduler(opt, decay_t=cfg.step_epochs * updates_per_epoch, decay_rate=cfg.decay_rate, **warmup)

@@ -224,6 +224,9 @@ def test_tta_auto_keeps_only_views_that_improve_the_oof_blend(world, capsys):
             sel, best = sel + [v], s
         else:
             assert s <= best, f"{v} raises OOF ({best} -> {s}) but was dropped"
+    together = score(["identity", *candidates])  # tried last: views that only help together
+    if together > best:
+        sel, best = ["identity", *candidates], together
     assert sel == chosen
     assert "rot180" not in chosen and "vflip" not in chosen  # digits upside down lower OOF
     assert float(row["cv"]) == pytest.approx(best) and float(row["tta_gain"]) == pytest.approx(best - base_score)
@@ -235,5 +238,47 @@ def test_tta_auto_needs_the_oof_report(world):
     with pytest.raises(UserError, match="fitted on the OOF report"):
         pipeline.run(world.cfg, ["a"], ["auto"], [1.0], "soft", world.root / "x" / "x.csv", None, report=False)
     assert not (world.root / "x").exists()
-    with pytest.raises(UserError, match="src.ensemble --tta auto"):  # e.g. src.kaggle_kernel --tta auto
+    with pytest.raises(UserError, match="'auto' .* comes first in a list of candidates"):
         parse_views(["identity", "auto"])
+
+
+def test_tta_auto_in_the_config_never_scores_below_its_candidates_or_identity(world, capsys, demo_cfg):
+    """ensemble.tta: [auto, ...] is what a plain run uses; the choice's OOF score is at least both
+    the identity view's and the whole list's."""
+    candidates = ["zoom0.95", "zoom1.05", "rot180"]
+    cfg = demo_cfg(world.demo, world.out, *ENSEMBLE, f"ensemble.tta=[auto,{','.join(candidates)}]")
+    out = pipeline.run(cfg, ["a", "b"], None, "equal", "soft", world.root / "cfg_auto" / "t.csv", None)
+    row = read_ledger(out.parent / "ledger.csv").iloc[-1]
+    text = capsys.readouterr().out
+    assert f"TTA auto chose {row['views']}" in text and "all together" in text
+    members = open_members(cfg, ["a", "b"])
+    rt = Runtime.from_cfg(cfg.runtime)
+
+    def score(views):
+        per, base = aligned_oof(members, views, rt, cfg.loader, "soft")
+        y = base["label"].map({c: i for i, c in enumerate(members[0].classes)}).to_numpy()
+        return compute_metric("accuracy", y, combine(np.stack(per), "soft"))
+
+    chosen = score(row["views"].split("+"))
+    assert float(row["cv"]) == pytest.approx(chosen)
+    assert chosen >= score(["identity"]) and chosen >= score(["identity", *candidates])
+
+
+def test_a_configured_view_that_lowers_oof_is_said(world, capsys):
+    pipeline.run(world.cfg, ["a", "b"], ["identity", "zoom1.05", "rot180"], "equal", "soft",
+                 world.root / "lowers" / "t.csv", None)
+    text = capsys.readouterr().out
+    assert "TTA views on the OOF blend (accuracy):" in text and "without rot180" in text
+    members = open_members(world.cfg, ["a", "b"])
+    rt = Runtime.from_cfg(world.cfg.runtime)
+
+    def score(views):
+        per, base = aligned_oof(members, views, rt, world.cfg.loader, "soft")
+        y = base["label"].map({c: i for i, c in enumerate(members[0].classes)}).to_numpy()
+        return compute_metric("accuracy", y, combine(np.stack(per), "soft"))
+
+    full = score(["identity", "zoom1.05", "rot180"])
+    for v in ("identity", "zoom1.05", "rot180"):
+        lowers = score([u for u in ("identity", "zoom1.05", "rot180") if u != v]) > full
+        assert (f"view {v} lowers the OOF accuracy: {full:.4f} with it" in text) == lowers, v
+    assert "view rot180 lowers" in text  # digits upside down
