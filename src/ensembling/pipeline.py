@@ -169,9 +169,9 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
         if auto:
             choice = choose_views(cfg, members, views, weights, voting, rt)
             views = choice.views
-        elif len(views) > 1:
-            view_effects(cfg, members, views, weights, voting, rt)  # says which configured view lowers OOF
         blend = oof_blend(cfg, members, views, weights, voting, rt)
+        if not auto and len(views) > 1:
+            view_effects(cfg, members, views, weights, voting, rt)  # says which configured view lowers OOF
         fitted = _stacked(cfg, stack, blend, task) if stack else blend  # what the thresholds are fitted on
         w, cv = blend.weights, fitted.score
         if task.decides_by_threshold:

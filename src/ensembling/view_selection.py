@@ -114,7 +114,10 @@ def view_effects(cfg: Config, members: list[Member], views: list[str], weights, 
     """The OOF blend with a fixed list of views, and without each one in turn; prints the table and a
     line for each view that lowers the OOF score. Returns those views."""
     metric = cfg.metric.name
-    data = _OofViews(members, views, rt, cfg)
+    counts = [(m.computed, m.cached) for m in members]
+    data = _OofViews(members, views, rt, cfg)  # the OOF predictions the blend's report made (cached)
+    for m, (computed, cached) in zip(members, counts):  # a look at them: the printed counts stay the blend's
+        m.computed, m.cached = computed, cached
     across = across_members(voting)
     w = resolve_weights("equal" if weights == "auto" else weights, members, [], data.y, metric, across)
 

@@ -214,7 +214,7 @@ def test_ddp_trains_multilabel_and_ordinal_folds_as_one_process_does(kind, tmp_p
     build = build_multilabel_demo if kind == "multilabel" else build_ordinal_demo
     comp = build(tmp_path / f"digits_{kind}", n_train=160, n_test=8)
     config = REPO / "configs" / f"demo_{kind}.yaml"
-    ov = [*RUN, "train.limit_batches=null", "data.n_folds=2", f"data.dir={comp}", "wandb.mode=disabled",
+    ov = [*RUN, "train.limit_batches=null", "train.min_steps=0", "data.n_folds=2", f"data.dir={comp}", "wandb.mode=disabled",
           "sched.name=none"]
     train.run(load_config(config, [*ov, f"experiment.output_dir={tmp_path / 'one'}", "loader.batch_size=32"]), 0)
     _torchrun(["-m", "src.train", "--config", str(config), "--fold", "0", *ov,

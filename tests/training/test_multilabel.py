@@ -97,7 +97,7 @@ def test_the_multilabel_losses():
 
 
 def test_a_fold_trains_sigmoid_outputs_scored_per_label(comp, tmp_path):
-    cfg = _cfg(comp, tmp_path, *TINY, "train.epochs=2", "train.limit_batches=null", "data.n_folds=2")
+    cfg = _cfg(comp, tmp_path, *TINY, "train.epochs=2", "train.limit_batches=null", "train.min_steps=0", "data.n_folds=2")
     result = train_fold(cfg, 0)
     fp = fold_paths(cfg.out_dir, 0)
     oof = read_oof(fp.oof, DIGITS)
@@ -139,7 +139,7 @@ def test_mixup_and_cutmix_mix_the_multi_hot_targets(comp, tmp_path):
 def trained(comp, tmp_path_factory):
     """Both folds of the multi-label demo, a few real steps each."""
     out = tmp_path_factory.mktemp("ml_trained")
-    cfg = _cfg(comp, out, *TINY, "train.epochs=2", "train.limit_batches=null", "data.n_folds=2", "train.keep_top=2")
+    cfg = _cfg(comp, out, *TINY, "train.epochs=2", "train.limit_batches=null", "train.min_steps=0", "data.n_folds=2", "train.keep_top=2")
     for k in (0, 1):
         train_fold(cfg, k)
     return cfg
