@@ -165,7 +165,8 @@ def plot_sweep(sw: Sweep, chosen: str, path: Path) -> Path:
     ax.set_ylabel("training loss")
     ax.set_title(f"learning-rate range test: {len(sw.lrs)} steps, {sw.stopped}")
     ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.08, which="minor")
     return save_figure(fig, path)
 
 
