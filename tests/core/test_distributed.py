@@ -179,7 +179,8 @@ def test_ddp_ensemble_writes_the_single_process_submission(runs, demo_dir, overr
     for name in ("ens_one", "ens_ddp"):
         shutil.copytree(tmp / "ddp" / "demo", tmp / name / "demo", ignore=shutil.ignore_patterns("wandb", "preds"))
         shutil.copytree(tmp / "ddp" / "folds", tmp / name / "folds")
-    extra = ("ensemble.missing_folds=warn", "loader.batch_size=16", "loader.num_workers=0", "runtime.device=cpu")
+    extra = ("ensemble.missing_folds=warn", "loader.batch_size=16", "loader.num_workers=0", "runtime.device=cpu",
+             "ensemble.tta=[identity,zoom0.95,zoom1.05]")  # fixed views: 3 of each split
     one = pipeline.run(load_config(CONFIG, overrides_for(demo_dir, tmp / "ens_one", *extra)), out=tmp / "one.csv")
     preds_one = tmp / "ens_one" / "demo" / "preds" / "fold0"
     cached = sorted(p.name for p in preds_one.glob("*.npy"))
