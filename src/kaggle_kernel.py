@@ -2,6 +2,8 @@
 
     python -m src.kaggle_kernel --config configs/demo.yaml --experiments demo --tta --weights auto
     python -m src.kaggle_kernel --config configs/demo.yaml --rehearse --scale 4 --hidden-size 20000
+    python -m src.kaggle_kernel --config configs/demo.yaml --train --folds 0 1 2 3 4   # training notebooks
+    python -m src.kaggle_kernel --config configs/demo.yaml --train --folds 0 1 --rehearse
 
 Builds kaggle_kernel/build/: dataset/ (the src package and configs, each fold's weights without
 optimizer state, wheels of the packages a stock Kaggle image lacks, MANIFEST.json,
@@ -9,6 +11,11 @@ dataset-metadata.json) and notebook/ (the .ipynb and kernel-metadata.json). The 
 src.ensemble on /kaggle/input/<competition>/ (the root is $KAGGLE_ROOT, default /kaggle) and writes
 /kaggle/working/submission.csv. --rehearse runs the built notebook here on a fake /kaggle, checks
 its submission and extrapolates the time. kaggle_kernel/README.md has the upload commands.
+
+--train builds kaggle_kernel/build/train/ instead: code/ (a dataset: src, configs, the resolved
+config, the experiment's folds file, wheels) and fold<k>/ (one notebook per fold, GPU on, internet
+off, its own previous output attached to resume an unfinished fold); --train --rehearse runs
+those notebooks here on a fake /kaggle with --rehearse-overrides (short epochs).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -106,6 +114,38 @@ def rehearsal(cfg: Config, args) -> None:
               "--gpu, or --half")
 
 
+def train_notebooks(cfg: Config, args) -> None:
+    """--train: build the training notebooks, or rehearse them (--rehearse)."""
+    from src.kaggle.training import TrainSpec, build_training, rehearse_training
+    from src.training.lr_finder import resolve_lr
+
+    user = os.environ.get("KAGGLE_USERNAME", "your-kaggle-username")
+    name = str(cfg.experiment.name)
+    folds = args.folds if args.folds is not None else list(range(cfg.data.n_folds))
+    out = Path(args.out) / "train" if args.out == str(BUILD) else Path(args.out)
+    if args.rehearse:
+        if not (out / "code" / "config.yaml").is_file():
+            raise UserError(f"{out} holds no built training notebooks; build them first (--train without --rehearse)")
+        root = Path(args.kaggle_root) if args.kaggle_root else Path(tempfile.mkdtemp(prefix="kaggle-train-"))
+        seconds = rehearse_training(cfg, out, root, folds, args.rehearse_overrides)
+        for k, s in seconds.items():
+            print(f"rehearsal: fold {k}'s notebook ran in {s:.1f} s ({args.rehearse_overrides}); its output is "
+                  f"{root / 'input'}/<{name}-train-fold{k}>/outputs/{name}/fold{k}/")
+        return
+    spec = TrainSpec(experiment=name, folds=folds, user=user,
+                     competition=args.competition or _slug(Path(cfg.data.dir).resolve().name),
+                     code=args.dataset or f"{user}/{_derived(_slug(name), 'code')}", accelerator=args.accelerator,
+                     timeout=args.timeout, weights=args.weights_dataset, image=Path(args.image))
+    _check_slug("--dataset", spec.code, DATASET_SLUG)
+    for k in folds:
+        _check_slug("--kernel", spec.kernel(k), KERNEL_SLUG)
+    dirs = build_training(resolve_lr(cfg), spec, out, wheels=not args.no_wheels)
+    print(f"built {out}: code dataset {spec.code} and {len(dirs)} training notebooks "
+          f"({', '.join(spec.kernel(k) for k in folds)}), {args.accelerator}, {args.timeout} s a session")
+    print(f"next: kaggle datasets create -p {out / 'code'} --dir-mode zip, then for each fold kaggle kernels push -p "
+          f"{out}/fold<k> --accelerator {args.accelerator} -t {args.timeout} (kaggle_kernel/README.md)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = command_parser(__doc__)
     add_blend_args(parser)
@@ -124,9 +164,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale", type=int, default=1, help="rehearsal: each test image this many times")
     parser.add_argument("--time-limit", type=float, default=9.0, help="rehearsal: the competition's limit in hours")
     parser.add_argument("--hidden-size", type=int, default=None, help="rehearsal: images in the hidden test set")
+    parser.add_argument("--train", action="store_true", help="build (or with --rehearse, rehearse) one training "
+                        "notebook per fold instead of the inference notebook")
+    parser.add_argument("--folds", type=int, nargs="+", default=None, help="--train: the folds (default: all)")
+    parser.add_argument("--accelerator", default="NvidiaTeslaT4",
+                        help="--train: the accelerator the push asks for (kaggle kernels push --accelerator)")
+    parser.add_argument("--timeout", type=int, default=12 * 3600,
+                        help="--train: seconds of a Kaggle session; the notebook stops between epochs before it")
+    parser.add_argument("--weights-dataset", default=None,
+                        help="--train: USER/SLUG of the dataset holding model.pretrained_path's file")
+    parser.add_argument("--rehearse-overrides", default="train.epochs=1 train.limit_batches=2",
+                        help="--train --rehearse: overrides that keep the rehearsal short")
+    parser.add_argument("--kaggle-root", default=None,
+                        help="--train --rehearse: the fake /kaggle to use and keep (default: a temporary folder)")
     args, cfg = parse_config(parser, argv, prepare=split_blend_args)
     if args.scale < 1:
         raise UserError(f"--scale {args.scale} must be at least 1")
+    if args.train:
+        return train_notebooks(cfg, args)
     rehearsal(cfg, args) if args.rehearse else build(cfg, args)
 
 

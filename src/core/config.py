@@ -411,6 +411,13 @@ def parse_override(text: str) -> dict[str, Any]:
     return nested({".".join(parts): value})
 
 
+def with_overrides(d: dict[str, Any], texts: list[str], source: str) -> dict[str, Any]:
+    """A config dict with `section.key=value` strings merged in (a Kaggle notebook's own changes)."""
+    for text in texts:
+        _merge(d, parse_override(text), source, {})
+    return d
+
+
 def nested(flat: dict[str, Any]) -> dict[str, Any]:
     """{'a.b': 1, 'a.c': 2} -> {'a': {'b': 1, 'c': 2}}."""
     out: dict[str, Any] = {}

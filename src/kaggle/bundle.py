@@ -69,7 +69,7 @@ def check_competition(cfg: Config, members: list[Member]) -> None:
                             "classes or training ids differ); build the bundle with that competition's config")
 
 
-def _slim(src: Path, dst: Path, half: bool) -> None:
+def slim_checkpoint(src: Path, dst: Path, half: bool) -> None:
     """best.pt without optimizer, scheduler or RNG state: weights, config, classes, fold, run id."""
     ckpt = load_checkpoint(src)
     model = {k: (v.half() if half and v.is_floating_point() else v) for k, v in ckpt["model"].items()}
@@ -89,6 +89,15 @@ def _cv(m: Member) -> dict:
     return m.oof_scores()
 
 
+def fetch_wheels(dest: Path, image: Path, what: str) -> None:
+    """The wheels the Kaggle image lacks, into dest; a failure is one sentence naming --no-wheels."""
+    try:
+        download_wheels(dest, image)
+    except RuntimeError as e:
+        raise UserError(f"cannot fetch the wheels for {what} ({e}); build where the package index is "
+                        "reachable, or pass --no-wheels if the Kaggle image has them") from None
+
+
 def write_dataset(root: Path, cfg: Config, members: list[Member], spec: BundleSpec, wheels: bool) -> None:
     """dataset/: code/ (src and configs), outputs/<exp>/fold<k>/ (slim best.pt, done.json),
     config.yaml, wheels/, MANIFEST.json, dataset-metadata.json."""
@@ -98,17 +107,13 @@ def write_dataset(root: Path, cfg: Config, members: list[Member], spec: BundleSp
     for m in members:
         for k in m.folds:
             fp = fold_paths(root / "outputs" / m.name, k)
-            _slim(fold_paths(m.exp_dir, k).best, fp.best, spec.half)
+            slim_checkpoint(fold_paths(m.exp_dir, k).best, fp.best, spec.half)
             write_done(fp, {**fold_record(fold_paths(m.exp_dir, k)), "best_sha1": file_sha1(fp.best)})
     atomic_write_text(root / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     packages, header = read_image(spec.image)
     needs = sorted(needed_wheels(packages, header.get("python", "3.12")))
     if wheels:
-        try:
-            download_wheels(root / "wheels", spec.image)
-        except RuntimeError as e:
-            raise UserError(f"cannot fetch the wheels for the bundle ({e}); build where the package index is "
-                            "reachable, or pass --no-wheels if the Kaggle image has them") from None
+        fetch_wheels(root / "wheels", spec.image, "the bundle")
     manifest = {
         "members": spec.members, "folds": {m.name: m.folds for m in members}, "views": spec.views,
         "weights": spec.weights, "voting": spec.voting, "format": spec.fmt, "thresholds": spec.thresholds,

@@ -127,7 +127,7 @@ def guarded_notebook(notebook: Path, lacks: list[str], dest: Path) -> Path:
     return dest
 
 
-def _execute(notebook: Path, root: Path) -> list[float]:
+def execute_notebook(notebook: Path, root: Path) -> list[float]:
     """Run the notebook's cells in order in a fresh kernel with the fake root and no network;
     return each code cell's seconds."""
     nb = nbformat.read(notebook, as_version=4)
@@ -222,7 +222,7 @@ def _rehearse(cfg: Config, build: Path, manifest: dict, notebook: Path, scale: i
         lacks = manifest.get("image", {}).get("lacks", [])
         guarded = guarded_notebook(notebook, lacks, root / "rehearsal.ipynb")
         t0 = time.time()
-        cells = _execute(guarded, root)[1:]  # the guard cell is the rehearsal's, not the notebook's
+        cells = execute_notebook(guarded, root)[1:]  # the guard cell is the rehearsal's, not the notebook's
         seconds = time.time() - t0
         check_inputs_untouched(before, snapshot(*inputs))
         check_rehearsal(root / "working" / "submission.csv", sample, cfg.data.id_col, cfg.data.task == "multilabel")
