@@ -204,10 +204,14 @@ def build_bundle(cfg: Config, spec: BundleSpec, weights, out: Path, wheels: bool
     try:
         write_dataset(tmp / "dataset", cfg, members, spec, wheels)
         write_notebook(tmp / "notebook", spec)
+        if (out / "train").is_dir():  # the training notebooks (--train) are built beside and stay
+            os.replace(out / "train", tmp / "train")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
     except BaseException:
+        if (tmp / "train").is_dir() and out.is_dir() and not (out / "train").exists():
+            os.replace(tmp / "train", out / "train")
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"dataset_bytes": _size(out / "dataset"), "weights": spec.weights,

@@ -92,6 +92,13 @@ def test_two_folds_rehearsed_resume_after_running_out_of_time_and_blend_as_local
                                                   "loader.num_workers=0"])
     sub = pipeline.run(cfg, ["demo"], ["identity"], out=out / "sub" / "s.csv")
     assert len(pd.read_csv(sub)) == 360
+    # An inference bundle built from them into a folder that holds training notebooks keeps those.
+    (out / "ib" / "train").mkdir(parents=True)
+    (out / "ib" / "train" / "kept").write_text("x")
+    kk.main(["--config", "configs/demo.yaml", f"data.dir={demo_dir}", f"experiment.output_dir={local}",
+             "wandb.mode=disabled", "ensemble.missing_folds=warn", "loader.num_workers=0", "--experiments", "demo",
+             "--no-tta", "--no-wheels", "--out", str(out / "ib")])
+    assert (out / "ib" / "train" / "kept").is_file() and (out / "ib" / "dataset" / "MANIFEST.json").is_file()
 
 
 def test_the_hub_or_a_missing_split_is_refused_before_building(demo_dir, tmp_path, split, capsys):
