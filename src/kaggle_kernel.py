@@ -4,6 +4,7 @@
     python -m src.kaggle_kernel --config configs/demo.yaml --rehearse --scale 4 --hidden-size 20000
     python -m src.kaggle_kernel --config configs/demo.yaml --train --folds 0 1 2 3 4   # training notebooks
     python -m src.kaggle_kernel --config configs/demo.yaml --train --folds 0 1 --rehearse
+    python -m src.kaggle_kernel --config configs/demo.yaml --pull you/demo-train-fold0 you/demo-train-fold1
 
 Builds kaggle_kernel/build/: dataset/ (the src package and configs, each fold's weights without
 optimizer state, wheels of the packages a stock Kaggle image lacks, MANIFEST.json,
@@ -177,7 +178,22 @@ def main(argv: list[str] | None = None) -> None:
                         help="--train --rehearse: overrides that keep the rehearsal short")
     parser.add_argument("--kaggle-root", default=None,
                         help="--train --rehearse: the fake /kaggle to use and keep (default: a temporary folder)")
+    parser.add_argument("--pull", nargs="+", default=None, metavar="USER/KERNEL",
+                        help="bring training notebooks' finished folds into outputs/<experiment>/ (checked against "
+                             "this config and split)")
+    parser.add_argument("--pulled", default=None, help="--pull: the output, downloaded already (kaggle kernels output "
+                                                      "USER/KERNEL -p DIR), instead of downloading it")
+    parser.add_argument("--force", action="store_true", help="--pull: replace a local finished fold of another run")
     args, cfg = parse_config(parser, argv, prepare=split_blend_args)
+    if args.pull:
+        from src.kaggle.training import pull
+
+        if args.pulled and len(args.pull) > 1:
+            raise UserError("--pulled names one downloaded output; pull one kernel at a time with it")
+        for kernel in args.pull:
+            got = pull(cfg, kernel, Path(args.pulled) if args.pulled else None, args.force)
+            print(f"pulled folds {got} of {cfg.experiment.name} from {kernel} into {cfg.out_dir}")
+        return
     if args.scale < 1:
         raise UserError(f"--scale {args.scale} must be at least 1")
     if args.train:

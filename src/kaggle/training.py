@@ -243,3 +243,82 @@ def rehearse_training(cfg: Config, build: Path, root: Path, folds: list[int], ov
         shutil.rmtree(own, ignore_errors=True)
         shutil.move(root / "working", own)  # Kaggle mounts a notebook's output as input/<kernel-slug>/
     return seconds
+
+
+# Settings a fold trained on Kaggle may have differently from the local experiment (paths, workers,
+# tracking): anything else makes it another recipe, refused as mixed settings are.
+PULL_MAY_DIFFER = ("data.dir", "data.cache_dir", "experiment.output_dir", "model.pretrained_path")
+
+
+def download_output(kernel: str, dest: Path) -> Path:
+    """`kaggle kernels output KERNEL -p dest` through the kaggle package; offline, one sentence
+    naming the way round (download elsewhere, then --pulled)."""
+    try:
+        from kaggle.api.kaggle_api_extended import KaggleApi
+
+        api = KaggleApi()
+        api.authenticate()
+        api.kernels_output(kernel, str(dest))
+    except Exception as e:  # noqa: BLE001 - no package, no token, no network: the same way round
+        raise UserError(f"cannot download the output of {kernel} ({type(e).__name__}: {str(e)[:120]}); run `kaggle "
+                        f"kernels output {kernel} -p DIR` where Kaggle is reachable and pass --pulled DIR") from None
+    return dest
+
+
+def check_pulled(cfg: Config, outputs: Path, kernel: str) -> list[Path]:
+    """The finished folds of cfg's experiment in a downloaded output (its outputs/ folder), once they
+    are known to be this experiment's: the same settings, split and competition. Writes nothing."""
+    from src.runs.checkpoint import RESUME_MAY_CHANGE, config_diff
+    from src.runs.layout import file_sha1, fold_paths, fold_record, read_done
+
+    name, split = str(cfg.experiment.name), folds_path(cfg)
+    exp = outputs / name
+    folds = sorted(exp.glob("fold*/"))
+    if not folds:
+        found = sorted(p.parent.name for p in outputs.glob("*/fold*/")) or ["nothing"]
+        raise UserError(f"the output of {kernel} holds no fold of experiment {name} (it holds {found[:3]}); pull it "
+                        "with the config it was trained with")
+    theirs_split = outputs / "folds" / split.name
+    if not theirs_split.is_file() or file_sha1(theirs_split) != file_sha1(split):
+        raise UserError(f"the output of {kernel} was trained on another split than {split} (another competition, "
+                        "folds file or seed); build the training notebooks again from this split and retrain")
+    mine = cfg.to_dict()
+    for d in folds:
+        fp = fold_paths(exp, int(d.name.removeprefix("fold")))
+        if not fp.done.is_file():
+            raise UserError(f"fold {d.name[4:]} in the output of {kernel} is unfinished (last.pt, no done.json); push "
+                            "the notebook again with its own output attached, so that it resumes, then pull")
+        diff = [k for k in config_diff(fold_record(fp)["config"], mine)
+                if not k.startswith((*RESUME_MAY_CHANGE, *PULL_MAY_DIFFER))]
+        if diff:
+            raise UserError(f"fold {d.name[4:]} in the output of {kernel} was trained with other settings than "
+                            f"experiment {name} in {diff[:6]}; pull it with its own config")
+        if read_done(fp).get("best_sha1") not in (None, file_sha1(fp.best)):
+            raise UserError(f"fold {d.name[4:]} in the output of {kernel}: best.pt is not the file its done.json "
+                            "recorded; download it again")
+    return folds
+
+
+def pull(cfg: Config, kernel: str, pulled: Path | None, force: bool) -> list[int]:
+    """Bring a training notebook's finished folds into outputs/<experiment>/fold<k>/ (checked first;
+    a local finished fold of another run is kept unless `force`)."""
+    from src.runs.layout import fold_paths, read_done
+
+    with tempfile.TemporaryDirectory(prefix="pull-") as tmp:
+        src = pulled if pulled is not None else download_output(kernel, Path(tmp))
+        outputs = src / "outputs" if (src / "outputs").is_dir() else src
+        folds = check_pulled(cfg, outputs, kernel)
+        for d in folds:
+            here = fold_paths(cfg.out_dir, int(d.name[4:]))
+            if here.done.is_file() and read_done(here)["run_id"] != read_done(fold_paths(d.parent, int(d.name[4:])))["run_id"] \
+                    and not force:
+                raise UserError(f"{here.dir} holds another finished run of fold {d.name[4:]}; pass --force to replace "
+                                "it with the pulled one")
+        for d in folds:
+            here = cfg.out_dir / d.name
+            part = cfg.out_dir / f".{d.name}.pulling"
+            shutil.rmtree(part, ignore_errors=True)
+            shutil.copytree(d, part, ignore=shutil.ignore_patterns(".lock"))
+            shutil.rmtree(here, ignore_errors=True)
+            part.rename(here)
+    return [int(d.name[4:]) for d in folds]

@@ -9,6 +9,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -62,34 +63,49 @@ def test_built_training_notebooks_pass_the_kaggle_clis_checks(demo_dir, split, t
             push()
 
 
-def test_two_folds_rehearsed_resume_after_running_out_of_time_and_blend_as_locally(demo_dir, split, tmp_path, capsys):
-    out, root = tmp_path, tmp_path / "kaggle"
+@pytest.fixture(scope="module")
+def rehearsed(demo_dir, split, tmp_path_factory):
+    """Folds 0 and 1 rehearsed twice: first with a 1 s session (each notebook stops after its first
+    epoch), then with a normal one (each resumes from its own previous output and finishes)."""
+    out = tmp_path_factory.mktemp("rehearsed")
+    root = out / "kaggle"
     shutil.copytree(split / "outputs", out / "outputs")
-    # A session of 1 s: each notebook stops after its first epoch, leaving last.pt and no done.json.
     kk.main(_argv(demo_dir, out, "--folds", "0", "1", "--timeout", "1"))
     kk.main(_argv(demo_dir, out, "--folds", "0", "1", "--rehearse", "--kaggle-root", str(root),
                   "--rehearse-overrides", SHORT))
-    for k in (0, 1):
-        fold = root / "input" / f"demo-train-fold{k}" / "outputs" / "demo" / f"fold{k}"
-        assert (fold / "last.pt").is_file() and not (fold / "done.json").exists()
-        assert load_checkpoint(fold / "last.pt")["epoch"] == 0  # one epoch of two
-    # The next versions, with a normal session, find their own previous output and finish the folds.
+    stopped = {k: root / "input" / f"demo-train-fold{k}" / "outputs" / "demo" / f"fold{k}" for k in (0, 1)}
+    first = {k: (sorted(p.name for p in d.iterdir()), load_checkpoint(d / "last.pt")["epoch"]) for k, d in stopped.items()}
     kk.main(_argv(demo_dir, out, "--folds", "0", "1"))
     kk.main(_argv(demo_dir, out, "--folds", "0", "1", "--rehearse", "--kaggle-root", str(root),
                   "--rehearse-overrides", SHORT))
-    local = out / "pulled"
+    return SimpleNamespace(out=out, root=root, first=first)
+
+
+def _kernel_output(rehearsed, k: int) -> Path:
+    return rehearsed.root / "input" / f"demo-train-fold{k}"
+
+
+def test_a_notebook_out_of_time_stops_between_epochs_and_its_next_version_resumes(rehearsed):
     for k in (0, 1):
-        fold = root / "input" / f"demo-train-fold{k}" / "outputs" / "demo" / f"fold{k}"
+        names, epoch = rehearsed.first[k]
+        assert "last.pt" in names and "done.json" not in names and epoch == 0  # one epoch of two, kept
+        fold = _kernel_output(rehearsed, k) / "outputs" / "demo" / f"fold{k}"
         done = json.loads((fold / "done.json").read_text())
         assert done["epochs_run"] == 2 and list(pd.read_csv(fold / "history.csv")["epoch"]) == [0, 1]  # resumed
         assert not (fold / "last.pt").exists()
         assert "train_state" not in load_checkpoint(fold / "best.pt")  # slimmed as the bundle's
-        shutil.copytree(fold, local / "demo" / f"fold{k}")
-    shutil.copytree(out / "outputs" / "folds", local / "folds")
-    # Brought home, the two folds blend like any local experiment's.
+
+
+def test_pulled_folds_blend_as_local_ones(rehearsed, demo_dir, capsys):
+    out = rehearsed.out
+    local = out / "outputs"
+    for k in (0, 1):
+        kk.main(["--config", "configs/demo.yaml", f"data.dir={demo_dir}", f"experiment.output_dir={local}", *BASE,
+                 "--pull", f"you/demo-train-fold{k}", "--pulled", str(_kernel_output(rehearsed, k))])
+    assert "pulled folds [1] of demo from you/demo-train-fold1" in capsys.readouterr().out
+    assert sorted(p.name for p in (local / "demo").glob("fold*")) == ["fold0", "fold1"]
     cfg = load_config("configs/demo.yaml", [f"data.dir={demo_dir}", f"experiment.output_dir={local}",
-                                                  "wandb.mode=disabled", "ensemble.missing_folds=warn",
-                                                  "loader.num_workers=0"])
+                                            "wandb.mode=disabled", "ensemble.missing_folds=warn", "loader.num_workers=0"])
     sub = pipeline.run(cfg, ["demo"], ["identity"], out=out / "sub" / "s.csv")
     assert len(pd.read_csv(sub)) == 360
     # An inference bundle built from them into a folder that holds training notebooks keeps those.
@@ -99,6 +115,36 @@ def test_two_folds_rehearsed_resume_after_running_out_of_time_and_blend_as_local
              "wandb.mode=disabled", "ensemble.missing_folds=warn", "loader.num_workers=0", "--experiments", "demo",
              "--no-tta", "--no-wheels", "--out", str(out / "ib")])
     assert (out / "ib" / "train" / "kept").is_file() and (out / "ib" / "dataset" / "MANIFEST.json").is_file()
+
+
+@pytest.mark.parametrize("case,extra,message", [
+    ("another config", ("loss.smoothing=0.1",), r"other settings than experiment demo in \['loss.smoothing'\]"),
+    ("another folds file", ("data.fold_seed=7",), "another split than"),
+    ("another competition", ("data.n_folds=4",), "another split than"),
+    ("another experiment", ("experiment.name=other",), "holds no fold of experiment other"),
+])
+def test_a_pulled_output_of_another_run_is_refused_and_nothing_written(rehearsed, demo_dir, tmp_path, case, extra,
+                                                                       message):
+    local = tmp_path / "outputs"
+    shutil.copytree(rehearsed.out / "outputs" / "folds", local / "folds")
+    import src.folds as folds_cli
+
+    folds_cli.main(["--config", "configs/demo.yaml", f"data.dir={demo_dir}", f"experiment.output_dir={local}", *extra])
+    before = sorted(str(p) for p in local.rglob("*"))
+    with pytest.raises(UserError, match=message):
+        kk.main(["--config", "configs/demo.yaml", f"data.dir={demo_dir}", f"experiment.output_dir={local}", *BASE,
+                 *extra, "--pull", "you/demo-train-fold0", "--pulled", str(_kernel_output(rehearsed, 0))])
+    assert sorted(str(p) for p in local.rglob("*")) == before
+
+
+def test_pull_offline_names_the_way_round(demo_dir, rehearsed, tmp_path, monkeypatch):
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "none"))
+    for key in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(UserError, match="kaggle kernels output you/demo-train-fold0 -p DIR.*--pulled DIR"):
+        kk.main(["--config", "configs/demo.yaml", f"data.dir={demo_dir}", f"experiment.output_dir={tmp_path}",
+                 "--pull", "you/demo-train-fold0"])
+    assert not (tmp_path / "demo").exists()
 
 
 def test_the_hub_or_a_missing_split_is_refused_before_building(demo_dir, tmp_path, split, capsys):
