@@ -77,7 +77,7 @@ def make_spec(cfg: Config, args) -> BundleSpec:
         fmt=args.fmt or cfg.ensemble.format, competition=args.competition or _slug(Path(cfg.data.dir).resolve().name),
         dataset=args.dataset or f"{user}/{_derived(name, 'bundle')}",
         kernel=args.kernel or f"{user}/{_derived(name, 'inference')}",
-        gpu=args.gpu, half=args.half, image=Path(args.image),
+        gpu=args.gpu, half=args.half, image=Path(args.image), kernel_sources=args.from_kernels,
     )
 
 
@@ -104,7 +104,8 @@ def rehearsal(cfg: Config, args) -> None:
         raise UserError(f"{out} holds no built bundle; build it first (python -m src.kaggle_kernel --experiments ...)")
     from src.kaggle.rehearsal import rehearse
 
-    r = rehearse(cfg, out, args.scale, args.time_limit, args.hidden_size, keep=out / "rehearsal" / "submission.csv")
+    r = rehearse(cfg, out, args.scale, args.time_limit, args.hidden_size, keep=out / "rehearsal" / "submission.csv",
+                 kaggle_root=Path(args.kaggle_root) if args.kaggle_root else None)
     print(f"rehearsal: {r['images']} test images in {r['seconds']:.1f} s ({r['setup_s']:.1f} s setup, "
           f"{r['predict_s']:.1f} s predicting); submission checked, copy in {out / 'rehearsal' / 'submission.csv'}")
     hours = r["estimate_s"] / 3600
@@ -177,7 +178,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rehearse-overrides", default="train.epochs=1 train.limit_batches=2",
                         help="--train --rehearse: overrides that keep the rehearsal short")
     parser.add_argument("--kaggle-root", default=None,
-                        help="--train --rehearse: the fake /kaggle to use and keep (default: a temporary folder)")
+                        help="--train --rehearse: the fake /kaggle to use and keep (default: a temporary folder); "
+                             "--rehearse of a --from-kernels bundle: where the training rehearsal left the outputs")
+    parser.add_argument("--from-kernels", nargs="+", default=None, metavar="USER/KERNEL",
+                        help="the inference notebook reads each fold from these training notebooks' outputs "
+                             "(kernel_sources) instead of uploading the weights (the folds must be pulled here)")
     parser.add_argument("--pull", nargs="+", default=None, metavar="USER/KERNEL",
                         help="bring training notebooks' finished folds into outputs/<experiment>/ (checked against "
                              "this config and split)")

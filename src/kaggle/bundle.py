@@ -50,6 +50,7 @@ class BundleSpec:
     half: bool
     thresholds: list[float] | None = None  # a multi-label or ordinal blend's, fitted on OOF when the bundle is built
     image: Path = IMAGE_FILE  # the Kaggle image's packages: what it lacks is bundled (and hidden in the rehearsal)
+    kernel_sources: list[str] | None = None  # --from-kernels: the training notebooks whose outputs hold the folds
 
     @property
     def dataset_slug(self) -> str:
@@ -106,6 +107,8 @@ def write_dataset(root: Path, cfg: Config, members: list[Member], spec: BundleSp
     shutil.copytree(CONFIG_DIR, root / "code" / "configs", ignore=ignore)
     for m in members:
         for k in m.folds:
+            if spec.kernel_sources:  # the weights stay in the training notebooks' outputs
+                continue
             fp = fold_paths(root / "outputs" / m.name, k)
             slim_checkpoint(fold_paths(m.exp_dir, k).best, fp.best, spec.half)
             write_done(fp, {**fold_record(fold_paths(m.exp_dir, k)), "best_sha1": file_sha1(fp.best)})
@@ -117,7 +120,8 @@ def write_dataset(root: Path, cfg: Config, members: list[Member], spec: BundleSp
     manifest = {
         "members": spec.members, "folds": {m.name: m.folds for m in members}, "views": spec.views,
         "weights": spec.weights, "voting": spec.voting, "format": spec.fmt, "thresholds": spec.thresholds,
-        "competition": spec.competition,
+        "competition": spec.competition, "kernel_sources": spec.kernel_sources or [],
+        "best_sha1": {m.name: {str(k): file_sha1(fold_paths(m.exp_dir, k).best) for k in m.folds} for m in members},
         "dataset": spec.dataset, "kernel": spec.kernel, "half": spec.half, "git_commit": _git_commit(),
         "cv": {m.name: _cv(m) for m in members}, "metric": cfg.metric.name,
         "built": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
@@ -150,6 +154,9 @@ stored["data"]["dir"] = os.path.join(ROOT, "input", manifest["competition"])
 stored["experiment"]["output_dir"] = os.path.join(BUNDLE, "outputs")
 stored["loader"]["num_workers"] = min(4, os.cpu_count() or 1)
 stored["data"]["cache"] = False  # the input folder is read-only, and one pass per member decodes each image once anyway
+if manifest["kernel_sources"]:  # --from-kernels: each fold from the training notebook that left it
+    from src.kaggle.training import link_kernel_folds
+    stored["experiment"]["output_dir"] = link_kernel_folds(ROOT, manifest)
 cfg = config_from_dict(stored, "the bundle's config.yaml")
 out = run(cfg, manifest["members"], manifest["views"], manifest["weights"], manifest["voting"],
           Path(ROOT, "working", "submission.csv"), manifest["format"], report=False, cache=False,
@@ -176,7 +183,7 @@ def write_notebook(root: Path, spec: BundleSpec) -> Path:
     atomic_write_text(root / "kernel-metadata.json", json.dumps({
         "id": spec.kernel, "title": slug, "code_file": path.name, "language": "python", "kernel_type": "notebook",
         "is_private": True, "enable_gpu": spec.gpu, "enable_internet": False, "dataset_sources": [spec.dataset],
-        "competition_sources": [spec.competition], "kernel_sources": [],
+        "competition_sources": [spec.competition], "kernel_sources": spec.kernel_sources or [],
     }, indent=2))
     return path
 

@@ -184,7 +184,7 @@ def check_inputs_untouched(before: dict, after: dict) -> None:
 
 
 def rehearse(cfg: Config, build: Path, scale: int = 1, time_limit_h: float = 9.0, hidden_size: int | None = None,
-             keep: Path | None = None) -> dict:
+             keep: Path | None = None, kaggle_root: Path | None = None) -> dict:
     """Run the built notebook on a fake /kaggle; check its submission; time and extrapolate it.
 
     Args:
@@ -194,13 +194,15 @@ def rehearse(cfg: Config, build: Path, scale: int = 1, time_limit_h: float = 9.0
         time_limit_h: the competition's limit for the notebook.
         hidden_size: images in the real (hidden) test set (default: the public sample's rows).
         keep: where to copy the rehearsal's submission.csv.
+        kaggle_root: a --from-kernels bundle: the fake /kaggle whose input/<kernel-slug>/ the training
+            notebooks' rehearsal left (src.kaggle.training.rehearse_training).
     """
     manifest = json.loads((build / "dataset" / "MANIFEST.json").read_text())
     notebook = next((build / "notebook").glob("*.ipynb"))
     check_scale(cfg, scale, hidden_size, Path(tempfile.gettempdir()))
     previous = signal.signal(signal.SIGTERM, _terminated)  # a stopped rehearsal removes its temporary folder too
     try:
-        return _rehearse(cfg, build, manifest, notebook, scale, time_limit_h, hidden_size, keep)
+        return _rehearse(cfg, build, manifest, notebook, scale, time_limit_h, hidden_size, keep, kaggle_root)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -209,14 +211,26 @@ def _terminated(signum, frame) -> None:
     raise KeyboardInterrupt  # unwinds through the temporary folder's cleanup, as Ctrl-C does
 
 
+def _kernel_inputs(manifest: dict, kaggle_root: Path | None, root: Path) -> None:
+    """Link the training notebooks' outputs a --from-kernels bundle reads into the fake input/."""
+    for kernel in manifest.get("kernel_sources", []):
+        slug = kernel.split("/", 1)[1]
+        src = None if kaggle_root is None else kaggle_root / "input" / slug
+        if src is None or not src.is_dir():
+            raise UserError(f"the bundle reads its folds from {kernel}'s output; rehearse the training notebooks first "
+                            "(--train --rehearse --kaggle-root DIR) and pass the same --kaggle-root DIR")
+        os.symlink(src.resolve(), root / "input" / slug)
+
+
 def _rehearse(cfg: Config, build: Path, manifest: dict, notebook: Path, scale: int, time_limit_h: float,
-              hidden_size: int | None, keep: Path | None) -> dict:
+              hidden_size: int | None, keep: Path | None, kaggle_root: Path | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="kaggle-") as tmp:
         root = Path(tmp)
         (root / "input").mkdir()
         (root / "working").mkdir()
         os.symlink((build / "dataset").resolve(), root / "input" / manifest["dataset"].split("/", 1)[1])
         sample = fake_competition(cfg, root / "input" / manifest["competition"], scale)
+        _kernel_inputs(manifest, kaggle_root, root)
         inputs = (build / "dataset", root / "input" / manifest["competition"])
         before = snapshot(*inputs)
         lacks = manifest.get("image", {}).get("lacks", [])

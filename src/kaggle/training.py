@@ -322,3 +322,30 @@ def pull(cfg: Config, kernel: str, pulled: Path | None, force: bool) -> list[int
             shutil.rmtree(here, ignore_errors=True)
             part.rename(here)
     return [int(d.name[4:]) for d in folds]
+
+
+def link_kernel_folds(root: str, manifest: dict) -> str:
+    """In the inference notebook (--from-kernels): link every fold the manifest names from the
+    training notebooks' outputs (input/<kernel-slug>/outputs/<member>/fold<k>/) into one outputs
+    folder under tmp/, each the very best.pt the bundle was built from; return that folder."""
+    from src.runs.layout import file_sha1
+
+    out = Path(root, "tmp", "outputs")
+    found = {}
+    for kernel in manifest["kernel_sources"]:
+        for done in Path(root, "input", kernel.split("/", 1)[1], "outputs").glob("*/fold*/done.json"):
+            found[(done.parent.parent.name, done.parent.name[4:])] = done.parent
+    for member, folds in manifest["folds"].items():
+        for k in folds:
+            src = found.get((member, str(k)))
+            if src is None:
+                raise UserError(f"no attached training notebook holds fold {k} of {member}; attach the one that "
+                                f"trained it (kernel_sources: {manifest['kernel_sources']})")
+            if file_sha1(src / "best.pt") != manifest["best_sha1"][member][str(k)]:
+                raise UserError(f"fold {k} of {member} in {src} is not the run the bundle was built from (a newer "
+                                "version of its training notebook?); pull it and build the bundle again")
+            dest = out / member / f"fold{k}"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if not dest.exists():
+                os.symlink(src, dest)
+    return str(out)

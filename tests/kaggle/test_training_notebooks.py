@@ -157,3 +157,31 @@ def test_the_hub_or_a_missing_split_is_refused_before_building(demo_dir, tmp_pat
     with pytest.raises(UserError, match="run python -m src.folds"):  # no split to give every notebook
         kk.main(_argv(demo_dir, tmp_path))
     assert not (tmp_path / "build").exists()
+
+
+def test_the_inference_notebook_fed_from_the_training_notebooks_writes_src_ensembles_submission(
+        rehearsed, demo_dir, tmp_path, capsys):
+    """The whole path: two folds trained by their notebooks (rehearsed), pulled, an inference bundle
+    that carries no weights but attaches those notebooks, rehearsed: byte-identical to src.ensemble."""
+    local = tmp_path / "outputs"
+    shutil.copytree(rehearsed.out / "outputs" / "folds", local / "folds")
+    common = ["--config", "configs/demo.yaml", f"data.dir={demo_dir}", f"experiment.output_dir={local}", *BASE,
+              "ensemble.missing_folds=warn"]
+    kernels = ["you/demo-train-fold0", "you/demo-train-fold1"]
+    for k, kernel in enumerate(kernels):
+        kk.main([*common, "--pull", kernel, "--pulled", str(_kernel_output(rehearsed, k))])
+    build = tmp_path / "build"
+    kk.main([*common, "--experiments", "demo", "--tta", "identity", "zoom1.05", "--no-wheels", "--out", str(build),
+             "--from-kernels", *kernels])
+    manifest = json.loads((build / "dataset" / "MANIFEST.json").read_text())
+    meta = json.loads((build / "notebook" / "kernel-metadata.json").read_text())
+    assert meta["kernel_sources"] == kernels and manifest["kernel_sources"] == kernels
+    assert not (build / "dataset" / "outputs").exists()  # no weights uploaded
+    with pytest.raises(UserError, match="rehearse the training notebooks first"):
+        kk.main([*common, "--rehearse", "--out", str(build)])
+    kk.main([*common, "--rehearse", "--out", str(build), "--kaggle-root", str(rehearsed.root)])
+    cfg = load_config("configs/demo.yaml", [f"data.dir={demo_dir}", f"experiment.output_dir={local}",
+                                            "wandb.mode=disabled", "ensemble.missing_folds=warn", "loader.num_workers=0"])
+    local_sub = pipeline.run(cfg, ["demo"], manifest["views"], manifest["weights"], manifest["voting"],
+                             tmp_path / "sub" / "local.csv")
+    assert (build / "rehearsal" / "submission.csv").read_bytes() == local_sub.read_bytes()
