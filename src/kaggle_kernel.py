@@ -22,6 +22,7 @@ those notebooks here on a fake /kaggle with --rehearse-overrides (short epochs).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import tempfile
@@ -118,7 +119,7 @@ def rehearsal(cfg: Config, args) -> None:
 
 def train_notebooks(cfg: Config, args) -> None:
     """--train: build the training notebooks, or rehearse them (--rehearse)."""
-    from src.kaggle.training import TrainSpec, build_training, rehearse_training
+    from src.kaggle.training import TrainSpec, build_training, estimate_fold, rehearse_training
     from src.training.lr_finder import resolve_lr
 
     user = os.environ.get("KAGGLE_USERNAME", "your-kaggle-username")
@@ -130,9 +131,13 @@ def train_notebooks(cfg: Config, args) -> None:
             raise UserError(f"{out} holds no built training notebooks; build them first (--train without --rehearse)")
         root = Path(args.kaggle_root) if args.kaggle_root else Path(tempfile.mkdtemp(prefix="kaggle-train-"))
         seconds = rehearse_training(cfg, out, root, folds, args.rehearse_overrides)
+        built = json.loads((out / "code" / "TRAIN.json").read_text())
         for k, s in seconds.items():
-            print(f"rehearsal: fold {k}'s notebook ran in {s:.1f} s ({args.rehearse_overrides}); its output is "
-                  f"{root / 'input'}/<{name}-train-fold{k}>/outputs/{name}/fold{k}/")
+            slug = built["kernels"][str(k)].split("/", 1)[1]
+            fold_out = root / "input" / slug / "outputs" / name / f"fold{k}"
+            print(f"rehearsal: fold {k}'s notebook ran in {s:.1f} s ({args.rehearse_overrides}); its output is {fold_out}")
+            if (fold_out / "history.csv").is_file():
+                print("  " + estimate_fold(cfg, k, fold_out, built["timeout"], args.pace))
         return
     spec = TrainSpec(experiment=name, folds=folds, user=user,
                      competition=args.competition or _slug(Path(cfg.data.dir).resolve().name),
@@ -177,6 +182,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="--train: USER/SLUG of the dataset holding model.pretrained_path's file")
     parser.add_argument("--rehearse-overrides", default="train.epochs=1 train.limit_batches=2",
                         help="--train --rehearse: overrides that keep the rehearsal short")
+    parser.add_argument("--pace", type=float, default=None,
+                        help="--train --rehearse: training images a second on the Kaggle accelerator (src.bench there), "
+                             "for the time estimate; default: the rehearsal's own pace on this machine")
     parser.add_argument("--kaggle-root", default=None,
                         help="--train --rehearse: the fake /kaggle to use and keep (default: a temporary folder); "
                              "--rehearse of a --from-kernels bundle: where the training rehearsal left the outputs")

@@ -159,6 +159,8 @@ def write_code_dataset(root: Path, cfg: Config, spec: TrainSpec, wheels: bool) -
     atomic_write_text(root / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if wheels:
         fetch_wheels(root / "wheels", spec.image, "the code dataset")
+    atomic_write_text(root / "TRAIN.json", json.dumps({"timeout": spec.timeout, "accelerator": spec.accelerator,
+                                                       "kernels": {k: spec.kernel(k) for k in spec.folds}}, indent=2))
     slug = spec.code.split("/", 1)[1]
     atomic_write_text(root / "dataset-metadata.json", json.dumps(
         {"title": slug, "id": spec.code, "licenses": [{"name": "CC0-1.0"}]}, indent=2))
@@ -349,3 +351,27 @@ def link_kernel_folds(root: str, manifest: dict) -> str:
             if not dest.exists():
                 os.symlink(src, dest)
     return str(out)
+
+
+def estimate_fold(cfg: Config, fold: int, fold_out: Path, timeout: int, pace: float | None) -> str:
+    """One line: how long fold `fold` would take with the real epochs (train.min_steps included) at
+    `pace` images a second (else the rehearsal's own, measured on this machine), against a session."""
+    import math
+
+    import pandas as pd
+
+    from src.data.folds import load_or_create_folds
+    from src.training.trainer import fold_epochs
+
+    table, _, _ = load_or_create_folds(cfg, create=False)
+    n_train, n_valid = int((table["fold"] != fold).sum()), int((table["fold"] == fold).sum())
+    steps = max(1, math.ceil(n_train // cfg.loader.batch_size / cfg.train.accum_steps))
+    epochs = fold_epochs(cfg.train, steps)
+    measured = float(pd.read_csv(fold_out / "history.csv")["img_per_s"].median())
+    rate, where = (pace, "at --pace") if pace else (measured, "at this machine's rehearsal pace")
+    seconds = epochs * (n_train + n_valid / 2) / rate  # validation: a forward only, about half a step's cost
+    sessions = math.ceil(seconds / max(1.0, timeout * 0.95 - 300))
+    verdict = ("fits one session" if sessions <= 1 else
+               f"exceeds the {timeout / 3600:.1f} h session: about {sessions} sessions (it stops and resumes)")
+    return (f"fold {fold}: {epochs} epochs of {n_train} images {where} ({rate:.0f} img/s) take about "
+            f"{seconds / 3600:.2f} h; {verdict}")

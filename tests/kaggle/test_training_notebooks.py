@@ -185,3 +185,17 @@ def test_the_inference_notebook_fed_from_the_training_notebooks_writes_src_ensem
     local_sub = pipeline.run(cfg, ["demo"], manifest["views"], manifest["weights"], manifest["voting"],
                              tmp_path / "sub" / "local.csv")
     assert (build / "rehearsal" / "submission.csv").read_bytes() == local_sub.read_bytes()
+
+
+def test_a_fold_that_would_not_fit_a_session_is_reported_before_pushing(rehearsed, demo_dir):
+    from src.kaggle.training import estimate_fold
+
+    cfg = load_config("configs/demo.yaml", [f"data.dir={demo_dir}", f"experiment.output_dir={rehearsed.out / 'outputs'}"])
+    fold = _kernel_output(rehearsed, 0) / "outputs" / "demo" / "fold0"
+    n_train, n_valid = 1149, 288  # the demo's fold 0; 17 steps an epoch, 12 epochs (204 >= train.min_steps)
+    slow = estimate_fold(cfg, 0, fold, timeout=3600, pace=1.0)
+    hours = 12 * (n_train + n_valid / 2) / 3600
+    assert f"12 epochs of {n_train} images at --pace (1 img/s) take about {hours:.2f} h" in slow
+    assert f"exceeds the 1.0 h session: about {int(-(-hours * 3600 // (3600 * 0.95 - 300)))} sessions" in slow
+    assert estimate_fold(cfg, 0, fold, timeout=3600, pace=1e4).endswith("fits one session")
+    assert "at this machine's rehearsal pace" in estimate_fold(cfg, 0, fold, timeout=3600, pace=None)
