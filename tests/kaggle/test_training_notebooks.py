@@ -160,7 +160,7 @@ def test_the_hub_or_a_missing_split_is_refused_before_building(demo_dir, tmp_pat
 
 
 def test_the_inference_notebook_fed_from_the_training_notebooks_writes_src_ensembles_submission(
-        rehearsed, demo_dir, tmp_path, capsys):
+        rehearsed, demo_dir, tmp_path, capsys, monkeypatch):
     """The whole path: two folds trained by their notebooks (rehearsed), pulled, an inference bundle
     that carries no weights but attaches those notebooks, rehearsed: byte-identical to src.ensemble."""
     local = tmp_path / "outputs"
@@ -177,6 +177,9 @@ def test_the_inference_notebook_fed_from_the_training_notebooks_writes_src_ensem
     meta = json.loads((build / "notebook" / "kernel-metadata.json").read_text())
     assert meta["kernel_sources"] == kernels and manifest["kernel_sources"] == kernels
     assert not (build / "dataset" / "outputs").exists()  # no weights uploaded
+    api = _kaggle_api(tmp_path, monkeypatch)
+    with pytest.raises(_ReachedTheNetwork):  # the CLI accepts the metadata with its kernel_sources
+        api.kernels_push(str(build / "notebook"))
     with pytest.raises(UserError, match="rehearse the training notebooks first"):
         kk.main([*common, "--rehearse", "--out", str(build)])
     kk.main([*common, "--rehearse", "--out", str(build), "--kaggle-root", str(rehearsed.root)])
