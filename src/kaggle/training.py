@@ -261,7 +261,7 @@ def download_output(kernel: str, dest: Path) -> Path:
         api = KaggleApi()
         api.authenticate()
         api.kernels_output(kernel, str(dest))
-    except Exception as e:  # noqa: BLE001 - no package, no token, no network: the same way round
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - no package, no token (its import exits), no network
         raise UserError(f"cannot download the output of {kernel} ({type(e).__name__}: {str(e)[:120]}); run `kaggle "
                         f"kernels output {kernel} -p DIR` where Kaggle is reachable and pass --pulled DIR") from None
     return dest
