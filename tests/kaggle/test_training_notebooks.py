@@ -137,13 +137,19 @@ def test_a_pulled_output_of_another_run_is_refused_and_nothing_written(rehearsed
     assert sorted(str(p) for p in local.rglob("*")) == before
 
 
-def test_pull_offline_names_the_way_round(demo_dir, rehearsed, tmp_path, monkeypatch):
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "none"))
-    for key in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
-        monkeypatch.delenv(key, raising=False)
-    with pytest.raises(UserError, match="kaggle kernels output you/demo-train-fold0 -p DIR.*--pulled DIR"):
-        kk.main(["--config", "configs/demo.yaml", f"data.dir={demo_dir}", f"experiment.output_dir={tmp_path}",
-                 "--pull", "you/demo-train-fold0"])
+def test_pull_offline_names_the_way_round(demo_dir, rehearsed, tmp_path):
+    """In a process of its own: the kaggle package exits on import without a token, which must
+    become the one sentence (and must not leave this test process with a half-imported package)."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN")}
+    env["KAGGLE_CONFIG_DIR"] = str(tmp_path / "none")
+    proc = subprocess.run([sys.executable, "-m", "src.kaggle_kernel", "--config", "configs/demo.yaml",
+                           f"data.dir={demo_dir}", f"experiment.output_dir={tmp_path}", "--pull", "you/demo-train-fold0"],
+                          cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "kaggle kernels output you/demo-train-fold0 -p DIR" in proc.stderr and "--pulled DIR" in proc.stderr
     assert not (tmp_path / "demo").exists()
 
 
