@@ -200,6 +200,20 @@ def test_stack_through_the_ensemble_reports_the_nested_score(world, capsys):
 # ---------------------------------------------------------------- TTA chosen on OOF
 
 
+def _oof_scorer(cfg):
+    """views -> the OOF accuracy of members a and b blended softly with those views, computed
+    independently of the code under test's selection."""
+    members = open_members(cfg, ["a", "b"])
+    rt = Runtime.from_cfg(cfg.runtime)
+
+    def score(views):
+        per, base = aligned_oof(members, views, rt, cfg.loader, "soft")
+        y = base["label"].map({c: i for i, c in enumerate(members[0].classes)}).to_numpy()
+        return compute_metric("accuracy", y, combine(np.stack(per), "soft"))
+
+    return score
+
+
 def test_tta_auto_keeps_only_views_that_improve_the_oof_blend(world, capsys):
     candidates = ["rot180", "zoom0.95", "vflip", "zoom1.05", "scale1.25"]
     out = pipeline.run(world.cfg, ["a", "b"], ["auto", *candidates], "equal", "soft", world.root / "auto" / "t.csv", None)
@@ -207,13 +221,7 @@ def test_tta_auto_keeps_only_views_that_improve_the_oof_blend(world, capsys):
     chosen = row["views"].split("+")
     assert chosen[0] == "identity" and set(chosen) <= {"identity", *candidates}
     # replay the greedy choice independently: each member's OOF with the views, blended, scored
-    members = open_members(world.cfg, ["a", "b"])
-    rt = Runtime.from_cfg(world.cfg.runtime)
-
-    def score(views):
-        per, base = aligned_oof(members, views, rt, world.cfg.loader, "soft")
-        y = base["label"].map({c: i for i, c in enumerate(members[0].classes)}).to_numpy()
-        return compute_metric("accuracy", y, combine(np.stack(per), "soft"))
+    score = _oof_scorer(world.cfg)
 
     sel, best = ["identity"], score(["identity"])
     base_score = best
@@ -251,13 +259,7 @@ def test_tta_auto_in_the_config_never_scores_below_its_candidates_or_identity(wo
     row = read_ledger(out.parent / "ledger.csv").iloc[-1]
     text = capsys.readouterr().out
     assert f"TTA auto chose {row['views']}" in text and "all together" in text
-    members = open_members(cfg, ["a", "b"])
-    rt = Runtime.from_cfg(cfg.runtime)
-
-    def score(views):
-        per, base = aligned_oof(members, views, rt, cfg.loader, "soft")
-        y = base["label"].map({c: i for i, c in enumerate(members[0].classes)}).to_numpy()
-        return compute_metric("accuracy", y, combine(np.stack(per), "soft"))
+    score = _oof_scorer(cfg)
 
     chosen = score(row["views"].split("+"))
     assert float(row["cv"]) == pytest.approx(chosen)
@@ -269,13 +271,7 @@ def test_a_configured_view_that_lowers_oof_is_said(world, capsys):
                  world.root / "lowers" / "t.csv", None)
     text = capsys.readouterr().out
     assert "TTA views on the OOF blend (accuracy):" in text and "without rot180" in text
-    members = open_members(world.cfg, ["a", "b"])
-    rt = Runtime.from_cfg(world.cfg.runtime)
-
-    def score(views):
-        per, base = aligned_oof(members, views, rt, world.cfg.loader, "soft")
-        y = base["label"].map({c: i for i, c in enumerate(members[0].classes)}).to_numpy()
-        return compute_metric("accuracy", y, combine(np.stack(per), "soft"))
+    score = _oof_scorer(world.cfg)
 
     full = score(["identity", "zoom1.05", "rot180"])
     for v in ("identity", "zoom1.05", "rot180"):
