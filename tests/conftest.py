@@ -59,40 +59,41 @@ def demo_dir(tmp_path_factory) -> Path:
 TASKS = ("multiclass", "binary", "topk", "multilabel", "ordinal")
 
 
-@pytest.fixture(scope="session")
-def task_competition(demo_dir, tmp_path_factory) -> Callable[[str], tuple[Path, Path, tuple[str, ...]]]:
-    """task_competition(task) -> (competition folder, its demo config, overrides): small competitions
-    of every task type, built once per session (binary: the demo's 0s and 1s; multilabel and
-    ordinal: 160 training and 40 test grids)."""
+def build_task_competition(task: str, root: Path, demo_dir: Path) -> tuple[Path, Path, tuple[str, ...]]:
+    """(competition folder, its demo config, overrides) of a small competition of `task` under
+    `root` (binary: the demo's 0s and 1s; multilabel and ordinal: 160 training and 40 test grids)."""
     import pandas as pd
 
     from src.demo import build_multilabel_demo, build_ordinal_demo
 
+    if task in ("multiclass", "topk"):
+        return demo_dir, CONFIG_DIR / ("demo.yaml" if task == "multiclass" else "demo_topk.yaml"), ()
+    if task == "binary":
+        comp = root / "digits_binary"
+        comp.mkdir(parents=True)
+        for name in ("train", "test"):
+            os.symlink(demo_dir / name, comp / name)
+        for name in ("train.csv", "solution.csv"):
+            table = pd.read_csv(demo_dir / name, dtype=str)
+            table[table["label"].isin(["0", "1"])].to_csv(comp / name, index=False)
+        sol = pd.read_csv(comp / "solution.csv", dtype=str)
+        pd.DataFrame({"id": sol["id"], "label": 0.5}).to_csv(comp / "sample_submission.csv", index=False)
+        return comp, DEMO_CONFIG, ("data.task=binary", "metric.name=roc_auc")
+    if task == "multilabel":
+        return build_multilabel_demo(root / "digits_multilabel", 160, 40), CONFIG_DIR / "demo_multilabel.yaml", ()
+    return build_ordinal_demo(root / "digits_ordinal", 160, 40), CONFIG_DIR / "demo_ordinal.yaml", ()
+
+
+@pytest.fixture(scope="session")
+def task_competition(demo_dir, tmp_path_factory) -> Callable[[str], tuple[Path, Path, tuple[str, ...]]]:
+    """task_competition(task) -> (competition folder, its demo config, overrides): the competitions
+    of build_task_competition, built once per session."""
     built: dict[str, tuple[Path, Path, tuple[str, ...]]] = {}
 
     def make(task: str) -> tuple[Path, Path, tuple[str, ...]]:
-        if task in built:
-            return built[task]
-        root = tmp_path_factory.mktemp(task)
-        if task in ("multiclass", "topk"):
-            got = demo_dir, CONFIG_DIR / ("demo.yaml" if task == "multiclass" else "demo_topk.yaml"), ()
-        elif task == "binary":
-            comp = root / "digits_binary"
-            comp.mkdir()
-            for name in ("train", "test"):
-                os.symlink(demo_dir / name, comp / name)
-            for name in ("train.csv", "solution.csv"):
-                table = pd.read_csv(demo_dir / name, dtype=str)
-                table[table["label"].isin(["0", "1"])].to_csv(comp / name, index=False)
-            sol = pd.read_csv(comp / "solution.csv", dtype=str)
-            pd.DataFrame({"id": sol["id"], "label": 0.5}).to_csv(comp / "sample_submission.csv", index=False)
-            got = comp, DEMO_CONFIG, ("data.task=binary", "metric.name=roc_auc")
-        elif task == "multilabel":
-            got = build_multilabel_demo(root / "digits_multilabel", 160, 40), CONFIG_DIR / "demo_multilabel.yaml", ()
-        else:
-            got = build_ordinal_demo(root / "digits_ordinal", 160, 40), CONFIG_DIR / "demo_ordinal.yaml", ()
-        built[task] = got
-        return got
+        if task not in built:
+            built[task] = build_task_competition(task, tmp_path_factory.mktemp(task), demo_dir)
+        return built[task]
 
     return make
 
