@@ -224,10 +224,7 @@ def stage_timm(cfg: Config, rt: Runtime, train_dir: Path, batches: int) -> dict:
                 x = x.contiguous(memory_format=torch.channels_last)
             with rt.autocast():
                 loss = s.criterion(s.model(x), y)
-            s.scaler.scale(loss).backward()
-            s.scaler.step(s.optimizer)
-            s.scaler.update()
-            s.optimizer.zero_grad(set_to_none=True)
+            s.scaler(loss, s.optimizer)  # timm's plain step: no clipping, no accumulation
             n += len(x)
         loss.item()
         sync(rt.device)

@@ -12,7 +12,7 @@ import torch
 from src.core.runtime import Runtime, predict
 from src.models.losses import build_loss
 from src.models.model import build_model, freeze, param_counts, param_groups, set_train_mode
-from src.models.optim import build_optimizer
+from src.models.optim import LossScaler, build_optimizer
 
 
 def _sync(device: torch.device) -> None:
@@ -45,7 +45,7 @@ def bench(cfg, steps: int = 30, warmup: int = 5, n_classes: int = 1000) -> dict:
     model = rt.model(model)
     opt = build_optimizer(cfg.optim, param_groups(model, cfg.optim.weight_decay, frozen, 1.0, False))
     criterion = build_loss(cfg.loss, n_classes, torch.zeros(1, dtype=torch.long).numpy()).to(device)
-    scaler = torch.amp.GradScaler(device.type, enabled=rt.dtype == torch.float16)
+    scaler = LossScaler(device.type, enabled=rt.dtype == torch.float16)
     bs, size = cfg.loader.batch_size, cfg.aug.img_size
     x = rt.batch(torch.randn(bs, 3, size, size))
     y = torch.randint(0, n_classes, (bs,), device=device)
@@ -53,10 +53,7 @@ def bench(cfg, steps: int = 30, warmup: int = 5, n_classes: int = 1000) -> dict:
     def train_step() -> None:
         with rt.autocast():
             loss = criterion(model(x), y)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
+        scaler(loss, opt)
 
     set_train_mode(model, frozen)
     for _ in range(warmup):

@@ -1,4 +1,4 @@
-"""Small shared helpers: the user-error type, atomic writes and seeding."""
+"""Small shared helpers: the user-error type, atomic writes, seeding and the numpy softmax."""
 
 from __future__ import annotations
 
@@ -91,3 +91,9 @@ def seed_everything(seed: int) -> None:
 def derive_seed(*parts: int) -> int:
     """A seed for (seed, fold, epoch, ...): independent streams for every combination of the parts."""
     return int(np.random.SeedSequence([abs(int(p)) for p in parts]).generate_state(1)[0])
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, stable for large logits; in z's own dtype."""
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)

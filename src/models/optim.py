@@ -1,10 +1,12 @@
-"""Optimizer and learning-rate schedule factories over timm's (and torch's OneCycleLR)."""
+"""Optimizer and learning-rate schedule factories over timm's (and torch's OneCycleLR), and the one
+optimizer step every training loop takes (LossScaler)."""
 
 from __future__ import annotations
 
 import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler, StepLRScheduler
+from timm.utils import NativeScaler
 
 from src.core.config import OptimCfg, SchedCfg
 
@@ -26,6 +28,30 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     """Every group at lr times its lr_scale (layer decay, the unfrozen backbone's multiplier)."""
     for g in opt.param_groups:
         g["lr"] = lr * g.get("lr_scale", 1.0)
+
+
+class LossScaler(NativeScaler):
+    """The optimizer step, as timm's NativeScaler takes it: a call scales `loss` and backpropagates;
+    with `need_update` (an accumulation window complete) it also unscales, clips the gradient norm
+    to `clip_grad` over `parameters`, steps the optimizer through the grad scaler, updates the scale,
+    and then zeroes the gradients.
+
+    Two differences from timm's: the grad scaler is enabled only where `enabled` (float16 autocast),
+    so an fp32 or bf16 step is a plain backward and step with an empty scaler state (timm's train.py
+    gets that by having no scaler there); and the gradients are zeroed after the update, which timm's
+    train.py does after calling it."""
+
+    def __init__(self, device: str, enabled: bool = True):
+        # Not super().__init__: it always enables its scaler. `_scaler` is what NativeScaler's
+        # __call__, state_dict and load_state_dict use.
+        self._scaler = torch.amp.GradScaler(device, enabled=enabled)
+
+    def __call__(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, clip_grad: float | None = None,
+                 clip_mode: str = "norm", parameters=None, create_graph: bool = False, need_update: bool = True) -> None:
+        super().__call__(loss, optimizer, clip_grad=clip_grad, clip_mode=clip_mode, parameters=parameters,
+                         create_graph=create_graph, need_update=need_update)
+        if need_update:
+            optimizer.zero_grad(set_to_none=True)
 
 
 class _Constant:

@@ -3,6 +3,7 @@ train.py. The trainer (src/trainer.py) sets a fold up and conducts them."""
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from src.core.task import Task
 from src.core.utils import UserError
 from src.evaluation.metrics import softmax, summary
 from src.models.model import Frozen
+from src.models.optim import LossScaler
 from src.runs.layout import FoldPaths
 from src.training.size_schedule import resize_batch
 
@@ -55,7 +57,7 @@ class FoldState:
     mixup: Mixup | None = None
     optimizer: torch.optim.Optimizer | None = None
     scheduler: object = None
-    scaler: torch.amp.GradScaler | None = None
+    scaler: LossScaler | None = None
     ema: ModelEmaV3 | None = None
     swa: torch.optim.swa_utils.AveragedModel | None = None  # train.swa: the running average (src/averaging.py)
     num_updates: int = 0
@@ -101,16 +103,25 @@ class FoldState:
             self.swa.load_state_dict(st["swa"])
         self.num_updates = st["num_updates"]
 
+    def snapshot(self) -> dict:
+        """A deep copy of train_state() (weights and BatchNorm buffers, EMA, SWA, optimizer, schedule,
+        scaler), to put back with restore()."""
+        return copy.deepcopy(self.train_state())
+
+    def restore(self, snap: dict) -> None:
+        """Back to a snapshot(), with no gradients left over."""
+        self.load_train_state(snap)
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def backward(self, loss: torch.Tensor, need_update: bool = True) -> None:
+        """Backpropagate `loss`; with `need_update` (an accumulation window complete), also the
+        optimizer step (LossScaler): clip to train.clip_grad, step, zero the gradients."""
+        self.scaler(loss, self.optimizer, clip_grad=self.cfg.train.clip_grad, parameters=self.model.parameters(),
+                    need_update=need_update)
+
 
 def _update(s: FoldState) -> None:
-    """One optimizer step (after accumulation): clip, step, schedule, EMA."""
-    cfg = s.cfg.train
-    if cfg.clip_grad is not None:
-        s.scaler.unscale_(s.optimizer)
-        torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.clip_grad)
-    s.scaler.step(s.optimizer)
-    s.scaler.update()
-    s.optimizer.zero_grad(set_to_none=True)
+    """After an optimizer step: count it, schedule, EMA."""
     s.num_updates += 1
     s.scheduler.step_update(num_updates=s.num_updates)
     if s.ema is not None:
@@ -192,8 +203,9 @@ def train_one_epoch(s: FoldState, epoch: int) -> dict:
         x, y = next(batches)
         wait += time.perf_counter() - tw
         loss, logits, y = step_loss(s, forward, x, y, multilabel, regression)
-        s.scaler.scale(loss / accum).backward()
-        if (step + 1) % accum == 0 or step + 1 == s.batches:
+        need_update = (step + 1) % accum == 0 or step + 1 == s.batches
+        s.backward(loss / accum, need_update)
+        if need_update:
             _update(s)
         loss_sum += loss.detach().float() * len(y)
         correct += _hits(logits.detach(), y, multilabel, top if regression else None)

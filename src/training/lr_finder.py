@@ -14,7 +14,6 @@ read the same number from the resolved config.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from dataclasses import dataclass, field
@@ -22,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from src.core import distributed
 from src.core.config import Config, config_from_dict
@@ -87,18 +85,6 @@ class Sweep:
         return {k: float(f"{v:.2g}") for k, v in out.items()}
 
 
-def _snapshot(s: FoldState) -> dict:
-    return {"model": copy.deepcopy(s.model.state_dict()), "optimizer": copy.deepcopy(s.optimizer.state_dict()),
-            "scaler": copy.deepcopy(s.scaler.state_dict())}
-
-
-def _restore(s: FoldState, snap: dict) -> None:
-    s.model.load_state_dict(snap["model"])
-    s.optimizer.load_state_dict(snap["optimizer"])
-    s.scaler.load_state_dict(snap["scaler"])
-    s.optimizer.zero_grad(set_to_none=True)
-
-
 def _batches(loader):
     """The training loader, epoch after epoch (a small fold has few batches)."""
     while True:
@@ -108,10 +94,10 @@ def _batches(loader):
 def sweep(s: FoldState, start_lr: float, end_lr: float, steps: int) -> Sweep:
     """The range test on a set-up fold (trainer.setup_fold + optimization): `steps` optimizer steps
     from start_lr to end_lr, each group at the rate times its lr_scale; weights, optimizer and
-    scaler are restored afterwards, whatever happens."""
+    scaler (the whole FoldState.snapshot) are restored afterwards, whatever happens."""
     cfg, task = s.cfg, s.task
     accum = cfg.train.accum_steps
-    snap = _snapshot(s)
+    snap = s.snapshot()
     lrs, losses, stopped = [], [], f"ran all {steps} steps"
     batches = _batches(s.train_loader)
     try:
@@ -120,17 +106,11 @@ def sweep(s: FoldState, start_lr: float, end_lr: float, steps: int) -> Sweep:
             lr = start_lr * (end_lr / start_lr) ** (i / (steps - 1))
             set_lr(s.optimizer, lr)
             total = 0.0
-            for _ in range(accum):
+            for j in range(accum):
                 x, y = next(batches)
                 loss, _, _ = step_loss(s, s.model, x, y, task.multilabel, task.regression)
-                s.scaler.scale(loss / accum).backward()
+                s.backward(loss / accum, need_update=j == accum - 1)
                 total += float(loss.detach()) / accum
-            if cfg.train.clip_grad is not None:
-                s.scaler.unscale_(s.optimizer)
-                torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.train.clip_grad)
-            s.scaler.step(s.optimizer)
-            s.scaler.update()
-            s.optimizer.zero_grad(set_to_none=True)
             if not math.isfinite(total):
                 stopped = f"stopped at {lr:.2g}: the loss became {total}"
                 break
@@ -141,7 +121,7 @@ def sweep(s: FoldState, start_lr: float, end_lr: float, steps: int) -> Sweep:
                 stopped = f"stopped at {lr:.2g}: the loss passed {DIVERGED:g}x its minimum"
                 break
     finally:
-        _restore(s, snap)
+        s.restore(snap)
     if len(lrs) < 10:
         raise UserError(f"the learning-rate finder's loss diverged within {len(lrs)} steps of {start_lr:g}; lower "
                         "optim.find_start_lr (or set train.clip_grad)")

@@ -37,7 +37,7 @@ from src.models.model import (
     set_train_mode,
     unfreeze,
 )
-from src.models.optim import build_optimizer, build_scheduler
+from src.models.optim import LossScaler, build_optimizer, build_scheduler
 from src.runs.checkpoint import RESUME_MAY_CHANGE, CheckpointKeeper, config_diff, load_checkpoint
 from src.runs.layout import (
     FoldPaths,
@@ -151,7 +151,7 @@ def optimization(s: FoldState, lr: float | None = None) -> None:
               f"{'s' * (updates_per_epoch != 1)} an epoch, so {s.epochs} epochs instead of train.epochs="
               f"{cfg.train.epochs} (the schedule follows; train.min_steps=0 keeps the epochs)")
     s.scheduler = build_scheduler(cfg.sched, s.optimizer, peak, s.epochs, updates_per_epoch, higher_is_better(cfg))
-    s.scaler = torch.amp.GradScaler(s.rt.device.type, enabled=s.rt.dtype == torch.float16)
+    s.scaler = LossScaler(s.rt.device.type, enabled=s.rt.dtype == torch.float16)
     # Decay warmup (timm) lets the average follow the weights early on; short runs need it.
     s.ema = ModelEmaV3(s.model, decay=cfg.train.ema_decay, use_warmup=True) if cfg.train.ema else None
     s.swa = new_swa(s.model) if cfg.train.swa else None
