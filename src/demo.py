@@ -147,9 +147,27 @@ def build_ordinal_demo(out: str | Path = "inputs/digits_ordinal", n_train: int =
     return out
 
 
+def build_topk_demo(out: str | Path, train_size: int | None = None) -> Path:
+    """The digits with sample-submission placeholders of five ranked labels, as Humpback and
+    Happywhale ship them: the submission's format (topk) and MAP@5 follow from them."""
+    out = build_demo(out, train_size=train_size)
+    sample = pd.read_csv(out / "sample_submission.csv", dtype=str)
+    atomic_write_text(out / "sample_submission.csv", sample.assign(label="0 1 2 3 4").to_csv(index=False))
+    return out
+
+
+# --task -> (builder of (folder, training images or None), default folder suffix, what its labels are)
+DEMOS = {
+    "multiclass": (lambda out, n: build_demo(out, train_size=n), "", "10 classes"),
+    "multilabel": (lambda out, n: build_multilabel_demo(out, n_train=n or 1400), "_multilabel", "10 labels"),
+    "topk": (build_topk_demo, "_topk", "10 classes"),
+    "ordinal": (lambda out, n: build_ordinal_demo(out, n_train=n or 1400), "_ordinal", "grades 0-4"),
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = command_parser(__doc__)
-    parser.add_argument("--task", choices=["multiclass", "multilabel", "topk", "ordinal"], default="multiclass",
+    parser.add_argument("--task", choices=list(DEMOS), default="multiclass",
                         help="multiclass: one digit per image (default); multilabel: 2x2 grids tagged with their "
                              "digits; topk: the digits scored by MAP@5 on five ranked labels; ordinal: 2x2 grids "
                              "graded 0-4 by their digits of 5 or more (QWK)")
@@ -161,21 +179,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)
     if args.train_size is not None and not 20 <= args.train_size <= 1400:
         parser.error(f"--train-size takes 20 to 1400 training images, not {args.train_size}")
-    default = "inputs/digits" + ("" if args.task == "multiclass" else f"_{args.task}") + (
-        f"_{args.train_size}" if args.train_size else "")
-    out = args.out or default
-    if args.task == "multilabel":
-        out = build_multilabel_demo(out, n_train=args.train_size or 1400)
-    elif args.task == "ordinal":
-        out = build_ordinal_demo(out, n_train=args.train_size or 1400)
-    else:
-        out = build_demo(out, train_size=args.train_size)
-    if args.task == "topk":  # placeholders of five ranked labels, as Humpback and Happywhale ship them
-        sample = pd.read_csv(out / "sample_submission.csv", dtype=str)
-        atomic_write_text(out / "sample_submission.csv", sample.assign(label="0 1 2 3 4").to_csv(index=False))
+    build, suffix, what = DEMOS[args.task]
+    out = build(args.out or f"inputs/digits{suffix}" + (f"_{args.train_size}" if args.train_size else ""), args.train_size)
     n_train = len(pd.read_csv(out / "train.csv"))
     n_test = len(pd.read_csv(out / "sample_submission.csv"))
-    what = {"multilabel": "10 labels", "ordinal": "grades 0-4"}.get(args.task, "10 classes")
     print(f"wrote {out}: {n_train} training and {n_test} test images, {what}")
 
 

@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--relabel", metavar="FILE", default=None,
                         help="reviewed labels: suspect_labels.csv with reviewed_label filled, or an id,label CSV")
     args, cfg = parse_config(parser, argv)
+    from src.core.task import task_of
     from src.data.folds import (  # after parsing: --help imports nothing heavy
         fold_counts,
         folds_path,
@@ -61,8 +62,10 @@ def main(argv: list[str] | None = None) -> None:
         cfg = relabel(cfg, args.relabel)
     existed = folds_path(cfg).is_file()
     df, classes, path = load_or_create_folds(cfg)
-    print(f"{'kept existing' if existed else 'wrote'} {path}: {len(df)} images, {len(classes)} classes, {cfg.data.n_folds} folds")
-    print(fold_counts(df, classes, cfg.data.task).to_string())
+    task = task_of(cfg, classes)
+    print(f"{'kept existing' if existed else 'wrote'} {path}: {len(df)} images, {len(classes)} {task.noun}, "
+          f"{cfg.data.n_folds} folds")
+    print(fold_counts(df, classes, task).to_string())
     if args.relabel:
         print(f"train on the reviewed labels with data.relabel={cfg.data.relabel} (on the command line, or under "
               "data: in the experiment's YAML), under a new experiment.name to keep the old run to compare")

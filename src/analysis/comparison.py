@@ -14,7 +14,7 @@ import pandas as pd
 
 from src.analysis.figures import compare_curves
 from src.analysis.html_page import Page
-from src.analysis.oof_review import METRICS, TASK_METRICS, read_member_oof
+from src.analysis.oof_review import read_member_oof
 from src.core.config import Config
 from src.core.utils import UserError, atomic_save
 from src.evaluation.metrics import compute_metric
@@ -36,7 +36,7 @@ class Comparison:
 def _row(m: Member, metric: str) -> tuple[dict, set[str]]:
     oof = read_member_oof(m.exp_dir, m.folds, m.classes, m.records)
     y, probs = m.task.targets(oof["label"]), oof_probs(oof, m.classes)
-    base = TASK_METRICS.get(m.task.kind, METRICS)
+    base = m.task.report_metrics
     names = base + ((metric,) if metric not in base else ())
     row = {"experiment": m.name, "folds": len(m.folds), "oof_images": len(oof),
            "epochs": max(int(r.get("epochs_run") or 0) for r in m.records.values()),

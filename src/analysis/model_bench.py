@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import time
 
-import pandas as pd
 import torch
 
 from src.core.runtime import Runtime, predict
+from src.core.task import Task
 from src.models.losses import build_loss
 from src.models.model import build_model, freeze, param_counts, param_groups, set_train_mode
 from src.models.optim import LossScaler, build_optimizer
@@ -23,14 +23,14 @@ def _sync(device: torch.device) -> None:
 def head_classes(cfg) -> tuple[int, str]:
     """(the model head's width, why): the competition's classes (or labels, or one grade score)
     when the config names one, else 1000, ImageNet's."""
-    from src.core.task import Task, label_tags
+    from src.core.task import task_of
     from src.data.tables import load_train_table, sorted_classes
 
     if cfg.data.dir is None:
         return 1000, "no competition named (data.dir), so ImageNet's 1000 classes"
     labels = load_train_table(cfg.data)["label"]
-    tags = pd.Series([t for lab in labels for t in label_tags(lab, cfg.data.task == "multilabel")], dtype=str)
-    task = Task.from_cfg(cfg, sorted_classes(tags))
+    task = task_of(cfg)
+    task = task.with_classes(sorted_classes(task.all_tags(labels)))
     return task.n_outputs, f"the {len(task.classes)} {task.noun} of {cfg.data.dir}"
 
 
@@ -44,7 +44,8 @@ def bench(cfg, steps: int = 30, warmup: int = 5, n_classes: int = 1000) -> dict:
     frozen = freeze(model, cfg.model.freeze_before, cfg.model.freeze_stages)
     model = rt.model(model)
     opt = build_optimizer(cfg.optim, param_groups(model, cfg.optim.weight_decay, frozen, 1.0, False))
-    criterion = build_loss(cfg.loss, n_classes, torch.zeros(1, dtype=torch.long).numpy()).to(device)
+    timed = Task(tuple(str(i) for i in range(n_classes)))  # a softmax head of that width: what is timed
+    criterion = build_loss(cfg.loss, timed, torch.zeros(1, dtype=torch.long).numpy()).to(device)
     scaler = LossScaler(device.type, enabled=rt.dtype == torch.float16)
     bs, size = cfg.loader.batch_size, cfg.aug.img_size
     x = rt.batch(torch.randn(bs, 3, size, size))

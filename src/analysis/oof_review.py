@@ -18,9 +18,6 @@ from src.evaluation.decoding import fit_thresholds
 from src.evaluation.metrics import compute_metric
 from src.runs.layout import fold_paths, oof_probs, read_oof
 
-METRICS = ("accuracy", "f1_macro", "log_loss", "roc_auc")
-TASK_METRICS = {"multilabel": ("f1_macro", "f1_micro", "roc_auc", "log_loss"), "ordinal": ("accuracy", "f1_macro", "qwk")}
-
 
 def read_member_oof(exp_dir, folds: list[int], classes: list[str], records: dict[int, dict]) -> pd.DataFrame:
     """Every finished fold's oof.csv, concatenated; an id must appear once over the folds."""
@@ -34,9 +31,30 @@ def read_member_oof(exp_dir, folds: list[int], classes: list[str], records: dict
 
 
 def _scores(task: Task, part: pd.DataFrame, metric: str) -> dict[str, float]:
-    base = TASK_METRICS.get(task.kind, METRICS)
+    base = task.report_metrics
     y, probs = task.targets(part["label"]), oof_probs(part, list(task.classes))
     return {m: compute_metric(m, y, probs) for m in base + ((metric,) if metric not in base else ())}
+
+
+def _review_classes(task: Task, probs: np.ndarray, y: np.ndarray) -> dict:
+    rows, names = np.arange(len(y)), np.asarray(task.classes, dtype=object)
+    pred, p_label = probs.argmax(1), probs[rows, y]
+    return {"predicted": names[pred], "prob": probs[rows, pred], "prob_label": p_label,
+            "loss": -np.log(np.clip(p_label, 1e-15, 1.0))}
+
+
+def _review_labels(task: Task, probs: np.ndarray, y: np.ndarray) -> dict:
+    p = np.clip(probs, 1e-15, 1 - 1e-15)
+    return {"predicted": task.predicted(probs), "loss": -(y * np.log(p) + (1 - y) * np.log(1 - p)).mean(1)}
+
+
+def _review_grades(task: Task, probs: np.ndarray, y: np.ndarray) -> dict:
+    score = expected_grade(probs)
+    return {"predicted": task.predicted(probs), "score": score, "loss": np.abs(score - y)}
+
+
+# Task.space -> the review's columns of each OOF image: what was predicted and how wrong it is
+REVIEWS = {"classes": _review_classes, "labels": _review_labels, "grades": _review_grades}
 
 
 def cv_table(oof: pd.DataFrame, task: Task, metric: str, records: dict[int, dict]) -> pd.DataFrame:
@@ -88,19 +106,7 @@ def suspects(oof: pd.DataFrame, task: Task) -> pd.DataFrame:
     the score's distance from the label."""
     classes = list(task.classes)
     probs, y = oof_probs(oof, classes), task.targets(oof["label"])
-    rows = np.arange(len(y))
-    names = np.asarray(classes, dtype=object)
     out = {"id": oof["id"].to_numpy(), "fold": oof["fold"].to_numpy(), "label": oof["label"].to_numpy()}
-    if task.multilabel:
-        p = np.clip(probs, 1e-15, 1 - 1e-15)
-        out |= {"predicted": [" ".join(names[np.flatnonzero(r >= 0.5)]) for r in probs],
-                "loss": -(y * np.log(p) + (1 - y) * np.log(1 - p)).mean(1)}
-    elif task.ordinal:
-        score = expected_grade(probs)
-        out |= {"predicted": names[probs.argmax(1)], "score": score, "loss": np.abs(score - y)}
-    else:
-        pred, p_label = probs.argmax(1), probs[rows, y]
-        out |= {"predicted": names[pred], "prob": probs[rows, pred], "prob_label": p_label,
-                "loss": -np.log(np.clip(p_label, 1e-15, 1.0))}
+    out |= REVIEWS[task.space](task, probs, y)
     out = pd.DataFrame(out | {REVIEW_COL: ""})
     return out.sort_values(["loss", "id"], ascending=[False, True], kind="stable").reset_index(drop=True)

@@ -35,12 +35,12 @@ from src.analysis.features import cached_features, frozen_backbone
 from src.core.config import PROBE_CLASSIFIERS, Config
 from src.core.progress import progress
 from src.core.runtime import Runtime
-from src.core.task import Task, expected_grade, grade_probs
+from src.core.task import Task, task_of
 from src.core.utils import UserError, atomic_save, atomic_write_text
 from src.data.folds import fold_tables
 from src.data.tables import load_test_table, prob_columns
 from src.ensembling.submission import check_out_path, checked_submission, write_submission
-from src.evaluation.decoding import decide, fit_grade_thresholds, fit_thresholds
+from src.evaluation.decoding import decide, fit_decisions
 from src.evaluation.metrics import check_metric_fits, compute_metric, summary
 from src.runs.layout import finished_folds
 from src.runs.members import open_member
@@ -117,20 +117,12 @@ def _features(cfg: Config, table: pd.DataFrame, classes: list[str], want_test: b
 def _write_submission(cfg: Config, out: Path, probs: np.ndarray, task: Task, sample: pd.DataFrame,
                       thresholds: np.ndarray | None) -> Path:
     classes, e = list(task.classes), cfg.ensemble
-    decisions = decide(probs, thresholds, e.min_labels, task.ordinal) if thresholds is not None else None
-    sub, fmt = checked_submission(probs, classes, sample, cfg.data.id_col, e.format, cfg.metric.name, e.top_k,
-                                  decisions, task.kind)
+    decisions = decide(probs, thresholds, e.min_labels, task)
+    sub, fmt = checked_submission(probs, sample, cfg.data.id_col, e.format, cfg.metric.name, e.top_k, decisions, task)
     write_submission(out, sub, probs, classes, sample, cfg.data.id_col, thresholds)
     print(f"wrote {out} ({len(sub)} rows, format {fmt}; the mean of the {cfg.data.n_folds} fold classifiers"
           + ("; thresholds fitted on the probe's OOF" if thresholds is not None else "") + ")")
     return out
-
-
-def _thresholds(cfg: Config, task: Task, y: np.ndarray, probs: np.ndarray) -> np.ndarray | None:
-    """The probe's decision thresholds, fitted on its OOF predictions as src.ensemble fits a blend's."""
-    if task.multilabel:
-        return fit_thresholds(cfg.metric.name, y, probs, cfg.ensemble.threshold, cfg.ensemble.min_labels)
-    return fit_grade_thresholds(cfg.metric.name, y, probs) if task.ordinal else None
 
 
 def run_probe(cfg: Config, classifier: str = "logreg", out: str | Path | None = None, cache: bool = True
@@ -144,16 +136,16 @@ def run_probe(cfg: Config, classifier: str = "logreg", out: str | Path | None = 
         check_out_path(out, cfg.data.dir)
     rt = Runtime.from_cfg(cfg.runtime)
     table, _, classes = fold_tables(cfg, -1)  # the split (and reviewed labels) training uses
-    task = Task.from_cfg(cfg, classes)
-    check_metric_fits(cfg.metric.name, len(classes), task.kind)
+    task = task_of(cfg, classes)
+    check_metric_fits(cfg.metric.name, len(classes), task)
     x, xt, _, sample = _features(cfg, table, classes, out is not None, rt, cache)
     y = task.targets(table["label"])
     probs, test_probs = fit_folds(x, y, table["fold"].to_numpy(), len(classes),
                                   lambda: CLASSIFIERS[classifier](cfg.experiment.seed), xt)
     if np.isnan(probs).any():
         raise UserError("some training images are in no fold of the split; delete the folds file to split again")
-    if task.ordinal:  # the classifier's expected grade is the grade score
-        probs, test_probs = (None if p is None else grade_probs(expected_grade(p), len(classes)) for p in (probs, test_probs))
+    # in the task's form (ordinal: the classifier's expected grade is the grade score)
+    probs, test_probs = (None if p is None else task.from_classifier(p) for p in (probs, test_probs))
     oof = table[["id", "fold", "label"] + (["target"] if "target" in table else [])].copy()
     oof[prob_columns(classes)] = probs
     metric = cfg.metric.name
@@ -168,6 +160,6 @@ def run_probe(cfg: Config, classifier: str = "logreg", out: str | Path | None = 
     print(f"OOF {metric}: frozen features + {classifier} {scores['oof'][metric]:.4f}; fine-tuned "
           + (f"{cfg.experiment.name} {tuned:.4f} (OOF of its finished folds {found[1]})" if found
              else "(no finished fold: train --fold all first)"))
-    sub = (_write_submission(cfg, out, test_probs, task, sample, _thresholds(cfg, task, y, probs)) if out is not None
+    sub = (_write_submission(cfg, out, test_probs, task, sample, fit_decisions(task, cfg.metric.name, y, probs, cfg.ensemble)) if out is not None
            else None)
     return ProbeResult(oof, scores, tuned, sub)

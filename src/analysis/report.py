@@ -14,6 +14,7 @@ probability in oof.csv, which proves the model is the right one.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,7 +131,7 @@ def compute_cams(m: Member, rows: pd.DataFrame, rt: Runtime, layer: str | None) 
         x, seen = model_input(m, k, model, r["path"], rt)
         cam, probs = grad_cam(model, x, layer, activate=m.task.activate)  # explains the top output
         top = int(probs.argmax())  # the class, the rounded grade, or the most probable label
-        shown = " ".join(np.asarray(m.classes)[probs >= 0.5]) if m.task.multilabel else m.classes[top]
+        shown = m.task.shown(probs)
         cams[r["id"]] = Cam(r["id"], k, r["label"], shown, float(probs[top]), float(r[f"prob_{m.classes[top]}"]),
                             seen, cam)
     return [cams[i] for i in rows["id"]], layer or "none"
@@ -174,10 +175,7 @@ def _figures(m: Member, oof: pd.DataFrame, counts: np.ndarray, sus: pd.DataFrame
             "cam_right": d / "gradcam_right.png", "cam_wrong": d / "gradcam_wrong.png",
             "filters": d / "first_conv_filters.png", "feature_maps": d / "feature_maps.png"}
     learning_curves(_histories(m), metric, figs["curves"])
-    if m.task.multilabel:  # no confusion between labels: each label's F1 at 0.5 and its positives
-        plot_label_scores(m.task.targets(oof["label"]), oof_probs(oof, m.classes), m.classes, figs["confusion"])
-    else:
-        confusion_pair(counts, row_normalised(counts), m.classes, figs["confusion"])
+    CONFUSION[m.task.space].figure(m, oof, counts, figs["confusion"])
     wrong = most_confidently_wrong(sus, n_wrong)
     path_of = dict(zip(oof["id"], oof["path"]))
     image_grid([(_thumbnail(path_of[r.id]), _caption(r)) for r in wrong.itertuples()], figs["wrong"])
@@ -220,12 +218,7 @@ def build_report(cfg: Config, name: str | None = None, n_wrong: int = 24, n_cam:
     # 1) tables: CV, confusion matrix and per-class scores (multi-label: per-label scores), suspect labels
     oof = _oof_with_paths(m)
     cv = cv_table(oof, m.task, m.cfg.metric.name, m.records)
-    if m.task.multilabel:
-        counts, per_class = None, label_table(oof, m.task, m.cfg.metric.name, m.cfg.ensemble.threshold)
-    else:
-        counts, per_class = confusion(oof, m.classes)
-        if counts.sum() != len(oof):
-            raise UserError(f"the confusion matrix counts {counts.sum()} images for {len(oof)} OOF rows")
+    counts, per_class = CONFUSION[m.task.space].tables(m, oof)
     sus = suspects(oof, m.task)
     sus_path = atomic_save(m.exp_dir / "suspect_labels.csv", lambda tmp: sus.to_csv(tmp, index=False))
     # 2) Grad-CAM by each image's own fold model, then every figure
@@ -236,6 +229,46 @@ def build_report(cfg: Config, name: str | None = None, n_wrong: int = 24, n_cam:
     _page(m, report, n_wrong).write(report.html)
     print(f"wrote {report.html} (figures in {m.exp_dir / 'report'}) and {sus_path} ({len(sus)} OOF images by loss)")
     return report
+
+
+def _confusion_tables(m: Member, oof: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
+    counts, per_class = confusion(oof, m.classes)
+    if counts.sum() != len(oof):
+        raise UserError(f"the confusion matrix counts {counts.sum()} images for {len(oof)} OOF rows")
+    return counts, per_class
+
+
+def _label_tables(m: Member, oof: pd.DataFrame) -> tuple[None, pd.DataFrame]:
+    return None, label_table(oof, m.task, m.cfg.metric.name, m.cfg.ensemble.threshold)
+
+
+def _confusion_figure(m: Member, oof: pd.DataFrame, counts: np.ndarray, path: Path) -> None:
+    confusion_pair(counts, row_normalised(counts), m.classes, path)
+
+
+def _label_figure(m: Member, oof: pd.DataFrame, counts: None, path: Path) -> None:
+    plot_label_scores(m.task.targets(oof["label"]), oof_probs(oof, m.classes), m.classes, path)
+
+
+@dataclass(frozen=True)
+class ConfusionView:
+    """How the report shows what OOF confused: the tables (counts, per-class scores), the figure, its heading."""
+
+    tables: Callable
+    figure: Callable
+    heading: str
+    alt: str
+
+
+# Task.space -> the confusion matrix (classes; grades rounded from the score), or, with no confusion
+# between labels, each label's F1 at its threshold and its positives
+CONFUSION = {
+    "classes": ConfusionView(_confusion_tables, _confusion_figure, "Out-of-fold confusion matrix", "confusion matrix"),
+    "grades": ConfusionView(_confusion_tables, _confusion_figure,
+                            "Out-of-fold confusion matrix (grades rounded from the score)", "confusion matrix"),
+    "labels": ConfusionView(_label_tables, _label_figure, "Out-of-fold scores per label (thresholds fitted on OOF "
+                            "to the metric, as src.ensemble does)", "per-label F1"),
+}
 
 
 def _config_notes(m: Member) -> list[str]:
@@ -251,17 +284,14 @@ def _config_notes(m: Member) -> list[str]:
 def _page(m: Member, r: Report, n_wrong: int) -> Page:
     page = Page(f"Experiment report: {m.name}")
     page.text(f"code commit at report time: {git_commit()}; finished folds {m.folds} of {m.cfg.data.n_folds}; "
-              f"{len(r.suspects)} OOF images, {len(m.classes)} {m.task.noun} ({m.task.kind}); model {m.cfg.model.name}")
+              f"{len(r.suspects)} OOF images, {len(m.classes)} {m.task.noun} ({m.task.name}); model {m.cfg.model.name}")
     page.heading("Cross-validation (each fold's model on its own validation images)")
     page.table(r.cv)
     page.heading("Learning curves (each fold, and their mean)")
     page.image(r.figures["curves"], "learning curves")
-    if m.task.multilabel:
-        page.heading("Out-of-fold scores per label (thresholds fitted on OOF to the metric, as src.ensemble does)")
-        page.image(r.figures["confusion"], "per-label F1")
-    else:
-        page.heading("Out-of-fold confusion matrix" + (" (grades rounded from the score)" if m.task.ordinal else ""))
-        page.image(r.figures["confusion"], "confusion matrix")
+    view = CONFUSION[m.task.space]
+    page.heading(view.heading)
+    page.image(r.figures["confusion"], view.alt)
     page.table(r.per_class)
     page.heading(f"The {n_wrong} most confidently wrong OOF images")
     page.image(r.figures["wrong"], "most confidently wrong")

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from src.core.task import KINDS, TASKS
 from src.core.utils import UserError, atomic_write_text
 
 
@@ -61,7 +62,7 @@ PROBE_CLASSIFIERS = ("logreg", "rf", "svm")  # src.probe's classifiers (src/anal
 
 class DataCfg(_Section):
     dir: str | None  # None: no competition named yet; the commands that need one stop (src.core.cli)
-    task: Literal["multiclass", "binary", "multilabel", "ordinal"]
+    task: str  # one of core/task.py's TASKS
     label_sep: str
     label_cols: list[str] | Literal["all"] | None
     layout: Literal["csv", "imagefolder", "filename"]
@@ -85,6 +86,13 @@ class DataCfg(_Section):
     pseudo: str | None
     relabel: str | None
 
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        if v not in TASKS:
+            raise ValueError(f"data.task={v} is not a task; use one of {', '.join(KINDS)}")
+        return v
+
     @model_validator(mode="after")
     def _check(self):
         if self.n_folds < 2:
@@ -92,11 +100,9 @@ class DataCfg(_Section):
         if self.cache_dir is not None and not self.cache_dir.strip():
             raise ValueError("data.cache_dir is empty; name a folder for the image cache, or null for "
                              "<experiment.output_dir>/cache (data.cache=false turns it off)")
-        if self.label_cols is not None and (self.task != "multilabel" or self.layout != "csv"):
-            raise ValueError("data.label_cols (one 0/1 column per label) needs data.task=multilabel and data.layout=csv")
-        if self.task == "multilabel" and self.layout != "csv":
-            raise ValueError("data.task=multilabel reads its labels from train.csv (data.layout=csv): a tags column "
-                             "or data.label_cols")
+        refusal = TASKS[self.task].check_data(self)
+        if refusal:
+            raise ValueError(refusal)
         if self.layout == "filename" and self.label_pattern is None:
             raise ValueError("data.layout=filename needs data.label_pattern, a regular expression whose group is "
                              r"the label in a file name, e.g. '^(cat|dog)\.' for train/cat.0.jpg")
@@ -324,15 +330,9 @@ class Config(_Section):
     def _check(self):
         if (self.train.mixup > 0 or self.train.cutmix > 0) and self.loader.batch_size % 2:
             raise ValueError("train.mixup/cutmix pair images within a batch, so loader.batch_size must be even")
-        if self.data.task == "ordinal" and self.loss.distill_from is not None:
-            raise ValueError("loss.distill_from mixes a teacher's class probabilities into the targets, and an ordinal "
-                             "task trains on its grades; set it to null")
-        if self.data.task != "multilabel" and self.loss.name == "asl":
-            raise ValueError("loss.name=asl is the asymmetric loss of multi-label tasks (data.task=multilabel); "
-                             "use ce or focal")
-        if self.data.task != "ordinal" and self.loss.name in ("mse", "smooth_l1"):
-            raise ValueError(f"loss.name={self.loss.name} regresses a grade, which needs data.task=ordinal; "
-                             "use ce or focal")
+        refusal = TASKS[self.data.task].check_loss(self.loss)
+        if refusal:
+            raise ValueError(refusal)
         return self
 
     def to_dict(self) -> dict[str, Any]:

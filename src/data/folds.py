@@ -17,7 +17,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from src.core.config import Config
-from src.core.task import Task, label_tags
+from src.core.task import Task, task_of
 from src.core.utils import UserError, atomic_save, atomic_write_text
 from src.data.image_cache import image_cache
 from src.data.pseudo_rows import add_pseudo
@@ -28,7 +28,7 @@ from src.data.tables import drop_bad_images, load_train_table, sorted_classes
 def folds_path(cfg: Config) -> Path:
     d = cfg.data
     name = f"{Path(d.dir).resolve().name}_k{d.n_folds}_s{d.fold_seed}" + (f"_g{d.group_col}" if d.group_col else "")
-    name += "_multilabel" if d.task == "multilabel" else ""  # its labels are tag sets: a split of its own
+    name += task_of(cfg).split_suffix  # tag sets: a split of their own
     if d.relabel:  # reviewed labels: a split of their own, named by their content
         name += f"_r{relabel_tag(d.relabel)}"
     return Path(cfg.experiment.output_dir) / "folds" / f"{name}.csv"
@@ -59,6 +59,14 @@ def assign_folds(df: pd.DataFrame, n_folds: int, seed: int, grouped: bool) -> np
     return fold
 
 
+def _stratified(df: pd.DataFrame, task: Task, n_folds: int, seed: int, groups: pd.Series | None) -> np.ndarray:
+    return assign_folds(df, n_folds, seed, groups is not None)
+
+
+def _multilabel(df: pd.DataFrame, task: Task, n_folds: int, seed: int, groups: pd.Series | None) -> np.ndarray:
+    return multilabel_folds(task.targets(df["label"]), n_folds, seed, groups)
+
+
 def multilabel_folds(y: np.ndarray, n_folds: int, seed: int, groups: pd.Series | None = None) -> np.ndarray:
     """Fold index per row, each label spread evenly over the folds (iterative stratification,
     iterative-stratification's MultilabelStratifiedKFold); with groups, the groups are split by the
@@ -80,6 +88,10 @@ def multilabel_folds(y: np.ndarray, n_folds: int, seed: int, groups: pd.Series |
     for k, (_, val_idx) in enumerate(splitter.split(np.zeros(len(y)), y)):
         fold[val_idx] = k
     return fold
+
+
+# Task.splitter -> fold index per row of (table, task, n_folds, seed, groups or None)
+SPLITTERS = {"stratified": _stratified, "multilabel": _multilabel}
 
 
 def _read_split(path: Path, df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -146,30 +158,21 @@ def load_or_create_folds(cfg: Config, create: bool = True, table: pd.DataFrame |
         raise UserError(f"no folds file {path}; run python -m src.folds first")
     elif cfg.data.relabel:
         df, classes = _relabelled_split(cfg, original, df, path)
-    elif cfg.data.task == "multilabel":
-        classes = sorted_classes(pd.Series([t for lab in df["label"] for t in lab.split()]))
+    else:
+        task = task_of(cfg)
+        classes = sorted_classes(task.all_tags(df["label"]))
+        task = task.with_classes(classes)  # binary with other than 2 classes, ordinal without integer grades: refused unwritten
         df = df.copy()
         groups = df["group"] if cfg.data.group_col else None
-        df["fold"] = multilabel_folds(Task("multilabel", tuple(classes)).targets(df["label"]), cfg.data.n_folds,
-                                      cfg.data.fold_seed, groups)
-        save(cfg, df, path, {"classes": classes, "task": "multilabel"})
-    else:
-        classes = sorted_classes(df["label"])
-        Task.from_cfg(cfg, classes)  # binary with other than 2 classes, ordinal without integer grades: refused unwritten
-        df = df.copy()
-        df["fold"] = assign_folds(df, cfg.data.n_folds, cfg.data.fold_seed, bool(cfg.data.group_col))
-        save(cfg, df, path, {"classes": classes})
-    task = Task.from_cfg(cfg, classes)
-    targets = task.targets(df["label"])  # every label (tag) must be in the split's class list
-    if not task.multilabel:  # a multi-label image's targets are a row of 0/1 (Task.targets of its label)
-        df["target"] = targets
+        df["fold"] = SPLITTERS[task.splitter](df, task, cfg.data.n_folds, cfg.data.fold_seed, groups)
+        save(cfg, df, path, {"classes": classes, **task.split_meta})
+    df = task_of(cfg, classes).with_targets(df)  # every label (tag) must be in the split's class list
     return df.reset_index(drop=True), classes, path
 
 
-def fold_counts(df: pd.DataFrame, classes: list[str], task: str) -> pd.DataFrame:
+def fold_counts(df: pd.DataFrame, classes: list[str], task: Task) -> pd.DataFrame:
     """Images of each class (for a multi-label task: each label) in each fold."""
-    multilabel = task == "multilabel"
-    rows = pd.DataFrame([(t, f) for lab, f in zip(df["label"], df["fold"]) for t in label_tags(lab, multilabel)],
+    rows = pd.DataFrame([(t, f) for lab, f in zip(df["label"], df["fold"]) for t in task.tags(lab)],
                         columns=["label", "fold"])
     return pd.crosstab(rows["label"], rows["fold"]).reindex(classes, fill_value=0)
 
@@ -184,7 +187,7 @@ def fold_tables(cfg: Config, fold: int, check_classes: Callable[[int], None] | N
         raise UserError(f"--fold {fold} is out of range; use 0..{cfg.data.n_folds - 1}, all, or -1")
     table = load_train_table(cfg.data)
     if check_classes is not None:
-        check_classes(len({t for lab in table["label"] for t in label_tags(lab, cfg.data.task == "multilabel")}))
+        check_classes(task_of(cfg).all_tags(table["label"]).nunique())
     # Images are checked before the split is written, so bad data writes nothing; skipped images
     # stay in the split (it must not depend on which files were readable today).
     cache = folds_path(cfg).with_name(f"{Path(cfg.data.dir).resolve().name}_images_checked.json")

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from src.core.config import Config
-from src.core.task import Task
+from src.core.task import Task, task_of
 from src.core.utils import UserError
 from src.data.tables import load_test_table, prob_columns
 
@@ -47,14 +47,11 @@ def read_pseudo(path: str | Path, cfg: Config, classes: list[str]) -> tuple[pd.D
     if unknown:
         raise UserError(f"data.pseudo={path} names {len(unknown)} images that are not test images of {cfg.data.dir} "
                         f"(e.g. {unknown[:3]}); make the table from this competition's test set")
-    task = Task.from_cfg(cfg, classes)
+    task = task_of(cfg, classes)
     _check_rows(df, path, task)
     rows = df[["id", "label", *prob_columns(classes)]].copy()
     rows["path"] = [path_of[i] for i in rows["id"]]
-    targets = task.targets(rows["label"])
-    if not task.multilabel:  # a multi-label row's targets come from its tags (Task.targets), as real rows' do
-        rows["target"] = targets.astype(np.int64)
-    return rows, bool(meta.get("soft"))
+    return task.with_targets(rows), bool(meta.get("soft"))  # a multi-label row's come from its tags, as real rows' do
 
 
 def _check_rows(df: pd.DataFrame, path: Path, task: Task) -> None:
@@ -68,9 +65,7 @@ def _check_rows(df: pd.DataFrame, path: Path, task: Task) -> None:
     if unknown:
         raise UserError(f"data.pseudo={path} holds labels {unknown[:5]} that are not classes of this competition; {fix}")
     probs = df[prob_columns(list(task.classes))].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
-    bad = ~np.isfinite(probs).all(1) | (probs < 0).any(1) | (probs > 1).any(1)
-    if not task.multilabel:
-        bad |= ~np.isclose(np.nan_to_num(probs).sum(1), 1.0, atol=1e-4)
+    bad = task.invalid_rows(probs)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise UserError(f"data.pseudo={path} holds probabilities that are missing, outside [0, 1] or do not sum to 1 "

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from src.core.config import Config, DataCfg, require_competition
-from src.core.task import canonical_tags
+from src.core.task import TASKS, canonical_tags
 from src.core.utils import UserError, atomic_write_text
 from src.data.images import find_bad_images
 from src.data.loaders import resolve_workers
@@ -230,11 +230,7 @@ def load_train_table(cfg: DataCfg) -> pd.DataFrame:
         if cfg.group_col:
             cols["data.group_col"] = cfg.group_col
         _require_cols(raw, cols, path)
-        if cfg.task == "multilabel":
-            raw = raw.assign(**{cfg.label_col: _multilabel_labels(raw, cfg, path)})
-        else:
-            _refuse_tag_lists(raw[cfg.label_col], path, cfg.label_col)
-            raw = _clean_labels(raw, cfg.label_col, path, cfg.na_labels)
+        raw = LABEL_READERS[TASKS[cfg.task].label_form](raw, cfg, path)
         dup = raw[cfg.id_col][raw[cfg.id_col].duplicated()].tolist()
         if dup:
             raise UserError(f"{path} lists {len(dup)} ids twice (e.g. {dup[:3]}); each image must appear once")
@@ -256,6 +252,19 @@ def load_test_table(cfg: DataCfg) -> tuple[pd.DataFrame, pd.DataFrame]:
     _require_cols(sample, {"data.id_col": cfg.id_col}, path)
     test = _attach_paths(sample[[cfg.id_col]], cfg.id_col, root / cfg.test_dir, cfg.image_exts, "test")
     return test.rename(columns={cfg.id_col: "id"}).reset_index(drop=True), sample
+
+
+def _one_label(raw: pd.DataFrame, cfg: DataCfg, path: Path) -> pd.DataFrame:
+    _refuse_tag_lists(raw[cfg.label_col], path, cfg.label_col)
+    return _clean_labels(raw, cfg.label_col, path, cfg.na_labels)
+
+
+def _tag_labels(raw: pd.DataFrame, cfg: DataCfg, path: Path) -> pd.DataFrame:
+    return raw.assign(**{cfg.label_col: _multilabel_labels(raw, cfg, path)})
+
+
+# Task.label_form -> the training table with its label column read as that form
+LABEL_READERS = {"one": _one_label, "tags": _tag_labels}
 
 
 def sorted_classes(labels: pd.Series) -> list[str]:

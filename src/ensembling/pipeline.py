@@ -20,7 +20,7 @@ from src.ensembling.ledger import free_submission_path, record_submission
 from src.ensembling.submission import check_out_path, checked_submission, write_submission
 from src.ensembling.view_selection import choose_views, view_effects
 from src.evaluation.blending import as_logits, check_voting, combine
-from src.evaluation.decoding import decide, fit_grade_thresholds, fit_thresholds, score_decisions
+from src.evaluation.decoding import decide, fit_decisions, score_decisions
 from src.evaluation.metrics import check_metric_fits, compute_metric
 from src.evaluation.stacking import fit_predict_test, nested_oof, stack_features
 from src.runs.members import across_members, member_test, oof_blend, open_members, resolve_weights
@@ -50,36 +50,39 @@ def _stacked(cfg: Config, stack: str, blend, task: Task):
     return replace(blend, probs=stacked, score=cv)
 
 
-def _grade_thresholds(cfg: Config, blend, classes: list[str]) -> tuple[np.ndarray, float]:
-    """Ordinal thresholds between grades fitted on the OOF blend (never on test predictions) and
-    the OOF score of what a submission with them holds; printed with the gain over rounding."""
-    metric = cfg.metric.name
-    if not isinstance(cfg.ensemble.threshold, str):
-        raise UserError(f"ensemble.threshold={cfg.ensemble.threshold} is a multi-label probability; an ordinal blend "
-                        "fits its thresholds between grades on OOF (ensemble.threshold=per_label)")
-    th = fit_grade_thresholds(metric, blend.y, blend.probs)
+def _grade_gain(cfg: Config, blend, task: Task, th: np.ndarray) -> float:
+    """The OOF score of an ordinal submission decided by the thresholds between grades, printed
+    with its gain over rounding."""
+    metric, classes = cfg.metric.name, list(task.classes)
     rounded, cv = compute_metric(metric, blend.y, blend.probs), compute_metric(metric, blend.y, blend.probs, th)
     print("thresholds between grades (fitted on OOF): "
           + ", ".join(f"{a}|{b} {t:.3f}" for a, b, t in zip(classes, classes[1:], th)))
     print(f"OOF {metric} of what is written: {cv:.4f} (rounded: {rounded:.4f}, gain {cv - rounded:+.4f})")
-    return th, cv
+    return cv
 
 
-def _fitted_thresholds(cfg: Config, blend, task: Task) -> tuple[np.ndarray, float]:
-    """Thresholds fitted on the OOF blend (never on test predictions) and the OOF score of exactly
-    what a submission with them holds; printed with the gain over 0.5 (multi-label) or rounding
-    (ordinal)."""
-    classes = list(task.classes)
-    if task.ordinal:
-        return _grade_thresholds(cfg, blend, classes)
-    e, metric = cfg.ensemble, cfg.metric.name
-    th = fit_thresholds(metric, blend.y, blend.probs, e.threshold, e.min_labels)
+def _label_gain(cfg: Config, blend, task: Task, th: np.ndarray) -> float:
+    """The OOF score of a multi-label submission decided by the labels' thresholds, printed with
+    its gain over 0.5."""
+    e, metric, classes = cfg.ensemble, cfg.metric.name, list(task.classes)
     at_half = score_decisions(metric, blend.y, blend.probs, np.full(len(classes), 0.5), e.min_labels)
     cv = score_decisions(metric, blend.y, blend.probs, th, e.min_labels)
     how = e.threshold if isinstance(e.threshold, str) else "fixed"
     print(f"thresholds ({how}, fitted on OOF): " + ", ".join(f"{c} {t:.2f}" for c, t in zip(classes, th)))
     print(f"OOF {metric} of what is written: {cv:.4f} (at 0.5: {at_half:.4f}, gain {cv - at_half:+.4f})")
-    return th, cv
+    return cv
+
+
+# Task.decision -> the OOF score of what the submission holds once its decisions are fitted (argmax:
+# the blend's own score, nothing fitted)
+DECISION_SCORES = {"argmax": lambda cfg, blend, task, th: blend.score, "labels": _label_gain, "grades": _grade_gain}
+
+
+def _fitted_thresholds(cfg: Config, blend, task: Task) -> tuple[np.ndarray | None, float]:
+    """The task's decision thresholds fitted on the OOF blend (never on test predictions; None where
+    the argmax decides) and the OOF score of exactly what a submission with them holds."""
+    th = fit_decisions(task, cfg.metric.name, blend.y, blend.probs, cfg.ensemble)
+    return th, DECISION_SCORES[task.decision](cfg, blend, task, th)
 
 
 def _submit(cfg: Config, out: tuple[Path, bool], probs: np.ndarray, task: Task, sample: pd.DataFrame, fmt: str,
@@ -87,26 +90,23 @@ def _submit(cfg: Config, out: tuple[Path, bool], probs: np.ndarray, task: Task, 
     """Check and write the submission and its probabilities (rank 0 writes), say what it holds and
     return its path (`out`: the path and whether --out named it; see ledger.free_submission_path)."""
     e, classes = cfg.ensemble, list(task.classes)
-    decisions = decide(probs, thresholds, e.min_labels, task.ordinal) if thresholds is not None else None
-    sub, fmt = checked_submission(probs, classes, sample, cfg.data.id_col, fmt, cfg.metric.name, e.top_k, decisions,
-                                  task.kind)
+    decisions = decide(probs, thresholds, e.min_labels, task)
+    sub, fmt = checked_submission(probs, sample, cfg.data.id_col, fmt, cfg.metric.name, e.top_k, decisions, task)
     out = free_submission_path(out[0], out[1], hashlib.sha1(sub.to_csv(index=False).encode()).hexdigest())
     probs_path = distributed.from_main(lambda: write_submission(out, sub, probs, classes, sample, cfg.data.id_col,
                                                                 thresholds))
-    picked = decisions if decisions is not None and decisions.ndim == 1 else probs.argmax(1)
-    counts = decisions.sum(0) if decisions is not None and decisions.ndim == 2 else np.bincount(picked, minlength=len(classes))
-    print(f"wrote {out} ({len(sub)} rows, format {fmt}, {what}); "
-          + ("grade distributions" if task.ordinal else "probabilities") + f" in {probs_path}")
-    print(f"predicted {'labels' if task.multilabel else 'grades' if task.ordinal else 'classes'}: "
-          + ", ".join(f"{c} {n}" for c, n in zip(classes, counts)))
+    print(f"wrote {out} ({len(sub)} rows, format {fmt}, {what}); {task.prob_word} in {probs_path}")
+    print(f"predicted {task.noun}: " + ", ".join(f"{c} {n}" for c, n in zip(classes, task.counts(probs, decisions))))
     return out
 
 
 def blend_thresholds(cfg: Config, members: list, views: list[str], weights, voting: str, rt: Runtime
-                     ) -> tuple[np.ndarray, list[float]]:
-    """(weights, thresholds) of a multi-label or ordinal blend, fitted on its OOF report (for the Kaggle bundle)."""
+                     ) -> tuple[np.ndarray, list[float] | None]:
+    """(weights, thresholds) of a blend, fitted on its OOF report (for the Kaggle bundle); no
+    thresholds where the argmax decides."""
     blend = oof_blend(cfg, members, views, weights, voting, rt)
-    return blend.weights, [float(x) for x in _fitted_thresholds(cfg, blend, members[0].task)[0]]
+    th = _fitted_thresholds(cfg, blend, members[0].task)[0]
+    return blend.weights, None if th is None else [float(x) for x in th]
 
 
 def _checked_members(cfg: Config, names: list[str], weights, voting: str, report: bool, thresholds) -> list:
@@ -116,10 +116,9 @@ def _checked_members(cfg: Config, names: list[str], weights, voting: str, report
     if isinstance(weights, list):
         resolve_weights(weights, members, [], np.zeros(0), cfg.metric.name, voting)
     task = members[0].task
-    check_metric_fits(cfg.metric.name, len(task.classes), task.kind)
-    if task.decides_by_threshold and not report and thresholds is None:
-        raise UserError(f"a {task.kind} blend needs thresholds fitted on the OOF report (or given, in a Kaggle "
-                        "kernel); keep the report on")
+    check_metric_fits(cfg.metric.name, len(task.classes), task)
+    if not report:
+        task.check_thresholds(thresholds)
     return members
 
 
@@ -173,9 +172,8 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
         if not auto and len(views) > 1:
             view_effects(cfg, members, views, weights, voting, rt)  # says which configured view lowers OOF
         fitted = _stacked(cfg, stack, blend, task) if stack else blend  # what the thresholds are fitted on
-        w, cv = blend.weights, fitted.score
-        if task.decides_by_threshold:
-            thresholds, cv = _fitted_thresholds(cfg, fitted, task)
+        w = blend.weights
+        thresholds, cv = _fitted_thresholds(cfg, fitted, task)
     else:
         w = resolve_weights(weights, members, [], np.zeros(0), cfg.metric.name, voting)
 

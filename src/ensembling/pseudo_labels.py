@@ -54,11 +54,7 @@ def pseudo_table(probs: np.ndarray, ids, task: Task, threshold: float, round_: i
     if not 0.0 <= threshold <= 1.0:
         raise UserError(f"--threshold {threshold} is not a probability; give a value in [0, 1], e.g. 0.9")
     classes = np.asarray(task.classes)
-    if task.multilabel:
-        conf = np.maximum(probs, 1.0 - probs).min(1)
-        labels = np.array([" ".join(classes[row >= 0.5]) for row in probs], dtype=object)
-    else:
-        conf, labels = probs.max(1), classes[probs.argmax(1)]
+    conf, labels = task.confidence(probs), task.predicted(probs)
     keep = conf >= threshold
     table = pd.DataFrame({"id": np.asarray(ids)[keep], "label": labels[keep], "confidence": conf[keep],
                           "round": round_})
@@ -90,9 +86,8 @@ def make_pseudo(cfg: Config, names: list[str], views: list[str] | None, weights,
     rt = Runtime.from_cfg(cfg.runtime)
     members = open_members(cfg, names)
     task = members[0].task
-    if soft and task.ordinal:
-        raise UserError("an ordinal task trains on its grades, so its pseudo-labels are hard (the nearest grade); "
-                        "drop --soft")
+    if soft:
+        task.refuse_soft_targets("its pseudo-labels are hard (the nearest grade); drop --soft")
     weights = e.weights if weights is None else weights
     views, _ = resolve_views(cfg, members, names_views, weights, voting, rt)  # [auto, ...]: chosen on OOF
     w = (oof_report(cfg, members, views, weights, voting, rt) if weights == "auto"

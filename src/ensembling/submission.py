@@ -9,58 +9,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from src.core.task import FORMATS, Task
 from src.core.utils import UserError, atomic_save, atomic_write_text
 
-FORMATS = "label, index, proba, binary, topk, tags"
 _MAP_AT = re.compile(r"^map@(\d+)$")
 
 
 def _words(sample: pd.DataFrame, col: str) -> pd.Series:
     return sample[col].astype(str).str.split().str.len()
-
-
-def resolve_format(fmt: str, sample: pd.DataFrame, id_col: str, classes: list[str], metric: str = "accuracy",
-                   kind: str = "multiclass") -> str:
-    """auto: one column per class -> proba; a multi-label task's one column -> tags; an ordinal
-    task's -> label (the grade); one column
-    whose placeholders hold several space-separated labels, or a map@k metric -> topk; two classes,
-    one column and a probability metric (roc_auc, log_loss) or fractional placeholders -> binary;
-    one column -> label."""
-    cols = [c for c in sample.columns if c != id_col]
-    multilabel = kind == "multilabel"
-    if kind == "ordinal" and fmt not in ("auto", "label", "index"):
-        raise UserError(f"ensemble.format={fmt} does not write grades; an ordinal submission is label (the grade) or "
-                        "index (its position among the grades)")
-    if kind == "ordinal":
-        if len(cols) != 1:
-            raise UserError(f"an ordinal submission holds one grade column, and the sample submission has {cols[:6]}; "
-                            "check data.sample_submission")
-        return "label" if fmt == "auto" else fmt
-    if multilabel and fmt not in ("auto", "proba", "tags"):
-        raise UserError(f"ensemble.format={fmt} writes one label per image; a multi-label submission is tags "
-                        "(labels above their thresholds) or proba (one probability column per label)")
-    if fmt != "auto":
-        return fmt
-    if set(cols) == set(classes):
-        return "proba"
-    if len(cols) != 1:
-        raise UserError(f"cannot tell the submission format from the sample submission's columns {cols[:6]}; "
-                        f"set ensemble.format to one of {FORMATS}")
-    if multilabel:
-        unseen = sorted({t for v in sample[cols[0]].astype(str) for t in v.split()} - set(classes))
-        if unseen:
-            raise UserError(f"the sample submission's placeholders hold tags {unseen[:5]} that no training image has, so "
-                            "no model of this split can predict them; check data.label_sep, or set ensemble.format=tags "
-                            "if the placeholders are not labels")
-        return "tags"
-    if _MAP_AT.match(metric) or (len(sample) and (_words(sample, cols[0]) > 1).mean() > 0.5):
-        return "topk"
-    values = pd.to_numeric(sample[cols[0]], errors="coerce")
-    fractional = values.notna().all() and ((values % 1) != 0).any()
-    if len(classes) == 2 and (metric in ("roc_auc", "log_loss", "average_precision") or metric.startswith("pauc")
-                              or fractional):
-        return "binary"
-    return "label"
 
 
 def resolve_top_k(sample: pd.DataFrame, id_col: str, metric: str, configured: int | None, n_classes: int) -> int:
@@ -139,18 +95,15 @@ def check_submission(sub: pd.DataFrame, sample: pd.DataFrame, id_col: str, class
             raise UserError(f"a top-{top_k} row does not hold {top_k} distinct class labels; nothing was written")
 
 
-def check_probs(probs: np.ndarray, multilabel: bool = False) -> None:
-    """The blended probability matrix: finite, in [0, 1], every row summing to 1 (one label per
-    image; a multi-label row holds one probability per label)."""
+def check_probs(probs: np.ndarray, task: Task) -> None:
+    """The blended probability matrix: finite, in [0, 1] and, one label per image, every row summing
+    to 1 (a multi-label row holds one probability per label)."""
     if not np.isfinite(probs).all():
         raise UserError("the blended probabilities hold NaN or infinite values (a member predicted non-finite "
                         "numbers, or the weights are degenerate); nothing was written")
-    if multilabel:
-        if (probs < -1e-9).any() or (probs > 1 + 1e-9).any():
-            raise UserError("the blended label probabilities leave [0, 1]; check the weights and voting; nothing was written")
-        return
-    if (probs < -1e-9).any() or not np.allclose(probs.sum(1), 1.0, atol=1e-5):
-        raise UserError("the blended probabilities do not sum to 1 per row; check the weights and voting; nothing was written")
+    if task.invalid_rows(probs, tol=1e-9, sum_tol=1e-5).any():
+        raise UserError(f"the blended {task.prob_word} leave [0, 1] or, one label per image, do not sum to 1 per "
+                        "row; check the weights and voting; nothing was written")
 
 
 def check_out_path(out: Path, data_dir: str | Path) -> Path:
@@ -184,15 +137,15 @@ def write_submission(out: Path, sub: pd.DataFrame, probs: np.ndarray, classes: l
     return probs_path
 
 
-def checked_submission(probs: np.ndarray, classes: list[str], sample: pd.DataFrame, id_col: str, fmt: str,
-                       metric: str, top_k: int | None = None, decisions: np.ndarray | None = None,
-                       kind: str = "multiclass") -> tuple[pd.DataFrame, str]:
+def checked_submission(probs: np.ndarray, sample: pd.DataFrame, id_col: str, fmt: str, metric: str,
+                       top_k: int | None, decisions: np.ndarray | None, task: Task) -> tuple[pd.DataFrame, str]:
     """(the submission table of `probs`, its format, e.g. top5 for topk): probabilities checked,
-    `auto` resolved, the table built and checked against the sample submission. `decisions` are a
-    multi-label task's labels (0/1, N x L) or an ordinal task's grades (N,), from thresholds fitted
-    on OOF. Nothing is written."""
-    check_probs(probs, kind == "multilabel")
-    fmt = resolve_format(fmt, sample, id_col, classes, metric, kind)
+    `auto` resolved by the task (Task.resolve_format), the table built and checked against the
+    sample submission. `decisions` are a multi-label task's labels (0/1, N x L) or an ordinal
+    task's grades (N,), from thresholds fitted on OOF. Nothing is written."""
+    classes = list(task.classes)
+    check_probs(probs, task)
+    fmt = task.resolve_format(fmt, sample, id_col, metric)
     k = resolve_top_k(sample, id_col, metric, top_k, len(classes)) if fmt == "topk" else 5
     sub = build_submission(sample, id_col, probs, classes, fmt, k, decisions)
     check_submission(sub, sample, id_col, classes, fmt, k)

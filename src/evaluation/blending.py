@@ -8,14 +8,14 @@ from scipy.special import expit
 from scipy.stats import rankdata
 
 from src.core.task import Task, expected_grade, grade_probs, grade_scores
-from src.core.utils import UserError
-from src.evaluation.metrics import compute_metric, metric_spec, softmax
+from src.core.utils import UserError, softmax
+from src.evaluation.metrics import compute_metric, metric_spec
 
 MULTILABEL_VOTING = ("soft", "logits", "rank")
 ORDINAL_VOTING = ("soft", "logits")
 
 
-def _combine_multilabel(logits: np.ndarray, voting: str, w: np.ndarray) -> np.ndarray:
+def _combine_multilabel(logits: np.ndarray, voting: str, w: np.ndarray, task: Task) -> np.ndarray:
     """Per-label blend of sigmoid outputs: soft (mean probability), logits (sigmoid of the mean
     logit) or rank (each label's probabilities ranked over the images, 0..1, averaged)."""
     if voting == "soft":
@@ -28,13 +28,13 @@ def _combine_multilabel(logits: np.ndarray, voting: str, w: np.ndarray) -> np.nd
                     f"use one of {', '.join(MULTILABEL_VOTING)}")
 
 
-def _combine_grades(logits: np.ndarray, voting: str, w: np.ndarray, n_grades: int) -> np.ndarray:
+def _combine_grades(logits: np.ndarray, voting: str, w: np.ndarray, task: Task) -> np.ndarray:
     """Ordinal blend: the weighted mean of the predictors' grade scores (a regression output, or
     the expected grade of a softmax), as a grade distribution (Task.activate)."""
     if voting not in ORDINAL_VOTING:
         raise UserError(f"ensemble.voting={voting} does not apply to ordinal predictions (a grade score per image); "
                         "use soft (the mean grade)")
-    return grade_probs((w[:, :, 0] * grade_scores(logits)).sum(0), n_grades)
+    return grade_probs((w[:, :, 0] * grade_scores(logits)).sum(0), len(task.classes))
 
 
 def combine(logits: np.ndarray, voting: str, weights: np.ndarray | None = None, task: Task | None = None
@@ -52,11 +52,12 @@ def combine(logits: np.ndarray, voting: str, weights: np.ndarray | None = None, 
     """
     k = logits.shape[0]
     w = np.full(k, 1.0 / k) if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
-    w = w[:, None, None]
-    if task is not None and task.multilabel:
-        return _combine_multilabel(logits, voting, w)
-    if task is not None and task.ordinal:
-        return _combine_grades(logits, voting, w, len(task.classes))
+    task = task or Task()
+    return COMBINE[task.space](logits, voting, w[:, None, None], task)
+
+
+def _combine_classes(logits: np.ndarray, voting: str, w: np.ndarray, task: Task) -> np.ndarray:
+    """Single-label blend of softmax outputs by `voting` (see combine)."""
     if voting == "soft":
         return (w * softmax(logits)).sum(0)
     if voting == "geometric":
@@ -72,6 +73,10 @@ def combine(logits: np.ndarray, voting: str, weights: np.ndarray | None = None, 
         score = (w * ranks).sum(0) + 1e-9  # a row ranked last in every class keeps a defined share
         return score / score.sum(1, keepdims=True)
     raise ValueError(voting)
+
+
+# Task.space -> how K predictors' logits (K, N, C) blend into probabilities (N, C) with weights (K, 1, 1)
+COMBINE = {"classes": _combine_classes, "labels": _combine_multilabel, "grades": _combine_grades}
 
 
 def check_voting(voting: str, metric: str) -> None:
@@ -90,12 +95,17 @@ def log_probs(p: np.ndarray) -> np.ndarray:
 def as_logits(p: np.ndarray, task: Task | None = None) -> np.ndarray:
     """Probabilities back as logits for `combine`: log-probabilities (softmax ignores per-row
     shifts), for multi-label the log-odds of each label, for ordinal the grade score (N, 1)."""
-    if task is not None and task.ordinal:
-        return expected_grade(p)[:, None]
-    if task is not None and task.multilabel:
-        q = np.clip(p, 1e-12, 1.0 - 1e-12)
-        return np.log(q) - np.log1p(-q)
-    return log_probs(p)
+    return AS_LOGITS[(task or Task()).space](p)
+
+
+def _label_log_odds(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, 1e-12, 1.0 - 1e-12)
+    return np.log(q) - np.log1p(-q)
+
+
+# Task.space -> probabilities (N, C) back as what combine blends: log-probabilities, each label's
+# log-odds, or the grade score (N, 1)
+AS_LOGITS = {"classes": log_probs, "labels": _label_log_odds, "grades": lambda p: expected_grade(p)[:, None]}
 
 
 def fit_weights(oof_probs: list[np.ndarray], y: np.ndarray, metric: str, voting: str, task: Task | None = None

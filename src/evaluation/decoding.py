@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from src.core.task import Task
+from src.core.utils import UserError
 from src.evaluation.metrics import compute_metric, decide_grades, metric_spec
 
 GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
@@ -103,6 +105,33 @@ def fit_grade_thresholds(metric: str, y: np.ndarray, probs: np.ndarray, passes: 
     return th
 
 
-def decide(probs: np.ndarray, thresholds: np.ndarray, min_labels: int = 0, ordinal: bool = False) -> np.ndarray:
-    """A submission's decisions: grade indices (N,) for an ordinal task, else 0/1 labels (N, L)."""
-    return decide_grades(probs, thresholds) if ordinal else decide_labels(probs, thresholds, min_labels)
+def _fit_labels(metric: str, y: np.ndarray, probs: np.ndarray, ens) -> np.ndarray:
+    return fit_thresholds(metric, y, probs, ens.threshold, ens.min_labels)
+
+
+def _fit_grades(metric: str, y: np.ndarray, probs: np.ndarray, ens) -> np.ndarray:
+    if not isinstance(ens.threshold, str):
+        raise UserError(f"ensemble.threshold={ens.threshold} is a multi-label probability; an ordinal blend fits its "
+                        "thresholds between grades on OOF (ensemble.threshold=per_label)")
+    return fit_grade_thresholds(metric, y, probs)
+
+
+# Task.decision -> (fit on OOF: thresholds from (metric, y, probs, ensemble section), or None where the
+# argmax decides; decide: the submission's decisions from (probs, thresholds, min_labels))
+DECISIONS = {
+    "argmax": (lambda metric, y, probs, ens: None, lambda probs, th, min_labels: None),
+    "labels": (_fit_labels, decide_labels),
+    "grades": (_fit_grades, lambda probs, th, min_labels: decide_grades(probs, th)),
+}
+
+
+def fit_decisions(task: Task, metric: str, y: np.ndarray, probs: np.ndarray, ens) -> np.ndarray | None:
+    """The task's decision thresholds fitted on OOF `probs` (never on test predictions): one per
+    multi-label label, the K-1 between ordinal grades; None where the argmax decides."""
+    return DECISIONS[task.decision][0](metric, y, probs, ens)
+
+
+def decide(probs: np.ndarray, thresholds: np.ndarray | None, min_labels: int, task: Task) -> np.ndarray | None:
+    """A submission's decisions: grade indices (N,) for an ordinal task, 0/1 labels (N, L) for a
+    multi-label one; None where the argmax decides (no thresholds)."""
+    return None if thresholds is None else DECISIONS[task.decision][1](probs, thresholds, min_labels)

@@ -32,18 +32,11 @@ from sklearn.metrics import (
 )
 
 from src.core.config import METRIC_NAMES, Config
-from src.core.utils import UserError
+from src.core.task import Task, task_for_targets
 
 SINGLE = frozenset({"multiclass", "binary", "ordinal"})  # one label per image: integer targets
 ALL = SINGLE | {"multilabel"}
 PROBABILITIES = ALL - {"ordinal"}  # an ordinal prediction is a grade score (src.core.task), not class probabilities
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    """Row-wise softmax over the last axis, stable for large logits."""
-    z = z - z.max(-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(-1, keepdims=True)
 
 
 def decide(probs: np.ndarray, thresholds: np.ndarray | float | None = None) -> np.ndarray:
@@ -210,26 +203,12 @@ def metric_spec(name: str) -> Metric:
     raise ValueError(f"unknown metric {name}; the metrics are {METRIC_NAMES}")
 
 
-def check_metric_fits(name: str, n_classes: int, kind: str = "multiclass") -> None:
+def check_metric_fits(name: str, n_classes: int, task: Task) -> None:
     """One sentence, before anything is trained or written, when a metric cannot score this task
-    (kind: data.task): a per-image F-beta on single-label images, a binary partial AUC over more
-    than two classes, a metric on class probabilities for ordinal grades."""
-    if name == "loss":
-        return
-    tasks = metric_spec(name).tasks
-    multilabel = kind == "multilabel"
-    if kind == "ordinal" and "ordinal" not in tasks:
-        raise UserError(f"metric.name={name} does not score ordinal predictions (a grade per image, not class "
-                        "probabilities); use qwk, accuracy, balanced_accuracy or f1_macro")
-    if multilabel and "multilabel" not in tasks:
-        raise UserError(f"metric.name={name} does not score multi-label predictions; use one of f1_macro, f1_micro, "
-                        "f2_samples, roc_auc, average_precision, log_loss or accuracy")
-    if not multilabel and not tasks & SINGLE:
-        raise UserError(f"metric.name={name} scores multi-label tasks (several labels per image), and this competition "
-                        "has one label per image; use f1_macro, f1_micro or f1_weighted")
-    if not multilabel and tasks == {"binary"} and n_classes != 2:
-        raise UserError(f"metric.name={name} scores binary tasks, and this competition has {n_classes} classes; "
-                        "use roc_auc (one-vs-rest) or average_precision")
+    (a kind-only task will do): a per-image F-beta on single-label images, a binary partial AUC over
+    more than two classes, a metric on class probabilities for ordinal grades."""
+    if name != "loss":
+        task.check_metric(name, metric_spec(name).tasks, n_classes)
 
 
 def compute_metric(name: str, y_true: np.ndarray, probs: np.ndarray, thresholds=None) -> float:
@@ -238,7 +217,7 @@ def compute_metric(name: str, y_true: np.ndarray, probs: np.ndarray, thresholds=
     `thresholds` (one, or one per label; default 0.5), ordinal ones the K-1 thresholds between
     grades (default: rounding)."""
     y_true = np.asarray(y_true)
-    check_metric_fits(name, np.shape(probs)[1], "multilabel" if y_true.ndim == 2 else "multiclass")
+    check_metric_fits(name, np.shape(probs)[1], task_for_targets(y_true))
     return float(metric_spec(name).score(y_true, np.asarray(probs, dtype=np.float64), thresholds))
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.core.task import Task, canonical_tags
+from src.core.task import canonical_tags, task_of
 from src.core.utils import UserError
 from src.data.folds import folds_path
 from src.data.tables import sorted_classes
@@ -37,10 +37,10 @@ def _ranked(values: pd.Series, classes: list[str], index: dict[str, int]) -> np.
     return scores / scores.sum(1, keepdims=True)
 
 
-def _score_multilabel(sub: pd.DataFrame, sol: pd.DataFrame, cfg, classes: list[str]) -> dict[str, float]:
+def _score_multilabel(sub: pd.DataFrame, sol: pd.DataFrame, cfg, classes: list[str], sub_path) -> dict[str, float]:
     """A multi-label submission: tags (scored as the 0/1 decisions they are) or one probability
     column per label, against the solution's tags."""
-    task = Task("multilabel", tuple(classes))
+    task = task_of(cfg, classes)
     truth = canonical_tags(sol[cfg.data.label_col], cfg.data.label_sep)
     unseen = sorted({t for lab in truth for t in lab.split()} - set(classes))
     if unseen:
@@ -78,8 +78,13 @@ def score_submission(sub_path: str | Path, solution_path: str | Path, cfg) -> di
         raise UserError(f"the submission lacks {len(missing)} solution ids (e.g. {list(missing[:3])}); predict every test id")
     sub = sub.loc[sol.index]
     classes = _class_list(cfg, sol)
-    if cfg.data.task == "multilabel":
-        return _score_multilabel(sub, sol, cfg, classes)
+    return SCORERS[task_of(cfg).label_form](sub, sol, cfg, classes, sub_path)
+
+
+def _score_labels(sub: pd.DataFrame, sol: pd.DataFrame, cfg, classes: list[str], sub_path) -> dict[str, float]:
+    """A one-label-per-image submission: labels or indices, ranked labels (top-k), the second class's
+    probability (binary) or one probability column per class, against the solution's labels."""
+    d = cfg.data
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted(set(sol[d.label_col]) - set(index))
     if unknown:
@@ -110,3 +115,7 @@ def score_submission(sub_path: str | Path, solution_path: str | Path, cfg) -> di
     out = {"accuracy": compute_metric("accuracy", y, probs)}
     out[cfg.metric.name] = compute_metric(cfg.metric.name, y, probs)
     return out
+
+
+# Task.label_form -> the scorer of a submission against the solution's labels
+SCORERS = {"one": _score_labels, "tags": _score_multilabel}

@@ -19,7 +19,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from src.core.config import STACKERS
-from src.core.task import Task, expected_grade, grade_probs
+from src.core.task import Task
 from src.core.utils import UserError
 
 
@@ -47,8 +47,8 @@ def _fit_predict(name: str, x_fit: np.ndarray, y_fit: np.ndarray, x_pred: np.nda
     task's probabilities become the grade distribution of their expected grade."""
     if y_fit.ndim == 2:
         return OneVsRestClassifier(make_stacker(name, seed)).fit(x_fit, y_fit).predict_proba(x_pred)
-    if task is not None and task.ordinal:
-        return grade_probs(expected_grade(_fit_predict(name, x_fit, y_fit, x_pred, n_classes, seed)), n_classes)
+    if task is not None:  # in the task's form: an ordinal task's as the grade distribution of their expected grade
+        return task.from_classifier(_fit_predict(name, x_fit, y_fit, x_pred, n_classes, seed))
     present = np.unique(y_fit)
     out = np.zeros((len(x_pred), n_classes))
     if len(present) == 1:  # a one-class fit: that class, surely

@@ -200,7 +200,7 @@ def build_bundle(cfg: Config, spec: BundleSpec, weights, out: Path, wheels: bool
     check_competition(cfg, members)
     rt = Runtime.from_cfg(cfg.runtime)
     spec.views, _ = resolve_views(cfg, members, spec.views, weights, spec.voting, rt)  # the kernel's fixed views
-    if members[0].task.decides_by_threshold:  # the kernel decides with the thresholds fitted here, on OOF
+    if True:  # the kernel decides with the thresholds fitted here, on OOF (until the blend is one object)
         w, spec.thresholds = blend_thresholds(cfg, members, spec.views, weights, spec.voting, rt)
     else:
         w = oof_report(cfg, members, spec.views, weights, spec.voting, rt) if weights == "auto" else \

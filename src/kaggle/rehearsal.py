@@ -20,6 +20,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from src.core.config import Config
+from src.core.task import task_of
 from src.core.utils import UserError
 from src.data.images import find_bad_images
 from src.data.tables import load_test_table
@@ -239,7 +240,7 @@ def _rehearse(cfg: Config, build: Path, manifest: dict, notebook: Path, scale: i
         cells = execute_notebook(guarded, root)[1:]  # the guard cell is the rehearsal's, not the notebook's
         seconds = time.time() - t0
         check_inputs_untouched(before, snapshot(*inputs))
-        check_rehearsal(root / "working" / "submission.csv", sample, cfg.data.id_col, cfg.data.task == "multilabel")
+        check_rehearsal(root / "working" / "submission.csv", sample, cfg.data.id_col, task_of(cfg).empty_labels_ok)
         if keep is not None:
             keep.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(root / "working" / "submission.csv", keep)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from src.core.config import LossCfg
+from src.core.task import Task
 from src.core.utils import UserError
 
 
@@ -60,13 +61,13 @@ class GradeRegressionLoss(torch.nn.Module):
     """A one-output head's score against the grade (class index, or a mixed grade under mixup):
     torch's mean squared error, or smooth L1 (Huber with beta 1)."""
 
-    def __init__(self, kind: str):
+    def __init__(self, name: str):
         super().__init__()
-        self.kind = kind
+        self.loss_name = name
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         score, grade = output.float().reshape(-1), target.float().reshape(-1)
-        if self.kind == "mse":
+        if self.loss_name == "mse":
             return F.mse_loss(score, grade)
         return F.smooth_l1_loss(score, grade, beta=1.0)
 
@@ -118,24 +119,8 @@ def class_weights(cfg: LossCfg, targets: np.ndarray, n_classes: int) -> torch.Te
     return torch.tensor(cfg.class_weights, dtype=torch.float32)
 
 
-def build_loss(cfg: LossCfg, n_classes: int, targets: np.ndarray, smoothing: float | None = None,
-               multilabel: bool = False, regression: bool = False) -> torch.nn.Module:
-    """The training criterion.
-
-    Args:
-        cfg: loss section (name, smoothing, gamma, alpha, class_weights).
-        n_classes: number of classes.
-        targets: training targets (class indices, or a 0/1 matrix for multi-label), for balanced weights.
-        smoothing: override cfg.smoothing (0 when mixup already smooths the targets).
-        multilabel: one sigmoid per label: ce is binary cross-entropy, focal its focal form, asl timm's
-            asymmetric loss.
-        regression: an ordinal task's one-output head (loss.name mse or smooth_l1).
-    """
-    eps = cfg.smoothing if smoothing is None else smoothing
-    if multilabel:
-        return _multilabel_loss(cfg, targets, eps)
-    if regression:
-        return _regression_loss(cfg, cfg.smoothing)
+def _softmax_loss(cfg: LossCfg, task: Task, targets: np.ndarray, eps: float) -> torch.nn.Module:
+    n_classes = len(task.classes)
     if cfg.name == "asl":
         raise UserError("loss.name=asl is the asymmetric loss of multi-label tasks; use ce or focal here")
     weight = class_weights(cfg, targets, n_classes)
@@ -149,3 +134,25 @@ def build_loss(cfg: LossCfg, n_classes: int, targets: np.ndarray, smoothing: flo
     if weight is not None:
         alpha = weight if alpha is None else alpha * weight
     return FocalLoss(cfg.gamma, alpha, eps)
+
+
+# Task.head -> the criterion of (loss section, task, training targets, label smoothing): a softmax over
+# the classes (ce, focal), a sigmoid per label (ce is binary cross-entropy, focal its focal form, asl
+# timm's asymmetric loss), or a one-output score (mse, smooth_l1; the config's smoothing must be 0)
+LOSSES = {
+    "softmax": _softmax_loss,
+    "sigmoid": lambda cfg, task, targets, eps: _multilabel_loss(cfg, targets, eps),
+    "score": lambda cfg, task, targets, eps: _regression_loss(cfg, cfg.smoothing),
+}
+
+
+def build_loss(cfg: LossCfg, task: Task, targets: np.ndarray, smoothing: float | None = None) -> torch.nn.Module:
+    """The training criterion of the task's head.
+
+    Args:
+        cfg: loss section (name, smoothing, gamma, alpha, class_weights).
+        task: the task (its head and classes).
+        targets: training targets (class indices, or a 0/1 matrix for multi-label), for balanced weights.
+        smoothing: override cfg.smoothing (0 when mixup already smooths the targets).
+    """
+    return LOSSES[task.head](cfg, task, targets, cfg.smoothing if smoothing is None else smoothing)

@@ -17,7 +17,7 @@ import torch
 from src.core import distributed
 from src.core.config import Config, LoaderCfg, config_from_dict
 from src.core.runtime import Runtime, predict
-from src.core.task import Task
+from src.core.task import Task, task_of
 from src.core.utils import UserError
 from src.data.folds import load_or_create_folds
 from src.data.loaders import eval_loader
@@ -62,7 +62,7 @@ class Member:
 
     @property
     def task(self) -> Task:
-        return Task.from_cfg(self.cfg, self.classes)
+        return task_of(self.cfg, self.classes)
 
     def oof_scores(self) -> dict:
         """{'folds': the finished folds this member uses, accuracy, f1_macro and the metric} of their
@@ -89,7 +89,7 @@ class Member:
         if ckpt["classes"] != self.classes:
             raise UserError(f"{path} holds another class list than the fold's done.json; retrain fold {fold}")
         cfg = self.configs[fold]
-        model = build_model(cfg.model, Task.from_cfg(cfg, self.classes).n_outputs, pretrained=False, img_size=cfg.aug.img_size)
+        model = build_model(cfg.model, task_of(cfg, self.classes).n_outputs, pretrained=False, img_size=cfg.aug.img_size)
         try:
             model.load_state_dict(ckpt["model"])
         except RuntimeError as e:

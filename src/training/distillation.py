@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.special import expit, logit
 
 from src.core.config import Config
 from src.core.task import Task
 from src.core.utils import UserError
 from src.data.folds import folds_path
-from src.evaluation.metrics import softmax
 from src.runs.layout import fold_paths, oof_probs, read_oof
 from src.runs.members import open_member
 
@@ -62,11 +60,7 @@ def distill_targets(cfg: Config, rows: pd.DataFrame, task: Task, oof: pd.DataFra
     if not (t["fold"].to_numpy() == rows["fold"].to_numpy()).all():
         raise UserError("a teacher OOF prediction comes from another fold than the image's; retrain the teacher")
     p, temp = oof_probs(t, classes), cfg.loss.distill_temperature
-    if task.multilabel:
-        teacher = expit(logit(np.clip(p, 1e-6, 1 - 1e-6)) / temp)
-    else:
-        teacher = softmax(np.log(np.clip(p, 1e-12, 1.0)) / temp)
-    hard = task.targets(rows["label"])
-    hard = hard if task.multilabel else np.eye(len(classes))[hard]
+    teacher = task.teacher(p, temp)
+    hard = task.one_hot(task.targets(rows["label"]))
     w = cfg.loss.distill_weight
     return (1.0 - w) * hard + w * teacher

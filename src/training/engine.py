@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from timm.data import Mixup
 from timm.utils import ModelEmaV3
 
@@ -20,9 +19,9 @@ from src.core.config import Config
 from src.core.distributed import EpochSampler
 from src.core.progress import progress
 from src.core.runtime import Norm, Runtime, predict
-from src.core.task import Task
+from src.core.task import Task, task_of
 from src.core.utils import UserError
-from src.evaluation.metrics import softmax, summary
+from src.evaluation.metrics import summary
 from src.models.model import Frozen
 from src.models.optim import LossScaler
 from src.runs.layout import FoldPaths
@@ -69,7 +68,7 @@ class FoldState:
     @property
     def task(self) -> Task:
         """The competition's task over this fold's classes (src.core.task)."""
-        return Task.from_cfg(self.cfg, self.classes)
+        return task_of(self.cfg, self.classes)
 
     @property
     def net(self) -> torch.nn.Module:
@@ -162,17 +161,15 @@ def _check_finite(loss_sum: float, epoch: int, step: int) -> None:
         )
 
 
-def step_loss(s: FoldState, forward, x: torch.Tensor, y: torch.Tensor, multilabel: bool,
-              regression: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def step_loss(s: FoldState, forward, x: torch.Tensor, y: torch.Tensor, task: Task
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One training batch through the fold's normalisation, size schedule, mixup, autocast and loss:
     (loss, logits, the labels accuracy is counted against)."""
     x, y = s.rt.batch(x, s.norm), y.to(s.rt.device, non_blocking=True)
-    target = y
-    if y.ndim == 2 and not multilabel:  # probability targets (soft_targets.py): accuracy against their argmax
-        y = y.argmax(1)
+    target, y = y, task.accuracy_labels(y)  # probability targets (soft_targets.py): accuracy against their argmax
     x = resize_batch(x, s.train_size)
     if s.mixup is not None:  # a regression head mixes its grades as one dense target column
-        x, target = s.mixup(x, y[:, None].float() if regression else y)
+        x, target = s.mixup(x, task.mixup_target(y))
     with s.rt.autocast():
         logits = forward(x)
         loss = s.criterion(logits, target)
@@ -196,19 +193,18 @@ def train_one_epoch(s: FoldState, epoch: int) -> dict:
     s.optimizer.zero_grad(set_to_none=True)
     t0 = time.perf_counter()
     task = s.task  # asked once: the step loop is the hot path
-    multilabel, regression, top = task.multilabel, task.regression, len(task.classes) - 1
     bar = progress(range(s.batches), desc=f"fold {s.fold} epoch {epoch}")
     for step in bar:
         tw = time.perf_counter()
         x, y = next(batches)
         wait += time.perf_counter() - tw
-        loss, logits, y = step_loss(s, forward, x, y, multilabel, regression)
+        loss, logits, y = step_loss(s, forward, x, y, task)
         need_update = (step + 1) % accum == 0 or step + 1 == s.batches
         s.backward(loss / accum, need_update)
         if need_update:
             _update(s)
         loss_sum += loss.detach().float() * len(y)
-        correct += _hits(logits.detach(), y, multilabel, top if regression else None)
+        correct += task.hits(logits.detach(), y)
         seen += len(y)
         if (step + 1) % SYNC_EVERY == 0:
             _check_finite(loss_sum.item(), epoch, step)
@@ -222,32 +218,12 @@ def train_one_epoch(s: FoldState, epoch: int) -> dict:
             "data_wait": round(wait / elapsed, 4) if elapsed > 0 else float("nan")}
 
 
-def _hits(logits: torch.Tensor, y: torch.Tensor, multilabel: bool, top_grade: int | None = None) -> torch.Tensor:
-    """Images predicted right: the argmax class, for multi-label every label (logit > 0 = p > 0.5),
-    for a regression head (top_grade: the highest grade index) the rounded score clipped to the grades."""
-    if multilabel:
-        return ((logits > 0) == (y > 0.5)).all(1).sum()
-    if top_grade is not None:
-        return (logits[:, 0].float().round().clamp(0, top_grade) == y).sum()
-    return (logits.argmax(1) == y).sum()
-
-
-def validation_loss(logits: np.ndarray, targets: np.ndarray, task: Task | None) -> float:
-    """The unweighted, unsmoothed loss of validation logits: cross-entropy, binary cross-entropy
-    per label (multi-label), or the mean squared error of a regression head's grade."""
-    z = torch.from_numpy(np.asarray(logits)).float()
-    if task is not None and task.multilabel:
-        return float(F.binary_cross_entropy_with_logits(z, torch.as_tensor(np.asarray(targets), dtype=torch.float32)))
-    if task is not None and task.regression:
-        return float(F.mse_loss(z[:, 0], torch.as_tensor(np.asarray(targets), dtype=torch.float32)))
-    return float(F.cross_entropy(z, torch.tensor(np.asarray(targets), dtype=torch.long)))
-
-
 def validate(model: torch.nn.Module, loader, rt: Runtime, targets: np.ndarray, metric: str,
              norm: Norm | None = None, task: Task | None = None) -> tuple[np.ndarray, dict]:
     """(probabilities N x C, {'loss', 'accuracy', 'f1_macro', metric}) over a validation loader.
     `targets`: class indices (N,), or with a multi-label task a 0/1 matrix (N, L) (Task.targets)."""
     part = predict([model], loader, rt, desc="validation", norm=norm)[0, 0] if len(loader.dataset) else None
     logits = distributed.gather_rows(part)  # (N, C), every rank's rows in order (this rank's only in one process)
-    probs = task.activate(logits) if task is not None else softmax(logits)
-    return probs, {"loss": validation_loss(logits, targets, task), **summary(targets, probs, metric)}
+    task = task or Task()
+    probs = task.activate(logits)
+    return probs, {"loss": task.validation_loss(logits, targets), **summary(targets, probs, metric)}

@@ -108,7 +108,7 @@ def sweep(s: FoldState, start_lr: float, end_lr: float, steps: int) -> Sweep:
             total = 0.0
             for j in range(accum):
                 x, y = next(batches)
-                loss, _, _ = step_loss(s, s.model, x, y, task.multilabel, task.regression)
+                loss, _, _ = step_loss(s, s.model, x, y, task)
                 s.backward(loss / accum, need_update=j == accum - 1)
                 total += float(loss.detach()) / accum
             if not math.isfinite(total):

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from src.core.config import Config
-from src.core.task import Task
+from src.core.task import task_of
 from src.core.utils import UserError
 from src.data.tables import prob_columns
 from src.training.distillation import distill_targets, teacher_oof
@@ -29,12 +29,9 @@ def fold_soft_targets(cfg: Config, train: pd.DataFrame, classes: list[str]) -> n
     if cfg.train.mixup > 0 or cfg.train.cutmix > 0:
         raise UserError("train.mixup/cutmix mix hard labels; set them to 0 to train on soft targets "
                         "(loss.distill_from, soft pseudo-labels)")
-    task = Task.from_cfg(cfg, classes)
-    if task.ordinal:
-        raise UserError("an ordinal task trains on its grades; distillation and soft pseudo-labels mix class "
-                        "probabilities, so set loss.distill_from to null and use hard pseudo-labels")
-    hard = task.targets(train["label"])
-    out = (hard if task.multilabel else np.eye(len(classes))[hard]).astype(np.float64)
+    task = task_of(cfg, classes)
+    task.refuse_soft_targets("set loss.distill_from to null and use hard pseudo-labels")
+    out = task.one_hot(task.targets(train["label"])).astype(np.float64)
     if cfg.loss.distill_from is not None:
         real = train.loc[~pseudo]
         out[~pseudo] = distill_targets(cfg, real, task, teacher_oof(cfg, real, classes))

@@ -10,6 +10,7 @@ import uuid
 import warnings
 from collections.abc import Callable
 
+import numpy as np
 import pandas as pd
 import torch
 from timm.data import Mixup
@@ -18,7 +19,7 @@ from timm.utils import ModelEmaV3
 from src.core import distributed
 from src.core.config import Config, TrainCfg, config_from_dict, save_config
 from src.core.runtime import Norm, Runtime
-from src.core.task import Task
+from src.core.task import task_of
 from src.core.tracking import Tracker
 from src.core.utils import UserError, atomic_save, atomic_write_text, derive_seed, seed_everything
 from src.data.folds import fold_tables, folds_path
@@ -65,9 +66,9 @@ from src.training.weight_averaging import finish_swa, new_swa, swa_cv, swa_step
 def setup_fold(cfg: Config, fold: int, rt: Runtime, dry: bool = False) -> FoldState:
     """Data, model with freezing, and loaders of one fold (the optimization is added by `optimization`);
     `dry`: write nothing (no split file, no image cache)."""
-    fits = lambda n_classes: check_metric_fits(cfg.metric.name, n_classes, cfg.data.task)  # noqa: E731
+    fits = lambda n_classes: check_metric_fits(cfg.metric.name, n_classes, task_of(cfg))  # noqa: E731
     train_df, val_df, classes = distributed.main_first(lambda: fold_tables(cfg, fold, fits, write=not dry))  # rank 0 writes the split
-    task = Task.from_cfg(cfg, classes)
+    task = task_of(cfg, classes)
     seed = derive_seed(cfg.experiment.seed, fold + 1)
     seed_everything(seed)
     model = build_model(cfg.model, task.n_outputs, img_size=cfg.aug.img_size)
@@ -83,7 +84,7 @@ def setup_fold(cfg: Config, fold: int, rt: Runtime, dry: bool = False) -> FoldSt
     model = rt.model(model)
     print(
         f"fold {fold}: {len(train_df)} train / {len(val_df) if val_df is not None else 0} valid images, "
-        f"{len(classes)} {task.noun}" + (" (a regression head)" if task.regression else "")
+        f"{task.describe()}"
         + f", {cfg.model.name} on {rt.device}"
         + (f" ({rt.amp_name} autocast)" if rt.dtype else "")
         + f"; parameters {counts['total']:,} total, {counts['trainable']:,} trainable, {counts['frozen']:,} frozen"
@@ -129,16 +130,14 @@ def fold_epochs(cfg: TrainCfg, updates_per_epoch: int) -> int:
 def optimization(s: FoldState, lr: float | None = None) -> None:
     """Loss, mixup, optimizer, schedule, grad scaler and EMA of a set-up fold; `lr` instead of
     optim.lr (the learning-rate finder's sweep, whose optim.lr may still be `find`)."""
-    cfg, n_classes = s.cfg, len(s.classes)
+    cfg = s.cfg
     mixing = cfg.train.mixup > 0 or cfg.train.cutmix > 0
     targets = s.task.targets(s.train_df["label"])
-    s.criterion = build_loss(cfg.loss, n_classes, targets, smoothing=0.0 if mixing else None,
-                             multilabel=s.task.multilabel, regression=s.task.regression).to(s.rt.device)
+    s.criterion = build_loss(cfg.loss, s.task, targets, smoothing=0.0 if mixing else None).to(s.rt.device)
     if mixing:
         # timm mixes dense targets for multi-label tasks (multi_label) and a regression head's grade (one column)
         s.mixup = Mixup(mixup_alpha=cfg.train.mixup, cutmix_alpha=cfg.train.cutmix, prob=cfg.train.mix_prob,
-                        label_smoothing=0.0 if s.task.regression else cfg.loss.smoothing,
-                        num_classes=s.task.n_outputs, multi_label=s.task.multilabel or s.task.regression)
+                        **s.task.mixup_options(cfg.loss.smoothing))
     groups = param_groups(s.model, cfg.optim.weight_decay, s.frozen, cfg.model.backbone_lr_mult,
                           include_frozen=cfg.model.unfreeze_epoch is not None, layer_decay=cfg.optim.layer_decay,
                           name=cfg.model.name)
@@ -261,6 +260,20 @@ def finish_fold(s: FoldState, keeper: CheckpointKeeper, tracker: Tracker) -> dic
     return distributed.from_main(lambda: _record(s, keeper, tracker, swa))
 
 
+def _confusion(y: np.ndarray, probs: np.ndarray, classes: list[str], fp, tracker: Tracker) -> None:
+    plot_confusion(y, probs.argmax(1), classes, fp.confusion)
+    tracker.confusion(y, probs.argmax(1), classes)
+
+
+def _label_scores(y: np.ndarray, probs: np.ndarray, classes: list[str], fp, tracker: Tracker) -> None:
+    plot_label_scores(y, probs, classes, fp.confusion.with_name("label_scores.png"))
+
+
+# Task.space -> a finished fold's OOF figure: the confusion matrix (classes; grades rounded from the
+# score), or each label's F1 and support (labels: no confusion between them)
+FOLD_FIGURES = {"classes": _confusion, "grades": _confusion, "labels": _label_scores}
+
+
 def _record(s: FoldState, keeper: CheckpointKeeper, tracker: Tracker, swa: dict | None) -> dict:
     """The fold's scores, confusion matrix and summary, and done.json, written last."""
     cfg, fp = s.cfg, s.fp
@@ -271,11 +284,7 @@ def _record(s: FoldState, keeper: CheckpointKeeper, tracker: Tracker, swa: dict 
         oof = read_oof(fp.oof, s.classes)
         y, probs = s.task.targets(oof["label"]), oof_probs(oof, s.classes)
         result.update(summary(y, probs, cfg.metric.name))
-        if s.task.multilabel:  # no confusion between labels: each label's F1 and support instead
-            plot_label_scores(y, probs, s.classes, fp.confusion.with_name("label_scores.png"))
-        else:
-            plot_confusion(y, probs.argmax(1), s.classes, fp.confusion)
-            tracker.confusion(y, probs.argmax(1), s.classes)
+        FOLD_FIGURES[s.task.space](y, probs, s.classes, fp, tracker)
         tracker.summary({f"best_{monitor_name(cfg)}": keeper.best, "best_epoch": keeper.best_epoch,
                          **{f"best_{k}": v for k, v in result.items() if k in ("accuracy", "f1_macro", cfg.metric.name)}})
     if swa is not None:
@@ -402,7 +411,7 @@ def cv_report(cfg: Config, folds: list[int]) -> dict:
         rows.append({"fold": k, "best_epoch": done["best_epoch"],
                      **{m: done.get(m) for m in ("accuracy", "f1_macro", cfg.metric.name)}})
     oof = pd.concat(parts, ignore_index=True)
-    task = Task.from_cfg(cfg, classes)
+    task = task_of(cfg, classes)
     overall = summary(task.targets(oof["label"]), oof_probs(oof, classes), cfg.metric.name)
     swa = swa_cv(cfg.out_dir, folds, task, cfg.metric.name)
     table = pd.DataFrame(rows + [{"fold": "oof", "best_epoch": "", **overall}]

@@ -12,10 +12,11 @@ import pytest
 from PIL import Image
 
 from src.core.config import load_config
+from src.core.task import make_task
 from src.core.utils import UserError
 from src.demo import build_demo
 from src.demo import main as demo_main
-from src.ensembling.submission import resolve_format, resolve_top_k
+from src.ensembling.submission import resolve_top_k
 from src.evaluation.scoring import score_submission
 
 REPO = Path(__file__).resolve().parents[2]
@@ -281,6 +282,6 @@ def test_the_topk_demo_asks_for_five_ranked_labels(tmp_path):
     sample = pd.read_csv(tmp_path / "digits_topk" / "sample_submission.csv", dtype=str)
     assert (sample["label"] == "0 1 2 3 4").all()
     classes = [str(i) for i in range(10)]
-    assert resolve_format("auto", sample, "id", classes, "map@5") == "topk"
+    assert make_task("multiclass", classes).resolve_format("auto", sample, "id", "map@5") == "topk"
     assert resolve_top_k(sample, "id", "map@5", None, 10) == 5
     assert load_config(REPO / "configs" / "demo_topk.yaml").metric.name == "map@5"

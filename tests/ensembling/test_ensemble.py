@@ -27,13 +27,14 @@ from PIL import Image
 import src.ensemble as ens
 from src.core.cli import run_cli
 from src.core.runtime import Runtime, predict
+from src.core.task import make_task
 from src.core.utils import UserError
 from src.core.views import apply_view, parse_views
 from src.data.loaders import ImageDataset, make_loader
 from src.data.tables import load_test_table, prob_columns
 from src.data.transforms import build_transform, resolve_norm
 from src.ensembling import pipeline
-from src.ensembling.submission import build_submission, check_submission, resolve_format, resolve_top_k
+from src.ensembling.submission import build_submission, check_submission, resolve_top_k
 from src.evaluation.blending import combine, fit_weights
 from src.evaluation.metrics import compute_metric
 from src.evaluation.scoring import score_submission
@@ -526,11 +527,11 @@ def test_cli_overrides_after_experiments_are_not_member_names(world, overrides_f
 
 def test_auto_format_picks_binary_for_probability_metrics():
     sample = pd.DataFrame({"id": ["a", "b"], "target": [0, 0]})
-    assert resolve_format("auto", sample, "id", ["cat", "dog"], "roc_auc") == "binary"
-    assert resolve_format("auto", sample, "id", ["cat", "dog"], "accuracy") == "label"
+    assert make_task("multiclass", ["cat", "dog"]).resolve_format("auto", sample, "id", "roc_auc") == "binary"
+    assert make_task("multiclass", ["cat", "dog"]).resolve_format("auto", sample, "id", "accuracy") == "label"
     fractional = pd.DataFrame({"id": ["a", "b"], "target": [0.5, 0.5]})
-    assert resolve_format("auto", fractional, "id", ["cat", "dog"], "accuracy") == "binary"
-    assert resolve_format("auto", sample, "id", ["a", "b", "c"], "log_loss") == "label"
+    assert make_task("multiclass", ["cat", "dog"]).resolve_format("auto", fractional, "id", "accuracy") == "binary"
+    assert make_task("multiclass", ["a", "b", "c"]).resolve_format("auto", sample, "id", "log_loss") == "label"
 
 
 def test_members_are_read_from_the_output_dir_given_not_the_stored_one(world, demo_cfg, tmp_path, capsys):
@@ -558,9 +559,9 @@ def test_topk_rows_are_the_k_most_probable_labels_best_first():
     probs = np.array([[0.1, 0.5, 0.15, 0.25], [0.4, 0.3, 0.2, 0.1], [0.25, 0.25, 0.3, 0.2]])
     classes = ["w_a", "w_b", "w_c", "new_whale"]
     sample = pd.DataFrame({"Image": ["x", "y", "z"], "Id": ["new_whale w_a w_b"] * 3})
-    assert resolve_format("auto", sample, "Image", classes) == "topk"
-    assert resolve_format("auto", sample.assign(Id="w_a"), "Image", classes, "map@3") == "topk"
-    assert resolve_format("auto", sample.assign(Id="w_a"), "Image", classes) == "label"
+    assert make_task("multiclass", classes).resolve_format("auto", sample, "Image", "accuracy") == "topk"
+    assert make_task("multiclass", classes).resolve_format("auto", sample.assign(Id="w_a"), "Image", "map@3") == "topk"
+    assert make_task("multiclass", classes).resolve_format("auto", sample.assign(Id="w_a"), "Image", "accuracy") == "label"
     assert resolve_top_k(sample, "Image", "accuracy", None, 4) == 3  # the placeholders' word count
     assert resolve_top_k(sample, "Image", "map@2", None, 4) == 2 and resolve_top_k(sample, "Image", "map@2", 4, 4) == 4
     sub = build_submission(sample, "Image", probs, classes, "topk", 3)

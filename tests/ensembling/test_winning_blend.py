@@ -19,13 +19,13 @@ from scipy.stats import rankdata
 
 import src.ledger as ledger_cli
 from src.core.runtime import Runtime
-from src.core.utils import UserError
+from src.core.utils import UserError, softmax
 from src.core.views import parse_views
 from src.data.tables import load_test_table
 from src.ensembling import pipeline
 from src.ensembling.ledger import COLUMNS, correlation, read_ledger
 from src.evaluation.blending import combine
-from src.evaluation.metrics import compute_metric, softmax
+from src.evaluation.metrics import compute_metric
 from src.evaluation.stacking import make_stacker, nested_oof, stack_features
 from src.runs.members import aligned_oof, member_test, open_members
 

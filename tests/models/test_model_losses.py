@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from src.core.config import Config
+from src.core.task import make_task
 from src.core.utils import UserError, seed_everything
 from src.models.losses import FocalLoss, build_loss, class_weights
 from src.models.model import build_model, freeze, param_groups, set_train_mode
@@ -221,7 +222,7 @@ def test_focal_gamma_zero_equals_cross_entropy(eps: float, make_cfg):
     focal = FocalLoss(gamma=0.0, smoothing=eps)(logits, y)
     ce = F.cross_entropy(logits, y, label_smoothing=eps)
     torch.testing.assert_close(focal, ce, rtol=1e-6, atol=1e-6)
-    built = build_loss(make_cfg("loss.name=focal", "loss.gamma=0", f"loss.smoothing={eps}").loss, 5, y.numpy())
+    built = build_loss(make_cfg("loss.name=focal", "loss.gamma=0", f"loss.smoothing={eps}").loss, make_task("multiclass", map(str, range(5))), y.numpy())
     assert isinstance(built, FocalLoss)
     torch.testing.assert_close(built(logits, y), ce, rtol=1e-6, atol=1e-6)
 
@@ -233,7 +234,7 @@ def test_label_smoothing_matches_hand_reference(name: str, make_cfg):
     logp = F.log_softmax(logits, 1)
     nll = -logp[torch.arange(len(y)), y]
     by_hand = ((1 - eps) * nll + eps * (-logp).mean(1)).mean()
-    crit = build_loss(make_cfg(f"loss.name={name}", "loss.gamma=0").loss, 7, y.numpy(), smoothing=eps)
+    crit = build_loss(make_cfg(f"loss.name={name}", "loss.gamma=0").loss, make_task("multiclass", map(str, range(7))), y.numpy(), smoothing=eps)
     got = crit(logits, y)
     torch.testing.assert_close(got, by_hand, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(got, F.cross_entropy(logits, y, label_smoothing=eps), rtol=1e-6, atol=1e-6)
@@ -243,9 +244,9 @@ def test_label_smoothing_matches_hand_reference(name: str, make_cfg):
 def test_build_loss_smoothing_argument_overrides_config(make_cfg):
     logits, y = _batch()
     loss_cfg = make_cfg("loss.name=ce", "loss.smoothing=0.2").loss
-    torch.testing.assert_close(build_loss(loss_cfg, 5, y.numpy())(logits, y),
+    torch.testing.assert_close(build_loss(loss_cfg, make_task("multiclass", map(str, range(5))), y.numpy())(logits, y),
                                F.cross_entropy(logits, y, label_smoothing=0.2))
-    torch.testing.assert_close(build_loss(loss_cfg, 5, y.numpy(), smoothing=0.0)(logits, y),
+    torch.testing.assert_close(build_loss(loss_cfg, make_task("multiclass", map(str, range(5))), y.numpy(), smoothing=0.0)(logits, y),
                                F.cross_entropy(logits, y))
 
 
@@ -270,7 +271,7 @@ def test_soft_targets(make_cfg):
     soft = torch.softmax(torch.randn(12, 6, generator=g), 1)
     ref = F.cross_entropy(logits, soft)
     torch.testing.assert_close(FocalLoss(gamma=0.0)(logits, soft), ref, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(build_loss(make_cfg("loss.name=ce").loss, 6, np.zeros(12, int))(logits, soft), ref)
+    torch.testing.assert_close(build_loss(make_cfg("loss.name=ce").loss, make_task("multiclass", map(str, range(6))), np.zeros(12, int))(logits, soft), ref)
     # smoothing applies to index targets only: probability rows are taken as they are
     torch.testing.assert_close(FocalLoss(gamma=0.0, smoothing=0.3)(logits, soft), ref, rtol=1e-6, atol=1e-6)
     focal = FocalLoss(gamma=2.0)(logits, soft)
@@ -284,7 +285,7 @@ def test_balanced_class_weights(make_cfg):
     targets = np.array([0] * 6 + [1] * 3 + [2] * 1)
     w = class_weights(make_cfg("loss.class_weights=balanced").loss, targets, 3)
     torch.testing.assert_close(w, torch.tensor([10 / 18, 10 / 9, 10 / 3]))
-    crit = build_loss(make_cfg("loss.name=ce", "loss.class_weights=balanced").loss, 3, targets)
+    crit = build_loss(make_cfg("loss.name=ce", "loss.class_weights=balanced").loss, make_task("multiclass", map(str, range(3))), targets)
     logits, y = _batch(10, 3, seed=2)
     torch.testing.assert_close(crit(logits, y), F.cross_entropy(logits, y, weight=w))
     assert class_weights(make_cfg().loss, targets, 3) is None
@@ -292,7 +293,7 @@ def test_balanced_class_weights(make_cfg):
 
 def test_class_weight_list_and_focal_alpha(make_cfg):
     cfg = make_cfg("loss.name=focal", "loss.gamma=0", "loss.class_weights=[1.0, 2.0, 3.0]", "loss.alpha=[0.5, 0.5, 1.0]")
-    crit = build_loss(cfg.loss, 3, np.array([0, 1, 2]))
+    crit = build_loss(cfg.loss, make_task("multiclass", map(str, range(3))), np.array([0, 1, 2]))
     torch.testing.assert_close(crit.alpha, torch.tensor([0.5, 1.0, 3.0]))
     logits, y = _batch(10, 3, seed=4)
     per_sample = F.cross_entropy(logits, y, reduction="none") * crit.alpha[y]
@@ -301,6 +302,6 @@ def test_class_weight_list_and_focal_alpha(make_cfg):
 
 def test_class_weight_and_alpha_length_mismatch_raise_user_error(make_cfg):
     with pytest.raises(UserError, match="class_weights has 2 values for 3 classes"):
-        build_loss(make_cfg("loss.class_weights=[1.0, 2.0]").loss, 3, np.array([0, 1, 2]))
+        build_loss(make_cfg("loss.class_weights=[1.0, 2.0]").loss, make_task("multiclass", map(str, range(3))), np.array([0, 1, 2]))
     with pytest.raises(UserError, match="alpha has 4 values for 3 classes"):
-        build_loss(make_cfg("loss.name=focal", "loss.alpha=[1, 1, 1, 1]").loss, 3, np.array([0, 1, 2]))
+        build_loss(make_cfg("loss.name=focal", "loss.alpha=[1, 1, 1, 1]").loss, make_task("multiclass", map(str, range(3))), np.array([0, 1, 2]))

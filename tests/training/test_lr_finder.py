@@ -39,7 +39,7 @@ def test_the_sweep_leaves_weights_optimizer_and_scaler_untouched(demo_dir, tmp_p
     optimization(s)
     # One real update first, so that the optimizer has moments to disturb and BatchNorm buffers moved.
     x, y = next(iter(s.train_loader))
-    loss, _, _ = step_loss(s, s.model, x, y, False, False)
+    loss, _, _ = step_loss(s, s.model, x, y, s.task)
     loss.backward()
     s.optimizer.step()
     s.optimizer.zero_grad(set_to_none=True)

@@ -20,7 +20,7 @@ from src import kaggle_kernel
 from src.core.cli import run_cli
 from src.core.config import load_config
 from src.core.runtime import Runtime
-from src.core.task import Task
+from src.core.task import make_task
 from src.core.utils import UserError
 from src.data.folds import fold_counts, load_or_create_folds
 from src.data.tables import load_train_table
@@ -75,7 +75,7 @@ def test_folds_spread_every_label_evenly(comp, tmp_path):
     cfg = _cfg(comp, tmp_path)
     df, classes, path = load_or_create_folds(cfg)
     assert classes == DIGITS and path.name.endswith("_multilabel.csv") and "target" not in df
-    counts = fold_counts(df, classes, "multilabel")
+    counts = fold_counts(df, classes, make_task("multilabel", classes))
     ideal = counts.sum(axis=1).to_numpy()[:, None] / cfg.data.n_folds
     assert (np.abs(counts.to_numpy() - ideal) <= 1).all(), counts
 
@@ -89,11 +89,11 @@ def test_the_multilabel_losses():
     assert MultiLabelLoss(gamma=2.0)(logits, y) < MultiLabelLoss()(logits, y)
     cfg = load_config(ML_CONFIG, ["loss.class_weights=balanced"]).loss
     targets = np.array([[1, 0], [1, 0], [1, 1], [0, 0]], dtype=np.float32)
-    assert build_loss(cfg, 2, targets, multilabel=True).pos_weight.tolist() == pytest.approx([1 / 3, 3.0])
-    asl = build_loss(load_config(ML_CONFIG, ["loss.name=asl"]).loss, 4, y.numpy(), multilabel=True)
+    assert build_loss(cfg, make_task("multilabel", map(str, range(2))), targets).pos_weight.tolist() == pytest.approx([1 / 3, 3.0])
+    asl = build_loss(load_config(ML_CONFIG, ["loss.name=asl"]).loss, make_task("multilabel", map(str, range(4))), y.numpy())
     assert type(asl).__name__ == "AsymmetricLossMultiLabel" and float(asl(logits, y)) > 0
     with pytest.raises(UserError, match="multi-label"):
-        build_loss(load_config(ML_CONFIG, ["loss.name=asl"]).loss, 4, np.zeros(6, int))
+        build_loss(load_config(ML_CONFIG, ["loss.name=asl"]).loss, make_task("multiclass", "abcd"), np.zeros(6, int))
 
 
 def test_a_fold_trains_sigmoid_outputs_scored_per_label(comp, tmp_path):
@@ -102,7 +102,7 @@ def test_a_fold_trains_sigmoid_outputs_scored_per_label(comp, tmp_path):
     fp = fold_paths(cfg.out_dir, 0)
     oof = read_oof(fp.oof, DIGITS)
     probs = oof_probs(oof, DIGITS)
-    y = Task("multilabel", tuple(DIGITS)).targets(oof["label"])
+    y = make_task("multilabel", tuple(DIGITS)).targets(oof["label"])
     assert "target" not in oof and not np.allclose(probs.sum(1), 1.0)  # a sigmoid per label, not a softmax
     assert result["f1_macro"] == pytest.approx(f1_score(y, probs >= 0.5, average="macro", zero_division=0))
     history = pd.read_csv(fp.history)
@@ -165,7 +165,7 @@ def test_the_blend_writes_the_tags_its_oof_fitted_thresholds_give(trained, comp,
     expected = [" ".join(d for d, p, th in zip(DIGITS, row, thresholds) if p >= th) for row in probs]
     assert list(sub["label"]) == expected and "format tags" in printed
     # the printed OOF score is the score of the OOF blend decided with exactly these thresholds
-    task = Task("multilabel", tuple(DIGITS))
+    task = make_task("multilabel", tuple(DIGITS))
     member = open_members(trained, [str(trained.experiment.name)])[0]
     table, logits = member_oof(member, ["identity", "hflip"], Runtime.from_cfg(trained.runtime), trained.loader)
     y = task.targets(table["label"])
@@ -210,7 +210,7 @@ def test_global_and_fixed_thresholds_and_at_least_one_label(trained, tmp_path, c
 
 def test_what_does_not_fit_a_multilabel_task_is_refused(comp, tmp_path):
     with pytest.raises(UserError, match="does not score multi-label"):
-        check_metric_fits("qwk", 10, "multilabel")
+        check_metric_fits("qwk", 10, make_task("multilabel"))
     with pytest.raises(UserError, match="asl"):
         load_config(DEMO_CONFIG, ["loss.name=asl"])
     with pytest.raises(UserError, match="data.task=multilabel"):
@@ -240,7 +240,7 @@ def test_the_kaggle_bundle_carries_the_thresholds_and_rehearses_the_local_submis
 def _oof(cfg):
     parts = [read_oof(fold_paths(cfg.out_dir, k).oof, DIGITS) for k in (0, 1)]
     oof = pd.concat(parts, ignore_index=True)
-    return oof, Task("multilabel", tuple(DIGITS)).targets(oof["label"]), oof_probs(oof, DIGITS)
+    return oof, make_task("multilabel", tuple(DIGITS)).targets(oof["label"]), oof_probs(oof, DIGITS)
 
 
 def test_the_report_scores_each_label_and_ranks_images_by_their_binary_cross_entropy(trained):
@@ -267,7 +267,7 @@ def test_the_probe_fits_one_classifier_per_label_and_submits_tags(trained, comp,
     from src.analysis.probe import run_probe
 
     res = run_probe(trained, "logreg", tmp_path / "probe.csv")
-    y = Task("multilabel", tuple(DIGITS)).targets(res.oof["label"])
+    y = make_task("multilabel", tuple(DIGITS)).targets(res.oof["label"])
     probs = res.oof[[f"prob_{d}" for d in DIGITS]].to_numpy()
     assert not np.allclose(probs.sum(1), 1.0)  # one classifier per label, not a softmax
     assert res.scores["oof"]["f1_macro"] == pytest.approx(f1_score(y, probs >= 0.5, average="macro", zero_division=0))
@@ -295,7 +295,7 @@ def test_multilabel_pseudo_labels_join_training_parts_only(trained, comp, tmp_pa
         pseudo = train["pseudo"].to_numpy(bool)
         assert pseudo.sum() == len(pd.read_csv(path)) and not set(val["id"]) & set(train.loc[pseudo, "id"])
         targets = fold_soft_targets(cfg, train, DIGITS)
-        real = Task("multilabel", tuple(DIGITS)).targets(train.loc[~pseudo, "label"])
+        real = make_task("multilabel", tuple(DIGITS)).targets(train.loc[~pseudo, "label"])
         if is_soft:  # the blend's probabilities per label for pseudo rows, the 0/1 labels for real ones
             assert np.allclose(targets[~pseudo], real)
             assert np.allclose(targets[pseudo], train.loc[pseudo, [f"prob_{d}" for d in DIGITS]].to_numpy(), atol=1e-6)
@@ -319,7 +319,7 @@ def test_distillation_mixes_the_teachers_sigmoid_outputs_per_label(trained, tmp_
     p = oof.set_index("id").loc[train["id"], [f"prob_{d}" for d in DIGITS]].to_numpy()
     q = np.clip(p, 1e-6, 1 - 1e-6)
     teacher = 1 / (1 + np.exp(-np.log(q / (1 - q)) / 2))
-    hard = Task("multilabel", tuple(DIGITS)).targets(train["label"])
+    hard = make_task("multilabel", tuple(DIGITS)).targets(train["label"])
     assert np.allclose(targets, 0.5 * hard + 0.5 * teacher, atol=1e-6)
 
 
@@ -352,7 +352,7 @@ def test_a_stacker_per_label_is_scored_nested_and_its_thresholds_fitted_on_its_o
     printed = capsys.readouterr().out
     member = open_members(trained, [str(trained.experiment.name)])[0]
     table, logodds = member_oof(member, None, Runtime.from_cfg(trained.runtime), trained.loader)
-    y, folds = Task("multilabel", tuple(DIGITS)).targets(table["label"]), table["fold"].to_numpy()
+    y, folds = make_task("multilabel", tuple(DIGITS)).targets(table["label"]), table["fold"].to_numpy()
     nested = np.zeros(y.shape)
     for k in (0, 1):
         clf = OneVsRestClassifier(make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=42)))

@@ -18,7 +18,7 @@ from sklearn.metrics import cohen_kappa_score
 
 from src.core.config import load_config
 from src.core.runtime import Runtime
-from src.core.task import Task, expected_grade, grade_probs
+from src.core.task import expected_grade, grade_probs, make_task
 from src.core.utils import UserError
 from src.data.folds import fold_counts, load_or_create_folds
 from src.demo import build_ordinal_demo
@@ -56,16 +56,16 @@ def test_a_grade_score_travels_as_the_distribution_whose_mean_it_is():
     assert np.allclose(p.sum(1), 1) and (p >= 0).all() and ((p > 0).sum(1) <= 2).all()
     assert np.allclose(expected_grade(p), np.clip(scores, 0, 4))  # the mean is the clipped score
     assert list(p.argmax(1)) == [0, 0, 0, 1, 2, 3, 4, 4, 4]  # the argmax is its rounding
-    task = Task("ordinal", tuple(GRADES), regression=True)
+    task = make_task("ordinal", tuple(GRADES), regression=True)
     assert task.n_outputs == 1 and np.allclose(task.activate(scores[:, None]), p)
     logits = np.random.default_rng(0).normal(size=(6, 5))
     soft = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    ce = Task("ordinal", tuple(GRADES))  # a softmax head: the expected grade under its softmax
+    ce = make_task("ordinal", tuple(GRADES))  # a softmax head: the expected grade under its softmax
     assert ce.n_outputs == 5 and np.allclose(expected_grade(ce.activate(logits)), soft @ np.arange(5))
 
 
 def test_blends_average_the_grade_scores_whatever_the_head():
-    task = Task("ordinal", tuple(GRADES), regression=True)
+    task = make_task("ordinal", tuple(GRADES), regression=True)
     reg = np.array([[[1.0], [3.2]], [[3.0], [4.4]]])  # two predictors' regression outputs (K, N, 1)
     blended = combine(reg, "soft", np.array([1.0, 3.0]), task)
     assert np.allclose(expected_grade(blended), [2.5, 4.0])  # 0.25 * 1 + 0.75 * 3; 0.25 * 3.2 + 0.75 * 4 (clipped)
@@ -91,13 +91,13 @@ def test_thresholds_between_grades_beat_rounding_on_a_biased_regressor():
 
 def test_what_does_not_fit_an_ordinal_task_is_refused(comp, tmp_path):
     with pytest.raises(UserError, match="does not score ordinal"):
-        check_metric_fits("roc_auc", 5, "ordinal")
+        check_metric_fits("roc_auc", 5, make_task("ordinal"))
     with pytest.raises(UserError, match="loss.name=mse regresses a grade"):
         load_config(DEMO_CONFIG, ["loss.name=mse"])
     with pytest.raises(UserError, match="integer grades"):
-        Task("ordinal", ("mild", "none", "severe"))
+        make_task("ordinal", ("mild", "none", "severe"))
     with pytest.raises(UserError, match="loss.smoothing"):
-        build_loss(_cfg(comp, tmp_path, "loss.smoothing=0.1").loss, 5, np.zeros(4, int), regression=True)
+        build_loss(_cfg(comp, tmp_path, "loss.smoothing=0.1").loss, make_task("ordinal", map(str, range(5)), regression=True), np.zeros(4, int))
     bad = tmp_path / "bad"
     shutil.copytree(comp, bad, ignore=shutil.ignore_patterns("test"))
     train = pd.read_csv(bad / "train.csv", dtype=str)
@@ -119,7 +119,7 @@ def test_the_regression_losses_are_torchs():
 def test_folds_are_stratified_by_grade(comp, tmp_path):
     df, classes, _ = load_or_create_folds(_cfg(comp, tmp_path))
     assert classes == GRADES
-    counts = fold_counts(df, classes, "ordinal").to_numpy()
+    counts = fold_counts(df, classes, make_task("ordinal", classes)).to_numpy()
     assert (np.abs(counts - counts.sum(1, keepdims=True) / 5) <= 1).all()
 
 

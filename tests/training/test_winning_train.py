@@ -15,12 +15,11 @@ import pytest
 
 import src.pseudo as pseudo_cli
 from src.core.runtime import Runtime
-from src.core.utils import UserError
+from src.core.utils import UserError, softmax
 from src.data.folds import fold_tables
 from src.data.pseudo_rows import pseudo_digest
 from src.data.tables import prob_columns
 from src.ensembling.pseudo_labels import make_pseudo
-from src.evaluation.metrics import softmax
 from src.runs.layout import fold_paths, read_oof
 from src.runs.members import member_oof_views, open_member
 from src.training.soft_targets import fold_soft_targets

@@ -19,12 +19,11 @@ import torch
 
 import src.training.trainer as trainer
 from src.core.runtime import Runtime, predict
-from src.core.utils import UserError
+from src.core.utils import UserError, softmax
 from src.data.folds import fold_tables
 from src.data.loaders import ImageDataset, make_loader
 from src.data.tables import prob_columns
 from src.data.transforms import build_transform, resolve_norm
-from src.evaluation.metrics import softmax
 from src.runs.checkpoint import CheckpointKeeper, load_checkpoint
 from src.runs.layout import fold_paths, read_oof
 from src.runs.members import member_oof_views, open_member
