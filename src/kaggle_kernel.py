@@ -212,7 +212,7 @@ VERBS = {
                        _rehearse_train_options, None, rehearse_train),
     "pull": ("bring training notebooks' finished folds into outputs/<experiment>/", _pull_options, _prepare_pull, pull),
 }
-# The flags that chose the purpose before the verbs, and the verb each meant.
+# The flags that chose the purpose before the verbs (old_spelling names the verb each meant).
 OLD_FLAGS = ("--pull", "--train", "--rehearse")
 
 
@@ -229,25 +229,32 @@ def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     return top, verbs
 
 
-def old_spelling(argv: list[str]) -> str:
-    """The one sentence for a command line without a verb first: the verb it meant, with its words."""
+def old_spelling(argv: list[str], verbs: dict[str, argparse.ArgumentParser]) -> str:
+    """The one sentence for a command line without a verb first: the verb it meant, with its words
+    (less the options that verb does not take)."""
     if not argv:
-        return f"{PROG} now takes a verb first ({', '.join(VERBS)}): use e.g. `{PROG} build --config configs/<name>.yaml --experiments <exp>`"
+        return (f"{PROG} now takes a verb first ({', '.join(VERBS)}): use e.g. `{PROG} build --config "
+                "configs/<name>.yaml --experiments <exp>`")
     misplaced = next((w for w in argv if w in VERBS), None)
     flags = set(argv) & set(OLD_FLAGS)
     verb = misplaced or ("pull" if "--pull" in flags else "rehearse-train" if {"--train", "--rehearse"} <= flags else
                          "train" if "--train" in flags else "rehearse" if "--rehearse" in flags else "build")
-    words = [w for i, w in enumerate(argv) if w != misplaced or i != argv.index(misplaced)]
-    kernels, rest, after_pull = [], [], False
-    for w in words:
-        if w == "--pull":
-            after_pull = True
-        elif after_pull and not w.startswith("-") and "=" not in w:
+    known = {s for a in verbs[verb]._actions for s in a.option_strings} | {"--config"}  # argparse lists them nowhere public
+    kernels, rest, dropped, after_pull, dropping = [], [], [], False, False
+    for i, w in enumerate(argv):
+        if w in OLD_FLAGS or (w == misplaced and i == argv.index(w)):
+            after_pull = w == "--pull"
+            continue
+        if after_pull and not w.startswith("-") and "=" not in w:
             kernels.append(w)  # --pull's kernels are pull's positionals
-        else:
-            after_pull = False
-            rest += [] if w in OLD_FLAGS else [w]
-    return f"{PROG} now takes a verb first ({', '.join(VERBS)}): use `{PROG} {shlex.join([verb, *kernels, *rest])}`"
+            continue
+        after_pull = False
+        if w.startswith("-") or "=" in w:  # an option, or a section.key=value override
+            dropping = w.startswith("-") and w.split("=")[0] not in known
+            dropped += [w] if dropping else []
+        (rest if not dropping else []).append(w)
+    without = f" (without {', '.join(dropped)}, which {verb} does not take)" if dropped else ""
+    return f"{PROG} now takes a verb first ({', '.join(VERBS)}): use `{PROG} {shlex.join([verb, *kernels, *rest])}`{without}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -256,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] not in VERBS:
         if argv and argv[0] in ("-h", "--help"):
             top.parse_args(argv)  # prints the help and exits
-        raise UserError(old_spelling(argv))
+        raise UserError(old_spelling(argv, verbs))
     _, _, prepare, run = VERBS[argv[0]]
     args, cfg = parse_config(verbs[argv[0]], argv[1:], prepare=prepare)
     run(args, cfg)

@@ -272,16 +272,18 @@ OLD_SPELLINGS = [  # (the words after `python -m src.kaggle_kernel`, the command
     (["--config", "configs/demo.yaml", "--pull", "you/a-train-fold0", "you/a-train-fold1", "--pulled", "d"],
      "pull you/a-train-fold0 you/a-train-fold1 --config configs/demo.yaml --pulled d"),
     (["--config", "configs/demo.yaml", "rehearse"], "rehearse --config configs/demo.yaml"),
+    (["--config", "configs/demo.yaml", "--experiments", "demo", "--rehearse", "data.n_folds=2"],
+     "rehearse --config configs/demo.yaml data.n_folds=2` (without --experiments, which rehearse does not take"),
 ]
 
 
 @pytest.mark.parametrize("argv,meant", OLD_SPELLINGS, ids=["no-verb", "build", "rehearse", "train", "train-rehearse",
-                                                           "pull", "verb-last"])
+                                                           "pull", "verb-last", "not-its-option"])
 def test_an_old_spelling_names_the_new_command_and_writes_nothing(argv, meant, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     code, out, err = _cli(argv, capsys)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
-    assert "python -m src.kaggle_kernel now takes a verb first" in err and f"`python -m src.kaggle_kernel {meant}`" in err
+    assert "python -m src.kaggle_kernel now takes a verb first" in err and f"`python -m src.kaggle_kernel {meant}" in err
     assert list(tmp_path.iterdir()) == []
 
 
