@@ -26,6 +26,7 @@ from src.data.folds import load_or_create_folds
 from src.ensembling.pipeline import blend_thresholds
 from src.ensembling.view_selection import resolve_views
 from src.evaluation.blending import check_voting
+from src.kaggle import slugs
 from src.kaggle.wheels import IMAGE_FILE, download_wheels, needed_wheels, read_image
 from src.runs.checkpoint import load_checkpoint, save_checkpoint
 from src.runs.layout import file_sha1, fold_paths, fold_record, read_oof, write_done
@@ -55,6 +56,41 @@ class BundleSpec:
     @property
     def dataset_slug(self) -> str:
         return self.dataset.split("/", 1)[1]
+
+
+def bundle_spec(cfg: Config, *, experiments: list[str] | None = None, views: list[str] | None = None,
+                voting: str | None = None, fmt: str | None = None, competition: str | None = None,
+                dataset: str | None = None, kernel: str | None = None, gpu: bool = True, half: bool = False,
+                image: Path = IMAGE_FILE, kernel_sources: list[str] | None = None) -> BundleSpec:
+    """The bundle's spec from the command's choices, each None for the config's (or a name derived
+    from the members and $KAGGLE_USERNAME); the slugs and the image list checked before anything is built.
+
+    Args:
+        experiments: the members (default: the config's experiment).
+        views: TTA views, `auto [CANDIDATES]` included (default: ensemble.tta); fixed when the bundle is built.
+        competition: the slug of /kaggle/input/<competition>/ (default: data.dir's folder name).
+        dataset, kernel: USER/SLUG of the bundle dataset and of the notebook.
+        kernel_sources: --from-kernels: the training notebooks whose outputs hold the folds.
+    """
+    from src.core.views import split_auto
+
+    if not Path(image).is_file():
+        raise UserError(f"--image {image} does not exist; give a list of the Kaggle image's packages "
+                        "(name==version lines), or leave --image out for today's image")
+    members = experiments or [str(cfg.experiment.name)]
+    user, name = slugs.kaggle_user(), slugs.slug("-".join(members))
+    views = views or cfg.ensemble.tta  # [auto, ...]: chosen on OOF when the bundle is built
+    split_auto(views)  # a wrong view name stops here
+    spec = BundleSpec(
+        members=members, views=views, weights=[], voting=voting or cfg.ensemble.voting, fmt=fmt or cfg.ensemble.format,
+        competition=competition or slugs.slug(Path(cfg.data.dir).resolve().name),
+        dataset=dataset or f"{user}/{slugs.derived(name, 'bundle')}",
+        kernel=kernel or f"{user}/{slugs.derived(name, 'inference')}",
+        gpu=gpu, half=half, image=Path(image), kernel_sources=kernel_sources,
+    )
+    slugs.check_slug("--dataset", spec.dataset, slugs.DATASET_SLUG)
+    slugs.check_slug("--kernel", spec.kernel, slugs.KERNEL_SLUG)
+    return spec
 
 
 def check_competition(cfg: Config, members: list[Member]) -> None:
@@ -141,27 +177,10 @@ sys.path.insert(0, os.path.join(BUNDLE, "code"))
 from src.kaggle.wheels import install_wheels
 install_wheels(os.path.join(BUNDLE, "wheels"))  # offline, and only where the image's version does not fit'''
 
+# The same code as `python -m src.ensemble`, with the bundle's fixed members, views and weights.
 NOTEBOOK_RUN = '''\
-import json
-from pathlib import Path
-import yaml
-from src.core.config import config_from_dict
-from src.ensembling.pipeline import run  # the same code as `python -m src.ensemble`
-
-manifest = json.loads(Path(BUNDLE, "MANIFEST.json").read_text())
-stored = yaml.safe_load(Path(BUNDLE, "config.yaml").read_text())
-stored["data"]["dir"] = os.path.join(ROOT, "input", manifest["competition"])
-stored["experiment"]["output_dir"] = os.path.join(BUNDLE, "outputs")
-stored["loader"]["num_workers"] = min(4, os.cpu_count() or 1)
-stored["data"]["cache"] = False  # the input folder is read-only, and one pass per member decodes each image once anyway
-if manifest["kernel_sources"]:  # --from-kernels: each fold from the training notebook that left it
-    from src.kaggle.training import link_kernel_folds
-    stored["experiment"]["output_dir"] = link_kernel_folds(ROOT, manifest)
-cfg = config_from_dict(stored, "the bundle's config.yaml")
-out = run(cfg, manifest["members"], manifest["views"], manifest["weights"], manifest["voting"],
-          Path(ROOT, "working", "submission.csv"), manifest["format"], report=False, cache=False,
-          thresholds=manifest.get("thresholds"))
-print(f"wrote {{out}} in {{time.time() - T0:.0f}} s")'''
+from src.kaggle.on_kaggle import infer
+infer(ROOT, BUNDLE, T0)'''
 
 
 def write_notebook(root: Path, spec: BundleSpec) -> Path:
@@ -173,7 +192,7 @@ def write_notebook(root: Path, spec: BundleSpec) -> Path:
                                       f"({len(spec.views)} TTA views) with the code and weights of the dataset "
                                       f"`{spec.dataset}`; writes `/kaggle/working/submission.csv`."),
         nbformat.v4.new_code_cell(NOTEBOOK_SETUP.format(slug=spec.dataset_slug)),
-        nbformat.v4.new_code_cell(NOTEBOOK_RUN.format()),
+        nbformat.v4.new_code_cell(NOTEBOOK_RUN),
     ]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.validate(nb)
@@ -211,7 +230,7 @@ def build_bundle(cfg: Config, spec: BundleSpec, weights, out: Path, wheels: bool
     try:
         write_dataset(tmp / "dataset", cfg, members, spec, wheels)
         write_notebook(tmp / "notebook", spec)
-        if (out / "train").is_dir():  # the training notebooks (--train) are built beside and stay
+        if (out / "train").is_dir():  # the training notebooks (the train verb) are built beside and stay
             os.replace(out / "train", tmp / "train")
         if out.exists():
             shutil.rmtree(out)

@@ -43,6 +43,8 @@ def check_scale(cfg: Config, scale: int, hidden_size: int | None, tmp: Path) -> 
     """Refuse, before anything is written, a --scale that rehearses more images than the hidden
     test set (or MAX_REHEARSED) or that the temporary folder's disk cannot hold (hard links cost a
     directory entry each; a copy, where the test images sit on another filesystem, their bytes)."""
+    if scale < 1:
+        raise UserError(f"--scale {scale} must be at least 1")
     test, _ = load_test_table(cfg.data)
     n = len(test)
     total, cap = n * scale, max(hidden_size or 0, MAX_REHEARSED)
@@ -92,38 +94,23 @@ def fake_competition(cfg: Config, dest: Path, scale: int) -> pd.DataFrame:
 IMAGE_GUARD = '''\
 # Rehearsal only: the packages the Kaggle image lacks are hidden, as they are on Kaggle, until the
 # bundle's wheels install them (into KAGGLE_WHEELS_TARGET, first on sys.path).
-import importlib.metadata as _md, os as _os, re as _re, sys as _sys
-_LACKS, _MODULES = {lacks!r}, {modules!r}
-_TARGET = _os.environ["KAGGLE_WHEELS_TARGET"]
-def _in_target(top):
-    return any(_os.path.exists(_os.path.join(_TARGET, top + ext)) for ext in ("", ".py"))
-class _KaggleImage:
-    def find_spec(self, name, path=None, target=None):
-        top = name.split(".")[0]
-        if top in _MODULES and not _in_target(top):
-            raise ModuleNotFoundError(f"No module named {{top!r}}: the Kaggle image lacks {{_MODULES[top]}} and no "
-                                      "bundled wheel installed it", name=top)
-        return None
-_sys.meta_path.insert(0, _KaggleImage())
-_version = _md.version
-def _image_version(name):
-    dist = _re.sub(r"[-_.]+", "-", name).lower()
-    if dist in _LACKS and not any(_re.sub(r"[-_.]+", "-", d.name.split("-")[0]).lower() == dist
-                                  for d in __import__("pathlib").Path(_TARGET).glob("*.dist-info")):
-        raise _md.PackageNotFoundError(name)
-    return _version(name)
-_md.version = _image_version'''
+import sys
+sys.path.insert(0, {code!r})  # the bundle's code, as the next cell puts it
+from src.kaggle.wheels import hide_lacking
+hide_lacking({lacks!r}, {modules!r})'''
 
 
-def guarded_notebook(notebook: Path, lacks: list[str], dest: Path) -> Path:
-    """A copy of the notebook that first hides the packages the Kaggle image lacks (IMAGE_GUARD)."""
+def guarded_notebook(notebook: Path, lacks: list[str], code: Path, dest: Path) -> Path:
+    """A copy of the notebook that first hides the packages the Kaggle image lacks (IMAGE_GUARD,
+    with the bundle's code at `code`, so that the notebook imports that copy of src and no other)."""
     from src.kaggle.wheels import canonical
 
     modules = {m: ", ".join(sorted({canonical(d) for d in ds} & set(lacks)))
                for m, ds in importlib.metadata.packages_distributions().items()
                if {canonical(d) for d in ds} & set(lacks) and not m.startswith("_")}
     nb = nbformat.read(notebook, as_version=4)
-    nb.cells.insert(0, nbformat.v4.new_code_cell(IMAGE_GUARD.format(lacks=sorted(lacks), modules=modules)))
+    cell = IMAGE_GUARD.format(code=str(code), lacks=sorted(lacks), modules=modules)
+    nb.cells.insert(0, nbformat.v4.new_code_cell(cell))
     nbformat.write(nb, dest)
     return dest
 
@@ -198,6 +185,9 @@ def rehearse(cfg: Config, build: Path, scale: int = 1, time_limit_h: float = 9.0
         kaggle_root: a --from-kernels bundle: the fake /kaggle whose input/<kernel-slug>/ the training
             notebooks' rehearsal left (src.kaggle.training.rehearse_training).
     """
+    if not (build / "dataset" / "MANIFEST.json").is_file():
+        raise UserError(f"{build} holds no built bundle; build it first (python -m src.kaggle_kernel build --config "
+                        "<config> --experiments ...)")
     manifest = json.loads((build / "dataset" / "MANIFEST.json").read_text())
     notebook = next((build / "notebook").glob("*.ipynb"))
     check_scale(cfg, scale, hidden_size, Path(tempfile.gettempdir()))
@@ -219,7 +209,7 @@ def _kernel_inputs(manifest: dict, kaggle_root: Path | None, root: Path) -> None
         src = None if kaggle_root is None else kaggle_root / "input" / slug
         if src is None or not src.is_dir():
             raise UserError(f"the bundle reads its folds from {kernel}'s output; rehearse the training notebooks first "
-                            "(--train --rehearse --kaggle-root DIR) and pass the same --kaggle-root DIR")
+                            "(python -m src.kaggle_kernel rehearse-train --kaggle-root DIR) and pass the same --kaggle-root DIR")
         os.symlink(src.resolve(), root / "input" / slug)
 
 
@@ -235,7 +225,8 @@ def _rehearse(cfg: Config, build: Path, manifest: dict, notebook: Path, scale: i
         inputs = (build / "dataset", root / "input" / manifest["competition"])
         before = snapshot(*inputs)
         lacks = manifest.get("image", {}).get("lacks", [])
-        guarded = guarded_notebook(notebook, lacks, root / "rehearsal.ipynb")
+        code = root / "input" / manifest["dataset"].split("/", 1)[1] / "code"
+        guarded = guarded_notebook(notebook, lacks, code, root / "rehearsal.ipynb")
         t0 = time.time()
         cells = execute_notebook(guarded, root)[1:]  # the guard cell is the rehearsal's, not the notebook's
         seconds = time.time() - t0

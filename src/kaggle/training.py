@@ -27,6 +27,7 @@ import yaml
 from src.core.config import CONFIG_DIR, Config
 from src.core.utils import UserError, atomic_write_text
 from src.data.folds import folds_path
+from src.kaggle import slugs
 from src.kaggle.bundle import SRC_DIR, fetch_wheels
 from src.kaggle.rehearsal import check_inputs_untouched, execute_notebook, snapshot
 from src.kaggle.wheels import IMAGE_FILE
@@ -49,6 +50,29 @@ class TrainSpec:
     def kernel(self, fold: int) -> str:
         name = self.experiment.lower().replace("_", "-")[:36].strip("-")
         return f"{self.user}/{name}-train-fold{fold}"
+
+
+def train_spec(cfg: Config, *, folds: list[int] | None = None, competition: str | None = None,
+               code: str | None = None, accelerator: str = "NvidiaTeslaT4", timeout: int = 12 * 3600,
+               weights: str | None = None, image: Path = IMAGE_FILE) -> TrainSpec:
+    """The training notebooks' spec for cfg's experiment, the slugs checked before anything is built.
+
+    Args:
+        folds: the folds, one notebook each (default: all of data.n_folds).
+        competition: the slug of /kaggle/input/<competition>/ (default: data.dir's folder name).
+        code: USER/SLUG of the code dataset (default: $KAGGLE_USERNAME/<experiment>-code).
+        accelerator, timeout: what `kaggle kernels push` asks for, and one session's seconds.
+        weights: USER/SLUG of the dataset holding model.pretrained_path's file.
+    """
+    user, name = slugs.kaggle_user(), str(cfg.experiment.name)
+    spec = TrainSpec(experiment=name, folds=folds if folds is not None else list(range(cfg.data.n_folds)), user=user,
+                     competition=competition or slugs.slug(Path(cfg.data.dir).resolve().name),
+                     code=code or f"{user}/{slugs.derived(slugs.slug(name), 'code')}", accelerator=accelerator,
+                     timeout=timeout, weights=weights, image=Path(image))
+    slugs.check_slug("--dataset", spec.code, slugs.DATASET_SLUG)
+    for k in spec.folds:
+        slugs.check_slug("--kernel", spec.kernel(k), slugs.KERNEL_SLUG)
+    return spec
 
 
 def check_weights_source(cfg: Config, spec: TrainSpec) -> str | None:
@@ -75,73 +99,11 @@ sys.path.insert(0, CODE)
 from src.kaggle.wheels import install_wheels
 install_wheels(os.path.join(CODE, "wheels"))  # offline, and only where the image's version does not fit'''
 
+# The training itself is src.kaggle.on_kaggle.train: the cell only names the fold and its sources.
 TRAIN = '''\
-import json, shutil
-from pathlib import Path
-import yaml
-from src.core.config import config_from_dict, with_overrides
-from src.kaggle.training import TimeBudget, finish_on_kaggle
-from src.training.trainer import train_fold
-
-EXPERIMENT, FOLD, KERNEL, BUDGET_S = {experiment!r}, {fold}, {kernel!r}, {budget}
-stored = yaml.safe_load(Path(CODE, "config.yaml").read_text())
-stored["data"]["dir"] = os.path.join(ROOT, "input", {competition!r})
-stored["experiment"]["output_dir"] = os.path.join(ROOT, "working", "outputs")
-stored["data"]["cache_dir"] = os.path.join(ROOT, "tmp", "cache")  # not part of the notebook's output
-stored["wandb"]["mode"] = "disabled"  # no internet
-if {weights_file!r}:
-    stored["model"]["pretrained_path"] = os.path.join(ROOT, "input", {weights!r}, {weights_file!r})
-# The rehearsal's short epochs (unset on Kaggle):
-stored = with_overrides(stored, os.environ.get("KAGGLE_TRAIN_OVERRIDES", "").split(), "KAGGLE_TRAIN_OVERRIDES")
-cfg = config_from_dict(stored, "the code dataset's config.yaml")
-here = Path(cfg.out_dir, f"fold{{FOLD}}")
-Path(cfg.experiment.output_dir, "folds").mkdir(parents=True, exist_ok=True)
-for f in Path(CODE, "folds").iterdir():  # the local split and its class list, exactly
-    shutil.copy(f, Path(cfg.experiment.output_dir, "folds", f.name))
-previous = Path(ROOT, "input", KERNEL.split("/")[1], "outputs", EXPERIMENT, f"fold{{FOLD}}")
-resume = (previous / "last.pt").is_file() and not (previous / "done.json").is_file()
-if resume:  # the previous version stopped before the end: go on from its last epoch
-    shutil.copytree(previous, here, dirs_exist_ok=True)
-    print(f"resuming fold {{FOLD}} from the previous version's output ({{previous}})")
-try:
-    result = train_fold(cfg, FOLD, resume=resume, on_epoch=TimeBudget(T0, BUDGET_S))
-    finish_on_kaggle(here)
-    print(f"fold {{FOLD}} finished: {{result['monitor']}} {{result['best']:.4f}} in {{time.time() - T0:.0f}} s")
-except TimeBudget.Stop as e:
-    print(f"fold {{FOLD}} stopped before the session's end ({{e}}); push a new version of this notebook with "
-          "its own output attached (kernel_sources) to resume")'''
-
-
-class TimeBudget:
-    """on_epoch for train_fold: stop after the epoch when another one (as long as the longest so
-    far) would overrun the session's budget; last.pt is on disk by then."""
-
-    class Stop(Exception):
-        pass
-
-    def __init__(self, t0: float, budget_s: float):
-        import time
-
-        self.t0, self.budget, self.clock, self.last, self.longest = t0, budget_s, time.time, time.time(), 0.0
-
-    def __call__(self, epoch: int, value: float) -> None:
-        now = self.clock()
-        self.longest, self.last = max(self.longest, now - self.last), now
-        if now - self.t0 + 1.2 * self.longest > self.budget:
-            raise TimeBudget.Stop(f"after epoch {epoch}, {now - self.t0:.0f} s of {self.budget:.0f} s used")
-
-
-def finish_on_kaggle(fold_dir: Path) -> None:
-    """A finished fold's output: best.pt slimmed as the inference bundle's (done.json's sha1
-    follows), last.pt and the top-k copies dropped."""
-    from src.kaggle.bundle import slim_checkpoint
-    from src.runs.layout import file_sha1, fold_paths, fold_record, write_done
-
-    fp = fold_paths(fold_dir.parent, int(fold_dir.name.removeprefix("fold")))
-    slim_checkpoint(fp.best, fp.best, half=False)
-    write_done(fp, {**fold_record(fp), "best_sha1": file_sha1(fp.best)})
-    fp.last.unlink(missing_ok=True)
-    shutil.rmtree(fp.dir / "top", ignore_errors=True)
+from src.kaggle.on_kaggle import train
+train(ROOT, CODE, T0, experiment={experiment!r}, fold={fold}, kernel={kernel!r}, budget_s={budget},
+      competition={competition!r}, weights={weights!r}, weights_file={weights_file!r})'''
 
 
 def write_code_dataset(root: Path, cfg: Config, spec: TrainSpec, wheels: bool) -> None:
@@ -179,8 +141,7 @@ def write_train_notebook(root: Path, cfg: Config, spec: TrainSpec, fold: int, we
         nbformat.v4.new_code_cell(SETUP.format(code=spec.code.split("/", 1)[1])),
         nbformat.v4.new_code_cell(TRAIN.format(
             experiment=spec.experiment, fold=fold, kernel=kernel, budget=int(spec.timeout * 0.95) - 300,
-            competition=spec.competition, weights=(spec.weights or "/").split("/", 1)[1], weights_file=weights_file or "",
-            )),
+            competition=spec.competition, weights=(spec.weights or "/").split("/", 1)[1], weights_file=weights_file or "")),
     ]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.validate(nb)
@@ -216,35 +177,65 @@ def build_training(cfg: Config, spec: TrainSpec, out: Path, wheels: bool = True)
     return [out / f"fold{k}" for k in spec.folds]
 
 
-def rehearse_training(cfg: Config, build: Path, root: Path, folds: list[int], overrides: str) -> dict[int, float]:
+def rehearse_training(cfg: Config, build: Path, root: Path, folds: list[int] | None, overrides: str,
+                      pace: float | None = None) -> list[dict]:
     """Run each fold's notebook on the fake /kaggle `root` (created if needed; input/<competition> and
     input/<code> are linked in), `overrides` (e.g. "train.epochs=1") for short epochs; then move its
-    working/ to input/<kernel-slug>/, where its next version finds it. Returns each fold's seconds."""
+    working/ to input/<kernel-slug>/, where its next version finds it.
+
+    Args:
+        build: the built training notebooks (kaggle_kernel/build/train).
+        folds: the folds to rehearse (default: every fold built).
+        pace: training images a second on the Kaggle accelerator, for the estimate (estimate_fold).
+
+    Returns, for each fold: {fold, seconds, output (its fold folder), estimate (a line, or None
+    where the notebook left no history)}.
+    """
+    if not (build / "code" / "TRAIN.json").is_file():
+        raise UserError(f"{build} holds no built training notebooks; build them first (python -m src.kaggle_kernel "
+                        "train --config <config>)")
+    built = json.loads((build / "code" / "TRAIN.json").read_text())
+    folds = folds if folds is not None else [int(k) for k in built["kernels"]]
+    unbuilt = [k for k in folds if str(k) not in built["kernels"]]
+    if unbuilt:
+        raise UserError(f"--folds {unbuilt} have no notebook in {build} (it holds folds {list(built['kernels'])}); "
+                        f"build them first (python -m src.kaggle_kernel train --folds ...)")
     code_meta = json.loads((build / "code" / "dataset-metadata.json").read_text())
     (root / "input").mkdir(parents=True, exist_ok=True)
     code_in = root / "input" / code_meta["id"].split("/", 1)[1]
     if not code_in.exists():
         os.symlink((build / "code").resolve(), code_in)
-    seconds = {}
+    results = []
     for k in folds:
-        meta = json.loads((build / f"fold{k}" / "kernel-metadata.json").read_text())
-        comp = root / "input" / meta["competition_sources"][0]
-        if not comp.exists():
-            os.symlink(Path(cfg.data.dir).resolve(), comp)
-        own = root / "input" / meta["id"].split("/", 1)[1]
-        inputs = [build / "code", Path(cfg.data.dir)] + ([own] if own.exists() else [])
-        before = snapshot(*inputs)
-        shutil.rmtree(root / "working", ignore_errors=True)
-        (root / "working").mkdir()
-        os.environ["KAGGLE_TRAIN_OVERRIDES"] = overrides
-        try:
-            seconds[k] = sum(execute_notebook(build / f"fold{k}" / meta["code_file"], root))
-        finally:
-            os.environ.pop("KAGGLE_TRAIN_OVERRIDES", None)
-        check_inputs_untouched(before, snapshot(*inputs))
-        shutil.rmtree(own, ignore_errors=True)
-        shutil.move(root / "working", own)  # Kaggle mounts a notebook's output as input/<kernel-slug>/
-    return seconds
+        seconds, own = _rehearse_fold(cfg, build, root, k, overrides)
+        fold_out = own / "outputs" / str(cfg.experiment.name) / f"fold{k}"
+        estimate = (estimate_fold(cfg, k, fold_out, built["timeout"], pace)
+                    if (fold_out / "history.csv").is_file() else None)
+        results.append({"fold": k, "seconds": seconds, "output": fold_out, "estimate": estimate})
+    return results
+
+
+def _rehearse_fold(cfg: Config, build: Path, root: Path, k: int, overrides: str) -> tuple[float, Path]:
+    """One fold's notebook on the fake root: its seconds, and input/<kernel-slug>/, where its
+    working/ went."""
+    meta = json.loads((build / f"fold{k}" / "kernel-metadata.json").read_text())
+    comp = root / "input" / meta["competition_sources"][0]
+    if not comp.exists():
+        os.symlink(Path(cfg.data.dir).resolve(), comp)
+    own = root / "input" / meta["id"].split("/", 1)[1]
+    inputs = [build / "code", Path(cfg.data.dir)] + ([own] if own.exists() else [])
+    before = snapshot(*inputs)
+    shutil.rmtree(root / "working", ignore_errors=True)
+    (root / "working").mkdir()
+    os.environ["KAGGLE_TRAIN_OVERRIDES"] = overrides
+    try:
+        seconds = sum(execute_notebook(build / f"fold{k}" / meta["code_file"], root))
+    finally:
+        os.environ.pop("KAGGLE_TRAIN_OVERRIDES", None)
+    check_inputs_untouched(before, snapshot(*inputs))
+    shutil.rmtree(own, ignore_errors=True)
+    shutil.move(root / "working", own)  # Kaggle mounts a notebook's output as input/<kernel-slug>/
+    return seconds, own
 
 
 # Settings a fold trained on Kaggle may have differently from the local experiment (paths, workers,
@@ -324,33 +315,6 @@ def pull(cfg: Config, kernel: str, pulled: Path | None, force: bool) -> list[int
             shutil.rmtree(here, ignore_errors=True)
             part.rename(here)
     return [int(d.name[4:]) for d in folds]
-
-
-def link_kernel_folds(root: str, manifest: dict) -> str:
-    """In the inference notebook (--from-kernels): link every fold the manifest names from the
-    training notebooks' outputs (input/<kernel-slug>/outputs/<member>/fold<k>/) into one outputs
-    folder under tmp/, each the very best.pt the bundle was built from; return that folder."""
-    from src.runs.layout import file_sha1
-
-    out = Path(root, "tmp", "outputs")
-    found = {}
-    for kernel in manifest["kernel_sources"]:
-        for done in Path(root, "input", kernel.split("/", 1)[1], "outputs").glob("*/fold*/done.json"):
-            found[(done.parent.parent.name, done.parent.name[4:])] = done.parent
-    for member, folds in manifest["folds"].items():
-        for k in folds:
-            src = found.get((member, str(k)))
-            if src is None:
-                raise UserError(f"no attached training notebook holds fold {k} of {member}; attach the one that "
-                                f"trained it (kernel_sources: {manifest['kernel_sources']})")
-            if file_sha1(src / "best.pt") != manifest["best_sha1"][member][str(k)]:
-                raise UserError(f"fold {k} of {member} in {src} is not the run the bundle was built from (a newer "
-                                "version of its training notebook?); pull it and build the bundle again")
-            dest = out / member / f"fold{k}"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if not dest.exists():
-                os.symlink(src, dest)
-    return str(out)
 
 
 def estimate_fold(cfg: Config, fold: int, fold_out: Path, timeout: int, pace: float | None) -> str:

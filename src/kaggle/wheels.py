@@ -144,3 +144,37 @@ def install_wheels(folder: str | Path) -> list[str]:
     installed = [f"{n}=={w['version']}" for n, w in todo.items()]
     print("installed " + (", ".join(installed) if installed else "nothing: the image's versions fit"))
     return installed
+
+
+def hide_lacking(lacks: list[str], modules: dict[str, str]) -> None:
+    """Rehearsal only, before anything else runs: hide the packages the Kaggle image lacks, as they
+    are hidden on Kaggle, from imports and from importlib.metadata, until a bundled wheel installs
+    them into wheel_target().
+
+    Args:
+        lacks: the distributions the image lacks (MANIFEST.json's image.lacks), canonical names.
+        modules: top-level module -> the lacked distributions that provide it (for the error).
+    """
+    target = wheel_target()
+
+    def in_target(top: str) -> bool:
+        return any(os.path.exists(os.path.join(target, top + ext)) for ext in ("", ".py"))
+
+    class KaggleImage:  # a meta path finder that refuses the lacked modules
+        def find_spec(self, name, path=None, target=None):
+            top = name.split(".")[0]
+            if top in modules and not in_target(top):
+                raise ModuleNotFoundError(f"No module named {top!r}: the Kaggle image lacks {modules[top]} and no "
+                                          "bundled wheel installed it", name=top)
+            return None
+
+    sys.meta_path.insert(0, KaggleImage())
+    version = importlib.metadata.version
+
+    def image_version(name: str) -> str:
+        dist = canonical(name)
+        if dist in lacks and not any(canonical(d.name.split("-")[0]) == dist for d in Path(target).glob("*.dist-info")):
+            raise importlib.metadata.PackageNotFoundError(name)
+        return version(name)
+
+    importlib.metadata.version = image_version

@@ -33,7 +33,8 @@ def test_every_command_has_help_showing_how_it_is_called(name, capsys):
     ["report"],
     ["probe"],
     ["tune", "--n-trials", "1"],
-    ["kaggle_kernel"],
+    ["kaggle_kernel", "build"],
+    ["kaggle_kernel", "train"],
     ["pseudo", "--experiments", "x"],
 ])
 def test_no_competition_configured_is_one_sentence_and_writes_nothing(argv, tmp_path, monkeypatch, capsys):

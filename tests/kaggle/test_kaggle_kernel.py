@@ -37,10 +37,11 @@ def trained(demo_dir, tiny_cfg, tmp_path_factory):
     return out
 
 
-def _args(demo_dir, root: Path, *extra: str, data_dir: Path | None = None) -> list[str]:
-    return ["--config", str(REPO / "configs" / "demo.yaml"), "--experiments", "tiny", "--out", str(root / "build"),
-            f"data.dir={data_dir or demo_dir}", f"experiment.output_dir={root / 'outputs'}", "data.n_folds=2",
-            "loader.num_workers=0", "wandb.mode=disabled", *extra]
+def _args(verb: str, demo_dir, root: Path, *extra: str, data_dir: Path | None = None) -> list[str]:
+    """`verb` on the tiny experiment (build: its member) with the build in root/build."""
+    return [verb, "--config", str(REPO / "configs" / "demo.yaml"), *(["--experiments", "tiny"] if verb == "build" else []),
+            "--out", str(root / "build"), f"data.dir={data_dir or demo_dir}", f"experiment.output_dir={root / 'outputs'}",
+            "data.n_folds=2", "loader.num_workers=0", "wandb.mode=disabled", *extra]
 
 
 def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -58,13 +59,13 @@ def built(demo_dir, trained, tmp_path_factory):
     """A bundle (no wheels) of the tiny experiment, with hflip TTA and fitted weights."""
     root = tmp_path_factory.mktemp("built")
     shutil.copytree(trained / "outputs", root / "outputs")
-    run_cli(kaggle_kernel.main, _args(demo_dir, root, "--tta", *VIEWS, "--weights", "auto", "--no-wheels",
+    run_cli(kaggle_kernel.main, _args("build", demo_dir, root, "--tta", *VIEWS, "--weights", "auto", "--no-wheels",
                                       "--dataset", "someone/tiny-bundle", "--kernel", "someone/tiny-inference"))
     return root
 
 
 def test_the_rehearsed_submission_is_byte_identical_to_the_local_ensemble(demo_dir, demo_cfg, built, capsys):
-    code, out, err = _cli(_args(demo_dir, built, "--rehearse", "--time-limit", "9"), capsys)
+    code, out, err = _cli(_args("rehearse", demo_dir, built, "--time-limit", "9"), capsys)
     assert code == 0, err
     assert "submission checked" in out and "of the 9 h limit" in out
     manifest = json.loads((built / "build" / "dataset" / "MANIFEST.json").read_text())
@@ -76,7 +77,7 @@ def test_the_rehearsed_submission_is_byte_identical_to_the_local_ensemble(demo_d
 
 
 def test_a_scaled_rehearsal_checks_every_row_and_extrapolates(demo_dir, built, capsys):
-    code, out, err = _cli(_args(demo_dir, built, "--rehearse", "--scale", "2", "--hidden-size", "100000000",
+    code, out, err = _cli(_args("rehearse", demo_dir, built, "--scale", "2", "--hidden-size", "100000000",
                                 "--time-limit", "1"), capsys)
     assert code == 0, err
     sub = pd.read_csv(built / "build" / "rehearsal" / "submission.csv", dtype=str)
@@ -96,7 +97,7 @@ def test_metadata_notebook_and_slim_weights(built):
                      "dataset_sources": ["someone/tiny-bundle"], "competition_sources": ["digits"]}
     nb = nbformat.read(nbdir / kmeta["code_file"], as_version=4)
     nbformat.validate(nb)
-    assert nb.nbformat == 4 and "from src.ensembling.pipeline import run" in "".join(c.source for c in nb.cells)
+    assert nb.nbformat == 4 and "from src.kaggle.on_kaggle import infer" in "".join(c.source for c in nb.cells)
     for k in (0, 1):
         ckpt = torch.load(fold_paths(ds / "outputs" / "tiny", k).best, weights_only=True)
         assert set(ckpt) == {"model", "config", "classes", "fold", "run_id"}  # no optimizer, scheduler or RNG state
@@ -110,7 +111,7 @@ def test_metadata_notebook_and_slim_weights(built):
 
 def test_half_halves_the_weights(demo_dir, built, tmp_path, capsys):
     shutil.copytree(built / "outputs", tmp_path / "outputs")
-    code, out, err = _cli(_args(demo_dir, tmp_path, "--no-tta", "--half", "--no-wheels"), capsys)
+    code, out, err = _cli(_args("build", demo_dir, tmp_path, "--no-tta", "--half", "--no-wheels"), capsys)
     assert code == 0, err
     assert "MiB" in out  # the size is printed
     half = torch.load(fold_paths(tmp_path / "build" / "dataset" / "outputs" / "tiny", 0).best, weights_only=True)
@@ -131,7 +132,7 @@ def _fails_building_nothing(argv, root: Path, capsys, *needles: str) -> None:
 def test_a_member_with_a_missing_fold_builds_nothing(demo_dir, trained, tmp_path, capsys):
     shutil.copytree(trained / "outputs", tmp_path / "outputs")
     fold_paths(tmp_path / "outputs" / "tiny", 1).done.unlink()
-    _fails_building_nothing(_args(demo_dir, tmp_path, "--no-wheels"), tmp_path, capsys, "folds [1]", "tiny")
+    _fails_building_nothing(_args("build", demo_dir, tmp_path, "--no-wheels"), tmp_path, capsys, "folds [1]", "tiny")
 
 
 def test_an_experiment_of_another_competition_builds_nothing(demo_dir, trained, tmp_path, capsys, overrides_for):
@@ -146,7 +147,7 @@ def test_an_experiment_of_another_competition_builds_nothing(demo_dir, trained, 
 
     load_or_create_folds(load_config(REPO / "configs" / "demo.yaml",
                                      overrides_for(other, tmp_path / "outputs", "data.n_folds=2")))
-    _fails_building_nothing(_args(demo_dir, tmp_path, "--no-wheels", data_dir=other), tmp_path, capsys,
+    _fails_building_nothing(_args("build", demo_dir, tmp_path, "--no-wheels", data_dir=other), tmp_path, capsys,
                             "trained for another competition", "tiny")
 
 
@@ -156,13 +157,13 @@ def test_rehearsing_an_unreadable_test_image_names_it(demo_dir, built, tmp_path,
     victim = sorted((comp / "test").glob("*.png"))[3]
     victim.unlink()
     victim.write_bytes(b"not a png")
-    code, _, err = _cli(_args(demo_dir, built, "--rehearse", data_dir=comp), capsys)
+    code, _, err = _cli(_args("rehearse", demo_dir, built, data_dir=comp), capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert victim.name in err and "cannot be decoded" in err
 
 
 def test_rehearsing_without_a_build_says_to_build(demo_dir, tmp_path, capsys):
-    code, _, err = _cli(_args(demo_dir, tmp_path, "--rehearse"), capsys)
+    code, _, err = _cli(_args("rehearse", demo_dir, tmp_path), capsys)
     assert code == 2 and "holds no built bundle" in err
 
 
@@ -185,7 +186,7 @@ def test_what_the_image_lacks_is_bundled_with_its_exact_dependencies(demo_dir, t
     assert needed["pydantic-core"]["requires"].startswith("==")  # pydantic pins its core exactly
     assert set(needed_wheels(read_image()[0], "3.12")) == {"iterative-stratification"}  # today's image
     shutil.copytree(trained / "outputs", tmp_path / "outputs")
-    code, _, err = _cli(_args(demo_dir, tmp_path, "--no-tta", "--image", str(tmp_path / "image.txt")), capsys)
+    code, _, err = _cli(_args("build", demo_dir, tmp_path, "--no-tta", "--image", str(tmp_path / "image.txt")), capsys)
     if code == 2 and "cannot fetch the wheels" in err:
         pytest.skip(f"the package index cannot be reached here: {err.strip()}")
     assert code == 0, err
@@ -196,14 +197,14 @@ def test_what_the_image_lacks_is_bundled_with_its_exact_dependencies(demo_dir, t
     for name, w in index.items():
         assert (tmp_path / "build" / "dataset" / "wheels" / w["file"]).is_file(), name
     # the rehearsal hides what the image lacks: it passes with the wheels, and fails naming the package without one
-    code, out, err = _cli(_args(demo_dir, tmp_path, "--rehearse"), capsys)
+    code, out, err = _cli(_args("rehearse", demo_dir, tmp_path), capsys)
     assert code == 0 and "submission checked" in out, err
     wheels = tmp_path / "build" / "dataset" / "wheels"
     (wheels / core).unlink()
     listed = json.loads((wheels / "wheels.json").read_text())
     del listed["wheels"]["pydantic-core"]
     (wheels / "wheels.json").write_text(json.dumps(listed))
-    code, _, err = _cli(_args(demo_dir, tmp_path, "--rehearse"), capsys)
+    code, _, err = _cli(_args("rehearse", demo_dir, tmp_path), capsys)
     assert code == 2 and "pydantic_core" in err and "the Kaggle image lacks pydantic-core" in err, err
 
 
@@ -232,19 +233,66 @@ def test_a_write_into_the_read_only_input_is_caught(tmp_path):
         before = snapshot(tmp_path)
 
 
-def test_every_import_in_the_notebook_code_resolves():
-    """The notebook's cells are strings, which no import checker reads: each `from src... import
-    name` in them must name a module and an attribute that exist."""
-    from src.kaggle.bundle import NOTEBOOK_RUN, NOTEBOOK_SETUP
-
+def notebook_imports(notebook: Path) -> list[tuple[str, str]]:
+    """Every `from src... import name` in the notebook's code cells, each checked to name a module
+    and an attribute that exist (the cells are strings, which no import checker reads); and every
+    cell but those that put the code on sys.path one short call into the package (3 lines at most)."""
     found = []
-    for cell in (NOTEBOOK_SETUP.format(slug="x"), NOTEBOOK_RUN.format()):
+    cells = [c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code"]
+    for cell in cells:
         for node in ast.walk(ast.parse(cell)):
             if isinstance(node, ast.ImportFrom) and node.module.startswith("src"):
                 module = importlib.import_module(node.module)
-                found += [(node.module, a.name) for a in node.names if hasattr(module, a.name)]
                 assert all(hasattr(module, a.name) for a in node.names), node.module
-    assert ("src.ensembling.pipeline", "run") in found and ("src.kaggle.wheels", "install_wheels") in found
+                found += [(node.module, a.name) for a in node.names]
+    work = [c for c in cells if "sys.path.insert" not in c]
+    assert all(len([line for line in c.splitlines() if line.strip() and not line.startswith("#")]) <= 3
+               for c in work), work
+    return found
+
+
+def test_every_notebook_cell_is_a_call_into_the_package_that_resolves(built, tmp_path):
+    from src.kaggle.rehearsal import guarded_notebook
+
+    notebook = next((built / "build" / "notebook").glob("*.ipynb"))
+    assert notebook_imports(notebook) == [("src.kaggle.wheels", "install_wheels"), ("src.kaggle.on_kaggle", "infer")]
+    guarded = guarded_notebook(notebook, ["iterative-stratification"], built / "build" / "dataset" / "code",
+                               tmp_path / "guarded.ipynb")
+    assert notebook_imports(guarded)[0] == ("src.kaggle.wheels", "hide_lacking")
+
+
+OLD_SPELLINGS = [  # (the words after `python -m src.kaggle_kernel`, the command the one sentence names)
+    ([], "build --config configs/<name>.yaml --experiments <exp>"),
+    (["--config", "configs/demo.yaml", "--experiments", "demo", "--tta"],
+     "build --config configs/demo.yaml --experiments demo --tta"),
+    (["--config", "configs/demo.yaml", "--rehearse", "--scale", "4"], "rehearse --config configs/demo.yaml --scale 4"),
+    (["--config", "configs/demo.yaml", "--train", "--folds", "0", "1"], "train --config configs/demo.yaml --folds 0 1"),
+    (["--config", "configs/demo.yaml", "--train", "--folds", "0", "--rehearse"],
+     "rehearse-train --config configs/demo.yaml --folds 0"),
+    (["--config", "configs/demo.yaml", "--pull", "you/a-train-fold0", "you/a-train-fold1", "--pulled", "d"],
+     "pull you/a-train-fold0 you/a-train-fold1 --config configs/demo.yaml --pulled d"),
+    (["--config", "configs/demo.yaml", "rehearse"], "rehearse --config configs/demo.yaml"),
+    (["--config", "configs/demo.yaml", "--experiments", "demo", "--rehearse", "data.n_folds=2"],
+     "rehearse --config configs/demo.yaml data.n_folds=2` (without --experiments, which rehearse does not take"),
+]
+
+
+@pytest.mark.parametrize("argv,meant", OLD_SPELLINGS, ids=["no-verb", "build", "rehearse", "train", "train-rehearse",
+                                                           "pull", "verb-last", "not-its-option"])
+def test_an_old_spelling_names_the_new_command_and_writes_nothing(argv, meant, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _cli(argv, capsys)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert "python -m src.kaggle_kernel now takes a verb first" in err and f"`python -m src.kaggle_kernel {meant}" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [["rehearse", "--experiments", "tiny"], ["pull", "you/k", "--half"],
+                                  ["train", "--scale", "2"], ["rehearse-train", "--from-kernels", "you/k"]])
+def test_each_verb_takes_only_its_own_options(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _cli([*argv, "--config", str(REPO / "configs" / "demo.yaml")], capsys)
+    assert code == 2 and "unrecognized arguments" in err and list(tmp_path.iterdir()) == []
 
 
 class _ReachedTheNetwork(Exception):
@@ -279,7 +327,7 @@ def test_built_metadata_passes_the_kaggle_clis_own_checks(demo_dir, trained, tmp
     api = _kaggle_api(tmp_path, monkeypatch)
     shutil.copytree(trained / "outputs" / "tiny", tmp_path / "outputs" / experiment)
     shutil.copytree(trained / "outputs" / "folds", tmp_path / "outputs" / "folds")
-    argv = _args(demo_dir, tmp_path, "--no-tta", "--no-wheels")
+    argv = _args("build", demo_dir, tmp_path, "--no-tta", "--no-wheels")
     argv[argv.index("tiny")] = experiment
     code, _, err = _cli(argv, capsys)
     assert code == 0, err
@@ -295,14 +343,14 @@ def test_a_slug_the_kaggle_cli_would_refuse_is_refused_before_building(demo_dir,
     shutil.copytree(trained / "outputs", tmp_path / "outputs")
     for flag, value in (("--dataset", "me/abc"), ("--dataset", "me/" + "x" * 51), ("--kernel", "me/abcd"),
                         ("--dataset", "me/Not_A_Slug")):
-        code, _, err = _cli(_args(demo_dir, tmp_path, "--no-tta", "--no-wheels", flag, value), capsys)
+        code, _, err = _cli(_args("build", demo_dir, tmp_path, "--no-tta", "--no-wheels", flag, value), capsys)
         assert code == 2 and flag in err and "characters" in err, err
     assert not (tmp_path / "build").exists()
 
 
 def test_a_huge_scale_is_refused_first_and_a_terminated_rehearsal_leaves_no_temporary_folder(demo_dir, built,
                                                                                               tmp_path, capsys):
-    code, _, err = _cli(_args(demo_dir, built, "--rehearse", "--scale", "100000"), capsys)
+    code, _, err = _cli(_args("rehearse", demo_dir, built, "--scale", "100000"), capsys)
     assert code == 2 and "--scale 100000 would rehearse" in err and "--hidden-size" in err, err
     import signal
     import subprocess
@@ -311,7 +359,7 @@ def test_a_huge_scale_is_refused_first_and_a_terminated_rehearsal_leaves_no_temp
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     env = {**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "src.kaggle_kernel", *_args(demo_dir, built, "--rehearse")],
+    proc = subprocess.Popen([sys.executable, "-m", "src.kaggle_kernel", *_args("rehearse", demo_dir, built)],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not list(tmp.glob("kaggle-*")) and proc.poll() is None and time.time() < deadline:

@@ -80,12 +80,12 @@ def test_an_installed_wheel_runs_the_demo_and_the_kaggle_rehearsal(fresh_env, tm
     assert "fold 1" in out and (work / "outputs" / "demo" / "fold1" / "done.json").is_file()
     cli("src.ensemble", "--config", "configs/demo.yaml", "--tta", "identity", "hflip", "--out", "submissions/w.csv", *ov)
     assert (work / "submissions" / "w.csv").is_file()
-    cli("src.kaggle_kernel", "--config", "configs/demo.yaml", "--experiments", "demo", "--tta", "identity", "hflip",
-        "--no-wheels", *ov)
+    cli("src.kaggle_kernel", "build", "--config", "configs/demo.yaml", "--experiments", "demo", "--tta", "identity",
+        "hflip", "--no-wheels", *ov)
     shipped = {p.relative_to(work / "kaggle_kernel" / "build" / "dataset" / "code" / "src").as_posix()
                for p in (work / "kaggle_kernel" / "build" / "dataset" / "code" / "src").rglob("*.py")}
     assert shipped == {p.relative_to(REPO / "src").as_posix() for p in (REPO / "src").rglob("*.py")}
-    out = cli("src.kaggle_kernel", "--config", "configs/demo.yaml", "--experiments", "demo", "--rehearse", *ov)
+    out = cli("src.kaggle_kernel", "rehearse", "--config", "configs/demo.yaml", *ov)
     assert "submission checked" in out
     rehearsed = work / "kaggle_kernel" / "build" / "rehearsal" / "submission.csv"
     assert rehearsed.read_bytes() == (work / "submissions" / "w.csv").read_bytes()

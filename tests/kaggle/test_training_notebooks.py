@@ -1,4 +1,4 @@
-"""Kaggle notebooks as the training machine (--train): the built code dataset and per-fold
+"""Kaggle notebooks as the training machine (`kaggle_kernel train`, `rehearse-train`, `pull`): the built code dataset and per-fold
 notebooks pass the kaggle CLI's own checks; rehearsed on a fake /kaggle, two folds train and leave
 their outputs where Kaggle mounts them; a notebook out of time stops between epochs and its next
 version resumes from its own previous output; the blend of those outputs is src.ensemble's."""
@@ -21,16 +21,18 @@ from src.ensembling import pipeline
 from src.runs.checkpoint import load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_kaggle_kernel import _kaggle_api, _ReachedTheNetwork  # noqa: E402  (the CLI harness, shared)
+from test_kaggle_kernel import _kaggle_api, _ReachedTheNetwork, notebook_imports  # noqa: E402  (the CLI harness, shared)
 
 SHORT = "train.epochs=2 train.limit_batches=2"
 BASE = ("data.n_folds=5", "loader.num_workers=0", "loader.batch_size=16", "data.check_images=false",
         "train.epochs=2", "train.limit_batches=2")
 
 
-def _argv(demo_dir, out, *extra):
-    return ["--config", "configs/demo.yaml", f"data.dir={demo_dir}", f"experiment.output_dir={out / 'outputs'}",
-            "wandb.mode=disabled", *BASE, "--train", "--no-wheels", "--out", str(out / "build"), *extra]
+def _argv(verb, demo_dir, out, *extra):
+    """`verb` (train or rehearse-train) with the notebooks in out/build."""
+    return [verb, "--config", "configs/demo.yaml", f"data.dir={demo_dir}", f"experiment.output_dir={out / 'outputs'}",
+            "wandb.mode=disabled", *BASE, *(["--no-wheels"] if verb == "train" else []), "--out", str(out / "build"),
+            *extra]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,7 @@ def test_built_training_notebooks_pass_the_kaggle_clis_checks(demo_dir, split, t
     out = tmp_path
     shutil.copytree(split / "outputs", out / "outputs")
     monkeypatch.setenv("KAGGLE_USERNAME", "someone")
-    kk.main(_argv(demo_dir, out, "--folds", "0", "1"))
+    kk.main(_argv("train", demo_dir, out, "--folds", "0", "1"))
     build = out / "build"
     assert sorted(p.name for p in build.iterdir()) == ["code", "fold0", "fold1"]
     meta = json.loads((build / "fold1" / "kernel-metadata.json").read_text())
@@ -56,6 +58,10 @@ def test_built_training_notebooks_pass_the_kaggle_clis_checks(demo_dir, split, t
     code = build / "code"
     assert (code / "src" / "train.py").is_file() and (code / "configs" / "base.yaml").is_file()
     assert sorted(p.name for p in (code / "folds").iterdir()) == ["digits_k5_s42.csv", "digits_k5_s42.json"]
+    notebook = next((build / "fold0").glob("*.ipynb"))
+    assert notebook_imports(notebook) == [("src.kaggle.wheels", "install_wheels"), ("src.kaggle.on_kaggle", "train")]
+    with pytest.raises(UserError, match=r"--folds \[3\] have no notebook"):
+        kk.main(_argv("rehearse-train", demo_dir, out, "--folds", "3"))
     api = _kaggle_api(tmp_path, monkeypatch)
     for push in (lambda: api.dataset_create_new(str(code), dir_mode="zip"),
                  lambda: api.kernels_push(str(build / "fold0"))):
@@ -70,13 +76,12 @@ def rehearsed(demo_dir, split, tmp_path_factory):
     out = tmp_path_factory.mktemp("rehearsed")
     root = out / "kaggle"
     shutil.copytree(split / "outputs", out / "outputs")
-    kk.main(_argv(demo_dir, out, "--folds", "0", "1", "--timeout", "1"))
-    kk.main(_argv(demo_dir, out, "--folds", "0", "1", "--rehearse", "--kaggle-root", str(root),
-                  "--rehearse-overrides", SHORT))
+    kk.main(_argv("train", demo_dir, out, "--folds", "0", "1", "--timeout", "1"))
+    kk.main(_argv("rehearse-train", demo_dir, out, "--kaggle-root", str(root), "--rehearse-overrides", SHORT))
     stopped = {k: root / "input" / f"demo-train-fold{k}" / "outputs" / "demo" / f"fold{k}" for k in (0, 1)}
     first = {k: (sorted(p.name for p in d.iterdir()), load_checkpoint(d / "last.pt")["epoch"]) for k, d in stopped.items()}
-    kk.main(_argv(demo_dir, out, "--folds", "0", "1"))
-    kk.main(_argv(demo_dir, out, "--folds", "0", "1", "--rehearse", "--kaggle-root", str(root),
+    kk.main(_argv("train", demo_dir, out, "--folds", "0", "1"))
+    kk.main(_argv("rehearse-train", demo_dir, out, "--folds", "0", "1", "--kaggle-root", str(root),
                   "--rehearse-overrides", SHORT))
     return SimpleNamespace(out=out, root=root, first=first)
 
@@ -100,8 +105,8 @@ def test_pulled_folds_blend_as_local_ones(rehearsed, demo_dir, capsys):
     out = rehearsed.out
     local = out / "outputs"
     for k in (0, 1):
-        kk.main(["--config", "configs/demo.yaml", f"data.dir={demo_dir}", f"experiment.output_dir={local}", *BASE,
-                 "--pull", f"you/demo-train-fold{k}", "--pulled", str(_kernel_output(rehearsed, k))])
+        kk.main(["pull", f"you/demo-train-fold{k}", "--config", "configs/demo.yaml", f"data.dir={demo_dir}",
+                 f"experiment.output_dir={local}", *BASE, "--pulled", str(_kernel_output(rehearsed, k))])
     assert "pulled folds [1] of demo from you/demo-train-fold1" in capsys.readouterr().out
     assert sorted(p.name for p in (local / "demo").glob("fold*")) == ["fold0", "fold1"]
     cfg = load_config("configs/demo.yaml", [f"data.dir={demo_dir}", f"experiment.output_dir={local}",
@@ -111,7 +116,7 @@ def test_pulled_folds_blend_as_local_ones(rehearsed, demo_dir, capsys):
     # An inference bundle built from them into a folder that holds training notebooks keeps those.
     (out / "ib" / "train").mkdir(parents=True)
     (out / "ib" / "train" / "kept").write_text("x")
-    kk.main(["--config", "configs/demo.yaml", f"data.dir={demo_dir}", f"experiment.output_dir={local}",
+    kk.main(["build", "--config", "configs/demo.yaml", f"data.dir={demo_dir}", f"experiment.output_dir={local}",
              "wandb.mode=disabled", "ensemble.missing_folds=warn", "loader.num_workers=0", "--experiments", "demo",
              "--no-tta", "--no-wheels", "--out", str(out / "ib")])
     assert (out / "ib" / "train" / "kept").is_file() and (out / "ib" / "dataset" / "MANIFEST.json").is_file()
@@ -132,8 +137,8 @@ def test_a_pulled_output_of_another_run_is_refused_and_nothing_written(rehearsed
     folds_cli.main(["--config", "configs/demo.yaml", f"data.dir={demo_dir}", f"experiment.output_dir={local}", *extra])
     before = sorted(str(p) for p in local.rglob("*"))
     with pytest.raises(UserError, match=message):
-        kk.main(["--config", "configs/demo.yaml", f"data.dir={demo_dir}", f"experiment.output_dir={local}", *BASE,
-                 *extra, "--pull", "you/demo-train-fold0", "--pulled", str(_kernel_output(rehearsed, 0))])
+        kk.main(["pull", "--config", "configs/demo.yaml", f"data.dir={demo_dir}", f"experiment.output_dir={local}",
+                 *BASE, *extra, "you/demo-train-fold0", "--pulled", str(_kernel_output(rehearsed, 0))])
     assert sorted(str(p) for p in local.rglob("*")) == before
 
 
@@ -145,8 +150,8 @@ def test_pull_offline_names_the_way_round(demo_dir, rehearsed, tmp_path):
 
     env = {k: v for k, v in os.environ.items() if k not in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN")}
     env["KAGGLE_CONFIG_DIR"] = str(tmp_path / "none")
-    proc = subprocess.run([sys.executable, "-m", "src.kaggle_kernel", "--config", "configs/demo.yaml",
-                           f"data.dir={demo_dir}", f"experiment.output_dir={tmp_path}", "--pull", "you/demo-train-fold0"],
+    proc = subprocess.run([sys.executable, "-m", "src.kaggle_kernel", "pull", "you/demo-train-fold0", "--config",
+                           "configs/demo.yaml", f"data.dir={demo_dir}", f"experiment.output_dir={tmp_path}"],
                           cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "kaggle kernels output you/demo-train-fold0 -p DIR" in proc.stderr and "--pulled DIR" in proc.stderr
@@ -156,12 +161,14 @@ def test_pull_offline_names_the_way_round(demo_dir, rehearsed, tmp_path):
 def test_the_hub_or_a_missing_split_is_refused_before_building(demo_dir, tmp_path, split, capsys):
     shutil.copytree(split / "outputs", tmp_path / "outputs")
     with pytest.raises(UserError, match="model.pretrained=true cannot reach the hub there.*--weights-dataset"):
-        kk.main(_argv(demo_dir, tmp_path, "model.pretrained=true"))
+        kk.main(_argv("train", demo_dir, tmp_path, "model.pretrained=true"))
     with pytest.raises(UserError, match="model.pretrained_path .* --weights-dataset USER/SLUG"):
-        kk.main(_argv(demo_dir, tmp_path, "model.pretrained_path=/w/resnet.safetensors"))
+        kk.main(_argv("train", demo_dir, tmp_path, "model.pretrained_path=/w/resnet.safetensors"))
+    with pytest.raises(UserError, match="holds no built training notebooks; build them first"):
+        kk.main(_argv("rehearse-train", demo_dir, tmp_path))
     shutil.rmtree(tmp_path / "outputs" / "folds")
     with pytest.raises(UserError, match="run python -m src.folds"):  # no split to give every notebook
-        kk.main(_argv(demo_dir, tmp_path))
+        kk.main(_argv("train", demo_dir, tmp_path))
     assert not (tmp_path / "build").exists()
 
 
@@ -175,9 +182,9 @@ def test_the_inference_notebook_fed_from_the_training_notebooks_writes_src_ensem
               "ensemble.missing_folds=warn"]
     kernels = ["you/demo-train-fold0", "you/demo-train-fold1"]
     for k, kernel in enumerate(kernels):
-        kk.main([*common, "--pull", kernel, "--pulled", str(_kernel_output(rehearsed, k))])
+        kk.main(["pull", kernel, *common, "--pulled", str(_kernel_output(rehearsed, k))])
     build = tmp_path / "build"
-    kk.main([*common, "--experiments", "demo", "--tta", "identity", "zoom1.05", "--no-wheels", "--out", str(build),
+    kk.main(["build", *common, "--experiments", "demo", "--tta", "identity", "zoom1.05", "--no-wheels", "--out", str(build),
              "--from-kernels", *kernels])
     manifest = json.loads((build / "dataset" / "MANIFEST.json").read_text())
     meta = json.loads((build / "notebook" / "kernel-metadata.json").read_text())
@@ -187,8 +194,8 @@ def test_the_inference_notebook_fed_from_the_training_notebooks_writes_src_ensem
     with pytest.raises(_ReachedTheNetwork):  # the CLI accepts the metadata with its kernel_sources
         api.kernels_push(str(build / "notebook"))
     with pytest.raises(UserError, match="rehearse the training notebooks first"):
-        kk.main([*common, "--rehearse", "--out", str(build)])
-    kk.main([*common, "--rehearse", "--out", str(build), "--kaggle-root", str(rehearsed.root)])
+        kk.main(["rehearse", *common, "--out", str(build)])
+    kk.main(["rehearse", *common, "--out", str(build), "--kaggle-root", str(rehearsed.root)])
     cfg = load_config("configs/demo.yaml", [f"data.dir={demo_dir}", f"experiment.output_dir={local}",
                                             "wandb.mode=disabled", "ensemble.missing_folds=warn", "loader.num_workers=0"])
     local_sub = pipeline.run(cfg, ["demo"], manifest["views"], manifest["weights"], manifest["voting"],

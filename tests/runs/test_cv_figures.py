@@ -43,8 +43,8 @@ def test_cv_figures_follow_the_folds_that_exist_now(demo_dir, tiny_cfg, tmp_path
     only0 = _oof_accuracy(cfg.out_dir, [0])
     assert run_probe(cfg, "logreg").finetuned == pytest.approx(only0)
     assert "OOF of its finished folds [0]" in capsys.readouterr().out
-    run_cli(kaggle_kernel.main, ["--config", "configs/demo.yaml", "--experiments", "demo", "--no-tta", "--no-wheels",
-                                 "--out", str(tmp_path / "build"), f"data.dir={demo_dir}",
+    run_cli(kaggle_kernel.main, ["build", "--config", "configs/demo.yaml", "--experiments", "demo", "--no-tta",
+                                 "--no-wheels", "--out", str(tmp_path / "build"), f"data.dir={demo_dir}",
                                  f"experiment.output_dir={tmp_path}", "data.n_folds=2", "wandb.mode=disabled",
                                  "loader.num_workers=0", "ensemble.missing_folds=warn"])
     manifest = json.loads((tmp_path / "build" / "dataset" / "MANIFEST.json").read_text())

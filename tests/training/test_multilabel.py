@@ -222,13 +222,13 @@ def test_the_kaggle_bundle_carries_the_thresholds_and_rehearses_the_local_submis
     them: the rehearsed submission is byte-identical to src.ensemble's with the same numbers."""
     root = tmp_path / "kernel"
     shutil.copytree(trained.out_dir.parent, root / "outputs")
-    args = ["--config", str(ML_CONFIG), "--experiments", str(trained.experiment.name), "--tta", "identity", "hflip",
-            "--out", str(root / "build"), f"data.dir={comp}", f"experiment.output_dir={root / 'outputs'}",
-            "data.n_folds=2", "loader.num_workers=0", "wandb.mode=disabled"]
-    run_cli(kaggle_kernel.main, [*args, "--no-wheels"])
+    args = ["--config", str(ML_CONFIG), "--out", str(root / "build"), f"data.dir={comp}",
+            f"experiment.output_dir={root / 'outputs'}", "data.n_folds=2", "loader.num_workers=0", "wandb.mode=disabled"]
+    run_cli(kaggle_kernel.main, ["build", *args, "--experiments", str(trained.experiment.name), "--tta", "identity",
+                                 "hflip", "--no-wheels"])
     manifest = json.loads((root / "build" / "dataset" / "MANIFEST.json").read_text())
     assert len(manifest["thresholds"]) == 10 and manifest["format"] == "auto"
-    run_cli(kaggle_kernel.main, [*args, "--rehearse"])
+    run_cli(kaggle_kernel.main, ["rehearse", *args])
     assert "submission checked" in capsys.readouterr().out
     cfg = _cfg(comp, root / "outputs", "data.n_folds=2", "loader.num_workers=0")
     local = pipeline.run(cfg, manifest["members"], manifest["views"], manifest["weights"], manifest["voting"],
