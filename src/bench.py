@@ -11,7 +11,7 @@ With --stages: builds a set of 500x375 JPEGs and measures, as images/s and as ra
 pipeline with and without the image cache, a training epoch on photos against in-memory tensors,
 the frozen recipe against a fully trainable model, the ensemble's inference pass against pure
 forwards, the FLOP/s achieved against the matmul peak, and src.train's epoch against timm's
-train.py data path (see src/perf.py); writes benchmarks/results/<device>.json.
+train.py data path (see src/analysis/bench_stages.py); writes benchmarks/results/<device>.json.
 """
 
 from __future__ import annotations

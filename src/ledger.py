@@ -5,7 +5,7 @@
     python -m src.ledger --ledger other/ledger.csv
 
 Every submission that python -m src.ensemble writes adds a row to ledger.csv beside it
-(submissions/ledger.csv by default); see src/ledger_table.py for its columns.
+(submissions/ledger.csv by default); see src/ensembling/ledger.py for its columns.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@
 Writes outputs/<experiment>/fold<k>/: best.pt, last.pt, oof.csv, history.csv, curves.png,
 confusion_matrix.png, done.json; after --fold all also outputs/<experiment>/cv.json. --lr-find
 (and optim.lr: find) writes outputs/<experiment>/lr_find.png, .csv and .json.
-Under torchrun every process trains on its share of each batch (src/distributed.py); rank 0
+Under torchrun every process trains on its share of each batch (src/core/distributed.py); rank 0
 alone writes, prints and tracks.
 """
 

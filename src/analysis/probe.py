@@ -7,7 +7,7 @@ labels above thresholds fitted on the probe's OOF probabilities; ordinal tasks r
 classifier's expected grade as the grade score and submit the grades between thresholds fitted on
 its OOF scores, as src.ensemble does for the fine-tuned models.
 
-    outputs/<exp>/probe/features-{train,test}-<key>.npy   cached features (src/features.py)
+    outputs/<exp>/probe/features-{train,test}-<key>.npy   cached features (src/analysis/features.py)
     outputs/<exp>/probe/<classifier>_oof.csv              id, fold, label, target, prob_<class>...
     outputs/<exp>/probe/<classifier>.json                 scores per fold and OOF
 """

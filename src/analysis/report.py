@@ -1,6 +1,6 @@
 """The experiment report and the recipe comparison (`python -m src.report`).
 
-The report reads an experiment's run folders (through src/runs.py and src/members.py): each
+The report reads an experiment's run folders (through src/runs/ and src/runs/members.py): each
 fold's history.csv, oof.csv, done.json and best.pt. Everything about images is computed by the
 fold model that never trained on the image (the one whose validation fold holds it), so Grad-CAM
 shows what the OOF prediction was based on; each map's forward pass must reproduce the

@@ -1,7 +1,7 @@
 """Stratified folds, assigned once per competition and shared by every experiment and ensemble.
 
 The split is written to outputs/folds/<competition>_k<n>_s<seed>[_g<group>][_r<sha8>].csv with its
-class list beside it (.json); `_r<sha8>` names reviewed labels (data.relabel, src/relabel.py). A
+class list beside it (.json); `_r<sha8>` names reviewed labels (data.relabel, src/data/relabel.py). A
 different fold count or seed is a different file; an existing file whose ids no longer match
 train.csv stops the run instead of being rewritten.
 """

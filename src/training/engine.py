@@ -1,5 +1,5 @@
 """The training loop: a fold's state, one epoch of updates, and validation, in the manner of timm's
-train.py. The trainer (src/trainer.py) sets a fold up and conducts them."""
+train.py. The trainer (src/training/trainer.py) sets a fold up and conducts them."""
 
 from __future__ import annotations
 
@@ -58,10 +58,10 @@ class FoldState:
     scheduler: object = None
     scaler: LossScaler | None = None
     ema: ModelEmaV3 | None = None
-    swa: torch.optim.swa_utils.AveragedModel | None = None  # train.swa: the running average (src/averaging.py)
+    swa: torch.optim.swa_utils.AveragedModel | None = None  # train.swa: the running average (src/training/weight_averaging.py)
     num_updates: int = 0
     epochs: int = 0  # this fold's epochs: train.epochs, or more under train.min_steps (trainer.fold_epochs)
-    train_size: int | None = None  # aug.size_schedule: this epoch's training input size (src/size_schedule.py)
+    train_size: int | None = None  # aug.size_schedule: this epoch's training input size (src/training/size_schedule.py)
     forward: object = None  # the compiled training forward (train.compile), else None: `net` itself
     ddp: torch.nn.Module | None = None  # the model in DistributedDataParallel under torchrun
 

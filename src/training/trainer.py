@@ -1,4 +1,4 @@
-"""One fold of training, conducted: setup, epochs (src/engine.py), checkpoints (CheckpointKeeper),
+"""One fold of training, conducted: setup, epochs (src/training/engine.py), checkpoints (CheckpointKeeper),
 final artifacts; several folds and their CV report. `python -m src.train` is its command line."""
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def fill_caches(s: FoldState) -> None:
     datasets would build them one by one otherwise). Called once the run is known to start."""
     for loader in (s.train_loader, s.val_loader):
         ds = getattr(loader, "dataset", None)
-        ds = getattr(ds, "base", ds)  # probability targets wrap the images (src/soft_targets.py)
+        ds = getattr(ds, "base", ds)  # probability targets wrap the images (src/training/soft_targets.py)
         base = getattr(ds, "dataset", ds)  # a torch Subset: this rank's share under torchrun
         if getattr(base, "cache", None) is None:
             continue

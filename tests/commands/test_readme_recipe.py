@@ -1,8 +1,9 @@
 """The README's "Use your own competition" recipe, run as written on a small competition in the
 layout it describes (train.csv with image_id,label, train/, test/, sample_submission.csv): its
 config snippet and its three commands, read from the README itself, with only the tiny model and
-one short epoch added on the command line. The ensemble must blend the plain and the flipped
-image (2 views) into submissions/<name>_tta.csv."""
+one short epoch added on the command line. The ensemble runs with its defaults (ensemble.tta:
+[auto, hflip]): it must score the plain and the flipped image on OOF, choose between them, and
+write submissions/<name>_tta.csv."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def _recipe() -> tuple[str, list[list[str]]]:
 
 
 @pytest.mark.slow
-def test_the_readme_recipe_blends_the_plain_and_the_flipped_image(demo_dir, tmp_path, monkeypatch, capsys):
+def test_the_readme_recipe_chooses_its_views_on_oof_and_writes_the_submission(demo_dir, tmp_path, monkeypatch, capsys):
     name = "mycomp"
     comp = tmp_path / "inputs" / name
     shutil.copytree(demo_dir, comp)
@@ -50,7 +51,8 @@ def test_the_readme_recipe_blends_the_plain_and_the_flipped_image(demo_dir, tmp_
         module = {"src.train": train, "src.ensemble": ensemble}[command[2]]
         run_cli(module.main, [*argv, *TINY])
     out = capsys.readouterr().out
-    assert "1 members x folds x 2 views" in out and "leave out identity" not in out
+    assert re.search(rf"{name}\s+identity", out) and re.search(rf"{name}\s+hflip", out), out[-2000:]
+    assert "TTA auto chose" in out and "leave out identity" not in out
     sub = tmp_path / "submissions" / f"{name}_tta.csv"
     assert sub.is_file() and list(pd.read_csv(sub).columns) == ["image_id", "label"]
 
