@@ -145,7 +145,7 @@ def _rehearse_options(p: argparse.ArgumentParser) -> None:
 
 
 def _train_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--folds", type=int, nargs="+", default=None, help="the folds, a notebook each (default: all)")
+    p.add_argument("--folds", nargs="+", default=None, help="the folds, a notebook each (default: all)")
     p.add_argument("--accelerator", default="NvidiaTeslaT4",
                    help="the accelerator the push asks for (kaggle kernels push --accelerator)")
     p.add_argument("--timeout", type=int, default=12 * 3600,
@@ -158,7 +158,7 @@ def _train_options(p: argparse.ArgumentParser) -> None:
 
 
 def _rehearse_train_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--folds", type=int, nargs="+", default=None, help="the folds (default: every one built)")
+    p.add_argument("--folds", nargs="+", default=None, help="the folds (default: every one built)")
     p.add_argument("--rehearse-overrides", default="train.epochs=1 train.limit_batches=2",
                    help="overrides that keep the rehearsal short")
     p.add_argument("--pace", type=float, default=None,
@@ -197,6 +197,15 @@ def _prepare_build(args: argparse.Namespace) -> None:
     _moved_overrides(args, "from_kernels")
 
 
+def _prepare_folds(args: argparse.Namespace) -> None:
+    """--folds 0 1 section.key=value: the overrides it swallowed go back to the overrides; the rest are fold numbers."""
+    _moved_overrides(args, "folds")
+    bad = [f for f in args.folds or [] if not f.lstrip("-").isdigit()]
+    if bad:
+        raise UserError(f"--folds takes fold numbers, and {bad[:3]} are not; e.g. --folds 0 1 2")
+    args.folds = None if args.folds is None else [int(f) for f in args.folds]
+
+
 def _prepare_pull(args: argparse.Namespace) -> None:
     _moved_overrides(args, "kernels")
     if not args.kernels:
@@ -207,9 +216,9 @@ def _prepare_pull(args: argparse.Namespace) -> None:
 VERBS = {
     "build": ("build the offline inference bundle (dataset and notebook)", _build_options, _prepare_build, build),
     "rehearse": ("run the built inference notebook here on a fake /kaggle", _rehearse_options, None, rehearse),
-    "train": ("build one training notebook per fold, and their code dataset", _train_options, None, train),
+    "train": ("build one training notebook per fold, and their code dataset", _train_options, _prepare_folds, train),
     "rehearse-train": ("run the built training notebooks here on a fake /kaggle, short epochs",
-                       _rehearse_train_options, None, rehearse_train),
+                       _rehearse_train_options, _prepare_folds, rehearse_train),
     "pull": ("bring training notebooks' finished folds into outputs/<experiment>/", _pull_options, _prepare_pull, pull),
 }
 # The flags that chose the purpose before the verbs (old_spelling names the verb each meant).
