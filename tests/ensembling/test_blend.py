@@ -110,3 +110,18 @@ def test_a_bundle_whose_blend_was_edited_is_refused(case, tmp_path):
     with pytest.raises(UserError, match="holds other weights than the blend was fitted with"):
         _kernel(cfg, bundle, manifest, tmp_path / "k3.csv")
     assert not (tmp_path / "k1.csv").exists() and not (tmp_path / "k3.csv").exists()
+
+
+def test_a_recorded_submission_with_another_blend_beside_it_is_not_written_over(tmp_path):
+    from src.ensembling.ledger import append_row, free_submission_path, ledger_path
+
+    out = tmp_path / "submissions" / "a.csv"
+    out.parent.mkdir()
+    out.write_text("id,label\n1,3\n")
+    blend_path(out).write_text('{"weights": [0.5, 0.5]}')
+    sha = "0" * 40
+    append_row(ledger_path(out), {"file": str(out), "sha1": sha})
+    assert free_submission_path(out, False, sha, '{"weights": [0.5, 0.5]}') == out  # the same bytes again
+    assert free_submission_path(out, False, sha, '{"weights": [0.9, 0.1]}') == out.with_name("a_v2.csv")
+    with pytest.raises(UserError, match="or over its blend, a.blend.json"):
+        free_submission_path(out, True, sha, '{"weights": [0.9, 0.1]}')
