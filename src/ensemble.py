@@ -14,7 +14,8 @@ each fold's stored config rebuilds its model and transforms. First every member'
 TTA-OOF logits per fold and view are written to outputs/<name>/preds/ (or read from there: a
 re-blend with other weights, voting or format builds no model), then they are blended. Before
 writing, the OOF score of every member and of the blend is printed without and with TTA.
-Writes submissions/<name>.csv and <name>_probs.csv, and adds a row to ledger.csv beside them
+Writes submissions/<name>.csv, <name>_probs.csv and <name>.blend.json (the blend fitted on OOF: members,
+fold sha1s, views, weights, voting, thresholds, OOF score), and adds a row to ledger.csv beside them
 (python -m src.ledger).
 """
 

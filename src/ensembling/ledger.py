@@ -7,7 +7,8 @@ leaderboard score once Kaggle returned it. `python -m src.ledger` is its command
 sha1 is the submission file's content when its row was written: src.ensemble never writes other
 content over a file the ledger holds (a default name moves on to <name>_v2.csv, an explicit --out
 is refused; the same bytes again are fine), and --lb refuses a file whose content no longer matches
-its row.
+its row. The blend JSON beside a submission (<name>.blend.json) counts as part of it: the same
+CSV from another blend is another submission.
 
 Rows are appended under an exclusive lock (flock on ledger.csv.lock) and the file is replaced
 atomically, so two ensembles finishing together both land and a crash never leaves half a row.
@@ -28,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from src.core.utils import UserError, atomic_save
+from src.ensembling.submission import blend_path
 
 DEFAULT_LEDGER = Path("submissions") / "ledger.csv"
 COLUMNS = ["time", "file", "members", "views", "weights", "voting", "stack", "metric", "cv", "tta_gain", "commit",
@@ -150,20 +152,25 @@ def recorded(submission: Path) -> dict | None:
     return df.iloc[hits[-1]].to_dict() if hits else None
 
 
-def free_submission_path(out: Path, explicit: bool, content_sha1: str) -> Path:
-    """Where a new submission (whose bytes hash to `content_sha1`) may go without writing other
-    content over one the ledger recorded: `out` (also when it would be written again byte for
-    byte), or for a default name the next free <stem>_v<k>.csv (said); an explicit --out is refused."""
+def free_submission_path(out: Path, explicit: bool, content_sha1: str, blend_text: str | None = None) -> Path:
+    """Where a new submission (whose bytes hash to `content_sha1`, and whose blend JSON is
+    `blend_text`) may go without writing other content over one the ledger recorded: `out` (also
+    when it would be written again byte for byte, blend included), or for a default name the next
+    free <stem>_v<k>.csv (said); an explicit --out is refused."""
     row = recorded(out)
-    if row is None or row.get("sha1") == content_sha1:
+    beside = blend_path(out)
+    same_blend = blend_text is None or not beside.is_file() or beside.read_text() == blend_text
+    if row is None or (row.get("sha1") == content_sha1 and same_blend):
         return out
     scored = f", public score {row['lb']}" if row.get("lb") else ""
     if explicit:
         raise UserError(f"--out {out} is a submission the ledger recorded ({row['time']}{scored}); writing over it "
-                        "would leave its row describing other content, so give another --out")
+                        f"(or over its blend, {beside.name}) would leave its row describing other content, so give "
+                        "another --out")
     k = 2
     while recorded(out.with_name(f"{out.stem}_v{k}{out.suffix}")) is not None or \
-            out.with_name(f"{out.stem}_v{k}{out.suffix}").exists():
+            out.with_name(f"{out.stem}_v{k}{out.suffix}").exists() or \
+            blend_path(out.with_name(f"{out.stem}_v{k}{out.suffix}")).exists():
         k += 1
     new = out.with_name(f"{out.stem}_v{k}{out.suffix}")
     print(f"note: {out} is a submission the ledger recorded ({row['time']}{scored}); writing {new} instead")

@@ -1,9 +1,8 @@
-"""The ensemble as an API (what python -m src.ensemble and the Kaggle notebook run): the OOF report, the views and weights fitted on it, the test predictions of every member, fold and view, the blend, the submission and its ledger row."""
+"""The ensemble as an API (what python -m src.ensemble and the Kaggle notebook run): the blend fitted on the OOF report (src.ensembling.blend), the test predictions of every member, fold and view, the submission, its blend JSON and its ledger row."""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,18 +11,16 @@ import pandas as pd
 from src.core import distributed
 from src.core.config import Config
 from src.core.runtime import Runtime
-from src.core.task import Task
-from src.core.utils import UserError
+from src.core.utils import UserError, atomic_write_text
 from src.core.views import parse_views, split_auto
 from src.data.tables import load_test_table
+from src.ensembling.blend import Blend
 from src.ensembling.ledger import free_submission_path, record_submission
-from src.ensembling.submission import check_out_path, checked_submission, write_submission
-from src.ensembling.view_selection import choose_views, view_effects
-from src.evaluation.blending import as_logits, check_voting, combine
-from src.evaluation.decoding import decide, fit_decisions, score_decisions
-from src.evaluation.metrics import check_metric_fits, compute_metric
-from src.evaluation.stacking import fit_predict_test, nested_oof, stack_features
-from src.runs.members import across_members, member_test, oof_blend, open_members, resolve_weights
+from src.ensembling.oof import resolve_weights
+from src.ensembling.submission import blend_path, check_out_path, checked_submission, write_submission
+from src.evaluation.blending import check_voting
+from src.evaluation.metrics import check_metric_fits
+from src.runs.members import open_members
 
 
 def _parse_tta(tta: list[str] | None, default: list[str]) -> tuple[list[str], bool]:
@@ -40,73 +37,40 @@ def _parse_tta(tta: list[str] | None, default: list[str]) -> tuple[list[str], bo
     return views, False
 
 
-def _stacked(cfg: Config, stack: str, blend, task: Task):
-    """The OOF report with the stacker's nested OOF probabilities in place of the blend's, scored."""
-    stacked = nested_oof(stack, stack_features(blend.per), blend.y, blend.folds, len(task.classes),
-                         cfg.experiment.seed, task)
-    cv = compute_metric(cfg.metric.name, blend.y, stacked)
-    print(f"stacker {stack} (nested over {len(np.unique(blend.folds))} folds): OOF {cfg.metric.name} "
-          f"{cv:.4f} against the blend's {blend.score:.4f}")
-    return replace(blend, probs=stacked, score=cv)
+def _submit(cfg: Config, out: tuple[Path, bool], probs: np.ndarray, blend: Blend, sample: pd.DataFrame,
+            what: str) -> Path:
+    """Check and write the submission, its probabilities and its blend JSON (rank 0 writes), say what it
+    holds and return its path (`out`: the path and whether --out named it; see ledger.free_submission_path)."""
+    e, task, thresholds = cfg.ensemble, blend.task, blend.thresholds
+    classes = list(task.classes)
+    decisions = blend.decide(probs)
+    sub, fmt = checked_submission(probs, sample, cfg.data.id_col, blend.format, cfg.metric.name, e.top_k, decisions,
+                                  task)
+    text = blend.to_json()
+    out = free_submission_path(out[0], out[1], hashlib.sha1(sub.to_csv(index=False).encode()).hexdigest(), text)
 
+    def write() -> Path:
+        written = write_submission(out, sub, probs, classes, sample, cfg.data.id_col,
+                                   None if thresholds is None else np.asarray(thresholds, dtype=np.float64))
+        atomic_write_text(blend_path(out), text)
+        return written
 
-def _grade_gain(cfg: Config, blend, task: Task, th: np.ndarray) -> float:
-    """The OOF score of an ordinal submission decided by the thresholds between grades, printed
-    with its gain over rounding."""
-    metric, classes = cfg.metric.name, list(task.classes)
-    rounded, cv = compute_metric(metric, blend.y, blend.probs), compute_metric(metric, blend.y, blend.probs, th)
-    print("thresholds between grades (fitted on OOF): "
-          + ", ".join(f"{a}|{b} {t:.3f}" for a, b, t in zip(classes, classes[1:], th)))
-    print(f"OOF {metric} of what is written: {cv:.4f} (rounded: {rounded:.4f}, gain {cv - rounded:+.4f})")
-    return cv
-
-
-def _label_gain(cfg: Config, blend, task: Task, th: np.ndarray) -> float:
-    """The OOF score of a multi-label submission decided by the labels' thresholds, printed with
-    its gain over 0.5."""
-    e, metric, classes = cfg.ensemble, cfg.metric.name, list(task.classes)
-    at_half = score_decisions(metric, blend.y, blend.probs, np.full(len(classes), 0.5), e.min_labels)
-    cv = score_decisions(metric, blend.y, blend.probs, th, e.min_labels)
-    how = e.threshold if isinstance(e.threshold, str) else "fixed"
-    print(f"thresholds ({how}, fitted on OOF): " + ", ".join(f"{c} {t:.2f}" for c, t in zip(classes, th)))
-    print(f"OOF {metric} of what is written: {cv:.4f} (at 0.5: {at_half:.4f}, gain {cv - at_half:+.4f})")
-    return cv
-
-
-# Task.decision -> the OOF score of what the submission holds once its decisions are fitted (argmax:
-# the blend's own score, nothing fitted)
-DECISION_SCORES = {"argmax": lambda cfg, blend, task, th: blend.score, "labels": _label_gain, "grades": _grade_gain}
-
-
-def _fitted_thresholds(cfg: Config, blend, task: Task) -> tuple[np.ndarray | None, float]:
-    """The task's decision thresholds fitted on the OOF blend (never on test predictions; None where
-    the argmax decides) and the OOF score of exactly what a submission with them holds."""
-    th = fit_decisions(task, cfg.metric.name, blend.y, blend.probs, cfg.ensemble)
-    return th, DECISION_SCORES[task.decision](cfg, blend, task, th)
-
-
-def _submit(cfg: Config, out: tuple[Path, bool], probs: np.ndarray, task: Task, sample: pd.DataFrame, fmt: str,
-            thresholds: np.ndarray | None, what: str) -> Path:
-    """Check and write the submission and its probabilities (rank 0 writes), say what it holds and
-    return its path (`out`: the path and whether --out named it; see ledger.free_submission_path)."""
-    e, classes = cfg.ensemble, list(task.classes)
-    decisions = decide(probs, thresholds, e.min_labels, task)
-    sub, fmt = checked_submission(probs, sample, cfg.data.id_col, fmt, cfg.metric.name, e.top_k, decisions, task)
-    out = free_submission_path(out[0], out[1], hashlib.sha1(sub.to_csv(index=False).encode()).hexdigest())
-    probs_path = distributed.from_main(lambda: write_submission(out, sub, probs, classes, sample, cfg.data.id_col,
-                                                                thresholds))
-    print(f"wrote {out} ({len(sub)} rows, format {fmt}, {what}); {task.prob_word} in {probs_path}")
+    probs_path = distributed.from_main(write)
+    print(f"wrote {out} ({len(sub)} rows, format {fmt}, {what}); {task.prob_word} in {probs_path}, the blend in "
+          f"{blend_path(out)}")
     print(f"predicted {task.noun}: " + ", ".join(f"{c} {n}" for c, n in zip(classes, task.counts(probs, decisions))))
     return out
 
 
-def blend_thresholds(cfg: Config, members: list, views: list[str], weights, voting: str, rt: Runtime
-                     ) -> tuple[np.ndarray, list[float] | None]:
-    """(weights, thresholds) of a blend, fitted on its OOF report (for the Kaggle bundle); no
-    thresholds where the argmax decides."""
-    blend = oof_blend(cfg, members, views, weights, voting, rt)
-    th = _fitted_thresholds(cfg, blend, members[0].task)[0]
-    return blend.weights, None if th is None else [float(x) for x in th]
+def _applied(blend: str | dict, given: dict) -> Blend:
+    """A fitted blend's JSON (the bundle manifest's), once every decision also passed (`given`: key ->
+    value or None) is the blend's own: a manifest edited in one place and not the other is refused."""
+    fitted = Blend.from_json(blend)
+    for key, value in given.items():
+        if value is not None and value != getattr(fitted, key):
+            raise UserError(f"the {key} passed ({value}) differ from those of the fitted blend "
+                            f"({getattr(fitted, key)}); pass the blend alone, or fit it again")
+    return fitted
 
 
 def _checked_members(cfg: Config, names: list[str], weights, voting: str, report: bool, thresholds) -> list:
@@ -117,7 +81,7 @@ def _checked_members(cfg: Config, names: list[str], weights, voting: str, report
         resolve_weights(weights, members, [], np.zeros(0), cfg.metric.name, voting)
     task = members[0].task
     check_metric_fits(cfg.metric.name, len(task.classes), task)
-    if not report:
+    if not report:  # a kernel passes the bundle's blend, or its thresholds
         task.check_thresholds(thresholds)
     return members
 
@@ -125,7 +89,7 @@ def _checked_members(cfg: Config, names: list[str], weights, voting: str, report
 def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None = None,
         weights: str | list[float] | None = None, voting: str | None = None, out: str | Path | None = None,
         fmt: str | None = None, report: bool = True, cache: bool = True, stack: str | None = None,
-        thresholds: list[float] | None = None) -> Path:
+        thresholds: list[float] | None = None, blend: str | dict | None = None) -> Path:
     """Blend members' folds (x TTA views) into a submission CSV and return its path.
 
     Args:
@@ -137,15 +101,25 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
         voting: soft | geometric | logits | hard | rank (default: ensemble.voting).
         out: submission path (default: submissions/<members>[_tta][_stack].csv).
         fmt: submission format (default: ensemble.format).
-        report: print the OOF report first (needs the members' oof.csv and training images); a
-            Kaggle kernel turns it off and passes the weights chosen when the bundle was built.
+        report: print the OOF report first and fit the blend on it (needs the members' oof.csv and
+            training images); a Kaggle kernel turns it off and applies the blend the bundle was built with.
         cache: read and write outputs/<member>/preds/ (off where outputs are read-only).
         stack: a stacker fitted on the members' OOF predictions (logreg) instead of weighted voting;
             its OOF score comes from nested folds.
-        thresholds: a multi-label or ordinal blend's thresholds when the report is off (a Kaggle kernel: those
-            fitted on OOF when the bundle was built); with the report they are fitted there.
+        thresholds: a multi-label or ordinal blend's thresholds when the report is off; with the report
+            they are fitted there.
+        blend: with the report off, a fitted blend's JSON (a bundle manifest's "blend") to apply: its
+            members, views, weights, voting, format and thresholds, checked against the members' best.pt;
+            any of those also passed must equal the blend's.
     """
     e = cfg.ensemble
+    if blend is not None:
+        if report:
+            raise UserError("a fitted blend is applied with the report off (report=False); the report fits one")
+        applied = _applied(blend, {"members": experiments, "views": tta, "weights": weights, "voting": voting,
+                                   "format": fmt, "thresholds": thresholds})
+        experiments, tta, weights, voting = applied.members, applied.views, applied.weights, applied.voting
+        fmt, thresholds = applied.format, applied.thresholds
     names = experiments or [str(cfg.experiment.name)]
     views, auto = _parse_tta(tta, e.tta)
     weights = e.weights if weights is None else weights
@@ -159,44 +133,31 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
     rt = Runtime.from_cfg(cfg.runtime)
     test, sample = load_test_table(cfg.data)
     members = _checked_members(cfg, names, weights, voting, report, thresholds)
-    classes, task = members[0].classes, members[0].task
-    thresholds = None if thresholds is None else np.asarray(thresholds, dtype=np.float64)
 
-    # 1) OOF report: views chosen on OOF (auto), each member and the blend without and with TTA, the stacker
-    cv, choice, blend = None, None, None
-    if report:
-        if auto:
-            choice = choose_views(cfg, members, views, weights, voting, rt)
-            views = choice.views
-        blend = oof_blend(cfg, members, views, weights, voting, rt)
-        if not auto and len(views) > 1:
-            view_effects(cfg, members, views, weights, voting, rt)  # says which configured view lowers OOF
-        fitted = _stacked(cfg, stack, blend, task) if stack else blend  # what the thresholds are fitted on
-        w = blend.weights
-        thresholds, cv = _fitted_thresholds(cfg, fitted, task)
+    # 1) the blend: fitted on the OOF report (views chosen on OOF with auto, each member and the blend
+    # without and with TTA, the stacker, the thresholds), or given (a Kaggle kernel: the bundle's)
+    if blend is not None:
+        fitted = applied.bind(members)
+    elif report:
+        fitted = Blend.fit(cfg, members, ["auto", *views] if auto else views, weights, voting, rt, stack, fmt)
     else:
-        w = resolve_weights(weights, members, [], np.zeros(0), cfg.metric.name, voting)
+        fitted = Blend.given(cfg, members, views, weights, voting, thresholds, fmt)
 
-    # 2) test predictions: folds x views per member (cached), blended within, then across members.
-    # Hard votes are counted per member; members' vote shares are then averaged.
-    member_probs = [member_test(m, test, views, rt, cfg.loader, voting, cache) for m in members]
-    features = [as_logits(p, task) for p in member_probs]
-    probs = (fit_predict_test(stack, stack_features(blend.per), blend.y, stack_features(features), len(classes),
-                              cfg.experiment.seed, task) if stack
-             else combine(np.stack(features), across_members(voting), w, task))
+    # 2) test predictions: folds x views per member (cached), blended within, then across members
+    probs = fitted.predict(fitted.member_probs(members, test, rt, cfg.loader, cache))
     computed, cached = sum(m.computed for m in members), sum(m.cached for m in members)
     print(f"predictions (fold x view x split): {computed} computed, {cached} read from outputs/<member>/preds/")
 
     # 3) submission (multi-label: the labels above the thresholds fitted on OOF; ordinal: the grades between
-    # them; the thresholds are written beside it)
-    out = _submit(cfg, (out, explicit), probs, task, sample, fmt or e.format, thresholds, f"{len(members)} members x folds x "
-            f"{len(views)} views")
+    # them; the thresholds and the blend are written beside it)
+    out = _submit(cfg, (out, explicit), probs, fitted, sample, f"{len(members)} members x folds x "
+                  f"{len(fitted.views)} views")
 
     # 4) the ledger (local runs: a kernel, report off, has no CV to record)
     if report:
         try:
-            record_submission(out, members, views, None if stack else w, voting, stack, cfg.metric.name, cv,
-                              choice.gain if choice else None)
+            record_submission(out, members, fitted.views, fitted.weights, voting, stack, cfg.metric.name,
+                              fitted.oof_score, fitted.tta_gain)
         except UserError as e:  # the submission stands; only its record is missing
             raise UserError(f"{out} was written, but its ledger row was not: {e}") from None
     return out

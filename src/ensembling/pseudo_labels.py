@@ -35,9 +35,8 @@ from src.core.utils import UserError, atomic_write_text
 from src.core.views import split_auto
 from src.data.pseudo_rows import pseudo_digest
 from src.data.tables import load_test_table, prob_columns
-from src.ensembling.view_selection import resolve_views
-from src.evaluation.blending import as_logits, combine
-from src.runs.members import across_members, member_test, oof_report, open_members, resolve_weights
+from src.ensembling.blend import Blend
+from src.runs.members import open_members
 
 HARD_THRESHOLD = 0.9  # default confidence for hard pseudo-labels; soft ones keep every row by default
 
@@ -89,17 +88,14 @@ def make_pseudo(cfg: Config, names: list[str], views: list[str] | None, weights,
     if soft:
         task.refuse_soft_targets("its pseudo-labels are hard (the nearest grade); drop --soft")
     weights = e.weights if weights is None else weights
-    views, _ = resolve_views(cfg, members, names_views, weights, voting, rt)  # [auto, ...]: chosen on OOF
-    w = (oof_report(cfg, members, views, weights, voting, rt) if weights == "auto"
-         else resolve_weights(weights, members, [], np.zeros(0), cfg.metric.name, voting))
+    blend = Blend.fit(cfg, members, names_views, weights, voting, rt)  # [auto, ...]: views chosen on OOF
     test, _ = load_test_table(cfg.data)
-    member_probs = [member_test(m, test, views, rt, cfg.loader, voting) for m in members]
-    probs = combine(np.stack([as_logits(p, task) for p in member_probs]), across_members(voting), w, task)
+    probs = blend.predict(blend.member_probs(members, test, rt, cfg.loader))
     table = pseudo_table(probs, test["id"], task, threshold, round_)
     if table.empty:
         raise UserError(f"no test image reaches confidence {threshold}; lower --threshold; nothing was written")
     text = table.to_csv(index=False)
-    meta = {"members": names, "views": views, "voting": voting, "weights": [float(x) for x in w], "soft": soft,
+    meta = {"members": names, "views": blend.views, "voting": voting, "weights": blend.weights, "soft": soft,
             "threshold": threshold, "round": round_, "classes": members[0].classes, "rows": len(table),
             "test_rows": len(test), "data_dir": cfg.data.dir}
     meta_text = json.dumps(meta, indent=2)

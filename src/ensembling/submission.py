@@ -106,10 +106,15 @@ def check_probs(probs: np.ndarray, task: Task) -> None:
                         "row; check the weights and voting; nothing was written")
 
 
+def blend_path(submission: Path) -> Path:
+    """The blend JSON beside a submission (src.ensembling.blend): <stem>.blend.json."""
+    return submission.with_name(submission.stem + ".blend.json")
+
+
 def check_out_path(out: Path, data_dir: str | Path) -> Path:
-    """Where the submission and its _probs.csv go: files, outside the competition folder."""
+    """Where the submission, its _probs.csv and its .blend.json go: files, outside the competition folder."""
     probs = out.with_name(out.stem + "_probs.csv")
-    for p in (out, probs):
+    for p in (out, probs, blend_path(out)):
         if p.is_dir():
             raise UserError(f"--out {out}: {p} is a folder; give a file path such as {p / 'submission.csv'}")
         if p.resolve().is_relative_to(Path(data_dir).resolve()):

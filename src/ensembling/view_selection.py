@@ -18,9 +18,10 @@ import pandas as pd
 from src.core.config import Config
 from src.core.runtime import Runtime
 from src.core.views import split_auto
+from src.ensembling.oof import across_members, resolve_weights, within_member
 from src.evaluation.blending import as_logits, combine
 from src.evaluation.metrics import compute_metric, is_better
-from src.runs.members import Member, across_members, member_oof_views, resolve_weights, within_member
+from src.runs.members import Member, member_oof_views
 
 
 @dataclass

@@ -23,14 +23,13 @@ from src.core.config import CONFIG_DIR, Config
 from src.core.runtime import Runtime
 from src.core.utils import UserError, atomic_write_text
 from src.data.folds import load_or_create_folds
-from src.ensembling.pipeline import blend_thresholds
-from src.ensembling.view_selection import resolve_views
+from src.ensembling.blend import Blend
 from src.evaluation.blending import check_voting
 from src.kaggle import slugs
 from src.kaggle.wheels import IMAGE_FILE, download_wheels, needed_wheels, read_image
 from src.runs.checkpoint import load_checkpoint, save_checkpoint
 from src.runs.layout import file_sha1, fold_paths, fold_record, read_oof, write_done
-from src.runs.members import Member, oof_report, open_members, resolve_weights
+from src.runs.members import Member, open_members
 
 SRC_DIR = Path(src.__file__).resolve().parent  # the whole package, whichever module this is
 
@@ -52,6 +51,7 @@ class BundleSpec:
     thresholds: list[float] | None = None  # a multi-label or ordinal blend's, fitted on OOF when the bundle is built
     image: Path = IMAGE_FILE  # the Kaggle image's packages: what it lacks is bundled (and hidden in the rehearsal)
     kernel_sources: list[str] | None = None  # --from-kernels: the training notebooks whose outputs hold the folds
+    blend: Blend | None = None  # fitted on OOF by build_bundle; the manifest carries it for the kernel
 
     @property
     def dataset_slug(self) -> str:
@@ -141,13 +141,17 @@ def write_dataset(root: Path, cfg: Config, members: list[Member], spec: BundleSp
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(SRC_DIR, root / "code" / "src", ignore=ignore)
     shutil.copytree(CONFIG_DIR, root / "code" / "configs", ignore=ignore)
+    shipped = {}  # the sha1 of each best.pt the kernel opens: the slim one, or the training notebook's own
     for m in members:
+        shipped[m.name] = {}
         for k in m.folds:
+            shipped[m.name][str(k)] = m.sha(k)
             if spec.kernel_sources:  # the weights stay in the training notebooks' outputs
                 continue
             fp = fold_paths(root / "outputs" / m.name, k)
             slim_checkpoint(fold_paths(m.exp_dir, k).best, fp.best, spec.half)
-            write_done(fp, {**fold_record(fold_paths(m.exp_dir, k)), "best_sha1": file_sha1(fp.best)})
+            shipped[m.name][str(k)] = file_sha1(fp.best)
+            write_done(fp, {**fold_record(fold_paths(m.exp_dir, k)), "best_sha1": shipped[m.name][str(k)]})
     atomic_write_text(root / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     packages, header = read_image(spec.image)
     needs = sorted(needed_wheels(packages, header.get("python", "3.12")))
@@ -162,6 +166,7 @@ def write_dataset(root: Path, cfg: Config, members: list[Member], spec: BundleSp
         "cv": {m.name: _cv(m) for m in members}, "metric": cfg.metric.name,
         "built": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
         "image": {"source": header.get("image", str(spec.image)), "python": header.get("python"), "lacks": needs},
+        "blend": spec.blend.with_sha1(shipped).to_dict(),
     }
     atomic_write_text(root / "MANIFEST.json", json.dumps(manifest, indent=2))
     atomic_write_text(root / "dataset-metadata.json", json.dumps(
@@ -212,19 +217,15 @@ def _size(root: Path) -> int:
 
 
 def build_bundle(cfg: Config, spec: BundleSpec, weights, out: Path, wheels: bool = True) -> dict:
-    """Check the members, fix the weights, and write out/dataset and out/notebook, replacing a
+    """Check the members, fit the blend on OOF, and write out/dataset and out/notebook, replacing a
     previous build only once the new one is complete. Returns the manifest and the sizes."""
     check_voting(spec.voting, cfg.metric.name)
     members = open_members(cfg, spec.members)
     check_competition(cfg, members)
     rt = Runtime.from_cfg(cfg.runtime)
-    spec.views, _ = resolve_views(cfg, members, spec.views, weights, spec.voting, rt)  # the kernel's fixed views
-    if True:  # the kernel decides with the thresholds fitted here, on OOF (until the blend is one object)
-        w, spec.thresholds = blend_thresholds(cfg, members, spec.views, weights, spec.voting, rt)
-    else:
-        w = oof_report(cfg, members, spec.views, weights, spec.voting, rt) if weights == "auto" else \
-            resolve_weights(weights, members, [], [], cfg.metric.name, spec.voting)
-    spec.weights = [float(x) for x in w]  # as given: the kernel must blend with the very same numbers
+    # the kernel applies the blend fitted here, on OOF: views, weights (the very same numbers) and thresholds
+    spec.blend = Blend.fit(cfg, members, spec.views, weights, spec.voting, rt, fmt=spec.fmt)
+    spec.views, spec.weights, spec.thresholds = spec.blend.views, spec.blend.weights, spec.blend.thresholds
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=out.parent))
     try:

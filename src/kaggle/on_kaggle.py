@@ -40,7 +40,7 @@ def infer(root: str, bundle: str, t0: float) -> Path:
     cfg = config_from_dict(stored, "the bundle's config.yaml")
     out = run(cfg, manifest["members"], manifest["views"], manifest["weights"], manifest["voting"],
               Path(root, "working", "submission.csv"), manifest["format"], report=False, cache=False,
-              thresholds=manifest.get("thresholds"))
+              thresholds=manifest.get("thresholds"), blend=manifest.get("blend"))
     print(f"wrote {out} in {time.time() - t0:.0f} s")
     return out
 

@@ -24,10 +24,11 @@ from src.core.views import parse_views
 from src.data.tables import load_test_table
 from src.ensembling import pipeline
 from src.ensembling.ledger import COLUMNS, correlation, read_ledger
+from src.ensembling.oof import aligned_oof
 from src.evaluation.blending import combine
 from src.evaluation.metrics import compute_metric
 from src.evaluation.stacking import make_stacker, nested_oof, stack_features
-from src.runs.members import aligned_oof, member_test, open_members
+from src.runs.members import member_test, open_members
 
 TRAIN = ("data.n_folds=2", "model.name=test_resnet", "train.epochs=1", "train.limit_batches=20",
          "sched.warmup_epochs=0", "optim.lr=0.01", "loader.batch_size=32", "loader.num_workers=0",
