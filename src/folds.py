@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--relabel", metavar="FILE", default=None,
                         help="reviewed labels: suspect_labels.csv with reviewed_label filled, or an id,label CSV")
     args, cfg = parse_config(parser, argv)
-    from src.core.task import task_of
+    from src.core.tasks import task_of
     from src.data.folds import (  # after parsing: --help imports nothing heavy
         fold_counts,
         folds_path,

@@ -9,7 +9,7 @@ import time
 import torch
 
 from src.core.runtime import Runtime, predict
-from src.core.task import Task
+from src.core.tasks import Task
 from src.models.losses import build_loss
 from src.models.model import build_model, freeze, param_counts, param_groups, set_train_mode
 from src.models.optim import LossScaler, build_optimizer
@@ -23,7 +23,7 @@ def _sync(device: torch.device) -> None:
 def head_classes(cfg) -> tuple[int, str]:
     """(the model head's width, why): the competition's classes (or labels, or one grade score)
     when the config names one, else 1000, ImageNet's."""
-    from src.core.task import task_of
+    from src.core.tasks import task_of
     from src.data.tables import load_train_table, sorted_classes
 
     if cfg.data.dir is None:

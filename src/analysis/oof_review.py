@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
-from src.core.task import Task, expected_grade
+from src.core.tasks import Task
 from src.core.utils import UserError
 from src.data.relabel import REVIEW_COL
 from src.evaluation.decoding import fit_thresholds
@@ -34,27 +34,6 @@ def _scores(task: Task, part: pd.DataFrame, metric: str) -> dict[str, float]:
     base = task.report_metrics
     y, probs = task.targets(part["label"]), oof_probs(part, list(task.classes))
     return {m: compute_metric(m, y, probs) for m in base + ((metric,) if metric not in base else ())}
-
-
-def _review_classes(task: Task, probs: np.ndarray, y: np.ndarray) -> dict:
-    rows, names = np.arange(len(y)), np.asarray(task.classes, dtype=object)
-    pred, p_label = probs.argmax(1), probs[rows, y]
-    return {"predicted": names[pred], "prob": probs[rows, pred], "prob_label": p_label,
-            "loss": -np.log(np.clip(p_label, 1e-15, 1.0))}
-
-
-def _review_labels(task: Task, probs: np.ndarray, y: np.ndarray) -> dict:
-    p = np.clip(probs, 1e-15, 1 - 1e-15)
-    return {"predicted": task.predicted(probs), "loss": -(y * np.log(p) + (1 - y) * np.log(1 - p)).mean(1)}
-
-
-def _review_grades(task: Task, probs: np.ndarray, y: np.ndarray) -> dict:
-    score = expected_grade(probs)
-    return {"predicted": task.predicted(probs), "score": score, "loss": np.abs(score - y)}
-
-
-# Task.space -> the review's columns of each OOF image: what was predicted and how wrong it is
-REVIEWS = {"classes": _review_classes, "labels": _review_labels, "grades": _review_grades}
 
 
 def cv_table(oof: pd.DataFrame, task: Task, metric: str, records: dict[int, dict]) -> pd.DataFrame:
@@ -107,6 +86,6 @@ def suspects(oof: pd.DataFrame, task: Task) -> pd.DataFrame:
     classes = list(task.classes)
     probs, y = oof_probs(oof, classes), task.targets(oof["label"])
     out = {"id": oof["id"].to_numpy(), "fold": oof["fold"].to_numpy(), "label": oof["label"].to_numpy()}
-    out |= REVIEWS[task.space](task, probs, y)
+    out |= task.review(probs, y)
     out = pd.DataFrame(out | {REVIEW_COL: ""})
     return out.sort_values(["loss", "id"], ascending=[False, True], kind="stable").reset_index(drop=True)

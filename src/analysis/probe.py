@@ -35,7 +35,7 @@ from src.analysis.features import cached_features, frozen_backbone
 from src.core.config import PROBE_CLASSIFIERS, Config
 from src.core.progress import progress
 from src.core.runtime import Runtime
-from src.core.task import Task, task_of
+from src.core.tasks import Task, task_of
 from src.core.utils import UserError, atomic_save, atomic_write_text
 from src.data.folds import fold_tables
 from src.data.tables import load_test_table, prob_columns

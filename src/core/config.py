@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from src.core.task import KINDS, TASKS
+from src.core.tasks import KINDS, TASKS
 from src.core.utils import UserError, atomic_write_text
 
 
@@ -62,7 +62,7 @@ PROBE_CLASSIFIERS = ("logreg", "rf", "svm")  # src.probe's classifiers (src/anal
 
 class DataCfg(_Section):
     dir: str | None  # None: no competition named yet; the commands that need one stop (src.core.cli)
-    task: str  # one of core/task.py's TASKS
+    task: str  # one of core/tasks/'s TASKS
     label_sep: str
     label_cols: list[str] | Literal["all"] | None
     layout: Literal["csv", "imagefolder", "filename"]

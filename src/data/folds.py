@@ -12,12 +12,10 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from src.core.config import Config
-from src.core.task import Task, task_of
+from src.core.tasks import Task, task_of
 from src.core.utils import UserError, atomic_save, atomic_write_text
 from src.data.image_cache import image_cache
 from src.data.pseudo_rows import add_pseudo
@@ -32,66 +30,6 @@ def folds_path(cfg: Config) -> Path:
     if d.relabel:  # reviewed labels: a split of their own, named by their content
         name += f"_r{relabel_tag(d.relabel)}"
     return Path(cfg.experiment.output_dir) / "folds" / f"{name}.csv"
-
-
-def assign_folds(df: pd.DataFrame, n_folds: int, seed: int, grouped: bool) -> np.ndarray:
-    """Fold index per row: StratifiedKFold, or StratifiedGroupKFold on df['group']."""
-    counts = df["label"].value_counts()
-    small = counts[counts < n_folds]
-    if len(small):
-        shown = ", ".join(f"'{k}' ({v})" for k, v in small.head(10).items())
-        raise UserError(
-            f"{len(small)} classes have fewer images than the {n_folds} folds: {shown}; "
-            "add images, merge or drop those classes, or lower data.n_folds"
-        )
-    fold = np.full(len(df), -1, dtype=np.int64)
-    if grouped and df["group"].nunique() < n_folds:
-        raise UserError(f"data.group_col has {df['group'].nunique()} groups for {n_folds} folds; "
-                        "lower data.n_folds or use a finer group column")
-    if grouped:
-        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        splits = splitter.split(df, df["label"], groups=df["group"])
-    else:
-        splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        splits = splitter.split(df, df["label"])
-    for k, (_, val_idx) in enumerate(splits):
-        fold[val_idx] = k
-    return fold
-
-
-def _stratified(df: pd.DataFrame, task: Task, n_folds: int, seed: int, groups: pd.Series | None) -> np.ndarray:
-    return assign_folds(df, n_folds, seed, groups is not None)
-
-
-def _multilabel(df: pd.DataFrame, task: Task, n_folds: int, seed: int, groups: pd.Series | None) -> np.ndarray:
-    return multilabel_folds(task.targets(df["label"]), n_folds, seed, groups)
-
-
-def multilabel_folds(y: np.ndarray, n_folds: int, seed: int, groups: pd.Series | None = None) -> np.ndarray:
-    """Fold index per row, each label spread evenly over the folds (iterative stratification,
-    iterative-stratification's MultilabelStratifiedKFold); with groups, the groups are split by the
-    union of their images' labels and every image follows its group."""
-    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
-
-    if groups is not None:
-        codes, uniq = pd.factorize(groups)
-        if len(uniq) < n_folds:
-            raise UserError(f"data.group_col has {len(uniq)} groups for {n_folds} folds; lower data.n_folds or use "
-                            "a finer group column")
-        per_group = np.zeros((len(uniq), y.shape[1]))
-        np.maximum.at(per_group, codes, y)
-        return multilabel_folds(per_group, n_folds, seed)[codes]
-    if len(y) < n_folds:
-        raise UserError(f"{len(y)} images cannot fill {n_folds} folds; lower data.n_folds")
-    fold = np.full(len(y), -1, dtype=np.int64)
-    splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    for k, (_, val_idx) in enumerate(splitter.split(np.zeros(len(y)), y)):
-        fold[val_idx] = k
-    return fold
-
-
-# Task.splitter -> fold index per row of (table, task, n_folds, seed, groups or None)
-SPLITTERS = {"stratified": _stratified, "multilabel": _multilabel}
 
 
 def _read_split(path: Path, df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -164,7 +102,7 @@ def load_or_create_folds(cfg: Config, create: bool = True, table: pd.DataFrame |
         task = task.with_classes(classes)  # binary with other than 2 classes, ordinal without integer grades: refused unwritten
         df = df.copy()
         groups = df["group"] if cfg.data.group_col else None
-        df["fold"] = SPLITTERS[task.splitter](df, task, cfg.data.n_folds, cfg.data.fold_seed, groups)
+        df["fold"] = task.split(df, cfg.data.n_folds, cfg.data.fold_seed, groups)
         save(cfg, df, path, {"classes": classes, **task.split_meta})
     df = task_of(cfg, classes).with_targets(df)  # every label (tag) must be in the split's class list
     return df.reset_index(drop=True), classes, path

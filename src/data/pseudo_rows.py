@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from src.core.config import Config
-from src.core.task import Task, task_of
+from src.core.tasks import Task, task_of
 from src.core.utils import UserError
 from src.data.tables import load_test_table, prob_columns
 

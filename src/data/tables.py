@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from src.core.config import Config, DataCfg, require_competition
-from src.core.task import TASKS, canonical_tags
+from src.core.tasks import TASKS, canonical_tags
 from src.core.utils import UserError, atomic_write_text
 from src.data.images import find_bad_images
 from src.data.loaders import resolve_workers

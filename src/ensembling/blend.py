@@ -21,7 +21,7 @@ import pandas as pd
 
 from src.core.config import Config, LoaderCfg
 from src.core.runtime import Runtime
-from src.core.task import Task
+from src.core.tasks import Task
 from src.core.utils import UserError
 from src.ensembling.oof import OofBlend, across_members, oof_blend, resolve_weights, within_member
 from src.ensembling.view_selection import resolve_views, view_effects

@@ -30,7 +30,7 @@ import pandas as pd
 
 from src.core.config import Config
 from src.core.runtime import Runtime
-from src.core.task import Task
+from src.core.tasks import Task
 from src.core.utils import UserError, atomic_write_text
 from src.core.views import split_auto
 from src.data.pseudo_rows import pseudo_digest

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.core.task import FORMATS, Task
+from src.core.tasks import FORMATS, Task
 from src.core.utils import UserError, atomic_save, atomic_write_text
 
 _MAP_AT = re.compile(r"^map@(\d+)$")

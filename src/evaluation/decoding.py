@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from src.core.task import Task
+from src.core.tasks import Task
 from src.core.utils import UserError
 from src.evaluation.metrics import compute_metric, decide_grades, metric_spec
 

@@ -32,11 +32,11 @@ from sklearn.metrics import (
 )
 
 from src.core.config import METRIC_NAMES, Config
-from src.core.task import Task, task_for_targets
+from src.core.tasks import Task, task_for_targets
 
 SINGLE = frozenset({"multiclass", "binary", "ordinal"})  # one label per image: integer targets
 ALL = SINGLE | {"multilabel"}
-PROBABILITIES = ALL - {"ordinal"}  # an ordinal prediction is a grade score (src.core.task), not class probabilities
+PROBABILITIES = ALL - {"ordinal"}  # an ordinal prediction is a grade score (src.core.tasks), not class probabilities
 
 
 def decide(probs: np.ndarray, thresholds: np.ndarray | float | None = None) -> np.ndarray:

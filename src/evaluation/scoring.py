@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.core.task import canonical_tags, task_of
+from src.core.tasks import canonical_tags, task_of
 from src.core.utils import UserError
 from src.data.folds import folds_path
 from src.data.tables import sorted_classes

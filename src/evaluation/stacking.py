@@ -7,7 +7,7 @@ set one stacker is fitted on every OOF row.
 
 Multi-label tasks stack one classifier per label (scikit-learn's OneVsRestClassifier) over every
 member's log-odds of every label; ordinal tasks stack the members' grade scores, and the stacker's
-expected grade is the stacked score (src.core.task), so thresholds between grades apply after it.
+expected grade is the stacked score (src.core.tasks), so thresholds between grades apply after it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from src.core.config import STACKERS
-from src.core.task import Task
+from src.core.tasks import Task
 from src.core.utils import UserError
 
 

@@ -20,7 +20,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from src.core.config import Config
-from src.core.task import task_of
+from src.core.tasks import task_of
 from src.core.utils import UserError
 from src.data.images import find_bad_images
 from src.data.tables import load_test_table

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from src.core.config import LossCfg
-from src.core.task import Task
+from src.core.tasks import Task
 from src.core.utils import UserError
 
 

@@ -17,7 +17,7 @@ import torch
 from src.core import distributed
 from src.core.config import Config, LoaderCfg, config_from_dict
 from src.core.runtime import Runtime, predict
-from src.core.task import Task, task_of
+from src.core.tasks import Task, task_of
 from src.core.utils import UserError
 from src.data.folds import load_or_create_folds
 from src.data.loaders import eval_loader

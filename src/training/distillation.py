@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from src.core.config import Config
-from src.core.task import Task
+from src.core.tasks import Task
 from src.core.utils import UserError
 from src.data.folds import folds_path
 from src.runs.layout import fold_paths, oof_probs, read_oof

@@ -19,7 +19,7 @@ from src.core.config import Config
 from src.core.distributed import EpochSampler
 from src.core.progress import progress
 from src.core.runtime import Norm, Runtime, predict
-from src.core.task import Task, task_of
+from src.core.tasks import Task, task_of
 from src.core.utils import UserError
 from src.evaluation.metrics import summary
 from src.models.model import Frozen
@@ -67,7 +67,7 @@ class FoldState:
 
     @property
     def task(self) -> Task:
-        """The competition's task over this fold's classes (src.core.task)."""
+        """The competition's task over this fold's classes (src.core.tasks)."""
         return task_of(self.cfg, self.classes)
 
     @property

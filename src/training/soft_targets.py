@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from src.core.config import Config
-from src.core.task import task_of
+from src.core.tasks import task_of
 from src.core.utils import UserError
 from src.data.tables import prob_columns
 from src.training.distillation import distill_targets, teacher_oof

@@ -19,7 +19,7 @@ from timm.utils import ModelEmaV3
 from src.core import distributed
 from src.core.config import Config, TrainCfg, config_from_dict, save_config
 from src.core.runtime import Norm, Runtime
-from src.core.task import task_of
+from src.core.tasks import task_of
 from src.core.tracking import Tracker
 from src.core.utils import UserError, atomic_save, atomic_write_text, derive_seed, seed_everything
 from src.data.folds import fold_tables, folds_path

@@ -17,7 +17,7 @@ from torch.optim.swa_utils import AveragedModel, update_bn
 
 from src.core import distributed
 from src.core.runtime import Norm, Runtime
-from src.core.task import Task
+from src.core.tasks import Task
 from src.core.utils import UserError
 from src.evaluation.metrics import summary
 from src.runs.checkpoint import save_checkpoint

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from src.core.config import load_config
-from src.core.task import make_task
+from src.core.tasks import make_task
 from src.core.utils import UserError
 from src.demo import build_demo
 from src.demo import main as demo_main

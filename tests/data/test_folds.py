@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from src.core.tasks.base import assign_folds
 from src.core.utils import UserError
-from src.data.folds import assign_folds, folds_path, load_or_create_folds
+from src.data.folds import folds_path, load_or_create_folds
 
 
 @pytest.fixture

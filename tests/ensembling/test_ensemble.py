@@ -27,7 +27,7 @@ from PIL import Image
 import src.ensemble as ens
 from src.core.cli import run_cli
 from src.core.runtime import Runtime, predict
-from src.core.task import make_task
+from src.core.tasks import make_task
 from src.core.utils import UserError
 from src.core.views import apply_view, parse_views
 from src.data.loaders import ImageDataset, make_loader

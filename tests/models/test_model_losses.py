@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from src.core.config import Config
-from src.core.task import make_task
+from src.core.tasks import make_task
 from src.core.utils import UserError, seed_everything
 from src.models.losses import FocalLoss, build_loss, class_weights
 from src.models.model import build_model, freeze, param_groups, set_train_mode

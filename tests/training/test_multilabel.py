@@ -20,7 +20,7 @@ from src import kaggle_kernel
 from src.core.cli import run_cli
 from src.core.config import load_config
 from src.core.runtime import Runtime
-from src.core.task import make_task
+from src.core.tasks import make_task
 from src.core.utils import UserError
 from src.data.folds import fold_counts, load_or_create_folds
 from src.data.tables import load_train_table

@@ -18,7 +18,7 @@ from sklearn.metrics import cohen_kappa_score
 
 from src.core.config import load_config
 from src.core.runtime import Runtime
-from src.core.task import expected_grade, grade_probs, make_task
+from src.core.tasks import expected_grade, grade_probs, make_task
 from src.core.utils import UserError
 from src.data.folds import fold_counts, load_or_create_folds
 from src.demo import build_ordinal_demo
