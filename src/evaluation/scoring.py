@@ -4,6 +4,7 @@ tags (multi-label), one probability column, or one column per class; what `pytho
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ from src.core.utils import UserError
 from src.data.folds import folds_path
 from src.data.tables import sorted_classes
 from src.evaluation.metrics import compute_metric
+
+_MAP_AT = re.compile(r"^map@(\d+)$")
 
 
 def _class_list(cfg, solution: pd.DataFrame) -> list[str]:
@@ -91,6 +94,7 @@ def _score_labels(sub: pd.DataFrame, sol: pd.DataFrame, cfg, classes: list[str],
         raise UserError(f"solution labels {unknown[:5]} are not in the class list {classes[:10]}")
     y = sol[d.label_col].map(index).to_numpy()
     cols = [c for c in sub.columns if c != d.id_col]
+    written = None  # the labels each row writes, best first (a label or top-k file)
     if all(c in sub.columns for c in classes):
         probs = sub[classes].astype(float).to_numpy()
     elif len(cols) == 1:
@@ -101,7 +105,7 @@ def _score_labels(sub: pd.DataFrame, sol: pd.DataFrame, cfg, classes: list[str],
             p = numeric.to_numpy(dtype=float)
             probs = np.stack([1 - p, p], axis=1)
         elif (values.str.split().str.len() > 1).any():
-            probs = _ranked(values, classes, index)
+            probs, written = _ranked(values, classes, index), values.str.split().tolist()
         else:
             labels = values
             if not set(labels) <= set(index) and set(labels) <= {str(i) for i in range(len(classes))}:
@@ -109,12 +113,26 @@ def _score_labels(sub: pd.DataFrame, sol: pd.DataFrame, cfg, classes: list[str],
             bad = sorted(set(labels) - set(index))
             if bad:
                 raise UserError(f"submission labels {bad[:5]} are not classes of this competition")
-            probs = np.eye(len(classes))[labels.map(index).to_numpy()]
+            probs, written = np.eye(len(classes))[labels.map(index).to_numpy()], [[v] for v in labels]
     else:
         raise UserError(f"{sub_path} has neither one prediction column nor one column per class (columns {cols[:6]})")
     out = {"accuracy": compute_metric("accuracy", y, probs)}
-    out[cfg.metric.name] = compute_metric(cfg.metric.name, y, probs)
+    m = _MAP_AT.match(cfg.metric.name)
+    out[cfg.metric.name] = (written_map(written, sol[d.label_col].tolist(), int(m.group(1))) if m and written
+                            else compute_metric(cfg.metric.name, y, probs))
     return out
+
+
+def written_map(written: list[list[str]], truth: list[str], k: int) -> float:
+    """MAP@k of exactly the labels each row writes, in order, as Kaggle's average_precision_at_k
+    scores one true label: 1/position of its first occurrence among the row's first k labels, 0
+    when it is not there (unwritten classes never count; a repeated label keeps its place). Rows
+    with more than k labels are said (only their first k are scored)."""
+    long = sum(len(r) > k for r in written)
+    if long:
+        print(f"note: {long} rows hold more than {k} labels; MAP@{k} scores the first {k} of each, as Kaggle does")
+    ap = [1.0 / (r[:k].index(t) + 1) if t in r[:k] else 0.0 for r, t in zip(written, truth)]
+    return float(np.mean(ap)) if ap else float("nan")
 
 
 # Task.label_form -> the scorer of a submission against the solution's labels

@@ -285,3 +285,35 @@ def test_the_topk_demo_asks_for_five_ranked_labels(tmp_path):
     assert make_task("multiclass", classes).resolve_format("auto", sample, "id", "map@5") == "topk"
     assert resolve_top_k(sample, "id", "map@5", None, 10) == 5
     assert load_config(REPO / "configs" / "demo_topk.yaml").metric.name == "map@5"
+
+
+def _kaggle_apk(actual: str, predicted: list[str], k: int) -> float:
+    """Kaggle's (and mle-bench's) average_precision_at_k for one true label, written out here
+    independently of the project's scorer."""
+    predicted = predicted[:k]
+    score, hits = 0.0, 0
+    for i, p in enumerate(predicted):
+        if p == actual and p not in predicted[:i]:
+            hits += 1
+            score += hits / (i + 1.0)
+    return score
+
+
+@pytest.mark.parametrize("rows", ["one label", "repeats", "ranked", "too many"])
+def test_map_at_5_scores_exactly_the_labels_written(demo_dir, tmp_path, demo_cfg, rows, capsys):
+    sol = pd.read_csv(demo_dir / "solution.csv", dtype=str)
+    rng = np.random.default_rng(3)
+    written = {
+        "one label": lambda t: [t if rng.random() < 0.1 else str((int(t) + 1) % 10)],
+        "repeats": lambda t: ["1"] * 5,
+        "ranked": lambda t: [str(c) for c in rng.permutation(10)[:3]],
+        "too many": lambda t: [str(c) for c in rng.permutation(10)[:7]],
+    }[rows]
+    preds = [written(t) for t in sol["label"]]
+    path = tmp_path / "sub.csv"
+    pd.DataFrame({"id": sol["id"], "label": [" ".join(p) for p in preds]}).to_csv(path, index=False)
+    cfg = demo_cfg(demo_dir, tmp_path / "out", "metric.name=map@5")
+    got = score_submission(path, demo_dir / "solution.csv", cfg)["map@5"]
+    expected = float(np.mean([_kaggle_apk(t, p, 5) for t, p in zip(sol["label"], preds)]))
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert ("hold more than 5 labels" in capsys.readouterr().out) == (rows == "too many")
