@@ -181,7 +181,29 @@ def _multilabel_labels(raw: pd.DataFrame, cfg: DataCfg, path: Path) -> list[str]
     if cfg.label_sep.strip() and tags.str.split(cfg.label_sep).map(lambda ts: any(len(t.split()) > 1 for t in ts)).any():
         raise UserError(f"{path}: some tags of {cfg.label_col} hold spaces inside (split by data.label_sep "
                         f"'{cfg.label_sep}'); labels are kept space-separated, so rename those tags")
-    return canonical_tags(tags, cfg.label_sep)
+    out = canonical_tags(tags, cfg.label_sep)
+    _check_separator(tags, out, cfg, path)
+    return out
+
+
+LIKELY_SEPARATORS = (",", ";", "|")
+
+
+def _check_separator(tags: pd.Series, split: list[str], cfg: DataCfg, path: Path) -> None:
+    """Tags written with another separator than data.label_sep: most of them hold a likely separator,
+    or the split gives (nearly) one label per image (`6,9` read as the label '6,9')."""
+    filled = tags[tags.str.strip() != ""]
+    for sep in (s for s in LIKELY_SEPARATORS if s != cfg.label_sep.strip()):
+        share = filled.str.contains(sep, regex=False).mean() if len(filled) else 0.0
+        if share > 0.5:
+            raise UserError(f"{path}: {share:.0%} of the {cfg.label_col} values hold '{sep}' (e.g. "
+                            f"'{filled[filled.str.contains(sep, regex=False)].iloc[0]}'), and data.label_sep is "
+                            f"'{cfg.label_sep}'; set data.label_sep='{sep}'")
+    labels = {t for value in split for t in value.split()}
+    if len(split) >= 20 and len(labels) > 0.5 * len(split):
+        raise UserError(f"{path}: the {cfg.label_col} values split by data.label_sep '{cfg.label_sep}' into "
+                        f"{len(labels)} labels for {len(split)} images, nearly one label per image (e.g. "
+                        f"'{sorted(labels)[0]}'); set data.label_sep to the character between the tags")
 
 
 def _image_files(img_root: Path, exts: list[str], layout: str) -> list[Path]:

@@ -6,6 +6,7 @@ probabilities scored per label; the stages that blend softmax outputs refuse it 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -69,6 +70,31 @@ def test_tags_and_one_hot_columns_give_the_same_table(comp, tmp_path):
     onehot.to_csv(other / "train.csv", index=False)
     with pytest.raises(UserError, match="must hold 0 or 1"):
         load_train_table(_cfg(other, tmp_path, "data.label_cols=all").data)
+
+
+@pytest.mark.parametrize("sep", [",", ";", "|"])
+def test_tags_with_another_separator_name_data_label_sep(comp, tmp_path, sep):
+    """Tags like `6,9` under the default space separator would be one "label" per combination."""
+    other = tmp_path / "sep"
+    other.mkdir()
+    (other / "train").symlink_to(comp / "train")
+    train = pd.read_csv(comp / "train.csv", dtype=str, keep_default_na=False)
+    train.assign(label=train["label"].str.replace(" ", sep)).to_csv(other / "train.csv", index=False)
+    with pytest.raises(UserError, match=f"set data.label_sep='{re.escape(sep)}'"):
+        load_train_table(_cfg(other, tmp_path).data)
+    assert load_train_table(_cfg(other, tmp_path, f"data.label_sep='{sep}'").data)["label"].tolist() == \
+        load_train_table(_cfg(comp, tmp_path).data)["label"].tolist()
+
+
+def test_tags_that_split_into_one_label_per_image_name_data_label_sep(comp, tmp_path):
+    other = tmp_path / "one_each"
+    other.mkdir()
+    (other / "train").symlink_to(comp / "train")
+    train = pd.read_csv(comp / "train.csv", dtype=str, keep_default_na=False)
+    train.assign(label=[f"{t.replace(' ', '+')}x{i}" for i, t in enumerate(train["label"])]).to_csv(
+        other / "train.csv", index=False)
+    with pytest.raises(UserError, match="nearly one label per image"):
+        load_train_table(_cfg(other, tmp_path).data)
 
 
 def test_folds_spread_every_label_evenly(comp, tmp_path):
