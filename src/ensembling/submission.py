@@ -3,28 +3,22 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from src.core.tasks import FORMATS, Task
+from src.core.tasks.base import MAP_AT, placeholder_words
 from src.core.utils import UserError, atomic_save, atomic_write_text
-
-_MAP_AT = re.compile(r"^map@(\d+)$")
-
-
-def _words(sample: pd.DataFrame, col: str) -> pd.Series:
-    return sample[col].astype(str).str.split().str.len()
 
 
 def resolve_top_k(sample: pd.DataFrame, id_col: str, metric: str, configured: int | None, n_classes: int) -> int:
     """How many ranked labels a topk row holds: ensemble.top_k, else the k of a map@k metric, else
     the placeholders' word count (when they hold several), else 5; never more than the classes."""
     col = [c for c in sample.columns if c != id_col][0]
-    words = _words(sample, col)
-    m = _MAP_AT.match(metric)
+    words = placeholder_words(sample, col)
+    m = MAP_AT.match(metric)
     k = configured or (int(m.group(1)) if m else (int(words.mode()[0]) if len(sample) and words.max() > 1 else 5))
     if k > n_classes:
         raise UserError(f"a top-{k} submission needs at least {k} classes and the split has {n_classes}; set "

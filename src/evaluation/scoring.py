@@ -4,19 +4,17 @@ tags (multi-label), one probability column, or one column per class; what `pytho
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from src.core.tasks import canonical_tags, task_of
+from src.core.tasks.base import MAP_AT
 from src.core.utils import UserError
 from src.data.folds import folds_path
 from src.data.tables import sorted_classes
 from src.evaluation.metrics import compute_metric
-
-_MAP_AT = re.compile(r"^map@(\d+)$")
 
 
 def _class_list(cfg, solution: pd.DataFrame) -> list[str]:
@@ -117,7 +115,7 @@ def _score_labels(sub: pd.DataFrame, sol: pd.DataFrame, cfg, classes: list[str],
     else:
         raise UserError(f"{sub_path} has neither one prediction column nor one column per class (columns {cols[:6]})")
     out = {"accuracy": compute_metric("accuracy", y, probs)}
-    m = _MAP_AT.match(cfg.metric.name)
+    m = MAP_AT.match(cfg.metric.name)
     out[cfg.metric.name] = (written_map(written, sol[d.label_col].tolist(), int(m.group(1))) if m and written
                             else compute_metric(cfg.metric.name, y, probs))
     return out

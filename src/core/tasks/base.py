@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # torch and scipy load when a method needs them: a command's 
     import torch
 
 REGRESSION_LOSSES = ("mse", "smooth_l1")  # loss.name values that give an ordinal task a one-output head
-_MAP_AT = re.compile(r"^map@(\d+)$")
+MAP_AT = re.compile(r"^map@(\d+)$")  # a MAP@k metric: its k
 PROBABILITY_METRICS = ("roc_auc", "log_loss", "average_precision")
 
 
@@ -114,7 +114,7 @@ class Task:
     def split(self, df: pd.DataFrame, n_folds: int, seed: int, groups: pd.Series | None) -> np.ndarray:
         """Fold index per row of the training table: stratified by label (scikit-learn's
         StratifiedKFold, or StratifiedGroupKFold on `groups`)."""
-        return assign_folds(df.assign(group=groups) if groups is not None else df, n_folds, seed, groups is not None)
+        return assign_folds(df, n_folds, seed, groups is not None)  # groups: the table's own group column
 
     def one_hot(self, targets: np.ndarray) -> np.ndarray:
         """Targets as a probability row per image (N, C), the form soft targets are mixed in."""
@@ -248,7 +248,7 @@ class Task:
         if set(cols) == set(self.classes):
             return "proba"
         _one_column(cols)
-        if _MAP_AT.match(metric) or (len(sample) and (_words(sample, cols[0]) > 1).mean() > 0.5):
+        if MAP_AT.match(metric) or (len(sample) and (placeholder_words(sample, cols[0]) > 1).mean() > 0.5):
             return "topk"
         values = pd.to_numeric(sample[cols[0]], errors="coerce")
         fractional = values.notna().all() and ((values % 1) != 0).any()
@@ -268,7 +268,8 @@ def _outside(probs: np.ndarray, tol: float) -> np.ndarray:
     return ~np.isfinite(probs).all(1) | (probs < -tol).any(1) | (probs > 1 + tol).any(1)
 
 
-def _words(sample: pd.DataFrame, col: str) -> pd.Series:
+def placeholder_words(sample: pd.DataFrame, col: str) -> pd.Series:
+    """How many space-separated words each of a sample submission's placeholders holds."""
     return sample[col].astype(str).str.split().str.len()
 
 
