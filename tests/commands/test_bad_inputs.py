@@ -39,6 +39,7 @@ import src.train as train
 import src.tune as tune
 from src.core.cli import run_cli
 from src.data.pseudo_rows import pseudo_digest
+import reliability_table
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 # Relative paths: every command runs with tmp_path as its working directory, so the inputs, the
@@ -451,3 +452,15 @@ def test_user_mistake_is_one_sentence_and_writes_nothing(case: Row, pristine: Pa
         raise Wrote(str(diff))
     if case.one_sentence and re.search(r"[.!?] +[A-Z]", lines[0]):
         raise NotOneSentence(lines[0])
+    said = reliability_table.entry(request.node.callspec.id, case.module, args, case.config, case.plain,
+                                   lines[0].removeprefix("error: "), tmp_path)
+    if os.environ.get("RELIABILITY_RECORD"):
+        reliability_table.record(os.environ["RELIABILITY_RECORD"], said)
+    else:
+        assert reliability_table.documented().get(said["case"]) == said, (
+            f"docs/reliability.md does not say what this row says; regenerate it: {reliability_table.REGENERATE}")
+
+
+def test_the_reliability_page_lists_every_row_in_order():
+    assert list(reliability_table.documented()) == [p.id for p in ROWS], (
+        f"docs/reliability.md does not list the rows of this table; regenerate it: {reliability_table.REGENERATE}")
