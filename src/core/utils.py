@@ -16,6 +16,11 @@ class UserError(Exception):
     """A mistake the user can fix; the CLI prints its one sentence instead of a traceback."""
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """'1 image', '3 images': a count and its noun, for messages."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def one_sentence(e: UserError) -> str:
     """A UserError's sentence; one raised in a DataLoader worker arrives wrapped in the worker's
     traceback ("Caught UserError in DataLoader worker process 0. Original Traceback ..."), whose

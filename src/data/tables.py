@@ -14,7 +14,7 @@ import pandas as pd
 
 from src.core.config import Config, DataCfg, require_competition
 from src.core.tasks import TASKS, canonical_tags
-from src.core.utils import UserError, atomic_write_text
+from src.core.utils import UserError, atomic_write_text, counted
 from src.data.images import find_bad_images
 from src.data.loaders import resolve_workers
 
@@ -106,7 +106,7 @@ def _attach_paths(df: pd.DataFrame, id_col: str, image_dir: Path, exts: list[str
     if missing:
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         raise UserError(
-            f"{len(missing)} {what} ids have no image file in {image_dir} (tried extensions {exts}): {shown}; "
+            f"{counted(len(missing), what + ' id')} {'has' if len(missing) == 1 else 'have'} no image file in {image_dir} (tried extensions {exts}): {shown}; "
             "add the files, fix the ids, or set data.image_exts"
         )
     out = df.copy()
@@ -123,7 +123,7 @@ def _clean_labels(raw: pd.DataFrame, col: str, path: Path, na_labels: str) -> pd
         print(f"note: stripped surrounding whitespace from {changed} labels in {path}")
     empty = raw.index[stripped == ""].tolist()
     if empty:
-        raise UserError(f"{path} has {len(empty)} rows without a label (first at row {empty[0] + 2}); fill or drop them")
+        raise UserError(f"{path} has {counted(len(empty), 'row')} without a label (first at row {empty[0] + 2}); fill or drop them")
     na = raw.index[stripped.isin(NA_LIKE)].tolist()
     if na and na_labels == "error":
         raise UserError(f"{path} has {len(na)} labels that read as missing values (e.g. '{stripped[na[0]]}' at row "
@@ -255,7 +255,7 @@ def load_train_table(cfg: DataCfg) -> pd.DataFrame:
         raw = LABEL_READERS[TASKS[cfg.task].label_form](raw, cfg, path)
         dup = raw[cfg.id_col][raw[cfg.id_col].duplicated()].tolist()
         if dup:
-            raise UserError(f"{path} lists {len(dup)} ids twice (e.g. {dup[:3]}); each image must appear once")
+            raise UserError(f"{path} lists {counted(len(dup), 'id')} twice (e.g. {dup[:3]}); each image must appear once")
         df = _attach_paths(raw, cfg.id_col, root / cfg.image_dir, cfg.image_exts, "training")
         df = df.rename(columns={cfg.id_col: "id", cfg.label_col: "label"})
         if cfg.group_col:
@@ -334,9 +334,9 @@ def drop_bad_images(df: pd.DataFrame, cfg: Config, cache: Path | None = None,
     shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
     if cfg.data.bad_images == "error":
         raise UserError(
-            f"{len(bad)} images cannot be decoded: {shown}; replace them, or set data.bad_images=skip to drop them"
+            f"{counted(len(bad), 'image')} cannot be decoded: {shown}; replace {'it' if len(bad) == 1 else 'them'}, or set data.bad_images=skip to drop them"
         )
-    warnings.warn(f"skipping {len(bad)} unreadable images: {shown}", stacklevel=2)
+    warnings.warn(f"skipping {counted(len(bad), 'unreadable image')}: {shown}", stacklevel=2)
     return df[~df["path"].isin(bad)].reset_index(drop=True)
 
 

@@ -21,7 +21,7 @@ from nbclient.exceptions import CellExecutionError
 
 from src.core.config import Config
 from src.core.tasks import task_of
-from src.core.utils import UserError
+from src.core.utils import UserError, counted
 from src.data.images import find_bad_images
 from src.data.tables import load_test_table
 
@@ -69,7 +69,7 @@ def fake_competition(cfg: Config, dest: Path, scale: int) -> pd.DataFrame:
     test, sample = load_test_table(cfg.data)
     bad = find_bad_images(test["path"].tolist())
     if bad:
-        raise UserError(f"{len(bad)} test images cannot be decoded, e.g. {bad[0]}; replace or remove them before "
+        raise UserError(f"{counted(len(bad), 'test image')} cannot be decoded, e.g. {bad[0]}; replace or remove them before "
                         "rehearsing (the real kernel would stop there too)")
     test_root = Path(cfg.data.dir) / cfg.data.test_dir
     id_col, rows = cfg.data.id_col, []

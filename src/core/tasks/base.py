@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import pandas as pd
 
-from src.core.utils import UserError, softmax
+from src.core.utils import UserError, counted, softmax
 
 if TYPE_CHECKING:  # torch and scipy load when a method needs them: a command's --help imports neither
     import torch
@@ -301,7 +301,7 @@ def assign_folds(df: pd.DataFrame, n_folds: int, seed: int, grouped: bool) -> np
     if len(small):
         shown = ", ".join(f"'{k}' ({v})" for k, v in small.head(10).items())
         raise UserError(
-            f"{len(small)} classes have fewer images than the {n_folds} folds: {shown}; "
+            f"{counted(len(small), 'class', 'classes')} {'has' if len(small) == 1 else 'have'} fewer images than the {n_folds} folds: {shown}; "
             "add images, merge or drop those classes, or lower data.n_folds"
         )
     fold = np.full(len(df), -1, dtype=np.int64)
