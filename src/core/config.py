@@ -278,8 +278,9 @@ class TrainCfg(_Section):
 # The spelling of metric names; what each one computes, its direction and the tasks it scores are
 # in src.evaluation.metrics (a test checks that the two agree).
 METRIC_NAMES = ("accuracy, balanced_accuracy, f1_macro (f<beta>_macro|micro|weighted|samples), roc_auc, pauc[@0.8], "
-                "average_precision, log_loss, qwk, map@<k>, gap")
+                "average_precision, log_loss, qwk, map@<k>, gap, top1_error, weighted_auc, pfbeta[@1]")
 METRIC_NAME_PATTERN = re.compile(r"^(accuracy|balanced_accuracy|roc_auc|average_precision|log_loss|qwk|gap"
+                          r"|top1_error|weighted_auc|pfbeta(@\d+(\.\d+)?)?"
                           r"|f\d+(\.\d+)?_(macro|micro|weighted|samples)|map@[1-9]\d*|pauc(@0?\.\d+)?)$")
 
 

@@ -5,12 +5,14 @@ multi-class, binary and ordinal tasks, a 0/1 matrix (N, L) for multi-label ones.
 decisions decode the probabilities first (the argmax; for multi-label, the labels whose
 probability reaches a threshold: 0.5, or thresholds fitted on OOF; for ordinal, the rounded grade
 score, or with thresholds between grades fitted on OOF, the grade whose interval holds the score). scikit-learn does the
-arithmetic wherever it has the metric; written here: MAP@k, GAP (global average precision) and the
-partial ROC AUC above a true-positive rate, as ISIC 2024 scored it.
+arithmetic wherever it has the metric; written here: MAP@k, GAP (global average precision), the
+partial ROC AUC above a true-positive rate, as ISIC 2024 scored it, the ROC AUC weighted by
+true-positive-rate band (ALASKA2) and the probabilistic F-beta (RSNA breast cancer).
 
 Names: accuracy, balanced_accuracy, f<beta>_<average> (f1_macro, f1_micro, f1_weighted, f2_samples,
 ...; samples is per image, multi-label only), roc_auc, pauc (pauc@<min_tpr>, default 0.8; binary),
-average_precision, log_loss, qwk, map@<k> (map@5), gap.
+average_precision, log_loss, qwk, map@<k> (map@5), gap, top1_error (multi-class; lower is better),
+weighted_auc (binary; ALASKA2's bands), pfbeta (pfbeta@<beta>, default 1; binary).
 """
 
 from __future__ import annotations
@@ -121,6 +123,53 @@ def _pauc(min_tpr: float):
     return score
 
 
+def weighted_auc(y: np.ndarray, score: np.ndarray, bands: tuple[float, ...] = (0.0, 0.4, 1.0),
+                 weights: tuple[float, ...] = (2.0, 1.0)) -> float:
+    """ROC AUC with each band of true-positive rate weighted (ALASKA2: TPR 0 to 0.4 counts twice):
+    the area between the curve and FPR 1, sliced horizontally at the band edges, each slice
+    weighted, the total divided by the weighted band heights (so a perfect ranking scores 1 and a
+    random one 0.5, as the plain AUC)."""
+    fpr, tpr, _ = roc_curve(np.asarray(y), np.asarray(score, dtype=np.float64))
+    total = 0.0
+    for (a, b), w in zip(zip(bands, bands[1:]), weights):
+        # Each straight piece of the curve, cut to the band's TPR range: its slice of the area right
+        # of the curve is a trapezoid of height t1 - t0 and mean width 1 - FPR (flat pieces add 0).
+        t0, t1 = np.clip(tpr[:-1], a, b), np.clip(tpr[1:], a, b)
+        rise = np.where(tpr[1:] > tpr[:-1], tpr[1:] - tpr[:-1], 1.0)
+        f0 = fpr[:-1] + (fpr[1:] - fpr[:-1]) * (t0 - tpr[:-1]) / rise
+        f1 = fpr[:-1] + (fpr[1:] - fpr[:-1]) * (t1 - tpr[:-1]) / rise
+        total += w * float(np.sum((t1 - t0) * (1 - (f0 + f1) / 2)))
+    return total / float(np.dot(np.diff(bands), weights))
+
+
+def _weighted_auc(y, probs, thresholds):
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    return weighted_auc(y, probs[:, 1])
+
+
+def pfbeta(y: np.ndarray, prob: np.ndarray, beta: float = 1.0) -> float:
+    """Probabilistic F-beta (RSNA screening mammography): precision and recall with each
+    prediction counted by its probability (clipped to [0, 1]) instead of a 0/1 decision; 0 when
+    either is 0."""
+    y, p = np.asarray(y).astype(bool), np.clip(np.asarray(prob, dtype=np.float64), 0.0, 1.0)
+    tp, fp = p[y].sum(), p[~y].sum()
+    if tp == 0 or not y.any():
+        return 0.0
+    precision, recall = tp / (tp + fp), tp / y.sum()
+    return float((1 + beta**2) * precision * recall / (beta**2 * precision + recall))
+
+
+def _pfbeta(beta: float):
+    def score(y, probs, thresholds):
+        return pfbeta(y, probs[:, 1], beta)
+    return score
+
+
+def _top1_error(y, probs, thresholds):
+    return 1.0 - accuracy_score(y, decide(probs))
+
+
 def _average_precision(y, probs, thresholds):
     if _multilabel(y):
         cols = _columns_with_both(y)
@@ -181,10 +230,13 @@ _FIXED = {
     "log_loss": (_log_loss, False, PROBABILITIES, False),
     "qwk": (_qwk, True, frozenset({"multiclass", "ordinal"}), True),
     "gap": (_gap, True, frozenset({"multiclass"}), False),
+    "top1_error": (_top1_error, False, frozenset({"multiclass", "binary"}), True),
+    "weighted_auc": (_weighted_auc, True, frozenset({"binary"}), False),
 }
 _FBETA = re.compile(r"^f(\d+(?:\.\d+)?)_(macro|micro|weighted|samples)$")
 _MAP = re.compile(r"^map@([1-9]\d*)$")
 _PAUC = re.compile(r"^pauc(?:@(0?\.\d+))?$")
+_PFBETA = re.compile(r"^pfbeta(?:@(\d+(?:\.\d+)?))?$")
 
 
 def metric_spec(name: str) -> Metric:
@@ -198,6 +250,8 @@ def metric_spec(name: str) -> Metric:
         return Metric(name, _map_at(int(m.group(1))), True, frozenset({"multiclass"}), False)
     if m := _PAUC.match(name):
         return Metric(name, _pauc(float(m.group(1) or 0.8)), True, frozenset({"binary"}), False)
+    if m := _PFBETA.match(name):
+        return Metric(name, _pfbeta(float(m.group(1) or 1.0)), True, frozenset({"binary"}), False)
     if name == "loss":
         return Metric(name, None, False, ALL, False)
     raise ValueError(f"unknown metric {name}; the metrics are {METRIC_NAMES}")

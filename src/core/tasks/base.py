@@ -18,7 +18,9 @@ if TYPE_CHECKING:  # torch and scipy load when a method needs them: a command's 
 
 REGRESSION_LOSSES = ("mse", "smooth_l1")  # loss.name values that give an ordinal task a one-output head
 MAP_AT = re.compile(r"^map@(\d+)$")  # a MAP@k metric: its k
-PROBABILITY_METRICS = ("roc_auc", "log_loss", "average_precision")
+# Metrics that read a binary task's probability (pauc@0.9, pfbeta@2: the name before "@"); the metric
+# registry (src.evaluation.metrics) is checked against this list by tests/evaluation/test_competition_metrics.py.
+PROBABILITY_METRICS = ("roc_auc", "log_loss", "average_precision", "weighted_auc", "pauc", "pfbeta")
 
 
 @dataclass(frozen=True)
@@ -252,7 +254,7 @@ class Task:
             return "topk"
         values = pd.to_numeric(sample[cols[0]], errors="coerce")
         fractional = values.notna().all() and ((values % 1) != 0).any()
-        if len(self.classes) == 2 and (metric in PROBABILITY_METRICS or metric.startswith("pauc") or fractional):
+        if len(self.classes) == 2 and (metric.split("@")[0] in PROBABILITY_METRICS or fractional):
             return "binary"
         return "label"
 
