@@ -162,3 +162,81 @@ def train_two_members(out: Path, demo_dir: Path, demo_cfg, train: tuple[str, ...
         cfg = demo_cfg(demo_dir, out, f"experiment.name={name}", *train, *extra)
         for k in range(2):
             train_fold(cfg, k)
+
+
+def build_coco_competition(style: str, root: Path, demo_dir: Path, n_train: int = 60, n_test: int = 20) -> Path:
+    """A small COCO-style competition from the digits demo, in the layout of `style`:
+
+    inat       iNaturalist 2019: train2019.json, test2019.json (images only) and
+               kaggle_sample_submission.csv (id,predicted) at the top, images under
+               train_val2019/Digits/<category>/<hash>.jpg and test2019/<hash>.jpg (file_names
+               relative to the top); category ids 100 + digit.
+    herbarium  Herbarium 2020: nybg2020/train/metadata.json (Latin-1, as the real one) with images
+               under images/<cat // 100:03d>/<cat % 100:02d>/<id>.jpg, nybg2020/test/metadata.json
+               with images/<idx // 1000:03d>/<idx>.jpg (file_names relative to each JSON's folder),
+               sample_submission.csv (Id,Predicted); category ids 15500 + digit, names with accents.
+
+    Both get a solution.csv in the sample's columns for src.score. Returns the competition folder."""
+    import hashlib
+    import json
+
+    import pandas as pd
+    from PIL import Image
+
+    train = pd.read_csv(demo_dir / "train.csv", dtype=str).head(n_train)
+    sol = pd.read_csv(demo_dir / "solution.csv", dtype=str).head(n_test)
+    comp = root / f"coco_{style}"
+    base = 100 if style == "inat" else 15500
+    categories = [{"id": base + d, "name": f"Digitus {d}" + ("é" if style == "herbarium" else ""),
+                   "kingdom": "Digits"} for d in range(10)]
+
+    def save(src_id: str, split: str, rel: str, top: Path) -> None:
+        dst = top / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(demo_dir / split / f"{src_id}.png").convert("RGB").save(dst, quality=95)
+
+    train_images, annotations, test_images, answers = [], [], [], []
+    if style == "inat":
+        top = train_top = test_top = comp
+        id_col, pred_col, sample_name = "id", "predicted", "kaggle_sample_submission.csv"
+    else:
+        top, train_top, test_top = comp, comp / "nybg2020" / "train", comp / "nybg2020" / "test"
+        id_col, pred_col, sample_name = "Id", "Predicted", "sample_submission.csv"
+    for i, (src_id, label) in enumerate(zip(train["id"], train["label"])):
+        cat = base + int(label)
+        h = hashlib.md5(src_id.encode()).hexdigest()
+        rel = (f"train_val2019/Digits/{cat}/{h}.jpg" if style == "inat"
+               else f"images/{cat // 100:03d}/{cat % 100:02d}/{1000 + i}.jpg")
+        save(src_id, "train", rel, train_top)
+        train_images.append({"id": 1000 + i, "file_name": rel, "width": 32, "height": 32})
+        annotations.append({"id": 5000 + i, "image_id": 1000 + i, "category_id": cat})
+    for i, (src_id, label) in enumerate(zip(sol["id"], sol["label"])):
+        h = hashlib.md5(("t" + src_id).encode()).hexdigest()
+        image_id = 9000 + i if style == "inat" else i
+        rel = f"test2019/{h}.jpg" if style == "inat" else f"images/{i // 1000:03d}/{i}.jpg"
+        save(src_id, "test", rel, test_top)
+        test_images.append({"id": image_id, "file_name": rel, "width": 32, "height": 32})
+        answers.append({id_col: image_id, pred_col: base + int(label)})
+    info = {"info": {"year": 2019}, "licenses": []}
+    train_doc = {**info, "images": train_images, "annotations": annotations, "categories": categories}
+    test_doc = {**info, "images": test_images}
+    if style == "inat":
+        (comp / "train2019.json").write_text(json.dumps(train_doc, indent=4, sort_keys=True))
+        (comp / "test2019.json").write_text(json.dumps(test_doc, indent=4, sort_keys=True))
+    else:
+        (train_top / "metadata.json").write_bytes(json.dumps(train_doc, ensure_ascii=False).encode("latin-1"))
+        (test_top / "metadata.json").write_text(json.dumps(test_doc))
+    pd.DataFrame(answers).to_csv(top / "solution.csv", index=False)
+    pd.DataFrame(answers).assign(**{pred_col: 0}).to_csv(top / sample_name, index=False)
+    return comp
+
+
+# The config overrides that read each coco style (build_coco_competition).
+COCO_OVERRIDES = {
+    "inat": ("data.layout=coco", "data.annotations=train2019.json", "data.test_annotations=test2019.json",
+             "data.sample_submission=kaggle_sample_submission.csv", "data.label_col=predicted",
+             "metric.name=top1_error"),
+    "herbarium": ("data.layout=coco", "data.annotations=nybg2020/train/metadata.json",
+                  "data.test_annotations=nybg2020/test/metadata.json", "data.id_col=Id", "data.label_col=Predicted",
+                  "metric.name=f1_macro"),
+}

@@ -65,8 +65,10 @@ class DataCfg(_Section):
     task: str  # one of core/tasks/'s TASKS
     label_sep: str
     label_cols: list[str] | Literal["all"] | None
-    layout: Literal["csv", "imagefolder", "filename"]
+    layout: Literal["csv", "imagefolder", "filename", "coco"]
     label_pattern: str | None
+    annotations: str | None
+    test_annotations: str | None
     train_csv: str
     image_dir: str
     test_dir: str
@@ -106,6 +108,9 @@ class DataCfg(_Section):
         if self.layout == "filename" and self.label_pattern is None:
             raise ValueError("data.layout=filename needs data.label_pattern, a regular expression whose group is "
                              r"the label in a file name, e.g. '^(cat|dog)\.' for train/cat.0.jpg")
+        if (self.layout == "coco") != (self.annotations is not None):
+            raise ValueError("data.layout=coco reads its training table from data.annotations, a COCO-style JSON "
+                             "relative to data.dir (e.g. train2019.json); set both, or neither")
         if self.label_pattern is not None:
             try:
                 groups = re.compile(self.label_pattern).groups

@@ -15,6 +15,7 @@ import pandas as pd
 from src.core.config import Config, DataCfg, require_competition
 from src.core.tasks import TASKS, canonical_tags
 from src.core.utils import UserError, atomic_write_text, counted
+from src.data.coco import coco_test_paths, coco_train_table
 from src.data.images import find_bad_images
 from src.data.loaders import resolve_workers
 
@@ -245,6 +246,8 @@ def load_train_table(cfg: DataCfg) -> pd.DataFrame:
         df = _imagefolder_table(root / cfg.image_dir, cfg.image_exts)
     elif cfg.layout == "filename":
         df = _filename_table(root / cfg.image_dir, cfg.image_exts, cfg.label_pattern)
+    elif cfg.layout == "coco":
+        df = coco_train_table(root / cfg.annotations, TASKS[cfg.task].label_form)
     else:
         path = root / cfg.train_csv
         raw = _read_csv(path, "training table")
@@ -272,7 +275,11 @@ def load_test_table(cfg: DataCfg) -> tuple[pd.DataFrame, pd.DataFrame]:
     path = root / cfg.sample_submission
     sample = _read_csv(path, "sample submission")
     _require_cols(sample, {"data.id_col": cfg.id_col}, path)
-    test = _attach_paths(sample[[cfg.id_col]], cfg.id_col, root / cfg.test_dir, cfg.image_exts, "test")
+    if cfg.test_annotations:
+        test = sample[[cfg.id_col]].assign(path=coco_test_paths(root / cfg.test_annotations, sample[cfg.id_col],
+                                                                cfg.id_col, path))
+    else:
+        test = _attach_paths(sample[[cfg.id_col]], cfg.id_col, root / cfg.test_dir, cfg.image_exts, "test")
     return test.rename(columns={cfg.id_col: "id"}).reset_index(drop=True), sample
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import COCO_OVERRIDES, build_coco_competition
 
 import src.average as average
 import src.ensemble as ensemble
@@ -291,6 +292,23 @@ def _unfinish_fold1(root: Path) -> None:
     (root / "outputs/demo/fold1/done.json").unlink()
 
 
+def _coco(edit: Callable[[dict, Path], None] | None = None):
+    """Damage: iNaturalist 2019's layout built at inputs/coco_inat from the digits copy (tests/conftest.py
+    build_coco_competition), then train2019.json `edit`ed (the parsed JSON and the competition folder)."""
+
+    def damage(root: Path) -> None:
+        import json
+
+        comp = build_coco_competition("inat", root / "inputs", root / "inputs" / "digits", n_train=20, n_test=6)
+        if edit is not None:
+            doc = json.loads((comp / "train2019.json").read_text())
+            edit(doc, comp)
+            (comp / "train2019.json").write_text(json.dumps(doc))
+
+    return damage
+
+
+COCO = ("data.dir=inputs/coco_inat", *COCO_OVERRIDES["inat"])
 F0 = ("--fold", "0")
 SCALAR = "the command line"
 WEIGHTS = ("--weights", "ensemble.weights")
@@ -411,6 +429,17 @@ ROWS = [
 
     # ---- issue 31, the smaller ones
 
+    # ---- issue 29: COCO-style annotation files (data.layout=coco)
+    row("coco-json-without-categories", "train", F0 + COCO, ("inputs/coco_inat/train2019.json", "categories"),
+        damage=_coco(lambda d, c: d.pop("categories"))),
+    row("coco-unknown-category-id", "train", F0 + COCO, ("train2019.json", "['999']", "categories do not list"),
+        damage=_coco(lambda d, c: d["annotations"][0].update(category_id=999))),
+    row("coco-image-not-on-disk", "train", F0 + COCO, ("not on disk", "relative to inputs/coco_inat"),
+        damage=_coco(lambda d, c: (c / d["images"][0]["file_name"]).unlink())),
+    row("coco-not-json", "train", F0 + COCO, ("train2019.json", "not valid JSON"),
+        damage=lambda r: (_coco()(r), (r / "inputs/coco_inat/train2019.json").write_text('{"images": ['))),
+    row("coco-without-its-annotation-file", "train", F0 + ("data.layout=coco",),
+        ("data.annotations", "train2019.json")),
 ]
 
 

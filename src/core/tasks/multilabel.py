@@ -31,8 +31,12 @@ class Multilabel(Task):
 
     @classmethod
     def check_data(cls, data) -> str | None:
-        if data.layout != "csv":
-            return "data.task=multilabel reads its labels from train.csv (data.layout=csv): a tags column or data.label_cols"
+        if data.layout not in ("csv", "coco"):
+            return ("data.task=multilabel reads its labels from train.csv (data.layout=csv: a tags column or "
+                    "data.label_cols) or from a COCO-style JSON's annotations (data.layout=coco)")
+        if data.layout == "coco" and data.label_cols is not None:
+            return ("data.label_cols names 0/1 columns of train.csv, and data.layout=coco reads the labels from "
+                    "data.annotations; set data.label_cols to null")
         return None
 
     @classmethod
