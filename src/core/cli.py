@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 
 from src.core.config import Config, add_config_args, load_config, require_competition
+from src.core.tasks import FORMATS
 from src.core.utils import UserError, one_sentence
 
 
@@ -75,7 +76,7 @@ def add_blend_args(parser: argparse.ArgumentParser, fmt: bool = True) -> None:
     parser.add_argument("--weights", type=parse_weights, default=None, help="equal | auto | w1,w2,...")
     parser.add_argument("--voting", choices=["soft", "geometric", "logits", "hard", "rank"], default=None)
     if fmt:
-        parser.add_argument("--format", dest="fmt", choices=["auto", "label", "index", "proba", "binary", "topk"], default=None)
+        parser.add_argument("--format", dest="fmt", choices=["auto", *FORMATS], default=None)
 
 
 def split_blend_args(args: argparse.Namespace) -> list[str] | None:

@@ -60,7 +60,7 @@ def build_submission(sample: pd.DataFrame, id_col: str, probs: np.ndarray, class
         best = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]  # ties: the class first in order
         sub[cols[0]] = [" ".join(classes[i] for i in row) for row in best]
     else:
-        raise UserError(f"ensemble.format={fmt} is not a submission format; use one of {FORMATS} or auto")
+        raise UserError(f"ensemble.format={fmt} is not a submission format; use one of {', '.join(FORMATS)} or auto")
     return sub
 
 
