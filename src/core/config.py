@@ -277,10 +277,10 @@ class TrainCfg(_Section):
 
 # The spelling of metric names; what each one computes, its direction and the tasks it scores are
 # in src.evaluation.metrics (a test checks that the two agree).
-METRIC_NAMES = ("accuracy, balanced_accuracy, f1_macro (f<beta>_macro|micro|weighted|samples), roc_auc, pauc[@0.8], "
+METRIC_NAMES = ("accuracy, balanced_accuracy, f1_macro (f<beta>_macro|micro|weighted|samples[@0]), roc_auc, pauc[@0.8], "
                 "average_precision, log_loss, qwk, map@<k>, gap")
 METRIC_NAME_PATTERN = re.compile(r"^(accuracy|balanced_accuracy|roc_auc|average_precision|log_loss|qwk|gap"
-                          r"|f\d+(\.\d+)?_(macro|micro|weighted|samples)|map@[1-9]\d*|pauc(@0?\.\d+)?)$")
+                          r"|f\d+(\.\d+)?_(macro|micro|weighted|samples(@0)?)|map@[1-9]\d*|pauc(@0?\.\d+)?)$")
 
 
 class MetricCfg(_Section):
