@@ -20,8 +20,8 @@ import json
 import sys
 from pathlib import Path
 
-from src.core.cli import command_parser, run_cli
-from src.core.config import add_config_args, load_config
+from src.core.cli import command_parser, parse_args, run_cli
+from src.core.config import load_config
 from src.core.utils import atomic_write_text
 
 
@@ -62,8 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", default="outputs/bench", help="--stages: folder for photos, cache and folds")
     parser.add_argument("--results", default="benchmarks/results", help="--stages: folder of <device>[-tag].json")
     parser.add_argument("--tag", default="", help="--stages: suffix of the results file (another model, say)")
-    add_config_args(parser)
-    args = parser.parse_intermixed_args(argv)
+    args = parse_args(parser, argv)
     if args.stages:
         args.raw = list(argv if argv is not None else sys.argv[1:])
         return stages(args)

@@ -183,43 +183,22 @@ def _image_and_wheels(p: argparse.ArgumentParser, what: str) -> None:
                         "src/kaggle/kaggle_image.txt)")
 
 
-def _moved_overrides(args: argparse.Namespace, *names: str) -> None:
-    """`section.key=value` words that a many-valued flag or positional swallowed go to args.overrides."""
-    for name in names:
-        values = getattr(args, name)
-        if values:
-            args.overrides += [t for t in values if "=" in t]
-            setattr(args, name, [t for t in values if "=" not in t] or None)
-
-
-def _prepare_build(args: argparse.Namespace) -> None:
-    split_blend_args(args)
-    _moved_overrides(args, "from_kernels")
-
-
 def _prepare_folds(args: argparse.Namespace) -> None:
-    """--folds 0 1 section.key=value: the overrides it swallowed go back to the overrides; the rest are fold numbers."""
-    _moved_overrides(args, "folds")
+    """--folds 0 1: fold numbers."""
     bad = [f for f in args.folds or [] if not f.lstrip("-").isdigit()]
     if bad:
         raise UserError(f"--folds takes fold numbers, and {bad[:3]} are not; e.g. --folds 0 1 2")
     args.folds = None if args.folds is None else [int(f) for f in args.folds]
 
 
-def _prepare_pull(args: argparse.Namespace) -> None:
-    _moved_overrides(args, "kernels")
-    if not args.kernels:
-        raise UserError(f"pull takes the training notebooks: {PROG} pull USER/KERNEL [USER/KERNEL ...] --config <config>")
-
-
 # verb: (what it does, its options, the prepare step before the config loads, the function)
 VERBS = {
-    "build": ("build the offline inference bundle (dataset and notebook)", _build_options, _prepare_build, build),
+    "build": ("build the offline inference bundle (dataset and notebook)", _build_options, split_blend_args, build),
     "rehearse": ("run the built inference notebook here on a fake /kaggle", _rehearse_options, None, rehearse),
     "train": ("build one training notebook per fold, and their code dataset", _train_options, _prepare_folds, train),
     "rehearse-train": ("run the built training notebooks here on a fake /kaggle, short epochs",
                        _rehearse_train_options, _prepare_folds, rehearse_train),
-    "pull": ("bring training notebooks' finished folds into outputs/<experiment>/", _pull_options, _prepare_pull, pull),
+    "pull": ("bring training notebooks' finished folds into outputs/<experiment>/", _pull_options, None, pull),
 }
 # The flags that chose the purpose before the verbs (old_spelling names the verb each meant).
 OLD_FLAGS = ("--pull", "--train", "--rehearse")

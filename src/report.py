@@ -17,16 +17,7 @@ folds, +-1 std band) and one CV row per experiment with the settings that differ
 
 from __future__ import annotations
 
-import argparse
-
 from src.core.cli import command_parser, parse_config, run_cli
-
-
-def _compare_overrides(args: argparse.Namespace) -> None:
-    """--compare A B key=value: argparse hands the trailing overrides to --compare; they are overrides."""
-    if args.compare:
-        args.overrides = [n for n in args.compare if "=" in n] + args.overrides
-        args.compare = [n for n in args.compare if "=" not in n]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cams", type=int, default=8, help="Grad-CAM maps of right and of wrong predictions (default 8 each)")
     parser.add_argument("--cam-layer", default=None, help="module to explain (default: the deepest stage at least 4x4)")
     parser.add_argument("--out", default=None, help="--compare: output folder (default outputs/compare/<A>+<B>...)")
-    args, cfg = parse_config(parser, argv, prepare=_compare_overrides)
+    args, cfg = parse_config(parser, argv)
     if args.compare:
         from src.analysis.comparison import build_comparison  # after parsing: --help imports nothing heavy
 

@@ -19,10 +19,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--solution", default=None, help="true labels (default: data.dir/data.solution)")
     args, cfg = parse_config(parser, argv)
     solution = args.solution or Path(cfg.data.dir) / cfg.data.solution
-    from src.evaluation.scoring import score_submission  # after parsing: --help imports nothing heavy
+    from src.evaluation.metrics import metric_note  # after parsing: --help imports nothing heavy
+    from src.evaluation.scoring import score_submission
 
     scores = score_submission(args.submission, solution, cfg)
-    print("  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    note = metric_note(cfg.metric.name)  # where competitions define the metric differently: which one this is
+    print("  ".join(f"{k} {v:.4f}" for k, v in scores.items()) + (f"  ({note})" if note else ""))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from src.core.tasks import KINDS, TASKS
+from src.core.tasks import FORMATS, KINDS, TASKS
 from src.core.utils import UserError, atomic_write_text
 
 
@@ -282,11 +282,11 @@ class TrainCfg(_Section):
 
 # The spelling of metric names; what each one computes, its direction and the tasks it scores are
 # in src.evaluation.metrics (a test checks that the two agree).
-METRIC_NAMES = ("accuracy, balanced_accuracy, f1_macro (f<beta>_macro|micro|weighted|samples), roc_auc, pauc[@0.8], "
+METRIC_NAMES = ("accuracy, balanced_accuracy, f1_macro (f<beta>_macro|micro|weighted|samples[@0]), roc_auc, pauc[@0.8], "
                 "average_precision, log_loss, qwk, map@<k>, gap, top1_error, weighted_auc, pfbeta[@1]")
 METRIC_NAME_PATTERN = re.compile(r"^(accuracy|balanced_accuracy|roc_auc|average_precision|log_loss|qwk|gap"
                           r"|top1_error|weighted_auc|pfbeta(@\d+(\.\d+)?)?"
-                          r"|f\d+(\.\d+)?_(macro|micro|weighted|samples)|map@[1-9]\d*|pauc(@0?\.\d+)?)$")
+                          r"|f\d+(\.\d+)?_(macro|micro|weighted|samples(@0)?)|map@[1-9]\d*|pauc(@0?\.\d+)?)$")
 
 
 class MetricCfg(_Section):
@@ -310,7 +310,7 @@ class EnsembleCfg(_Section):
     tta: list[str]
     voting: Literal["soft", "geometric", "logits", "hard", "rank"]
     weights: Literal["equal", "auto"] | list[float]
-    format: Literal["auto", "label", "index", "proba", "binary", "topk", "tags"]
+    format: Literal[("auto", *FORMATS)]  # one list of formats (src.core.tasks.base), which --format offers too
     top_k: Annotated[int, Field(ge=1)] | None
     threshold: Literal["per_label", "global"] | Annotated[float, Field(gt=0, lt=1)]
     min_labels: Literal[0, 1]
@@ -336,7 +336,7 @@ class Config(_Section):
     def _check(self):
         if (self.train.mixup > 0 or self.train.cutmix > 0) and self.loader.batch_size % 2:
             raise ValueError("train.mixup/cutmix pair images within a batch, so loader.batch_size must be even")
-        refusal = TASKS[self.data.task].check_loss(self.loss)
+        refusal = TASKS[self.data.task].check_loss(self.loss) or TASKS[self.data.task].check_ensemble(self.ensemble)
         if refusal:
             raise ValueError(refusal)
         return self

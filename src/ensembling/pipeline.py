@@ -62,6 +62,17 @@ def _submit(cfg: Config, out: tuple[Path, bool], probs: np.ndarray, blend: Blend
     return out
 
 
+def _counted(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def blend_shape(folds: list[int], n_views: int) -> str:
+    """'1 member x 2 folds x 2 views': what a blend averaged, from each member's fold count."""
+    lo, hi = min(folds), max(folds)
+    fold_text = _counted(lo, "fold") if lo == hi else f"{lo} to {hi} folds"
+    return f"{_counted(len(folds), 'member')} x {fold_text} x {_counted(n_views, 'view')}"
+
+
 def _applied(blend: str | dict, given: dict) -> Blend:
     """A fitted blend's JSON (the bundle manifest's), once every decision also passed (`given`: key ->
     value or None) is the blend's own: a manifest edited in one place and not the other is refused."""
@@ -150,8 +161,8 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
 
     # 3) submission (multi-label: the labels above the thresholds fitted on OOF; ordinal: the grades between
     # them; the thresholds and the blend are written beside it)
-    out = _submit(cfg, (out, explicit), probs, fitted, sample, f"{len(members)} members x folds x "
-                  f"{len(fitted.views)} views")
+    out = _submit(cfg, (out, explicit), probs, fitted, sample, blend_shape([len(m.folds) for m in members],
+                                                                            len(fitted.views)))
 
     # 4) the ledger (local runs: a kernel, report off, has no CV to record)
     if report:

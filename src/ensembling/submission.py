@@ -19,7 +19,12 @@ def resolve_top_k(sample: pd.DataFrame, id_col: str, metric: str, configured: in
     col = [c for c in sample.columns if c != id_col][0]
     words = placeholder_words(sample, col)
     m = MAP_AT.match(metric)
-    k = configured or (int(m.group(1)) if m else (int(words.mode()[0]) if len(sample) and words.max() > 1 else 5))
+    shown = int(words.mode()[0]) if len(sample) and words.max() > 1 else None  # the placeholders' ranked labels
+    k = configured or (int(m.group(1)) if m else (shown or 5))
+    if configured is None and m and shown not in (None, k):
+        print(f"warning: the sample submission's placeholders hold {shown} labels and metric.name={metric} scores up "
+              f"to {k}; writing {k} labels per row (a row with fewer can only lose MAP@{k}); set ensemble.top_k={shown} "
+              "to write as many as the placeholders")
     if k > n_classes:
         raise UserError(f"a top-{k} submission needs at least {k} classes and the split has {n_classes}; set "
                         f"ensemble.top_k to {n_classes} or fewer")
@@ -60,7 +65,7 @@ def build_submission(sample: pd.DataFrame, id_col: str, probs: np.ndarray, class
         best = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]  # ties: the class first in order
         sub[cols[0]] = [" ".join(classes[i] for i in row) for row in best]
     else:
-        raise UserError(f"ensemble.format={fmt} is not a submission format; use one of {FORMATS} or auto")
+        raise UserError(f"ensemble.format={fmt} is not a submission format; use one of {', '.join(FORMATS)} or auto")
     return sub
 
 

@@ -10,9 +10,10 @@ partial ROC AUC above a true-positive rate, as ISIC 2024 scored it, the ROC AUC 
 true-positive-rate band (ALASKA2) and the probabilistic F-beta (RSNA breast cancer).
 
 Names: accuracy, balanced_accuracy, f<beta>_<average> (f1_macro, f1_micro, f1_weighted, f2_samples,
-...; samples is per image, multi-label only), roc_auc, pauc (pauc@<min_tpr>, default 0.8; binary),
-average_precision, log_loss, qwk, map@<k> (map@5), gap, top1_error (multi-class; lower is better),
-weighted_auc (binary; ALASKA2's bands), pfbeta (pfbeta@<beta>, default 1; binary).
+...; samples is per image, multi-label only, and an image with no true and no predicted label scores
+1 as in Kaggle's mean F-score, or 0 with f2_samples@0 as scikit-learn's zero_division=0), roc_auc, pauc
+(pauc@<min_tpr>, default 0.8; binary), average_precision, log_loss, qwk, map@<k> (map@5), gap, top1_error
+(multi-class; lower is better), weighted_auc (binary; ALASKA2's bands), pfbeta (pfbeta@<beta>, default 1; binary).
 """
 
 from __future__ import annotations
@@ -82,6 +83,28 @@ def _fbeta(beta: float, average: str):
         return fbeta_score(y, _decisions(y, probs, thresholds), beta=beta, average=average, labels=labels,
                            zero_division=0)
     return score
+
+
+def _fbeta_samples(beta: float, empty: float):
+    """The mean over images of each image's F-beta of its labels; an image with no true and no
+    predicted label scores `empty`: 1 (Kaggle's mean F-score, e.g. Planet's F2: nothing to find,
+    nothing claimed, a perfect match) or 0 (scikit-learn's zero_division=0, metric name @0)."""
+    def score(y, probs, thresholds):
+        pred, true = _decisions(y, probs, thresholds).astype(bool), np.asarray(y).astype(bool)
+        tp, fp, fn = (pred & true).sum(1), (pred & ~true).sum(1), (~pred & true).sum(1)
+        b2 = beta * beta
+        denom = (1 + b2) * tp + b2 * fn + fp  # 0 only where the image has no true and no predicted label
+        return float(np.where(denom > 0, (1 + b2) * tp / np.maximum(denom, 1), empty).mean())
+    return score
+
+
+def metric_note(name: str) -> str:
+    """How a metric whose definition differs between competitions is computed here ('' for the others)."""
+    m = _FBETA.match(name)
+    if not m or m.group(2) != "samples":
+        return ""
+    return (f"{name}: an image with no true and no predicted label scores {0 if m.group(3) else 1}"
+            + (" (scikit-learn's zero_division=0)" if m.group(3) else f" (Kaggle's mean F-score; {name}@0 scores it 0)"))
 
 
 def _columns_with_both(y: np.ndarray) -> np.ndarray:
@@ -233,7 +256,7 @@ _FIXED = {
     "top1_error": (_top1_error, False, frozenset({"multiclass", "binary"}), True),
     "weighted_auc": (_weighted_auc, True, frozenset({"binary"}), False),
 }
-_FBETA = re.compile(r"^f(\d+(?:\.\d+)?)_(macro|micro|weighted|samples)$")
+_FBETA = re.compile(r"^f(\d+(?:\.\d+)?)_(macro|micro|weighted|samples)(@0)?$")  # @0: samples only
 _MAP = re.compile(r"^map@([1-9]\d*)$")
 _PAUC = re.compile(r"^pauc(?:@(0?\.\d+))?$")
 _PFBETA = re.compile(r"^pfbeta(?:@(\d+(?:\.\d+)?))?$")
@@ -243,9 +266,11 @@ def metric_spec(name: str) -> Metric:
     """The registry entry of a metric name; ValueError naming the choices for an unknown one."""
     if name in _FIXED:
         return Metric(name, *_FIXED[name])
-    if m := _FBETA.match(name):
-        tasks = frozenset({"multilabel"}) if m.group(2) == "samples" else ALL
-        return Metric(name, _fbeta(float(m.group(1)), m.group(2)), True, tasks, True)
+    if (m := _FBETA.match(name)) and m.group(2) == "samples":
+        return Metric(name, _fbeta_samples(float(m.group(1)), 0.0 if m.group(3) else 1.0), True,
+                      frozenset({"multilabel"}), True)
+    if m and not m.group(3):
+        return Metric(name, _fbeta(float(m.group(1)), m.group(2)), True, ALL, True)
     if m := _MAP.match(name):
         return Metric(name, _map_at(int(m.group(1))), True, frozenset({"multiclass"}), False)
     if m := _PAUC.match(name):

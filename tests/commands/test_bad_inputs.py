@@ -428,6 +428,10 @@ ROWS = [
     # ---- issue 31.8: the sidecars of a recorded submission
 
     # ---- issue 31, the smaller ones
+    row("min-labels-on-a-multiclass-task", "train", F0 + ("ensemble.min_labels=1",),
+        ("ensemble.min_labels=1", "data.task=multilabel", "ensemble.min_labels=0")),
+    row("min-labels-on-a-multiclass-ensemble", "ensemble", ("--tta", "hflip", "ensemble.min_labels=1"),
+        ("ensemble.min_labels=1", "multiclass", "ensemble.min_labels=0"), world="trained"),
 
     # ---- issue 29: COCO-style annotation files (data.layout=coco)
     row("coco-json-without-categories", "train", F0 + COCO, ("inputs/coco_inat/train2019.json", "categories"),

@@ -108,3 +108,62 @@ def test_help_parses_before_importing_anything_heavy(command):
                           cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "usage:" in proc.stdout and proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout[-500:]
+
+
+# Every command with a many-valued flag or positional (nargs '+' or '*'), those words, after which an override
+# used to be swallowed as one more value (issue 31).
+MANY_VALUED = {
+    "ensemble --experiments": ["ensemble", "--experiments", "a", "b"],
+    "ensemble --tta": ["ensemble", "--tta", "hflip", "d4"],
+    "pseudo --experiments": ["pseudo", "--experiments", "a", "b"],
+    "pseudo --tta": ["pseudo", "--tta", "hflip", "d4"],
+    "report --compare": ["report", "--compare", "a", "b"],
+    "bench --views": ["bench", "--steps", "1", "--views", "identity", "hflip"],
+    "kaggle_kernel build --experiments": ["kaggle_kernel build", "--experiments", "a", "b"],
+    "kaggle_kernel build --tta": ["kaggle_kernel build", "--tta", "hflip", "d4"],
+    "kaggle_kernel build --from-kernels": ["kaggle_kernel build", "--from-kernels", "u/a", "u/b"],
+    "kaggle_kernel train --folds": ["kaggle_kernel train", "--folds", "0", "1"],
+    "kaggle_kernel rehearse-train --folds": ["kaggle_kernel rehearse-train", "--folds", "0", "1"],
+    "kaggle_kernel pull KERNELS": ["kaggle_kernel pull", "u/a", "u/b"],
+}
+
+
+def test_every_many_valued_option_is_listed():
+    """A new nargs '+'/'*' option in a command joins MANY_VALUED (the overrides after it are tested)."""
+    import re
+
+    listed = {w for words in MANY_VALUED.values() for w in words if w.startswith("--")} | {"KERNELS"}
+    for name in COMMANDS:
+        text = (REPO / "src" / f"{name}.py").read_text() + (REPO / "src/core/cli.py").read_text()
+        for flag in re.findall(r"""add_argument\("([-\w]+)", nargs=["']?[+*]""", text):
+            assert flag in listed or flag == "kernels" and "KERNELS" in listed, (name, flag)
+
+
+@pytest.mark.parametrize("where", ["trailing", "before --config"])
+@pytest.mark.parametrize("case", list(MANY_VALUED))
+def test_overrides_after_a_many_valued_option_are_overrides_and_the_last_wins(case, where, tmp_path, monkeypatch,
+                                                                              capsys):
+    """`--experiments a b train.epochs=0`: the override is taken (an invalid value stops the command in
+    one sentence naming it), and of two, the later one wins wherever they stand."""
+    (module, *verb), words = MANY_VALUED[case][0].split(), MANY_VALUED[case][1:]
+    demo = str(CONFIG_DIR / "demo.yaml")
+    rest = (["--config", demo, *words, "train.epochs=0"] if where == "trailing"
+            else [*words, "train.epochs=1", "--config", demo, "train.epochs=0"])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        run_cli(importlib.import_module(f"src.{module}").main, [*verb, *rest])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "train.epochs" in err and "the command line" in err, err
+
+
+def test_a_flag_of_one_value_keeps_a_value_that_looks_like_an_override():
+    import argparse
+
+    from src.core.cli import parse_args
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rehearse-overrides", default=None)
+    parser.add_argument("--folds", nargs="+", default=None)
+    args = parse_args(parser, ["--folds", "0", "a.b=1", "--rehearse-o", "train.epochs=1", "c.d=2"])
+    assert args.folds == ["0"] and args.rehearse_overrides == "train.epochs=1" and args.overrides == ["a.b=1", "c.d=2"]

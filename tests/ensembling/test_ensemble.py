@@ -491,7 +491,7 @@ def test_cli_with_tta_prints_oof_table_and_writes(world, overrides_for):
     for tta in ("none", "identity+hflip"):
         row = [r for r in rows if r[:2] == ["a", tta]]
         assert row and 0.0 <= float(row[0][2]) <= 1.0, (tta, proc.stdout)
-    assert f"wrote {out} (360 rows, format label, 1 members x folds x 2 views)" in proc.stdout
+    assert f"wrote {out} (360 rows, format label, 1 member x 2 folds x 2 views)" in proc.stdout
     assert out.is_file() and _probs_path(out).is_file()
     sample = pd.read_csv(world.demo / "sample_submission.csv", dtype=str)
     sub = pd.read_csv(out, dtype=str)

@@ -17,7 +17,7 @@ from sklearn.metrics import (
 )
 
 from src.core.config import METRIC_NAME_PATTERN
-from src.evaluation.metrics import compute_metric, decide, is_better, metric_spec, partial_auc
+from src.evaluation.metrics import compute_metric, decide, is_better, metric_note, metric_spec, partial_auc
 
 rng = np.random.default_rng(0)
 N, C, L = 200, 4, 5
@@ -63,8 +63,10 @@ def test_binary_metrics_equal_scikit_learn(name, expected):
     ("accuracy", accuracy_score(Y_ML, (P_ML >= 0.5).astype(int))),
     ("f1_macro", f1_score(Y_ML, P_ML >= 0.5, average="macro", zero_division=0)),
     ("f1_micro", f1_score(Y_ML, P_ML >= 0.5, average="micro", zero_division=0)),
-    ("f1_samples", f1_score(Y_ML, P_ML >= 0.5, average="samples", zero_division=0)),
-    ("f2_samples", fbeta_score(Y_ML, P_ML >= 0.5, beta=2, average="samples", zero_division=0)),
+    # per image: an image with no true and no predicted label scores 1 (zero_division=1), or 0 with @0
+    ("f1_samples", f1_score(Y_ML, P_ML >= 0.5, average="samples", zero_division=1)),
+    ("f2_samples", fbeta_score(Y_ML, P_ML >= 0.5, beta=2, average="samples", zero_division=1)),
+    ("f2_samples@0", fbeta_score(Y_ML, P_ML >= 0.5, beta=2, average="samples", zero_division=0)),
     ("roc_auc", roc_auc_score(Y_ML, P_ML, average="macro")),
     ("average_precision", average_precision_score(Y_ML, P_ML, average="macro")),
     ("log_loss", np.mean([log_loss(Y_ML[:, j], P_ML[:, j], labels=[0, 1]) for j in range(L)])),
@@ -75,7 +77,7 @@ def test_multilabel_metrics_equal_scikit_learn(name, expected):
 
 def test_multilabel_decisions_follow_the_thresholds():
     th = np.array([0.2, 0.4, 0.5, 0.6, 0.9])
-    expected = fbeta_score(Y_ML, (P_ML >= th).astype(int), beta=2, average="samples", zero_division=0)
+    expected = fbeta_score(Y_ML, (P_ML >= th).astype(int), beta=2, average="samples", zero_division=1)
     assert compute_metric("f2_samples", Y_ML, P_ML, thresholds=th) == pytest.approx(expected)
     assert (decide(P_ML, th) == (P_ML >= th)).all() and (decide(P_MC) == P_MC.argmax(1)).all()
 
@@ -130,12 +132,40 @@ def test_every_metric_improves_in_its_direction_when_the_predictions_improve():
 
 def test_the_schema_and_the_registry_agree_on_metric_names():
     names = ["accuracy", "balanced_accuracy", "f1_macro", "f1_micro", "f1_weighted", "f2_weighted", "f2_samples",
-             "f0.5_macro", "roc_auc", "pauc", "pauc@0.9", "average_precision", "log_loss", "qwk", "map@5", "map@12",
+             "f2_samples@0", "f0.5_macro", "roc_auc", "pauc", "pauc@0.9", "average_precision", "log_loss", "qwk", "map@5", "map@12",
              "gap"]
     for n in names:
         assert METRIC_NAME_PATTERN.match(n) and metric_spec(n).name == n
-    for bad in ["f1", "f1_sample", "map@0", "map@", "pauc@1.5", "auc", "Accuracy"]:
+    for bad in ["f1", "f1_sample", "f1_macro@0", "f2_samples@1", "map@0", "map@", "pauc@1.5", "auc", "Accuracy"]:
         assert not METRIC_NAME_PATTERN.match(bad)
         with pytest.raises(ValueError, match="is not a metric|unknown metric"):
             metric_spec(bad)
     assert metric_spec("f2_samples").tasks == {"multilabel"}  # per image: multi-label predictions only
+
+
+def test_an_image_with_no_true_and_no_predicted_label_is_a_perfect_match_unless_at_0():
+    """Kaggle's mean F-score (Planet's F2) counts empty == empty as 1; f<beta>_samples@0 as scikit-learn's
+    zero_division=0. The other images score the same under both, and the note says which is used."""
+    y = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 1], [0, 0, 0]])
+    p = np.array([[0.1, 0.2, 0.3], [0.9, 0.1, 0.1], [0.1, 0.9, 0.1], [0.9, 0.1, 0.1]])
+    rest = fbeta_score(y[1:3], p[1:3] >= 0.5, beta=2, average="samples")  # 1 and 5/9: no empty image
+    assert compute_metric("f2_samples", y, p) == pytest.approx((1.0 + 2 * rest + 0.0) / 4)
+    assert compute_metric("f2_samples@0", y, p) == pytest.approx((0.0 + 2 * rest + 0.0) / 4)
+    assert "scores 1" in metric_note("f2_samples") and "scores 0" in metric_note("f2_samples@0")
+    assert metric_note("f1_macro") == ""
+
+
+def test_thresholds_are_fitted_to_the_same_per_image_definition():
+    """Where most images have no label, the thresholds fitted to f2_samples leave those images empty
+    and score 1 under the metric's own definition (before, zero_division=0 capped it at 0.1); under
+    f2_samples@0 an empty image can never score, so no threshold beats 0.1."""
+    from src.evaluation.decoding import fit_thresholds
+
+    y = np.zeros((40, 3), dtype=int)
+    y[:4, 0] = 1
+    p = np.full((40, 3), 0.3)
+    p[:4, 0] = 0.97
+    high = fit_thresholds("f2_samples", y, p, "global")
+    low = fit_thresholds("f2_samples@0", y, p, "global")
+    assert (high > 0.3).all() and compute_metric("f2_samples", y, p, high) == 1.0
+    assert compute_metric("f2_samples@0", y, p, low) == pytest.approx(0.1)

@@ -70,6 +70,16 @@ class Task:
             return f"loss.name={loss.name} regresses a grade, which needs data.task=ordinal; use ce or focal"
         return None
 
+    @classmethod
+    def check_ensemble(cls, ens) -> str | None:
+        """Why the ensemble section does not fit this task (a sentence), or None: a key only another
+        kind reads would be ignored without a word."""
+        if ens.min_labels:
+            return (f"ensemble.min_labels={ens.min_labels} gives an image with no label its most probable one, which "
+                    f"only a multi-label task (data.task=multilabel) decides; this competition is {cls.name}, so set "
+                    "ensemble.min_labels=0")
+        return None
+
     def check_metric(self, name: str, fits: frozenset[str], n_classes: int) -> None:
         """One sentence when a metric that scores the tasks `fits` cannot score this one over `n_classes`."""
         if not fits & {"multiclass", "binary", "ordinal"}:
@@ -275,13 +285,14 @@ def placeholder_words(sample: pd.DataFrame, col: str) -> pd.Series:
     return sample[col].astype(str).str.split().str.len()
 
 
-FORMATS = "label, index, proba, binary, topk, tags"
+# ensemble.format's values besides auto: the config's schema, the --format choices and the messages read this one list
+FORMATS = ("label", "index", "proba", "binary", "topk", "tags")
 
 
 def _one_column(cols: list[str]) -> None:
     if len(cols) != 1:
         raise UserError(f"cannot tell the submission format from the sample submission's columns {cols[:6]}; "
-                        f"set ensemble.format to one of {FORMATS}")
+                        f"set ensemble.format to one of {', '.join(FORMATS)}")
 
 
 class Binary(Task):

@@ -43,6 +43,10 @@ class Multilabel(Task):
     def check_loss(cls, loss) -> str | None:
         return None if loss.name == "asl" else Task.check_loss(loss)
 
+    @classmethod
+    def check_ensemble(cls, ens) -> str | None:
+        return None  # min_labels is this task's own
+
     def check_metric(self, name: str, fits: frozenset[str], n_classes: int) -> None:
         if "multilabel" not in fits:
             raise UserError(f"metric.name={name} does not score multi-label predictions; use one of f1_macro, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,6 +33,7 @@ class Ordinal(Task):
                             "map them to 0, 1, 2, ... in their order, or use data.task=multiclass")
         if self.classes and len(self.classes) < 2:
             raise UserError(f"data.task=ordinal needs at least 2 grades, and the labels hold {list(self.classes)}")
+        _note_gaps(self.classes)
 
     @property
     def head(self) -> str:  # type: ignore[override]
@@ -123,6 +125,18 @@ class Ordinal(Task):
             raise UserError(f"an ordinal submission holds one grade column, and the sample submission has {cols[:6]}; "
                             "check data.sample_submission")
         return "label" if fmt == "auto" else fmt
+
+
+def _note_gaps(classes: tuple[str, ...]) -> None:
+    """Grades with gaps (0, 1, 3, 4) are decoded over their positions (0..3): said once, since the
+    grade score, its thresholds and qwk then count 1 -> 3 as one step where the grade values count two."""
+    grades = sorted({int(float(c)) for c in classes})
+    missing = sorted(set(range(grades[0], grades[-1] + 1)) - set(grades)) if grades else []
+    if missing:
+        warnings.warn(f"ordinal grades {grades} skip {missing}: expected grades, thresholds and qwk are computed "
+                      f"over their positions 0..{len(grades) - 1}, so each gap counts as one step (a qwk over the "
+                      "grade values counts it wider); the submission writes the grades themselves",
+                      UserWarning, stacklevel=3)
 
 
 def _is_int(text: str) -> bool:
