@@ -81,7 +81,7 @@ def record(folder: str, e: dict) -> None:
 
 
 def main() -> int:
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]  # test_bad_inputs, conftest
     from test_bad_inputs import ROWS
 
     with tempfile.TemporaryDirectory() as folder:
