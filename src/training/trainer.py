@@ -204,7 +204,7 @@ def run_epoch(s: FoldState, keeper: CheckpointKeeper, epoch: int, tracker: Track
     value = None
     if s.val_loader is not None:
         probs, scores = validate(s.eval_model, s.val_loader, s.rt, s.task.targets(s.val_df["label"]), cfg.metric.name,
-                                 s.norm, s.task)
+                                 s.norm, s.task, what=f"fold {s.fold} at epoch {epoch}")
         row.update({f"val_{k}": v for k, v in scores.items()})
         value = scores[monitor_name(cfg)]
     improved = keeper.observe(epoch, value)
