@@ -1,0 +1,48 @@
+"""What training says about itself (issue 31, the smaller training-side items): the Kaggle session
+estimate in sensible units against the time a session really trains, the lock of a fold another
+process trains, the learning rate line under the lr finder, the layer-decay groups of a real run,
+and every path a command's --help names.
+
+No mocks: the digits demo, test_resnet at 32 px, a real second process holding the lock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from src.data.folds import load_or_create_folds
+from src.kaggle.training import estimate_fold, training_budget
+
+# ---------------------------------------------------------------- the Kaggle session estimate
+
+
+def _estimate(demo_dir: Path, tmp_path: Path, demo_cfg, timeout: int, seconds: float) -> str:
+    """estimate_fold for fold 0 at a --pace that makes the fold take `seconds`."""
+    cfg = demo_cfg(demo_dir, tmp_path / "out", "train.epochs=1", "train.min_steps=0")
+    table, _, _ = load_or_create_folds(cfg)
+    n_train, n_valid = int((table["fold"] != 0).sum()), int((table["fold"] == 0).sum())
+    fold_out = tmp_path / "fold0"
+    fold_out.mkdir(exist_ok=True)
+    pd.DataFrame({"img_per_s": [100.0]}).to_csv(fold_out / "history.csv", index=False)
+    return estimate_fold(cfg, 0, fold_out, timeout, pace=(n_train + n_valid / 2) / seconds)
+
+
+def test_the_estimate_compares_with_the_time_a_session_trains_at_the_boundary(demo_dir, tmp_path, demo_cfg):
+    budget = training_budget(360)  # a 6 min session trains for 42 s
+    assert budget == 42
+    fits = _estimate(demo_dir, tmp_path, demo_cfg, 360, budget)
+    assert fits.endswith("take about 42 s; fits one session (which trains for up to 42 s of its 6.0 min)"), fits
+    over = _estimate(demo_dir, tmp_path, demo_cfg, 360, budget + 1)
+    assert over.endswith("take about 43 s; exceeds the 42 s a 6.0 min session trains for: about 2 sessions "
+                         "(it stops and resumes)"), over
+    long = _estimate(demo_dir, tmp_path, demo_cfg, 12 * 3600, 3 * 3600)
+    assert long.endswith("take about 3.00 h; fits one session (which trains for up to 11.32 h of its 12.00 h)"), long
+
+
+def test_a_session_too_short_to_train_says_so(demo_dir, tmp_path, demo_cfg):
+    line = _estimate(demo_dir, tmp_path, demo_cfg, 2, 144)
+    assert line.endswith("take about 2.4 min; a 2 s session leaves no time to train (5% and 5 min are kept for "
+                         "saving); raise --timeout"), line
+    assert " h" not in line  # no hours for seconds
