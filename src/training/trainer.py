@@ -42,6 +42,7 @@ from src.models.optim import LossScaler, build_optimizer, build_scheduler
 from src.runs.checkpoint import RESUME_MAY_CHANGE, CheckpointKeeper, config_diff, load_checkpoint
 from src.runs.layout import (
     FoldPaths,
+    check_not_locked,
     file_sha1,
     finished_folds,
     fold_lock,
@@ -362,6 +363,8 @@ def train_fold(cfg: Config, fold: int, *, resume: bool = False, force: bool = Fa
             print(f"optim.lr=find: a real run first sweeps {cfg.optim.find_steps} steps on fold 0 for the rate "
                   "(or takes the one the experiment recorded)")
         return dry_run(setup_fold(cfg, fold, rt, dry=True))
+    what = f"fold {fold} of experiment {cfg.experiment.name}"
+    check_not_locked(fp, what)  # its last.pt is another process's live run, not an interrupted one
     if (result := _check_can_start(fp, fold, resume, force)) is not None:
         return result
     if not allow_mixed:
@@ -383,7 +386,7 @@ def train_fold(cfg: Config, fold: int, *, resume: bool = False, force: bool = Fa
     elif resume and not force:
         print(f"fold {fold}: nothing to resume in {fp.dir}; starting fresh")
     distributed.main_first(lambda: fill_caches(s))  # rank 0 builds what is missing, the others find it
-    with distributed.on_main(fold_lock(fp, f"fold {fold} of experiment {cfg.experiment.name}")):
+    with distributed.on_main(fold_lock(fp, what)):
         if (result := distributed.from_main(lambda: _claim(cfg, fp, fold, resume or start > 0, force, start == 0))) is not None:
             return result
         tracker = tracker or Tracker.off()

@@ -7,13 +7,21 @@ No mocks: the digits demo, test_resnet at 32 px, a real second process holding t
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from src.core.utils import UserError
 from src.data.folds import load_or_create_folds
 from src.kaggle.training import estimate_fold, training_budget
+from src.runs.layout import fold_paths
+from src.training.trainer import train_fold
+
+REPO = Path(__file__).resolve().parents[2]
 
 # ---------------------------------------------------------------- the Kaggle session estimate
 
@@ -46,3 +54,36 @@ def test_a_session_too_short_to_train_says_so(demo_dir, tmp_path, demo_cfg):
     assert line.endswith("take about 2.4 min; a 2 s session leaves no time to train (5% and 5 min are kept for "
                          "saving); raise --timeout"), line
     assert " h" not in line  # no hours for seconds
+
+
+# ---------------------------------------------------------------- a fold another process trains
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from src.runs.layout import fold_lock, fold_paths
+with fold_lock(fold_paths(Path(sys.argv[1]), 0), "fold 0"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_plain_run_of_a_fold_in_training_names_the_lock_and_its_process(demo_dir, tmp_path, tiny_cfg):
+    cfg = tiny_cfg(demo_dir, tmp_path / "out")
+    train_fold(cfg, 0)
+    fp = fold_paths(cfg.out_dir, 0)
+    fp.done.unlink()  # as while the first run trains: last.pt on disk, no done.json yet
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(cfg.out_dir)], cwd=REPO, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError) as info:
+            train_fold(cfg, 0)
+    finally:
+        holder.kill()
+        holder.wait()
+    message = str(info.value)
+    assert f"being trained right now by process {holder.pid}" in message and str(fp.lock) in message
+    assert "--resume" not in message
+    with pytest.raises(UserError, match="pass --resume"):  # the holder gone, the run is an interrupted one
+        train_fold(cfg, 0)
