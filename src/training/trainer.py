@@ -156,7 +156,7 @@ def optimization(s: FoldState, lr: float | None = None) -> None:
     s.ema = ModelEmaV3(s.model, decay=cfg.train.ema_decay, use_warmup=True) if cfg.train.ema else None
     s.swa = new_swa(s.model) if cfg.train.swa else None
     s.ddp = distributed.wrap(s.model, s.rt.device)
-    print(distributed.describe_batch(cfg.loader.batch_size, cfg.train.accum_steps, peak))
+    print(distributed.describe_batch(cfg.loader.batch_size, cfg.train.accum_steps, peak if lr is None else None))
     s.forward = CompiledForward(s.net) if cfg.train.compile else None
 
 

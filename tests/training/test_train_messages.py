@@ -7,6 +7,7 @@ No mocks: the digits demo, test_resnet at 32 px, a real second process holding t
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -87,3 +88,23 @@ def test_a_second_plain_run_of_a_fold_in_training_names_the_lock_and_its_process
     assert "--resume" not in message
     with pytest.raises(UserError, match="pass --resume"):  # the holder gone, the run is an interrupted one
         train_fold(cfg, 0)
+
+
+# ---------------------------------------------------------------- the learning rate under the lr finder
+
+
+def test_the_lr_finder_prints_no_configured_rate_before_its_sweep(demo_dir, tmp_path, overrides_for, capsys):
+    import src.train as train
+
+    common = ["--config", "configs/demo.yaml", *overrides_for(demo_dir, tmp_path / "out", "optim.find_steps=20",
+              "data.check_images=false", "loader.num_workers=0", "loader.batch_size=32", "model.name=test_resnet")]
+    train.main([*common[:2], "--lr-find", *common[2:]])
+    text = capsys.readouterr().out
+    assert "effective batch size 32" in text and "learning rate" not in text and "as configured" not in text
+    train.main([*common[:2], "--fold", "0", *common[2:], "optim.lr=find", "train.epochs=1", "train.limit_batches=2"])
+    lines = capsys.readouterr().out.splitlines()
+    found = max(i for i, line in enumerate(lines) if line.startswith("optim.lr=find: ") and "(found now)" in line)
+    lr = json.loads((tmp_path / "out" / "demo" / "lr_find.json").read_text())["lr"]
+    configured = [line for line in lines if "as configured" in line]
+    assert len(configured) == 1 and f"learning rate {lr:g} as configured" in configured[0], configured
+    assert lines.index(configured[0]) > found  # the fold's own line, after the rate was found
