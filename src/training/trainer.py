@@ -128,6 +128,14 @@ def fold_epochs(cfg: TrainCfg, updates_per_epoch: int) -> int:
     return max(cfg.epochs, math.ceil(cfg.min_steps / updates_per_epoch))
 
 
+def describe_groups(groups: list[dict], epochs: int, updates_per_epoch: int) -> str:
+    """One line on the optimizer's parameter groups (layer decay, backbone lr) and steps, the same in a
+    dry run and a real one."""
+    scales = [g.get("lr_scale", 1.0) for g in groups]
+    return (f"optimizer: {len(groups)} parameter groups, lr x {min(scales):.3g} to x {max(scales):.3g}; "
+            f"{epochs} epochs of {updates_per_epoch} optimizer steps")
+
+
 def optimization(s: FoldState, lr: float | None = None) -> None:
     """Loss, mixup, optimizer, schedule, grad scaler and EMA of a set-up fold; `lr` instead of
     optim.lr (the learning-rate finder's sweep, whose optim.lr may still be `find`)."""
@@ -146,6 +154,7 @@ def optimization(s: FoldState, lr: float | None = None) -> None:
     s.optimizer = build_optimizer(cfg.optim, groups, lr=peak)
     updates_per_epoch = max(1, math.ceil(s.batches / cfg.train.accum_steps))
     s.epochs = fold_epochs(cfg.train, updates_per_epoch)
+    print(describe_groups(groups, s.epochs, updates_per_epoch))
     if s.epochs > cfg.train.epochs:
         print(f"train.min_steps={cfg.train.min_steps}: {updates_per_epoch} optimizer step"
               f"{'s' * (updates_per_epoch != 1)} an epoch, so {s.epochs} epochs instead of train.epochs="
@@ -171,9 +180,7 @@ def dry_run(s: FoldState) -> dict:
     groups = param_groups(s.model, cfg.optim.weight_decay, s.frozen, cfg.model.backbone_lr_mult,
                           include_frozen=cfg.model.unfreeze_epoch is not None, layer_decay=cfg.optim.layer_decay,
                           name=cfg.model.name)
-    scales = [g.get("lr_scale", 1.0) for g in groups]
-    print(f"optimizer: {len(groups)} parameter groups, lr x {min(scales):.3g} to x {max(scales):.3g}; "
-          f"{fold_epochs(cfg.train, upe)} epochs of {upe} optimizer steps")
+    print(describe_groups(groups, fold_epochs(cfg.train, upe), upe))
     split = folds_path(s.cfg)
     print(f"dry run: input {tuple(x.shape)} -> logits {tuple(logits.shape)}; nothing trained or written (no checkpoint, "
           "no image cache" + ("" if split.is_file() else f"; the split {split} would be written by a real run") + ")")

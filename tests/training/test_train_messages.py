@@ -108,3 +108,17 @@ def test_the_lr_finder_prints_no_configured_rate_before_its_sweep(demo_dir, tmp_
     configured = [line for line in lines if "as configured" in line]
     assert len(configured) == 1 and f"learning rate {lr:g} as configured" in configured[0], configured
     assert lines.index(configured[0]) > found  # the fold's own line, after the rate was found
+
+
+# ---------------------------------------------------------------- layer decay in a real run
+
+
+def test_a_real_run_with_layer_decay_says_its_parameter_groups_as_the_dry_run_does(demo_dir, tmp_path, tiny_cfg,
+                                                                                  capsys):
+    cfg = tiny_cfg(demo_dir, tmp_path / "out", "optim.layer_decay=0.7")
+    train_fold(cfg, 0, dry_run_only=True)
+    dry = [line for line in capsys.readouterr().out.splitlines() if line.startswith("optimizer: ")]
+    train_fold(cfg, 0)
+    real = [line for line in capsys.readouterr().out.splitlines() if line.startswith("optimizer: ")]
+    assert len(dry) == 1 and real == dry, (dry, real)
+    assert "lr x 1 to x 1;" not in dry[0]  # the layers scale their rates
