@@ -7,8 +7,12 @@ No mocks: the digits demo, test_resnet at 32 px, a real second process holding t
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +126,40 @@ def test_a_real_run_with_layer_decay_says_its_parameter_groups_as_the_dry_run_do
     real = [line for line in capsys.readouterr().out.splitlines() if line.startswith("optimizer: ")]
     assert len(dry) == 1 and real == dry, (dry, real)
     assert "lr x 1 to x 1;" not in dry[0]  # the layers scale their rates
+
+
+# ---------------------------------------------------------------- paths named by --help
+
+COMMANDS = ("average", "bench", "demo", "ensemble", "folds", "kaggle_kernel", "ledger", "pseudo", "probe", "report",
+            "score", "train", "tune")
+KAGGLE_VERBS = ("build", "rehearse", "train", "rehearse-train", "pull")
+# A path of the checkout (not one a command writes: outputs/, inputs/, submissions/, kaggle_kernel/build/)
+CHECKOUT_PATH = re.compile(r"(?<![\w/.<-])((?:src|configs|docs|tests|kaggle_kernel)/[\w./<>-]*[\w>])")
+
+
+def _help(command: str, *verb: str) -> str:
+    main = importlib.import_module(f"src.{command}").main
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        main([*verb, "--help"])
+    return out.getvalue()
+
+
+def named_paths(text: str) -> set[str]:
+    """The checkout's files and folders a help text names; templates (<name>, X.yaml) and what the
+    commands build left out."""
+    return {p.rstrip(".") for p in CHECKOUT_PATH.findall(text)
+            if "<" not in p and "/X." not in p and not p.startswith("kaggle_kernel/build")}
+
+
+def test_every_path_a_commands_help_names_exists():
+    texts = {c: _help(c) for c in COMMANDS} | {f"kaggle_kernel {v}": _help("kaggle_kernel", v) for v in KAGGLE_VERBS}
+    named = {(c, p) for c, text in texts.items() for p in named_paths(text)}
+    assert any(p.startswith("src/") for _, p in named) and len(named) > 10  # the pattern finds them
+    missing = sorted((c, p) for c, p in named if not (REPO / p).exists())
+    assert not missing, missing
+
+
+def test_a_moved_module_in_a_help_text_is_caught():
+    assert named_paths("every process (src/distributed.py); see configs/tune/<config>.yaml") == {"src/distributed.py"}
+    assert not (REPO / "src/distributed.py").exists()
