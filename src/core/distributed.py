@@ -241,12 +241,15 @@ def wrap(model: torch.nn.Module, device: torch.device) -> DistributedDataParalle
     return DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if device.type == "cuda" else None)
 
 
-def describe_batch(batch_size: int, accum_steps: int, lr: float) -> str:
-    """The effective batch size and the learning rate, said once at the start of a fold."""
+def describe_batch(batch_size: int, accum_steps: int, lr: float | None) -> str:
+    """The effective batch size and the learning rate, said once at the start of a fold; lr None:
+    the batch alone (the lr finder's sweep, which says its own rates)."""
     n = world_size()
-    return (f"effective batch size {n * batch_size * accum_steps} ({n} process{'es' if n > 1 else ''} x "
-            f"{batch_size} x {accum_steps} accumulation steps); learning rate {lr:g} as configured "
-            "(not rescaled for the batch size: set optim.lr to scale it)")
+    batch = (f"effective batch size {n * batch_size * accum_steps} ({n} process{'es' if n > 1 else ''} x "
+             f"{batch_size} x {accum_steps} accumulation steps)")
+    if lr is None:
+        return batch
+    return f"{batch}; learning rate {lr:g} as configured (not rescaled for the batch size: set optim.lr to scale it)"
 
 
 def same_buffers(model: torch.nn.Module) -> None:

@@ -159,12 +159,24 @@ def _refuse_tag_lists(labels: pd.Series, path: Path, col: str) -> None:
                         "by data.label_sep)")
 
 
+def _label_col_names(columns: list[str], cfg: DataCfg) -> list[str]:
+    """data.label_cols as column names: the list, or with `all` every column but the id and group."""
+    return [c for c in columns if c not in (cfg.id_col, cfg.group_col)] if cfg.label_cols == "all" else cfg.label_cols
+
+
+def label_columns(cfg: DataCfg) -> list[str]:
+    """The labels train.csv declares as 0/1 columns (data.label_cols), positive in an image or not
+    (the class list keeps them all: the submission needs every column); [] for a tags column."""
+    if not cfg.label_cols:
+        return []
+    return _label_col_names(list(pd.read_csv(require_data_dir(cfg) / cfg.train_csv, nrows=0).columns), cfg)
+
+
 def _multilabel_labels(raw: pd.DataFrame, cfg: DataCfg, path: Path) -> list[str]:
     """Each image's labels as canonical tags (sorted, space-separated; "" for none), from a tags
     column split by data.label_sep or from one 0/1 column per label (data.label_cols)."""
     if cfg.label_cols:
-        cols = [c for c in raw.columns if c != cfg.id_col and c != cfg.group_col] if cfg.label_cols == "all" \
-            else cfg.label_cols
+        cols = _label_col_names(list(raw.columns), cfg)
         missing = [c for c in cols if c not in raw.columns]
         if missing:
             raise UserError(f"{path} has no columns {missing[:5]} (data.label_cols); its columns are {list(raw.columns)}")

@@ -140,7 +140,7 @@ def write_train_notebook(root: Path, cfg: Config, spec: TrainSpec, fold: int, we
                                       "/kaggle/working. Resumes an unfinished fold from its previous version."),
         nbformat.v4.new_code_cell(SETUP.format(code=spec.code.split("/", 1)[1])),
         nbformat.v4.new_code_cell(TRAIN.format(
-            experiment=spec.experiment, fold=fold, kernel=kernel, budget=int(spec.timeout * 0.95) - 300,
+            experiment=spec.experiment, fold=fold, kernel=kernel, budget=training_budget(spec.timeout),
             competition=spec.competition, weights=(spec.weights or "/").split("/", 1)[1], weights_file=weights_file or "")),
     ]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -317,6 +317,19 @@ def pull(cfg: Config, kernel: str, pulled: Path | None, force: bool) -> list[int
     return [int(d.name[4:]) for d in folds]
 
 
+def training_budget(timeout: int) -> int:
+    """Seconds of a `timeout`-second session the notebook trains in: 5% and 5 minutes are kept for
+    saving the outputs (TimeBudget stops between epochs before it)."""
+    return int(timeout * 0.95) - 300
+
+
+def duration(seconds: float) -> str:
+    """Seconds as '42 s', '6.0 min' or '4.31 h'."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"
+
+
 def estimate_fold(cfg: Config, fold: int, fold_out: Path, timeout: int, pace: float | None) -> str:
     """One line: how long fold `fold` would take with the real epochs (train.min_steps included) at
     `pace` images a second (else the rehearsal's own, measured on this machine), against a session."""
@@ -334,8 +347,12 @@ def estimate_fold(cfg: Config, fold: int, fold_out: Path, timeout: int, pace: fl
     measured = float(pd.read_csv(fold_out / "history.csv")["img_per_s"].median())
     rate, where = (pace, "at --pace") if pace else (measured, "at this machine's rehearsal pace")
     seconds = epochs * (n_train + n_valid / 2) / rate  # validation: a forward only, about half a step's cost
-    sessions = math.ceil(seconds / max(1.0, timeout * 0.95 - 300))
-    verdict = ("fits one session" if sessions <= 1 else
-               f"exceeds the {timeout / 3600:.1f} h session: about {sessions} sessions (it stops and resumes)")
-    return (f"fold {fold}: {epochs} epochs of {n_train} images {where} ({rate:.0f} img/s) take about "
-            f"{seconds / 3600:.2f} h; {verdict}")
+    budget, session = training_budget(timeout), duration(timeout)
+    if budget <= 0:
+        verdict = f"a {session} session leaves no time to train (5% and 5 min are kept for saving); raise --timeout"
+    elif seconds <= budget:
+        verdict = f"fits one session (which trains for up to {duration(budget)} of its {session})"
+    else:
+        verdict = (f"exceeds the {duration(budget)} a {session} session trains for: about "
+                   f"{math.ceil(seconds / budget)} sessions (it stops and resumes)")
+    return f"fold {fold}: {epochs} epochs of {n_train} images {where} ({rate:.3g} img/s) take about {duration(seconds)}; {verdict}"

@@ -117,6 +117,32 @@ def mark_unfinished(fp: FoldPaths) -> None:
     fp.done.unlink(missing_ok=True)
 
 
+def _holder(fd: int) -> str:
+    return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+
+
+def _held(what: str, holder: str, fp: FoldPaths) -> str:
+    return (f"{what} is being trained right now by {holder} (it holds the lock {fp.lock}); wait for it to finish or "
+            "stop that process, then run again")
+
+
+def check_not_locked(fp: FoldPaths, what: str) -> None:
+    """Stop, naming the holder and the lock, when another process trains the fold now: before a
+    fold is set up, and before its unfinished last.pt is taken for an interrupted run. The lock is
+    only tried here, never kept (fold_lock takes it for training)."""
+    if not fp.lock.is_file():
+        return
+    fd = os.open(fp.lock, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(_held(what, _holder(fd), fp)) from None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def fold_lock(fp: FoldPaths, what: str):
     """Hold an exclusive lock on a fold folder while it trains.
@@ -130,9 +156,7 @@ def fold_lock(fp: FoldPaths, what: str):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            raise UserError(f"{what} is being trained right now by {holder} (lock {fp.lock}); "
-                            "wait for it to finish or stop it, then run again") from None
+            raise UserError(_held(what, _holder(fd), fp)) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"process {os.getpid()}".encode(), 0)
         yield

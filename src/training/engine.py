@@ -218,12 +218,28 @@ def train_one_epoch(s: FoldState, epoch: int) -> dict:
             "data_wait": round(wait / elapsed, 4) if elapsed > 0 else float("nan")}
 
 
+def _check_finite_validation(logits: np.ndarray, loss: float, what: str) -> None:
+    """A diverged model can keep a finite training loss (huge, not NaN) while it predicts NaN: such
+    an epoch must not be scored (a metric of the argmax looks plausible), kept as best or written.
+    Checked on the logits, before an activation that cannot take NaN (an ordinal grade score)."""
+    bad = int((~np.isfinite(logits.reshape(len(logits), -1))).any(axis=1).sum())  # images, not cells
+    if bad or not np.isfinite(loss):
+        raise TrainingDiverged(
+            f"{what} diverged: its validation loss is {loss:.4g} and {bad} of {len(logits)} validation images have "
+            "non-finite predictions; lower optim.lr (python -m src.train --lr-find suggests one) or set "
+            "train.clip_grad, then train the fold again with --force"
+        )
+
+
 def validate(model: torch.nn.Module, loader, rt: Runtime, targets: np.ndarray, metric: str,
-             norm: Norm | None = None, task: Task | None = None) -> tuple[np.ndarray, dict]:
+             norm: Norm | None = None, task: Task | None = None, what: str = "the model") -> tuple[np.ndarray, dict]:
     """(probabilities N x C, {'loss', 'accuracy', 'f1_macro', metric}) over a validation loader.
-    `targets`: class indices (N,), or with a multi-label task a 0/1 matrix (N, L) (Task.targets)."""
+    `targets`: class indices (N,), or with a multi-label task a 0/1 matrix (N, L) (Task.targets).
+    Raises TrainingDiverged, naming `what` (e.g. "fold 0 at epoch 3"), on a non-finite loss or prediction."""
     part = predict([model], loader, rt, desc="validation", norm=norm)[0, 0] if len(loader.dataset) else None
     logits = distributed.gather_rows(part)  # (N, C), every rank's rows in order (this rank's only in one process)
     task = task or Task()
+    loss = task.validation_loss(logits, targets)
+    _check_finite_validation(logits, loss, what)
     probs = task.activate(logits)
-    return probs, {"loss": task.validation_loss(logits, targets), **summary(targets, probs, metric)}
+    return probs, {"loss": loss, **summary(targets, probs, metric)}

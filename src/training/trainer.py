@@ -42,6 +42,7 @@ from src.models.optim import LossScaler, build_optimizer, build_scheduler
 from src.runs.checkpoint import RESUME_MAY_CHANGE, CheckpointKeeper, config_diff, load_checkpoint
 from src.runs.layout import (
     FoldPaths,
+    check_not_locked,
     file_sha1,
     finished_folds,
     fold_lock,
@@ -127,6 +128,14 @@ def fold_epochs(cfg: TrainCfg, updates_per_epoch: int) -> int:
     return max(cfg.epochs, math.ceil(cfg.min_steps / updates_per_epoch))
 
 
+def describe_groups(groups: list[dict], epochs: int, updates_per_epoch: int) -> str:
+    """One line on the optimizer's parameter groups (layer decay, backbone lr) and steps, the same in a
+    dry run and a real one."""
+    scales = [g.get("lr_scale", 1.0) for g in groups]
+    return (f"optimizer: {len(groups)} parameter groups, lr x {min(scales):.3g} to x {max(scales):.3g}; "
+            f"{epochs} epochs of {updates_per_epoch} optimizer steps")
+
+
 def optimization(s: FoldState, lr: float | None = None) -> None:
     """Loss, mixup, optimizer, schedule, grad scaler and EMA of a set-up fold; `lr` instead of
     optim.lr (the learning-rate finder's sweep, whose optim.lr may still be `find`)."""
@@ -145,6 +154,7 @@ def optimization(s: FoldState, lr: float | None = None) -> None:
     s.optimizer = build_optimizer(cfg.optim, groups, lr=peak)
     updates_per_epoch = max(1, math.ceil(s.batches / cfg.train.accum_steps))
     s.epochs = fold_epochs(cfg.train, updates_per_epoch)
+    print(describe_groups(groups, s.epochs, updates_per_epoch))
     if s.epochs > cfg.train.epochs:
         print(f"train.min_steps={cfg.train.min_steps}: {updates_per_epoch} optimizer step"
               f"{'s' * (updates_per_epoch != 1)} an epoch, so {s.epochs} epochs instead of train.epochs="
@@ -155,7 +165,7 @@ def optimization(s: FoldState, lr: float | None = None) -> None:
     s.ema = ModelEmaV3(s.model, decay=cfg.train.ema_decay, use_warmup=True) if cfg.train.ema else None
     s.swa = new_swa(s.model) if cfg.train.swa else None
     s.ddp = distributed.wrap(s.model, s.rt.device)
-    print(distributed.describe_batch(cfg.loader.batch_size, cfg.train.accum_steps, peak))
+    print(distributed.describe_batch(cfg.loader.batch_size, cfg.train.accum_steps, peak if lr is None else None))
     s.forward = CompiledForward(s.net) if cfg.train.compile else None
 
 
@@ -170,9 +180,7 @@ def dry_run(s: FoldState) -> dict:
     groups = param_groups(s.model, cfg.optim.weight_decay, s.frozen, cfg.model.backbone_lr_mult,
                           include_frozen=cfg.model.unfreeze_epoch is not None, layer_decay=cfg.optim.layer_decay,
                           name=cfg.model.name)
-    scales = [g.get("lr_scale", 1.0) for g in groups]
-    print(f"optimizer: {len(groups)} parameter groups, lr x {min(scales):.3g} to x {max(scales):.3g}; "
-          f"{fold_epochs(cfg.train, upe)} epochs of {upe} optimizer steps")
+    print(describe_groups(groups, fold_epochs(cfg.train, upe), upe))
     split = folds_path(s.cfg)
     print(f"dry run: input {tuple(x.shape)} -> logits {tuple(logits.shape)}; nothing trained or written (no checkpoint, "
           "no image cache" + ("" if split.is_file() else f"; the split {split} would be written by a real run") + ")")
@@ -204,7 +212,7 @@ def run_epoch(s: FoldState, keeper: CheckpointKeeper, epoch: int, tracker: Track
     value = None
     if s.val_loader is not None:
         probs, scores = validate(s.eval_model, s.val_loader, s.rt, s.task.targets(s.val_df["label"]), cfg.metric.name,
-                                 s.norm, s.task)
+                                 s.norm, s.task, what=f"fold {s.fold} at epoch {epoch}")
         row.update({f"val_{k}": v for k, v in scores.items()})
         value = scores[monitor_name(cfg)]
     improved = keeper.observe(epoch, value)
@@ -362,6 +370,8 @@ def train_fold(cfg: Config, fold: int, *, resume: bool = False, force: bool = Fa
             print(f"optim.lr=find: a real run first sweeps {cfg.optim.find_steps} steps on fold 0 for the rate "
                   "(or takes the one the experiment recorded)")
         return dry_run(setup_fold(cfg, fold, rt, dry=True))
+    what = f"fold {fold} of experiment {cfg.experiment.name}"
+    check_not_locked(fp, what)  # its last.pt is another process's live run, not an interrupted one
     if (result := _check_can_start(fp, fold, resume, force)) is not None:
         return result
     if not allow_mixed:
@@ -383,7 +393,7 @@ def train_fold(cfg: Config, fold: int, *, resume: bool = False, force: bool = Fa
     elif resume and not force:
         print(f"fold {fold}: nothing to resume in {fp.dir}; starting fresh")
     distributed.main_first(lambda: fill_caches(s))  # rank 0 builds what is missing, the others find it
-    with distributed.on_main(fold_lock(fp, f"fold {fold} of experiment {cfg.experiment.name}")):
+    with distributed.on_main(fold_lock(fp, what)):
         if (result := distributed.from_main(lambda: _claim(cfg, fp, fold, resume or start > 0, force, start == 0))) is not None:
             return result
         tracker = tracker or Tracker.off()

@@ -18,6 +18,7 @@ from src.core.config import DEFAULT_CONFIG, Config, load_config, nested
 from src.core.tracking import Tracker
 from src.core.utils import UserError, atomic_write_text
 from src.evaluation.metrics import higher_is_better, monitor_name
+from src.training.engine import TrainingDiverged
 from src.training.lr_finder import resolve_lr
 from src.training.trainer import train_fold
 from src.tuning.search_space import DEFAULT_SPACE_DIR, Space, decode, load_space, suggest
@@ -145,6 +146,8 @@ def make_objective(cfg_path: Path, overrides: list[str], space: Space, out_dir: 
             raise
         except Exception as e:
             trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}")
+            if isinstance(e, TrainingDiverged):  # the drawn values, not the code: said apart from crashes
+                trial.set_user_attr("diverged", str(e))
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()  # an out-of-memory trial must not starve the next one
             raise
@@ -200,7 +203,8 @@ def tune(cfg_path: str | Path | None, overrides: list[str], space_path: str | Pa
                          "value": trial.value if trial.value is not None else float("nan"), **trial.params})
             done = len(study.get_trials(deepcopy=False, states=COUNTED))
             value = f" {monitor_name(base_cfg)} {trial.value:.4g}" if trial.value is not None else ""
-            print(f"trial {trial.number} {trial.state.name.lower()}{value}; {done}/{n_trials} finished trials")
+            state = "diverged" if "diverged" in trial.user_attrs else trial.state.name.lower()
+            print(f"trial {trial.number} {state}{value}; {done}/{n_trials} finished trials")
 
         run_trials(study, make_objective(cfg_path, overrides, space, out_dir), n_trials, timeout, log_trial, beat)
         log_study(tracker, study)

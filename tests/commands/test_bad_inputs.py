@@ -424,6 +424,10 @@ ROWS = [
     # ---- issue 31.3: a fold filed under another fold's name
 
     # ---- issue 31.4 and 31.6: a diverged fold, a label never positive
+    row("validation-diverged", "train", F0 + ("--allow-mixed-configs", "optim.lr=1e6"),
+        ("fold 0 at epoch 0 diverged", "validation loss is nan", "optim.lr", "--lr-find"), world="trained",
+        damage=lambda r: shutil.rmtree(r / "outputs/demo/fold0"),
+        may_write=("outputs/demo/config.yaml", "outputs/demo/fold0/.lock")),
 
     # ---- issue 31.8: the sidecars of a recorded submission
 

@@ -212,6 +212,6 @@ def test_a_fold_that_would_not_fit_a_session_is_reported_before_pushing(rehearse
     slow = estimate_fold(cfg, 0, fold, timeout=3600, pace=1.0)
     hours = 12 * (n_train + n_valid / 2) / 3600
     assert f"12 epochs of {n_train} images at --pace (1 img/s) take about {hours:.2f} h" in slow
-    assert f"exceeds the 1.0 h session: about {int(-(-hours * 3600 // (3600 * 0.95 - 300)))} sessions" in slow
-    assert estimate_fold(cfg, 0, fold, timeout=3600, pace=1e4).endswith("fits one session")
+    assert f"exceeds the 52.0 min a 60.0 min session trains for: about {int(-(-hours * 3600 // 3120))} sessions" in slow
+    assert estimate_fold(cfg, 0, fold, timeout=3600, pace=1e4).endswith("fits one session (which trains for up to 52.0 min of its 60.0 min)")
     assert "at this machine's rehearsal pace" in estimate_fold(cfg, 0, fold, timeout=3600, pace=None)

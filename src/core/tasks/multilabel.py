@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -64,8 +65,17 @@ class Multilabel(Task):
         return out
 
     def split(self, df: pd.DataFrame, n_folds: int, seed: int, groups: pd.Series | None) -> np.ndarray:
-        """Each label spread evenly over the folds (iterative stratification)."""
-        return multilabel_folds(self.targets(df["label"]), n_folds, seed, groups)
+        """Each label spread evenly over the folds (iterative stratification); labels positive in
+        fewer images than folds are warned about (some folds validate none of them: their scores there are 0 or
+        undefined), not refused: the submission still needs their columns."""
+        y = self.targets(df["label"])
+        counts = y.sum(0).astype(int)
+        rare = [f"'{c}' {n}" for c, n in zip(self.classes, counts) if n < n_folds]
+        if rare:
+            warnings.warn(f"{len(rare)} labels are positive in fewer images than the {n_folds} folds (some folds "
+                          f"validate none): {', '.join(rare[:10])}; they stay labels, learnt as rarely or never present",
+                          UserWarning, stacklevel=2)
+        return multilabel_folds(y, n_folds, seed, groups)
 
     def with_targets(self, df: pd.DataFrame) -> pd.DataFrame:
         self.targets(df["label"])  # every tag must be a label of the split; a row of 0/1 is no column
