@@ -16,7 +16,8 @@ Refused for a file (`check_writable`):
     command writes there (the ensemble compares a recorded submission's bytes itself:
     ledger.free_submission_path).
 A folder a command replaces whole (`check_replaceable`: the Kaggle build folders) is refused where
-a file would be, when it holds any of those places, and when it holds what no earlier build wrote.
+a file would be (an earlier build, and the training build inside the inference one, aside), when it
+holds any of those places, and when it holds what no earlier build wrote.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from pathlib import Path
 
 from src.core.config import Config
 from src.core.utils import UserError
-from src.data.image_cache import cache_root
 from src.ensembling.ledger import ledger_path, recorded
 from src.ensembling.submission import sidecar_owner, sidecar_paths
 
@@ -48,6 +48,7 @@ def _places(cfg: Config | None) -> list[tuple[Path, str]]:
               (Path("configs").resolve(), "the configs (configs/)")]
     if cfg is None:
         return places
+    from src.data.image_cache import cache_root  # imports torch: src.ledger --help must not wait for it
     data = Path(cfg.data.dir).resolve()
     places.append((data, f"the competition folder {cfg.data.dir} (data.dir)"))
     if data.parent.name in COMPETITIONS:  # this project's inputs/, Kaggle's /kaggle/input/
@@ -62,22 +63,23 @@ def _is_fold(d: Path) -> bool:
     return any((d / f).is_file() for f in FOLD_FILES)
 
 
-def _marked(d: Path) -> str | None:
-    """What the existing folder `d` is, when another command wrote it as a whole: a run or a bundle."""
+def _marked(d: Path, bundles: bool) -> str | None:
+    """What the existing folder `d` is, when another command wrote it as a whole: a run, or (when
+    `bundles`) a Kaggle bundle."""
     if _is_fold(d) or (d / "cv.json").is_file() or any(FOLD_DIR.match(c.name) and _is_fold(c) for c in d.glob("fold*")):
         return f"the run folder {d}"
-    if any((d / f).is_file() for f in BUNDLE_FILES):
+    if bundles and any((d / f).is_file() for f in BUNDLE_FILES):
         return f"the Kaggle bundle {d}"
     return None
 
 
-def _inside(path: Path, cfg: Config | None) -> str | None:
-    """The protected place `path` (resolved) is or lies in, else None."""
+def _inside(path: Path, cfg: Config | None, bundles: bool = True) -> str | None:
+    """The protected place `path` (resolved) is or lies in, else None (Kaggle bundles only when `bundles`)."""
     for place, what in _places(cfg):
         if path.is_relative_to(place):
             return what
     for d in [path, *path.parents]:
-        what = d.is_dir() and _marked(d)
+        what = d.is_dir() and _marked(d, bundles)
         if what:
             return what
     return None
@@ -146,11 +148,11 @@ def check_replaceable(folder: str | Path, cfg: Config | None, flag: str, built: 
     lead = f"{flag} {folder} would be replaced as a whole"
     if folder.is_file():
         raise UserError(f"{flag} {folder} is a file; give a build folder such as {safe}")
-    where = _inside(folder.resolve(), cfg)
+    where = _inside(folder.resolve(), cfg, bundles=False)  # an earlier build is replaced; its contents say so
     if where:
         raise UserError(f"{lead}, and it is {where} or lies in it, whose files must not change; give {safe} or "
                         "another new folder")
-    held = [what for place, what in _places(cfg) + [(Path.cwd().resolve(), "the working folder")]
+    held = [what for place, what in [(Path.cwd().resolve(), "the working folder"), *_places(cfg)]
             if place.is_relative_to(folder.resolve())]
     stray = sorted(c.name for c in folder.iterdir() if not built(c.name)) if folder.is_dir() else []
     if held or stray:
