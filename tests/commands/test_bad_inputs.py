@@ -467,7 +467,7 @@ ROWS = [
                                         "--weights", "1,1", "--out", "submissions/a.csv"]),
                 (r / "submissions/a.blend.json").unlink(),
                 old and pd.read_csv(r / "submissions/ledger.csv", dtype=str, keep_default_na=False).drop(
-                    columns="sidecars").to_csv(r / "submissions/ledger.csv", index=False)))
+                    columns="sidecars", errors="ignore").to_csv(r / "submissions/ledger.csv", index=False)))
         for tag, old in (("", False), ("-of-an-old-ledger", True))
     ],
     row("ledger-lb-after-a-sidecar-changed", "ledger",
