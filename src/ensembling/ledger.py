@@ -129,7 +129,7 @@ def record_submission(out: Path, members: list, views: list[str], weights, votin
         "voting": voting, "stack": stack or "", "metric": metric, "cv": repr(float(cv)), "commit": git_commit(),
         "tta_gain": "" if tta_gain is None else repr(float(tta_gain)),
         "configs": ";".join(f"{m.name}:{config_hash(m.records[m.folds[0]]['config'])}" for m in members),
-        "sha1": _file_sha1(out), "sidecars": _sidecar_cell(out, sidecars)})
+        "sha1": _file_sha1(out), "sidecars": sidecar_cell(out, sidecars)})
     print(f"ledger: one row added to {path} (record the public score with python -m src.ledger --ledger {path} "
           f"--lb {out} SCORE)")
     return row
@@ -156,7 +156,7 @@ def recorded(submission: Path) -> dict | None:
     return df.iloc[hits[-1]].to_dict() if hits else None
 
 
-def _sidecar_cell(out: Path, texts: dict[str, str] | None) -> str:
+def sidecar_cell(out: Path, texts: dict[str, str] | None) -> str:
     """The sidecars column: kind:sha1 of each sidecar's text (or, without texts, of the file on disk)."""
     if texts is None:
         texts = {k: p.read_text() for k, p in sidecar_paths(out).items() if p.is_file()}
@@ -168,7 +168,7 @@ def _same_sidecars(row: dict, out: Path, texts: dict[str, str]) -> bool:
     for: the recorded sha1s exactly (a sidecar added or left out is a change), or for a row from
     an older ledger, which has none, the sidecars on disk (one it lacks is not added)."""
     if row.get("sidecars"):
-        return row["sidecars"] == _sidecar_cell(out, texts)
+        return row["sidecars"] == sidecar_cell(out, texts)
     paths = sidecar_paths(out)
     return all(paths[k].is_file() and paths[k].read_bytes() == t.encode() for k, t in texts.items())
 

@@ -13,7 +13,7 @@ import src.bench as bench
 import src.demo as demo
 from src.core.cli import run_cli
 from src.core.utils import UserError
-from src.ensembling.ledger import _sidecar_cell, append_row, free_submission_path, ledger_path, read_ledger, record_lb
+from src.ensembling.ledger import sidecar_cell, append_row, free_submission_path, ledger_path, read_ledger, record_lb
 from src.ensembling.write_guard import check_replaceable, check_writable
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
@@ -85,7 +85,7 @@ def test_recorded_sidecars_are_compared_by_sha1(tmp_path):
     out.parent.mkdir()
     out.write_text("id,label\n1,3\n")
     texts = {"probs": "id,0,1\n1,0.2,0.8\n", "thresholds": json.dumps({"0": 0.5}), "blend": "{}"}
-    append_row(ledger_path(out), {"file": str(out), "sha1": "0" * 40, "sidecars": _sidecar_cell(out, texts)})
+    append_row(ledger_path(out), {"file": str(out), "sha1": "0" * 40, "sidecars": sidecar_cell(out, texts)})
     assert free_submission_path(out, True, "0" * 40, sidecars=texts) == out  # the same files again
     for changed in ({**texts, "thresholds": json.dumps({"0": 0.3})}, {k: t for k, t in texts.items() if k != "thresholds"}):
         assert free_submission_path(out, False, "0" * 40, sidecars=changed) == out.with_name("a_v2.csv")
