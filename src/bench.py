@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> None:
         return stages(args)
     cfg = _timed(load_config(args.config, args.overrides))
     from src.analysis.model_bench import bench, head_classes
+    from src.ensembling.write_guard import check_writable
+
+    check_writable(args.out, cfg, "--out", "bench", safe="outputs/bench/")
 
     n_classes, why = head_classes(cfg)
     print(f"head: {n_classes} outputs ({why})")

@@ -180,7 +180,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.train_size is not None and not 20 <= args.train_size <= 1400:
         parser.error(f"--train-size takes 20 to 1400 training images, not {args.train_size}")
     build, suffix, what = DEMOS[args.task]
-    out = build(args.out or f"inputs/digits{suffix}" + (f"_{args.train_size}" if args.train_size else ""), args.train_size)
+    folder = args.out or f"inputs/digits{suffix}" + (f"_{args.train_size}" if args.train_size else "")
+    from src.ensembling.write_guard import check_writable  # after parsing: --help imports nothing heavy
+
+    check_writable(Path(folder) / "train.csv", None, "--out", "competition", safe="inputs/", given=folder)
+    out = build(folder, args.train_size)
     n_train = len(pd.read_csv(out / "train.csv"))
     n_test = len(pd.read_csv(out / "sample_submission.csv"))
     print(f"wrote {out}: {n_train} training and {n_test} test images, {what}")

@@ -25,6 +25,7 @@ Each verb's --help lists its options; kaggle_kernel/README.md has the upload com
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 import tempfile
@@ -37,11 +38,15 @@ from src.kaggle.wheels import IMAGE_FILE  # standard library only (the notebook 
 PROG = "python -m src.kaggle_kernel"
 BUILD = Path("kaggle_kernel/build")
 TRAIN_BUILD = BUILD / "train"
+BUILT = ("dataset", "notebook", "train", "rehearsal")  # what a build folder holds: build, train, rehearse write them
+TRAIN_FOLD = re.compile(r"fold\d+")  # the training build's one notebook folder a fold, beside code/
 
 
 def build(args, cfg) -> None:
+    from src.ensembling.write_guard import check_replaceable
     from src.kaggle.bundle import build_bundle, bundle_spec
 
+    check_replaceable(args.out, cfg, "--out", lambda name: name in BUILT, str(BUILD))
     spec = bundle_spec(cfg, experiments=args.experiments, views=args.views, voting=args.voting, fmt=args.fmt,
                        competition=args.competition, dataset=args.dataset, kernel=args.kernel, gpu=args.gpu,
                        half=args.half, image=Path(args.image), kernel_sources=args.from_kernels)
@@ -71,9 +76,12 @@ def rehearse(args, cfg) -> None:
 
 
 def train(args, cfg) -> None:
+    from src.ensembling.write_guard import check_replaceable
     from src.kaggle.training import build_training, train_spec
     from src.training.lr_finder import resolve_lr
 
+    check_replaceable(args.out, cfg, "--out", lambda name: name == "code" or TRAIN_FOLD.fullmatch(name) is not None,
+                      str(TRAIN_BUILD))
     spec = train_spec(cfg, folds=args.folds, competition=args.competition, code=args.dataset,
                       accelerator=args.accelerator, timeout=args.timeout, weights=args.weights_dataset,
                       image=Path(args.image))
@@ -87,8 +95,13 @@ def train(args, cfg) -> None:
 
 
 def rehearse_train(args, cfg) -> None:
+    from src.ensembling.write_guard import check_writable
     from src.kaggle.training import rehearse_training
 
+    if args.kaggle_root:  # the rehearsal writes input/ and working/ there
+        for name in ("input", "working"):
+            check_writable(Path(args.kaggle_root) / name / "x", cfg, "--kaggle-root", "rehearsal",
+                           safe="a new folder such as /tmp/kaggle", given=args.kaggle_root)
     root = Path(args.kaggle_root) if args.kaggle_root else Path(tempfile.mkdtemp(prefix="kaggle-train-"))
     for r in rehearse_training(cfg, Path(args.out), root, args.folds, args.rehearse_overrides, args.pace):
         print(f"rehearsal: fold {r['fold']}'s notebook ran in {r['seconds']:.1f} s ({args.rehearse_overrides}); "

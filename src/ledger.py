@@ -15,11 +15,13 @@ from pathlib import Path
 from src.core.cli import command_parser, run_cli
 from src.core.utils import UserError
 from src.ensembling.ledger import DEFAULT_LEDGER, record_lb, show
+from src.ensembling.write_guard import check_writable
 
 
 def run(ledger: Path = DEFAULT_LEDGER, lb: tuple[str, float] | None = None) -> str:
     """Record a leaderboard score when `lb` is (file, score), then return the printed table."""
     if lb is not None:
+        check_writable(ledger, None, "--ledger", "ledger", safe=str(DEFAULT_LEDGER))
         file, score = lb
         row = record_lb(ledger, file, score)
         print(f"recorded LB {score} for {row['file']} (CV {row['cv'] or 'n/a'})")

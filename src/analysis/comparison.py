@@ -17,6 +17,7 @@ from src.analysis.html_page import Page
 from src.analysis.oof_review import read_member_oof
 from src.core.config import Config
 from src.core.utils import UserError, atomic_save
+from src.ensembling.write_guard import check_writable
 from src.evaluation.metrics import compute_metric
 from src.runs.checkpoint import config_diff
 from src.runs.layout import fold_paths, oof_probs
@@ -72,6 +73,8 @@ def build_comparison(cfg: Config, names: list[str], out_dir: str | Path | None =
     for k in keys:
         table[k] = [_value(m.cfg.to_dict(), k) for m in members]
     out = Path(out_dir) if out_dir else Path(cfg.experiment.output_dir) / "compare" / "+".join(names)
+    for name in ("compare.html", "compare.csv", "curves.png"):
+        check_writable(out / name, cfg, "--out", "comparison", safe="outputs/compare/", given=out)
     curves = out / "curves.png"
     compare_curves({m.name: {k: pd.read_csv(fold_paths(m.exp_dir, k).history) for k in m.folds
                              if fold_paths(m.exp_dir, k).history.is_file()} for m in members}, metric, curves)

@@ -39,7 +39,8 @@ from src.core.tasks import Task, task_of
 from src.core.utils import UserError, atomic_save, atomic_write_text
 from src.data.folds import fold_tables
 from src.data.tables import load_test_table, prob_columns
-from src.ensembling.submission import check_out_path, checked_submission, write_submission
+from src.ensembling.submission import checked_submission, submission_texts, write_submission
+from src.ensembling.write_guard import check_submission_out
 from src.evaluation.decoding import decide, fit_decisions
 from src.evaluation.metrics import check_metric_fits, compute_metric, summary
 from src.runs.layout import finished_folds
@@ -119,7 +120,7 @@ def _write_submission(cfg: Config, out: Path, probs: np.ndarray, task: Task, sam
     classes, e = list(task.classes), cfg.ensemble
     decisions = decide(probs, thresholds, e.min_labels, task)
     sub, fmt = checked_submission(probs, sample, cfg.data.id_col, e.format, cfg.metric.name, e.top_k, decisions, task)
-    write_submission(out, sub, probs, classes, sample, cfg.data.id_col, thresholds)
+    write_submission(out, submission_texts(sub, probs, classes, sample, cfg.data.id_col, thresholds))
     print(f"wrote {out} ({len(sub)} rows, format {fmt}; the mean of the {cfg.data.n_folds} fold classifiers"
           + ("; thresholds fitted on the probe's OOF" if thresholds is not None else "") + ")")
     return out
@@ -133,7 +134,7 @@ def run_probe(cfg: Config, classifier: str = "logreg", out: str | Path | None = 
         raise UserError(f"--classifier {classifier} is not one of {sorted(CLASSIFIERS)}")
     out = Path(out) if out else None
     if out is not None:
-        check_out_path(out, cfg.data.dir)
+        check_submission_out(out, cfg, recorded_by_ledger=False)
     rt = Runtime.from_cfg(cfg.runtime)
     table, _, classes = fold_tables(cfg, -1)  # the split (and reviewed labels) training uses
     task = task_of(cfg, classes)

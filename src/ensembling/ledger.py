@@ -2,13 +2,16 @@
 leaderboard score once Kaggle returned it. `python -m src.ledger` is its command line.
 
     submissions/ledger.csv   (beside the submissions: <folder of --out>/ledger.csv)
-      time, file, members, views, weights, voting, stack, metric, cv, tta_gain, commit, configs, lb, sha1
+      time, file, members, views, weights, voting, stack, metric, cv, tta_gain, commit, configs, lb, sha1,
+      sidecars
 
-sha1 is the submission file's content when its row was written: src.ensemble never writes other
-content over a file the ledger holds (a default name moves on to <name>_v2.csv, an explicit --out
-is refused; the same bytes again are fine), and --lb refuses a file whose content no longer matches
-its row. The blend JSON beside a submission (<name>.blend.json) counts as part of it: the same
-CSV from another blend is another submission.
+sha1 is the submission file's content when its row was written, and sidecars the sha1 of each file
+written beside it (kind:sha1;...: probs <name>_probs.csv, thresholds <name>_thresholds.json, blend
+<name>.blend.json). src.ensemble never writes other content over a file the ledger holds, nor over
+its sidecars (a default name moves on to <name>_v2.csv, an explicit --out is refused; the same bytes
+again are fine): the same CSV from another blend, other thresholds or other probabilities is another
+submission. --lb refuses a file, or a sidecar, whose content no longer matches its row. Rows of
+older ledgers have no sidecars: the sidecars on disk stand for them, and one they lack is not added.
 
 Rows are appended under an exclusive lock (flock on ledger.csv.lock) and the file is replaced
 atomically, so two ensembles finishing together both land and a crash never leaves half a row.
@@ -29,11 +32,11 @@ import numpy as np
 import pandas as pd
 
 from src.core.utils import UserError, atomic_save
-from src.ensembling.submission import blend_path
+from src.ensembling.submission import sidecar_paths
 
 DEFAULT_LEDGER = Path("submissions") / "ledger.csv"
 COLUMNS = ["time", "file", "members", "views", "weights", "voting", "stack", "metric", "cv", "tta_gain", "commit",
-           "configs", "lb", "sha1"]
+           "configs", "lb", "sha1", "sidecars"]
 MIN_ROWS_FOR_CORRELATION = 3  # fewer scored submissions give a correlation that means nothing
 
 
@@ -109,7 +112,7 @@ def append_row(path: Path, row: dict) -> dict:
 
 
 def record_submission(out: Path, members: list, views: list[str], weights, voting: str, stack: str | None,
-                      metric: str, cv: float, tta_gain: float | None) -> dict:
+                      metric: str, cv: float, tta_gain: float | None, sidecars: dict[str, str] | None = None) -> dict:
     """Append a written submission's row to the ledger beside it and say so.
 
     Args:
@@ -117,6 +120,7 @@ def record_submission(out: Path, members: list, views: list[str], weights, votin
         weights: the member weights (None when a stacker blended).
         cv: the OOF score of what was submitted (the blend, or the stacker's nested OOF).
         tta_gain: the OOF gain of the views chosen by --tta auto, else None.
+        sidecars: the text of each sidecar written beside it, by kind (none: those on disk).
     """
     path = ledger_path(out)
     row = append_row(path, {
@@ -125,7 +129,7 @@ def record_submission(out: Path, members: list, views: list[str], weights, votin
         "voting": voting, "stack": stack or "", "metric": metric, "cv": repr(float(cv)), "commit": git_commit(),
         "tta_gain": "" if tta_gain is None else repr(float(tta_gain)),
         "configs": ";".join(f"{m.name}:{config_hash(m.records[m.folds[0]]['config'])}" for m in members),
-        "sha1": _file_sha1(out)})
+        "sha1": _file_sha1(out), "sidecars": sidecar_cell(out, sidecars)})
     print(f"ledger: one row added to {path} (record the public score with python -m src.ledger --ledger {path} "
           f"--lb {out} SCORE)")
     return row
@@ -152,27 +156,45 @@ def recorded(submission: Path) -> dict | None:
     return df.iloc[hits[-1]].to_dict() if hits else None
 
 
-def free_submission_path(out: Path, explicit: bool, content_sha1: str, blend_text: str | None = None) -> Path:
-    """Where a new submission (whose bytes hash to `content_sha1`, and whose blend JSON is
-    `blend_text`) may go without writing other content over one the ledger recorded: `out` (also
-    when it would be written again byte for byte, blend included), or for a default name the next
-    free <stem>_v<k>.csv (said); an explicit --out is refused."""
+def sidecar_cell(out: Path, texts: dict[str, str] | None) -> str:
+    """The sidecars column: kind:sha1 of each sidecar's text (or, without texts, of the file on disk)."""
+    if texts is None:
+        texts = {k: p.read_text() for k, p in sidecar_paths(out).items() if p.is_file()}
+    return ";".join(f"{k}:{hashlib.sha1(texts[k].encode()).hexdigest()}" for k in sorted(texts))
+
+
+def _same_sidecars(row: dict, out: Path, texts: dict[str, str]) -> bool:
+    """Whether writing sidecar `texts` (kind -> text) beside `out` keeps what its ledger row stands
+    for: the recorded sha1s exactly (a sidecar added or left out is a change), or for a row from
+    an older ledger, which has none, the sidecars on disk (one it lacks is not added)."""
+    if row.get("sidecars"):
+        return row["sidecars"] == sidecar_cell(out, texts)
+    paths = sidecar_paths(out)
+    return all(paths[k].is_file() and paths[k].read_bytes() == t.encode() for k, t in texts.items())
+
+
+def free_submission_path(out: Path, explicit: bool, content_sha1: str, blend_text: str | None = None,
+                         sidecars: dict[str, str] | None = None) -> Path:
+    """Where a new submission (whose bytes hash to `content_sha1`, whose blend JSON is `blend_text`
+    and whose other sidecars are `sidecars`: kind -> text) may go without writing other content over
+    one the ledger recorded or over its sidecars: `out` (also when every file would be written
+    again byte for byte), or for a default name the next free <stem>_v<k>.csv (said); an explicit
+    --out is refused."""
     row = recorded(out)
-    beside = blend_path(out)
-    same_blend = blend_text is None or not beside.is_file() or beside.read_text() == blend_text
-    if row is None or (row.get("sha1") == content_sha1 and same_blend):
+    texts = {**(sidecars or {}), **({"blend": blend_text} if blend_text is not None else {})}
+    if row is None or (row.get("sha1") == content_sha1 and _same_sidecars(row, out, texts)):
         return out
     scored = f", public score {row['lb']}" if row.get("lb") else ""
     if explicit:
+        paths = sidecar_paths(out)
+        others = " and ".join(p.name for k, p in paths.items() if k != "blend")
         raise UserError(f"--out {out} is a submission the ledger recorded ({row['time']}{scored}); writing over it "
-                        f"(or over its blend, {beside.name}) would leave its row describing other content, so give "
-                        "another --out")
+                        f"(or over its blend, {paths['blend'].name}, or its {others}) with other content would leave "
+                        "its row describing what it did not submit, so give another --out")
     k = 2
-    while recorded(out.with_name(f"{out.stem}_v{k}{out.suffix}")) is not None or \
-            out.with_name(f"{out.stem}_v{k}{out.suffix}").exists() or \
-            blend_path(out.with_name(f"{out.stem}_v{k}{out.suffix}")).exists():
+    while (new := out.with_name(f"{out.stem}_v{k}{out.suffix}")).exists() or recorded(new) is not None or \
+            any(p.exists() for p in sidecar_paths(new).values()):
         k += 1
-    new = out.with_name(f"{out.stem}_v{k}{out.suffix}")
     print(f"note: {out} is a submission the ledger recorded ({row['time']}{scored}); writing {new} instead")
     return new
 
@@ -200,9 +222,20 @@ def record_lb(path: Path, file: str | Path, score: float) -> dict:
             raise UserError(f"{file} no longer holds what its ledger row recorded ({row['time']}): the score would "
                             "describe other content; record it for the file as it was submitted, or write a new "
                             "submission with python -m src.ensemble")
+        _check_sidecars_kept(row, file)
         df.loc[hits[-1], "lb"] = repr(float(score))
         _write(path, df)
         return df.iloc[hits[-1]].to_dict()
+
+
+def _check_sidecars_kept(row: pd.Series, file: Path) -> None:
+    """Refuse a score for a submission whose sidecars on disk no longer hold what its row recorded."""
+    recorded_sha1 = dict(kv.split(":", 1) for kv in row.get("sidecars", "").split(";") if ":" in kv)
+    for kind, path in sidecar_paths(file).items():
+        if kind in recorded_sha1 and path.is_file() and _file_sha1(path) != recorded_sha1[kind]:
+            raise UserError(f"{path} ({kind}) no longer holds what the ledger row of {file} recorded "
+                            f"({row['time']}): the score would describe other content; restore it, or write a "
+                            "new submission with python -m src.ensemble")
 
 
 def correlation(df: pd.DataFrame) -> dict | None:

@@ -11,13 +11,14 @@ import pandas as pd
 from src.core import distributed
 from src.core.config import Config
 from src.core.runtime import Runtime
-from src.core.utils import UserError, atomic_write_text
+from src.core.utils import UserError, counted
 from src.core.views import parse_views, split_auto
 from src.data.tables import load_test_table
 from src.ensembling.blend import Blend
 from src.ensembling.ledger import free_submission_path, record_submission
 from src.ensembling.oof import resolve_weights
-from src.ensembling.submission import blend_path, check_out_path, checked_submission, write_submission
+from src.ensembling.submission import blend_path, checked_submission, submission_texts, write_submission
+from src.ensembling.write_guard import check_submission_out
 from src.evaluation.blending import check_voting
 from src.evaluation.metrics import check_metric_fits
 from src.runs.members import open_members
@@ -38,39 +39,33 @@ def _parse_tta(tta: list[str] | None, default: list[str]) -> tuple[list[str], bo
 
 
 def _submit(cfg: Config, out: tuple[Path, bool], probs: np.ndarray, blend: Blend, sample: pd.DataFrame,
-            what: str) -> Path:
+            what: str) -> tuple[Path, dict[str, str]]:
     """Check and write the submission, its probabilities and its blend JSON (rank 0 writes), say what it
-    holds and return its path (`out`: the path and whether --out named it; see ledger.free_submission_path)."""
+    holds and return its path and its sidecars' texts by kind (`out`: the path and whether --out named
+    it; see ledger.free_submission_path)."""
     e, task, thresholds = cfg.ensemble, blend.task, blend.thresholds
     classes = list(task.classes)
     decisions = blend.decide(probs)
     sub, fmt = checked_submission(probs, sample, cfg.data.id_col, blend.format, cfg.metric.name, e.top_k, decisions,
                                   task)
-    text = blend.to_json()
-    out = free_submission_path(out[0], out[1], hashlib.sha1(sub.to_csv(index=False).encode()).hexdigest(), text)
-
-    def write() -> Path:
-        written = write_submission(out, sub, probs, classes, sample, cfg.data.id_col,
-                                   None if thresholds is None else np.asarray(thresholds, dtype=np.float64))
-        atomic_write_text(blend_path(out), text)
-        return written
-
-    probs_path = distributed.from_main(write)
+    texts = submission_texts(sub, probs, classes, sample, cfg.data.id_col,
+                             None if thresholds is None else np.asarray(thresholds, dtype=np.float64))
+    texts["blend"] = blend.to_json()
+    sidecars = {k: t for k, t in texts.items() if k != "submission"}
+    out = free_submission_path(out[0], out[1], hashlib.sha1(texts["submission"].encode()).hexdigest(),
+                               sidecars=sidecars)
+    probs_path = distributed.from_main(lambda: write_submission(out, texts))
     print(f"wrote {out} ({len(sub)} rows, format {fmt}, {what}); {task.prob_word} in {probs_path}, the blend in "
           f"{blend_path(out)}")
     print(f"predicted {task.noun}: " + ", ".join(f"{c} {n}" for c, n in zip(classes, task.counts(probs, decisions))))
-    return out
-
-
-def _counted(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
+    return out, sidecars
 
 
 def blend_shape(folds: list[int], n_views: int) -> str:
     """'1 member x 2 folds x 2 views': what a blend averaged, from each member's fold count."""
     lo, hi = min(folds), max(folds)
-    fold_text = _counted(lo, "fold") if lo == hi else f"{lo} to {hi} folds"
-    return f"{_counted(len(folds), 'member')} x {fold_text} x {_counted(n_views, 'view')}"
+    fold_text = counted(lo, "fold") if lo == hi else f"{lo} to {hi} folds"
+    return f"{counted(len(folds), 'member')} x {fold_text} x {counted(n_views, 'view')}"
 
 
 def _applied(blend: str | dict, given: dict) -> Blend:
@@ -140,7 +135,7 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
                         "weights when the report is off")
     tag = ("_tta" if auto or views != ["identity"] else "") + (f"_{stack}" if stack else "")
     out, explicit = (Path(out), True) if out else (Path("submissions") / ("+".join(names) + tag + ".csv"), False)
-    check_out_path(out, cfg.data.dir)
+    check_submission_out(out, cfg, recorded_by_ledger=True)
     rt = Runtime.from_cfg(cfg.runtime)
     test, sample = load_test_table(cfg.data)
     members = _checked_members(cfg, names, weights, voting, report, thresholds)
@@ -161,14 +156,14 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
 
     # 3) submission (multi-label: the labels above the thresholds fitted on OOF; ordinal: the grades between
     # them; the thresholds and the blend are written beside it)
-    out = _submit(cfg, (out, explicit), probs, fitted, sample, blend_shape([len(m.folds) for m in members],
-                                                                            len(fitted.views)))
+    out, sidecars = _submit(cfg, (out, explicit), probs, fitted, sample,
+                            blend_shape([len(m.folds) for m in members], len(fitted.views)))
 
     # 4) the ledger (local runs: a kernel, report off, has no CV to record)
     if report:
         try:
             record_submission(out, members, fitted.views, fitted.weights, voting, stack, cfg.metric.name,
-                              fitted.oof_score, fitted.tta_gain)
+                              fitted.oof_score, fitted.tta_gain, sidecars)
         except UserError as e:  # the submission stands; only its record is missing
             raise UserError(f"{out} was written, but its ledger row was not: {e}") from None
     return out

@@ -36,6 +36,7 @@ from src.core.views import split_auto
 from src.data.pseudo_rows import pseudo_digest
 from src.data.tables import load_test_table, prob_columns
 from src.ensembling.blend import Blend
+from src.ensembling.write_guard import check_writable
 from src.runs.members import open_members
 
 HARD_THRESHOLD = 0.9  # default confidence for hard pseudo-labels; soft ones keep every row by default
@@ -80,8 +81,10 @@ def make_pseudo(cfg: Config, names: list[str], views: list[str] | None, weights,
     if not 0.0 <= threshold <= 1.0:
         raise UserError(f"--threshold {threshold} is not a probability; give a value in [0, 1], e.g. 0.9")
     out = Path(out) if out else default_table_path(cfg, names, round_)
-    if out.suffix.lower() != ".csv" or out.resolve().is_relative_to(Path(cfg.data.dir).resolve()):
-        raise UserError(f"--out {out} must be a .csv outside the competition folder {cfg.data.dir}")
+    for path in (out, out.with_suffix(".json")):
+        check_writable(path, cfg, "--out", "pseudo", safe="outputs/pseudo/", given=out)
+    if out.suffix.lower() != ".csv":
+        raise UserError(f"--out {out} is not a .csv path; name the table, e.g. outputs/pseudo/round1.csv")
     rt = Runtime.from_cfg(cfg.runtime)
     members = open_members(cfg, names)
     task = members[0].task

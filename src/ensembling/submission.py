@@ -10,7 +10,7 @@ import pandas as pd
 
 from src.core.tasks import FORMATS, Task
 from src.core.tasks.base import MAP_AT, placeholder_words
-from src.core.utils import UserError, atomic_save, atomic_write_text
+from src.core.utils import UserError, atomic_write_text
 
 
 def resolve_top_k(sample: pd.DataFrame, id_col: str, metric: str, configured: int | None, n_classes: int) -> int:
@@ -105,40 +105,54 @@ def check_probs(probs: np.ndarray, task: Task) -> None:
                         "row; check the weights and voting; nothing was written")
 
 
+# The files written beside a submission <stem>.csv, by kind: its probability matrix, the thresholds
+# fitted on OOF (multi-label and ordinal blends) and the blend (src.ensembling.blend).
+SIDECARS = {"probs": "_probs.csv", "thresholds": "_thresholds.json", "blend": ".blend.json"}
+
+
+def sidecar_paths(submission: Path) -> dict[str, Path]:
+    """The sidecars of a submission file, by kind (SIDECARS)."""
+    submission = Path(submission)
+    return {kind: submission.with_name(submission.stem + end) for kind, end in SIDECARS.items()}
+
+
+def sidecar_owner(path: Path) -> tuple[str, Path] | None:
+    """(kind, the submission it belongs to) when `path` is named as a submission's sidecar, else None."""
+    path = Path(path)
+    for kind, end in SIDECARS.items():
+        if path.name.endswith(end) and len(path.name) > len(end):
+            return kind, path.with_name(path.name[: -len(end)] + ".csv")
+    return None
+
+
 def blend_path(submission: Path) -> Path:
     """The blend JSON beside a submission (src.ensembling.blend): <stem>.blend.json."""
-    return submission.with_name(submission.stem + ".blend.json")
+    return sidecar_paths(submission)["blend"]
 
 
-def check_out_path(out: Path, data_dir: str | Path) -> Path:
-    """Where the submission, its _probs.csv and its .blend.json go: files, outside the competition folder."""
-    probs = out.with_name(out.stem + "_probs.csv")
-    for p in (out, probs, blend_path(out)):
-        if p.is_dir():
-            raise UserError(f"--out {out}: {p} is a folder; give a file path such as {p / 'submission.csv'}")
-        if p.resolve().is_relative_to(Path(data_dir).resolve()):
-            raise UserError(f"--out {out} would write {p} inside the competition folder {data_dir} (data.dir), "
-                            "whose files must not change; write to submissions/ or another folder")
-    if out.suffix.lower() != ".csv":
-        raise UserError(f"--out {out} is not a .csv path; name the submission file, e.g. submissions/final.csv")
-    return probs
-
-
-def write_submission(out: Path, sub: pd.DataFrame, probs: np.ndarray, classes: list[str], sample: pd.DataFrame,
-                     id_col: str, thresholds: np.ndarray | None = None) -> Path:
-    """<out> and <out stem>_probs.csv (the probability matrix, checked with check_probs first),
-    and for a multi-label or ordinal blend <out stem>_thresholds.json (the thresholds fitted on
-    OOF: one per label, or one between each two grades, "0|1"), each written atomically."""
-    if thresholds is not None:
-        keys = classes if len(thresholds) == len(classes) else [f"{a}|{b}" for a, b in zip(classes, classes[1:])]
-        atomic_write_text(out.with_name(out.stem + "_thresholds.json"),
-                          json.dumps({c: float(th) for c, th in zip(keys, thresholds)}, indent=2))
+def submission_texts(sub: pd.DataFrame, probs: np.ndarray, classes: list[str], sample: pd.DataFrame, id_col: str,
+                     thresholds: np.ndarray | None = None) -> dict[str, str]:
+    """What a submission's files hold, by kind ("submission" and SIDECARS' kinds but the blend):
+    the table, the probability matrix (id, then one column a class) and, for a multi-label or
+    ordinal blend, the thresholds fitted on OOF (one per label, or one between each two grades,
+    "0|1"). Computed before anything is written, so the ledger can compare them with its record."""
+    texts = {"submission": sub.to_csv(index=False)}
     probs_df = pd.DataFrame(probs, columns=classes)
     probs_df.insert(0, id_col, sample[id_col].to_numpy())
-    probs_path = out.with_name(out.stem + "_probs.csv")
-    atomic_save(probs_path, lambda tmp: probs_df.to_csv(tmp, index=False))
-    atomic_save(out, lambda tmp: sub.to_csv(tmp, index=False))
-    return probs_path
+    texts["probs"] = probs_df.to_csv(index=False)
+    if thresholds is not None:
+        keys = classes if len(thresholds) == len(classes) else [f"{a}|{b}" for a, b in zip(classes, classes[1:])]
+        texts["thresholds"] = json.dumps({c: float(th) for c, th in zip(keys, thresholds)}, indent=2)
+    return texts
+
+
+def write_submission(out: Path, texts: dict[str, str]) -> Path:
+    """Write <out> and its sidecars from `texts` (kind -> text, see submission_texts), each
+    atomically and the submission last; return the path of the probabilities."""
+    paths = {"submission": out, **sidecar_paths(out)}
+    for kind in sorted(texts, key=lambda k: k == "submission"):
+        atomic_write_text(paths[kind], texts[kind])
+    return paths["probs"]
 
 
 def checked_submission(probs: np.ndarray, sample: pd.DataFrame, id_col: str, fmt: str, metric: str,

@@ -420,6 +420,54 @@ ROWS = [
                                                                      "teacher fold"),
         world="trained", damage=_unfinish_fold1),
     # ---- issue 31.1: nothing is written inside outputs/<experiment>/, inputs/ or over another command's record
+    *[
+        row(f"ensemble-out-{name}", "ensemble", ("--out", out), ("--out", out, what, "submissions/"), world="trained",
+            damage=damage)
+        for name, out, what, damage in [
+            ("in-a-fold-folder", "outputs/demo/fold0/oof.csv", "the run folder", None),
+            ("in-the-run-folder", "outputs/demo/sub.csv", "run folder of experiment demo", None),
+            ("in-another-experiment", "outputs/demo_b/sub.csv", "the run folder", _second_member),
+            ("in-the-splits", "outputs/folds/sub.csv", "the splits", None),
+            ("in-the-image-cache", "outputs/cache/sub.csv", "the image cache", None),
+            ("in-inputs", "inputs/sub.csv", "inputs/, the folder holding the competitions", None),
+            ("in-configs", str(DEMO_CONFIG.parent / "sub.csv"), "the configs", None),
+            ("over-a-ledger", "submissions/ledger.csv", "a submission ledger",
+             lambda r: (r / "submissions").mkdir() or (r / "submissions/ledger.csv").write_text("time,file\n")),
+        ]
+    ],
+    row("ensemble-out-over-a-pseudo-label-table", "ensemble", ("--out", lambda r: str(next((r / "pl").glob("*.csv")))),
+        ("--out", "pseudo-label table", "submissions/"), world="trained", damage=_pseudo_table(lambda t: t)),
+    row("ensemble-ledger-beside-is-a-folder", "ensemble", ("--out", "submissions/a.csv"),
+        ("--out", "submissions/ledger.csv", "folder"), world="trained",
+        damage=lambda r: (r / "submissions/ledger.csv").mkdir(parents=True)),
+    row("probe-out-in-a-fold-folder", "probe", ("--out", "outputs/demo/fold0/probe.csv"),
+        ("--out", "outputs/demo/fold0/probe.csv", "the run folder", "submissions/"), world="trained"),
+    row("probe-out-over-a-recorded-submission", "probe", ("--out", "submissions/a.csv"),
+        ("--out", "submissions/a.csv", "a submission the ledger recorded"), world="trained",
+        damage=lambda r: run_cli(ensemble.main, ["--config", str(DEMO_CONFIG), *TINY, "--out", "submissions/a.csv"])),
+    row("pseudo-out-in-a-fold-folder", "pseudo", ("--experiments", "demo", "--out", "outputs/demo/fold0/pl.csv"),
+        ("--out", "outputs/demo/fold0/pl.csv", "the run folder", "outputs/pseudo/"), world="trained"),
+    row("report-compare-out-in-a-run-folder", "report", ("--compare", "demo", "demo_b", "--out", "outputs/demo_b"),
+        ("--out", "outputs/demo_b", "the run folder", "outputs/compare/"), world="trained", damage=_second_member),
+    *[
+        row(f"kaggle-{verb}-out-{name}", "kaggle_kernel",
+            (verb, "--config", str(DEMO_CONFIG), *TINY, *extra, "--out", out), ("--out", out, what),
+            world="trained", plain=True, damage=damage)
+        for verb, extra, name, out, what, damage in [
+            ("build", ("--experiments", "demo"), "a-run-folder", "outputs/demo", "the run folder", None),
+            ("build", ("--experiments", "demo"), "holding-run-folders", "outputs",
+             ("the image cache", "the splits", "run folder of experiment demo"), None),
+            ("build", ("--experiments", "demo"), "the-working-folder", ".", "the working folder", None),
+            ("build", ("--experiments", "demo"), "holding-other-files", "submissions", "old.csv", _old_submission),
+            ("train", (), "a-fold-folder", "outputs/demo/fold0", "the run folder", None),
+        ]
+    ],
+    row("kaggle-rehearse-train-root-in-a-run-folder", "kaggle_kernel",
+        ("rehearse-train", "--config", str(DEMO_CONFIG), *TINY, "--kaggle-root", "outputs/demo"),
+        ("--kaggle-root", "outputs/demo", "the run folder"), world="trained", plain=True),
+    row("ledger-in-a-fold-folder", "ledger", ("--ledger", "outputs/demo/fold0/ledger.csv", "--lb", "a.csv", "0.9"),
+        ("--ledger", "outputs/demo/fold0/ledger.csv", "the run folder", "submissions/ledger.csv"), world="trained",
+        plain=True),
 
     # ---- issue 31.3: a fold filed under another fold's name
 
@@ -430,6 +478,26 @@ ROWS = [
         may_write=("outputs/demo/config.yaml", "outputs/demo/fold0/.lock")),
 
     # ---- issue 31.8: the sidecars of a recorded submission
+    # two identical members: other weights give the same CSV bytes from another blend; the blend JSON
+    # is gone (written before blends were), and for an old ledger the row has no sidecars column
+    *[
+        row(f"ensemble-replaces-the-sidecars-of-a-recorded-submission{tag}", "ensemble",
+            ("--experiments", "demo", "demo_b", "--weights", "3,1", "--out", "submissions/a.csv"),
+            ("--out", "submissions/a.csv", "recorded", "a.blend.json", "a_probs.csv", "another --out"),
+            world="trained", damage=lambda r, old=old: (
+                _second_member(r),
+                run_cli(ensemble.main, ["--config", str(DEMO_CONFIG), *TINY, "--experiments", "demo", "demo_b",
+                                        "--weights", "1,1", "--out", "submissions/a.csv"]),
+                (r / "submissions/a.blend.json").unlink(),
+                old and pd.read_csv(r / "submissions/ledger.csv", dtype=str, keep_default_na=False).drop(
+                    columns="sidecars", errors="ignore").to_csv(r / "submissions/ledger.csv", index=False)))
+        for tag, old in (("", False), ("-of-an-old-ledger", True))
+    ],
+    row("ledger-lb-after-a-sidecar-changed", "ledger",
+        ("--ledger", "submissions/ledger.csv", "--lb", "submissions/a.csv", "0.9"),
+        ("submissions/a_probs.csv", "no longer holds", "src.ensemble"), world="trained", plain=True,
+        damage=lambda r: (run_cli(ensemble.main, ["--config", str(DEMO_CONFIG), *TINY, "--out", "submissions/a.csv"]),
+                          (r / "submissions/a_probs.csv").write_text("id,0\n"))),
 
     # ---- issue 31, the smaller ones
     row("min-labels-on-a-multiclass-task", "train", F0 + ("ensemble.min_labels=1",),
