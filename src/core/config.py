@@ -76,6 +76,7 @@ class DataCfg(_Section):
     label_col: str
     group_col: str | None
     image_exts: Annotated[list[str], Field(min_length=1)]
+    dicom_window: tuple[float, Annotated[float, Field(ge=1)]] | None  # (center, width); None: each file's own
     na_labels: Literal["error", "keep"]
     bad_images: Literal["error", "skip"]
     check_images: bool
