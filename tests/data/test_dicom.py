@@ -261,3 +261,66 @@ def test_the_cache_keys_dicoms_on_the_window(tmp_path):
 
     old = hashlib.sha1(f"{CACHE_VERSION}\0{content_sha1(path)}\0{16}".encode()).hexdigest()
     assert own.entry(path).stem == old
+
+
+# ---------------------------------------------------------------- a competition of DICOMs
+
+
+def build_siim_isic(root: Path, n_train: int = 40, n_test: int = 12) -> Path:
+    """SIIM-ISIC Melanoma's layout at tiny scale (mle-bench's prepare.py): train.csv with
+    image_name, patient_id, ..., target; train/ISIC_<7 digits>.dcm and test/ISIC_<7 digits>.dcm;
+    sample_submission.csv image_name,target. The images are sklearn's 0 and 1 digits at 32x32, as
+    16-bit CT-like DICOMs (stored 0..4095, slope 2, intercept -1024, a window), the target 1 for a
+    one; a third of them MONOCHROME1, so only an inverting reader sees them all the same way."""
+    import cv2
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    keep = np.flatnonzero(digits.target <= 1)[: n_train + n_test]
+    rows = []
+    for n, i in enumerate(keep):
+        name, split = f"ISIC_{1000000 + 37 * n:07d}", "train" if n < n_train else "test"
+        ink = cv2.resize(digits.images[i] / 16.0, (32, 32), interpolation=cv2.INTER_LINEAR)
+        mono1 = n % 3 == 0
+        stored = np.round((1 - ink if mono1 else ink) * 3000 + 500).astype(np.uint16)
+        write_dicom(root / split / f"{name}.dcm", stored, pi="MONOCHROME1" if mono1 else "MONOCHROME2",
+                    RescaleSlope=2, RescaleIntercept=-1024, WindowCenter=1976, WindowWidth=6000)
+        rows.append({"image_name": name, "patient_id": f"IP_{n // 2:07d}", "sex": "male", "age_approx": 45,
+                     "anatom_site_general_challenge": "torso", "diagnosis": "unknown",
+                     "benign_malignant": "malignant" if digits.target[i] else "benign",
+                     "target": int(digits.target[i]), "split": split})
+    table = pd.DataFrame(rows)
+    train, test = table[table.split == "train"].drop(columns="split"), table[table.split == "test"]
+    train.to_csv(root / "train.csv", index=False)
+    pd.DataFrame({"image_name": test["image_name"], "target": 0}).to_csv(root / "sample_submission.csv", index=False)
+    test[["image_name", "target"]].to_csv(root / "solution.csv", index=False)
+    return root
+
+
+SIIM = ("data.id_col=image_name", "data.label_col=target", "data.task=binary", "metric.name=roc_auc",
+        "data.group_col=patient_id", "data.n_folds=2", "data.check_images=true")
+
+
+def test_a_siim_isic_competition_of_dicoms_trains_and_submits(tmp_path, monkeypatch):
+    import src.ensemble as ensemble
+    import src.folds as folds
+    import src.train as train
+    from src.core.cli import run_cli
+    from src.data.tables import load_train_table
+
+    comp = build_siim_isic(tmp_path / "inputs" / "siim-isic-melanoma-classification")
+    monkeypatch.chdir(tmp_path)
+    args = ["--config", str(REPO / "configs" / "demo.yaml"), *TINY, *SIIM, f"data.dir={comp}",
+            "experiment.output_dir=outputs", "experiment.name=siim", "wandb.mode=disabled"]
+    cfg = load_config(REPO / "configs" / "demo.yaml", args[2:])
+    table = load_train_table(cfg.data)
+    assert len(table) == 40 and all(p.endswith(".dcm") for p in table["path"])  # found through the default image_exts
+    run_cli(folds.main, args)
+    run_cli(train.main, [*args, "--fold", "0"])
+    assert (tmp_path / "outputs" / "siim" / "fold0" / "done.json").is_file()
+    assert any((tmp_path / "outputs" / "cache").rglob("*.npy"))  # decoded once, into the image cache
+    run_cli(ensemble.main, [*args, "ensemble.missing_folds=warn", "--tta", "identity", "--out", "submissions/siim.csv"])
+    sub = pd.read_csv(tmp_path / "submissions" / "siim.csv")
+    sample = pd.read_csv(comp / "sample_submission.csv")
+    assert list(sub.columns) == ["image_name", "target"] and sub["image_name"].tolist() == sample["image_name"].tolist()
+    assert sub["target"].between(0, 1).all() and sub["target"].nunique() > 1  # a probability per image
