@@ -22,8 +22,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.pixels.decoders.base import get_decoder
 
-from src.core.utils import UserError
-from src.data.images import MissingDecoder
+from src.core.utils import MissingDecoder, UserError
 
 PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 

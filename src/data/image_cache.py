@@ -26,8 +26,8 @@ from albumentations.augmentations.geometric.functional import resize
 
 from src.core.config import AugCfg, Config
 from src.core.progress import progress
-from src.core.utils import UserError, atomic_save_npy
-from src.data.images import MissingDecoder, content_sha1, read_image
+from src.core.utils import MissingDecoder, UserError, atomic_save_npy
+from src.data.images import content_sha1, read_image
 
 CACHE_VERSION = 2  # bump when read_image or the resize changes what an entry holds (2: content keys, sealed entries)
 SEAL = 20  # bytes of sha1 that end an entry: of its key and its pixels

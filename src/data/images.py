@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from src.core.progress import progress
-from src.core.utils import UserError
+from src.core.utils import MissingDecoder, UserError
 
 _DIGESTS: dict[tuple, str] = {}  # (path, device, inode, size, mtime, ctime) -> sha1 of the bytes, this process only
 
@@ -37,11 +37,6 @@ def content_sha1(path: str | Path) -> str:
 
 
 DICOM_EXTS = (".dcm", ".dicom")
-
-
-class MissingDecoder(UserError):
-    """Compressed pixel data that no installed plugin decodes (src.data.dicom): the environment's
-    fault, not the image's, so the bad-image check stops on it rather than drop every such image."""
 
 
 def read_image(path: str | Path, dicom_window: tuple[float, float] | None = None) -> np.ndarray:

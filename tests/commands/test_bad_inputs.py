@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import reliability_table
 import torch
 
 import src.average as average
@@ -39,7 +40,6 @@ import src.train as train
 import src.tune as tune
 from src.core.cli import run_cli
 from src.data.pseudo_rows import pseudo_digest
-import reliability_table
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 # Relative paths: every command runs with tmp_path as its working directory, so the inputs, the

@@ -17,9 +17,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
 from src.core.config import load_config
-from src.core.utils import UserError
+from src.core.utils import MissingDecoder, UserError
 from src.data.image_cache import ImageCache
-from src.data.images import MissingDecoder, find_bad_images, read_image
+from src.data.images import find_bad_images, read_image
 
 RNG = np.random.default_rng(0)
 STORED = RNG.integers(0, 4096, size=(24, 20)).astype(np.uint16)  # 12-bit values in 16-bit words
@@ -254,10 +254,10 @@ def test_the_cache_keys_dicoms_on_the_window(tmp_path):
     assert not np.array_equal(own.load(path), wide.load(path))
     np.testing.assert_array_equal(wide.read(path), ImageCache(tmp_path / "fresh", 16, (3000, 2000)).load(path))
     # without a window the keys stay those of before, so the caches of PNG competitions stay valid
+    import hashlib
+
     from src.data.image_cache import CACHE_VERSION
     from src.data.images import content_sha1
-
-    import hashlib
 
     old = hashlib.sha1(f"{CACHE_VERSION}\0{content_sha1(path)}\0{16}".encode()).hexdigest()
     assert own.entry(path).stem == old
