@@ -89,7 +89,7 @@ def stage_pipeline(cfg: Config, paths: list[str], targets: list[int]) -> dict:
     cache.fill(paths, workers=max(2, out["workers"]))
     out["cache_build_s"] = round(time.perf_counter() - t0, 2)
     for name, c in (("decode", None), ("cache", cache)):
-        ds = ImageDataset(paths, targets, build_transform(cfg.aug, True), c)
+        ds = ImageDataset(paths, targets, build_transform(cfg.aug, True), c, cfg.data.dicom_window)
         loader = make_loader(ds, cfg.loader, sampler=EpochSampler(len(ds), seed=0), drop_last=True)
         n, s = _time_epoch(loader)
         out[f"{name}_img_per_s"] = round(n / s, 1)

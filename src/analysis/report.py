@@ -113,7 +113,7 @@ def model_input(m: Member, fold: int, model: torch.nn.Module, path: str, rt: Run
     own evaluation transform, so the map lies on exactly what the model saw."""
     aug = m.configs[fold].aug
     mean, std = resolve_norm(aug, model.pretrained_cfg)
-    x = build_transform(aug, False, mean, std)(image=read_image(path))["image"]  # (3, S, S)
+    x = build_transform(aug, False, mean, std)(image=read_image(path, m.configs[fold].data.dicom_window))["image"]  # (3, S, S)
     seen = x.permute(1, 2, 0).numpy() * np.asarray(std) + np.asarray(mean)
     return rt.batch(x[None]), np.clip(seen * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
@@ -151,9 +151,9 @@ def _caption(r) -> str:
     return f"{r.id}\ntrue {r.label or '-'}, pred {r.predicted or '-'} {how}"
 
 
-def _thumbnail(path: str, side: int = 256) -> np.ndarray:
-    """An image for a grid cell: large photos shrunk so the longer side is `side` pixels."""
-    img = read_image(path)
+def _thumbnail(path: str, dicom_window, side: int = 256) -> np.ndarray:
+    """An image for a grid cell (a DICOM windowed as the model saw it): large photos shrunk so the longer side is `side` pixels."""
+    img = read_image(path, dicom_window)
     scale = side / max(img.shape[:2])
     return cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else img
 
@@ -178,7 +178,7 @@ def _figures(m: Member, oof: pd.DataFrame, counts: np.ndarray, sus: pd.DataFrame
     CONFUSION[m.task.space].figure(m, oof, counts, figs["confusion"])
     wrong = most_confidently_wrong(sus, n_wrong)
     path_of = dict(zip(oof["id"], oof["path"]))
-    image_grid([(_thumbnail(path_of[r.id]), _caption(r)) for r in wrong.itertuples()], figs["wrong"])
+    image_grid([(_thumbnail(path_of[r.id], m.cfg.data.dicom_window), _caption(r)) for r in wrong.itertuples()], figs["wrong"])
     for key, right in (("cam_right", True), ("cam_wrong", False)):
         cam_grid([(c.image, c.cam, _cam_title(c)) for c in cams if (c.label == c.predicted) == right], figs[key])
     # The first layer and early stages: the most confidently right image, by its fold's model.

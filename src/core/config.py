@@ -78,6 +78,7 @@ class DataCfg(_Section):
     label_col: str
     group_col: str | None
     image_exts: Annotated[list[str], Field(min_length=1)]
+    dicom_window: tuple[float, float] | None  # (center, width); None: each file's own
     na_labels: Literal["error", "keep"]
     bad_images: Literal["error", "skip"]
     check_images: bool
@@ -99,6 +100,9 @@ class DataCfg(_Section):
     def _check(self):
         if self.n_folds < 2:
             raise ValueError("data.n_folds must be at least 2")
+        if self.dicom_window is not None and self.dicom_window[1] < 1:
+            raise ValueError(f"data.dicom_window={list(self.dicom_window)} has a width below 1; give [center, width] "
+                             "with a width of 1 or more (e.g. [40, 400] for a CT soft-tissue window), or null")
         if self.cache_dir is not None and not self.cache_dir.strip():
             raise ValueError("data.cache_dir is empty; name a folder for the image cache, or null for "
                              "<experiment.output_dir>/cache (data.cache=false turns it off)")

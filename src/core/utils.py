@@ -16,6 +16,11 @@ class UserError(Exception):
     """A mistake the user can fix; the CLI prints its one sentence instead of a traceback."""
 
 
+class MissingDecoder(UserError):
+    """A file no installed decoder reads (compressed DICOM pixel data without its plugin): the
+    environment's fault, not the file's, so the image check stops on it rather than drop every such file."""
+
+
 def counted(n: int, noun: str, plural: str | None = None) -> str:
     """'1 image', '3 images': a count and its noun, for messages."""
     return f"{n} {noun if n == 1 else plural or noun + 's'}"

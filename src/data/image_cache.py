@@ -26,7 +26,7 @@ from albumentations.augmentations.geometric.functional import resize
 
 from src.core.config import AugCfg, Config
 from src.core.progress import progress
-from src.core.utils import UserError, atomic_save_npy
+from src.core.utils import MissingDecoder, UserError, atomic_save_npy
 from src.data.images import content_sha1, read_image
 
 CACHE_VERSION = 2  # bump when read_image or the resize changes what an entry holds (2: content keys, sealed entries)
@@ -43,14 +43,17 @@ def cache_root(cfg: Config) -> Path:
 
 
 class ImageCache:
-    """Images of one square side, decoded and resized once (`load` builds a missing entry)."""
+    """Images of one square side, decoded and resized once (`load` builds a missing entry);
+    `dicom_window` (data.dicom_window) is how DICOM files are decoded, so it is part of each key."""
 
-    def __init__(self, root: str | Path, side: int):
+    def __init__(self, root: str | Path, side: int, dicom_window: tuple[float, float] | None = None):
         self.side = int(side)
         self.dir = Path(root) / f"{self.side}px"
+        self.dicom_window = None if dicom_window is None else tuple(float(v) for v in dicom_window)
 
     def entry(self, path: str) -> Path:
-        key = hashlib.sha1(f"{CACHE_VERSION}\0{content_sha1(path)}\0{self.side}".encode()).hexdigest()
+        window = "" if self.dicom_window is None else f"\0window {self.dicom_window}"  # no window: the keys of before
+        key = hashlib.sha1(f"{CACHE_VERSION}\0{content_sha1(path)}\0{self.side}{window}".encode()).hexdigest()
         return self.dir / key[:2] / f"{key}.npy"
 
     def _seal(self, entry: Path, pixels: np.ndarray) -> np.ndarray:
@@ -60,7 +63,7 @@ class ImageCache:
         """Decode and resize `path`, store it (under `into`, a staging folder, when given), return
         it; UserError naming the file when it cannot be decoded."""
         entry = entry or self.entry(path)
-        img = np.ascontiguousarray(resize(read_image(path), (self.side, self.side), cv2.INTER_LINEAR))
+        img = np.ascontiguousarray(resize(read_image(path, self.dicom_window), (self.side, self.side), cv2.INTER_LINEAR))
         flat = img.reshape(-1)
         target = entry if into is None else into / entry.relative_to(self.dir)
         try:
@@ -120,7 +123,7 @@ class ImageCache:
                 self.build(p, into=staging)
                 return True
             except UserError as e:
-                if "image cache" in str(e):  # the cache cannot be written: no image is to blame
+                if "image cache" in str(e) or isinstance(e, MissingDecoder):  # no image is to blame
                     raise
                 return False
 
@@ -168,4 +171,4 @@ class ImageCache:
 
 def image_cache(cfg: Config, train: bool) -> ImageCache | None:
     """The cache a training (train=True) or evaluation pipeline of this config reads, or None when data.cache is off."""
-    return ImageCache(cache_root(cfg), transform_side(cfg.aug, train)) if cfg.data.cache else None
+    return ImageCache(cache_root(cfg), transform_side(cfg.aug, train), cfg.data.dicom_window) if cfg.data.cache else None

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from src.core.progress import progress
-from src.core.utils import UserError
+from src.core.utils import MissingDecoder, UserError
 
 _DIGESTS: dict[tuple, str] = {}  # (path, device, inode, size, mtime, ctime) -> sha1 of the bytes, this process only
 
@@ -36,12 +36,20 @@ def content_sha1(path: str | Path) -> str:
     return digest
 
 
-def read_image(path: str | Path) -> np.ndarray:
+DICOM_EXTS = (".dcm", ".dicom")
+
+
+def read_image(path: str | Path, dicom_window: tuple[float, float] | None = None) -> np.ndarray:
     """Read any image file into an HxWx3 uint8 RGB array.
 
-    Handles grayscale, RGBA/LA and palette PNGs, 16-bit PNGs (scaled to 8 bits), CMYK JPEGs and
-    EXIF orientation. Raises UserError naming the file when it cannot be decoded.
+    Handles grayscale, RGBA/LA and palette PNGs, 16-bit PNGs (scaled to 8 bits), CMYK JPEGs,
+    EXIF orientation and DICOM (src.data.dicom; `dicom_window`, data.dicom_window, overrides its
+    window). Raises UserError naming the file when it cannot be decoded.
     """
+    if Path(path).suffix.lower() in DICOM_EXTS:
+        from src.data.dicom import read_dicom  # pydicom only where a DICOM is read: --help stays fast
+
+        return read_dicom(path, dicom_window)
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
@@ -63,7 +71,7 @@ def read_image(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def find_bad_images(paths: list[str], workers: int = 4, cache=None, **fill) -> list[str]:
+def find_bad_images(paths: list[str], workers: int = 4, cache=None, dicom_window=None, **fill) -> list[str]:
     """Decode every image once (in threads) and return the paths that fail. With an ImageCache,
     the same pass fills it (images already cached decoded fine before); `fill` goes to its fill."""
     if cache is not None:
@@ -71,9 +79,11 @@ def find_bad_images(paths: list[str], workers: int = 4, cache=None, **fill) -> l
 
     def ok(p: str) -> bool:
         try:
-            read_image(p)
+            read_image(p, dicom_window)
             return True
-        except UserError:
+        except UserError as e:
+            if isinstance(e, MissingDecoder):
+                raise
             return False
 
     with ThreadPoolExecutor(max(1, workers)) as pool:

@@ -23,23 +23,26 @@ class ImageDataset(torch.utils.data.Dataset):
     An item may be asked for as `(index, seed)` (see EpochSampler): the augmentation is then
     seeded per sample, so a given epoch sees the same augmented images whatever the worker
     count, worker persistence or a resume in between. With a `cache` (src.data.image_cache.ImageCache
-    at the transform's first side), images are read from it instead of decoded.
+    at the transform's first side), images are read from it instead of decoded; without one,
+    DICOM files are decoded with `dicom_window` (data.dicom_window).
     """
 
-    def __init__(self, paths: list[str], targets: list[int] | None, transform: A.Compose | None, cache=None):
+    def __init__(self, paths: list[str], targets: list[int] | None, transform: A.Compose | None, cache=None,
+                 dicom_window: tuple[float, float] | None = None):
         self.paths = list(paths)
         # class indices (N,), or a 0/1 matrix (N, L) for a multi-label task (src.core.task.Task.targets)
         targets = None if targets is None else np.asarray(targets)
         self.targets = targets if targets is None or targets.ndim == 2 else targets.astype(np.int64)
         self.transform = transform
         self.cache = cache
+        self.dicom_window = dicom_window
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, key):
         i, seed = key if isinstance(key, tuple) else (key, None)
-        img = self.cache.load(self.paths[i]) if self.cache is not None else read_image(self.paths[i])
+        img = self.cache.load(self.paths[i]) if self.cache is not None else read_image(self.paths[i], self.dicom_window)
         if self.transform is None:
             x = torch.from_numpy(img)
         else:
@@ -88,7 +91,7 @@ def eval_loader(cfg: Config, paths: list[str], loader_cfg: LoaderCfg, rt: Runtim
     images = image_cache(cfg, train=False)
     if images is not None:
         distributed.main_first(lambda: images.fill_or_fail(paths, workers=max(2, resolve_workers(loader_cfg))))
-    ds = distributed.shard_dataset(ImageDataset(paths, None, build_transform(cfg.aug, False), images),
+    ds = distributed.shard_dataset(ImageDataset(paths, None, build_transform(cfg.aug, False), images, cfg.data.dicom_window),
                                    loader_cfg.batch_size)  # this rank's share under torchrun
     loader = make_loader(ds, loader_cfg, device=rt.device.type)
     return loader, Norm(*resolve_norm(cfg.aug, pretrained_cfg))

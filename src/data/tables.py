@@ -344,7 +344,8 @@ def drop_bad_images(df: pd.DataFrame, cfg: Config, cache: Path | None = None,
         bad = json.loads(cache.read_text())["bad"]
     else:
         fill = {"keep_if_bad": cfg.data.bad_images == "skip", "defer": defer, "undo": undo} if images else {}
-        bad = find_bad_images(paths, workers=max(2, resolve_workers(cfg.loader)), cache=images, **fill)
+        bad = find_bad_images(paths, workers=max(2, resolve_workers(cfg.loader)), cache=images,
+                              dicom_window=cfg.data.dicom_window, **fill)
         if cache is not None and (not bad or cfg.data.bad_images == "skip"):
             write = lambda: atomic_write_text(cache, json.dumps({"key": key, "bad": bad}))  # noqa: E731
             write() if defer is None else defer.append(write)

@@ -151,7 +151,8 @@ def open_member(name: str, output_dir: str, missing_folds: str, data_dir: str | 
 
 def _eval_setup(cfg: Config) -> tuple:
     """What the evaluation transform depends on: folds that share it share one decoding pass."""
-    return cfg.model.name, cfg.aug.img_size, cfg.aug.crop_pct, cfg.aug.mean, cfg.aug.std, cfg.data.cache
+    return (cfg.model.name, cfg.aug.img_size, cfg.aug.crop_pct, cfg.aug.mean, cfg.aug.std, cfg.data.cache,
+            cfg.data.dicom_window)
 
 
 def fold_logits(m: Member, jobs: dict[int, pd.DataFrame], split: str, views: list[str], rt: Runtime,

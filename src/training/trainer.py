@@ -91,14 +91,16 @@ def setup_fold(cfg: Config, fold: int, rt: Runtime, dry: bool = False) -> FoldSt
         + f"; parameters {counts['total']:,} total, {counts['trainable']:,} trainable, {counts['frozen']:,} frozen"
     )
     train_cache, val_cache = (None, None) if dry else (image_cache(cfg, train=True), image_cache(cfg, train=False))
-    train_ds = ImageDataset(train_df["path"], task.targets(train_df["label"]), build_transform(cfg.aug, True), train_cache)
+    train_ds = ImageDataset(train_df["path"], task.targets(train_df["label"]), build_transform(cfg.aug, True), train_cache,
+                            cfg.data.dicom_window)
     train_ds = with_soft_targets(train_ds, cfg, train_df, classes)  # distillation, soft pseudo-labels
     sampler = distributed.epoch_sampler(len(train_ds), seed)
     train_loader = make_loader(train_ds, cfg.loader, device=rt.device.type, sampler=sampler,
                                drop_last=len(sampler) > cfg.loader.batch_size)
     val_loader = None
     if val_df is not None:
-        val_ds = ImageDataset(val_df["path"], task.targets(val_df["label"]), build_transform(cfg.aug, False), val_cache)
+        val_ds = ImageDataset(val_df["path"], task.targets(val_df["label"]), build_transform(cfg.aug, False), val_cache,
+                              cfg.data.dicom_window)
         val_loader = make_loader(distributed.shard_dataset(val_ds, cfg.loader.batch_size * 2), cfg.loader,
                                  device=rt.device.type, batch_size=cfg.loader.batch_size * 2)
     limit = cfg.train.limit_batches

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import reliability_table
 import torch
 from conftest import COCO_OVERRIDES, build_coco_competition
 
@@ -40,7 +41,6 @@ import src.train as train
 import src.tune as tune
 from src.core.cli import run_cli
 from src.data.pseudo_rows import pseudo_digest
-import reliability_table
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 # Relative paths: every command runs with tmp_path as its working directory, so the inputs, the
@@ -516,6 +516,14 @@ ROWS = [
         damage=lambda r: (_coco()(r), (r / "inputs/coco_inat/train2019.json").write_text('{"images": ['))),
     row("coco-without-its-annotation-file", "train", F0 + ("data.layout=coco",),
         ("data.annotations", "train2019.json")),
+    # ---- issue 29: DICOM
+    row("dicom-corrupt", "train", F0, ("digit_0000.dcm", "data.bad_images=skip"),
+        damage=lambda r: _dicom_for_first_png(r, "junk")),
+    row("dicom-without-pixel-data", "train", F0, ("digit_0000.dcm", "data.bad_images=skip"),
+        damage=lambda r: _dicom_for_first_png(r, "no pixels")),
+    row("dicom-compressed-as-nothing-decodes", "train", F0 + ("data.bad_images=skip",),
+        ("digit_0000.dcm", "MPEG2", "convert the files"), damage=lambda r: _dicom_for_first_png(r, "mpeg2")),
+    row("dicom-window-width-zero", "train", F0 + ("data.dicom_window=[40,0]",), ("data.dicom_window", "width below 1", SCALAR)),
 ]
 
 
@@ -569,3 +577,36 @@ def test_user_mistake_is_one_sentence_and_writes_nothing(case: Row, pristine: Pa
 def test_the_reliability_page_lists_every_row_in_order():
     assert list(reliability_table.documented()) == [p.id for p in ROWS], (
         f"docs/reliability.md does not list the rows of this table; regenerate it: {reliability_table.REGENERATE}")
+
+
+# ---- issue 29: DICOM (the damage of its rows, found by name when a row runs)
+
+
+def _dicom_for_first_png(root: Path, kind: str, split: str = "train") -> None:
+    """Damage: the first training PNG (or test PNG) becomes a .dcm of the same name: `junk` bytes,
+    a DICOM with `no pixels`, or one whose pixel data is `mpeg2` compressed (nothing decodes it)."""
+    import numpy as np
+    import pydicom
+    from PIL import Image
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    png = _train_png(root) if split == "train" else _test_png(root)
+    dcm = png.with_suffix(".dcm")
+    pixels = np.asarray(Image.open(png).convert("L"), dtype=np.uint16) * 16
+    png.unlink()
+    if kind == "junk":
+        dcm.write_bytes(b"not a DICOM file" * 16)
+        return
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian if kind != "mpeg2" else pydicom.uid.MPEG2MPML
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    if kind == "mpeg2":
+        ds.PixelData = pydicom.encaps.encapsulate([b"\0" * 64])
+        ds["PixelData"].VR = "OB"
+    ds.save_as(dcm, enforce_file_format=True)
