@@ -26,7 +26,10 @@ from pathlib import Path
 
 PROJECT = "kaggle-image-cls"  # this project's distribution: its requirements are what the code needs
 IMAGE_FILE = Path(__file__).with_name("kaggle_image.txt")
-PLATFORMS = ("manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_28_x86_64", "any")
+# Kaggle's notebook image runs Ubuntu 22.04 (glibc 2.35): every manylinux tag up to 2.35 installs there
+# (pylibjpeg-libjpeg publishes manylinux_2_31/2_34 wheels only).
+PLATFORMS = ("manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_28_x86_64", "manylinux_2_31_x86_64",
+             "manylinux_2_34_x86_64", "manylinux_2_35_x86_64", "any")
 
 
 def canonical(name: str) -> str:
