@@ -231,8 +231,17 @@ def member_oof(m: Member, views: list[str] | None, rt: Runtime, loader_cfg: Load
 
 
 def _oof_table(m: Member) -> pd.DataFrame:
+    """The member's OOF rows, every fold's; an id twice is refused: the OOF report, the views and
+    the weights align members by id (and an image predicted twice would count twice in the score)."""
     parts = [read_oof(fold_paths(m.exp_dir, k).oof, m.classes, m.records[k].get("run_id")) for k in m.folds]
-    return pd.concat(parts, ignore_index=True)
+    oof = pd.concat(parts, ignore_index=True)
+    twice = oof["id"].duplicated(keep=False)
+    if twice.any():
+        files = [str(fold_paths(m.exp_dir, k).oof) for k in sorted(set(oof.loc[twice, "fold"]))]
+        raise UserError(f"experiment {m.name}'s OOF predictions repeat {oof.loc[twice, 'id'].nunique()} ids (e.g. "
+                        f"{oof.loc[twice, 'id'].iloc[0]}) in {', '.join(files)}; each image belongs to one validation "
+                        "fold, so pull or retrain the fold that repeats them")
+    return oof
 
 
 def member_oof_views(m: Member, views: list[str], rt: Runtime, loader_cfg: LoaderCfg
