@@ -132,8 +132,9 @@ def _held_fold(fp: FoldPaths, split: dict[str, str] | None) -> tuple[str, str | 
         return None
     oof = pd.read_csv(fp.oof, usecols=lambda c: c in ("id", "fold"), dtype=str, keep_default_na=False)
     rows = oof["fold"].value_counts() if "fold" in oof else pd.Series(dtype=int)
-    if set(rows.index) - {k}:
-        return f"OOF rows of fold {', '.join(rows.index)} ({fp.oof.name}'s fold column)", rows.index[0]
+    others = [f for f in rows.index if f != k]  # most rows first
+    if others:
+        return f"OOF rows of fold {', '.join(rows.index)} ({fp.oof.name}'s fold column)", others[0]
     if split is None:
         return None
     theirs = oof["id"].map(split).fillna("none").value_counts()

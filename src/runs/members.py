@@ -70,8 +70,7 @@ class Member:
         """{'folds': the finished folds this member uses, accuracy, f1_macro and the metric} of their
         OOF predictions concatenated: what a CV figure quotes (cv.json may predate a retrained or
         removed fold)."""
-        oof = pd.concat([read_oof(fold_paths(self.exp_dir, k).oof, self.classes, self.records[k].get("run_id"))
-                         for k in self.folds], ignore_index=True)
+        oof = _oof_table(self)
         return {"folds": list(self.folds), **summary(self.task.targets(oof["label"]), oof_probs(oof, self.classes),
                                                       self.cfg.metric.name)}
 
