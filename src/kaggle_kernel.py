@@ -113,12 +113,15 @@ def rehearse_train(args, cfg) -> None:
 
 
 def pull(args, cfg) -> None:
-    from src.kaggle.training import pull as pull_kernel
+    from src.kaggle.download import kernel_output
 
     if args.pulled and len(args.kernels) > 1:
         raise UserError("--pulled names one downloaded output; pull one kernel at a time with it")
     for kernel in args.kernels:
-        got = pull_kernel(cfg, kernel, Path(args.pulled) if args.pulled else None, args.force)
+        with kernel_output(kernel, Path(args.pulled) if args.pulled else None) as output:
+            from src.kaggle.training import pull as pull_kernel  # torch and timm: only once there is an output
+
+            got = pull_kernel(cfg, kernel, output, args.force)
         print(f"pulled folds {got} of {cfg.experiment.name} from {kernel} into {cfg.out_dir}")
     print(f"next: src.ensemble blends them as local folds; {PROG} build{_same(args)} --experiments "
           f"{cfg.experiment.name} --from-kernels {' '.join(args.kernels)} builds a bundle that uploads no weights")

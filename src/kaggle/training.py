@@ -243,26 +243,11 @@ def _rehearse_fold(cfg: Config, build: Path, root: Path, k: int, overrides: str)
 PULL_MAY_DIFFER = ("data.dir", "data.cache_dir", "experiment.output_dir", "model.pretrained_path")
 
 
-def download_output(kernel: str, dest: Path) -> Path:
-    """`kaggle kernels output KERNEL -p dest` through the kaggle package; offline, one sentence
-    naming the way round (download elsewhere, then --pulled)."""
-    try:
-        from kaggle.api.kaggle_api_extended import KaggleApi
-
-        api = KaggleApi()
-        api.authenticate()
-        api.kernels_output(kernel, str(dest))
-    except (Exception, SystemExit) as e:  # noqa: BLE001 - no package, no token (its import exits), no network
-        raise UserError(f"cannot download the output of {kernel} ({type(e).__name__}: {str(e)[:120]}); run `kaggle "
-                        f"kernels output {kernel} -p DIR` where Kaggle is reachable and pass --pulled DIR") from None
-    return dest
-
-
 def check_pulled(cfg: Config, outputs: Path, kernel: str) -> list[Path]:
     """The finished folds of cfg's experiment in a downloaded output (its outputs/ folder), once they
     are known to be this experiment's: the same settings, split and competition. Writes nothing."""
     from src.runs.checkpoint import RESUME_MAY_CHANGE, config_diff
-    from src.runs.layout import file_sha1, fold_paths, fold_record, read_done
+    from src.runs.layout import check_fold_identity, file_sha1, fold_paths, fold_record, read_done, split_folds
 
     name, split = str(cfg.experiment.name), folds_path(cfg)
     exp = outputs / name
@@ -275,12 +260,14 @@ def check_pulled(cfg: Config, outputs: Path, kernel: str) -> list[Path]:
     if not theirs_split.is_file() or file_sha1(theirs_split) != file_sha1(split):
         raise UserError(f"the output of {kernel} was trained on another split than {split} (another competition, "
                         "folds file or seed); build the training notebooks again from this split and retrain")
-    mine = cfg.to_dict()
+    mine, ids = cfg.to_dict(), split_folds(split)
     for d in folds:
         fp = fold_paths(exp, int(d.name.removeprefix("fold")))
         if not fp.done.is_file():
-            raise UserError(f"fold {d.name[4:]} in the output of {kernel} is unfinished (last.pt, no done.json); push "
-                            "the notebook again with its own output attached, so that it resumes, then pull")
+            raise UserError(_unfinished(fp, kernel))
+        check_fold_identity(fp, ids, where=f"{d.name}/ in the output of {kernel}",
+                            fix=f"nothing was installed; pull fold {fp.fold} from its own notebook's output, or "
+                                "rename the folder after the fold it holds in an output downloaded already (--pulled DIR)")
         diff = [k for k in config_diff(fold_record(fp)["config"], mine)
                 if not k.startswith((*RESUME_MAY_CHANGE, *PULL_MAY_DIFFER))]
         if diff:
@@ -292,28 +279,39 @@ def check_pulled(cfg: Config, outputs: Path, kernel: str) -> list[Path]:
     return folds
 
 
-def pull(cfg: Config, kernel: str, pulled: Path | None, force: bool) -> list[int]:
-    """Bring a training notebook's finished folds into outputs/<experiment>/fold<k>/ (checked first;
-    a local finished fold of another run is kept unless `force`)."""
+def _unfinished(fp, kernel: str) -> str:
+    """The sentence for a pulled fold without done.json, naming only the files it has."""
+    where = f"fold {fp.fold} in the output of {kernel} is unfinished (no done.json"
+    if fp.last.is_file():
+        return (f"{where}; its session ended first and left last.pt); push the notebook again with its own output "
+                "attached (kernel_sources), so that it resumes from last.pt, then pull")
+    held = sorted(p.name for p in fp.dir.iterdir()) or ["nothing"]
+    return (f"{where}, no last.pt to resume from: it holds {', '.join(held[:5])}); the notebook stopped before its "
+            "first epoch ended, so read its log, push it again (it trains the fold from the start, with a longer "
+            "--timeout if an epoch does not fit a session), then pull")
+
+
+def pull(cfg: Config, kernel: str, src: Path, force: bool) -> list[int]:
+    """Bring a training notebook's finished folds, from its output folder `src` (downloaded:
+    src.kaggle.download), into outputs/<experiment>/fold<k>/ (checked first; a local finished fold
+    of another run is kept unless `force`)."""
     from src.runs.layout import fold_paths, read_done
 
-    with tempfile.TemporaryDirectory(prefix="pull-") as tmp:
-        src = pulled if pulled is not None else download_output(kernel, Path(tmp))
-        outputs = src / "outputs" if (src / "outputs").is_dir() else src
-        folds = check_pulled(cfg, outputs, kernel)
-        for d in folds:
-            here = fold_paths(cfg.out_dir, int(d.name[4:]))
-            if here.done.is_file() and read_done(here)["run_id"] != read_done(fold_paths(d.parent, int(d.name[4:])))["run_id"] \
-                    and not force:
-                raise UserError(f"{here.dir} holds another finished run of fold {d.name[4:]}; pass --force to replace "
-                                "it with the pulled one")
-        for d in folds:
-            here = cfg.out_dir / d.name
-            part = cfg.out_dir / f".{d.name}.pulling"
-            shutil.rmtree(part, ignore_errors=True)
-            shutil.copytree(d, part, ignore=shutil.ignore_patterns(".lock"))
-            shutil.rmtree(here, ignore_errors=True)
-            part.rename(here)
+    outputs = src / "outputs" if (src / "outputs").is_dir() else src
+    folds = check_pulled(cfg, outputs, kernel)
+    for d in folds:
+        here = fold_paths(cfg.out_dir, int(d.name[4:]))
+        if here.done.is_file() and read_done(here)["run_id"] != read_done(fold_paths(d.parent, int(d.name[4:])))["run_id"] \
+                and not force:
+            raise UserError(f"{here.dir} holds another finished run of fold {d.name[4:]}; pass --force to replace "
+                            "it with the pulled one")
+    for d in folds:
+        here = cfg.out_dir / d.name
+        part = cfg.out_dir / f".{d.name}.pulling"
+        shutil.rmtree(part, ignore_errors=True)
+        shutil.copytree(d, part, ignore=shutil.ignore_patterns(".lock"))
+        shutil.rmtree(here, ignore_errors=True)
+        part.rename(here)
     return [int(d.name[4:]) for d in folds]
 
 

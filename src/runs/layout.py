@@ -70,6 +70,11 @@ class FoldPaths:
     def lock(self) -> Path:
         return self.dir / ".lock"
 
+    @property
+    def fold(self) -> int:
+        """k of fold<k>/: the fold the folder's name files its run under."""
+        return int(self.dir.name.removeprefix("fold"))
+
 
 def experiment_dir(output_dir: str | Path, name: str) -> Path:
     return Path(output_dir) / str(name)
@@ -106,6 +111,53 @@ def fold_record(fp: FoldPaths) -> dict:
         ckpt = load_checkpoint(fp.best)
         done = {**done, "classes": ckpt["classes"], "config": ckpt["config"]}
     return done
+
+
+def split_folds(path: Path) -> dict[str, str] | None:
+    """A folds file as id -> its validation fold (as written, a string), or None without one."""
+    if not Path(path).is_file():
+        return None
+    split = pd.read_csv(path, usecols=["id", "fold"], dtype=str, keep_default_na=False)
+    return dict(zip(split["id"], split["fold"]))
+
+
+def _held_fold(fp: FoldPaths, split: dict[str, str] | None) -> tuple[str, str | None] | None:
+    """(what fold<k>/ holds instead of fold k's run, the fold it is) from its done.json, its OOF
+    rows' fold column and the split's fold of each OOF id; None when all three say k."""
+    k = str(fp.fold)
+    said = read_done(fp).get("fold")  # None: written before done.json named its fold
+    if said is not None and str(said) != k:
+        return f"fold {said}'s run (its done.json says fold {said})", str(said)
+    if not fp.oof.is_file():  # an inference bundle ships no OOF
+        return None
+    oof = pd.read_csv(fp.oof, usecols=lambda c: c in ("id", "fold"), dtype=str, keep_default_na=False)
+    rows = oof["fold"].value_counts() if "fold" in oof else pd.Series(dtype=int)
+    others = [f for f in rows.index if f != k]  # most rows first
+    if others:
+        return f"OOF rows of fold {', '.join(rows.index)} ({fp.oof.name}'s fold column)", others[0]
+    if split is None:
+        return None
+    theirs = oof["id"].map(split).fillna("none").value_counts()
+    if set(theirs.index) - {k}:
+        where = ", ".join(f"{n} in fold {f}" if f != "none" else f"{n} in no fold" for f, n in theirs.items())
+        return f"OOF predictions of images the split puts elsewhere ({where})", None
+    return None
+
+
+def check_fold_identity(fp: FoldPaths, split: dict[str, str] | None, where: str | None = None,
+                        fix: str | None = None) -> None:
+    """Refuse a fold<k>/ that holds another fold's run (a folder moved or pulled under another
+    name): its done.json, its OOF rows' fold column and, given the split (split_folds), the
+    validation fold of each OOF id must all be k, or fold k would be blended, scored and shipped
+    with another fold's model and rows. `where` names the folder, `fix` the way out."""
+    held = _held_fold(fp, split)
+    if held is None:
+        return
+    what, other = held
+    k = fp.fold
+    moved = f"move the folder to fold{other}/ if that is the fold it belongs to, then " if other else ""
+    fix = fix or f"{moved}pull fold {k} again or retrain it (python -m src.train --fold {k})"
+    raise UserError(f"{where or fp.dir} holds {what}, not fold {k}'s; {fix}")
 
 
 def write_done(fp: FoldPaths, result: dict) -> None:

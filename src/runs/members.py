@@ -19,13 +19,14 @@ from src.core.config import Config, LoaderCfg, config_from_dict
 from src.core.runtime import Runtime, predict
 from src.core.tasks import Task, task_of
 from src.core.utils import UserError
-from src.data.folds import load_or_create_folds
+from src.data.folds import folds_path, load_or_create_folds
 from src.data.loaders import eval_loader
 from src.evaluation.blending import as_logits, combine
 from src.evaluation.metrics import summary
 from src.models.model import build_model
 from src.runs.checkpoint import load_checkpoint
 from src.runs.layout import (
+    check_fold_identity,
     experiment_dir,
     file_sha1,
     finished_folds,
@@ -38,6 +39,7 @@ from src.runs.layout import (
     preds_path,
     read_oof,
     save_preds,
+    split_folds,
 )
 
 
@@ -68,8 +70,7 @@ class Member:
         """{'folds': the finished folds this member uses, accuracy, f1_macro and the metric} of their
         OOF predictions concatenated: what a CV figure quotes (cv.json may predate a retrained or
         removed fold)."""
-        oof = pd.concat([read_oof(fold_paths(self.exp_dir, k).oof, self.classes, self.records[k].get("run_id"))
-                         for k in self.folds], ignore_index=True)
+        oof = _oof_table(self)
         return {"folds": list(self.folds), **summary(self.task.targets(oof["label"]), oof_probs(oof, self.classes),
                                                       self.cfg.metric.name)}
 
@@ -109,6 +110,17 @@ def _relocated(cfg: Config, output_dir: str, name: str, data_dir: str | None,
     })
 
 
+def _check_identities(root: Path, configs: dict[int, Config]) -> None:
+    """Each finished fold holds its own fold's run (src.runs.layout.check_fold_identity), checked
+    against the split its config names, before anything reads it."""
+    splits: dict[Path, dict | None] = {}
+    for k, cfg in configs.items():
+        path = folds_path(cfg)
+        if path not in splits:
+            splits[path] = split_folds(path)
+        check_fold_identity(fold_paths(root, k), splits[path])
+
+
 def open_member(name: str, output_dir: str, missing_folds: str, data_dir: str | None = None,
                 images: tuple[bool, str | None] = (True, None), needs_every_fold: str | None = None) -> Member:
     """The finished folds (done.json) of outputs/<name>/; no model is loaded here. `images` is
@@ -124,6 +136,7 @@ def open_member(name: str, output_dir: str, missing_folds: str, data_dir: str | 
     records = {k: fold_record(fold_paths(root, k)) for k in found}
     configs = {k: _relocated(config_from_dict(r["config"], str(fold_paths(root, k).done)), output_dir, name, data_dir,
                              images) for k, r in records.items()}
+    _check_identities(root, configs)
     expected = list(range(configs[found[0]].data.n_folds))
     missing = [k for k in expected if k not in found]
     if missing:
@@ -218,8 +231,17 @@ def member_oof(m: Member, views: list[str] | None, rt: Runtime, loader_cfg: Load
 
 
 def _oof_table(m: Member) -> pd.DataFrame:
+    """The member's OOF rows, every fold's; an id twice is refused: the OOF report, the views and
+    the weights align members by id (and an image predicted twice would count twice in the score)."""
     parts = [read_oof(fold_paths(m.exp_dir, k).oof, m.classes, m.records[k].get("run_id")) for k in m.folds]
-    return pd.concat(parts, ignore_index=True)
+    oof = pd.concat(parts, ignore_index=True)
+    twice = oof["id"].duplicated(keep=False)
+    if twice.any():
+        files = [str(fold_paths(m.exp_dir, k).oof) for k in sorted(set(oof.loc[twice, "fold"]))]
+        raise UserError(f"experiment {m.name}'s OOF predictions repeat {oof.loc[twice, 'id'].nunique()} ids (e.g. "
+                        f"{oof.loc[twice, 'id'].iloc[0]}) in {', '.join(files)}; each image belongs to one validation "
+                        "fold, so pull or retrain the fold that repeats them")
+    return oof
 
 
 def member_oof_views(m: Member, views: list[str], rt: Runtime, loader_cfg: LoaderCfg

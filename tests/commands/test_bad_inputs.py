@@ -308,6 +308,53 @@ def _coco(edit: Callable[[dict, Path], None] | None = None):
     return damage
 
 
+def _fold1_filed_as_fold0(keep_fold1: bool = True, edit=None):
+    """Damage: fold 1's run copied (or moved) into outputs/demo/fold0, as a pull under the wrong
+    name leaves it; `edit(fold0)` then rewrites what the folder says of itself."""
+
+    def damage(root: Path) -> None:
+        exp = root / "outputs/demo"
+        shutil.rmtree(exp / "fold0")
+        (shutil.copytree if keep_fold1 else shutil.move)(exp / "fold1", exp / "fold0")
+        if edit is not None:
+            edit(exp / "fold0")
+
+    return damage
+
+
+def _says_fold0(fold: Path, oof_too: bool) -> None:
+    """done.json (and, with oof_too, the OOF rows' fold column) edited to say fold 0."""
+    done = fold / "done.json"
+    done.write_text(done.read_text().replace('"fold": 1', '"fold": 0'))
+    if oof_too:
+        oof = pd.read_csv(fold / "oof.csv", dtype=str, keep_default_na=False)
+        oof.assign(fold="0").to_csv(fold / "oof.csv", index=False)
+
+
+def _repeat_an_oof_row(root: Path) -> None:
+    path = root / "outputs/demo/fold0/oof.csv"
+    path.write_text(path.read_text() + path.read_text().splitlines()[1] + "\n")
+
+
+def _pulled_output(fold_dir: str, edit=None):
+    """Damage: pulled/, a training notebook's output as `kaggle kernels output` leaves it: the split
+    and outputs/demo/fold0 holding the trained fold `fold_dir`; `edit(fold0)` then changes it."""
+
+    def damage(root: Path) -> None:
+        out = root / "pulled/outputs"
+        shutil.copytree(root / "outputs/folds", out / "folds")
+        shutil.copytree(root / "outputs/demo" / fold_dir, out / "demo/fold0")
+        if edit is not None:
+            edit(out / "demo/fold0")
+
+    return damage
+
+
+PULL = ("pull", "you/demo-train-fold0", "--config", str(DEMO_CONFIG), *TINY, "--pulled", "pulled")
+MISFILED = ("outputs/demo/fold0 holds fold 1's run", "not fold 0's", "move the folder to fold1/",
+            "python -m src.train --fold 0")
+
+
 COCO = ("data.dir=inputs/coco_inat", *COCO_OVERRIDES["inat"])
 F0 = ("--fold", "0")
 SCALAR = "the command line"
@@ -470,6 +517,34 @@ ROWS = [
         plain=True),
 
     # ---- issue 31.3: a fold filed under another fold's name
+    row("fold1-filed-as-fold0-ensemble", "ensemble", (), MISFILED, world="trained", damage=_fold1_filed_as_fold0(),
+        one_sentence=True),
+    row("fold1-moved-to-fold0-ensemble-missing-folds-warn", "ensemble", ("ensemble.missing_folds=warn",), MISFILED,
+        world="trained", damage=_fold1_filed_as_fold0(keep_fold1=False)),
+    row("fold1-filed-as-fold0-report", "report", (), MISFILED, world="trained", damage=_fold1_filed_as_fold0()),
+    row("fold1-filed-as-fold0-average", "average", ("--experiment", "demo", "--top", "1"), MISFILED, world="trained",
+        damage=_fold1_filed_as_fold0()),
+    row("fold1-filed-as-fold0-pseudo", "pseudo", ("--experiments", "demo"), MISFILED, world="trained",
+        damage=_fold1_filed_as_fold0()),
+    row("fold1-filed-as-fold0-bundle", "kaggle_kernel", ("build", "--config", str(DEMO_CONFIG), *TINY, "--experiments",
+        "demo", "--no-wheels"), MISFILED, world="trained", damage=_fold1_filed_as_fold0(), plain=True),
+    row("fold1-filed-as-fold0-done-json-edited", "ensemble", (),
+        ("outputs/demo/fold0", "OOF rows of fold 1", "fold column", "not fold 0's", "move the folder to fold1/"),
+        world="trained", damage=_fold1_filed_as_fold0(edit=lambda f: _says_fold0(f, oof_too=False))),
+    row("fold1-filed-as-fold0-done-and-oof-edited", "ensemble", (),
+        ("outputs/demo/fold0", "the split puts elsewhere", "in fold 1", "not fold 0's", "python -m src.train --fold 0"),
+        world="trained", damage=_fold1_filed_as_fold0(edit=lambda f: _says_fold0(f, oof_too=True))),
+    row("oof-rows-repeated", "ensemble", (), ("experiment demo", "repeat 1 ids", "outputs/demo/fold0/oof.csv",
+        "one validation fold"), world="trained", damage=_repeat_an_oof_row, one_sentence=True),
+    row("pull-fold1-as-fold0", "kaggle_kernel", PULL, ("fold0/ in the output of you/demo-train-fold0",
+        "fold 1's run", "nothing was installed", "--pulled DIR"), world="trained", damage=_pulled_output("fold1"),
+        plain=True, one_sentence=True),
+    row("pull-unfinished-without-last-pt", "kaggle_kernel", PULL, ("fold 0 in the output of you/demo-train-fold0",
+        "no done.json", "no last.pt", "push it again"), world="trained", plain=True,
+        damage=_pulled_output("fold0", edit=lambda f: [(f / n).unlink(missing_ok=True) for n in ("done.json", "last.pt")])),
+    row("pull-unfinished-with-last-pt", "kaggle_kernel", PULL, ("no done.json", "left last.pt", "resumes from last.pt"),
+        world="trained", plain=True,
+        damage=_pulled_output("fold0", edit=lambda f: (f / "done.json").unlink())),
 
     # ---- issue 31.4 and 31.6: a diverged fold, a label never positive
     row("validation-diverged", "train", F0 + ("--allow-mixed-configs", "optim.lr=1e6"),
