@@ -144,6 +144,8 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
     rt = Runtime.from_cfg(cfg.runtime)
     test, sample = load_test_table(cfg.data)
     members = _checked_members(cfg, names, weights, voting, report, thresholds)
+    if stack:
+        members[0].task.check_stage("stacking")
 
     # 1) the blend: fitted on the OOF report (views chosen on OOF with auto, each member and the blend
     # without and with TTA, the stacker, the thresholds), or given (a Kaggle kernel: the bundle's)
