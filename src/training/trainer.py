@@ -412,7 +412,7 @@ def cv_report(cfg: Config, folds: list[int]) -> dict:
         classes = done["classes"]
         parts.append(read_oof(fp.oof, classes, done.get("run_id")))
         rows.append({"fold": k, "best_epoch": done["best_epoch"],
-                     **{m: done.get(m) for m in ("accuracy", "f1_macro", cfg.metric.name)}})
+                     **{m: done.get(m) for m in dict.fromkeys((*task_of(cfg).summary_metrics, cfg.metric.name))}})
     oof = pd.concat(parts, ignore_index=True)
     task = task_of(cfg, classes)
     overall = summary(task.targets(oof["label"]), oof_probs(oof, classes), cfg.metric.name)
