@@ -233,6 +233,11 @@ class Task:
             return score / score.sum(1, keepdims=True)
         raise ValueError(voting)
 
+    def check_voting(self, voting: str) -> None:
+        """The one sentence `blend` says of a voting rule this task does not take, before anything is predicted."""
+        if voting not in self.voting:
+            self.blend(np.zeros((1, 0, self.n_outputs)), voting, np.ones((1, 1, 1)))
+
     def blend_input(self, probs: np.ndarray) -> np.ndarray:
         """Probabilities (N, C) back as what `blend` reads: log-probabilities (softmax ignores per-row shifts)."""
         return np.log(np.clip(probs, 1e-12, 1.0))
