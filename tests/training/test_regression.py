@@ -131,3 +131,9 @@ def test_config_section_gives_the_task_its_range(demo_cfg, petfinder, tmp_path):
     task = task_of(_cfg(demo_cfg, petfinder, tmp_path))
     assert task.classes == ("Pawpularity",) and task.target_range == (1.0, 100.0) and task.scaled
     assert task.n_outputs == 1 and "bce" in task.describe()
+
+
+def test_the_dataset_keeps_fractional_targets():
+    from src.data.loaders import ImageDataset
+
+    assert ImageDataset(["a.png"], Regression(("y",)).targets(["37.5"]), None).targets.tolist() == [37.5]
