@@ -4,6 +4,7 @@
     python -m src.demo --task multilabel [--out inputs/digits_multilabel]
     python -m src.demo --task topk [--out inputs/digits_topk]
     python -m src.demo --task ordinal [--out inputs/digits_ordinal]
+    python -m src.demo --task regression [--out inputs/digits_regression]
     python -m src.demo --train-size 160 [--out inputs/digits_160]   # a small competition: 160 training images
 
 1,797 real 8x8 scans of 10 digits, split 80/20 (stratified) into train and test, each saved as a
@@ -24,10 +25,15 @@ space-separated like Planet's tags ("" when every cell is blank).
 --task ordinal: each 32x32 image is a 2x2 grid of four scans; its grade (0-4, like APTOS's
 severity) is how many of them show a digit of 5 or more, so grades are counted findings: the
 extremes are rare (1:4:6:4:1) and a grade off by two is worse than one off (quadratic kappa).
+
+--task regression: PetFinder Pawpularity's layout (train/<Id>.jpg, train.csv with Id, the 12 0/1
+metadata columns and Pawpularity, test.csv, sample_submission.csv Id,Pawpularity): 2x2 grids of four
+scans, Pawpularity 1 + 99 x (their digits' sum / 36) plus noise (sd 4), rounded, in 1-100 (RMSE).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
@@ -147,6 +153,42 @@ def build_ordinal_demo(out: str | Path = "inputs/digits_ordinal", n_train: int =
     return out
 
 
+PETFINDER_FLAGS = ("Subject Focus", "Eyes", "Face", "Near", "Action", "Accessory", "Group", "Collage", "Human",
+                   "Occlusion", "Info", "Blur")  # PetFinder's 12 metadata columns, 0/1
+
+
+def build_regression_demo(out: str | Path = "inputs/digits_regression", n_train: int = 1400, n_test: int = 400) -> Path:
+    """Write the regression digits competition in PetFinder Pawpularity's layout: 2x2 grids of four
+    scans as train/<Id>.jpg and test/<Id>.jpg, Pawpularity = 1 + 99 x (the four digits' sum / 36) plus
+    Gaussian noise (sd 4), rounded and clipped to 1-100; train.csv (Id, the 12 flags, Pawpularity),
+    test.csv (Id, the flags), sample_submission.csv (Id, Pawpularity) and solution.csv."""
+    out = Path(out)
+    digits, pool_tr, pool_te = _digits_split()
+    pools = {"train": pool_tr, "test": pool_te}
+    rng = np.random.default_rng(2)
+    tables = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        (out / split).mkdir(parents=True, exist_ok=True)
+        rows = []
+        for i in range(n):
+            picks = [int(rng.choice(pools[split])) for _ in range(4)]
+            image_id = hashlib.md5(f"{split}{i}".encode()).hexdigest()  # PetFinder's Ids: 32 hex digits
+            buf = io.BytesIO()
+            Image.open(io.BytesIO(_grid_png([digits.images[j] for j in picks]))).save(buf, format="JPEG", quality=95)
+            p = out / split / f"{image_id}.jpg"
+            if not p.is_file() or p.read_bytes() != buf.getvalue():
+                p.write_bytes(buf.getvalue())
+            value = 1 + 99 * sum(int(digits.target[j]) for j in picks) / 36 + rng.normal(0, 4)
+            rows.append([image_id, *rng.integers(0, 2, len(PETFINDER_FLAGS)).tolist(), int(np.clip(round(value), 1, 100))])
+        tables[split] = pd.DataFrame(rows, columns=["Id", *PETFINDER_FLAGS, "Pawpularity"])
+    atomic_write_text(out / "train.csv", tables["train"].to_csv(index=False))
+    test = tables["test"]
+    atomic_write_text(out / "test.csv", test.drop(columns="Pawpularity").to_csv(index=False))
+    atomic_write_text(out / "sample_submission.csv", test[["Id"]].assign(Pawpularity=50).to_csv(index=False))
+    atomic_write_text(out / "solution.csv", test[["Id", "Pawpularity"]].to_csv(index=False))
+    return out
+
+
 def build_topk_demo(out: str | Path, train_size: int | None = None) -> Path:
     """The digits with sample-submission placeholders of five ranked labels, as Humpback and
     Happywhale ship them: the submission's format (topk) and MAP@5 follow from them."""
@@ -162,6 +204,7 @@ DEMOS = {
     "multilabel": (lambda out, n: build_multilabel_demo(out, n_train=n or 1400), "_multilabel", "10 labels"),
     "topk": (build_topk_demo, "_topk", "10 classes"),
     "ordinal": (lambda out, n: build_ordinal_demo(out, n_train=n or 1400), "_ordinal", "grades 0-4"),
+    "regression": (lambda out, n: build_regression_demo(out, n_train=n or 1400), "_regression", "Pawpularity 1-100"),
 }
 
 
@@ -170,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task", choices=list(DEMOS), default="multiclass",
                         help="multiclass: one digit per image (default); multilabel: 2x2 grids tagged with their "
                              "digits; topk: the digits scored by MAP@5 on five ranked labels; ordinal: 2x2 grids "
-                             "graded 0-4 by their digits of 5 or more (QWK)")
+                             "graded 0-4 by their digits of 5 or more (QWK); regression: 2x2 grids in PetFinder's layout, "
+                             "Pawpularity 1-100 from their digits' sum (RMSE)")
     parser.add_argument("--train-size", type=int, default=None, metavar="N",
                         help="a small competition: N training images, stratified (default: all 1,437 scans, or 1,400 "
                              "grids); the test images are the same")

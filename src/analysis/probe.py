@@ -132,6 +132,7 @@ def run_probe(cfg: Config, classifier: str = "logreg", out: str | Path | None = 
     the fine-tuned one; write the OOF table, the scores and, with `out`, a submission."""
     if classifier not in CLASSIFIERS:
         raise UserError(f"--classifier {classifier} is not one of {sorted(CLASSIFIERS)}")
+    task_of(cfg).check_stage("probe")
     out = Path(out) if out else None
     if out is not None:
         check_submission_out(out, cfg, recorded_by_ledger=False)

@@ -214,6 +214,7 @@ def build_report(cfg: Config, name: str | None = None, n_wrong: int = 24, n_cam:
         cam_layer: module to explain (default: the deepest stage whose map is at least 4x4).
     """
     m = open_member(name or str(cfg.experiment.name), cfg.experiment.output_dir, "warn", cfg.data.dir)
+    m.task.check_stage("report")
     rt = Runtime.from_cfg(cfg.runtime)
     # 1) tables: CV, confusion matrix and per-class scores (multi-label: per-label scores), suspect labels
     oof = _oof_with_paths(m)

@@ -88,6 +88,14 @@ class DataCfg(_Section):
     fold_seed: int
     pseudo: str | None
     relabel: str | None
+    target_range: list[float] | None  # regression: [lo, hi]
+
+    @field_validator("target_range")
+    @classmethod
+    def _range(cls, v):
+        if v is not None and (len(v) != 2 or not v[0] < v[1]):
+            raise ValueError(f"data.target_range={v} is no range; give [lo, hi] with lo < hi, e.g. [1, 100]")
+        return v
 
     @field_validator("task")
     @classmethod
@@ -191,7 +199,7 @@ class ModelCfg(_Section):
 
 
 class LossCfg(_Section):
-    name: Literal["ce", "focal", "asl", "mse", "smooth_l1"]
+    name: Literal["ce", "focal", "asl", "mse", "smooth_l1", "bce"]
     smoothing: Annotated[float, Field(ge=0, lt=1)]
     gamma: NonNegF
     alpha: list[NonNegF] | None
@@ -287,9 +295,9 @@ class TrainCfg(_Section):
 # The spelling of metric names; what each one computes, its direction and the tasks it scores are
 # in src.evaluation.metrics (a test checks that the two agree).
 METRIC_NAMES = ("accuracy, balanced_accuracy, f1_macro (f<beta>_macro|micro|weighted|samples[@0]), roc_auc, pauc[@0.8], "
-                "average_precision, log_loss, qwk, map@<k>, gap, top1_error, weighted_auc, pfbeta[@1]")
+                "average_precision, log_loss, qwk, map@<k>, gap, top1_error, weighted_auc, pfbeta[@1], rmse, mae, r2")
 METRIC_NAME_PATTERN = re.compile(r"^(accuracy|balanced_accuracy|roc_auc|average_precision|log_loss|qwk|gap"
-                          r"|top1_error|weighted_auc|pfbeta(@\d+(\.\d+)?)?"
+                          r"|top1_error|weighted_auc|rmse|mae|r2|pfbeta(@\d+(\.\d+)?)?"
                           r"|f\d+(\.\d+)?_(macro|micro|weighted|samples(@0)?)|map@[1-9]\d*|pauc(@0?\.\d+)?)$")
 
 

@@ -30,9 +30,11 @@ class ImageDataset(torch.utils.data.Dataset):
     def __init__(self, paths: list[str], targets: list[int] | None, transform: A.Compose | None, cache=None,
                  dicom_window: tuple[float, float] | None = None):
         self.paths = list(paths)
-        # class indices (N,), or a 0/1 matrix (N, L) for a multi-label task (src.core.task.Task.targets)
+        # class indices (N,), a 0/1 matrix (N, L) for a multi-label task, or a regression's float values (N,)
+        # (src.core.tasks Task.targets): only class indices are made int64
         targets = None if targets is None else np.asarray(targets)
-        self.targets = targets if targets is None or targets.ndim == 2 else targets.astype(np.int64)
+        keep = targets is None or targets.ndim == 2 or targets.dtype.kind == "f"
+        self.targets = targets if keep else targets.astype(np.int64)
         self.transform = transform
         self.cache = cache
         self.dicom_window = dicom_window

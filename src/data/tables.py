@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from src.core.config import Config, DataCfg, require_competition
@@ -304,17 +305,23 @@ def _tag_labels(raw: pd.DataFrame, cfg: DataCfg, path: Path) -> pd.DataFrame:
     return raw.assign(**{cfg.label_col: _multilabel_labels(raw, cfg, path)})
 
 
+def _value_labels(raw: pd.DataFrame, cfg: DataCfg, path: Path) -> pd.DataFrame:
+    """A regression's targets: every label a finite number inside data.target_range (kept as its text)."""
+    raw = _clean_labels(raw, cfg.label_col, path, "error")
+    values = pd.to_numeric(raw[cfg.label_col], errors="coerce")
+    lo, hi = cfg.target_range
+    bad = raw.index[~values.between(lo, hi) | ~np.isfinite(values.fillna(np.inf))].tolist()
+    if bad:
+        value = raw[cfg.label_col][bad[0]]
+        why = "is not a number" if pd.isna(values[bad[0]]) or not np.isfinite(values[bad[0]]) else \
+            f"is outside data.target_range [{lo:g}, {hi:g}]"
+        raise UserError(f"{path} row {bad[0] + 2}: {cfg.label_col} '{value}' {why} ({counted(len(bad), 'such row')}); "
+                        "fix those labels, or widen data.target_range")
+    return raw
+
+
 # Task.label_form -> the training table with its label column read as that form
-LABEL_READERS = {"one": _one_label, "tags": _tag_labels}
-
-
-def sorted_classes(labels: pd.Series) -> list[str]:
-    """Fixed class order: numeric labels sorted as numbers, others as strings."""
-    uniq = list(pd.unique(labels.astype(str)))
-    try:
-        return sorted(uniq, key=lambda s: (float(s), s))
-    except ValueError:
-        return sorted(uniq)
+LABEL_READERS = {"one": _one_label, "tags": _tag_labels, "value": _value_labels}
 
 
 def _files_key(paths: list[str]) -> str:

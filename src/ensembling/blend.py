@@ -69,9 +69,10 @@ def _label_gain(cfg: Config, blend: OofBlend, task: Task, th: np.ndarray) -> flo
     return cv
 
 
-# Task.decision -> the OOF score of what the submission holds once its decisions are fitted (argmax:
-# the blend's own score, nothing fitted)
-DECISION_SCORES = {"argmax": lambda cfg, blend, task, th: blend.score, "labels": _label_gain, "grades": _grade_gain}
+# Task.decision -> the OOF score of what the submission holds once its decisions are fitted (argmax,
+# value: the blend's own score, nothing fitted)
+DECISION_SCORES = {"argmax": lambda cfg, blend, task, th: blend.score, "labels": _label_gain, "grades": _grade_gain,
+                   "value": lambda cfg, blend, task, th: blend.score}
 
 
 def _fitted_thresholds(cfg: Config, blend: OofBlend, task: Task) -> tuple[list[float] | None, float]:

@@ -87,6 +87,7 @@ def _checked_members(cfg: Config, names: list[str], weights, voting: str, report
         resolve_weights(weights, members, [], np.zeros(0), cfg.metric.name, voting)
     task = members[0].task
     check_metric_fits(cfg.metric.name, len(task.classes), task)
+    task.check_voting(voting)
     if not report:  # a kernel passes the bundle's blend, or its thresholds
         task.check_thresholds(thresholds)
     return members
@@ -139,6 +140,9 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
     rt = Runtime.from_cfg(cfg.runtime)
     test, sample = load_test_table(cfg.data)
     members = _checked_members(cfg, names, weights, voting, report, thresholds)
+    if stack:
+        members[0].task.check_stage("stacking")
+    members[0].task.resolve_format(fmt or e.format, sample, cfg.data.id_col, cfg.metric.name)  # refused before predicting
 
     # 1) the blend: fitted on the OOF report (views chosen on OOF with auto, each member and the blend
     # without and with TTA, the stacker, the thresholds), or given (a Kaggle kernel: the bundle's)

@@ -88,6 +88,7 @@ def make_pseudo(cfg: Config, names: list[str], views: list[str] | None, weights,
     rt = Runtime.from_cfg(cfg.runtime)
     members = open_members(cfg, names)
     task = members[0].task
+    task.check_stage("pseudo")
     if soft:
         task.refuse_soft_targets("its pseudo-labels are hard (the nearest grade); drop --soft")
     weights = e.weights if weights is None else weights

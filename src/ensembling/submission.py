@@ -59,6 +59,9 @@ def build_submission(sample: pd.DataFrame, id_col: str, probs: np.ndarray, class
             raise UserError(f"ensemble.format=tags needs a multi-label task and one prediction column; sample_submission "
                             f"has {cols}")
         sub[cols[0]] = [" ".join(classes[j] for j in np.flatnonzero(row)) for row in decisions]
+    elif fmt == "value":  # regression: the blended value in the sample's one column
+        _one_prediction_column(fmt, cols)
+        sub[cols[0]] = probs[:, 0]
     elif fmt == "topk":
         if len(cols) != 1:
             raise UserError(f"ensemble.format=topk needs one prediction column; sample_submission has {cols}")
@@ -67,6 +70,11 @@ def build_submission(sample: pd.DataFrame, id_col: str, probs: np.ndarray, class
     else:
         raise UserError(f"ensemble.format={fmt} is not a submission format; use one of {', '.join(FORMATS)} or auto")
     return sub
+
+
+def _one_prediction_column(fmt: str, cols: list[str]) -> None:
+    if len(cols) != 1:
+        raise UserError(f"ensemble.format={fmt} needs one prediction column; sample_submission has {cols}")
 
 
 def check_submission(sub: pd.DataFrame, sample: pd.DataFrame, id_col: str, classes: list[str], fmt: str,

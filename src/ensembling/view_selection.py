@@ -20,7 +20,7 @@ from src.core.runtime import Runtime
 from src.core.views import split_auto
 from src.ensembling.oof import across_members, resolve_weights, within_member
 from src.evaluation.blending import as_logits, combine
-from src.evaluation.metrics import compute_metric, is_better
+from src.evaluation.metrics import compute_metric, is_better, metric_spec
 from src.runs.members import Member, member_oof_views
 
 
@@ -138,8 +138,9 @@ def view_effects(cfg: Config, members: list[Member], views: list[str], weights, 
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     for v, row in zip(views, rows[1:]):
         if v in lowers:
-            print(f"view {v} lowers the OOF {metric}: {full:.4f} with it, {row[metric]:.4f} without "
-                  "(--tta auto keeps only views that raise it)")
+            worse, better = ("lowers", "raise") if metric_spec(metric).higher_is_better else ("raises", "lower")
+            print(f"view {v} {worse} the OOF {metric}: {full:.4f} with it, {row[metric]:.4f} without "
+                  f"(--tta auto keeps only views that {better} it)")
     return lowers
 
 

@@ -122,6 +122,7 @@ DECISIONS = {
     "argmax": (lambda metric, y, probs, ens: None, lambda probs, th, min_labels: None),
     "labels": (_fit_labels, decide_labels),
     "grades": (_fit_grades, lambda probs, th, min_labels: decide_grades(probs, th)),
+    "value": (lambda metric, y, probs, ens: None, lambda probs, th, min_labels: None),  # regression: the value itself
 }
 
 

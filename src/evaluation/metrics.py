@@ -13,7 +13,9 @@ Names: accuracy, balanced_accuracy, f<beta>_<average> (f1_macro, f1_micro, f1_we
 ...; samples is per image, multi-label only, and an image with no true and no predicted label scores
 1 as in Kaggle's mean F-score, or 0 with f2_samples@0 as scikit-learn's zero_division=0), roc_auc, pauc
 (pauc@<min_tpr>, default 0.8; binary), average_precision, log_loss, qwk, map@<k> (map@5), gap, top1_error
-(multi-class; lower is better), weighted_auc (binary; ALASKA2's bands), pfbeta (pfbeta@<beta>, default 1; binary).
+(multi-class; lower is better), weighted_auc (binary; ALASKA2's bands), pfbeta (pfbeta@<beta>, default 1; binary),
+rmse, mae (regression; lower is better), r2 (regression). A regression's truth is its values (N,) float
+and its prediction the one column of predicted values (N, 1).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from sklearn.metrics import (
     cohen_kappa_score,
     fbeta_score,
     log_loss,
+    mean_absolute_error,
+    mean_squared_error,
+    r2_score,
     roc_auc_score,
     roc_curve,
 )
@@ -40,6 +45,7 @@ from src.core.tasks import Task, task_for_targets
 SINGLE = frozenset({"multiclass", "binary", "ordinal"})  # one label per image: integer targets
 ALL = SINGLE | {"multilabel"}
 PROBABILITIES = ALL - {"ordinal"}  # an ordinal prediction is a grade score (src.core.tasks), not class probabilities
+VALUES = frozenset({"regression"})  # a value per image, its one column the prediction
 
 
 def decide(probs: np.ndarray, thresholds: np.ndarray | float | None = None) -> np.ndarray:
@@ -189,6 +195,10 @@ def _pfbeta(beta: float):
     return score
 
 
+def _rmse(y, probs, thresholds):
+    return float(np.sqrt(mean_squared_error(y, probs[:, 0])))
+
+
 def _top1_error(y, probs, thresholds):
     return 1.0 - accuracy_score(y, decide(probs))
 
@@ -255,6 +265,9 @@ _FIXED = {
     "gap": (_gap, True, frozenset({"multiclass"}), False),
     "top1_error": (_top1_error, False, frozenset({"multiclass", "binary"}), True),
     "weighted_auc": (_weighted_auc, True, frozenset({"binary"}), False),
+    "rmse": (_rmse, False, VALUES, False),
+    "mae": (lambda y, probs, thresholds: float(mean_absolute_error(y, probs[:, 0])), False, VALUES, False),
+    "r2": (lambda y, probs, thresholds: float(r2_score(y, probs[:, 0])), True, VALUES, False),
 }
 _FBETA = re.compile(r"^f(\d+(?:\.\d+)?)_(macro|micro|weighted|samples)(@0)?$")  # @0: samples only
 _MAP = re.compile(r"^map@([1-9]\d*)$")
@@ -310,8 +323,8 @@ def is_better(name: str, new: float, best: float | None) -> bool:
 
 
 def summary(y_true: np.ndarray, probs: np.ndarray, metric: str) -> dict[str, float]:
-    """accuracy, f1_macro and the competition metric, for reports."""
-    out = {m: compute_metric(m, y_true, probs) for m in ("accuracy", "f1_macro")}
+    """accuracy, f1_macro (regression: rmse, mae) and the competition metric, for reports."""
+    out = {m: compute_metric(m, y_true, probs) for m in task_for_targets(y_true).summary_metrics}
     out[metric] = compute_metric(metric, y_true, probs)
     return out
 

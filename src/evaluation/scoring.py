@@ -13,7 +13,6 @@ from src.core.tasks import canonical_tags, task_of
 from src.core.tasks.base import MAP_AT
 from src.core.utils import UserError
 from src.data.folds import folds_path
-from src.data.tables import sorted_classes
 from src.evaluation.metrics import compute_metric
 
 
@@ -21,7 +20,7 @@ def _class_list(cfg, solution: pd.DataFrame) -> list[str]:
     meta = folds_path(cfg).with_suffix(".json")
     if meta.is_file():
         return json.loads(meta.read_text())["classes"]
-    return sorted_classes(solution[cfg.data.label_col])
+    return task_of(cfg).class_list(solution[cfg.data.label_col])
 
 
 def _ranked(values: pd.Series, classes: list[str], index: dict[str, int]) -> np.ndarray:
@@ -133,5 +132,26 @@ def written_map(written: list[list[str]], truth: list[str], k: int) -> float:
     return float(np.mean(ap)) if ap else float("nan")
 
 
+def _numbers(values: pd.Series, path, col: str) -> np.ndarray:
+    parsed = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    bad = np.flatnonzero(~np.isfinite(parsed))
+    if len(bad):
+        raise UserError(f"{path}: {col} '{values.iloc[bad[0]]}' of id {values.index[bad[0]]} is not a finite number "
+                        f"({len(bad)} such rows); a regression file holds one number per image")
+    return parsed
+
+
+def _score_values(sub: pd.DataFrame, sol: pd.DataFrame, cfg, classes: list[str], sub_path) -> dict[str, float]:
+    """A regression submission: the predicted number in its one column, against the solution's values."""
+    d = cfg.data
+    cols = [c for c in sub.columns if c != d.id_col]
+    if len(cols) != 1:
+        raise UserError(f"{sub_path} has {len(cols)} prediction columns ({cols[:6]}); a regression submission has one")
+    y = _numbers(sol[d.label_col], d.solution, d.label_col)
+    pred = _numbers(sub[cols[0]], sub_path, cols[0])[:, None]
+    metrics = dict.fromkeys(task_of(cfg).summary_metrics) | {cfg.metric.name: None}
+    return {m: compute_metric(m, y, pred) for m in metrics}
+
+
 # Task.label_form -> the scorer of a submission against the solution's labels
-SCORERS = {"one": _score_labels, "tags": _score_multilabel}
+SCORERS = {"one": _score_labels, "tags": _score_multilabel, "value": _score_values}

@@ -72,6 +72,31 @@ class GradeRegressionLoss(torch.nn.Module):
         return F.smooth_l1_loss(score, grade, beta=1.0)
 
 
+class ValueLoss(torch.nn.Module):
+    """A regression head's output against the value (mixed values under mixup): mse or smooth_l1 on the
+    value, or bce: binary cross-entropy of the output as a logit against the value scaled to [0, 1]
+    by the target range (Task.scale)."""
+
+    def __init__(self, name: str, task: Task):
+        super().__init__()
+        self.loss_name, self.task = name, task
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        z, y = output.float().reshape(-1), target.float().reshape(-1)
+        if self.loss_name == "bce":
+            return F.binary_cross_entropy_with_logits(z, self.task.scale(y))
+        return F.mse_loss(z, y) if self.loss_name == "mse" else F.smooth_l1_loss(z, y, beta=1.0)
+
+
+def _value_loss(cfg: LossCfg, task: Task, eps: float) -> torch.nn.Module:
+    unused = [k for k, on in (("loss.smoothing", eps > 0), ("loss.alpha", cfg.alpha is not None),
+                              ("loss.class_weights", cfg.class_weights is not None)) if on]
+    if unused:
+        raise UserError(f"{', '.join(unused)} weigh or smooth classes, and a regression task has none; set them to "
+                        "0/null")
+    return ValueLoss(cfg.name, task)
+
+
 def _regression_loss(cfg: LossCfg, eps: float) -> torch.nn.Module:
     unused = [k for k, on in (("loss.smoothing", eps > 0), ("loss.alpha", cfg.alpha is not None),
                               ("loss.class_weights", cfg.class_weights is not None)) if on]
@@ -138,11 +163,13 @@ def _softmax_loss(cfg: LossCfg, task: Task, targets: np.ndarray, eps: float) -> 
 
 # Task.head -> the criterion of (loss section, task, training targets, label smoothing): a softmax over
 # the classes (ce, focal), a sigmoid per label (ce is binary cross-entropy, focal its focal form, asl
-# timm's asymmetric loss), or a one-output score (mse, smooth_l1; the config's smoothing must be 0)
+# timm's asymmetric loss), a one-output score (mse, smooth_l1; the config's smoothing must be 0), or
+# a regression's value (mse, smooth_l1, bce on the scaled value)
 LOSSES = {
     "softmax": _softmax_loss,
     "sigmoid": lambda cfg, task, targets, eps: _multilabel_loss(cfg, targets, eps),
     "score": lambda cfg, task, targets, eps: _regression_loss(cfg, cfg.smoothing),
+    "value": lambda cfg, task, targets, eps: _value_loss(cfg, task, cfg.smoothing),
 }
 
 

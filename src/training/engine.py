@@ -186,7 +186,7 @@ def train_one_epoch(s: FoldState, epoch: int) -> dict:
     """
     accum, dev = s.cfg.train.accum_steps, s.rt.device
     loss_sum = torch.zeros((), device=dev)
-    correct = torch.zeros((), dtype=torch.long, device=dev)
+    correct = torch.zeros((), dtype=torch.float32, device=dev)  # float: a regression task counts NaN (no hits)
     seen, wait = 0, 0.0
     forward = s.forward or s.net
     batches = iter(s.train_loader)

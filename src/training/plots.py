@@ -41,6 +41,18 @@ def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], p
     save_figure(fig, path)
 
 
+def plot_residuals(y_true: np.ndarray, values: np.ndarray, target: str, path: Path) -> None:
+    """Regression OOF: each image's predicted value against its target, with the diagonal."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(y_true, values, s=8, alpha=0.5)
+    lo, hi = float(min(y_true.min(), values.min())), float(max(y_true.max(), values.max()))
+    ax.plot([lo, hi], [lo, hi], color="tab:red", lw=1)
+    ax.set_xlabel(f"{target} (label)")
+    ax.set_ylabel(f"{target} (predicted)")
+    ax.set_title("predicted against label (best epoch, out of fold)")
+    save_figure(fig, path)
+
+
 def plot_label_scores(y_true: np.ndarray, probs: np.ndarray, labels: list[str], path: Path) -> None:
     """Multi-label OOF: each label's F1 at probability 0.5, with its count of positive images."""
     pred = probs >= 0.5

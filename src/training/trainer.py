@@ -56,7 +56,7 @@ from src.runs.layout import (
     write_oof,
 )
 from src.training.engine import CompiledForward, FoldState, train_one_epoch, validate
-from src.training.plots import plot_confusion, plot_curves, plot_label_scores
+from src.training.plots import plot_confusion, plot_curves, plot_label_scores, plot_residuals
 from src.training.size_schedule import size_at
 from src.training.soft_targets import with_soft_targets
 from src.training.weight_averaging import finish_swa, new_swa, swa_cv, swa_step
@@ -280,8 +280,11 @@ def _label_scores(y: np.ndarray, probs: np.ndarray, classes: list[str], fp, trac
 
 
 # Task.space -> a finished fold's OOF figure: the confusion matrix (classes; grades rounded from the
-# score), or each label's F1 and support (labels: no confusion between them)
-FOLD_FIGURES = {"classes": _confusion, "grades": _confusion, "labels": _label_scores}
+# score), each label's F1 and support (labels: no confusion between them), or predicted against label
+# (values, regression: residuals.png)
+FOLD_FIGURES = {"classes": _confusion, "grades": _confusion, "labels": _label_scores,
+                "values": lambda y, probs, classes, fp, tracker: plot_residuals(
+                    y, probs[:, 0], classes[0], fp.confusion.with_name("residuals.png"))}
 
 
 def _record(s: FoldState, keeper: CheckpointKeeper, tracker: Tracker, swa: dict | None) -> dict:
@@ -421,7 +424,7 @@ def cv_report(cfg: Config, folds: list[int]) -> dict:
         classes = done["classes"]
         parts.append(read_oof(fp.oof, classes, done.get("run_id")))
         rows.append({"fold": k, "best_epoch": done["best_epoch"],
-                     **{m: done.get(m) for m in ("accuracy", "f1_macro", cfg.metric.name)}})
+                     **{m: done.get(m) for m in dict.fromkeys((*task_of(cfg).summary_metrics, cfg.metric.name))}})
     oof = pd.concat(parts, ignore_index=True)
     task = task_of(cfg, classes)
     overall = summary(task.targets(oof["label"]), oof_probs(oof, classes), cfg.metric.name)

@@ -356,6 +356,24 @@ MISFILED = ("outputs/demo/fold0 holds fold 1's run", "not fold 0's", "move the f
 
 
 COCO = ("data.dir=inputs/coco_inat", *COCO_OVERRIDES["inat"])
+REGR = ("data.dir=inputs/regr", "data.check_images=false", "model.name=test_resnet")
+REGR_CONFIG = str(DEMO_CONFIG.with_name("demo_regression.yaml"))
+
+
+def _regression(edit: Callable[[pd.DataFrame], pd.DataFrame] | None = None, trained: bool = False):
+    """Damage: PetFinder's layout built at inputs/regr (src.demo's regression digits, 24 training grids),
+    train.csv `edit`ed; `trained`: both tiny folds of demo_regression trained there first."""
+
+    def damage(root: Path) -> None:
+        from src.demo import build_regression_demo
+
+        comp = build_regression_demo(root / "inputs" / "regr", n_train=24, n_test=6)
+        if edit is not None:
+            (comp / "train.csv").write_text(edit(pd.read_csv(comp / "train.csv")).to_csv(index=False))
+        if trained:
+            run_cli(train.main, ["--fold", "all", "--config", REGR_CONFIG, *TINY, *REGR])
+
+    return damage
 F0 = ("--fold", "0")
 SCALAR = "the command line"
 WEIGHTS = ("--weights", "ensemble.weights")
@@ -599,6 +617,33 @@ ROWS = [
     row("dicom-compressed-as-nothing-decodes", "train", F0 + ("data.bad_images=skip",),
         ("digit_0000.dcm", "MPEG2", "convert the files"), damage=lambda r: _dicom_for_first_png(r, "mpeg2")),
     row("dicom-window-width-zero", "train", F0 + ("data.dicom_window=[40,0]",), ("data.dicom_window", "width below 1", SCALAR)),
+    # ---- issue 29: regression
+    row("regression-without-target-range", "train", F0 + REGR + ("data.target_range=null",),
+        ("data.target_range", "[1, 100]"), damage=_regression(), config=REGR_CONFIG),
+    row("regression-target-not-a-number", "train", F0 + REGR, ("inputs/regr/train.csv row 2", "'cute'", "not a number"),
+        damage=_regression(lambda t: t.assign(Pawpularity=["cute", *t["Pawpularity"][1:]])), config=REGR_CONFIG),
+    row("regression-target-outside-range", "train", F0 + REGR, ("row 2", "'250'", "outside data.target_range [1, 100]"),
+        damage=_regression(lambda t: t.assign(Pawpularity=[250, *t["Pawpularity"][1:]])), config=REGR_CONFIG),
+    row("regression-classification-metric", "train", F0 + REGR + ("metric.name=accuracy",),
+        ("metric.name=accuracy", "rmse"), damage=_regression(), config=REGR_CONFIG),
+    row("regression-classification-loss", "train", F0 + REGR + ("loss.name=ce",), ("loss.name=ce", "mse, smooth_l1 or bce"),
+        damage=_regression(), config=REGR_CONFIG),
+    row("regression-distillation", "train", F0 + REGR + ("loss.distill_from=teacher",), ("loss.distill_from",),
+        damage=_regression(), config=REGR_CONFIG),
+    row("regression-metric-on-classes", "train", F0 + ("metric.name=rmse",), ("metric.name=rmse", "data.task=regression")),
+    row("regression-bce-on-classes", "train", F0 + ("loss.name=bce",), ("loss.name=bce", "data.task=regression")),
+    row("regression-range-on-classes", "train", F0 + ("data.target_range=[1,100]",), ("data.target_range", "null")),
+    row("regression-probe", "probe", REGR, ("src.probe", "regresses a value"), damage=_regression(), config=REGR_CONFIG),
+    row("regression-voting", "ensemble", REGR + ("--voting", "geometric", "--tta", "identity", "vflip"),
+        ("ensemble.voting=geometric", "soft"), damage=_regression(trained=True), config=REGR_CONFIG),
+    row("regression-format", "ensemble", REGR + ("--format", "label", "--tta", "identity", "vflip"),
+        ("ensemble.format=label", "value"), damage=_regression(trained=True), config=REGR_CONFIG),
+    row("regression-stacking", "ensemble", REGR + ("--stack", "logreg"), ("--stack", "weights"),
+        damage=_regression(trained=True), config=REGR_CONFIG),
+    row("regression-pseudo-labels", "pseudo", REGR, ("src.pseudo", "no confidence"),
+        damage=_regression(trained=True), config=REGR_CONFIG),
+    row("regression-report", "report", REGR, ("src.report", "residuals"), damage=_regression(trained=True),
+        config=REGR_CONFIG),
 ]
 
 

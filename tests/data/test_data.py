@@ -14,11 +14,12 @@ import torch
 from PIL import Image
 
 from src.core.distributed import EpochSampler
+from src.core.tasks.base import sorted_classes
 from src.core.utils import UserError
 from src.data.folds import load_or_create_folds
 from src.data.images import find_bad_images, read_image
 from src.data.loaders import ImageDataset
-from src.data.tables import drop_bad_images, load_test_table, load_train_table, sorted_classes
+from src.data.tables import drop_bad_images, load_test_table, load_train_table
 from src.data.transforms import build_transform, seed_transform
 from src.training.trainer import train_fold
 

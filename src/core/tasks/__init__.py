@@ -6,11 +6,14 @@
     ordinal      one grade per image, integer grades in order (APTOS's 0-4): a regression head (one
                  output, loss.name=mse or smooth_l1) or a softmax over the grades (ce, focal), read
                  as a grade score either way (the regression output, or the expected grade)
+    regression   one number per image (PetFinder's Pawpularity): a one-output head (mse, smooth_l1,
+                 or bce on the value scaled to [0, 1] by data.target_range), clipped to that range;
+                 its class list is the target column, so predictions are one column of values
 
 Top-k (MAP@k, Humpback, Happywhale) is not a task of its own: it is how a multi-class task decodes
 when the metric is map@k or the sample submission holds several ranked labels (its `formats`).
 
-One class per kind (base.py: multiclass and binary; multilabel.py; ordinal.py), each answering every stage's question, so that no stage tests the kind:
+One class per kind (base.py: multiclass and binary; multilabel.py; ordinal.py; regression.py), each answering every stage's question, so that no stage tests the kind:
 how labels become targets, how the folds are drawn, the head's width and activation, the training
 hits and the validation loss, the mixup targets, which metrics fit, how probabilities are checked, re-expressed and
 decided, which submission formats it writes, and its nouns in messages. Where the answer is code
@@ -38,19 +41,22 @@ import numpy as np
 from src.core.tasks.base import FORMATS, REGRESSION_LOSSES, Binary, Task, canonical_tags
 from src.core.tasks.multilabel import Multilabel
 from src.core.tasks.ordinal import Ordinal, expected_grade, grade_probs, grade_scores
+from src.core.tasks.regression import Regression
 from src.core.utils import UserError
 
-__all__ = ["FORMATS", "KINDS", "REGRESSION_LOSSES", "TASKS", "Binary", "Multilabel", "Ordinal", "Task", "canonical_tags",
+__all__ = ["FORMATS", "KINDS", "REGRESSION_LOSSES", "TASKS", "Binary", "Multilabel", "Ordinal", "Regression", "Task", "canonical_tags",
            "expected_grade", "grade_probs", "grade_scores", "make_task", "task_for_targets", "task_of"]
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (Task, Binary, Multilabel, Ordinal)}
+TASKS: dict[str, type[Task]] = {t.name: t for t in (Task, Binary, Multilabel, Ordinal, Regression)}
 KINDS = tuple(TASKS)
 
 
 def task_of(cfg, classes: Iterable[str] | None = None) -> Task:
-    """The task of a config (data.task, and loss.name for an ordinal head), over `classes` or, before
-    the labels are read, over none (the kind-only form)."""
-    return make_task(cfg.data.task, () if classes is None else classes, cfg.loss.name in REGRESSION_LOSSES)
+    """The task of a config (data.task, and loss.name for an ordinal or regression head; data.target_range
+    for regression), over `classes` or, before the labels are read, over none (the kind-only form)."""
+    if cfg.data.task not in TASKS:
+        make_task(cfg.data.task)  # the one sentence naming the kinds
+    return TASKS[cfg.data.task].from_config(cfg, classes)
 
 
 def make_task(kind: str, classes: Iterable[str] = (), regression: bool = False) -> Task:
@@ -62,5 +68,7 @@ def make_task(kind: str, classes: Iterable[str] = (), regression: bool = False) 
 
 def task_for_targets(y: np.ndarray) -> Task:
     """The task a target array implies, for metrics scored without a config (kind-only): a 0/1
-    matrix (N, L) is multi-label, class indices (N,) single-label."""
-    return Multilabel() if np.ndim(y) == 2 else Task()
+    matrix (N, L) is multi-label, values (N,) of a float type regression, class indices (N,) single-label."""
+    if np.ndim(y) == 2:
+        return Multilabel()
+    return Regression() if np.issubdtype(np.asarray(y).dtype, np.floating) else Task()

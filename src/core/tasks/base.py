@@ -40,6 +40,7 @@ class Task:
     split_meta: ClassVar[dict] = {}  # what the folds file's .json records of the task
     empty_labels_ok: ClassVar[bool] = False  # a submission cell may be empty (an image with no label)
     report_metrics: ClassVar[tuple[str, ...]] = ("accuracy", "f1_macro", "log_loss", "roc_auc")
+    summary_metrics: ClassVar[tuple[str, ...]] = ("accuracy", "f1_macro")  # what every report quotes beside the metric
     prob_word: ClassVar[str] = "probabilities"  # what the _probs.csv beside a submission holds
 
     # ------------------------------------------------------------------ construction and checks
@@ -48,6 +49,11 @@ class Task:
         if self.regression:
             raise UserError(f"a regression loss (loss.name={'/'.join(REGRESSION_LOSSES)}) predicts a grade, which needs "
                             f"data.task=ordinal; this competition is {self.name}, so use loss.name=ce or focal")
+
+    @classmethod
+    def from_config(cls, cfg, classes: Iterable[str] | None) -> Task:
+        """The task of a config over `classes` (None: the kind-only form, before the labels are read)."""
+        return cls(tuple(classes or ()), cfg.loss.name in REGRESSION_LOSSES)
 
     def with_classes(self, classes: Iterable[str]) -> Task:
         """This task over `classes` (checked: two for binary, integer grades for ordinal)."""
@@ -58,7 +64,7 @@ class Task:
         """Why the data section cannot feed this task (a sentence), or None."""
         if data.label_cols is not None:
             return "data.label_cols (one 0/1 column per label) needs data.task=multilabel and data.layout=csv"
-        return None
+        return range_unread(cls.name, data)
 
     @classmethod
     def check_loss(cls, loss) -> str | None:
@@ -68,6 +74,9 @@ class Task:
                     "use ce or focal")
         if loss.name in REGRESSION_LOSSES:
             return f"loss.name={loss.name} regresses a grade, which needs data.task=ordinal; use ce or focal"
+        if loss.name == "bce":
+            return ("loss.name=bce trains on a value scaled to [0, 1], which needs data.task=regression; use ce or "
+                    "focal")
         return None
 
     @classmethod
@@ -82,12 +91,18 @@ class Task:
 
     def check_metric(self, name: str, fits: frozenset[str], n_classes: int) -> None:
         """One sentence when a metric that scores the tasks `fits` cannot score this one over `n_classes`."""
+        if fits == {"regression"}:
+            raise UserError(f"metric.name={name} scores a value per image (data.task=regression), and this "
+                            f"competition is {self.name}; use one of {', '.join(self.report_metrics)}")
         if not fits & {"multiclass", "binary", "ordinal"}:
             raise UserError(f"metric.name={name} scores multi-label tasks (several labels per image), and this "
                             "competition has one label per image; use f1_macro, f1_micro or f1_weighted")
         if fits == {"binary"} and n_classes != 2:
             raise UserError(f"metric.name={name} scores binary tasks, and this competition has {n_classes} "
                             "classes; use roc_auc (one-vs-rest) or average_precision")
+
+    def check_stage(self, stage: str) -> None:
+        """One sentence where this task cannot go through `stage` (pseudo, probe, stacking, report)."""
 
     def describe(self) -> str:
         """'10 classes', '5 grades (a regression head)': what a fold trains, for its first line."""
@@ -102,6 +117,10 @@ class Task:
     def all_tags(self, labels: Iterable[str]) -> pd.Series:
         """Every class name the labels hold, one per row (for the class list and its counts)."""
         return pd.Series([t for lab in labels for t in self.tags(lab)], dtype=str)
+
+    def class_list(self, labels: pd.Series) -> list[str]:
+        """The class list the training labels imply, in its fixed order (regression: its one column)."""
+        return sorted_classes(self.all_tags(labels))
 
     def _index(self, labels: list[str]) -> dict[str, int]:
         index = {c: i for i, c in enumerate(self.classes)}
@@ -214,6 +233,11 @@ class Task:
             return score / score.sum(1, keepdims=True)
         raise ValueError(voting)
 
+    def check_voting(self, voting: str) -> None:
+        """The one sentence `blend` says of a voting rule this task does not take, before anything is predicted."""
+        if voting not in self.voting:
+            self.blend(np.zeros((1, 0, self.n_outputs)), voting, np.ones((1, 1, 1)))
+
     def blend_input(self, probs: np.ndarray) -> np.ndarray:
         """Probabilities (N, C) back as what `blend` reads: log-probabilities (softmax ignores per-row shifts)."""
         return np.log(np.clip(probs, 1e-12, 1.0))
@@ -255,6 +279,9 @@ class Task:
         column per class -> proba; several ranked labels per placeholder or a map@k metric -> topk;
         two classes and a probability metric or fractional placeholders -> binary; else label."""
         cols = [c for c in sample.columns if c != id_col]
+        if fmt == "value":
+            raise UserError(f"ensemble.format=value writes a regression's predicted number, and this competition is "
+                            f"{self.name}; use auto or one of {', '.join(f for f in FORMATS if f != 'value')}")
         if fmt != "auto":
             return fmt
         if set(cols) == set(self.classes):
@@ -286,7 +313,23 @@ def placeholder_words(sample: pd.DataFrame, col: str) -> pd.Series:
 
 
 # ensemble.format's values besides auto: the config's schema, the --format choices and the messages read this one list
-FORMATS = ("label", "index", "proba", "binary", "topk", "tags")
+FORMATS = ("label", "index", "proba", "binary", "topk", "tags", "value")
+
+
+def sorted_classes(labels: pd.Series) -> list[str]:
+    """Fixed class order: numeric labels sorted as numbers, others as strings."""
+    uniq = list(pd.unique(labels.astype(str)))
+    try:
+        return sorted(uniq, key=lambda s: (float(s), s))
+    except ValueError:
+        return sorted(uniq)
+
+
+def range_unread(kind: str, data) -> str | None:
+    """Why data.target_range would be ignored (only a regression task reads it), or None."""
+    if data.target_range is not None:
+        return f"data.target_range is read by data.task=regression only, and this competition is {kind}; set it to null"
+    return None
 
 
 def _one_column(cols: list[str]) -> None:

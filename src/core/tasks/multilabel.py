@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from src.core.tasks.base import Task, _one_column, _outside, _thresholds_given
+from src.core.tasks.base import Task, _one_column, _outside, _thresholds_given, range_unread
 from src.core.utils import UserError
 
 if TYPE_CHECKING:  # torch loads when a method needs it
@@ -38,7 +38,7 @@ class Multilabel(Task):
         if data.layout == "coco" and data.label_cols is not None:
             return ("data.label_cols names 0/1 columns of train.csv, and data.layout=coco reads the labels from "
                     "data.annotations; set data.label_cols to null")
-        return None
+        return range_unread(cls.name, data)
 
     @classmethod
     def check_loss(cls, loss) -> str | None:
