@@ -14,7 +14,6 @@ from src.core.runtime import Runtime
 from src.core.utils import UserError
 from src.evaluation.blending import combine, fit_weights
 from src.evaluation.metrics import compute_metric
-from src.runs.layout import fold_paths
 from src.runs.members import Member, member_oof
 
 
@@ -61,17 +60,6 @@ class OofBlend:
     ids: pd.Index
 
 
-def _refuse_repeated_ids(m: Member, table: pd.DataFrame) -> None:
-    """Each training image is predicted by one fold of a member, or its rows cannot be aligned with
-    the other members' (and it would count twice in the OOF score)."""
-    twice = table["id"].duplicated(keep=False)
-    if twice.any():
-        files = [str(fold_paths(m.exp_dir, k).oof) for k in sorted(set(table.loc[twice, "fold"]))]
-        raise UserError(f"experiment {m.name}'s OOF predictions repeat {int(table.loc[twice, 'id'].nunique())} ids "
-                        f"(e.g. {table.loc[twice, 'id'].iloc[0]}) in {', '.join(files)}; each image belongs to one "
-                        "validation fold, so pull or retrain the fold that repeats them")
-
-
 def aligned_oof(members: list[Member], views: list[str] | None, rt: Runtime, loader_cfg: LoaderCfg, voting: str
                 ) -> tuple[list[np.ndarray], pd.DataFrame]:
     """Every member's OOF log-probabilities in the first member's row order, and that order's table
@@ -79,7 +67,7 @@ def aligned_oof(members: list[Member], views: list[str] | None, rt: Runtime, loa
     per, base = [], None
     for m in members:
         table, lg = member_oof(m, views, rt, loader_cfg, within_member(voting))
-        _refuse_repeated_ids(m, table)
+        # member_oof has refused ids predicted twice (src.runs.members), so the rows align by id
         table = table.set_index("id")
         if base is None:
             base = table
