@@ -112,10 +112,11 @@ def test_a_binary_competition_trains_blends_and_scores_with_it(name, task_compet
     """Folds, both folds of one epoch, the ensemble and src.score on the binary digits (0 against
     1) under the metric: the submission holds the probability, and src.score's number is the
     metric of that column against solution.csv."""
+    from conftest import TINY
+
     import src.ensemble as ensemble
     import src.score as score
     import src.train as train
-    from conftest import TINY
     from src.core.cli import run_cli
 
     data_dir, config, extra = task_competition("binary")

@@ -103,10 +103,10 @@ def test_plain_run_uses_the_configured_views_and_no_tta_turns_them_off(demo_dir,
     assert (tmp_path / "submissions" / "a_tta.csv").is_file()
     run_cli(ensemble.main, [*args, "--no-tta"])
     out = capsys.readouterr().out
-    assert "identity+hflip" not in out and "x 1 views" in out
+    assert "identity+hflip" not in out and "x 1 view" in out
     assert (tmp_path / "submissions" / "a.csv").is_file()
     run_cli(ensemble.main, [*args, "--tta", "vflip"])
-    assert "x 1 views" in capsys.readouterr().out
+    assert "x 1 view" in capsys.readouterr().out
 
 
 def test_a_replaced_test_image_is_predicted_anew_whatever_times_it_keeps(demo_cfg, demo_dir, outputs, tmp_path,

@@ -13,7 +13,7 @@ import src.bench as bench
 import src.demo as demo
 from src.core.cli import run_cli
 from src.core.utils import UserError
-from src.ensembling.ledger import sidecar_cell, append_row, free_submission_path, ledger_path, read_ledger, record_lb
+from src.ensembling.ledger import append_row, free_submission_path, ledger_path, read_ledger, record_lb, sidecar_cell
 from src.ensembling.write_guard import check_replaceable, check_writable
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
