@@ -240,3 +240,15 @@ COCO_OVERRIDES = {
                   "data.test_annotations=nybg2020/test/metadata.json", "data.id_col=Id", "data.label_col=Predicted",
                   "metric.name=f1_macro"),
 }
+
+
+# ---- issue 29: image + metadata (data.meta_cols)
+
+
+# ---- issue 29: grouped answers (data.answer_id)
+
+
+# ---- issue 29: pixel tables, arrays and containers
+
+
+# ---- issue 29: one-hot classes, new_whale, graded subset, regression probe and stacking

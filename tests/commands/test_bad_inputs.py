@@ -644,6 +644,10 @@ ROWS = [
         damage=_regression(trained=True), config=REGR_CONFIG),
     row("regression-report", "report", REGR, ("src.report", "residuals"), damage=_regression(trained=True),
         config=REGR_CONFIG),
+    # ---- issue 29: image + metadata (data.meta_cols)
+    # ---- issue 29: grouped answers (data.answer_id)
+    # ---- issue 29: pixel tables, arrays and containers
+    # ---- issue 29: one-hot classes, new_whale, graded subset, regression probe and stacking
 ]
 
 
@@ -730,3 +734,15 @@ def _dicom_for_first_png(root: Path, kind: str, split: str = "train") -> None:
         ds.PixelData = pydicom.encaps.encapsulate([b"\0" * 64])
         ds["PixelData"].VR = "OB"
     ds.save_as(dcm, enforce_file_format=True)
+
+
+# ---- issue 29: image + metadata (data.meta_cols) (the damage of its rows)
+
+
+# ---- issue 29: grouped answers (data.answer_id) (the damage of its rows)
+
+
+# ---- issue 29: pixel tables, arrays and containers (the damage of its rows)
+
+
+# ---- issue 29: one-hot classes, new_whale, graded subset, regression probe and stacking (the damage of its rows)
