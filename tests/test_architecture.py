@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # Bottom to top: each package may import the ones before it, never one after it.
 LAYERS = ["core", "data", "models", "evaluation", "runs", "training", "ensembling", "analysis", "tuning", "kaggle"]
 COMMANDS = {"train", "ensemble", "tune", "folds", "score", "demo", "bench", "kaggle_kernel", "report", "probe",
-            "ledger", "pseudo", "average"}
+            "ledger", "pseudo", "average", "init"}
 MAX_FUNCTION_LINES = 80
 # The task owner: the only package that may decide by the kind of task (core/tasks/, one class a kind).
 TASK_OWNER = "core.tasks"

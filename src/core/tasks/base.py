@@ -42,6 +42,7 @@ class Task:
     report_metrics: ClassVar[tuple[str, ...]] = ("accuracy", "f1_macro", "log_loss", "roc_auc")
     summary_metrics: ClassVar[tuple[str, ...]] = ("accuracy", "f1_macro")  # what every report quotes beside the metric
     prob_word: ClassVar[str] = "probabilities"  # what the _probs.csv beside a submission holds
+    first_loss: ClassVar[str] = "ce"  # src.init's loss.name where the recipe's does not train this kind
 
     # ------------------------------------------------------------------ construction and checks
 
@@ -296,6 +297,16 @@ class Task:
         return "label"
 
 
+    def guess_metric(self, sample: pd.DataFrame, id_col: str) -> str:
+        """The metric competitions of this kind most often use, for src.init where the competition is not
+        in its table: MAP@k for placeholders of k ranked labels, log loss for one probability column per
+        class, else accuracy."""
+        cols = [c for c in sample.columns if c != id_col]
+        if set(cols) == set(self.classes):
+            return "log_loss"
+        words = placeholder_words(sample, cols[0]) if len(cols) == 1 and len(sample) else pd.Series([1])
+        return f"map@{int(words.max())}" if (words > 1).mean() > 0.5 else "accuracy"
+
 def _thresholds_given(task: Task, thresholds) -> None:
     if thresholds is None:
         raise UserError(f"a {task.name} blend needs thresholds fitted on the OOF report (or given, in a Kaggle "
@@ -342,6 +353,10 @@ class Binary(Task):
     """One of two classes (data.task=binary): the softmax over both; its probability is the second's."""
 
     name = "binary"
+
+    def guess_metric(self, sample: pd.DataFrame, id_col: str) -> str:
+        """ROC AUC: what most two-class image competitions score (SIIM-ISIC, histopathology, cactus)."""
+        return "roc_auc"
 
     def __post_init__(self):
         super().__post_init__()

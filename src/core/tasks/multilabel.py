@@ -158,6 +158,11 @@ class Multilabel(Task):
     def counts(self, probs: np.ndarray, decisions: np.ndarray | None) -> np.ndarray:
         return (np.asarray(probs) >= 0.5).sum(0) if decisions is None else decisions.sum(0)
 
+    def guess_metric(self, sample: pd.DataFrame, id_col: str) -> str:
+        """Mean column ROC AUC where the sample holds one probability column per label (RANZCR, Plant
+        Pathology), else the mean F1 over images of the labels written (Plant Pathology 2021, Planet's F2)."""
+        return "roc_auc" if set(sample.columns) - {id_col} == set(self.classes) else "f1_samples"
+
     def resolve_format(self, fmt: str, sample: pd.DataFrame, id_col: str, metric: str) -> str:
         """tags (the labels above their thresholds, space-separated), or proba (one column per label)."""
         cols = [c for c in sample.columns if c != id_col]

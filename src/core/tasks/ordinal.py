@@ -115,6 +115,10 @@ class Ordinal(Task):
         score = expected_grade(probs)
         return {"predicted": self.predicted(probs), "score": score, "loss": np.abs(score - y)}
 
+    def guess_metric(self, sample: pd.DataFrame, id_col: str) -> str:
+        """Quadratic weighted kappa: what graded competitions score (APTOS, diabetic retinopathy)."""
+        return "qwk"
+
     def resolve_format(self, fmt: str, sample: pd.DataFrame, id_col: str, metric: str) -> str:
         """label (the grade) or index (its position among the grades)."""
         cols = [c for c in sample.columns if c != id_col]

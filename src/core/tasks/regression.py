@@ -54,6 +54,7 @@ class Regression(Task):
     report_metrics: ClassVar[tuple[str, ...]] = ("rmse", "mae", "r2")
     summary_metrics: ClassVar[tuple[str, ...]] = ("rmse", "mae")
     prob_word: ClassVar[str] = "predicted values"
+    first_loss: ClassVar[str] = "bce"  # on the value scaled to [0, 1] by data.target_range, as Pawpularity's winners
     voting: ClassVar[tuple[str, ...]] = ("soft",)
 
     def __post_init__(self):
@@ -230,6 +231,10 @@ class Regression(Task):
         """What the submission's 'predicted' line shows: the values' mean and range."""
         v = np.asarray(probs)[:, 0]
         return np.array([f"mean {v.mean():.4g}, min {v.min():.4g}, max {v.max():.4g}"], dtype=object)
+
+    def guess_metric(self, sample: pd.DataFrame, id_col: str) -> str:
+        """RMSE: what competitions with a value per image score (Pawpularity)."""
+        return "rmse"
 
     def resolve_format(self, fmt: str, sample: pd.DataFrame, id_col: str, metric: str) -> str:
         """value: the predicted number in the sample's one column."""

@@ -1,0 +1,348 @@
+"""python -m src.init: a competition folder as Kaggle ships it -> a checked config -> a submission with no
+key written by hand.
+
+Each world is built in its real file layout from the digits demo. The end-to-end tests run the real
+entry points (init, folds, train, ensemble, score) in-process with the tiny one-epoch settings; the
+decision tests check what init wrote and that the traps of the layouts (a tags column, a block of 0/1
+columns, a patient column, a probability sample) are never misread."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import COCO_OVERRIDES, TINY, build_coco_competition
+
+from src.core.cli import run_cli
+from src.core.config import CONFIG_DIR, load_config
+from src.core.tasks import TASKS
+from src.core.utils import UserError
+from src.evaluation.metrics import metric_spec
+from src.kaggle.competitions import EVAL, GRADE, KNOWN
+from src.kaggle.init_config import HEADER, init_config
+
+
+def _init(folder: Path, out: Path, *overrides: str, base: str = "demo.yaml", **kw) -> dict:
+    path = init_config(folder, name=None, competition=kw.pop("competition", None), metric=kw.pop("metric", None),
+                       base=base, out=str(out), guess=kw.pop("guess", False), force=kw.pop("force", False),
+                       overrides=list(overrides))
+    assert path == out and out.read_text().startswith(HEADER)
+    return yaml.safe_load(out.read_text())
+
+
+def _csv_world(demo_dir: Path, root: Path, name: str, n_train: int = 120, n_test: int = 40) -> tuple[Path, pd.DataFrame,
+                                                                                                      pd.DataFrame]:
+    """A folder with the demo's image folders linked, and its first train/solution rows as tables."""
+    comp = root / name
+    comp.mkdir(parents=True)
+    for split in ("train", "test"):
+        os.symlink(demo_dir / split, comp / split)
+    train = pd.read_csv(demo_dir / "train.csv", dtype=str).head(n_train)
+    sol = pd.read_csv(demo_dir / "solution.csv", dtype=str)
+    sol = sol[sol["id"].isin(sorted(sol["id"])[:n_test])]
+    return comp, train, sol
+
+
+# ---------------------------------------------------------------- the known competitions
+
+
+def test_every_known_competition_names_a_metric_and_its_source():
+    assert len(KNOWN) >= 30
+    for slug, entry in KNOWN.items():
+        metric_spec(entry.metric)  # a name the metric registry scores (else a UserError)
+        assert entry.source in (EVAL.format(slug), GRADE.format(slug)) or entry.source.startswith("src/demo.py"), slug
+        task = entry.keys.get("data.task", "regression" if "data.target_range" in entry.keys else "multiclass")
+        load_config(CONFIG_DIR / "base.yaml", [f"{k}={v}" for k, v in entry.keys.items()]
+                    + [f"data.task={task}", f"loss.name={TASKS[task].first_loss}", f"metric.name={entry.metric}"])
+
+
+# ---------------------------------------------------------------- the demo competitions
+
+
+DEMOS = {  # folder name -> (its hand-written config, how to build a small one)
+    "digits": ("demo.yaml", lambda out: __import__("src.demo").demo.build_demo(out, 200)),
+    "digits_topk": ("demo_topk.yaml", lambda out: __import__("src.demo").demo.build_topk_demo(out, 200)),
+    "digits_multilabel": ("demo_multilabel.yaml", lambda out: __import__("src.demo").demo.build_multilabel_demo(out, 160, 40)),
+    "digits_ordinal": ("demo_ordinal.yaml", lambda out: __import__("src.demo").demo.build_ordinal_demo(out, 160, 40)),
+    "digits_regression": ("demo_regression.yaml",
+                          lambda out: __import__("src.demo").demo.build_regression_demo(out, 160, 40)),
+}
+
+
+@pytest.mark.parametrize("name", list(DEMOS))
+def test_init_on_a_demo_reads_what_its_hand_written_config_says(name, tmp_path):
+    """The data section, the metric and the submission format resolve as in configs/<demo>.yaml;
+    the recipe's own choices (epochs, TTA views, an ordinal's regression head) are the recipe's."""
+    config, build = DEMOS[name]
+    folder = build(tmp_path / "inputs" / name)
+    written = tmp_path / "configs" / f"{name}.yaml"
+    _init(folder, written)
+    mine = load_config(written)
+    theirs = load_config(CONFIG_DIR / config, [f"data.dir={folder.as_posix()}"])
+    assert mine.data == theirs.data
+    assert mine.metric == theirs.metric
+    assert mine.ensemble.format == theirs.ensemble.format
+
+
+# ---------------------------------------------------------------- end to end: init, folds, train, ensemble, score
+
+
+def _run_all(config: Path, out: Path, tmp_path: Path, solution: Path) -> str:
+    from src import ensemble, folds, score, train
+
+    common = [f"experiment.output_dir={out}", "wandb.mode=disabled", *TINY]
+    run_cli(folds.main, ["--config", str(config), *common])
+    run_cli(train.main, ["--config", str(config), "--fold", "all", *common])
+    sub = tmp_path / "sub.csv"
+    run_cli(ensemble.main, ["--config", str(config), "--out", str(sub), "--tta", "identity", *common])
+    run_cli(score.main, [str(sub), "--solution", str(solution), "--config", str(config), *common])
+    return sub
+
+
+def _imagefolder(demo_dir: Path, root: Path) -> Path:
+    comp, train, sol = _csv_world(demo_dir, root, "imagefolder_comp")
+    os.unlink(comp / "train")
+    for i, lab in zip(train["id"], train["label"]):
+        (comp / "train" / f"d{lab}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(demo_dir / "train" / f"{i}.png", comp / "train" / f"d{lab}" / f"{i}.png")
+    sol.assign(label="d" + sol["label"]).to_csv(comp / "solution.csv", index=False)
+    sol.assign(label="d0").to_csv(comp / "sample_submission.csv", index=False)
+    return comp
+
+
+def _filename(demo_dir: Path, root: Path) -> Path:
+    comp, train, sol = _csv_world(demo_dir, root, "dogs_vs_cats_like")
+    train = train[train["label"].isin(["0", "1"])]
+    os.unlink(comp / "train")
+    (comp / "train").mkdir()
+    for n, (i, lab) in enumerate(zip(train["id"], train["label"])):
+        shutil.copy(demo_dir / "train" / f"{i}.png", comp / "train" / f"{'cat' if lab == '0' else 'dog'}.{n}.png")
+    sol = sol[sol["label"].isin(["0", "1"])]
+    sol.assign(label=sol["label"].map({"0": "cat", "1": "dog"})).to_csv(comp / "solution.csv", index=False)
+    sol.assign(label=0.5).to_csv(comp / "sample_submission.csv", index=False)
+    return comp
+
+
+def _label_columns(demo_dir: Path, root: Path) -> Path:
+    """RANZCR-like: one 0/1 column per label in train.csv and the sample; here the digit's parity and size."""
+    comp, train, sol = _csv_world(demo_dir, root, "label_columns_comp")
+    def cols(t: pd.DataFrame) -> pd.DataFrame:
+        d = t["label"].astype(int)
+        return pd.DataFrame({"id": t["id"], "odd": d % 2, "large": (d >= 5).astype(int), "zero": (d == 0).astype(int)})
+    cols(train).to_csv(comp / "train.csv", index=False)
+    tags = cols(sol).set_index("id").apply(lambda r: " ".join(c for c in r.index if r[c]), axis=1)
+    pd.DataFrame({"id": tags.index, "label": tags.to_numpy()}).to_csv(comp / "solution.csv", index=False)  # src.score's form
+    cols(sol).assign(odd=0.5, large=0.5, zero=0.5).to_csv(comp / "sample_submission.csv", index=False)
+    return comp
+
+
+def _binary_patients(demo_dir: Path, root: Path) -> Path:
+    """SIIM-ISIC-like: image_name, patient_id (several images each), target 0/1; sample target 0."""
+    comp, train, sol = _csv_world(demo_dir, root, "siim_like", n_train=200)
+    t = pd.DataFrame({"image_name": train["id"], "patient_id": [f"IP_{i // 4:04d}" for i in range(len(train))],
+                      "target": (train["label"].astype(int) >= 5).astype(int)})
+    t.to_csv(comp / "train.csv", index=False)
+    s = pd.DataFrame({"image_name": sol["id"], "target": (sol["label"].astype(int) >= 5).astype(int)})
+    s.to_csv(comp / "solution.csv", index=False)
+    s.assign(target=0).to_csv(comp / "sample_submission.csv", index=False)
+    return comp
+
+
+def _csv(demo_dir: Path, root: Path) -> Path:
+    comp, train, sol = _csv_world(demo_dir, root, "cassava-leaf-disease-classification")
+    train.rename(columns={"id": "image_id"}).to_csv(comp / "train.csv", index=False)
+    sol.rename(columns={"id": "image_id"}).to_csv(comp / "solution.csv", index=False)
+    sol.rename(columns={"id": "image_id"}).assign(label=4).to_csv(comp / "sample_submission.csv", index=False)
+    return comp
+
+
+def _coco(demo_dir: Path, root: Path) -> Path:
+    return build_coco_competition("inat", root, demo_dir)
+
+
+LAYOUTS = {  # world -> (builder, what init must decide, the solution's file name)
+    "csv": (_csv, {"data.id_col": "image_id", "data.task": "multiclass", "metric.name": "accuracy"}),
+    "imagefolder": (_imagefolder, {"data.layout": "imagefolder", "data.image_dir": "train"}),
+    "filename": (_filename, {"data.layout": "filename", "data.task": "binary", "metric.name": "roc_auc"}),
+    "label_columns": (_label_columns, {"data.task": "multilabel", "data.label_cols": ["odd", "large", "zero"],
+                                       "metric.name": "roc_auc"}),
+    "binary_patients": (_binary_patients, {"data.task": "binary", "data.group_col": "patient_id",
+                                           "data.label_col": "target", "metric.name": "roc_auc"}),
+    "coco": (_coco, {k.split("=")[0]: k.split("=")[1] for k in COCO_OVERRIDES["inat"] if "metric" not in k}),
+}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    return {k2: v2 for k, v in d.items() for k2, v2 in
+            (_flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(f"{prefix}{k}", v)])}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_init_then_the_three_commands_give_a_valid_submission(layout, demo_dir, tmp_path, capsys):
+    build, expected = LAYOUTS[layout]
+    comp = build(demo_dir, tmp_path / "inputs")
+    config = tmp_path / "configs" / f"{layout}.yaml"
+    written = _flat(_init(comp, config, "data.n_folds=2"))
+    for key, value in expected.items():
+        assert written.get(key, load_config(CONFIG_DIR / "demo.yaml").model_dump()[key.split(".")[0]][
+            key.split(".")[1]]) == value, (key, written)
+    sub = _run_all(config, tmp_path / "outputs", tmp_path, comp / "solution.csv")
+    sample = pd.read_csv(next(comp.glob("*sample_submission.csv")), dtype=str)
+    got = pd.read_csv(sub, dtype=str)
+    assert list(got.columns) == list(sample.columns)
+    assert got[sample.columns[0]].tolist() == sample[sample.columns[0]].tolist()
+    assert capsys.readouterr().out.strip().splitlines()[-1].split()[0]  # src.score printed its scores
+
+
+# ---------------------------------------------------------------- the traps
+
+
+def test_a_tags_column_is_never_read_as_classes(demo_dir, tmp_path):
+    from src.demo import build_multilabel_demo
+
+    comp = build_multilabel_demo(tmp_path / "inputs" / "planet_like", 160, 40)
+    t = pd.read_csv(comp / "train.csv", dtype=str, keep_default_na=False)
+    t.rename(columns={"label": "tags"}).to_csv(comp / "train.csv", index=False)
+    s = pd.read_csv(comp / "sample_submission.csv", dtype=str, keep_default_na=False)
+    s.rename(columns={"label": "tags"}).to_csv(comp / "sample_submission.csv", index=False)
+    written = _flat(_init(comp, tmp_path / "planet.yaml"))
+    assert written["data.task"] == "multilabel" and written["data.label_col"] == "tags"
+    assert "space-separated words -> multilabel" in (tmp_path / "planet.yaml").read_text()
+
+
+def test_a_comma_separated_tags_column_sets_the_separator(demo_dir, tmp_path):
+    from src.demo import build_multilabel_demo
+
+    comp = build_multilabel_demo(tmp_path / "inputs" / "commas", 160, 40)
+    t = pd.read_csv(comp / "train.csv", dtype=str, keep_default_na=False)
+    t.assign(label=t["label"].str.replace(" ", ",")).to_csv(comp / "train.csv", index=False)
+    written = _flat(_init(comp, tmp_path / "commas.yaml", metric="f1_samples"))
+    assert written["data.task"] == "multilabel" and written["data.label_sep"] == ","
+
+
+def test_a_block_of_0_1_columns_is_never_ignored(demo_dir, tmp_path):
+    written = _flat(_init(_label_columns(demo_dir, tmp_path / "inputs"), tmp_path / "cols.yaml"))
+    assert written["data.label_cols"] == ["odd", "large", "zero"] and written["data.task"] == "multilabel"
+
+
+def test_a_patient_column_groups_the_folds_and_a_flag_does_not(demo_dir, tmp_path):
+    comp = _binary_patients(demo_dir, tmp_path / "inputs")
+    t = pd.read_csv(comp / "train.csv", dtype=str)
+    t.assign(Group=(t.index % 2).astype(str)).to_csv(comp / "train.csv", index=False)  # PetFinder's 0/1 flag
+    written = _flat(_init(comp, tmp_path / "siim.yaml"))
+    assert written["data.group_col"] == "patient_id"
+    from src.data.folds import load_or_create_folds
+
+    df, _, _ = load_or_create_folds(load_config(tmp_path / "siim.yaml"), write=False)
+    assert (df.groupby("group")["fold"].nunique() == 1).all()  # no patient in two folds
+
+
+def test_a_probability_sample_is_never_written_as_labels(demo_dir, tmp_path, capsys):
+    comp = _filename(demo_dir, tmp_path / "inputs")  # placeholders 0.5 under one column
+    _init(comp, tmp_path / "cats.yaml")
+    assert "ensemble.format auto -> binary" in capsys.readouterr().out
+    comp, train, sol = _csv_world(demo_dir, tmp_path / "inputs", "dog_breed_like")
+    train.assign(label="breed" + train["label"]).rename(columns={"label": "breed"}).to_csv(comp / "labels.csv",
+                                                                                          index=False)
+    cols = {f"breed{d}": 0.1 for d in range(10)}
+    pd.DataFrame({"id": sol["id"], **cols}).to_csv(comp / "sample_submission.csv", index=False)
+    written = _flat(_init(comp, tmp_path / "dogs.yaml"))
+    assert written["data.train_csv"] == "labels.csv" and written["data.label_col"] == "breed"
+    assert written["metric.name"] == "log_loss"
+    assert "ensemble.format auto -> proba" in capsys.readouterr().out
+
+
+def test_a_known_competition_sets_its_metric_task_and_range(demo_dir, tmp_path):
+    comp, train, sol = _csv_world(demo_dir, tmp_path / "inputs", "aptos2019-blindness-detection", n_train=200)
+    grade = (train["label"].astype(int) // 2).astype(str)
+    pd.DataFrame({"id_code": train["id"], "diagnosis": grade}).to_csv(comp / "train.csv", index=False)
+    pd.DataFrame({"id_code": sol["id"], "diagnosis": 0}).to_csv(comp / "sample_submission.csv", index=False)
+    text = (tmp_path / "aptos.yaml")
+    written = _flat(_init(comp, text))
+    assert written["data.task"] == "ordinal" and written["metric.name"] == "qwk"
+    assert GRADE.format("aptos2019-blindness-detection") in text.read_text()
+
+
+# ---------------------------------------------------------------- ambiguity is a question
+
+
+def _grades_world(demo_dir: Path, root: Path, extra: bool = False) -> Path:
+    comp, train, sol = _csv_world(demo_dir, root, "some_unknown_competition", n_train=200)
+    t = pd.DataFrame({"id": train["id"], "score": (train["label"].astype(int) // 2).astype(str)})
+    if extra:
+        t["severity"] = t["score"]
+    t.to_csv(comp / "train.csv", index=False)
+    pd.DataFrame({"id": sol["id"], "grade": 0}).to_csv(comp / "sample_submission.csv", index=False)
+    return comp
+
+
+def test_integer_labels_of_an_unknown_competition_are_a_question(demo_dir, tmp_path):
+    comp = _grades_world(demo_dir, tmp_path / "inputs")
+    with pytest.raises(UserError, match=r"read two ways: .*data\.task=ordinal.* or .*data\.task=multiclass.*set "
+                                        r"data\.task=<value>"):
+        _init(comp, tmp_path / "q.yaml")
+    assert not (tmp_path / "q.yaml").exists() and not list(tmp_path.glob(".q-*"))
+    written = _flat(_init(comp, tmp_path / "q.yaml", "data.task=ordinal"))
+    assert written["data.task"] == "ordinal" and written["metric.name"] == "qwk"
+    assert "given on the command line" in (tmp_path / "q.yaml").read_text()
+    written = _flat(_init(comp, tmp_path / "q.yaml", guess=True, force=True))
+    assert "--guess: chosen over multiclass" in (tmp_path / "q.yaml").read_text()
+
+
+def test_two_candidate_label_columns_are_a_question(demo_dir, tmp_path):
+    comp = _grades_world(demo_dir, tmp_path / "inputs", extra=True)
+    with pytest.raises(UserError, match=r"2 columns that could hold the labels \(score, severity\).*data\.label_col"):
+        _init(comp, tmp_path / "two.yaml", "data.task=ordinal")
+    written = _flat(_init(comp, tmp_path / "two.yaml", "data.task=ordinal", "data.label_col=severity"))
+    assert written["data.label_col"] == "severity"
+
+
+def test_the_metric_of_an_unknown_competition_is_said_to_be_a_guess(demo_dir, tmp_path):
+    comp, train, sol = _csv_world(demo_dir, tmp_path / "inputs", "paddy_like")
+    train.assign(label="d" + train["label"]).to_csv(comp / "train.csv", index=False)
+    sol.assign(label="d0").to_csv(comp / "sample_submission.csv", index=False)
+    text = _init(comp, tmp_path / "c.yaml") and (tmp_path / "c.yaml").read_text()
+    assert "GUESSED" in text and "--metric" in text
+    written = _flat(_init(comp, tmp_path / "c.yaml", metric="f1_macro", force=True))
+    assert written["metric.name"] == "f1_macro"
+
+
+# ---------------------------------------------------------------- what is refused, writing nothing
+
+
+def test_an_archive_not_extracted_is_one_sentence(demo_dir, tmp_path):
+    comp = _csv(demo_dir, tmp_path / "inputs")
+    with zipfile.ZipFile(comp / "extra_images.zip", "w") as z:
+        z.writestr("a.png", b"")
+    with pytest.raises(UserError, match=r"extra_images\.zip is not extracted; unzip it"):
+        _init(comp, tmp_path / "z.yaml")
+    assert not (tmp_path / "z.yaml").exists()
+
+
+def test_a_config_is_replaced_only_with_force_and_a_hand_written_one_never(demo_dir, tmp_path):
+    comp = _csv(demo_dir, tmp_path / "inputs")
+    out = tmp_path / "c.yaml"
+    _init(comp, out)
+    with pytest.raises(UserError, match="pass --force to replace it"):
+        _init(comp, out)
+    _init(comp, out, force=True)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("base: base.yaml\n")
+    with pytest.raises(UserError, match="was not written by src.init"):
+        _init(comp, mine, force=True)
+    assert mine.read_text() == "base: base.yaml\n"
+
+
+def test_a_failing_dry_check_writes_nothing(demo_dir, tmp_path):
+    comp = _csv(demo_dir, tmp_path / "inputs")
+    t = pd.read_csv(comp / "train.csv", dtype=str)
+    t.assign(label=["7"] + ["3"] * (len(t) - 1)).to_csv(comp / "train.csv", index=False)  # one 7: too few for folds
+    with pytest.raises(UserError, match="fewer images than the 5 folds"):
+        _init(comp, tmp_path / "c.yaml")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inputs"]
