@@ -22,12 +22,13 @@ import sys
 from pathlib import Path
 
 from src.core.cli import command_parser, run_cli, split_overrides
+from src.core.config import add_overrides
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = command_parser(__doc__)
     parser.add_argument("folder", help="the competition folder, e.g. inputs/aptos2019-blindness-detection")
-    parser.add_argument("--name", default=None, help="the config's name (default: the folder's, in snake case)")
+    parser.add_argument("--name", default=None, help="the config's name (default: the folder's)")
     parser.add_argument("--competition", default=None, help="the Kaggle slug, where the folder is named otherwise")
     parser.add_argument("--metric", default=None, help="metric.name, where the table does not know the competition")
     parser.add_argument("--base", default="base.yaml",
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="the file to write (default: configs/<name>.yaml)")
     parser.add_argument("--guess", action="store_true", help="where the folder reads two ways, take the first and say so")
     parser.add_argument("--force", action="store_true", help="replace a config that src.init wrote before")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="keys that decide for the folder")
+    add_overrides(parser, "keys that decide for the folder (written into the config)")
     words, overrides = split_overrides(parser, list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_intermixed_args(words)
     from src.kaggle.init_config import init_config  # after parsing: --help loads neither pandas nor torch

@@ -563,7 +563,12 @@ def _display(p: Path) -> Path:
 def add_config_args(parser) -> None:
     """The --config flag and trailing `section.key=value` overrides every entry point takes."""
     parser.add_argument("--config", default=None, help=f"experiment YAML (default: {_display(DEFAULT_CONFIG)})")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    add_overrides(parser, "config overrides")
+
+
+def add_overrides(parser, help_text: str) -> None:
+    """The trailing `section.key=value` words (taken wherever they stand: src.core.cli.split_overrides)."""
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help=help_text)
 
 
 def require_competition(data: DataCfg, config_path: str | Path | None = None) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from src.core.config import CONFIG_DIR, Config, load_config, parse_override
-from src.core.utils import UserError, counted
+from src.core.utils import UserError
 from src.kaggle.survey import Survey, class_counts, survey
 
 HEADER = "# Written by python -m src.init"
@@ -43,7 +43,7 @@ def _given(overrides: list[str], metric: str | None) -> dict[str, Any]:
 
 def _target(out: str | None, name: str, force: bool, chain: set[Path]) -> Path:
     """The file to write: new, or one src.init wrote before (with --force); never a hand-written config."""
-    path = Path(out) if out else CONFIG_DIR / f"{name}.yaml"
+    path = Path(out) if out else Path("configs") / f"{name}.yaml"
     if path.suffix != ".yaml":
         raise UserError(f"--out {path} is not a .yaml file; name the config to write, e.g. configs/{name}.yaml")
     if path.resolve() in chain:
@@ -81,7 +81,7 @@ def render(keys: dict[str, tuple[Any, str]], base: str, command: str) -> str:
 def _changed(s: Survey, data_dir: str) -> dict[str, tuple[Any, str]]:
     """The survey's keys (and the given ones) whose value differs from the recipe's."""
     defaults = s.defaults
-    keys = {"data.dir": (data_dir, f"the competition folder ({counted(len(s.files), 'file')})")}
+    keys = {"data.dir": (data_dir, f"the competition folder ({len(s.files):,} files)")}
     for k, v in s.given.items():
         s.keys.setdefault(k, (v, "given on the command line"))
     for k, (v, why) in s.keys.items():
@@ -129,12 +129,14 @@ def init_config(folder: Path, *, name: str | None, competition: str | None, metr
                 out: str | None, guess: bool, force: bool, overrides: list[str]) -> Path:
     """Survey `folder`, check the config, write it; returns its path."""
     slug = competition or folder.resolve().name
-    name = name or slug.lower().replace("-", "_")
-    base_path = (CONFIG_DIR / base) if not Path(base).is_file() else Path(base)
-    if not base_path.is_file():
+    name = name or folder.resolve().name
+    where = Path(out).parent if out else Path("configs")
+    # the recipe beside the config to write (a project's own configs/), else the repository's
+    base_path = next((p for p in (where / base, CONFIG_DIR / base, Path(base)) if p.is_file()), None)
+    if base_path is None:
         raise UserError(f"--base {base} is not a recipe; use base.yaml, demo.yaml or a file under configs/recipes/")
     base_cfg = load_config(base_path)
-    chain = {p.resolve() for p in (base_path, CONFIG_DIR / "base.yaml")}
+    chain = {p.resolve() for p in (base_path, where / "base.yaml", CONFIG_DIR / "base.yaml")}
     path = _target(out, name, force, chain)
     s = survey(folder, slug, _given(overrides, metric), guess, _flat(base_cfg.to_dict()))
     keys = _changed(s, folder.as_posix())

@@ -121,7 +121,7 @@ def sample_submission(s: Survey) -> None:
         raise UserError(f"{s.root} holds no sample submission (*sample*submission*.csv), which fixes the test ids "
                         "and the columns to write; set data.sample_submission=<file relative to the folder>")
     rel = s.set("data.sample_submission", found[0].as_posix() if found else None,
-                f"the sample submission ({counted(len(_read_table(s.path(found[0].as_posix()))), 'row')})"
+                f"the sample submission ({len(_read_table(s.path(found[0].as_posix()))):,} rows)"
                 if found else "")
     s.tables["sample"] = _read_table(s.path(rel))
     if len(s.tables["sample"].columns) < 2:
@@ -179,7 +179,7 @@ def _csv(s: Survey) -> bool:
     if rel is None:
         return False
     s.set("data.layout", "csv", f"{rel.as_posix()} is a table")
-    s.set("data.train_csv", rel.as_posix(), f"the training table ({counted(len(_read_table(s.root / rel)), 'row')})")
+    s.set("data.train_csv", rel.as_posix(), f"the training table ({len(_read_table(s.root / rel)):,} rows)")
     s.tables["train"] = _read_table(s.root / rel)
     id_column(s)
     label_columns(s)
@@ -387,7 +387,7 @@ def images(s: Survey) -> None:
     test_ids = s.tables["sample"][s.tables["sample"].columns[0]]
     if s.get("data.layout") == "csv":
         train_dir, train_exts = _folder_of(s, s.tables["train"][s.get("data.id_col")], "training")
-        s.set("data.image_dir", train_dir, f"{len(s.tables['train']):,} training ids name files there "
+        s.set("data.image_dir", train_dir, f"the {len(s.tables['train']):,} training ids name files there "
                                            f"({', '.join(train_exts)})")
     else:
         train_exts = sorted({f.suffix.lower() for f in s.files if f.parts[0] == Path(s.get("data.image_dir",
@@ -395,7 +395,9 @@ def images(s: Survey) -> None:
                              and f.suffix.lower() in IMAGE_SUFFIXES})
     if s.get("data.test_annotations") is None:
         test_dir, test_exts = _folder_of(s, test_ids, "test")
-        s.set("data.test_dir", test_dir, f"the sample submission's {len(test_ids):,} ids name files there")
+        n = len(test_ids)
+        s.set("data.test_dir", test_dir, f"the sample submission's {n:,} {'id names' if n == 1 else 'ids name'} "
+                                         "files there")
     else:
         test_exts = []
     seen = sorted(set(train_exts) | set(test_exts))

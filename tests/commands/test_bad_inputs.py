@@ -31,6 +31,7 @@ from conftest import COCO_OVERRIDES, build_coco_competition
 import src.average as average
 import src.ensemble as ensemble
 import src.folds as folds
+import src.init as init
 import src.kaggle_kernel as kaggle_kernel
 import src.ledger as ledger
 import src.probe as probe
@@ -58,7 +59,7 @@ TINY = [
 ]
 MODULES = {"train": train, "ensemble": ensemble, "folds": folds, "average": average, "pseudo": pseudo,
            "report": report, "probe": probe, "score": score, "ledger": ledger, "tune": tune,
-           "kaggle_kernel": kaggle_kernel}
+           "kaggle_kernel": kaggle_kernel, "init": init}
 
 
 # ---------------------------------------------------------------- worlds
@@ -250,6 +251,11 @@ class Wrote(AssertionError):
 
 class NotOneSentence(AssertionError):
     """The message holds more than one sentence."""
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
 def row(id_: str, *args, marks=(), **kw):
@@ -617,6 +623,18 @@ ROWS = [
     row("dicom-compressed-as-nothing-decodes", "train", F0 + ("data.bad_images=skip",),
         ("digit_0000.dcm", "MPEG2", "convert the files"), damage=lambda r: _dicom_for_first_png(r, "mpeg2")),
     row("dicom-window-width-zero", "train", F0 + ("data.dicom_window=[40,0]",), ("data.dicom_window", "width below 1", SCALAR)),
+    # ---- issue 30: python -m src.init (the folder read into a config; nothing written on a refusal)
+    row("init-not-a-folder", "init", ("inputs/nothing",), ("inputs/nothing is not a folder", "unzip"), plain=True),
+    row("init-archive-not-extracted", "init", ("inputs/digits",), ("extra.zip is not extracted", "unzip -q"),
+        plain=True, damage=lambda r: (r / "inputs/digits/extra.zip").write_bytes(b"PK")),
+    row("init-no-sample-submission", "init", ("inputs/digits",), ("no sample submission", "data.sample_submission"),
+        plain=True, damage=lambda r: (r / "inputs/digits/sample_submission.csv").unlink()),
+    row("init-grades-or-classes", "init", ("inputs/digits", "--competition", "an-unknown-one"),
+        ("read two ways", "data.task=ordinal", "data.task=multiclass", "--guess"), plain=True),
+    row("init-over-a-hand-written-config", "init", ("inputs/digits", "--force"), ("configs/digits.yaml",
+        "not written by src.init"), plain=True, damage=lambda r: _write(r / "configs/digits.yaml", "base: base.yaml\n")),
+    row("init-unknown-key", "init", ("inputs/digits", "data.colour=red"), ("data.colour", "not a config key"),
+        plain=True),
     # ---- issue 29: regression
     row("regression-without-target-range", "train", F0 + REGR + ("data.target_range=null",),
         ("data.target_range", "[1, 100]"), damage=_regression(), config=REGR_CONFIG),

@@ -91,7 +91,7 @@ def test_configs_are_the_repositorys_not_a_modules():
 
 HEAVY = ("torch", "timm", "albumentations", "cv2", "sklearn", "scipy", "matplotlib", "optuna", "wandb", "nbclient")
 COMMANDS = ("train", "ensemble", "tune", "folds", "score", "demo", "bench", "kaggle_kernel", "report", "probe", "ledger",
-            "pseudo", "average")
+            "pseudo", "average", "init")
 
 
 @pytest.mark.parametrize("command", COMMANDS)

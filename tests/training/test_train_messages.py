@@ -130,7 +130,7 @@ def test_a_real_run_with_layer_decay_says_its_parameter_groups_as_the_dry_run_do
 
 # ---------------------------------------------------------------- paths named by --help
 
-COMMANDS = ("average", "bench", "demo", "ensemble", "folds", "kaggle_kernel", "ledger", "pseudo", "probe", "report",
+COMMANDS = ("average", "bench", "demo", "ensemble", "folds", "init", "kaggle_kernel", "ledger", "pseudo", "probe", "report",
             "score", "train", "tune")
 KAGGLE_VERBS = ("build", "rehearse", "train", "rehearse-train", "pull")
 # A path of the checkout (not one a command writes: outputs/, inputs/, submissions/, kaggle_kernel/build/)
