@@ -14,7 +14,7 @@ import yaml
 
 from src.core.config import CONFIG_DIR, Config, load_config, parse_override
 from src.core.utils import UserError
-from src.kaggle.survey import Survey, class_counts, survey
+from src.kaggle.survey import Survey, survey
 
 HEADER = "# Written by python -m src.init"
 SECTIONS = list(Config.model_fields)  # the file's sections in the schema's order
@@ -117,7 +117,7 @@ def dry_check(cfg: Config) -> list[str]:
                                 "data.image_exts") from None
         sizes.append(f"{what} images decode ({', '.join(shapes)})")
     per_fold = df.groupby("fold").size()
-    return [f"task: {task.describe()}",
+    return [task.label_summary(df["label"]),
             f"folds: {cfg.data.n_folds}; a fold trains on about {len(df) - int(per_fold.mean()):,} images and "
             f"validates on {int(per_fold.min()):,}-{int(per_fold.max()):,}"
             + (f", grouped by {cfg.data.group_col}" if cfg.data.group_col else ""),
@@ -163,8 +163,7 @@ def _say(s: Survey, keys: dict, lines: list[str], path: Path) -> None:
     for k, (v, why) in ({"data.dir": keys["data.dir"]} | s.keys).items():
         kept = "" if k in keys else ", as the recipe has it"
         print(f"  {k} = {_value(v)}   ({why}{kept})")
-    counts = class_counts(s)
-    for line in s.said + ([counts] if counts else []) + lines:
+    for line in [*s.said, *lines]:
         print(f"  {line}")
     print(f"wrote {path}; next:\n  python -m src.folds --config {path}\n  python -m src.train --config {path} "
           f"--fold all\n  python -m src.ensemble --config {path} --tta")

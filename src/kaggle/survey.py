@@ -20,7 +20,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from src.core.tasks import TASKS, make_task
@@ -461,18 +460,3 @@ def survey(root: Path, slug: str, given: dict[str, Any], guess: bool, defaults: 
     for detect in DETECTORS:
         detect(s)
     return s
-
-
-def class_counts(s: Survey) -> str:
-    """'10 classes: 0 (143), 1 (146), ...': what the labels hold, for the summary."""
-    t = make_task(s.get("data.task"), _classes(s))
-    if not t.classes:
-        return ""
-    counts = t.all_tags(s.labels).value_counts()
-    shown = ", ".join(f"{c} ({counts.get(c, 0):,})" for c in t.classes[:12])
-    return f"{t.describe()}: {shown}" + (" ..." if len(t.classes) > 12 else "")
-
-
-def numeric_summary(values: pd.Series) -> str:
-    v = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
-    return f"mean {np.nanmean(v):.2f}, sd {np.nanstd(v):.2f}, {np.nanmin(v):g} to {np.nanmax(v):g}"

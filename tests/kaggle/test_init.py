@@ -165,6 +165,46 @@ def _coco(demo_dir: Path, root: Path) -> Path:
     return build_coco_competition("inat", root, demo_dir)
 
 
+def _coco_herbarium(demo_dir: Path, root: Path) -> Path:
+    return build_coco_competition("herbarium", root, demo_dir)
+
+
+def _dicom(demo_dir: Path, root: Path) -> Path:
+    """SIIM-ISIC's DICOM layout: train/<image_name>.dcm (16-bit), train.csv with patient_id and metadata
+    beside test.csv, the sample's target 0; the folder named by its slug, so its metric is known."""
+    import numpy as np
+    import pydicom
+    from PIL import Image
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    comp, train, sol = _csv_world(demo_dir, root, "siim-isic-melanoma-classification", n_train=100, n_test=20)
+    for split, ids in (("train", train["id"]), ("test", sol["id"])):
+        os.unlink(comp / split)
+        (comp / split).mkdir()
+        for i in ids:
+            pixels = np.asarray(Image.open(demo_dir / split / f"{i}.png").convert("L"), dtype=np.uint16) * 16
+            meta = FileMetaDataset()
+            meta.TransferSyntaxUID, meta.MediaStorageSOPClassUID = ExplicitVRLittleEndian, "1.2.840.10008.5.1.4.1.1.7"
+            meta.MediaStorageSOPInstanceUID = generate_uid()
+            ds = pydicom.Dataset()
+            ds.file_meta = meta
+            ds.Rows, ds.Columns = pixels.shape
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+            ds.PixelData = pixels.tobytes()
+            ds.save_as(comp / split / f"{i}.dcm", enforce_file_format=True)
+    target = lambda t: (t["label"].astype(int) >= 5).astype(int)  # noqa: E731
+    meta_cols = lambda t: {"sex": ["male", "female"] * (len(t) // 2), "age_approx": 45}  # noqa: E731
+    pd.DataFrame({"image_name": train["id"], "patient_id": [f"IP_{i // 3:05d}" for i in range(len(train))],
+                  **meta_cols(train), "target": target(train)}).to_csv(comp / "train.csv", index=False)
+    pd.DataFrame({"image_name": sol["id"], "patient_id": "IP_9", **meta_cols(sol)}).to_csv(comp / "test.csv",
+                                                                                          index=False)
+    pd.DataFrame({"image_name": sol["id"], "target": target(sol)}).to_csv(comp / "solution.csv", index=False)
+    pd.DataFrame({"image_name": sol["id"], "target": 0}).to_csv(comp / "sample_submission.csv", index=False)
+    return comp
+
+
 LAYOUTS = {  # world -> (builder, what init must decide, the solution's file name)
     "csv": (_csv, {"data.id_col": "image_id", "data.task": "multiclass", "metric.name": "accuracy"}),
     "imagefolder": (_imagefolder, {"data.layout": "imagefolder", "data.image_dir": "train"}),
@@ -174,6 +214,10 @@ LAYOUTS = {  # world -> (builder, what init must decide, the solution's file nam
     "binary_patients": (_binary_patients, {"data.task": "binary", "data.group_col": "patient_id",
                                            "data.label_col": "target", "metric.name": "roc_auc"}),
     "coco": (_coco, {k.split("=")[0]: k.split("=")[1] for k in COCO_OVERRIDES["inat"] if "metric" not in k}),
+    "coco_herbarium": (_coco_herbarium, {k.split("=")[0]: k.split("=")[1] for k in COCO_OVERRIDES["herbarium"]
+                                         if "metric" not in k}),
+    "dicom": (_dicom, {"data.task": "binary", "data.group_col": "patient_id", "data.label_col": "target",
+                       "metric.name": "roc_auc"}),
 }
 
 
@@ -346,3 +390,21 @@ def test_a_failing_dry_check_writes_nothing(demo_dir, tmp_path):
     with pytest.raises(UserError, match="fewer images than the 5 folds"):
         _init(comp, tmp_path / "c.yaml")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["inputs"]
+
+
+def test_ids_that_carry_their_extension_find_their_files(demo_dir, tmp_path, capsys):
+    comp, train, sol = _csv_world(demo_dir, tmp_path / "inputs", "cassava-leaf-disease-classification")
+    train.assign(id=train["id"] + ".png").to_csv(comp / "train.csv", index=False)
+    sol.assign(id=sol["id"] + ".png", label=0).to_csv(comp / "sample_submission.csv", index=False)
+    written = _flat(_init(comp, tmp_path / "ext.yaml"))
+    assert written["data.dir"] == comp.as_posix() and "data.image_exts" not in written
+    assert "training images decode (32x32x3" in capsys.readouterr().out
+
+
+def test_training_ids_without_an_image_are_one_sentence_with_examples(demo_dir, tmp_path):
+    comp, train, sol = _csv_world(demo_dir, tmp_path / "inputs", "cassava-leaf-disease-classification")
+    train.assign(id=["lost_1", "lost_2", *train["id"][2:]]).to_csv(comp / "train.csv", index=False)
+    sol.assign(label=0).to_csv(comp / "sample_submission.csv", index=False)
+    with pytest.raises(UserError, match=r"2 training ids have no image file .*lost_1, lost_2"):
+        _init(comp, tmp_path / "lost.yaml")
+    assert not (tmp_path / "lost.yaml").exists()

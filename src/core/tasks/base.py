@@ -297,6 +297,12 @@ class Task:
         return "label"
 
 
+    def label_summary(self, labels: pd.Series, shown: int = 12) -> str:
+        """'10 classes: 0 (143), 1 (146), ...': what the training labels hold, for src.init's summary."""
+        counts = self.all_tags(labels).value_counts()
+        listed = ", ".join(f"{c} ({counts.get(c, 0):,})" for c in self.classes[:shown])
+        return f"{self.describe()}: {listed}" + (" ..." if len(self.classes) > shown else "")
+
     def guess_metric(self, sample: pd.DataFrame, id_col: str) -> str:
         """The metric competitions of this kind most often use, for src.init where the competition is not
         in its table: MAP@k for placeholders of k ranked labels, log loss for one probability column per

@@ -232,6 +232,11 @@ class Regression(Task):
         v = np.asarray(probs)[:, 0]
         return np.array([f"mean {v.mean():.4g}, min {v.min():.4g}, max {v.max():.4g}"], dtype=object)
 
+    def label_summary(self, labels: pd.Series, shown: int = 12) -> str:
+        v = pd.to_numeric(labels, errors="coerce").to_numpy(dtype=float)
+        return (f"{self.classes[0]}: {len(v):,} values, mean {np.nanmean(v):.2f}, sd {np.nanstd(v):.2f}, "
+                f"{np.nanmin(v):g} to {np.nanmax(v):g}")
+
     def guess_metric(self, sample: pd.DataFrame, id_col: str) -> str:
         """RMSE: what competitions with a value per image score (Pawpularity)."""
         return "rmse"
