@@ -53,7 +53,7 @@ SHRINK = {"--n-trials": "1"}
 # Flags added to a command: fewer figures and steps; a threshold an (untrained) one-epoch model reaches.
 EXTRA = {"src.report": ["--cams", "1", "--wrong", "2"], "src.bench": ["--steps", "2"], "src.pseudo": ["--threshold", "0.1"]}
 # The order a project goes through the commands; within a stage, the order the docs show them.
-STAGE = ["src.demo", "src.folds", "src.train", "src.tune", "src.ensemble", "src.pseudo", "src.score", "src.ledger",
+STAGE = ["src.demo", "src.init", "src.folds", "src.train", "src.tune", "src.ensemble", "src.pseudo", "src.score", "src.ledger",
          "src.report", "src.folds --relabel", "src.probe", "src.bench"]
 
 
