@@ -205,6 +205,15 @@ def _dicom(demo_dir: Path, root: Path) -> Path:
     return comp
 
 
+def _demo_as(slug: str, builder: str, *sizes: int):
+    """A demo competition built under a real competition's slug, so its metric and quirks are known."""
+    def build(demo_dir: Path, root: Path) -> Path:
+        import src.demo
+
+        return getattr(src.demo, builder)(root / slug, *sizes)
+    return build
+
+
 LAYOUTS = {  # world -> (builder, what init must decide, the solution's file name)
     "csv": (_csv, {"data.id_col": "image_id", "data.task": "multiclass", "metric.name": "accuracy"}),
     "imagefolder": (_imagefolder, {"data.layout": "imagefolder", "data.image_dir": "train"}),
@@ -216,6 +225,15 @@ LAYOUTS = {  # world -> (builder, what init must decide, the solution's file nam
     "coco": (_coco, {k.split("=")[0]: k.split("=")[1] for k in COCO_OVERRIDES["inat"] if "metric" not in k}),
     "coco_herbarium": (_coco_herbarium, {k.split("=")[0]: k.split("=")[1] for k in COCO_OVERRIDES["herbarium"]
                                          if "metric" not in k}),
+    "tags": (_demo_as("planet-understanding-the-amazon-from-space", "build_multilabel_demo", 120, 30),
+             {"data.task": "multilabel", "metric.name": "f2_samples"}),
+    "topk": (_demo_as("humpback-whale-identification", "build_topk_demo", 200),
+             {"data.task": "multiclass", "metric.name": "map@5"}),
+    "ordinal": (_demo_as("aptos2019-blindness-detection", "build_ordinal_demo", 160, 30),
+                {"data.task": "ordinal", "data.label_col": "diagnosis", "metric.name": "qwk"}),
+    "regression": (_demo_as("petfinder-pawpularity-score", "build_regression_demo", 120, 30),
+                   {"data.task": "regression", "data.target_range": [1, 100], "loss.name": "bce",
+                    "metric.name": "rmse"}),
     "dicom": (_dicom, {"data.task": "binary", "data.group_col": "patient_id", "data.label_col": "target",
                        "metric.name": "roc_auc"}),
 }
