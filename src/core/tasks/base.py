@@ -257,6 +257,10 @@ class Task:
         """Probabilities (N, C) back as what `blend` reads: log-probabilities (softmax ignores per-row shifts)."""
         return np.log(np.clip(probs, 1e-12, 1.0))
 
+    def right(self, review: pd.DataFrame) -> np.ndarray:
+        """Which rows of the OOF review (suspects: predicted, label, loss) the report shows as right (N,) bool."""
+        return (review["predicted"] == review["label"]).to_numpy()
+
     def stack_input(self, logits: np.ndarray) -> np.ndarray:
         """A member's blend input (N, C) as the stacker reads it: log-probabilities as they are."""
         return logits

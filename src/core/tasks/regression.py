@@ -215,6 +215,10 @@ class Regression(Task):
         """The predicted value and its absolute error."""
         return {"predicted": probs[:, 0], "loss": np.abs(probs[:, 0] - y)}
 
+    def right(self, review: pd.DataFrame) -> np.ndarray:
+        """No value is right or wrong: the better-predicted half (|error| at most the median) counts as right."""
+        return (review["loss"] <= review["loss"].median()).to_numpy()
+
     # ------------------------------------------------------------------ predictions and decisions
 
     def invalid_rows(self, probs: np.ndarray, tol: float = 0.0, sum_tol: float = 1e-4) -> np.ndarray:
