@@ -67,8 +67,8 @@ def test_the_submission_holds_values_in_the_target_range(probed):
 
 def test_a_classifier_is_refused_on_values_and_ridge_on_classes(probed, demo_dir, tiny_cfg, tmp_path):
     cfg, _ = probed
-    with pytest.raises(UserError, match="--classifier logreg does not fit regression targets.*--classifier ridge"):
+    with pytest.raises(UserError, match="--classifier logreg is a classifier.*regression targets.*--classifier ridge"):
         run_probe(cfg, "logreg")
-    with pytest.raises(UserError, match="--classifier ridge does not fit multiclass targets"):
+    with pytest.raises(UserError, match="--classifier ridge is a linear regression.*multiclass targets"):
         run_probe(tiny_cfg(demo_dir, tmp_path / "out"), "ridge")
     assert not (tmp_path / "out").exists()

@@ -97,8 +97,8 @@ def test_src_ensemble_stack_ridge_is_the_ridge_of_the_members_values(members):
 
 def test_classifier_stackers_are_refused_on_values_and_ridge_on_classes(members):
     root, cfg = members
-    with pytest.raises(UserError, match="--stack logreg does not fit regression targets.*--stack ridge"):
+    with pytest.raises(UserError, match="--stack logreg is a classifier.*regression targets.*--stack ridge"):
         ensemble(cfg, ["a", "b"], tta=["identity"], stack="logreg", out=root / "sub" / "refused.csv")
     assert not (root / "sub" / "refused.csv").exists()
-    with pytest.raises(UserError, match="--stack ridge does not fit multiclass targets.*--stack logreg"):
+    with pytest.raises(UserError, match="--stack ridge is a linear regression.*multiclass targets.*--stack logreg"):
         Task(("0", "1", "2")).check_second_level("--stack", "ridge")

@@ -116,8 +116,8 @@ class Task:
         """One sentence where `name` (--classifier of src.probe, or --stack) does not fit this task's targets."""
         offered = self.probe_models if flag == "--classifier" else self.stackers
         if name not in offered:
-            raise UserError(f"{flag} {name} does not fit {self.name} targets ({SECOND_LEVEL_FITS[name]}); use "
-                            f"{flag} {' or '.join(offered)}")
+            raise UserError(f"{flag} {name} is {SECOND_LEVEL_FITS[name]} and does not fit this competition's "
+                            f"{self.name} targets; use {flag} {' or '.join(offered)}")
 
     def describe(self) -> str:
         """'10 classes', '5 grades (a regression head)': what a fold trains, for its first line."""
