@@ -11,7 +11,7 @@ import pytest
 from sklearn.linear_model import Ridge
 
 from src.core.config import CONFIG_DIR
-from src.core.tasks import Regression, Task
+from src.core.tasks import Regression, Task, make_task
 from src.core.utils import UserError
 from src.demo import build_regression_demo
 from src.ensembling.pipeline import run as ensemble
@@ -102,3 +102,17 @@ def test_classifier_stackers_are_refused_on_values_and_ridge_on_classes(members)
     assert not (root / "sub" / "refused.csv").exists()
     with pytest.raises(UserError, match="--stack ridge is a linear regression.*multiclass targets.*--stack logreg"):
         Task(("0", "1", "2")).check_second_level("--stack", "ridge")
+
+
+@pytest.mark.parametrize("kind", ["multiclass", "binary", "multilabel", "ordinal"])
+def test_every_class_task_refuses_ridge_and_keeps_its_classifiers(kind):
+    task = make_task(kind, ("0", "1", "2") if kind != "binary" else ("0", "1"))
+    for flag in ("--stack", "--classifier"):
+        with pytest.raises(UserError, match=f"{flag} ridge is a linear regression.*{kind} targets"):
+            task.check_second_level(flag, "ridge")
+    task.check_second_level("--stack", "logreg")
+    for name in ("logreg", "rf", "svm"):
+        task.check_second_level("--classifier", name)
+    for name in ("rf", "svm"):
+        with pytest.raises(UserError, match=f"--classifier {name} is a classifier.*regression targets"):
+            TASK.check_second_level("--classifier", name)
