@@ -52,11 +52,11 @@ from src.core.runtime import Runtime
 from src.core.utils import UserError, atomic_save
 from src.data.folds import load_or_create_folds
 from src.data.images import read_image
+from src.data.relabel import REVIEW_COL
 from src.data.transforms import build_transform, resolve_norm
 from src.runs.checkpoint import config_diff
 from src.runs.layout import fold_paths, oof_probs
 from src.runs.members import Member, open_member
-from src.data.relabel import REVIEW_COL
 from src.training.plots import plot_label_scores, plot_residuals
 
 # How far a Grad-CAM pass's probability may be from oof.csv's before the report says the fold
