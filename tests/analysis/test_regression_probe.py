@@ -15,6 +15,7 @@ from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+import src.train as train
 from src.analysis.probe import RIDGE_ALPHAS, run_probe
 from src.core.config import CONFIG_DIR
 from src.core.utils import UserError
@@ -23,7 +24,7 @@ from src.demo import build_regression_demo
 
 CONFIG = CONFIG_DIR / "demo_regression.yaml"
 TINY = ("model.name=test_resnet", "aug.img_size=32", "loader.batch_size=32", "loader.num_workers=0",
-        "data.check_images=false", "data.n_folds=3")
+        "data.check_images=false", "data.n_folds=3", "train.epochs=1", "train.limit_batches=2")
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +32,7 @@ def probed(tmp_path_factory, demo_cfg):
     root = tmp_path_factory.mktemp("regr_probe")
     comp = build_regression_demo(root / "comp", n_train=400, n_test=16)
     cfg = demo_cfg(comp, root / "out", *TINY, config=CONFIG)
+    train.run(cfg, "all")
     return cfg, run_probe(cfg, out=root / "sub" / "probe.csv")
 
 
@@ -55,6 +57,11 @@ def test_the_oof_scores_are_a_ridge_fitted_per_fold_on_the_same_features(probed)
     assert oof["rmse"] < mean_rmse
     written = json.loads((cfg.out_dir / "probe" / "ridge.json").read_text())
     assert written["classifier"] == "ridge" and written["oof"]["rmse"] == pytest.approx(oof["rmse"])
+
+
+def test_the_score_stands_beside_the_finetuned_rmse(probed):
+    cfg, res = probed
+    assert res.finetuned == json.loads((cfg.out_dir / "cv.json").read_text())["oof"]["rmse"]
 
 
 def test_the_submission_holds_values_in_the_target_range(probed):
