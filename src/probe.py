@@ -3,11 +3,12 @@
     python -m src.probe --config configs/demo.yaml                          # logistic regression
     python -m src.probe --config configs/demo.yaml --classifier svm --out submissions/demo_probe_svm.csv
     python -m src.probe --config configs/resnext101.yaml --classifier rf
+    python -m src.probe --config configs/demo_regression.yaml               # ridge on a value per image
 
 The config's model with its configured weights (model.pretrained / model.pretrained_path) runs
 once over every training image (and test image, with --out); the pooled features are cached under
-outputs/<experiment>/probe/. The classifier (logreg | rf | svm) is fitted on the experiment's own
-folds; its OOF score is printed beside the fine-tuned experiment's (outputs/<experiment>/cv.json)
+outputs/<experiment>/probe/. The classifier (logreg | rf | svm; ridge for data.task=regression) is
+fitted on the experiment's own folds; its OOF score is printed beside the fine-tuned experiment's (outputs/<experiment>/cv.json)
 and written with the OOF probabilities to outputs/<experiment>/probe/. --out writes a submission
 (the mean of the fold classifiers) in sample_submission.csv's format.
 """
@@ -20,7 +21,8 @@ from src.core.config import PROBE_CLASSIFIERS
 
 def main(argv: list[str] | None = None) -> None:
     parser = command_parser(__doc__)
-    parser.add_argument("--classifier", choices=PROBE_CLASSIFIERS, default="logreg", help="default logreg")
+    parser.add_argument("--classifier", choices=PROBE_CLASSIFIERS, default=None,
+                        help="default logreg (data.task=regression: ridge, the only one it takes)")
     parser.add_argument("--out", default=None, help="write a submission CSV here (and <out>_probs.csv)")
     parser.add_argument("--no-cache", action="store_true", help="compute the features again, write no cache")
     args, cfg = parse_config(parser, argv)

@@ -2,7 +2,8 @@
 of its task, the confusion matrix with per-class precision/recall/F1 (for multi-label tasks, a
 per-label table of support, AUC, the threshold fitted on OOF and the F1 there), and the
 suspect-label list (every OOF image by its loss: -log p of its label; the mean binary
-cross-entropy over the labels; an ordinal grade's absolute error). scikit-learn does the
+cross-entropy over the labels; an ordinal grade's or a value's absolute error), and for regression
+the errors by range of the label. scikit-learn does the
 arithmetic; nothing here builds a model."""
 
 from __future__ import annotations
@@ -70,6 +71,18 @@ def label_table(oof: pd.DataFrame, task: Task, metric: str, mode: str | float) -
     auc = [roc_auc_score(y[:, j], probs[:, j]) if 0 < y[:, j].sum() < len(y) else np.nan for j in range(len(classes))]
     return pd.DataFrame({"label": classes, "support": s, "roc_auc": auc, "threshold": th, "precision": p,
                          "recall": r, "f1": f})
+
+
+def residual_table(oof: pd.DataFrame, task: Task, bins: int = 5) -> pd.DataFrame:
+    """Regression OOF by range of the label (up to `bins` quantile bins): images, the mean label and
+    prediction (a bias shows as their gap), the mean absolute and the root mean squared error."""
+    y, pred = task.targets(oof["label"]).astype(np.float64), oof_probs(oof, list(task.classes))[:, 0]
+    ranges = pd.qcut(y, min(bins, len(np.unique(y))), duplicates="drop")
+    err = pd.DataFrame({"range": ranges, "label": y, "predicted": pred, "abs": np.abs(pred - y), "sq": (pred - y) ** 2})
+    table = err.groupby("range", observed=True).agg(images=("label", "size"), mean_label=("label", "mean"),
+                                                     mean_predicted=("predicted", "mean"), mae=("abs", "mean"),
+                                                     rmse=("sq", "mean"))
+    return table.assign(rmse=np.sqrt(table["rmse"])).reset_index().astype({"range": str})
 
 
 def row_normalised(counts: np.ndarray) -> np.ndarray:

@@ -2,7 +2,9 @@
 fitted on the experiment's own folds, so its OOF score sits beside the fine-tuned model's
 (`python -m src.probe`). The fine-tuned model must beat it.
 
-Multi-label tasks fit one classifier per label (scikit-learn's OneVsRestClassifier) and submit the
+Regression tasks fit a ridge regression (the penalty chosen per fold by RidgeCV's leave-one-out
+error on that fold's training rows only) and report rmse, mae and r2; its values are clipped to
+data.target_range. Multi-label tasks fit one classifier per label (scikit-learn's OneVsRestClassifier) and submit the
 labels above thresholds fitted on the probe's OOF probabilities; ordinal tasks read the
 classifier's expected grade as the grade score and submit the grades between thresholds fitted on
 its OOF scores, as src.ensemble does for the fine-tuned models.
@@ -22,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.base import ClassifierMixin
+from sklearn.base import ClassifierMixin, is_regressor
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -46,12 +48,15 @@ from src.evaluation.metrics import check_metric_fits, compute_metric, summary
 from src.runs.layout import finished_folds
 from src.runs.members import open_member
 
+RIDGE_ALPHAS = tuple(np.logspace(-2, 5, 15))  # the ridge probe's penalties (features standardized)
 # Standardized features for the linear and kernel models; trees need no scaling.
 CLASSIFIERS: dict[str, Callable[[int], ClassifierMixin]] = {
     "logreg": lambda seed: make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
     "rf": lambda seed: RandomForestClassifier(n_estimators=300, n_jobs=-1, random_state=seed),
     # SVC(probability=True) is deprecated (scikit-learn 1.9): calibrated on internal folds instead.
     "svm": lambda seed: make_pipeline(StandardScaler(), CalibratedClassifierCV(SVC(random_state=seed), ensemble=False)),
+    # regression: the value; the penalty from a grid by leave-one-out on the fold's own training rows
+    "ridge": lambda seed: make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS)),
 }
 
 
@@ -68,7 +73,9 @@ class ProbeResult:
 
 def _full_proba(clf, x: np.ndarray, n_classes: int) -> np.ndarray:
     """predict_proba (N, C) over every class, also when a class was absent from the fit (a
-    one-vs-rest classifier's columns are the labels already)."""
+    one-vs-rest classifier's columns are the labels already); a regressor's values (N, 1)."""
+    if is_regressor(clf):
+        return clf.predict(x)[:, None]
     if isinstance(clf, OneVsRestClassifier):
         return clf.predict_proba(x)
     out = np.zeros((len(x), n_classes))
@@ -126,13 +133,21 @@ def _write_submission(cfg: Config, out: Path, probs: np.ndarray, task: Task, sam
     return out
 
 
-def run_probe(cfg: Config, classifier: str = "logreg", out: str | Path | None = None, cache: bool = True
+def _oof_scores(task: Task, y: np.ndarray, probs: np.ndarray, metric: str) -> dict[str, float]:
+    """The metric first, then what every report quotes (regression: every metric of the task)."""
+    names = dict.fromkeys((metric, *summary(y, probs, metric), *task.probe_scores))
+    return {m: compute_metric(m, y, probs) for m in names}
+
+
+def run_probe(cfg: Config, classifier: str | None = None, out: str | Path | None = None, cache: bool = True
               ) -> ProbeResult:
-    """Fit `classifier` on frozen features over the experiment's folds; print its OOF score beside
-    the fine-tuned one; write the OOF table, the scores and, with `out`, a submission."""
+    """Fit `classifier` (default: the task's first, logreg or ridge) on frozen features over the
+    experiment's folds; print its OOF score beside the fine-tuned one; write the OOF table, the scores
+    and, with `out`, a submission."""
+    classifier = classifier or task_of(cfg).probe_models[0]
     if classifier not in CLASSIFIERS:
         raise UserError(f"--classifier {classifier} is not one of {sorted(CLASSIFIERS)}")
-    task_of(cfg).check_stage("probe")
+    task_of(cfg).check_second_level("--classifier", classifier)
     out = Path(out) if out else None
     if out is not None:
         check_submission_out(out, cfg, recorded_by_ledger=False)
@@ -152,7 +167,7 @@ def run_probe(cfg: Config, classifier: str = "logreg", out: str | Path | None = 
     oof[prob_columns(classes)] = probs
     metric = cfg.metric.name
     folds = oof["fold"].to_numpy()
-    scores = {"classifier": classifier, "metric": metric, "oof": summary(y, probs, metric),
+    scores = {"classifier": classifier, "metric": metric, "oof": _oof_scores(task, y, probs, metric),
               "folds": {int(k): compute_metric(metric, y[folds == k], probs[folds == k]) for k in sorted(set(folds))}}
     folder = cfg.out_dir / "probe"
     atomic_save(folder / f"{classifier}_oof.csv", lambda tmp: oof.to_csv(tmp, index=False))

@@ -4,10 +4,13 @@ The report reads an experiment's run folders (through src/runs/ and src/runs/mem
 fold's history.csv, oof.csv, done.json and best.pt. Everything about images is computed by the
 fold model that never trained on the image (the one whose validation fold holds it), so Grad-CAM
 shows what the OOF prediction was based on; each map's forward pass must reproduce the
-probability in oof.csv, which proves the model is the right one.
+probability in oof.csv, which proves the model is the right one. A regression report shows the
+predicted values against the labels and the images with the largest |error| (worst_images.csv, no
+column to relabel: a reviewed value is no class), and Grad-CAM explains the head's one output.
 
     outputs/<exp>/report.html         self-contained (PNGs embedded)
     outputs/<exp>/suspect_labels.csv  every OOF image by loss, with an empty reviewed_label column
+                                      (regression: worst_images.csv, every OOF image by |error|)
     outputs/<exp>/report/*.png        the figures
 """
 
@@ -34,18 +37,27 @@ from src.analysis.figures import (
 )
 from src.analysis.gradcam import first_conv_filters, grad_cam, pick_cam_layer, stage_maps
 from src.analysis.html_page import Page
-from src.analysis.oof_review import confusion, cv_table, label_table, read_member_oof, row_normalised, suspects
+from src.analysis.oof_review import (
+    confusion,
+    cv_table,
+    label_table,
+    read_member_oof,
+    residual_table,
+    row_normalised,
+    suspects,
+)
 from src.core.config import CONFIG_DIR, Config
 from src.core.progress import progress
 from src.core.runtime import Runtime
 from src.core.utils import UserError, atomic_save
 from src.data.folds import load_or_create_folds
 from src.data.images import read_image
+from src.data.relabel import REVIEW_COL
 from src.data.transforms import build_transform, resolve_norm
 from src.runs.checkpoint import config_diff
 from src.runs.layout import fold_paths, oof_probs
 from src.runs.members import Member, open_member
-from src.training.plots import plot_label_scores
+from src.training.plots import plot_label_scores, plot_residuals
 
 # How far a Grad-CAM pass's probability may be from oof.csv's before the report says the fold
 # model does not reproduce its OOF predictions: float32 here; where validation ran under CUDA
@@ -137,11 +149,11 @@ def compute_cams(m: Member, rows: pd.DataFrame, rt: Runtime, layer: str | None) 
     return [cams[i] for i in rows["id"]], layer or "none"
 
 
-def most_confidently_wrong(sus: pd.DataFrame, n: int) -> pd.DataFrame:
+def most_confidently_wrong(sus: pd.DataFrame, n: int, task) -> pd.DataFrame:
     """The n wrong OOF predictions with the highest probability on their (wrong) class (for
-    multi-label and ordinal tasks: the highest loss)."""
+    multi-label and ordinal tasks: the highest loss; regression: the largest |error|)."""
     key = "prob" if "prob" in sus else "loss"
-    return sus[sus["predicted"] != sus["label"]].sort_values(key, ascending=False, kind="stable").head(n)
+    return sus[~task.right(sus)].sort_values(key, ascending=False, kind="stable").head(n)
 
 
 def _caption(r) -> str:
@@ -171,16 +183,18 @@ def _figures(m: Member, oof: pd.DataFrame, counts: np.ndarray, sus: pd.DataFrame
              rt: Runtime) -> dict[str, Path]:
     """Every PNG of the report, under outputs/<exp>/report/."""
     d, metric = m.exp_dir / "report", m.cfg.metric.name
-    figs = {"curves": d / "curves.png", "confusion": d / "confusion.png", "wrong": d / "most_confidently_wrong.png",
+    figs = {"curves": d / "curves.png", "confusion": d / CONFUSION[m.task.space].file,
+            "wrong": d / "most_confidently_wrong.png",
             "cam_right": d / "gradcam_right.png", "cam_wrong": d / "gradcam_wrong.png",
             "filters": d / "first_conv_filters.png", "feature_maps": d / "feature_maps.png"}
     learning_curves(_histories(m), metric, figs["curves"])
     CONFUSION[m.task.space].figure(m, oof, counts, figs["confusion"])
-    wrong = most_confidently_wrong(sus, n_wrong)
+    wrong = most_confidently_wrong(sus, n_wrong, m.task)
     path_of = dict(zip(oof["id"], oof["path"]))
     image_grid([(_thumbnail(path_of[r.id], m.cfg.data.dicom_window), _caption(r)) for r in wrong.itertuples()], figs["wrong"])
+    right_ids = set(sus["id"][m.task.right(sus)])
     for key, right in (("cam_right", True), ("cam_wrong", False)):
-        cam_grid([(c.image, c.cam, _cam_title(c)) for c in cams if (c.label == c.predicted) == right], figs[key])
+        cam_grid([(c.image, c.cam, _cam_title(c)) for c in cams if (c.id in right_ids) == right], figs[key])
     # The first layer and early stages: the most confidently right image, by its fold's model.
     best = sus.iloc[-1]
     model = m.model(int(best["fold"]), rt)
@@ -192,10 +206,10 @@ def _figures(m: Member, oof: pd.DataFrame, counts: np.ndarray, sus: pd.DataFrame
     return figs
 
 
-def _cam_rows(sus: pd.DataFrame, oof: pd.DataFrame, n_cam: int, seed: int) -> pd.DataFrame:
+def _cam_rows(sus: pd.DataFrame, oof: pd.DataFrame, n_cam: int, seed: int, task) -> pd.DataFrame:
     """The n_cam most confidently wrong images and n_cam right ones drawn at random (seeded)."""
-    wrong = most_confidently_wrong(sus, n_cam)
-    right = sus[sus["predicted"] == sus["label"]]
+    wrong = most_confidently_wrong(sus, n_cam, task)
+    right = sus[task.right(sus)]
     right = right.sample(min(n_cam, len(right)), random_state=seed) if len(right) else right
     ids = list(right["id"]) + list(wrong["id"])
     return oof.set_index("id").loc[ids].reset_index()
@@ -214,16 +228,17 @@ def build_report(cfg: Config, name: str | None = None, n_wrong: int = 24, n_cam:
         cam_layer: module to explain (default: the deepest stage whose map is at least 4x4).
     """
     m = open_member(name or str(cfg.experiment.name), cfg.experiment.output_dir, "warn", cfg.data.dir)
-    m.task.check_stage("report")
     rt = Runtime.from_cfg(cfg.runtime)
     # 1) tables: CV, confusion matrix and per-class scores (multi-label: per-label scores), suspect labels
     oof = _oof_with_paths(m)
     cv = cv_table(oof, m.task, m.cfg.metric.name, m.records)
     counts, per_class = CONFUSION[m.task.space].tables(m, oof)
     sus = suspects(oof, m.task)
-    sus_path = atomic_save(m.exp_dir / "suspect_labels.csv", lambda tmp: sus.to_csv(tmp, index=False))
+    view = CONFUSION[m.task.space]
+    listed = sus if view.relabel else sus.drop(columns=REVIEW_COL)
+    sus_path = atomic_save(m.exp_dir / view.review_file, lambda tmp: listed.to_csv(tmp, index=False))
     # 2) Grad-CAM by each image's own fold model, then every figure
-    cams, layer = compute_cams(m, _cam_rows(sus, oof, n_cam, m.cfg.experiment.seed), rt, cam_layer)
+    cams, layer = compute_cams(m, _cam_rows(sus, oof, n_cam, m.cfg.experiment.seed, m.task), rt, cam_layer)
     figs = _figures(m, oof, counts, sus, cams, n_wrong, rt)
     report = Report(m.exp_dir / "report.html", sus_path, cv, counts, per_class, sus, cams, layer, figs)
     # 3) the page
@@ -251,6 +266,14 @@ def _label_figure(m: Member, oof: pd.DataFrame, counts: None, path: Path) -> Non
     plot_label_scores(m.task.targets(oof["label"]), oof_probs(oof, m.classes), m.classes, path)
 
 
+def _residual_tables(m: Member, oof: pd.DataFrame) -> tuple[None, pd.DataFrame]:
+    return None, residual_table(oof, m.task)
+
+
+def _residual_figure(m: Member, oof: pd.DataFrame, counts: None, path: Path) -> None:
+    plot_residuals(m.task.targets(oof["label"]), oof_probs(oof, m.classes)[:, 0], m.classes[0], path)
+
+
 @dataclass(frozen=True)
 class ConfusionView:
     """How the report shows what OOF confused: the tables (counts, per-class scores), the figure, its heading."""
@@ -259,16 +282,23 @@ class ConfusionView:
     figure: Callable
     heading: str
     alt: str
+    file: str = "confusion.png"  # the figure's name under report/
+    wrong: str = "most confidently wrong"  # the heading of the grid of the worst OOF images
+    review_file: str = "suspect_labels.csv"  # every OOF image by loss
+    relabel: bool = True  # with a reviewed_label column for src.folds --relabel
 
 
 # Task.space -> the confusion matrix (classes; grades rounded from the score), or, with no confusion
-# between labels, each label's F1 at its threshold and its positives
+# between labels, each label's F1 at its threshold and its positives; for values, predicted against label
 CONFUSION = {
     "classes": ConfusionView(_confusion_tables, _confusion_figure, "Out-of-fold confusion matrix", "confusion matrix"),
     "grades": ConfusionView(_confusion_tables, _confusion_figure,
                             "Out-of-fold confusion matrix (grades rounded from the score)", "confusion matrix"),
     "labels": ConfusionView(_label_tables, _label_figure, "Out-of-fold scores per label (thresholds fitted on OOF "
                             "to the metric, as src.ensemble does)", "per-label F1"),
+    "values": ConfusionView(_residual_tables, _residual_figure, "Out-of-fold predicted values against labels, and "
+                            "the errors by range of the label", "residuals", file="residuals.png",
+                            wrong="with the largest |error|", review_file="worst_images.csv", relabel=False),
 }
 
 
@@ -294,11 +324,12 @@ def _page(m: Member, r: Report, n_wrong: int) -> Page:
     page.heading(view.heading)
     page.image(r.figures["confusion"], view.alt)
     page.table(r.per_class)
-    page.heading(f"The {n_wrong} most confidently wrong OOF images")
-    page.image(r.figures["wrong"], "most confidently wrong")
-    page.text(f"Every OOF image, highest loss first: {r.suspects_csv}. Fill its reviewed_label column where a label "
-              "is wrong, then: python -m src.folds --relabel " + str(r.suspects_csv))
-    page.table(r.suspects.head(15).drop(columns="reviewed_label"))
+    page.heading(f"The {n_wrong} OOF images {view.wrong}")
+    page.image(r.figures["wrong"], view.wrong)
+    page.text(f"Every OOF image, highest loss first: {r.suspects_csv}." + (
+        " Fill its reviewed_label column where a label is wrong, then: python -m src.folds --relabel "
+        + str(r.suspects_csv) if view.relabel else ""))
+    page.table(r.suspects.head(15).drop(columns=REVIEW_COL))
     page.heading(f"Grad-CAM on {r.cam_layer}, by the fold model that never trained on the image")
     amp = torch.cuda.is_available() and any(c.runtime.device != "cpu" and c.runtime.amp != "off"
                                              for c in m.configs.values())
@@ -309,7 +340,7 @@ def _page(m: Member, r: Report, n_wrong: int) -> Page:
                   f"{bad[0].prob:.4f} vs {bad[0].prob_oof:.4f}): best.pt and oof.csv disagree", "warn")
     page.text("right predictions (a random sample)")
     page.image(r.figures["cam_right"], "Grad-CAM right")
-    page.text("wrong predictions (the most confident)")
+    page.text(f"wrong predictions ({view.wrong})")
     page.image(r.figures["cam_wrong"], "Grad-CAM wrong")
     page.heading("First convolution's filters, and the first stages' feature maps")
     page.image(r.figures["filters"], "first convolution filters")

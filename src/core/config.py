@@ -56,8 +56,8 @@ class ExperimentCfg(_Section):
         return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
 
-STACKERS = ("logreg",)  # second-level models src.ensemble --stack fits (src/evaluation/stacking.py)
-PROBE_CLASSIFIERS = ("logreg", "rf", "svm")  # src.probe's classifiers (src/analysis/probe.py)
+STACKERS = ("logreg", "ridge")  # second-level models src.ensemble --stack fits (src/evaluation/stacking.py)
+PROBE_CLASSIFIERS = ("logreg", "rf", "svm", "ridge")  # src.probe's classifiers (src/analysis/probe.py)
 
 
 class DataCfg(_Section):

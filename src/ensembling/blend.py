@@ -38,7 +38,7 @@ _BOUND = {"task", "stacker_fit"}  # what a Blend holds for its members in this p
 
 def _stacked(cfg: Config, stack: str, blend: OofBlend, task: Task) -> OofBlend:
     """The OOF report with the stacker's nested OOF probabilities in place of the blend's, scored."""
-    stacked = nested_oof(stack, stack_features(blend.per), blend.y, blend.folds, len(task.classes),
+    stacked = nested_oof(stack, stack_features(blend.per, task), blend.y, blend.folds, len(task.classes),
                          cfg.experiment.seed, task)
     cv = compute_metric(cfg.metric.name, blend.y, stacked)
     print(f"stacker {stack} (nested over {len(np.unique(blend.folds))} folds): OOF {cfg.metric.name} "
@@ -140,7 +140,7 @@ class Blend:
         thresholds, score = _fitted_thresholds(cfg, fitted, task)
         return cls._of(cfg, members, views, None if stack else oof.weights, voting, fmt, thresholds=thresholds,
                        stack=stack, oof_score=float(score), tta_gain=None if choice is None else float(choice.gain),
-                       stacker_fit=(stack_features(oof.per), oof.y, cfg.experiment.seed) if stack else None)
+                       stacker_fit=(stack_features(oof.per, task), oof.y, cfg.experiment.seed) if stack else None)
 
     @classmethod
     def given(cls, cfg: Config, members: list[Member], views: list[str], weights, voting: str,
@@ -165,7 +165,7 @@ class Blend:
                 raise UserError(f"a blend stacked by {self.stack} is applied where it is fitted (its JSON does not "
                                 "hold the OOF predictions the stacker learns from); run python -m src.ensemble --stack")
             x, y, seed = self.stacker_fit
-            return fit_predict_test(self.stack, x, y, stack_features(features), len(self.classes), seed, task)
+            return fit_predict_test(self.stack, x, y, stack_features(features, task), len(self.classes), seed, task)
         return combine(np.stack(features), across_members(self.voting), np.asarray(self.weights), task)
 
     def decide(self, probs: np.ndarray) -> np.ndarray | None:

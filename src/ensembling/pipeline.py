@@ -141,7 +141,7 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
     test, sample = load_test_table(cfg.data)
     members = _checked_members(cfg, names, weights, voting, report, thresholds)
     if stack:
-        members[0].task.check_stage("stacking")
+        members[0].task.check_second_level("--stack", stack)
     members[0].task.resolve_format(fmt or e.format, sample, cfg.data.id_col, cfg.metric.name)  # refused before predicting
 
     # 1) the blend: fitted on the OOF report (views chosen on OOF with auto, each member and the blend

@@ -20,6 +20,9 @@ REGRESSION_LOSSES = ("mse", "smooth_l1")  # loss.name values that give an ordina
 MAP_AT = re.compile(r"^map@(\d+)$")  # a MAP@k metric: its k
 # Metrics that read a binary task's probability (pauc@0.9, pfbeta@2: the name before "@"); the metric
 # registry (src.evaluation.metrics) is checked against this list by tests/evaluation/test_competition_metrics.py.
+# src.probe's and --stack's scikit-learn models, by what they fit: the words of a refusal on the other kind of targets
+SECOND_LEVEL_FITS = {"logreg": "a classifier of class probabilities", "rf": "a classifier of class probabilities",
+                     "svm": "a classifier of class probabilities", "ridge": "a linear regression of values"}
 PROBABILITY_METRICS = ("roc_auc", "log_loss", "average_precision", "weighted_auc", "pauc", "pfbeta")
 
 
@@ -104,6 +107,18 @@ class Task:
 
     def check_stage(self, stage: str) -> None:
         """One sentence where this task cannot go through `stage` (pseudo, probe, stacking, report)."""
+
+    # src.probe's models (the default first) and src.ensemble --stack's stackers that fit this task's targets
+    probe_models: ClassVar[tuple[str, ...]] = ("logreg", "rf", "svm")
+    probe_scores: ClassVar[tuple[str, ...]] = ()  # what src.probe scores beyond the metric and summary_metrics
+    stackers: ClassVar[tuple[str, ...]] = ("logreg",)
+
+    def check_second_level(self, flag: str, name: str) -> None:
+        """One sentence where `name` (--classifier of src.probe, or --stack) does not fit this task's targets."""
+        offered = self.probe_models if flag == "--classifier" else self.stackers
+        if name not in offered:
+            raise UserError(f"{flag} {name} is {SECOND_LEVEL_FITS[name]} and does not fit this competition's "
+                            f"{self.name} targets; use {flag} {' or '.join(offered)}")
 
     def describe(self) -> str:
         """'10 classes', '5 grades (a regression head)': what a fold trains, for its first line."""
@@ -242,6 +257,14 @@ class Task:
     def blend_input(self, probs: np.ndarray) -> np.ndarray:
         """Probabilities (N, C) back as what `blend` reads: log-probabilities (softmax ignores per-row shifts)."""
         return np.log(np.clip(probs, 1e-12, 1.0))
+
+    def right(self, review: pd.DataFrame) -> np.ndarray:
+        """Which rows of the OOF review (suspects: predicted, label, loss) the report shows as right (N,) bool."""
+        return (review["predicted"] == review["label"]).to_numpy()
+
+    def stack_input(self, logits: np.ndarray) -> np.ndarray:
+        """A member's blend input (N, C) as the stacker reads it: log-probabilities as they are."""
+        return logits
 
     def review(self, probs: np.ndarray, y: np.ndarray) -> dict:
         """The OOF review's columns of each image: the predicted class, its probability, the label's,

@@ -25,16 +25,14 @@ if TYPE_CHECKING:  # torch loads when a method needs it
 
 LOSSES = ("mse", "smooth_l1", "bce")  # loss.name values a regression head trains with
 MAX_BINS = 10  # the folds stratify on at most this many quantile bins of the target
-# Stages that serve class probabilities only, and what a regression run does instead
+# Stages that serve class predictions only, and what a regression run does instead. src.pseudo stays
+# refused: a value has no confidence to pick by, and agreement between folds (a low spread) picks the
+# images every fold already predicts alike, where a pseudo-label teaches little; PetFinder's winning
+# solutions did not pseudo-label.
 UNSERVED = {
-    "pseudo": "src.pseudo picks confident class predictions, and a regression prediction has no confidence; "
-              "train on the labelled images only",
-    "probe": "src.probe fits classifiers on frozen features, and this competition regresses a value; "
-             "fine-tune with python -m src.train instead",
-    "stacking": "--stack fits a classifier on the members' class probabilities, and regression members predict "
-                "values; blend them with weights (ensemble.weights=auto or equal) instead",
-    "report": "src.report draws confusion matrices and class probabilities, and this competition regresses a "
-              "value; read the fold's cv.json and oof.csv (the residuals) instead",
+    "pseudo": "src.pseudo adds confident class predictions as labels, and a regression prediction (a value) has no "
+              "confidence to pick them by; train on the labelled images only, or blend more members with "
+              "python -m src.ensemble",
 }
 
 
@@ -56,6 +54,9 @@ class Regression(Task):
     prob_word: ClassVar[str] = "predicted values"
     first_loss: ClassVar[str] = "bce"  # on the value scaled to [0, 1] by data.target_range, as Pawpularity's winners
     voting: ClassVar[tuple[str, ...]] = ("soft",)
+    probe_models: ClassVar[tuple[str, ...]] = ("ridge",)
+    probe_scores: ClassVar[tuple[str, ...]] = ("rmse", "mae", "r2")
+    stackers: ClassVar[tuple[str, ...]] = ("ridge",)
 
     def __post_init__(self):
         if len(self.classes) > 1:
@@ -167,8 +168,9 @@ class Regression(Task):
         return (y - lo) / (hi - lo)
 
     def from_classifier(self, probs: np.ndarray) -> np.ndarray:
-        self.check_stage("probe")
-        return probs
+        """A ridge's predicted values (N, 1) clipped to the target range, as every prediction is."""
+        lo, hi = self.target_range
+        return np.clip(np.asarray(probs, dtype=np.float64), lo, hi)
 
     def mixup_options(self, smoothing: float) -> dict:
         return {"label_smoothing": 0.0, "num_classes": 1, "multi_label": True}  # the value as one dense column
@@ -206,9 +208,17 @@ class Regression(Task):
         q = np.clip((np.asarray(probs, dtype=np.float64) - lo) / (hi - lo), 1e-12, 1 - 1e-12)
         return np.log(q) - np.log1p(-q)
 
+    def stack_input(self, logits: np.ndarray) -> np.ndarray:
+        """A member's head outputs (N, 1) as the stacker reads them: the value (not the bce logit)."""
+        return self.values(logits)
+
     def review(self, probs: np.ndarray, y: np.ndarray) -> dict:
         """The predicted value and its absolute error."""
         return {"predicted": probs[:, 0], "loss": np.abs(probs[:, 0] - y)}
+
+    def right(self, review: pd.DataFrame) -> np.ndarray:
+        """No value is right or wrong: the better-predicted half (|error| at most the median) counts as right."""
+        return (review["loss"] <= review["loss"].median()).to_numpy()
 
     # ------------------------------------------------------------------ predictions and decisions
 
