@@ -55,6 +55,7 @@ class Regression(Task):
     summary_metrics: ClassVar[tuple[str, ...]] = ("rmse", "mae")
     prob_word: ClassVar[str] = "predicted values"
     voting: ClassVar[tuple[str, ...]] = ("soft",)
+    aggregates: ClassVar[tuple[str, ...]] = ("mean", "max")  # a value: any reduction is one
 
     def __post_init__(self):
         if len(self.classes) > 1:
