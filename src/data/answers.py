@@ -70,6 +70,13 @@ def check_answers(df: pd.DataFrame, path: Path) -> None:
                             "the folds would split it; make data.answer_id finer than data.group_col, or fix the table")
 
 
+def refuse_answers(cfg: DataCfg, stage: str, why: str) -> None:
+    """One sentence where `stage` cannot serve answers of several images (data.answer_id): `why`."""
+    if cfg.answer_id:
+        raise UserError(f"{stage} {why}, and data.answer_id='{cfg.answer_id}' answers several images per row; "
+                        f"run {stage} without data.answer_id")
+
+
 def split_groups(df: pd.DataFrame) -> pd.Series | None:
     """What the folds keep together: data.group_col's groups, else each answer's images, else nothing."""
     if "group" in df:
@@ -135,11 +142,15 @@ def answer_index(table: pd.DataFrame, how: str) -> AnswerIndex | None:
     return AnswerIndex.of(table["answer"], how) if "answer" in table else None
 
 
+def answer_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per answer (its id as `id`, its first image's other columns), or the table when its rows
+    answer themselves."""
+    index = answer_index(table, "mean")
+    return table if index is None else index.rows(table).assign(id=index.ids).drop(columns="answer")
+
+
 def to_answers(table: pd.DataFrame, probs: np.ndarray, task, how: str) -> tuple[pd.DataFrame, np.ndarray]:
-    """(one row per answer: its id as `id`, its first image's other columns; the answers' predictions), or
-    the table and predictions as they are when its rows answer themselves."""
+    """(answer_rows(table), the answers' predictions combined by `how`), or the table and predictions as
+    they are when its rows answer themselves."""
     index = answer_index(table, how)
-    if index is None:
-        return table, probs
-    rows = index.rows(table).assign(id=index.ids).drop(columns="answer")
-    return rows, index.probs(task, probs)
+    return (table, probs) if index is None else (answer_rows(table), index.probs(task, probs))
