@@ -290,6 +290,33 @@ def build_grouped_competition(source: Path, dst: Path, id_col: str = "id", label
     return dst
 
 
+GROUPED_KINDS = ("multiclass", "binary", "topk", "multilabel", "ordinal", "regression")
+
+
+@pytest.fixture(scope="session")
+def grouped_competition(task_competition, tmp_path_factory) -> Callable[[str], tuple[Path, Path, tuple[str, ...]]]:
+    """grouped_competition(kind) -> (competition folder, its demo config, overrides with GROUPED): the task
+    worlds of task_competition (regression: src.demo's, 160 training and 40 test grids) as grouped answers."""
+    built: dict[str, tuple[Path, Path, tuple[str, ...]]] = {}
+
+    def make(kind: str) -> tuple[Path, Path, tuple[str, ...]]:
+        if kind not in built:
+            root = tmp_path_factory.mktemp(f"grouped_{kind}")
+            if kind == "regression":
+                from src.demo import build_regression_demo
+
+                source, config, extra, cols = (build_regression_demo(root / "source", 160, 40),
+                                               CONFIG_DIR / "demo_regression.yaml", (), ("Id", "Pawpularity"))
+            else:
+                source, config, extra = task_competition(kind)
+                cols = ("id", "diagnosis" if kind == "ordinal" else "label")
+            comp = build_grouped_competition(source, root / "grouped", *cols)
+            built[kind] = comp, config, (*extra, *GROUPED)
+        return built[kind]
+
+    return make
+
+
 # ---- issue 29: pixel tables, arrays and containers
 
 
