@@ -73,7 +73,7 @@ def check_answers(df: pd.DataFrame, path: Path) -> None:
 def refuse_answers(cfg: DataCfg, stage: str, why: str) -> None:
     """One sentence where `stage` cannot serve answers of several images (data.answer_id): `why`."""
     if cfg.answer_id:
-        raise UserError(f"{stage} {why}, and data.answer_id='{cfg.answer_id}' answers several images per row; "
+        raise UserError(f"{stage} {why}, and data.answer_id='{cfg.answer_id}' makes an answer of several images; "
                         f"run {stage} without data.answer_id")
 
 
