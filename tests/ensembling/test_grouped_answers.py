@@ -14,6 +14,7 @@ import pytest
 from conftest import GROUPED_KINDS, TINY
 
 import src.ensemble as ensemble
+import src.kaggle_kernel as kaggle_kernel
 import src.score as score
 import src.train as train
 from src.core.cli import run_cli
@@ -129,3 +130,21 @@ def test_the_cv_per_answer_differs_from_the_per_image_one(grouped_competition, t
     labels, probs = _by_hand(oof, classes, "mean")
     assert done["accuracy"] == pytest.approx(compute_metric("accuracy", labels.map(classes.index).to_numpy(), probs))
     assert done["accuracy"] != pytest.approx(per_image)
+
+
+@pytest.mark.slow
+def test_tta_auto_stacking_and_the_kaggle_rehearsal_write_the_answers(grouped_competition, tmp_path, capsys):
+    comp, cfg, argv, sub = _train_and_blend("binary", grouped_competition, tmp_path)
+    sample = pd.read_csv(comp / "sample_submission.csv", dtype=str)
+    for flags in (["--tta", "auto", "identity", "vflip"], ["--stack", "logreg", "--tta", "identity"]):
+        other = tmp_path / f"{flags[1]}.csv"
+        run_cli(ensemble.main, [*argv, *flags, "--out", str(other)])
+        assert pd.read_csv(other, dtype=str)["prediction_id"].tolist() == sample["prediction_id"].tolist()
+    build = ["--out", str(tmp_path / "build"), *argv]
+    run_cli(kaggle_kernel.main, ["build", "--experiments", cfg.experiment.name, "--tta", "identity", "--no-wheels",
+                                 "--dataset", "someone/grouped", "--kernel", "someone/grouped-inference", *build])
+    run_cli(kaggle_kernel.main, ["rehearse", *build])
+    kernel, local = pd.read_csv(tmp_path / "build" / "rehearsal" / "submission.csv"), pd.read_csv(sub)
+    assert kernel["prediction_id"].tolist() == local["prediction_id"].tolist()
+    # the notebook predicts with its own batches (TINY's loader.batch_size is the command line's): float32 rounding
+    assert np.allclose(kernel["label"], local["label"], rtol=0, atol=1e-6)
