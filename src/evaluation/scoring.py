@@ -68,9 +68,10 @@ def score_submission(sub_path: str | Path, solution_path: str | Path, cfg) -> di
         if not p.is_file():
             raise UserError(f"{what} file {p} does not exist; pass an existing path")
         df = pd.read_csv(p, dtype=str, keep_default_na=False)
-        if sample_id_col(d) not in df.columns:
-            raise UserError(f"{p} has no id column '{sample_id_col(d)}'; set data.answer_col (answers) or data.id_col")
-        frames.append(df.set_index(sample_id_col(d)))
+        id_col, key = sample_id_col(d), "data.answer_col" if d.answer_col else "data.id_col"
+        if id_col not in df.columns:
+            raise UserError(f"{p} has no id column '{id_col}'; set {key}")
+        frames.append(df.set_index(id_col))
     sub, sol = frames
     if d.label_col not in sol.columns:
         raise UserError(f"solution {solution_path} has no label column '{d.label_col}'; set data.label_col")

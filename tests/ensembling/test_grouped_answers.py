@@ -130,6 +130,8 @@ def test_the_cv_per_answer_differs_from_the_per_image_one(grouped_competition, t
     labels, probs = _by_hand(oof, classes, "mean")
     assert done["accuracy"] == pytest.approx(compute_metric("accuracy", labels.map(classes.index).to_numpy(), probs))
     assert done["accuracy"] != pytest.approx(per_image)
+    history = pd.read_csv(tmp_path / "outputs" / "demo" / "fold0" / "history.csv")  # the epoch's validation metric
+    assert history["val_accuracy"].iloc[-1] == pytest.approx(done["accuracy"])
 
 
 @pytest.mark.slow
