@@ -18,7 +18,7 @@ import pandas as pd
 from src.core.config import Config
 from src.core.tasks import Task, task_of
 from src.core.utils import UserError, atomic_save, atomic_write_text
-from src.data.answers import split_groups
+from src.data.answers import check_answers, split_groups
 from src.data.image_cache import image_cache
 from src.data.pseudo_rows import add_pseudo
 from src.data.relabel import apply_relabel, relabel_tag
@@ -99,6 +99,8 @@ def load_or_create_folds(cfg: Config, create: bool = True, table: pd.DataFrame |
     save = _write_split if write else (lambda *a: None)
     original = load_train_table(cfg.data) if table is None else table
     df = apply_relabel(original, cfg.data.relabel) if cfg.data.relabel else original
+    if cfg.data.relabel and "answer" in df:  # reviewed labels must keep one label per answer
+        check_answers(df, Path(cfg.data.relabel))
     path = folds_path(cfg)
     if path.is_file() and path.with_suffix(".json").is_file():
         df, classes = _read_split(path, df)

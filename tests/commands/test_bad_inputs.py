@@ -662,6 +662,8 @@ ROWS = [
     row("grouped-multiclass-max", "train", F0 + GROUPED_ROW + ("data.aggregate=max",),
         ("data.aggregate=max", "data.aggregate=mean", "multiclass")),
     row("grouped-probe", "probe", GROUPED_ROW, ("src.probe", "data.answer_id"), damage=lambda r: _grouped(r)),
+    row("grouped-pseudo-labels", "pseudo", GROUPED_ROW, ("src.pseudo", "predicts answers", "data.answer_id"),
+        damage=lambda r: _grouped(r, trained=True)),
     # ---- issue 29: pixel tables, arrays and containers
     # ---- issue 29: one-hot classes, new_whale, graded subset, regression probe and stacking
 ]
@@ -756,13 +758,16 @@ def _dicom_for_first_png(root: Path, kind: str, split: str = "train") -> None:
 
 
 # ---- issue 29: grouped answers (data.answer_id) (the damage of its rows)
-def _grouped(root: Path, edit: Callable[[Path], None] | None = None) -> None:
-    """Damage: inputs/grouped, the demo's images as answers of 1-3 images (conftest's grouped world), `edit`ed."""
+def _grouped(root: Path, edit: Callable[[Path], None] | None = None, trained: bool = False) -> None:
+    """Damage: inputs/grouped, the demo's images as answers of 1-3 images (conftest's grouped world), `edit`ed;
+    `trained`: both tiny folds of demo trained there first."""
     from conftest import build_grouped_competition
 
     comp = build_grouped_competition(root / "inputs/digits", root / "inputs/grouped")
     if edit is not None:
         edit(comp)
+    if trained:
+        run_cli(train.main, ["--fold", "all", "--config", str(DEMO_CONFIG), *TINY, *GROUPED_ROW])
 
 
 def _multi_image_answer(table: pd.DataFrame) -> pd.Index:
