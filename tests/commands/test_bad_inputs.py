@@ -662,6 +662,8 @@ ROWS = [
     row("grouped-multiclass-max", "train", F0 + GROUPED_ROW + ("data.aggregate=max",),
         ("data.aggregate=max", "data.aggregate=mean", "multiclass")),
     row("grouped-probe", "probe", GROUPED_ROW, ("src.probe", "data.answer_id"), damage=lambda r: _grouped(r)),
+    row("grouped-relabel-splits-an-answer", "folds", GROUPED_ROW + ("--relabel", "review.csv"),
+        ("review.csv", "different labels", "data.answer_id"), damage=lambda r: _grouped(r, _review_one_image(r))),
     row("grouped-pseudo-labels", "pseudo", GROUPED_ROW, ("src.pseudo", "predicts answers", "data.answer_id"),
         damage=lambda r: _grouped(r, trained=True)),
     # ---- issue 29: pixel tables, arrays and containers
@@ -788,6 +790,18 @@ def _answer_on_two_sites(comp: Path) -> None:
     t["site"] = t["patient_id"]
     t.loc[_multi_image_answer(t)[1], "site"] = "elsewhere"
     t.to_csv(comp / "train.csv", index=False)
+
+
+def _review_one_image(root: Path) -> Callable[[Path], None]:
+    """Damage: review.csv gives the second image of a multi-image answer another label than its first."""
+
+    def edit(comp: Path) -> None:
+        t = pd.read_csv(comp / "train.csv", dtype=str)
+        second = _multi_image_answer(t)[1]
+        other = "9" if t.loc[second, "label"] != "9" else "8"
+        (root / "review.csv").write_text(f"id,reviewed_label\n{t.loc[second, 'id']},{other}\n")
+
+    return edit
 
 
 def _first_answer_unlisted(comp: Path) -> None:
