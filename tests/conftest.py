@@ -8,12 +8,16 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 
 from src.core.config import CONFIG_DIR, Config, load_config
 from src.demo import build_demo
+
+if TYPE_CHECKING:  # pandas loads in the fixtures that need it
+    import pandas as pd
 
 REPO = CONFIG_DIR.parent
 DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
@@ -246,6 +250,75 @@ COCO_OVERRIDES = {
 
 
 # ---- issue 29: grouped answers (data.answer_id)
+# A grouped world: answers of 1-3 images ('{patient_id}_{laterality}'), a patient holding two answers
+# (data.group_col=patient_id); an answer's images share its first image's label.
+GROUPED = ("data.answer_id={patient_id}_{laterality}", "data.group_col=patient_id", "data.answer_col=prediction_id")
+
+
+def _answers_of(table: pd.DataFrame, id_col: str, label_col: str, prefix: str, seed: int):
+    """The table's rows as answers of 1-3 images, sorted by label (so an answer's images mostly shared it),
+    each image given its answer's first label; with patient_id and laterality columns."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    table = table.sort_values(label_col, kind="stable").reset_index(drop=True)
+    sizes = rng.choice([1, 2, 3], size=len(table), p=[0.2, 0.4, 0.4])
+    answer = np.repeat(np.arange(len(table)), sizes)[: len(table)]
+    table = table.assign(patient_id=[f"{prefix}{a // 2}" for a in answer], laterality=["LR"[a % 2] for a in answer])
+    first = table.groupby(answer)[label_col].transform("first")
+    return table.assign(**{label_col: first}), answer
+
+
+def build_grouped_competition(source: Path, dst: Path, id_col: str = "id", label_col: str = "label",
+                              n_train: int = 240, n_test: int = 60) -> Path:
+    """dst/: the `source` competition's first n_train training and n_test test images as grouped answers:
+    train.csv and test.csv with patient_id and laterality, sample_submission.csv and solution.csv by
+    prediction_id (the answers, shuffled), the sample's placeholders kept."""
+    import pandas as pd
+
+    dst.mkdir(parents=True)
+    for name in ("train", "test"):
+        os.symlink((source / name).resolve(), dst / name)
+    train, _ = _answers_of(pd.read_csv(source / "train.csv", dtype=str, keep_default_na=False).head(n_train),
+                           id_col, label_col, "p", 0)
+    train.to_csv(dst / "train.csv", index=False)
+    sol = pd.read_csv(source / "solution.csv", dtype=str, keep_default_na=False).head(n_test)
+    test, _ = _answers_of(sol, id_col, label_col, "t", 1)
+    test.drop(columns=[c for c in sol.columns if c != id_col]).to_csv(dst / "test.csv", index=False)
+    answers = test.assign(prediction_id=test["patient_id"] + "_" + test["laterality"]).drop_duplicates("prediction_id")
+    answers = answers.sample(frac=1.0, random_state=0)
+    answers[["prediction_id", label_col]].to_csv(dst / "solution.csv", index=False)
+    sample = pd.read_csv(source / "sample_submission.csv", dtype=str, keep_default_na=False)
+    placeholders = {c: sample[c].iloc[0] for c in sample.columns if c != id_col}
+    answers[["prediction_id"]].assign(**placeholders).to_csv(dst / "sample_submission.csv", index=False)
+    return dst
+
+
+GROUPED_KINDS = ("multiclass", "binary", "topk", "multilabel", "ordinal", "regression")
+
+
+@pytest.fixture(scope="session")
+def grouped_competition(task_competition, tmp_path_factory) -> Callable[[str], tuple[Path, Path, tuple[str, ...]]]:
+    """grouped_competition(kind) -> (competition folder, its demo config, overrides with GROUPED): the task
+    worlds of task_competition (regression: src.demo's, 160 training and 40 test grids) as grouped answers."""
+    built: dict[str, tuple[Path, Path, tuple[str, ...]]] = {}
+
+    def make(kind: str) -> tuple[Path, Path, tuple[str, ...]]:
+        if kind not in built:
+            root = tmp_path_factory.mktemp(f"grouped_{kind}")
+            if kind == "regression":
+                from src.demo import build_regression_demo
+
+                source, config, extra, cols = (build_regression_demo(root / "source", 160, 40),
+                                               CONFIG_DIR / "demo_regression.yaml", (), ("Id", "Pawpularity"))
+            else:
+                source, config, extra = task_competition(kind)
+                cols = ("id", "diagnosis" if kind == "ordinal" else "label")
+            comp = build_grouped_competition(source, root / "grouped", *cols)
+            built[kind] = comp, config, (*extra, *GROUPED)
+        return built[kind]
+
+    return make
 
 
 # ---- issue 29: pixel tables, arrays and containers

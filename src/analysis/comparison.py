@@ -17,6 +17,7 @@ from src.analysis.html_page import Page
 from src.analysis.oof_review import read_member_oof
 from src.core.config import Config
 from src.core.utils import UserError, atomic_save
+from src.data.answers import to_answers
 from src.ensembling.write_guard import check_writable
 from src.evaluation.metrics import compute_metric
 from src.runs.checkpoint import config_diff
@@ -36,13 +37,15 @@ class Comparison:
 
 def _row(m: Member, metric: str) -> tuple[dict, set[str]]:
     oof = read_member_oof(m.exp_dir, m.folds, m.classes, m.records)
-    y, probs = m.task.targets(oof["label"]), oof_probs(oof, m.classes)
+    images = set(oof["id"])
+    oof, probs = to_answers(oof, oof_probs(oof, m.classes), m.task, m.cfg.data.aggregate)  # scored as answers
+    y = m.task.targets(oof["label"])
     base = m.task.report_metrics
     names = base + ((metric,) if metric not in base else ())
-    row = {"experiment": m.name, "folds": len(m.folds), "oof_images": len(oof),
+    row = {"experiment": m.name, "folds": len(m.folds), "oof_images": len(images),
            "epochs": max(int(r.get("epochs_run") or 0) for r in m.records.values()),
            **{f"oof_{n}": compute_metric(n, y, probs) for n in names}}
-    return row, set(oof["id"])
+    return row, images
 
 
 def _differing(members: list[Member]) -> list[str]:

@@ -14,6 +14,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, r
 
 from src.core.tasks import Task
 from src.core.utils import UserError
+from src.data.answers import to_answers
 from src.data.relabel import REVIEW_COL
 from src.evaluation.decoding import fit_thresholds
 from src.evaluation.metrics import compute_metric
@@ -31,21 +32,24 @@ def read_member_oof(exp_dir, folds: list[int], classes: list[str], records: dict
     return oof
 
 
-def _scores(task: Task, part: pd.DataFrame, metric: str) -> dict[str, float]:
+def _scores(task: Task, part: pd.DataFrame, metric: str, how: str) -> dict[str, float]:
+    """Every metric of the task on the rows' answers (data.answer_id; `how` data.aggregate), as Kaggle scores them."""
     base = task.report_metrics
-    y, probs = task.targets(part["label"]), oof_probs(part, list(task.classes))
+    part, probs = to_answers(part, oof_probs(part, list(task.classes)), task, how)
+    y = task.targets(part["label"])
     return {m: compute_metric(m, y, probs) for m in base + ((metric,) if metric not in base else ())}
 
 
-def cv_table(oof: pd.DataFrame, task: Task, metric: str, records: dict[int, dict]) -> pd.DataFrame:
-    """One row per fold and one for all OOF predictions: images, best epoch, and every metric of the task."""
+def cv_table(oof: pd.DataFrame, task: Task, metric: str, records: dict[int, dict], how: str) -> pd.DataFrame:
+    """One row per fold and one for all OOF predictions: images, best epoch, and every metric of the task
+    (scored on answers with data.answer_id, their images combined by `how`)."""
     rows = []
     for k, part in oof.groupby("fold", sort=True):
         rec = records[int(k)]
         rows.append({"fold": str(k), "images": len(part), "best_epoch": rec.get("best_epoch"),
-                     "epochs_run": rec.get("epochs_run"), **_scores(task, part, metric)})
+                     "epochs_run": rec.get("epochs_run"), **_scores(task, part, metric, how)})
     rows.append({"fold": "oof", "images": len(oof), "best_epoch": None, "epochs_run": None,
-                 **_scores(task, oof, metric)})
+                 **_scores(task, oof, metric, how)})
     table = pd.DataFrame(rows)
     return table.astype({"best_epoch": "Int64", "epochs_run": "Int64"})
 

@@ -39,6 +39,7 @@ from src.core.progress import progress
 from src.core.runtime import Runtime
 from src.core.tasks import Task, task_of
 from src.core.utils import UserError, atomic_save, atomic_write_text
+from src.data.answers import refuse_answers
 from src.data.folds import fold_tables
 from src.data.tables import load_test_table, prob_columns
 from src.ensembling.submission import checked_submission, submission_texts, write_submission
@@ -148,6 +149,7 @@ def run_probe(cfg: Config, classifier: str | None = None, out: str | Path | None
     if classifier not in CLASSIFIERS:
         raise UserError(f"--classifier {classifier} is not one of {sorted(CLASSIFIERS)}")
     task_of(cfg).check_second_level("--classifier", classifier)
+    refuse_answers(cfg.data, "src.probe", "fits and scores a classifier on image features, one row per image")
     out = Path(out) if out else None
     if out is not None:
         check_submission_out(out, cfg, recorded_by_ledger=False)

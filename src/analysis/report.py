@@ -231,7 +231,7 @@ def build_report(cfg: Config, name: str | None = None, n_wrong: int = 24, n_cam:
     rt = Runtime.from_cfg(cfg.runtime)
     # 1) tables: CV, confusion matrix and per-class scores (multi-label: per-label scores), suspect labels
     oof = _oof_with_paths(m)
-    cv = cv_table(oof, m.task, m.cfg.metric.name, m.records)
+    cv = cv_table(oof, m.task, m.cfg.metric.name, m.records, m.cfg.data.aggregate)
     counts, per_class = CONFUSION[m.task.space].tables(m, oof)
     sus = suspects(oof, m.task)
     view = CONFUSION[m.task.space]

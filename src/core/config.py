@@ -89,6 +89,12 @@ class DataCfg(_Section):
     pseudo: str | None
     relabel: str | None
     target_range: list[float] | None  # regression: [lo, hi]
+    # Several images per answer (RSNA mammography's views of a breast, cdiscount's product photos): images train as
+    # images, and folds, scores and the submission work on answers (src/data/answers.py).
+    answer_id: str | None  # a column of train.csv and data.test_csv, or a template of columns: '{patient_id}_{laterality}'
+    aggregate: Literal["mean", "max"]  # how an answer's image predictions combine (the task's aggregate)
+    answer_col: str | None  # the sample submission's id column when it names answers; None: data.id_col
+    test_csv: str  # the test images' table (data.id_col and the answer's columns), relative to data.dir
 
     @field_validator("target_range")
     @classmethod
@@ -114,9 +120,12 @@ class DataCfg(_Section):
         if self.cache_dir is not None and not self.cache_dir.strip():
             raise ValueError("data.cache_dir is empty; name a folder for the image cache, or null for "
                              "<experiment.output_dir>/cache (data.cache=false turns it off)")
-        refusal = TASKS[self.task].check_data(self)
+        refusal = TASKS[self.task].check_data(self) or TASKS[self.task].check_aggregate(self.aggregate)
         if refusal:
             raise ValueError(refusal)
+        if self.answer_id is not None and self.layout != "csv":
+            raise ValueError(f"data.answer_id groups the rows of train.csv and {self.test_csv}, which needs "
+                             f"data.layout=csv (this is {self.layout}); set data.answer_id to null")
         if self.layout == "filename" and self.label_pattern is None:
             raise ValueError("data.layout=filename needs data.label_pattern, a regular expression whose group is "
                              r"the label in a file name, e.g. '^(cat|dog)\.' for train/cat.0.jpg")

@@ -8,6 +8,7 @@ train.csv stops the run instead of being rewritten.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ import pandas as pd
 from src.core.config import Config
 from src.core.tasks import Task, task_of
 from src.core.utils import UserError, atomic_save, atomic_write_text
+from src.data.answers import check_answers, split_groups
 from src.data.image_cache import image_cache
 from src.data.pseudo_rows import add_pseudo
 from src.data.relabel import apply_relabel, relabel_tag
@@ -33,6 +35,8 @@ def folds_path(cfg: Config) -> Path:
     d = cfg.data
     name = f"{Path(d.dir).resolve().name}_k{d.n_folds}_s{d.fold_seed}" + (f"_g{d.group_col}" if d.group_col else "")
     name += task_of(cfg).split_suffix  # tag sets: a split of their own
+    if d.answer_id and not d.group_col:  # kept together by answer: a split of its own
+        name += "_a" + hashlib.sha1(d.answer_id.encode()).hexdigest()[:8]
     if d.relabel:  # reviewed labels: a split of their own, named by their content
         name += f"_r{relabel_tag(d.relabel)}"
     return Path(cfg.experiment.output_dir) / "folds" / f"{name}.csv"
@@ -95,6 +99,8 @@ def load_or_create_folds(cfg: Config, create: bool = True, table: pd.DataFrame |
     save = _write_split if write else (lambda *a: None)
     original = load_train_table(cfg.data) if table is None else table
     df = apply_relabel(original, cfg.data.relabel) if cfg.data.relabel else original
+    if cfg.data.relabel and "answer" in df:  # reviewed labels must keep one label per answer
+        check_answers(df, Path(cfg.data.relabel))
     path = folds_path(cfg)
     if path.is_file() and path.with_suffix(".json").is_file():
         df, classes = _read_split(path, df)
@@ -107,8 +113,9 @@ def load_or_create_folds(cfg: Config, create: bool = True, table: pd.DataFrame |
         classes = task.class_list(_with_declared(df["label"], cfg))
         task = task.with_classes(classes)  # binary with other than 2 classes, ordinal without integer grades: refused unwritten
         df = df.copy()
-        groups = df["group"] if cfg.data.group_col else None
-        df["fold"] = task.split(df, cfg.data.n_folds, cfg.data.fold_seed, groups)
+        groups = split_groups(df)  # data.group_col's groups, else the answers' images (data.answer_id)
+        df["fold"] = task.split(df if groups is None else df.assign(group=groups), cfg.data.n_folds,
+                                cfg.data.fold_seed, groups)
         save(cfg, df, path, {"classes": classes, **task.split_meta})
     lost = sorted(set(label_columns(cfg.data)) - set(classes))
     if lost:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from src.core.utils import UserError, atomic_write_text
+from src.data.answers import check_answers
 
 REVIEW_COL = "reviewed_label"
 
@@ -48,6 +49,13 @@ def _require_known_ids(reviewed: pd.DataFrame, table: pd.DataFrame, source: str,
     if unknown:
         raise UserError(f"{source} names {len(unknown)} ids that are not in the training table (e.g. {unknown[:5]}); "
                         + fix)
+
+
+def check_reviewed_answers(reviewed: pd.DataFrame, table: pd.DataFrame, source: str | Path) -> None:
+    """With data.answer_id (an `answer` column), the reviewed labels must keep one label per answer."""
+    if "answer" in table:
+        reviewed_labels = table["id"].map(dict(zip(reviewed["id"], reviewed["label"])))
+        check_answers(table.assign(label=reviewed_labels.fillna(table["label"])), Path(source))
 
 
 def check_reviewed(reviewed: pd.DataFrame, table: pd.DataFrame, classes: list[str], source: str | Path) -> pd.DataFrame:

@@ -16,6 +16,7 @@ import pandas as pd
 from src.core.config import Config, DataCfg, require_competition
 from src.core.tasks import TASKS, canonical_tags
 from src.core.utils import UserError, atomic_write_text, counted
+from src.data.answers import answer_ids, check_answers, test_images
 from src.data.coco import coco_test_paths, coco_train_table
 from src.data.images import find_bad_images
 from src.data.loaders import resolve_workers
@@ -272,22 +273,35 @@ def load_train_table(cfg: DataCfg) -> pd.DataFrame:
         dup = raw[cfg.id_col][raw[cfg.id_col].duplicated()].tolist()
         if dup:
             raise UserError(f"{path} lists {counted(len(dup), 'id')} twice (e.g. {dup[:3]}); each image must appear once")
-        df = _attach_paths(raw, cfg.id_col, root / cfg.image_dir, cfg.image_exts, "training")
+        answers = {"answer": answer_ids(raw, cfg, path)} if cfg.answer_id else {}
+        df = _attach_paths(raw, cfg.id_col, root / cfg.image_dir, cfg.image_exts, "training").assign(**answers)
         df = df.rename(columns={cfg.id_col: "id", cfg.label_col: "label"})
         if cfg.group_col:
             df = df.rename(columns={cfg.group_col: "group"})
-        df = df[["id", "label", "path"] + (["group"] if cfg.group_col else [])]
+        df = df[["id", "label", "path"] + (["group"] if cfg.group_col else []) + list(answers)]
+        if answers:
+            check_answers(df, path)
     if cfg.group_col and "group" not in df:
         raise UserError("data.group_col works only with data.layout=csv; set it to null")
     return df.reset_index(drop=True)
 
 
+def sample_id_col(cfg: DataCfg) -> str:
+    """The sample submission's id column: data.answer_col where it names answers, else data.id_col."""
+    return cfg.answer_col or cfg.id_col
+
+
 def load_test_table(cfg: DataCfg) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(test table with id and path in sample_submission order, the sample submission itself)."""
+    """(test table with id and path in sample_submission order, the sample submission itself). With
+    data.answer_id the rows are the images of data.test_csv, with their `answer`, grouped in the sample's order."""
     root = require_data_dir(cfg)
     path = root / cfg.sample_submission
     sample = _read_csv(path, "sample submission")
-    _require_cols(sample, {"data.id_col": cfg.id_col}, path)
+    id_key = "data.answer_col" if cfg.answer_col else "data.id_col"
+    _require_cols(sample, {id_key: sample_id_col(cfg)}, path)
+    if cfg.answer_id:
+        images = test_images(sample, sample_id_col(cfg), cfg, root)
+        return _attach_paths(images, "id", root / cfg.test_dir, cfg.image_exts, "test"), sample
     if cfg.test_annotations:
         test = sample[[cfg.id_col]].assign(path=coco_test_paths(root / cfg.test_annotations, sample[cfg.id_col],
                                                                 cfg.id_col, path))

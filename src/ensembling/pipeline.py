@@ -13,7 +13,7 @@ from src.core.config import Config
 from src.core.runtime import Runtime
 from src.core.utils import UserError, counted
 from src.core.views import parse_views, split_auto
-from src.data.tables import load_test_table
+from src.data.tables import load_test_table, sample_id_col
 from src.ensembling.blend import Blend
 from src.ensembling.ledger import free_submission_path, record_submission
 from src.ensembling.oof import resolve_weights
@@ -46,9 +46,9 @@ def _submit(cfg: Config, out: tuple[Path, bool], probs: np.ndarray, blend: Blend
     e, task, thresholds = cfg.ensemble, blend.task, blend.thresholds
     classes = list(task.classes)
     decisions = blend.decide(probs)
-    sub, fmt = checked_submission(probs, sample, cfg.data.id_col, blend.format, cfg.metric.name, e.top_k, decisions,
+    sub, fmt = checked_submission(probs, sample, sample_id_col(cfg.data), blend.format, cfg.metric.name, e.top_k, decisions,
                                   task)
-    texts = submission_texts(sub, probs, classes, sample, cfg.data.id_col,
+    texts = submission_texts(sub, probs, classes, sample, sample_id_col(cfg.data),
                              None if thresholds is None else np.asarray(thresholds, dtype=np.float64))
     texts["blend"] = blend.to_json()
     sidecars = {k: t for k, t in texts.items() if k != "submission"}
@@ -142,7 +142,7 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
     members = _checked_members(cfg, names, weights, voting, report, thresholds)
     if stack:
         members[0].task.check_second_level("--stack", stack)
-    members[0].task.resolve_format(fmt or e.format, sample, cfg.data.id_col, cfg.metric.name)  # refused before predicting
+    members[0].task.resolve_format(fmt or e.format, sample, sample_id_col(cfg.data), cfg.metric.name)  # refused before predicting
 
     # 1) the blend: fitted on the OOF report (views chosen on OOF with auto, each member and the blend
     # without and with TTA, the stacker, the thresholds), or given (a Kaggle kernel: the bundle's)

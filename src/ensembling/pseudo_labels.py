@@ -33,6 +33,7 @@ from src.core.runtime import Runtime
 from src.core.tasks import Task
 from src.core.utils import UserError, atomic_write_text
 from src.core.views import split_auto
+from src.data.answers import refuse_answers
 from src.data.pseudo_rows import pseudo_digest
 from src.data.tables import load_test_table, prob_columns
 from src.ensembling.blend import Blend
@@ -89,6 +90,7 @@ def make_pseudo(cfg: Config, names: list[str], views: list[str] | None, weights,
     members = open_members(cfg, names)
     task = members[0].task
     task.check_stage("pseudo")
+    refuse_answers(cfg.data, "src.pseudo", "labels test images from the test blend, which predicts answers")
     if soft:
         task.refuse_soft_targets("its pseudo-labels are hard (the nearest grade); drop --soft")
     weights = e.weights if weights is None else weights

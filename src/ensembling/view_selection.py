@@ -18,6 +18,7 @@ import pandas as pd
 from src.core.config import Config
 from src.core.runtime import Runtime
 from src.core.views import split_auto
+from src.data.answers import answer_rows, to_answers
 from src.ensembling.oof import across_members, resolve_weights, within_member
 from src.evaluation.blending import as_logits, combine
 from src.evaluation.metrics import compute_metric, is_better, metric_spec
@@ -44,24 +45,27 @@ class _OofViews:
         self.views, self.members = views, members
         self.logits: list[dict[int, np.ndarray]] = []
         self.order: list[np.ndarray] = []
+        self.tables: list[pd.DataFrame] = []  # each member's OOF image rows, in its logits' order
         base = None
         for m in members:
             table, logits = member_oof_views(m, views, rt, cfg.loader)
-            ids = pd.Index(table["id"])
+            self.tables.append(table)
+            rows = answer_rows(table)  # one per answer with data.answer_id
+            ids = pd.Index(rows["id"])
             base = ids if base is None else base
             self.logits.append(logits)
             self.order.append(ids.get_indexer(base))
         self.task = members[0].task
-        self.y = self.task.targets(table.set_index("id").loc[base, "label"])
+        self.y = self.task.targets(rows.set_index("id").loc[base, "label"])
 
     def member(self, i: int, views: list[str], voting: str) -> np.ndarray:
         """Member i's OOF log-probabilities with `views`, blended within each fold as member_oof does."""
         vi = [self.views.index(v) for v in views]
         m = self.members[i]
         task = self.task
-        lg = np.concatenate([as_logits(combine(self.logits[i][k][vi], within_member(voting), task=task), task)
-                             for k in m.folds])
-        return lg[self.order[i]]
+        probs = np.concatenate([combine(self.logits[i][k][vi], within_member(voting), task=task) for k in m.folds])
+        _, probs = to_answers(self.tables[i], probs, task, m.cfg.data.aggregate)  # as member_oof combines them
+        return as_logits(probs, task)[self.order[i]]
 
 
 def choose_views(cfg: Config, members: list[Member], candidates: list[str], weights, voting: str, rt: Runtime

@@ -41,6 +41,7 @@ from sklearn.metrics import (
 
 from src.core.config import METRIC_NAMES, Config
 from src.core.tasks import Task, task_for_targets
+from src.data.answers import to_answers
 
 SINGLE = frozenset({"multiclass", "binary", "ordinal"})  # one label per image: integer targets
 ALL = SINGLE | {"multilabel"}
@@ -327,6 +328,13 @@ def summary(y_true: np.ndarray, probs: np.ndarray, metric: str) -> dict[str, flo
     out = {m: compute_metric(m, y_true, probs) for m in task_for_targets(y_true).summary_metrics}
     out[metric] = compute_metric(metric, y_true, probs)
     return out
+
+
+def table_summary(table, probs: np.ndarray, task: Task, metric: str, how: str) -> dict[str, float]:
+    """summary of image rows (a table with label and, with data.answer_id, answer) scored as what Kaggle
+    scores: one row per answer, its images' predictions combined by data.aggregate (`how`)."""
+    table, probs = to_answers(table, probs, task, how)
+    return summary(task.targets(table["label"]), probs, metric)
 
 
 def higher_is_better(cfg: Config) -> bool:

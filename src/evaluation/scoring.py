@@ -13,6 +13,7 @@ from src.core.tasks import canonical_tags, task_of
 from src.core.tasks.base import MAP_AT
 from src.core.utils import UserError
 from src.data.folds import folds_path
+from src.data.tables import sample_id_col
 from src.evaluation.metrics import compute_metric
 
 
@@ -47,7 +48,7 @@ def _score_multilabel(sub: pd.DataFrame, sol: pd.DataFrame, cfg, classes: list[s
         raise UserError(f"the solution holds tags {unseen[:5]} that no training image has, so no model of this split "
                         "can predict them; check data.label_sep and that the solution belongs to this competition")
     y = task.targets(truth)
-    cols = [c for c in sub.columns if c != cfg.data.id_col]
+    cols = [c for c in sub.columns if c != sample_id_col(cfg.data)]
     if all(c in sub.columns for c in classes):
         probs = sub[classes].astype(float).to_numpy()
     elif len(cols) == 1:
@@ -67,9 +68,10 @@ def score_submission(sub_path: str | Path, solution_path: str | Path, cfg) -> di
         if not p.is_file():
             raise UserError(f"{what} file {p} does not exist; pass an existing path")
         df = pd.read_csv(p, dtype=str, keep_default_na=False)
-        if d.id_col not in df.columns:
-            raise UserError(f"{p} has no id column '{d.id_col}'; set data.id_col")
-        frames.append(df.set_index(d.id_col))
+        id_col, key = sample_id_col(d), "data.answer_col" if d.answer_col else "data.id_col"
+        if id_col not in df.columns:
+            raise UserError(f"{p} has no id column '{id_col}'; set {key}")
+        frames.append(df.set_index(id_col))
     sub, sol = frames
     if d.label_col not in sol.columns:
         raise UserError(f"solution {solution_path} has no label column '{d.label_col}'; set data.label_col")
@@ -90,7 +92,7 @@ def _score_labels(sub: pd.DataFrame, sol: pd.DataFrame, cfg, classes: list[str],
     if unknown:
         raise UserError(f"solution labels {unknown[:5]} are not in the class list {classes[:10]}")
     y = sol[d.label_col].map(index).to_numpy()
-    cols = [c for c in sub.columns if c != d.id_col]
+    cols = [c for c in sub.columns if c != sample_id_col(d)]
     written = None  # the labels each row writes, best first (a label or top-k file)
     if all(c in sub.columns for c in classes):
         probs = sub[classes].astype(float).to_numpy()
@@ -144,7 +146,7 @@ def _numbers(values: pd.Series, path, col: str) -> np.ndarray:
 def _score_values(sub: pd.DataFrame, sol: pd.DataFrame, cfg, classes: list[str], sub_path) -> dict[str, float]:
     """A regression submission: the predicted number in its one column, against the solution's values."""
     d = cfg.data
-    cols = [c for c in sub.columns if c != d.id_col]
+    cols = [c for c in sub.columns if c != sample_id_col(d)]
     if len(cols) != 1:
         raise UserError(f"{sub_path} has {len(cols)} prediction columns ({cols[:6]}); a regression submission has one")
     y = _numbers(sol[d.label_col], d.solution, d.label_col)

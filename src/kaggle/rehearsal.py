@@ -23,7 +23,7 @@ from src.core.config import Config
 from src.core.tasks import task_of
 from src.core.utils import UserError, counted
 from src.data.images import find_bad_images
-from src.data.tables import load_test_table
+from src.data.tables import load_test_table, sample_id_col
 
 # Environment variables that would let the notebook reach a network, and their offline values.
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled", "PIP_NO_INDEX": "1",
@@ -67,12 +67,15 @@ def fake_competition(cfg: Config, dest: Path, scale: int) -> pd.DataFrame:
     """dest/<sample_submission> and dest/<test_dir>/ with every test image `scale` times (hard links
     where possible); returns the expanded sample submission."""
     test, sample = load_test_table(cfg.data)
+    if cfg.data.answer_id and scale > 1:
+        raise UserError(f"--scale {scale} repeats each test image as a row of its own, and data.answer_id answers "
+                        "several images per row; rehearse with --scale 1")
     bad = find_bad_images(test["path"].tolist())
     if bad:
         raise UserError(f"{counted(len(bad), 'test image')} cannot be decoded, e.g. {bad[0]}; replace or remove them before "
                         "rehearsing (the real kernel would stop there too)")
     test_root = Path(cfg.data.dir) / cfg.data.test_dir
-    id_col, rows = cfg.data.id_col, []
+    id_col, rows = sample_id_col(cfg.data), []
     for r in range(scale):
         part = sample.copy()
         for i, (image_id, path) in enumerate(zip(test["id"], test["path"])):
@@ -84,10 +87,13 @@ def fake_competition(cfg: Config, dest: Path, scale: int) -> pd.DataFrame:
                 os.link(path, target)
             except OSError:
                 shutil.copyfile(path, target)
-            part.iloc[i, part.columns.get_loc(id_col)] = new_id
+            if not cfg.data.answer_id:  # answers keep the sample's ids; their images are listed by test_csv
+                part.iloc[i, part.columns.get_loc(id_col)] = new_id
         rows.append(part)
     expanded = pd.concat(rows, ignore_index=True)
     expanded.to_csv(dest / cfg.data.sample_submission, index=False)
+    if cfg.data.answer_id:
+        shutil.copyfile(Path(cfg.data.dir) / cfg.data.test_csv, dest / cfg.data.test_csv)
     return expanded
 
 
@@ -231,7 +237,7 @@ def _rehearse(cfg: Config, build: Path, manifest: dict, notebook: Path, scale: i
         cells = execute_notebook(guarded, root)[1:]  # the guard cell is the rehearsal's, not the notebook's
         seconds = time.time() - t0
         check_inputs_untouched(before, snapshot(*inputs))
-        check_rehearsal(root / "working" / "submission.csv", sample, cfg.data.id_col, task_of(cfg).empty_labels_ok)
+        check_rehearsal(root / "working" / "submission.csv", sample, sample_id_col(cfg.data), task_of(cfg).empty_labels_ok)
         if keep is not None:
             keep.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(root / "working" / "submission.csv", keep)

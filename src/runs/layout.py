@@ -220,11 +220,13 @@ def fold_lock(fp: FoldPaths, what: str):
 
 
 def write_oof(path: Path, ids, fold: int, labels, targets, probs: np.ndarray, classes: list[str],
-              run_id: str, epoch: int) -> None:
+              run_id: str, epoch: int, answers=None) -> None:
     """oof.csv: id, fold, label, target (the class index; none for a multi-label task, whose label
     holds its tags), run_id, epoch (of the model that predicted), then prob_<class> for every class,
-    atomically."""
+    atomically. One row per image; with data.answer_id an `answer` column after the label names its answer."""
     oof = pd.DataFrame({"id": list(ids), "fold": fold, "label": list(labels)})
+    if answers is not None:
+        oof["answer"] = list(answers)
     if targets is not None:
         oof["target"] = np.asarray(targets)
     oof["run_id"], oof["epoch"] = run_id, epoch
@@ -235,7 +237,8 @@ def write_oof(path: Path, ids, fold: int, labels, targets, probs: np.ndarray, cl
 def read_oof(path: Path, classes: list[str], run_id: str | None = None) -> pd.DataFrame:
     """An oof.csv with ids and labels kept as written (a label 'None' or 'NA' stays a string);
     its probability columns must be exactly `classes`, and its run id `run_id` when given."""
-    df = pd.read_csv(path, dtype={"id": str, "label": str, "run_id": str, "epoch": str}, keep_default_na=False)
+    df = pd.read_csv(path, dtype={"id": str, "label": str, "answer": str, "run_id": str, "epoch": str},
+                     keep_default_na=False)
     have = [c for c in df.columns if c.startswith("prob_")]
     if have != prob_columns(classes):
         raise UserError(f"{path} holds predictions for other classes than its fold's done.json; retrain that fold")

@@ -19,10 +19,11 @@ from src.core.config import Config, LoaderCfg, config_from_dict
 from src.core.runtime import Runtime, predict
 from src.core.tasks import Task, task_of
 from src.core.utils import UserError
+from src.data.answers import to_answers
 from src.data.folds import folds_path, load_or_create_folds
 from src.data.loaders import eval_loader
 from src.evaluation.blending import as_logits, combine
-from src.evaluation.metrics import summary
+from src.evaluation.metrics import table_summary
 from src.models.model import build_model
 from src.runs.checkpoint import load_checkpoint
 from src.runs.layout import (
@@ -71,8 +72,8 @@ class Member:
         OOF predictions concatenated: what a CV figure quotes (cv.json may predate a retrained or
         removed fold)."""
         oof = _oof_table(self)
-        return {"folds": list(self.folds), **summary(self.task.targets(oof["label"]), oof_probs(oof, self.classes),
-                                                      self.cfg.metric.name)}
+        return {"folds": list(self.folds), **table_summary(oof, oof_probs(oof, self.classes), self.task,
+                                                            self.cfg.metric.name, self.cfg.data.aggregate)}
 
     def sha(self, fold: int) -> str:
         if fold not in self._sha:
@@ -215,7 +216,8 @@ def fold_logits(m: Member, jobs: dict[int, pd.DataFrame], split: str, views: lis
 
 def member_oof(m: Member, views: list[str] | None, rt: Runtime, loader_cfg: LoaderCfg, within: str = "soft"
                ) -> tuple[pd.DataFrame, np.ndarray]:
-    """(table of id, target and fold, OOF log-probabilities N x C): each fold model on its own validation images.
+    """(table of id, target and fold, OOF log-probabilities N x C): each fold model on its own validation images,
+    one row per answer with data.answer_id (its images' probabilities combined by data.aggregate).
 
     Without views the stored oof.csv files are used; with views those images are predicted again
     (or read from the cache), and each fold's views are blended by `within` (the blend's rule
@@ -224,10 +226,15 @@ def member_oof(m: Member, views: list[str] | None, rt: Runtime, loader_cfg: Load
     task = m.task
     if not views:
         oof = _oof_table(m)
-        return oof[["id", "label", "fold"]], as_logits(oof_probs(oof, m.classes), task)
-    table, logits = member_oof_views(m, views, rt, loader_cfg)
-    return table, np.concatenate([as_logits(combine(logits[k], within, task=task), task)
-                                  for k in m.folds])
+        table, probs = oof[_ROWS + [c for c in ("answer",) if c in oof]], oof_probs(oof, m.classes)
+    else:
+        table, logits = member_oof_views(m, views, rt, loader_cfg)
+        probs = np.concatenate([combine(logits[k], within, task=task) for k in m.folds])
+    table, probs = to_answers(table, probs, task, m.cfg.data.aggregate)
+    return table, as_logits(probs, task)
+
+
+_ROWS = ["id", "label", "fold"]  # what an OOF table's rows say of an image (with data.answer_id: and its answer)
 
 
 def _oof_table(m: Member) -> pd.DataFrame:
@@ -254,16 +261,18 @@ def member_oof_views(m: Member, views: list[str], rt: Runtime, loader_cfg: Loade
     jobs = {k: pd.DataFrame({"id": p["id"].to_numpy(), "path": [path_of[i] for i in p["id"]]})
             for k, p in oof.groupby("fold", sort=False)}
     logits = fold_logits(m, {k: jobs[k] for k in m.folds}, "oof", views, rt, loader_cfg)
-    return oof[["id", "label", "fold"]], logits
+    return oof[_ROWS + [c for c in ("answer",) if c in oof]], logits
 
 
 def member_test(m: Member, test: pd.DataFrame, views: list[str], rt: Runtime, loader_cfg: LoaderCfg,
                 within: str, cache: bool = True) -> np.ndarray:
     """Test probabilities (N, C): every fold x view of the member, blended by `within` (the blend's
-    rule within a member: src.ensembling.oof.within_member)."""
+    rule within a member: src.ensembling.oof.within_member); with data.answer_id the images' (cached per
+    image) combined into their answers', in the sample submission's order (src.data.answers.test_images)."""
     logits = fold_logits(m, {k: test for k in m.folds}, "test", views, rt, loader_cfg, cache)
     # (folds * views, N, C) -> (N, C)
-    return combine(np.concatenate([logits[k] for k in m.folds]), within, task=m.task)
+    probs = combine(np.concatenate([logits[k] for k in m.folds]), within, task=m.task)
+    return to_answers(test, probs, m.task, m.cfg.data.aggregate)[1]
 
 
 def open_members(cfg: Config, names: list[str]) -> list[Member]:

@@ -19,7 +19,7 @@ import pandas as pd
 from src.core.config import Config, save_config
 from src.core.runtime import Runtime
 from src.core.utils import UserError
-from src.evaluation.metrics import higher_is_better, monitor_name, summary
+from src.evaluation.metrics import higher_is_better, monitor_name, table_summary
 from src.runs.checkpoint import load_checkpoint, save_checkpoint
 from src.runs.layout import file_sha1, fold_paths, oof_probs, read_oof, write_done, write_oof
 from src.runs.members import Member, open_member
@@ -86,8 +86,8 @@ def average_experiment(cfg: Config, name: str, top: int | None = None, swa: bool
         meta = {"config": fold_cfg.to_dict(), "classes": m.classes, "fold": k, "run_id": run_id}
         save_checkpoint(fp.best, {**meta, "model": state, "epoch": max(info["epochs"]), "averaged_epochs": info["epochs"]})
         write_oof(fp.oof, s.val_df["id"], k, s.val_df["label"], s.val_df.get("target"), info["probs"], m.classes,
-                  run_id, max(info["epochs"]))
-        scores = summary(s.task.targets(s.val_df["label"]), info["probs"], fold_cfg.metric.name)
+                  run_id, max(info["epochs"]), s.val_df.get("answer"))
+        scores = table_summary(s.val_df, info["probs"], s.task, fold_cfg.metric.name, fold_cfg.data.aggregate)
         record = {"fold": k, "best_epoch": max(info["epochs"]), "averaged_epochs": info["epochs"], "averaged_from": name,
                   "monitor": monitor_name(fold_cfg), "best": scores.get(monitor_name(fold_cfg)), **scores,
                   "classes": m.classes, "config": fold_cfg.to_dict(), "run_id": run_id, "best_sha1": file_sha1(fp.best)}

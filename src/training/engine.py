@@ -21,6 +21,7 @@ from src.core.progress import progress
 from src.core.runtime import Norm, Runtime, predict
 from src.core.tasks import Task, task_of
 from src.core.utils import UserError
+from src.data.answers import AnswerIndex, answer_index
 from src.evaluation.metrics import summary
 from src.models.model import Frozen
 from src.models.optim import LossScaler
@@ -64,6 +65,11 @@ class FoldState:
     train_size: int | None = None  # aug.size_schedule: this epoch's training input size (src/training/size_schedule.py)
     forward: object = None  # the compiled training forward (train.compile), else None: `net` itself
     ddp: torch.nn.Module | None = None  # the model in DistributedDataParallel under torchrun
+
+    @property
+    def answers(self) -> AnswerIndex | None:
+        """The validation images' answers (data.answer_id), which the fold's scores are of."""
+        return None if self.val_df is None else answer_index(self.val_df, self.cfg.data.aggregate)
 
     @property
     def task(self) -> Task:
@@ -232,9 +238,11 @@ def _check_finite_validation(logits: np.ndarray, loss: float, what: str) -> None
 
 
 def validate(model: torch.nn.Module, loader, rt: Runtime, targets: np.ndarray, metric: str,
-             norm: Norm | None = None, task: Task | None = None, what: str = "the model") -> tuple[np.ndarray, dict]:
+             norm: Norm | None = None, task: Task | None = None, what: str = "the model",
+             answers: AnswerIndex | None = None) -> tuple[np.ndarray, dict]:
     """(probabilities N x C, {'loss', 'accuracy', 'f1_macro', metric}) over a validation loader.
     `targets`: class indices (N,), or with a multi-label task a 0/1 matrix (N, L) (Task.targets).
+    `answers` (data.answer_id): the scores are the answers' (the loss stays the images'), the probabilities the images'.
     Raises TrainingDiverged, naming `what` (e.g. "fold 0 at epoch 3"), on a non-finite loss or prediction."""
     part = predict([model], loader, rt, desc="validation", norm=norm)[0, 0] if len(loader.dataset) else None
     logits = distributed.gather_rows(part)  # (N, C), every rank's rows in order (this rank's only in one process)
@@ -242,4 +250,5 @@ def validate(model: torch.nn.Module, loader, rt: Runtime, targets: np.ndarray, m
     loss = task.validation_loss(logits, targets)
     _check_finite_validation(logits, loss, what)
     probs = task.activate(logits)
-    return probs, {"loss": loss, **summary(targets, probs, metric)}
+    scored = (targets, probs) if answers is None else (answers.rows(targets), answers.probs(task, probs))
+    return probs, {"loss": loss, **summary(*scored, metric)}

@@ -22,11 +22,12 @@ from src.core.runtime import Norm, Runtime
 from src.core.tasks import task_of
 from src.core.tracking import Tracker
 from src.core.utils import UserError, atomic_save, atomic_write_text, derive_seed, seed_everything
+from src.data.answers import to_answers
 from src.data.folds import fold_tables, folds_path
 from src.data.image_cache import image_cache
 from src.data.loaders import ImageDataset, make_loader, resolve_workers
 from src.data.transforms import build_transform, resolve_norm
-from src.evaluation.metrics import check_metric_fits, higher_is_better, is_better, monitor_name, summary
+from src.evaluation.metrics import check_metric_fits, higher_is_better, is_better, monitor_name, summary, table_summary
 from src.models.losses import build_loss
 from src.models.model import (
     build_model,
@@ -214,13 +215,13 @@ def run_epoch(s: FoldState, keeper: CheckpointKeeper, epoch: int, tracker: Track
     value = None
     if s.val_loader is not None:
         probs, scores = validate(s.eval_model, s.val_loader, s.rt, s.task.targets(s.val_df["label"]), cfg.metric.name,
-                                 s.norm, s.task, what=f"fold {s.fold} at epoch {epoch}")
+                                 s.norm, s.task, what=f"fold {s.fold} at epoch {epoch}", answers=s.answers)
         row.update({f"val_{k}": v for k, v in scores.items()})
         value = scores[monitor_name(cfg)]
     improved = keeper.observe(epoch, value)
     if improved and s.val_df is not None and distributed.is_main():
         write_oof(s.fp.oof, s.val_df["id"], s.fold, s.val_df["label"], s.val_df.get("target"), probs, s.classes,
-                  keeper.meta["run_id"], epoch)
+                  keeper.meta["run_id"], epoch, s.val_df.get("answer"))
     row["time_s"] = round(time.time() - t0, 2)
     keeper.history.append(row)
     s.scheduler.step(epoch + 1, row.get(f"val_{monitor_name(cfg)}"))
@@ -248,7 +249,7 @@ def sync_oof(s: FoldState, keeper: CheckpointKeeper) -> None:
                         s.task)
     if distributed.is_main():
         write_oof(fp.oof, s.val_df["id"], s.fold, s.val_df["label"], s.val_df.get("target"), probs, s.classes,
-                  keeper.meta["run_id"], keeper.best_epoch)
+                  keeper.meta["run_id"], keeper.best_epoch, s.val_df.get("answer"))
 
 
 def finish_fold(s: FoldState, keeper: CheckpointKeeper, tracker: Tracker) -> dict:
@@ -295,7 +296,8 @@ def _record(s: FoldState, keeper: CheckpointKeeper, tracker: Tracker, swa: dict 
               "config": cfg.to_dict(), "run_id": keeper.meta["run_id"], "processes": distributed.world_size()}
     if s.val_df is not None:
         oof = read_oof(fp.oof, s.classes)
-        y, probs = s.task.targets(oof["label"]), oof_probs(oof, s.classes)
+        oof, probs = to_answers(oof, oof_probs(oof, s.classes), s.task, cfg.data.aggregate)  # Kaggle's rows: answers
+        y = s.task.targets(oof["label"])
         result.update(summary(y, probs, cfg.metric.name))
         FOLD_FIGURES[s.task.space](y, probs, s.classes, fp, tracker)
         tracker.summary({f"best_{monitor_name(cfg)}": keeper.best, "best_epoch": keeper.best_epoch,
@@ -427,12 +429,13 @@ def cv_report(cfg: Config, folds: list[int]) -> dict:
                      **{m: done.get(m) for m in dict.fromkeys((*task_of(cfg).summary_metrics, cfg.metric.name))}})
     oof = pd.concat(parts, ignore_index=True)
     task = task_of(cfg, classes)
-    overall = summary(task.targets(oof["label"]), oof_probs(oof, classes), cfg.metric.name)
-    swa = swa_cv(cfg.out_dir, folds, task, cfg.metric.name)
+    overall = table_summary(oof, oof_probs(oof, classes), task, cfg.metric.name, cfg.data.aggregate)
+    swa = swa_cv(cfg.out_dir, folds, task, cfg.metric.name, cfg.data.aggregate)
     table = pd.DataFrame(rows + [{"fold": "oof", "best_epoch": "", **overall}]
                          + ([{"fold": "oof swa", "best_epoch": "", **swa}] if swa else []))
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     report = {"experiment": cfg.experiment.name, "metric": cfg.metric.name, "folds": rows, "oof": overall,
-              "n_oof": len(oof), **({"oof_swa": swa} if swa else {})}
+              "n_oof": len(oof), "n_answers": oof["answer"].nunique() if "answer" in oof else len(oof),
+              **({"oof_swa": swa} if swa else {})}
     atomic_write_text(cfg.out_dir / "cv.json", json.dumps(report, indent=2))
     return report

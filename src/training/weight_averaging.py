@@ -19,7 +19,7 @@ from src.core import distributed
 from src.core.runtime import Norm, Runtime
 from src.core.tasks import Task
 from src.core.utils import UserError
-from src.evaluation.metrics import summary
+from src.evaluation.metrics import table_summary
 from src.runs.checkpoint import save_checkpoint
 from src.runs.layout import fold_paths, oof_probs, read_done, read_oof, write_oof
 from src.training.engine import FoldState, validate
@@ -101,17 +101,17 @@ def finish_swa(s: FoldState, meta: dict, epoch: int) -> dict | None:
     out = {"swa_epochs": n}
     if s.val_df is not None:  # every rank validates its share; rank 0 writes
         probs, scores = validate(model, s.val_loader, s.rt, s.task.targets(s.val_df["label"]), s.cfg.metric.name, s.norm,
-                                  s.task)
+                                  s.task, answers=s.answers)
         if distributed.is_main():
             write_oof(oof, s.val_df["id"], s.fold, s.val_df["label"], s.val_df.get("target"), probs, s.classes,
-                      meta["run_id"], epoch)
+                      meta["run_id"], epoch, s.val_df.get("answer"))
         out.update(scores)
         print(f"fold {s.fold}: SWA of the last {n} epochs, BatchNorm recomputed: " +
               ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     return out
 
 
-def swa_cv(exp_dir: Path, folds: list[int], task: Task, metric: str) -> dict | None:
+def swa_cv(exp_dir: Path, folds: list[int], task: Task, metric: str, how: str) -> dict | None:
     """The SWA models' OOF scores over `folds` when every one of them has a swa_oof.csv of its
     finished run (one left from an earlier run of the fold does not count), else None."""
     parts = []
@@ -126,4 +126,4 @@ def swa_cv(exp_dir: Path, folds: list[int], task: Task, metric: str) -> dict | N
         parts.append(df)
     df = pd.concat(parts, ignore_index=True)
     classes = list(task.classes)
-    return summary(task.targets(df["label"]), oof_probs(df, classes), metric)
+    return table_summary(df, oof_probs(df, classes), task, metric, how)  # per answer, with data.answer_id

@@ -667,6 +667,26 @@ ROWS = [
         damage=_regression(trained=True), config=REGR_CONFIG),
     # ---- issue 29: image + metadata (data.meta_cols)
     # ---- issue 29: grouped answers (data.answer_id)
+    # (the grouped world's overrides, named here: the rows below are the first to use them)
+    row("grouped-unknown-template-field", "train", F0 + (GROUPED_ROW := (
+        "data.dir=inputs/grouped", "data.answer_id={patient_id}_{laterality}", "data.group_col=patient_id",
+        "data.answer_col=prediction_id")) + ("data.answer_id={patient}_{laterality}",),
+        ("data.answer_id", "'patient'", "inputs/grouped/train.csv"), damage=lambda r: _grouped(r)),
+    row("grouped-answer-labels-disagree", "train", F0 + GROUPED_ROW, ("different labels", "data.answer_id"),
+        damage=lambda r: _grouped(r, _two_labels_in_an_answer)),
+    row("grouped-answer-spans-groups", "train", F0 + GROUPED_ROW + ("data.group_col=site",),
+        ("spans the groups", "data.group_col"), damage=lambda r: _grouped(r, _answer_on_two_sites)),
+    row("grouped-answer-without-test-images", "ensemble", GROUPED_ROW, ("1 answer of the sample submission", "no image",
+        "inputs/grouped/test.csv"), damage=lambda r: _grouped(r, _first_answer_unlisted)),
+    row("grouped-missing-test-csv", "ensemble", GROUPED_ROW, ("inputs/grouped/test.csv", "data.test_csv"),
+        damage=lambda r: _grouped(r, lambda c: (c / "test.csv").unlink())),
+    row("grouped-multiclass-max", "train", F0 + GROUPED_ROW + ("data.aggregate=max",),
+        ("data.aggregate=max", "data.aggregate=mean", "multiclass")),
+    row("grouped-probe", "probe", GROUPED_ROW, ("src.probe", "data.answer_id"), damage=lambda r: _grouped(r)),
+    row("grouped-relabel-splits-an-answer", "folds", GROUPED_ROW + ("--relabel", "review.csv"),
+        ("review.csv", "different labels", "data.answer_id"), damage=lambda r: _grouped(r, _review_one_image(r))),
+    row("grouped-pseudo-labels", "pseudo", GROUPED_ROW, ("src.pseudo", "predicts answers", "data.answer_id"),
+        damage=lambda r: _grouped(r, trained=True)),
     # ---- issue 29: pixel tables, arrays and containers
     # ---- issue 29: one-hot classes, new_whale, graded subset, regression probe and stacking
 ]
@@ -761,6 +781,54 @@ def _dicom_for_first_png(root: Path, kind: str, split: str = "train") -> None:
 
 
 # ---- issue 29: grouped answers (data.answer_id) (the damage of its rows)
+def _grouped(root: Path, edit: Callable[[Path], None] | None = None, trained: bool = False) -> None:
+    """Damage: inputs/grouped, the demo's images as answers of 1-3 images (conftest's grouped world), `edit`ed;
+    `trained`: both tiny folds of demo trained there first."""
+    from conftest import build_grouped_competition
+
+    comp = build_grouped_competition(root / "inputs/digits", root / "inputs/grouped")
+    if edit is not None:
+        edit(comp)
+    if trained:
+        run_cli(train.main, ["--fold", "all", "--config", str(DEMO_CONFIG), *TINY, *GROUPED_ROW])
+
+
+def _multi_image_answer(table: pd.DataFrame) -> pd.Index:
+    """The rows of the first answer with more than one image."""
+    key = table["patient_id"] + "_" + table["laterality"]
+    return table.index[key == key[key.duplicated()].iloc[0]]
+
+
+def _two_labels_in_an_answer(comp: Path) -> None:
+    t = pd.read_csv(comp / "train.csv", dtype=str)
+    second = _multi_image_answer(t)[1]
+    t.loc[second, "label"] = "9" if t.loc[second, "label"] != "9" else "8"
+    t.to_csv(comp / "train.csv", index=False)
+
+
+def _answer_on_two_sites(comp: Path) -> None:
+    t = pd.read_csv(comp / "train.csv", dtype=str)
+    t["site"] = t["patient_id"]
+    t.loc[_multi_image_answer(t)[1], "site"] = "elsewhere"
+    t.to_csv(comp / "train.csv", index=False)
+
+
+def _review_one_image(root: Path) -> Callable[[Path], None]:
+    """Damage: review.csv gives the second image of a multi-image answer another label than its first."""
+
+    def edit(comp: Path) -> None:
+        t = pd.read_csv(comp / "train.csv", dtype=str)
+        second = _multi_image_answer(t)[1]
+        other = "9" if t.loc[second, "label"] != "9" else "8"
+        (root / "review.csv").write_text(f"id,reviewed_label\n{t.loc[second, 'id']},{other}\n")
+
+    return edit
+
+
+def _first_answer_unlisted(comp: Path) -> None:
+    t = pd.read_csv(comp / "test.csv", dtype=str)
+    first = pd.read_csv(comp / "sample_submission.csv", dtype=str)["prediction_id"][0]
+    t[t["patient_id"] + "_" + t["laterality"] != first].to_csv(comp / "test.csv", index=False)
 
 
 # ---- issue 29: pixel tables, arrays and containers (the damage of its rows)

@@ -46,6 +46,7 @@ class Task:
     summary_metrics: ClassVar[tuple[str, ...]] = ("accuracy", "f1_macro")  # what every report quotes beside the metric
     prob_word: ClassVar[str] = "probabilities"  # what the _probs.csv beside a submission holds
     first_loss: ClassVar[str] = "ce"  # src.init's loss.name where the recipe's does not train this kind
+    aggregates: ClassVar[tuple[str, ...]] = ("mean",)  # data.aggregate values that keep an answer's row valid
 
     # ------------------------------------------------------------------ construction and checks
 
@@ -91,6 +92,15 @@ class Task:
             return (f"ensemble.min_labels={ens.min_labels} gives an image with no label its most probable one, which "
                     f"only a multi-label task (data.task=multilabel) decides; this competition is {cls.name}, so set "
                     "ensemble.min_labels=0")
+        return None
+
+    @classmethod
+    def check_aggregate(cls, how: str) -> str | None:
+        """Why data.aggregate=`how` cannot combine an answer's images under this task (a sentence), or None:
+        the highest probability of each class over the images sums to more than 1, no distribution."""
+        if how not in cls.aggregates:
+            return (f"data.aggregate={how} takes each class's highest probability over an answer's images, which is "
+                    f"no distribution over the classes of a {cls.name} answer; use data.aggregate=mean")
         return None
 
     def check_metric(self, name: str, fits: frozenset[str], n_classes: int) -> None:
@@ -254,6 +264,11 @@ class Task:
         if voting not in self.voting:
             self.blend(np.zeros((1, 0, self.n_outputs)), voting, np.ones((1, 1, 1)))
 
+    def aggregate(self, probs: np.ndarray, codes: np.ndarray, n: int, how: str) -> np.ndarray:
+        """Images' predictions (N, C) combined into their answers' (n, C): `codes` (N,) is each image's answer
+        (0..n-1), `how` data.aggregate (mean of the rows: still distributions over the classes)."""
+        return reduce_rows(probs, codes, n, how)
+
     def blend_input(self, probs: np.ndarray) -> np.ndarray:
         """Probabilities (N, C) back as what `blend` reads: log-probabilities (softmax ignores per-row shifts)."""
         return np.log(np.clip(probs, 1e-12, 1.0))
@@ -336,6 +351,19 @@ class Task:
         words = placeholder_words(sample, cols[0]) if len(cols) == 1 and len(sample) else pd.Series([1])
         return f"map@{int(words.max())}" if (words > 1).mean() > 0.5 else "accuracy"
 
+
+def reduce_rows(x: np.ndarray, codes: np.ndarray, n: int, how: str) -> np.ndarray:
+    """Rows (N, C) reduced per code (N,) into (n, C): their mean, or their maximum (data.aggregate)."""
+    x, codes = np.asarray(x, dtype=np.float64), np.asarray(codes)
+    if how == "max":
+        out = np.full((n, x.shape[1]), -np.inf)
+        np.maximum.at(out, codes, x)
+        return out
+    out = np.zeros((n, x.shape[1]))
+    np.add.at(out, codes, x)
+    return out / np.bincount(codes, minlength=n)[:, None]
+
+
 def _thresholds_given(task: Task, thresholds) -> None:
     if thresholds is None:
         raise UserError(f"a {task.name} blend needs thresholds fitted on the OOF report (or given, in a Kaggle "
@@ -382,6 +410,13 @@ class Binary(Task):
     """One of two classes (data.task=binary): the softmax over both; its probability is the second's."""
 
     name = "binary"
+    aggregates = ("mean", "max")
+
+    def aggregate(self, probs: np.ndarray, codes: np.ndarray, n: int, how: str) -> np.ndarray:
+        """The positive class's probability combined (max: the most suspicious image, as RSNA's views are
+        read), the negative its complement: each answer's row stays a distribution."""
+        p = reduce_rows(np.asarray(probs)[:, 1:2], codes, n, how)
+        return np.hstack([1.0 - p, p])
 
     def guess_metric(self, sample: pd.DataFrame, id_col: str) -> str:
         """ROC AUC: what most two-class image competitions score (SIIM-ISIC, histopathology, cactus)."""

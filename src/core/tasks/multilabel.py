@@ -29,6 +29,7 @@ class Multilabel(Task):
     split_meta = {"task": "multilabel"}
     empty_labels_ok = True
     report_metrics = ("f1_macro", "f1_micro", "roc_auc", "log_loss")
+    aggregates = ("mean", "max")  # per label: max is the label shown in any of the answer's images
 
     @classmethod
     def check_data(cls, data) -> str | None:

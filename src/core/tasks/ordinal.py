@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from src.core.tasks.base import REGRESSION_LOSSES, Task, _thresholds_given
+from src.core.tasks.base import REGRESSION_LOSSES, Task, _thresholds_given, reduce_rows
 from src.core.utils import UserError, softmax
 
 if TYPE_CHECKING:  # torch loads when a method needs it
@@ -25,6 +25,12 @@ class Ordinal(Task):
     decision = "grades"
     report_metrics = ("accuracy", "f1_macro", "qwk")
     prob_word = "grade distributions"
+    aggregates = ("mean", "max")
+
+    def aggregate(self, probs: np.ndarray, codes: np.ndarray, n: int, how: str) -> np.ndarray:
+        """The grade scores combined (max: the most severe image), as the distribution whose mean is that score."""
+        score = reduce_rows(expected_grade(probs)[:, None], codes, n, how)[:, 0]
+        return grade_probs(score, np.shape(probs)[1])
 
     def __post_init__(self):
         bad = [c for c in self.classes if not _is_int(c)]

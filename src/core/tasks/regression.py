@@ -57,6 +57,7 @@ class Regression(Task):
     probe_models: ClassVar[tuple[str, ...]] = ("ridge",)
     probe_scores: ClassVar[tuple[str, ...]] = ("rmse", "mae", "r2")
     stackers: ClassVar[tuple[str, ...]] = ("ridge",)
+    aggregates: ClassVar[tuple[str, ...]] = ("mean", "max")  # a value: any reduction is one
 
     def __post_init__(self):
         if len(self.classes) > 1:
