@@ -89,6 +89,9 @@ class DataCfg(_Section):
     pseudo: str | None
     relabel: str | None
     target_range: list[float] | None  # regression: [lo, hi]
+    # image + metadata (src/data/meta_table.py): tabular columns beside each image, and the test table holding them
+    meta_cols: list[str] | Literal["auto"] | None
+    test_csv: str
 
     @field_validator("target_range")
     @classmethod
@@ -123,6 +126,9 @@ class DataCfg(_Section):
         if (self.layout == "coco") != (self.annotations is not None):
             raise ValueError("data.layout=coco reads its training table from data.annotations, a COCO-style JSON "
                              "relative to data.dir (e.g. train2019.json); set both, or neither")
+        if self.meta_cols is not None and self.layout != "csv":
+            raise ValueError(f"data.meta_cols reads metadata columns from data.train_csv, which data.layout={self.layout} "
+                             "has none of; use data.layout=csv or set data.meta_cols=null")
         if self.label_pattern is not None:
             try:
                 groups = re.compile(self.label_pattern).groups
@@ -190,6 +196,10 @@ class ModelCfg(_Section):
     freeze_stages: Count | None
     unfreeze_epoch: NonNeg | None
     backbone_lr_mult: Positive
+    # the metadata branch (data.meta_cols; src/models/meta_model.py): MLP widths and embedding width cap
+    meta_hidden: Annotated[list[Count], Field(min_length=1)]
+    meta_dropout: Annotated[float, Field(ge=0, lt=1)]
+    meta_emb_dim: Count
 
     @model_validator(mode="after")
     def _check(self):
@@ -220,6 +230,7 @@ class OptimCfg(_Section):
     find_end_lr: Positive
     find_steps: Annotated[int, Field(ge=10)]
     find_rule: Literal["valley", "steepest", "minimum"]
+    meta_lr_mult: Positive  # data.meta_cols: lr multiplier of the metadata branch (its MLP and embeddings)
 
     @model_validator(mode="after")
     def _check(self):
