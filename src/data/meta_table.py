@@ -41,14 +41,20 @@ def _read(path, what: str) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
+def read_test(cfg: Config) -> pd.DataFrame:
+    """The test table (data.test_csv) as text, indexed by data.id_col: all that inference reads."""
+    path, id_col = require_data_dir(cfg.data) / cfg.data.test_csv, cfg.data.id_col
+    test = _read(path, "test table (data.test_csv)")
+    if id_col not in test.columns:
+        raise UserError(f"{path} has no column '{id_col}' (data.id_col), so its metadata cannot be joined to the test "
+                        "images; fix the file or data.test_csv")
+    return test.set_index(id_col, drop=False)
+
+
 def read_tables(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train.csv, the test table) as text, each indexed by data.id_col."""
-    root, d = require_data_dir(cfg.data), cfg.data
-    train, test = _read(root / d.train_csv, "training table"), _read(root / d.test_csv, "test table (data.test_csv)")
-    if d.id_col not in test.columns:
-        raise UserError(f"{root / d.test_csv} has no column '{d.id_col}' (data.id_col), so its metadata cannot be "
-                        "joined to the test images; fix the file or data.test_csv")
-    return train.set_index(d.id_col, drop=False), test.set_index(d.id_col, drop=False)
+    train = _read(require_data_dir(cfg.data) / cfg.data.train_csv, "training table")
+    return train.set_index(cfg.data.id_col, drop=False), read_test(cfg)
 
 
 def _is_path_col(values: pd.Series, exts: list[str]) -> bool:
@@ -96,10 +102,13 @@ def check_meta(cfg: Config, sample_ids: pd.Series | None = None) -> list[str]:
 
 def meta_rows(cfg: Config, ids, split: str) -> pd.DataFrame:
     """The metadata rows (text) of `ids` in their order: from train.csv (`train`; a pseudo-labelled test
-    image's from the test table) or from the test table (`test`)."""
-    train, test = read_tables(cfg)
-    cols = resolve_cols(cfg, train, test)
-    table = pd.concat([train[cols], test.loc[~test.index.isin(train.index), cols]]) if split == "train" else test[cols]
+    image's from the test table) or from the test table alone (`test`: a Kaggle kernel has no train.csv)."""
+    if split == "test":
+        table = read_test(cfg)
+    else:
+        train, test = read_tables(cfg)
+        cols = resolve_cols(cfg, train, test)
+        table = pd.concat([train[cols], test.loc[~test.index.isin(train.index), cols]])
     absent = [i for i in ids if i not in table.index]
     if absent:
         raise UserError(f"{counted(len(absent), 'image')} (e.g. {absent[:3]}) {'has' if len(absent) == 1 else 'have'} "
@@ -144,8 +153,13 @@ def meta_dims(spec: dict) -> tuple[int, list[int]]:
     return dense, [len(c["vocab"]) + 1 for c in spec["categorical"]]
 
 
-def encode(spec: dict, rows: pd.DataFrame) -> np.ndarray:
-    """The vectors (N, dense + categories) float32 of metadata rows (text) under a fitted spec."""
+def encode(spec: dict, rows: pd.DataFrame, where: str = "the metadata table") -> np.ndarray:
+    """The vectors (N, dense + categories) float32 of metadata rows (text) under a fitted spec; `where`
+    the rows came from, named when it lacks a column the spec was fitted on."""
+    lacking = [c for c in spec["cols"] if c not in rows.columns]
+    if lacking:
+        raise UserError(f"{where} has no column {lacking[:3]}, which the model was trained with (data.meta_cols); "
+                        "restore the column, or retrain without it")
     values, flags, cats = [], [], []
     for n in spec["numeric"]:
         v = _numbers(rows[n["col"]]).to_numpy(dtype=np.float64)

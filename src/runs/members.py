@@ -218,7 +218,8 @@ def fold_logits(m: Member, jobs: dict[int, pd.DataFrame], split: str, views: lis
     for group in todo.values():
         cfg = m.configs[group[0]]
         models = [m.model(k, rt) for k in group]
-        vectors = None if rows[group[0]] is None else encode(models[0].meta_spec, rows[group[0]])
+        vectors = None if rows[group[0]] is None else encode(models[0].meta_spec, rows[group[0]],
+                                                             cfg.data.test_csv if split == "test" else cfg.data.train_csv)
         loader, norm = eval_loader(cfg, jobs[group[0]]["path"].tolist(), loader_cfg, rt, models[0].pretrained_cfg,
                                    vectors)
         need = [v for v in views if any(v not in out[k] for k in group)]
@@ -279,6 +280,19 @@ def member_oof_views(m: Member, views: list[str], rt: Runtime, loader_cfg: Loade
             for k, p in oof.groupby("fold", sort=False)}
     logits = fold_logits(m, {k: jobs[k] for k in m.folds}, "oof", views, rt, loader_cfg)
     return oof[["id", "label", "fold"]], logits
+
+
+def check_test_meta(m: Member, ids) -> None:
+    """Before anything is predicted: the test table of a member trained with data.meta_cols exists,
+    holds every test id and the columns each fold was trained with (done.json's meta_cols)."""
+    for k in m.folds:
+        cfg = m.configs[k]
+        if cfg.data.meta_cols is not None:
+            rows = meta_rows(cfg, ids, "test")
+            lacking = [c for c in m.records[k].get("meta_cols", []) if c not in rows.columns]
+            if lacking:
+                raise UserError(f"{cfg.data.test_csv} has no column {lacking[:3]}, which fold {k} of {m.name} was "
+                                "trained with (data.meta_cols); restore the column, or retrain without it")
 
 
 def member_test(m: Member, test: pd.DataFrame, views: list[str], rt: Runtime, loader_cfg: LoaderCfg,

@@ -309,7 +309,8 @@ def _record(s: FoldState, keeper: CheckpointKeeper, tracker: Tracker, swa: dict 
     cfg, fp = s.cfg, s.fp
     result = {"fold": s.fold, "best_epoch": keeper.best_epoch, "epochs": s.epochs, "epochs_run": len(keeper.history),
               "monitor": monitor_name(cfg), "best": keeper.best, "params": s.counts, "classes": s.classes,
-              "config": cfg.to_dict(), "run_id": keeper.meta["run_id"], "processes": distributed.world_size()}
+              "config": cfg.to_dict(), "run_id": keeper.meta["run_id"], "processes": distributed.world_size(),
+              **({"meta_cols": s.meta["cols"]} if s.meta is not None else {})}  # what inference checks the test table for
     if s.val_df is not None:
         oof = read_oof(fp.oof, s.classes)
         y, probs = s.task.targets(oof["label"]), oof_probs(oof, s.classes)
