@@ -18,10 +18,12 @@ from src.core.cli import run_cli
 from src.core.config import CONFIG_DIR
 from src.core.runtime import Runtime
 from src.ensembling.pipeline import run as ensemble
+from src.ensembling.pseudo_labels import make_pseudo
 from src.models.meta_model import MetaModel
 from src.models.model import build_model, freeze, param_groups
 from src.runs.layout import fold_paths, read_done
 from src.runs.members import member_oof_views, open_member
+from src.training.lr_finder import find_lr
 from src.training.trainer import train_fold
 
 from conftest import TINY, add_meta_columns
@@ -138,3 +140,22 @@ def test_the_kaggle_rehearsal_rebuilds_the_metadata_from_the_test_table(demo_cfg
     assert kernel["id"].tolist() == here["id"].tolist()
     # the same numbers from the test table alone, up to the float rounding of the notebook's other thread count
     np.testing.assert_allclose(kernel["label"], here["label"], rtol=0, atol=1e-6)
+
+
+def test_pseudo_labels_distillation_and_the_lr_finder_carry_the_metadata(demo_cfg, meta_competition, tmp_path):
+    teacher = _cfg(demo_cfg, meta_competition, "multiclass", tmp_path / "out", "experiment.name=teacher")
+    for k in (0, 1):
+        train_fold(teacher, k)
+    table = make_pseudo(teacher, ["teacher"], ["identity"], "equal", None, 0.0, False, 1, tmp_path / "pseudo.csv")
+    pseudo = pd.read_csv(table, dtype=str)
+    test_ids = set(pd.read_csv(teacher.data.dir + "/test.csv", dtype=str)["id"])
+    assert len(pseudo) == 360 and set(pseudo["id"]) <= test_ids
+    # a pseudo-labelled test image trains with its row of the test table
+    student = _cfg(demo_cfg, meta_competition, "multiclass", tmp_path / "out", "experiment.name=student",
+                   f"data.pseudo={table}", "loss.distill_from=teacher")
+    train_fold(student, 0)
+    ckpt = torch.load(fold_paths(student.out_dir, 0).best, weights_only=True)
+    assert ckpt["meta"]["categorical"][0]["vocab"] == ["head", "leg", "palm", "torso"]  # palm: a test-only site
+    found = find_lr(_cfg(demo_cfg, meta_competition, "multiclass", tmp_path / "out", "experiment.name=lr",
+                         "optim.lr=find", "optim.find_steps=10"))
+    assert found["steps_run"] >= 2 and np.isfinite(found["lr"])
