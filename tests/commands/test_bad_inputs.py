@@ -666,6 +666,8 @@ ROWS = [
     row("meta-checkpoint-differs-from-config", "ensemble", REGR + ("--tta", "identity", "vflip"),
         ("best.pt", "data.meta_cols=None", "['Eyes']"), damage=lambda r: _meta_claimed_by_config(r),
         config=REGR_CONFIG),
+    row("meta-probe-without-meta-cols", "probe", ("--meta",), ("src.probe --meta", "data.meta_cols=auto")),
+    row("meta-probe-with-a-submission", "probe", ("--meta", "--out", "submissions/m.csv"), ("--meta", "drop --out")),
     row("meta-report", "report", ("data.dir=inputs/digits_meta",), ("src.report", "Grad-CAM", "data.meta_cols"),
         damage=lambda r: _meta_digits(r)),
     # ---- issue 29: grouped answers (data.answer_id)
