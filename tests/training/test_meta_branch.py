@@ -14,6 +14,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from src import kaggle_kernel
+from src.analysis.model_bench import bench, meta_spec
 from src.core.cli import run_cli
 from src.core.config import CONFIG_DIR
 from src.core.runtime import Runtime
@@ -159,3 +160,16 @@ def test_pseudo_labels_distillation_and_the_lr_finder_carry_the_metadata(demo_cf
     found = find_lr(_cfg(demo_cfg, meta_competition, "multiclass", tmp_path / "out", "experiment.name=lr",
                          "optim.lr=find", "optim.find_steps=10"))
     assert found["steps_run"] >= 2 and np.isfinite(found["lr"])
+
+
+def test_the_benchmark_times_the_metadata_branch(demo_cfg, meta_competition, tmp_path):
+    cfg = _cfg(demo_cfg, meta_competition, "multiclass", tmp_path / "out", "runtime.device=cpu")
+    spec = meta_spec(cfg)
+    assert spec["cols"] == ["hint", "site"]
+    with_meta = bench(cfg, steps=1, warmup=1, n_classes=10, meta=spec)
+    image_only = bench(cfg, steps=1, warmup=1, n_classes=10)
+    extra = with_meta["params"]["total"] - image_only["params"]["total"]
+    model = build_model(cfg.model, 10, pretrained=False, meta=spec)
+    assert extra == sum(p.numel() for p in model.meta.parameters()) + model.head.weight.shape[1] * 10 \
+        - timm.create_model("test_resnet", num_classes=10).get_classifier().weight.numel()
+    assert with_meta["infer_img_per_s"] > 0
