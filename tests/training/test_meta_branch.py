@@ -24,6 +24,7 @@ from src.models.meta_model import MetaModel
 from src.models.model import build_model, freeze, param_groups
 from src.runs.layout import fold_paths, read_done
 from src.runs.members import member_oof_views, open_member
+from src.training.averaged_experiment import average_experiment
 from src.training.lr_finder import find_lr
 from src.training.trainer import train_fold
 
@@ -173,3 +174,15 @@ def test_the_benchmark_times_the_metadata_branch(demo_cfg, meta_competition, tmp
     assert extra == sum(p.numel() for p in model.meta.parameters()) + model.head.weight.shape[1] * 10 \
         - timm.create_model("test_resnet", num_classes=10).get_classifier().weight.numel()
     assert with_meta["infer_img_per_s"] > 0
+
+
+def test_an_averaged_experiment_keeps_the_metadata(demo_cfg, meta_competition, tmp_path):
+    cfg = _cfg(demo_cfg, meta_competition, "binary", tmp_path / "out", "train.epochs=2", "train.keep_top=2",
+               "experiment.name=m")
+    for k in (0, 1):
+        train_fold(cfg, k)
+    average_experiment(cfg, "m", top=2)
+    ckpt = torch.load(fold_paths(tmp_path / "out" / "m_top2", 1).best, weights_only=True)
+    assert ckpt["meta"] == torch.load(fold_paths(cfg.out_dir, 1).best, weights_only=True)["meta"]
+    out = ensemble(cfg, experiments=["m_top2"], tta=["identity"], out=tmp_path / "avg.csv")
+    assert len(pd.read_csv(out)) == len(pd.read_csv(cfg.data.dir + "/sample_submission.csv"))
