@@ -181,8 +181,9 @@ def freeze(model: torch.nn.Module, before: str | None = None, stages: int | None
     """
     if isinstance(model, MetaModel):  # the backbone's names and stages; the metadata branch and head always train
         inner = freeze(model.backbone, before, stages)
+        frozen = {f"backbone.{n}" for n in inner.params}
         for n, p in model.named_parameters():
-            p.requires_grad_(not n.startswith("backbone.") or n.removeprefix("backbone.") not in set(inner.params))
+            p.requires_grad_(n not in frozen)
         return Frozen([f"backbone.{n}" for n in inner.params], [f"backbone.{n}" for n in inner.bn_modules])
     names = [n for n, _ in model.named_parameters()]
     if before is not None:
