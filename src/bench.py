@@ -67,14 +67,14 @@ def main(argv: list[str] | None = None) -> None:
         args.raw = list(argv if argv is not None else sys.argv[1:])
         return stages(args)
     cfg = _timed(load_config(args.config, args.overrides))
-    from src.analysis.model_bench import bench, head_classes
+    from src.analysis.model_bench import bench, head_classes, meta_spec
     from src.ensembling.write_guard import check_writable
 
     check_writable(args.out, cfg, "--out", "bench", safe="outputs/bench/")
 
     n_classes, why = head_classes(cfg)
     print(f"head: {n_classes} outputs ({why})")
-    result = bench(cfg, args.steps, n_classes=n_classes)
+    result = bench(cfg, args.steps, n_classes=n_classes, meta=meta_spec(cfg))
     print(json.dumps(result))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -249,6 +249,67 @@ COCO_OVERRIDES = {
 # ---- issue 29: image + metadata (data.meta_cols)
 
 
+def add_meta_columns(src: Path, dest: Path, id_col: str = "id", label_col: str = "label", seed: int = 0,
+                     shuffle_labels: bool = False) -> Path:
+    """A copy of competition `src` at `dest` (images linked) whose train.csv and a new test.csv carry
+    metadata: `hint`, a number that is the label's rank among the sorted labels plus a little noise
+    (every 7th value missing), and `site`, a category (every 5th empty; the test table adds `palm`,
+    which no training row has). `shuffle_labels` permutes the training labels first, so the image
+    says nothing about the label and only `hint` does."""
+    import numpy as np
+    import pandas as pd
+
+    dest.mkdir(parents=True)
+    for entry in src.iterdir():
+        if entry.is_dir():
+            os.symlink(entry, dest / entry.name)
+    rng = np.random.default_rng(seed)
+    train = pd.read_csv(src / "train.csv", dtype=str, keep_default_na=False)
+    solution = pd.read_csv(src / "solution.csv", dtype=str, keep_default_na=False)
+    if shuffle_labels:
+        train[label_col] = rng.permutation(train[label_col].to_numpy())
+    ranks = {v: i for i, v in enumerate(sorted(set(train[label_col]) | set(solution[label_col])))}
+
+    def meta(table: pd.DataFrame, sites: list[str]) -> pd.DataFrame:
+        hint = [f"{ranks[v] + rng.normal(0, 0.05):.3f}" for v in table[label_col]]
+        out = pd.DataFrame({id_col: table[id_col], "hint": hint, "site": rng.choice(sites, len(table))})
+        out.loc[out.index % 7 == 3, "hint"] = ""
+        out.loc[out.index % 5 == 1, "site"] = ""
+        return out
+
+    train_meta = meta(train, ["head", "torso", "leg"])
+    train.merge(train_meta, on=id_col).to_csv(dest / "train.csv", index=False)
+    meta(solution, ["head", "torso", "leg", "palm"]).to_csv(dest / "test.csv", index=False)
+    for name in ("sample_submission.csv", "solution.csv"):
+        (dest / name).write_bytes((src / name).read_bytes())
+    return dest
+
+
+@pytest.fixture(scope="session")
+def meta_competition(task_competition, tmp_path_factory) -> Callable[[str], tuple[Path, Path, tuple[str, ...]]]:
+    """meta_competition(task) -> (folder, config, overrides): task_competition's competition with
+    metadata columns (add_meta_columns) and data.meta_cols=auto; `regression` is the PetFinder demo
+    (its twelve 0/1 flags in train.csv and test.csv)."""
+    from src.demo import build_regression_demo
+
+    built: dict[str, tuple[Path, Path, tuple[str, ...]]] = {}
+
+    def make(task: str) -> tuple[Path, Path, tuple[str, ...]]:
+        if task not in built:
+            root = tmp_path_factory.mktemp(f"meta_{task}")
+            if task == "regression":
+                built[task] = (build_regression_demo(root / "comp", n_train=64, n_test=24),
+                               CONFIG_DIR / "demo_regression.yaml", ("data.meta_cols=auto",))
+            else:
+                comp, config, extra = task_competition(task)
+                label = "diagnosis" if task == "ordinal" else "label"
+                built[task] = (add_meta_columns(comp, root / "comp", label_col=label), config,
+                               (*extra, "data.meta_cols=auto"))
+        return built[task]
+
+    return make
+
+
 # ---- issue 29: grouped answers (data.answer_id)
 # A grouped world: answers of 1-3 images ('{patient_id}_{laterality}'), a patient holding two answers
 # (data.group_col=patient_id); an answer's images share its first image's label.

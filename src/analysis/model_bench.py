@@ -10,6 +10,7 @@ import torch
 
 from src.core.runtime import Runtime, predict
 from src.core.tasks import Task
+from src.data.meta_table import check_meta, fit_meta, meta_dims, meta_rows
 from src.models.losses import build_loss
 from src.models.model import build_model, freeze, param_counts, param_groups, set_train_mode
 from src.models.optim import LossScaler, build_optimizer
@@ -34,21 +35,37 @@ def head_classes(cfg) -> tuple[int, str]:
     return task.n_outputs, f"the {len(task.classes)} {task.noun} of {cfg.data.dir}"
 
 
-def bench(cfg, steps: int = 30, warmup: int = 5, n_classes: int = 1000) -> dict:
-    """Time `steps` training steps and inference batches after `warmup` of each."""
+def meta_spec(cfg) -> dict | None:
+    """With data.meta_cols (and a competition): the metadata preprocessing fitted on every training
+    row, so the timed model has the metadata branch it trains with; else None."""
+    from src.data.tables import load_train_table
+
+    if cfg.data.meta_cols is None or cfg.data.dir is None:
+        return None
+    check_meta(cfg)
+    return fit_meta(cfg, meta_rows(cfg, load_train_table(cfg.data)["id"], "train"))
+
+
+def bench(cfg, steps: int = 30, warmup: int = 5, n_classes: int = 1000, meta: dict | None = None) -> dict:
+    """Time `steps` training steps and inference batches after `warmup` of each; `meta` (meta_spec)
+    adds the metadata branch, fed vectors of zeros (the mean, or category 0)."""
     rt = Runtime.from_cfg(cfg.runtime)
     device = rt.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    model = build_model(cfg.model, n_classes, pretrained=False, img_size=cfg.aug.img_size)
+    model = build_model(cfg.model, n_classes, pretrained=False, img_size=cfg.aug.img_size, meta=meta)
     frozen = freeze(model, cfg.model.freeze_before, cfg.model.freeze_stages)
     model = rt.model(model)
-    opt = build_optimizer(cfg.optim, param_groups(model, cfg.optim.weight_decay, frozen, 1.0, False))
+    opt = build_optimizer(cfg.optim, param_groups(model, cfg.optim.weight_decay, frozen, 1.0, False,
+                                                  meta_lr_mult=cfg.optim.meta_lr_mult))
     timed = Task(tuple(str(i) for i in range(n_classes)))  # a softmax head of that width: what is timed
     criterion = build_loss(cfg.loss, timed, torch.zeros(1, dtype=torch.long).numpy()).to(device)
     scaler = LossScaler(device.type, enabled=rt.dtype == torch.float16)
     bs, size = cfg.loader.batch_size, cfg.aug.img_size
-    x = rt.batch(torch.randn(bs, 3, size, size))
+    images = torch.randn(bs, 3, size, size)
+    if meta is not None:
+        dense, cards = meta_dims(meta)
+    x = rt.batch(images if meta is None else [images, torch.zeros(bs, dense + len(cards))])
     y = torch.randint(0, n_classes, (bs,), device=device)
 
     def train_step() -> None:
@@ -67,10 +84,11 @@ def bench(cfg, steps: int = 30, warmup: int = 5, n_classes: int = 1000) -> dict:
     train_ips = steps * bs / (time.perf_counter() - t0)
 
     # Inference through the loop validation and the ensemble use (logits copied back per batch).
-    predict([model], [(x, None)] * warmup, rt)
+    batch = x if meta is None else list(x)  # an (image, metadata) batch as the loader yields it
+    predict([model], [(batch, None)] * warmup, rt)
     _sync(device)
     t0 = time.perf_counter()
-    predict([model], [(x, None)] * steps, rt)
+    predict([model], [(batch, None)] * steps, rt)
     _sync(device)
     infer_ips = steps * bs / (time.perf_counter() - t0)
     return {

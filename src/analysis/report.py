@@ -228,6 +228,9 @@ def build_report(cfg: Config, name: str | None = None, n_wrong: int = 24, n_cam:
         cam_layer: module to explain (default: the deepest stage whose map is at least 4x4).
     """
     m = open_member(name or str(cfg.experiment.name), cfg.experiment.output_dir, "warn", cfg.data.dir)
+    if m.cfg.data.meta_cols is not None:  # Grad-CAM's hooks explain an image model's feature stage, fed images alone
+        raise UserError(f"src.report explains image models with Grad-CAM, and {m.name} was trained with data.meta_cols "
+                        "(image + metadata); report an image-only experiment, or read its OOF with src.ensemble")
     rt = Runtime.from_cfg(cfg.runtime)
     # 1) tables: CV, confusion matrix and per-class scores (multi-label: per-label scores), suspect labels
     oof = _oof_with_paths(m)

@@ -94,7 +94,9 @@ class DataCfg(_Section):
     answer_id: str | None  # a column of train.csv and data.test_csv, or a template of columns: '{patient_id}_{laterality}'
     aggregate: Literal["mean", "max"]  # how an answer's image predictions combine (the task's aggregate)
     answer_col: str | None  # the sample submission's id column when it names answers; None: data.id_col
-    test_csv: str  # the test images' table (data.id_col and the answer's columns), relative to data.dir
+    # image + metadata (src/data/meta_table.py): tabular columns beside each image, and the test table holding them
+    meta_cols: list[str] | Literal["auto"] | None
+    test_csv: str  # the test images' table, relative to data.dir: metadata and the answer's columns
 
     @field_validator("target_range")
     @classmethod
@@ -132,6 +134,9 @@ class DataCfg(_Section):
         if (self.layout == "coco") != (self.annotations is not None):
             raise ValueError("data.layout=coco reads its training table from data.annotations, a COCO-style JSON "
                              "relative to data.dir (e.g. train2019.json); set both, or neither")
+        if self.meta_cols is not None and self.layout != "csv":
+            raise ValueError(f"data.meta_cols reads metadata columns from data.train_csv, which data.layout={self.layout} "
+                             "has none of; use data.layout=csv or set data.meta_cols=null")
         if self.label_pattern is not None:
             try:
                 groups = re.compile(self.label_pattern).groups
@@ -199,6 +204,10 @@ class ModelCfg(_Section):
     freeze_stages: Count | None
     unfreeze_epoch: NonNeg | None
     backbone_lr_mult: Positive
+    # the metadata branch (data.meta_cols; src/models/meta_model.py): MLP widths and embedding width cap
+    meta_hidden: Annotated[list[Count], Field(min_length=1)]
+    meta_dropout: Annotated[float, Field(ge=0, lt=1)]
+    meta_emb_dim: Count
 
     @model_validator(mode="after")
     def _check(self):
@@ -229,6 +238,7 @@ class OptimCfg(_Section):
     find_end_lr: Positive
     find_steps: Annotated[int, Field(ge=10)]
     find_rule: Literal["valley", "steepest", "minimum"]
+    meta_lr_mult: Positive  # data.meta_cols: lr multiplier of the metadata branch (its MLP and embeddings)
 
     @model_validator(mode="after")
     def _check(self):

@@ -43,6 +43,12 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 FLUSH_EVERY = 32
 
 
+def on_image(x, fn):
+    """`fn` applied to a batch's images: the batch itself, or the image of an (image, metadata) pair,
+    whose metadata stays as it is (TTA views and resizing transform the image only)."""
+    return (fn(x[0]), x[1]) if isinstance(x, tuple) else fn(x)
+
+
 @dataclass(frozen=True)
 class Norm:
     """Normalisation of uint8 image batches where they are computed (on the device), the way
@@ -102,9 +108,12 @@ class Runtime:
         model = model.to(self.device)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
-    def batch(self, x: torch.Tensor, norm: Norm | None = None) -> torch.Tensor:
+    def batch(self, x: torch.Tensor | list, norm: Norm | None = None) -> torch.Tensor | tuple:
         """An image batch (N, C, H, W) on the device, normalised there when it comes as uint8, in
-        the model's memory format. The copy is asynchronous (from pinned memory on CUDA)."""
+        the model's memory format. The copy is asynchronous (from pinned memory on CUDA). A batch of
+        (image, metadata) pairs (data.meta_cols) comes as [images, vectors (N, D)] and leaves as the pair."""
+        if isinstance(x, (list, tuple)):
+            return self.batch(x[0], norm), x[1].to(self.device, non_blocking=True)
         x = x.to(self.device, non_blocking=True)
         if x.dtype == torch.uint8:
             if norm is None:
@@ -131,9 +140,9 @@ def predict(models: list[torch.nn.Module], loader, rt: Runtime, views: list[str]
         x = rt.batch(x, norm)
         per_view = []
         for v in views:
-            xv = apply_view(v, x)
-            if rt.channels_last:
-                xv = xv.contiguous(memory_format=torch.channels_last)  # flips and rotations change strides
+            xv = on_image(x, lambda im, v=v: apply_view(v, im))
+            if rt.channels_last:  # flips and rotations change strides
+                xv = on_image(xv, lambda im: im.contiguous(memory_format=torch.channels_last))
             with rt.autocast():
                 per_view.append(torch.stack([m(xv).float() for m in models]))
         pending.append(torch.stack(per_view, 1))

@@ -24,12 +24,14 @@ class ImageDataset(torch.utils.data.Dataset):
     seeded per sample, so a given epoch sees the same augmented images whatever the worker
     count, worker persistence or a resume in between. With a `cache` (src.data.image_cache.ImageCache
     at the transform's first side), images are read from it instead of decoded; without one,
-    DICOM files are decoded with `dicom_window` (data.dicom_window).
+    DICOM files are decoded with `dicom_window` (data.dicom_window). With `meta` (N, D), each image's
+    metadata vector (src.data.meta_table.encode) comes with it: the item's input is the pair (image, meta).
     """
 
     def __init__(self, paths: list[str], targets: list[int] | None, transform: A.Compose | None, cache=None,
-                 dicom_window: tuple[float, float] | None = None):
+                 dicom_window: tuple[float, float] | None = None, meta: np.ndarray | None = None):
         self.paths = list(paths)
+        self.meta = None if meta is None else torch.from_numpy(np.asarray(meta, dtype=np.float32))
         # class indices (N,), a 0/1 matrix (N, L) for a multi-label task, or a regression's float values (N,)
         # (src.core.tasks Task.targets): only class indices are made int64
         targets = None if targets is None else np.asarray(targets)
@@ -51,6 +53,8 @@ class ImageDataset(torch.utils.data.Dataset):
             if seed is not None:
                 seed_transform(self.transform, seed)
             x = self.transform(image=img)["image"]
+        if self.meta is not None:
+            x = (x, self.meta[i])
         if self.targets is None:
             return x, i
         return x, (torch.from_numpy(self.targets[i].astype(np.float32)) if self.targets.ndim == 2
@@ -87,13 +91,13 @@ def make_loader(
 
 
 def eval_loader(cfg: Config, paths: list[str], loader_cfg: LoaderCfg, rt: Runtime,
-                pretrained_cfg: dict | None) -> tuple[torch.utils.data.DataLoader, Norm]:
+                pretrained_cfg: dict | None, meta: np.ndarray | None = None) -> tuple[torch.utils.data.DataLoader, Norm]:
     """The evaluation pass's loader over `paths` (through the image cache, filled first) and the
-    normalisation its uint8 batches get on the device."""
+    normalisation its uint8 batches get on the device; `meta`: the images' metadata vectors."""
     images = image_cache(cfg, train=False)
     if images is not None:
         distributed.main_first(lambda: images.fill_or_fail(paths, workers=max(2, resolve_workers(loader_cfg))))
-    ds = distributed.shard_dataset(ImageDataset(paths, None, build_transform(cfg.aug, False), images, cfg.data.dicom_window),
+    ds = distributed.shard_dataset(ImageDataset(paths, None, build_transform(cfg.aug, False), images, cfg.data.dicom_window, meta),
                                    loader_cfg.batch_size)  # this rank's share under torchrun
     loader = make_loader(ds, loader_cfg, device=rt.device.type)
     return loader, Norm(*resolve_norm(cfg.aug, pretrained_cfg))

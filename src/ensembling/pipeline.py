@@ -21,7 +21,7 @@ from src.ensembling.submission import blend_path, checked_submission, submission
 from src.ensembling.write_guard import check_submission_out
 from src.evaluation.blending import check_voting
 from src.evaluation.metrics import check_metric_fits
-from src.runs.members import open_members
+from src.runs.members import check_test_meta, open_members
 
 
 def _parse_tta(tta: list[str] | None, default: list[str]) -> tuple[list[str], bool]:
@@ -140,6 +140,8 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
     rt = Runtime.from_cfg(cfg.runtime)
     test, sample = load_test_table(cfg.data)
     members = _checked_members(cfg, names, weights, voting, report, thresholds)
+    for m in members:
+        check_test_meta(m, test["id"])  # data.meta_cols: the test table, before anything is predicted
     if stack:
         members[0].task.check_second_level("--stack", stack)
     members[0].task.resolve_format(fmt or e.format, sample, sample_id_col(cfg.data), cfg.metric.name)  # refused before predicting

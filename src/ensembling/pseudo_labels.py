@@ -38,7 +38,7 @@ from src.data.pseudo_rows import pseudo_digest
 from src.data.tables import load_test_table, prob_columns
 from src.ensembling.blend import Blend
 from src.ensembling.write_guard import check_writable
-from src.runs.members import open_members
+from src.runs.members import check_test_meta, open_members
 
 HARD_THRESHOLD = 0.9  # default confidence for hard pseudo-labels; soft ones keep every row by default
 
@@ -94,8 +94,10 @@ def make_pseudo(cfg: Config, names: list[str], views: list[str] | None, weights,
     if soft:
         task.refuse_soft_targets("its pseudo-labels are hard (the nearest grade); drop --soft")
     weights = e.weights if weights is None else weights
-    blend = Blend.fit(cfg, members, names_views, weights, voting, rt)  # [auto, ...]: views chosen on OOF
     test, _ = load_test_table(cfg.data)
+    for m in members:
+        check_test_meta(m, test["id"])  # data.meta_cols: the test table, before anything is predicted
+    blend = Blend.fit(cfg, members, names_views, weights, voting, rt)  # [auto, ...]: views chosen on OOF
     probs = blend.predict(blend.member_probs(members, test, rt, cfg.loader))
     table = pseudo_table(probs, test["id"], task, threshold, round_)
     if table.empty:

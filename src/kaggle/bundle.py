@@ -107,10 +107,11 @@ def check_competition(cfg: Config, members: list[Member]) -> None:
 
 
 def slim_checkpoint(src: Path, dst: Path, half: bool) -> None:
-    """best.pt without optimizer, scheduler or RNG state: weights, config, classes, fold, run id."""
+    """best.pt without optimizer, scheduler or RNG state: weights, config, classes, fold, run id, and the
+    fitted metadata preprocessing (data.meta_cols) the kernel encodes the test table with."""
     ckpt = load_checkpoint(src)
     model = {k: (v.half() if half and v.is_floating_point() else v) for k, v in ckpt["model"].items()}
-    save_checkpoint(dst, {"model": model, **{k: ckpt[k] for k in ("config", "classes", "fold", "run_id") if k in ckpt}})
+    save_checkpoint(dst, {"model": model, **{k: ckpt[k] for k in ("config", "classes", "fold", "run_id", "meta") if k in ckpt}})
 
 
 def _git_commit() -> str:

@@ -23,6 +23,7 @@ from src.core.config import Config
 from src.core.tasks import task_of
 from src.core.utils import UserError, counted
 from src.data.images import find_bad_images
+from src.data.meta_table import read_test
 from src.data.tables import load_test_table, sample_id_col
 
 # Environment variables that would let the notebook reach a network, and their offline values.
@@ -94,7 +95,18 @@ def fake_competition(cfg: Config, dest: Path, scale: int) -> pd.DataFrame:
     expanded.to_csv(dest / cfg.data.sample_submission, index=False)
     if cfg.data.answer_id:
         shutil.copyfile(Path(cfg.data.dir) / cfg.data.test_csv, dest / cfg.data.test_csv)
+    elif cfg.data.meta_cols is not None:  # the test images' metadata, under their repeated ids too
+        _fake_test_table(cfg, dest, test["id"], scale)
     return expanded
+
+
+def _fake_test_table(cfg: Config, dest: Path, ids: pd.Series, scale: int) -> None:
+    """dest/<data.test_csv>: the test table's rows of the sample's ids, `scale` times (repeated ids)."""
+    table = read_test(cfg).loc[ids.tolist()].reset_index(drop=True)
+    id_col = cfg.data.id_col
+    parts = [table.assign(**{id_col: [i if r == 0 else _repeat_id(i, r) for i in ids]}) for r in range(scale)]
+    (dest / cfg.data.test_csv).parent.mkdir(parents=True, exist_ok=True)
+    pd.concat(parts, ignore_index=True).to_csv(dest / cfg.data.test_csv, index=False)
 
 
 IMAGE_GUARD = '''\

@@ -15,6 +15,8 @@ from timm.optim import param_groups_layer_decay
 
 from src.core.config import ModelCfg
 from src.core.utils import UserError
+from src.data.meta_table import meta_dims
+from src.models.meta_model import MetaModel
 
 
 def _create(cfg: ModelCfg, num_classes: int, pretrained: bool, img_size: int | None = None) -> torch.nn.Module:
@@ -78,7 +80,7 @@ def load_weights_file(model: torch.nn.Module, path: str | Path) -> None:
 
 
 def build_model(cfg: ModelCfg, num_classes: int, pretrained: bool | None = None,
-                img_size: int | None = None) -> torch.nn.Module:
+                img_size: int | None = None, meta: dict | None = None) -> torch.nn.Module:
     """A timm model with a `num_classes` head that returns logits.
 
     Args:
@@ -87,7 +89,13 @@ def build_model(cfg: ModelCfg, num_classes: int, pretrained: bool | None = None,
         pretrained: False builds the bare architecture (a checkpoint will be loaded); None loads
             cfg.pretrained_path when given, else the hub's weights when cfg.pretrained.
         img_size: input side; fixed-size models (ViT, Swin) are built for it.
+        meta: the fitted metadata preprocessing (src.data.meta_table.fit_meta): the timm model becomes
+            the backbone of a MetaModel taking (image, meta) pairs; None: the timm model itself.
     """
+    if meta is not None:
+        model = MetaModel(build_model(cfg, num_classes, pretrained, img_size), cfg, *meta_dims(meta), num_classes)
+        model.meta_spec = meta  # what its inputs' vectors are encoded with (not a tensor: kept off the state dict)
+        return model
     if pretrained is False:
         return _create(cfg, num_classes, False, img_size)
     if cfg.pretrained_path:  # a given file is always loaded, whatever model.pretrained says
@@ -171,6 +179,12 @@ def freeze(model: torch.nn.Module, before: str | None = None, stages: int | None
     BatchNorm layers whose parameters are all frozen are listed so the loop keeps them in eval
     mode and their running statistics do not move.
     """
+    if isinstance(model, MetaModel):  # the backbone's names and stages; the metadata branch and head always train
+        inner = freeze(model.backbone, before, stages)
+        frozen = {f"backbone.{n}" for n in inner.params}
+        for n, p in model.named_parameters():
+            p.requires_grad_(n not in frozen)
+        return Frozen([f"backbone.{n}" for n in inner.params], [f"backbone.{n}" for n in inner.bn_modules])
     names = [n for n, _ in model.named_parameters()]
     if before is not None:
         hit = next((i for i, n in enumerate(names) if n == before or n.startswith(before + ".")), None)
@@ -220,7 +234,10 @@ def param_counts(model: torch.nn.Module) -> dict[str, int]:
 
 def _layer_scales(model: torch.nn.Module, layer_decay: float, name: str) -> dict[str, float]:
     """Each parameter's lr_scale under timm's layer-wise decay (its fine-grained group_matcher: a
-    block d blocks below the head scales by layer_decay^d), frozen parameters included."""
+    block d blocks below the head scales by layer_decay^d), frozen parameters included; a MetaModel's
+    backbone is decayed from its top, the metadata branch and head are not."""
+    if isinstance(model, MetaModel):
+        return {f"backbone.{n}": v for n, v in _layer_scales(model.backbone, layer_decay, name).items()}
     held = {n: p.requires_grad for n, p in model.named_parameters()}
     try:
         for p in model.parameters():
@@ -236,11 +253,13 @@ def _layer_scales(model: torch.nn.Module, layer_decay: float, name: str) -> dict
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, frozen: Frozen, backbone_lr_mult: float,
-                 include_frozen: bool, layer_decay: float | None = None, name: str = "the model") -> list[dict]:
-    """Optimizer groups, each parameter's lr_scale the product of two factors:
+                 include_frozen: bool, layer_decay: float | None = None, name: str = "the model",
+                 meta_lr_mult: float = 1.0) -> list[dict]:
+    """Optimizer groups, each parameter's lr_scale the product of three factors:
 
     - layer-wise decay (`layer_decay`, timm's layer map): layer_decay^d, d blocks below the head;
-    - the frozen backbone (only when it will be unfrozen later): `backbone_lr_mult`.
+    - the frozen backbone (only when it will be unfrozen later): `backbone_lr_mult`;
+    - a MetaModel's metadata branch (optim.meta_lr_mult): `meta_lr_mult`.
 
     No weight decay on norm and bias (1-D) parameters nor on those the model names in
     no_weight_decay() (a ViT's position embedding and class token), as timm's optimizer factory does.
@@ -254,7 +273,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float, frozen: Frozen, ba
         if is_backbone and not include_frozen:
             continue
         no_decay = p.ndim <= 1 or n.endswith(".bias") or n in skip
-        buckets.setdefault((layers.get(n, 1.0), is_backbone, no_decay), []).append(p)
+        own = meta_lr_mult if isinstance(model, MetaModel) and n.startswith("meta.") else 1.0
+        buckets.setdefault((layers.get(n, 1.0) * own, is_backbone, no_decay), []).append(p)
     groups = []
     for (layer_scale, is_backbone, no_decay), params in sorted(buckets.items(), key=lambda kv: (-kv[0][0], kv[0][1:])):
         g = {"params": params, "weight_decay": 0.0 if no_decay else weight_decay}

@@ -7,6 +7,7 @@ other weights, voting or formats needs no model at all.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from src.core.utils import UserError
 from src.data.answers import to_answers
 from src.data.folds import folds_path, load_or_create_folds
 from src.data.loaders import eval_loader
+from src.data.meta_table import encode, meta_rows
 from src.evaluation.blending import as_logits, combine
 from src.evaluation.metrics import table_summary
 from src.models.model import build_model
@@ -91,13 +93,29 @@ class Member:
         if ckpt["classes"] != self.classes:
             raise UserError(f"{path} holds another class list than the fold's done.json; retrain fold {fold}")
         cfg = self.configs[fold]
-        model = build_model(cfg.model, task_of(cfg, self.classes).n_outputs, pretrained=False, img_size=cfg.aug.img_size)
+        meta = _checked_meta(cfg, ckpt.get("meta"), path)
+        model = build_model(cfg.model, task_of(cfg, self.classes).n_outputs, pretrained=False, img_size=cfg.aug.img_size,
+                            meta=meta)
         try:
             model.load_state_dict(ckpt["model"])
         except RuntimeError as e:
             raise UserError(f"{path} does not fit its stored config ({cfg.model.name}, {len(self.classes)} classes): "
                             f"{str(e).splitlines()[0][:150]}; retrain that fold") from None
         return rt.model(model).eval()
+
+
+def _checked_meta(cfg: Config, meta: dict | None, path: Path) -> dict | None:
+    """The checkpoint's metadata preprocessing, which must be of the columns its config names."""
+    want, have = cfg.data.meta_cols, None if meta is None else meta["cols"]
+    if (want is None) != (have is None) or (isinstance(want, list) and want != have):
+        raise UserError(f"{path} was trained with data.meta_cols={have} but its fold's config says data.meta_cols={want}; "
+                        "retrain the fold, or restore its done.json and best.pt as one piece")
+    return meta
+
+
+def _meta_rows(cfg: Config, ids, split: str) -> pd.DataFrame | None:
+    """The metadata rows (text) of a fold's images: from train.csv for OOF, the test table for test."""
+    return None if cfg.data.meta_cols is None else meta_rows(cfg, ids, "test" if split == "test" else "train")
 
 
 def _relocated(cfg: Config, output_dir: str, name: str, data_dir: str | None,
@@ -180,8 +198,11 @@ def fold_logits(m: Member, jobs: dict[int, pd.DataFrame], split: str, views: lis
     todo: dict[tuple, list[int]] = {}
     paths: dict[tuple[int, str], Path] = {}
     imgs: dict[int, str] = {}
+    rows = {k: _meta_rows(m.configs[k], df["id"], split) for k, df in jobs.items()}
     for k, df in jobs.items():
         imgs[k] = images_key(df["id"], df["path"])
+        if rows[k] is not None:  # the metadata is an input too: edited values are predicted again
+            imgs[k] = hashlib.sha1(f"{imgs[k]}\0{rows[k].to_csv()}".encode()).hexdigest()
         out[k] = {}
         for v in views:
             paths[k, v] = preds_path(m.exp_dir, k, split, v, preds_key(m.sha(k), split, v, imgs[k], rt.amp_name))
@@ -193,11 +214,15 @@ def fold_logits(m: Member, jobs: dict[int, pd.DataFrame], split: str, views: lis
         out[k] = {v: a for v, a in out[k].items() if (k, v) in hits}
         m.cached += len(out[k])
         if len(out[k]) < len(views):
-            todo.setdefault((imgs[k], _eval_setup(m.configs[k])), []).append(k)
-    for (_, _), group in todo.items():
+            # each fold encodes metadata with its own fitted preprocessing: a pass of its own
+            todo.setdefault((imgs[k], _eval_setup(m.configs[k]), k if rows[k] is not None else None), []).append(k)
+    for group in todo.values():
         cfg = m.configs[group[0]]
         models = [m.model(k, rt) for k in group]
-        loader, norm = eval_loader(cfg, jobs[group[0]]["path"].tolist(), loader_cfg, rt, models[0].pretrained_cfg)
+        vectors = None if rows[group[0]] is None else encode(models[0].meta_spec, rows[group[0]],
+                                                             cfg.data.test_csv if split == "test" else cfg.data.train_csv)
+        loader, norm = eval_loader(cfg, jobs[group[0]]["path"].tolist(), loader_cfg, rt, models[0].pretrained_cfg,
+                                   vectors)
         need = [v for v in views if any(v not in out[k] for k in group)]
         part = predict(models, loader, rt, need, desc=f"{m.name} {split} folds {group} x {len(need)} views",
                        norm=norm) if len(loader.dataset) else None  # this rank's images under torchrun
@@ -262,6 +287,19 @@ def member_oof_views(m: Member, views: list[str], rt: Runtime, loader_cfg: Loade
             for k, p in oof.groupby("fold", sort=False)}
     logits = fold_logits(m, {k: jobs[k] for k in m.folds}, "oof", views, rt, loader_cfg)
     return oof[_ROWS + [c for c in ("answer",) if c in oof]], logits
+
+
+def check_test_meta(m: Member, ids) -> None:
+    """Before anything is predicted: the test table of a member trained with data.meta_cols exists,
+    holds every test id and the columns each fold was trained with (done.json's meta_cols)."""
+    for k in m.folds:
+        cfg = m.configs[k]
+        if cfg.data.meta_cols is not None:
+            rows = meta_rows(cfg, ids, "test")
+            lacking = [c for c in m.records[k].get("meta_cols", []) if c not in rows.columns]
+            if lacking:
+                raise UserError(f"{cfg.data.test_csv} has no column {lacking[:3]}, which fold {k} of {m.name} was "
+                                "trained with (data.meta_cols); restore the column, or retrain without it")
 
 
 def member_test(m: Member, test: pd.DataFrame, views: list[str], rt: Runtime, loader_cfg: LoaderCfg,

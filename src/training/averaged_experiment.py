@@ -83,14 +83,16 @@ def average_experiment(cfg: Config, name: str, top: int | None = None, swa: bool
         s, run_id = info["state"], uuid.uuid4().hex[:12]
         fp = fold_paths(fold_cfg.out_dir, k)
         fp.done.unlink(missing_ok=True)
-        meta = {"config": fold_cfg.to_dict(), "classes": m.classes, "fold": k, "run_id": run_id}
+        meta = {"config": fold_cfg.to_dict(), "classes": m.classes, "fold": k, "run_id": run_id,
+                **({"meta": s.meta} if s.meta is not None else {})}  # data.meta_cols: the fold's fitted preprocessing
         save_checkpoint(fp.best, {**meta, "model": state, "epoch": max(info["epochs"]), "averaged_epochs": info["epochs"]})
         write_oof(fp.oof, s.val_df["id"], k, s.val_df["label"], s.val_df.get("target"), info["probs"], m.classes,
                   run_id, max(info["epochs"]), s.val_df.get("answer"))
         scores = table_summary(s.val_df, info["probs"], s.task, fold_cfg.metric.name, fold_cfg.data.aggregate)
         record = {"fold": k, "best_epoch": max(info["epochs"]), "averaged_epochs": info["epochs"], "averaged_from": name,
                   "monitor": monitor_name(fold_cfg), "best": scores.get(monitor_name(fold_cfg)), **scores,
-                  "classes": m.classes, "config": fold_cfg.to_dict(), "run_id": run_id, "best_sha1": file_sha1(fp.best)}
+                  "classes": m.classes, "config": fold_cfg.to_dict(), "run_id": run_id, "best_sha1": file_sha1(fp.best),
+                  **({"meta_cols": s.meta["cols"]} if s.meta is not None else {})}
         write_done(fp, record)
         rows.append({"fold": k, "epochs": "+".join(map(str, info["epochs"])),
                      f"{name}": m.records[k].get(fold_cfg.metric.name), new: scores[fold_cfg.metric.name]})

@@ -18,7 +18,7 @@ from src.core import distributed
 from src.core.config import Config
 from src.core.distributed import EpochSampler
 from src.core.progress import progress
-from src.core.runtime import Norm, Runtime, predict
+from src.core.runtime import Norm, Runtime, on_image, predict
 from src.core.tasks import Task, task_of
 from src.core.utils import UserError
 from src.data.answers import AnswerIndex, answer_index
@@ -65,6 +65,7 @@ class FoldState:
     train_size: int | None = None  # aug.size_schedule: this epoch's training input size (src/training/size_schedule.py)
     forward: object = None  # the compiled training forward (train.compile), else None: `net` itself
     ddp: torch.nn.Module | None = None  # the model in DistributedDataParallel under torchrun
+    meta: dict | None = None  # data.meta_cols: the preprocessing fitted on this fold's training rows (meta_table)
 
     @property
     def answers(self) -> AnswerIndex | None:
@@ -145,7 +146,7 @@ class CompiledForward:
     def __init__(self, model: torch.nn.Module):
         self.model, self.compiled, self.checked = model, torch.compile(model), False
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor | tuple) -> torch.Tensor:
         if self.checked:
             return self.compiled(x)
         try:
@@ -173,7 +174,7 @@ def step_loss(s: FoldState, forward, x: torch.Tensor, y: torch.Tensor, task: Tas
     (loss, logits, the labels accuracy is counted against)."""
     x, y = s.rt.batch(x, s.norm), y.to(s.rt.device, non_blocking=True)
     target, y = y, task.accuracy_labels(y)  # probability targets (soft_targets.py): accuracy against their argmax
-    x = resize_batch(x, s.train_size)
+    x = on_image(x, lambda im: resize_batch(im, s.train_size))
     if s.mixup is not None:  # a regression head mixes its grades as one dense target column
         x, target = s.mixup(x, task.mixup_target(y))
     with s.rt.autocast():

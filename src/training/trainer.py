@@ -26,6 +26,7 @@ from src.data.answers import to_answers
 from src.data.folds import fold_tables, folds_path
 from src.data.image_cache import image_cache
 from src.data.loaders import ImageDataset, make_loader, resolve_workers
+from src.data.meta_table import check_meta, encode, fit_meta, meta_rows
 from src.data.transforms import build_transform, resolve_norm
 from src.evaluation.metrics import check_metric_fits, higher_is_better, is_better, monitor_name, summary, table_summary
 from src.models.losses import build_loss
@@ -69,11 +70,14 @@ def setup_fold(cfg: Config, fold: int, rt: Runtime, dry: bool = False) -> FoldSt
     """Data, model with freezing, and loaders of one fold (the optimization is added by `optimization`);
     `dry`: write nothing (no split file, no image cache)."""
     fits = lambda n_classes: check_metric_fits(cfg.metric.name, n_classes, task_of(cfg))  # noqa: E731
+    if cfg.data.meta_cols is not None:
+        check_meta(cfg)  # before the split is written
     train_df, val_df, classes = distributed.main_first(lambda: fold_tables(cfg, fold, fits, write=not dry))  # rank 0 writes the split
     task = task_of(cfg, classes)
     seed = derive_seed(cfg.experiment.seed, fold + 1)
     seed_everything(seed)
-    model = build_model(cfg.model, task.n_outputs, img_size=cfg.aug.img_size)
+    meta, vectors = fold_meta(cfg, train_df, val_df)
+    model = build_model(cfg.model, task.n_outputs, img_size=cfg.aug.img_size, meta=meta)
     if cfg.model.grad_checkpointing:
         set_grad_checkpointing(model, cfg.model.name)
     frozen = freeze(model, cfg.model.freeze_before, cfg.model.freeze_stages)
@@ -93,7 +97,7 @@ def setup_fold(cfg: Config, fold: int, rt: Runtime, dry: bool = False) -> FoldSt
     )
     train_cache, val_cache = (None, None) if dry else (image_cache(cfg, train=True), image_cache(cfg, train=False))
     train_ds = ImageDataset(train_df["path"], task.targets(train_df["label"]), build_transform(cfg.aug, True), train_cache,
-                            cfg.data.dicom_window)
+                            cfg.data.dicom_window, vectors[0])
     train_ds = with_soft_targets(train_ds, cfg, train_df, classes)  # distillation, soft pseudo-labels
     sampler = distributed.epoch_sampler(len(train_ds), seed)
     train_loader = make_loader(train_ds, cfg.loader, device=rt.device.type, sampler=sampler,
@@ -101,13 +105,25 @@ def setup_fold(cfg: Config, fold: int, rt: Runtime, dry: bool = False) -> FoldSt
     val_loader = None
     if val_df is not None:
         val_ds = ImageDataset(val_df["path"], task.targets(val_df["label"]), build_transform(cfg.aug, False), val_cache,
-                              cfg.data.dicom_window)
+                              cfg.data.dicom_window, vectors[1])
         val_loader = make_loader(distributed.shard_dataset(val_ds, cfg.loader.batch_size * 2), cfg.loader,
                                  device=rt.device.type, batch_size=cfg.loader.batch_size * 2)
     limit = cfg.train.limit_batches
     batches = len(train_loader) if limit is None else min(len(train_loader), limit)
     return FoldState(cfg, fold, fold_paths(cfg.out_dir, fold), rt, classes, train_df, val_df, model, frozen, counts,
-                     sampler, train_loader, val_loader, batches, seed, Norm(mean, std))
+                     sampler, train_loader, val_loader, batches, seed, Norm(mean, std), meta=meta)
+
+
+def fold_meta(cfg: Config, train_df: pd.DataFrame, val_df: pd.DataFrame | None
+              ) -> tuple[dict | None, tuple[np.ndarray | None, np.ndarray | None]]:
+    """(the metadata preprocessing fitted on the fold's training rows only, the training and
+    validation rows' vectors); (None, (None, None)) without data.meta_cols."""
+    if cfg.data.meta_cols is None:
+        return None, (None, None)
+    rows = meta_rows(cfg, train_df["id"], "train")
+    spec = fit_meta(cfg, rows)
+    val = None if val_df is None else encode(spec, meta_rows(cfg, val_df["id"], "train"))
+    return spec, (encode(spec, rows), val)
 
 
 def fill_caches(s: FoldState) -> None:
@@ -152,7 +168,7 @@ def optimization(s: FoldState, lr: float | None = None) -> None:
                         **s.task.mixup_options(cfg.loss.smoothing))
     groups = param_groups(s.model, cfg.optim.weight_decay, s.frozen, cfg.model.backbone_lr_mult,
                           include_frozen=cfg.model.unfreeze_epoch is not None, layer_decay=cfg.optim.layer_decay,
-                          name=cfg.model.name)
+                          name=cfg.model.name, meta_lr_mult=cfg.optim.meta_lr_mult)
     peak = cfg.optim.peak_lr if lr is None else lr
     s.optimizer = build_optimizer(cfg.optim, groups, lr=peak)
     updates_per_epoch = max(1, math.ceil(s.batches / cfg.train.accum_steps))
@@ -182,10 +198,11 @@ def dry_run(s: FoldState) -> dict:
     cfg, upe = s.cfg, max(1, math.ceil(s.batches / s.cfg.train.accum_steps))
     groups = param_groups(s.model, cfg.optim.weight_decay, s.frozen, cfg.model.backbone_lr_mult,
                           include_frozen=cfg.model.unfreeze_epoch is not None, layer_decay=cfg.optim.layer_decay,
-                          name=cfg.model.name)
+                          name=cfg.model.name, meta_lr_mult=cfg.optim.meta_lr_mult)
     print(describe_groups(groups, fold_epochs(cfg.train, upe), upe))
     split = folds_path(s.cfg)
-    print(f"dry run: input {tuple(x.shape)} -> logits {tuple(logits.shape)}; nothing trained or written (no checkpoint, "
+    image = x[0] if isinstance(x, list) else x  # (image, metadata) pairs come as [images, vectors]
+    print(f"dry run: input {tuple(image.shape)} -> logits {tuple(logits.shape)}; nothing trained or written (no checkpoint, "
           "no image cache" + ("" if split.is_file() else f"; the split {split} would be written by a real run") + ")")
     return {"dry_run": True, "params": s.counts, "n_train": len(s.train_df),
             "n_valid": 0 if s.val_df is None else len(s.val_df)}
@@ -293,7 +310,8 @@ def _record(s: FoldState, keeper: CheckpointKeeper, tracker: Tracker, swa: dict 
     cfg, fp = s.cfg, s.fp
     result = {"fold": s.fold, "best_epoch": keeper.best_epoch, "epochs": s.epochs, "epochs_run": len(keeper.history),
               "monitor": monitor_name(cfg), "best": keeper.best, "params": s.counts, "classes": s.classes,
-              "config": cfg.to_dict(), "run_id": keeper.meta["run_id"], "processes": distributed.world_size()}
+              "config": cfg.to_dict(), "run_id": keeper.meta["run_id"], "processes": distributed.world_size(),
+              **({"meta_cols": s.meta["cols"]} if s.meta is not None else {})}  # what inference checks the test table for
     if s.val_df is not None:
         oof = read_oof(fp.oof, s.classes)
         oof, probs = to_answers(oof, oof_probs(oof, s.classes), s.task, cfg.data.aggregate)  # Kaggle's rows: answers
@@ -387,6 +405,7 @@ def train_fold(cfg: Config, fold: int, *, resume: bool = False, force: bool = Fa
     s = setup_fold(cfg, fold, rt)
     optimization(s)
     meta = {"config": cfg.to_dict(), "classes": s.classes, "fold": fold, "processes": distributed.world_size(),
+            **({"meta": s.meta} if s.meta is not None else {}),  # data.meta_cols: the fitted preprocessing
             "run_id": distributed.from_main(lambda: uuid.uuid4().hex[:12])}
     keeper = CheckpointKeeper(fp.best, fp.last, meta, monitor_name(cfg),
                               lambda new, best: is_better(monitor_name(cfg), new, best), cfg.train.early_stopping,

@@ -44,7 +44,7 @@ def recompute_bn(model: torch.nn.Module, batches: Iterable, rt: Runtime, limit: 
         for step, (x, _) in enumerate(batches):
             if limit is not None and step >= limit:
                 break
-            yield rt.batch(x, norm)
+            yield (rt.batch(x, norm),)  # update_bn forwards an item's first element: the (image, metadata) pair whole
 
     with torch.no_grad(), rt.autocast():
         update_bn(inputs(), model)

@@ -666,6 +666,31 @@ ROWS = [
     row("regression-pseudo-labels", "pseudo", REGR, ("src.pseudo", "no confidence", "src.ensemble"),
         damage=_regression(trained=True), config=REGR_CONFIG),
     # ---- issue 29: image + metadata (data.meta_cols)
+    row("meta-without-test-table", "train", F0 + REGR + ("data.meta_cols=auto",), ("inputs/regr/test.csv", "data.test_csv"),
+        damage=lambda r: _meta_world(r, lambda t: None), config=REGR_CONFIG),
+    row("meta-column-in-neither-table", "train", F0 + REGR + ("data.meta_cols=[Eyes,Age]",), ("['Age']", "train.csv"),
+        damage=_regression(), config=REGR_CONFIG),
+    row("meta-column-not-in-test-table", "train", F0 + REGR + ("data.meta_cols=[Eyes,Blur]",), ("['Blur']", "test.csv"),
+        damage=lambda r: _meta_world(r, lambda t: t.drop(columns="Blur")), config=REGR_CONFIG),
+    row("meta-sample-ids-not-in-test-table", "train", F0 + REGR + ("data.meta_cols=auto",), ("2 sample submission ids", "test.csv"),
+        damage=lambda r: _meta_world(r, lambda t: t.iloc[2:]), config=REGR_CONFIG),
+    row("meta-with-mixup", "train", F0 + REGR + ("data.meta_cols=auto",) + ("train.mixup=0.2",), ("train.mixup", "data.meta_cols=null"),
+        damage=_regression(), config=REGR_CONFIG),
+    row("meta-without-csv-layout", "train", F0 + ("data.layout=imagefolder", "data.meta_cols=auto"),
+        ("data.meta_cols", "data.layout=csv")),
+    row("meta-ensemble-without-test-table", "ensemble", REGR + ("--tta", "identity", "vflip"),
+        ("inputs/regr/test.csv", "data.test_csv"), damage=lambda r: _meta_world(r, lambda t: None, trained=True),
+        config=REGR_CONFIG),
+    row("meta-ensemble-test-table-lacks-a-column", "ensemble", REGR + ("--tta", "identity", "vflip"),
+        ("test.csv", "['Blur']", "fold 0"), damage=lambda r: _meta_world(r, lambda t: t.drop(columns="Blur"), trained=True),
+        config=REGR_CONFIG),
+    row("meta-checkpoint-differs-from-config", "ensemble", REGR + ("--tta", "identity", "vflip"),
+        ("best.pt", "data.meta_cols=None", "['Eyes']"), damage=lambda r: _meta_claimed_by_config(r),
+        config=REGR_CONFIG),
+    row("meta-probe-without-meta-cols", "probe", ("--meta",), ("src.probe --meta", "data.meta_cols=auto")),
+    row("meta-probe-with-a-submission", "probe", ("--meta", "--out", "submissions/m.csv"), ("--meta", "drop --out")),
+    row("meta-report", "report", ("data.dir=inputs/digits_meta",), ("src.report", "Grad-CAM", "data.meta_cols"),
+        damage=lambda r: _meta_digits(r)),
     # ---- issue 29: grouped answers (data.answer_id)
     # (the grouped world's overrides, named here: the rows below are the first to use them)
     row("grouped-unknown-template-field", "train", F0 + (GROUPED_ROW := (
@@ -778,6 +803,41 @@ def _dicom_for_first_png(root: Path, kind: str, split: str = "train") -> None:
 
 
 # ---- issue 29: image + metadata (data.meta_cols) (the damage of its rows)
+
+META = ("data.meta_cols=auto",)
+
+
+def _meta_world(root: Path, edit: Callable[[pd.DataFrame], pd.DataFrame | None], trained: bool = False) -> None:
+    """Damage: PetFinder's layout at inputs/regr (its twelve flags in train.csv and test.csv), both tiny
+    folds trained with data.meta_cols=auto when `trained`, then test.csv `edit`ed (None: removed)."""
+    _regression()(root)
+    if trained:
+        run_cli(train.main, ["--fold", "all", "--config", REGR_CONFIG, *TINY, *REGR, *META])
+    path = root / "inputs" / "regr" / "test.csv"
+    table = edit(pd.read_csv(path, dtype=str))
+    path.unlink()
+    if table is not None:
+        table.to_csv(path, index=False)
+
+
+def _meta_digits(root: Path) -> None:
+    """Damage: inputs/digits_meta, the digits with metadata columns (conftest.add_meta_columns), both tiny
+    folds trained there with data.meta_cols=auto."""
+    from conftest import add_meta_columns
+
+    add_meta_columns(root / "inputs" / "digits", root / "inputs" / "digits_meta")
+    run_cli(train.main, ["--fold", "all", "--config", str(DEMO_CONFIG), *TINY, "data.dir=inputs/digits_meta", *META])
+
+
+def _meta_claimed_by_config(root: Path) -> None:
+    """Damage: image-only folds whose done.json configs claim data.meta_cols=[Eyes] (their best.pt has none)."""
+    import json
+
+    _regression(trained=True)(root)
+    for done in sorted((root / "outputs").glob("demo_regression/fold*/done.json")):
+        record = json.loads(done.read_text())
+        record["config"]["data"]["meta_cols"] = ["Eyes"]
+        done.write_text(json.dumps(record))
 
 
 # ---- issue 29: grouped answers (data.answer_id) (the damage of its rows)
