@@ -98,14 +98,14 @@ def dry_check(cfg: Config) -> list[str]:
     from src.core.tasks import task_of
     from src.data.folds import load_or_create_folds
     from src.data.images import read_image
-    from src.data.tables import load_test_table
+    from src.data.tables import load_test_table, sample_id_col
     from src.evaluation.metrics import check_metric_fits
 
     df, classes, _ = load_or_create_folds(cfg, write=False)
     task = task_of(cfg, classes)
     check_metric_fits(cfg.metric.name, len(classes), task)
     test, sample = load_test_table(cfg.data)
-    fmt = task.resolve_format(cfg.ensemble.format, sample, cfg.data.id_col, cfg.metric.name)
+    fmt = task.resolve_format(cfg.ensemble.format, sample, sample_id_col(cfg.data), cfg.metric.name)
     sizes = []
     for what, paths in (("training", df["path"]), ("test", test["path"])):
         shapes = []

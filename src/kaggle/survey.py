@@ -180,6 +180,7 @@ def _csv(s: Survey) -> bool:
     s.set("data.layout", "csv", f"{rel.as_posix()} is a table")
     s.set("data.train_csv", rel.as_posix(), f"the training table ({len(_read_table(s.root / rel)):,} rows)")
     s.tables["train"] = _read_table(s.root / rel)
+    answers(s)
     id_column(s)
     label_columns(s)
     return True
@@ -231,9 +232,46 @@ def layout(s: Survey) -> None:
 # ---------------------------------------------------------------- columns of the training table
 
 
+def _answer_template(test: pd.DataFrame, asked: set[str]) -> str | None:
+    """A column of the test table whose values are the sample's ids, or two joined by _ or -."""
+    cols = [c for c in test.columns if test[c].nunique() < len(test)]  # an answer holds several images
+    for c in cols:
+        if set(test[c]) == asked:
+            return c
+    for a, b in ((a, b) for a in cols for b in cols if a != b):
+        for sep in "_-":
+            if set(test[a] + sep + test[b]) == asked:
+                return f"{{{a}}}{sep}{{{b}}}"
+    return None
+
+
+def answers(s: Survey) -> None:
+    """Several images per answer (RSNA mammography): the sample's ids are not images but a column of
+    test.csv, or columns of it joined, as `prediction_id` is `{patient_id}_{laterality}`."""
+    train, sample, test = s.tables["train"], s.tables["sample"], s.tables.get("test")
+    col = sample.columns[0]
+    if col in train.columns or test is None:
+        return
+    template = s.given.get("data.answer_id") or _answer_template(test, set(sample[col]))
+    if template is None:
+        return
+    shared = [c for c in test.columns if c in train.columns and test[c].nunique() == len(test)]
+    if not shared:
+        raise UserError(f"the sample's {col} values are answers ({template}) of the images of test.csv, and no "
+                        f"column of both tables names one image per row; set data.id_col")
+    image_col = next((c for c in shared if "image" in c.lower()), shared[0])
+    per = len(test) / max(sample[col].nunique(), 1)
+    s.set("data.answer_id", template, f"the sample's {len(sample):,} {col} values are built so from test.csv's "
+                                      f"{len(test):,} images ({per:.1f} an answer)")
+    s.set("data.answer_col", col, "the sample submission's id column names answers")
+    s.set("data.id_col", image_col, "one image per row in both train.csv and test.csv")
+
+
 def id_column(s: Survey) -> None:
     """The id column: the sample submission's first column, which the training table shares."""
     train, sample = s.tables["train"], s.tables["sample"]
+    if s.get("data.answer_id"):
+        return
     col = sample.columns[0]
     if col not in train.columns and "data.id_col" not in s.given:
         raise UserError(f"the sample submission's id column {col} is not a column of {s.get('data.train_csv')} "
@@ -253,7 +291,7 @@ def label_columns(s: Survey) -> None:
     """The label: the sample's one column (or the training column whose values its columns are),
     or one 0/1 column per label when the sample holds several columns the table has."""
     train, sample = s.tables["train"], s.tables["sample"]
-    cols = [c for c in sample.columns if c != s.get("data.id_col")]
+    cols = [c for c in sample.columns if c not in (s.get("data.id_col"), s.get("data.answer_col"))]
     if "data.label_cols" in s.given or (len(cols) > 1 and set(cols) <= set(train.columns)):
         s.set("data.label_cols", cols, f"the sample submission's {len(cols)} columns, 0/1 columns of the table")
         on = train[cols].apply(pd.to_numeric, errors="coerce").fillna(0).to_numpy() > 0.5
@@ -383,7 +421,8 @@ def _folder_of(s: Survey, ids: pd.Series, what: str) -> tuple[str, list[str]]:
 def images(s: Survey) -> None:
     """data.image_dir and data.test_dir where the ids find their files; data.image_exts when a suffix
     is not among the defaults."""
-    test_ids = s.tables["sample"][s.tables["sample"].columns[0]]
+    test_ids = (s.tables["test"][s.get("data.id_col")] if s.get("data.answer_id")
+                else s.tables["sample"][s.tables["sample"].columns[0]])
     if s.get("data.layout") == "csv":
         train_dir, train_exts = _folder_of(s, s.tables["train"][s.get("data.id_col")], "training")
         s.set("data.image_dir", train_dir, f"the {len(s.tables['train']):,} training ids name files there "
@@ -395,8 +434,7 @@ def images(s: Survey) -> None:
     if s.get("data.test_annotations") is None:
         test_dir, test_exts = _folder_of(s, test_ids, "test")
         n = len(test_ids)
-        s.set("data.test_dir", test_dir, f"the sample submission's {n:,} {'id names' if n == 1 else 'ids name'} "
-                                         "files there")
+        s.set("data.test_dir", test_dir, f"the {n:,} test {'id names' if n == 1 else 'ids name'} files there")
     else:
         test_exts = []
     seen = sorted(set(train_exts) | set(test_exts))
@@ -426,6 +464,23 @@ def groups(s: Survey) -> None:
                                           f"({', '.join(o[0] for o in found)})")
 
 
+def metadata(s: Survey) -> None:
+    """Columns of both train.csv and test.csv beyond the id, labels, groups and answers: offered as
+    data.meta_cols, not switched on (a first submission is the image model's; the metadata branch
+    is one key away)."""
+    train, test = s.tables.get("train"), s.tables.get("test")
+    if train is None or test is None:
+        return
+    taken = {s.get("data.id_col"), s.get("data.label_col"), s.get("data.group_col"), s.get("data.answer_col"),
+             *(s.get("data.label_cols") or [])}
+    shared = [c for c in train.columns if c in test.columns and c not in taken]
+    if shared and s.get("data.meta_cols") is None:
+        shown = ", ".join(shared[:8]) + (f" and {len(shared) - 8} more" if len(shared) > 8 else "")
+        s.said.append(f"metadata: train.csv and test.csv share {counted(len(shared), 'column')} ({shown}); "
+                      "data.meta_cols=auto feeds them beside each image (and python -m src.probe --meta scores "
+                      "them alone)")
+
+
 def metric(s: Survey) -> None:
     """metric.name: from the table of known competitions, else guessed from the task and the sample."""
     if s.known:
@@ -438,7 +493,7 @@ def metric(s: Survey) -> None:
         return
     t = make_task(s.get("data.task"), _classes(s))
     sample = s.tables["sample"]
-    guess = t.guess_metric(sample, s.get("data.id_col") or sample.columns[0])
+    guess = t.guess_metric(sample, s.get("data.answer_col") or s.get("data.id_col") or sample.columns[0])
     s.set("metric.name", guess, f"GUESSED from the task and the sample submission: {s.slug} is not in "
                                 "src/kaggle/competitions.py, and the folder does not say; check the competition's "
                                 "evaluation page and set --metric")
@@ -451,7 +506,8 @@ def _classes(s: Survey) -> list[str]:
     return t.class_list(labels)
 
 
-DETECTORS: tuple[Callable[[Survey], None], ...] = (walk, sample_submission, layout, task, images, groups, metric)
+DETECTORS: tuple[Callable[[Survey], None], ...] = (walk, sample_submission, layout, task, images, groups, metadata,
+                                                   metric)
 
 
 def survey(root: Path, slug: str, given: dict[str, Any], guess: bool, defaults: dict[str, Any]) -> Survey:

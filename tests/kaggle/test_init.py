@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import COCO_OVERRIDES, TINY, build_coco_competition
+from conftest import COCO_OVERRIDES, TINY, build_coco_competition, build_grouped_competition, build_task_competition
 
 from src.core.cli import run_cli
 from src.core.config import CONFIG_DIR, load_config
@@ -214,6 +214,13 @@ def _demo_as(slug: str, builder: str, *sizes: int):
     return build
 
 
+def _grouped(demo_dir: Path, root: Path) -> Path:
+    """RSNA mammography's layout: images per row of train.csv and test.csv with patient_id and laterality,
+    the sample answering prediction_id = {patient_id}_{laterality}."""
+    binary, _, _ = build_task_competition("binary", root / "source", demo_dir)
+    return build_grouped_competition(binary, root / "rsna-breast-cancer-detection")
+
+
 LAYOUTS = {  # world -> (builder, what init must decide, the solution's file name)
     "csv": (_csv, {"data.id_col": "image_id", "data.task": "multiclass", "metric.name": "accuracy"}),
     "imagefolder": (_imagefolder, {"data.layout": "imagefolder", "data.image_dir": "train"}),
@@ -234,6 +241,9 @@ LAYOUTS = {  # world -> (builder, what init must decide, the solution's file nam
     "regression": (_demo_as("petfinder-pawpularity-score", "build_regression_demo", 120, 30),
                    {"data.task": "regression", "data.target_range": [1, 100], "loss.name": "bce",
                     "metric.name": "rmse"}),
+    "grouped": (_grouped, {"data.answer_id": "{patient_id}_{laterality}", "data.answer_col": "prediction_id",
+                           "data.id_col": "id", "data.group_col": "patient_id", "data.task": "binary",
+                           "metric.name": "pfbeta"}),
     "dicom": (_dicom, {"data.task": "binary", "data.group_col": "patient_id", "data.label_col": "target",
                        "metric.name": "roc_auc"}),
 }
@@ -426,3 +436,9 @@ def test_training_ids_without_an_image_are_one_sentence_with_examples(demo_dir, 
     with pytest.raises(UserError, match=r"2 training ids have no image file .*lost_1, lost_2"):
         _init(comp, tmp_path / "lost.yaml")
     assert not (tmp_path / "lost.yaml").exists()
+
+
+def test_columns_of_both_tables_are_offered_as_metadata(demo_dir, tmp_path, capsys):
+    written = _flat(_init(_dicom(demo_dir, tmp_path / "inputs"), tmp_path / "siim.yaml"))
+    assert "data.meta_cols" not in written
+    assert "share 2 columns (sex, age_approx); data.meta_cols=auto" in capsys.readouterr().out
