@@ -13,6 +13,7 @@ from src.core.tasks import canonical_tags, task_of
 from src.core.tasks.base import MAP_AT
 from src.core.utils import UserError
 from src.data.folds import folds_path
+from src.data.tables import LABEL_READERS, label_columns
 from src.evaluation.metrics import compute_metric
 
 
@@ -21,6 +22,19 @@ def _class_list(cfg, solution: pd.DataFrame) -> list[str]:
     if meta.is_file():
         return json.loads(meta.read_text())["classes"]
     return task_of(cfg).class_list(solution[cfg.data.label_col])
+
+
+def _solution_labels(sol: pd.DataFrame, cfg, path: Path) -> pd.DataFrame:
+    """The solution with its labels in data.label_col: one 0/1 column per class or label
+    (data.label_cols, train.csv's columns) read as train.csv's are; other solutions as they are."""
+    if not cfg.data.label_cols:
+        return sol
+    data = cfg.data.model_copy(update={"label_cols": label_columns(cfg.data), "group_col": None})
+    missing = [c for c in data.label_cols if c not in sol.columns]
+    if missing:
+        raise UserError(f"solution {path} has no columns {missing[:5]} of data.label_cols; it needs train.csv's "
+                        "0/1 label columns")
+    return LABEL_READERS[task_of(cfg).label_form](sol, data, path)
 
 
 def _ranked(values: pd.Series, classes: list[str], index: dict[str, int]) -> np.ndarray:
@@ -71,6 +85,7 @@ def score_submission(sub_path: str | Path, solution_path: str | Path, cfg) -> di
             raise UserError(f"{p} has no id column '{d.id_col}'; set data.id_col")
         frames.append(df.set_index(d.id_col))
     sub, sol = frames
+    sol = _solution_labels(sol, cfg, Path(solution_path))
     if d.label_col not in sol.columns:
         raise UserError(f"solution {solution_path} has no label column '{d.label_col}'; set data.label_col")
     missing = sol.index.difference(sub.index)

@@ -61,9 +61,12 @@ class Task:
 
     @classmethod
     def check_data(cls, data) -> str | None:
-        """Why the data section cannot feed this task (a sentence), or None."""
-        if data.label_cols is not None:
-            return "data.label_cols (one 0/1 column per label) needs data.task=multilabel and data.layout=csv"
+        """Why the data section cannot feed this task (a sentence), or None. data.label_cols here are
+        one-hot columns (Plant Pathology 2020's healthy, multiple_diseases, rust, scab): exactly one 1
+        a row, the class the column's name."""
+        if data.label_cols is not None and data.layout != "csv":
+            return (f"data.label_cols names 0/1 columns of train.csv, and data.layout={data.layout} reads no such "
+                    "table; set data.label_cols to null or data.layout=csv")
         return range_unread(cls.name, data)
 
     @classmethod
@@ -118,9 +121,11 @@ class Task:
         """Every class name the labels hold, one per row (for the class list and its counts)."""
         return pd.Series([t for lab in labels for t in self.tags(lab)], dtype=str)
 
-    def class_list(self, labels: pd.Series) -> list[str]:
-        """The class list the training labels imply, in its fixed order (regression: its one column)."""
-        return sorted_classes(self.all_tags(labels))
+    def class_list(self, labels: pd.Series, declared: Sequence[str] = ()) -> list[str]:
+        """The class list the training labels imply, in its fixed order (regression: its one column);
+        `declared` one-hot columns (data.label_cols) are the class list in train.csv's order, every
+        label being one of them (the reader checked)."""
+        return list(declared) if declared else sorted_classes(self.all_tags(labels))
 
     def _index(self, labels: list[str]) -> dict[str, int]:
         index = {c: i for i, c in enumerate(self.classes)}
