@@ -648,6 +648,12 @@ ROWS = [
     # ---- issue 29: grouped answers (data.answer_id)
     # ---- issue 29: pixel tables, arrays and containers
     # ---- issue 29: one-hot classes, new_whale, graded subset, regression probe and stacking
+    row("one-hot-row-with-two-classes", "train", F0 + ("data.label_cols=all",), ("row 2", "2 ones", "data.task=multilabel"),
+        damage=lambda r: _one_hot_train(r, two_in_first=True)),
+    row("one-hot-row-without-a-class", "train", F0 + ("data.label_cols=all",), ("row 2", "0 ones", "give each row its class"),
+        damage=lambda r: _one_hot_train(r, none_in_first=True)),
+    row("one-hot-columns-under-ordinal", "train", F0 + ("data.label_cols=all", "data.task=ordinal"),
+        ("data.label_cols", "names no grades", "null")),
 ]
 
 
@@ -746,3 +752,17 @@ def _dicom_for_first_png(root: Path, kind: str, split: str = "train") -> None:
 
 
 # ---- issue 29: one-hot classes, new_whale, graded subset, regression probe and stacking (the damage of its rows)
+
+
+def _one_hot_train(root: Path, two_in_first: bool = False, none_in_first: bool = False) -> None:
+    """Damage: the demo's train.csv as one-hot columns d0..d9 (Plant Pathology 2020's layout), its first
+    row holding a second 1 or none."""
+    path = root / "inputs/digits/train.csv"
+    table = pd.read_csv(path, dtype=str)
+    cols = pd.DataFrame({f"d{d}": (table["label"] == str(d)).astype(int) for d in range(10)})
+    if two_in_first:
+        cols.iloc[0] = 0
+        cols.iloc[0, :2] = 1
+    if none_in_first:
+        cols.iloc[0] = 0
+    pd.concat([table[["id"]], cols], axis=1).to_csv(path, index=False)
