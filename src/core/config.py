@@ -327,6 +327,8 @@ class EnsembleCfg(_Section):
     threshold: Literal["per_label", "global"] | Annotated[float, Field(gt=0, lt=1)]
     min_labels: Literal[0, 1]
     missing_folds: Literal["error", "warn"]
+    # issue 29: an open-set class of top-k rows (Humpback's new_whale), placed by a threshold fitted on OOF
+    new_label: str | None
 
 
 class Config(_Section):

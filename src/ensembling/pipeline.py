@@ -17,7 +17,7 @@ from src.data.tables import load_test_table
 from src.ensembling.blend import Blend
 from src.ensembling.ledger import free_submission_path, record_submission
 from src.ensembling.oof import resolve_weights
-from src.ensembling.submission import blend_path, checked_submission, submission_texts, write_submission
+from src.ensembling.submission import blend_path, checked_submission, new_label_k, submission_texts, write_submission
 from src.ensembling.write_guard import check_submission_out
 from src.evaluation.blending import check_voting
 from src.evaluation.metrics import check_metric_fits
@@ -57,7 +57,9 @@ def _submit(cfg: Config, out: tuple[Path, bool], probs: np.ndarray, blend: Blend
     probs_path = distributed.from_main(lambda: write_submission(out, texts))
     print(f"wrote {out} ({len(sub)} rows, format {fmt}, {what}); {task.prob_word} in {probs_path}, the blend in "
           f"{blend_path(out)}")
-    print(f"predicted {task.noun}: " + ", ".join(f"{c} {n}" for c, n in zip(classes, task.counts(probs, decisions))))
+    ranked = blend.new_label_threshold is not None  # decisions are each row's ranked classes: count the first
+    counts = task.counts(probs, decisions[:, 0] if ranked else decisions)
+    print(f"predicted {task.noun}: " + ", ".join(f"{c} {n}" for c, n in zip(classes, counts)))
     return out, sidecars
 
 
@@ -143,6 +145,10 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
     if stack:
         members[0].task.check_stage("stacking")
     members[0].task.resolve_format(fmt or e.format, sample, cfg.data.id_col, cfg.metric.name)  # refused before predicting
+    new_label_k(e.new_label, sample, cfg.data.id_col, fmt or e.format, cfg.metric.name, e.top_k, members[0].task)
+    if e.new_label is not None and not report and blend is None:
+        raise UserError(f"ensemble.new_label={e.new_label}'s threshold is fitted on the OOF report; keep the report "
+                        "on, or apply a fitted blend (a Kaggle bundle's)")
 
     # 1) the blend: fitted on the OOF report (views chosen on OOF with auto, each member and the blend
     # without and with TTA, the stacker, the thresholds), or given (a Kaggle kernel: the bundle's)

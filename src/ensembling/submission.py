@@ -11,6 +11,7 @@ import pandas as pd
 from src.core.tasks import FORMATS, Task
 from src.core.tasks.base import MAP_AT, placeholder_words
 from src.core.utils import UserError, atomic_write_text
+from src.evaluation.decoding import rank_with_new_label
 
 
 def resolve_top_k(sample: pd.DataFrame, id_col: str, metric: str, configured: int | None, n_classes: int) -> int:
@@ -29,6 +30,23 @@ def resolve_top_k(sample: pd.DataFrame, id_col: str, metric: str, configured: in
         raise UserError(f"a top-{k} submission needs at least {k} classes and the split has {n_classes}; set "
                         f"ensemble.top_k to {n_classes} or fewer")
     return k
+
+
+def new_label_k(new_label: str | None, sample: pd.DataFrame, id_col: str, fmt: str, metric: str, top_k: int | None,
+                task: Task) -> int | None:
+    """The k of the top-k rows ensemble.new_label enters (None without one): refused in one sentence
+    unless the submission is top-k and the label a class of the split."""
+    if new_label is None:
+        return None
+    resolved = task.resolve_format(fmt, sample, id_col, metric)
+    if resolved != "topk":
+        raise UserError(f"ensemble.new_label={new_label} places an open-set label among ranked labels, and this "
+                        f"submission's format is {resolved}, not topk (a map@k metric or ranked placeholders); set "
+                        "ensemble.new_label to null")
+    if new_label not in task.classes:
+        raise UserError(f"ensemble.new_label={new_label} is not a class of the split ({list(task.classes)[:6]}...); "
+                        "train it as a class (its images labelled so in train.csv) or set ensemble.new_label to null")
+    return resolve_top_k(sample, id_col, metric, top_k, len(task.classes))
 
 
 def build_submission(sample: pd.DataFrame, id_col: str, probs: np.ndarray, classes: list[str], fmt: str,
@@ -65,7 +83,8 @@ def build_submission(sample: pd.DataFrame, id_col: str, probs: np.ndarray, class
     elif fmt == "topk":
         if len(cols) != 1:
             raise UserError(f"ensemble.format=topk needs one prediction column; sample_submission has {cols}")
-        best = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]  # ties: the class first in order
+        # ranked decisions (an open-set label placed by its threshold), else the top_k most probable
+        best = decisions if decisions is not None and decisions.ndim == 2 else rank_with_new_label(probs, top_k)
         sub[cols[0]] = [" ".join(classes[i] for i in row) for row in best]
     else:
         raise UserError(f"ensemble.format={fmt} is not a submission format; use one of {', '.join(FORMATS)} or auto")
