@@ -81,6 +81,17 @@ def _applied(blend: str | dict, given: dict) -> Blend:
     return fitted
 
 
+def _check_format(cfg: Config, sample: pd.DataFrame, fmt: str, task, fitted_here: bool) -> None:
+    """The submission format and ensemble.new_label refused before anything is predicted; the new
+    label's threshold needs the OOF report, or a fitted blend holding it."""
+    task.resolve_format(fmt, sample, cfg.data.id_col, cfg.metric.name)
+    new = cfg.ensemble.new_label
+    new_label_k(new, sample, cfg.data.id_col, fmt, cfg.metric.name, cfg.ensemble.top_k, task)
+    if new is not None and not fitted_here:
+        raise UserError(f"ensemble.new_label={new}'s threshold is fitted on the OOF report; keep the report on, or "
+                        "apply a fitted blend (a Kaggle bundle's)")
+
+
 def _checked_members(cfg: Config, names: list[str], weights, voting: str, report: bool, thresholds) -> list:
     """The members, once the weights, the metric and the thresholds are known to fit them (before any prediction)."""
     check_voting(voting, cfg.metric.name)
@@ -144,11 +155,7 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
     members = _checked_members(cfg, names, weights, voting, report, thresholds)
     if stack:
         members[0].task.check_stage("stacking")
-    members[0].task.resolve_format(fmt or e.format, sample, cfg.data.id_col, cfg.metric.name)  # refused before predicting
-    new_label_k(e.new_label, sample, cfg.data.id_col, fmt or e.format, cfg.metric.name, e.top_k, members[0].task)
-    if e.new_label is not None and not report and blend is None:
-        raise UserError(f"ensemble.new_label={e.new_label}'s threshold is fitted on the OOF report; keep the report "
-                        "on, or apply a fitted blend (a Kaggle bundle's)")
+    _check_format(cfg, sample, fmt or e.format, members[0].task, fitted_here=report or blend is not None)
 
     # 1) the blend: fitted on the OOF report (views chosen on OOF with auto, each member and the blend
     # without and with TTA, the stacker, the thresholds), or given (a Kaggle kernel: the bundle's)
