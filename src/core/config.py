@@ -330,6 +330,11 @@ class EnsembleCfg(_Section):
     # issue 29: an open-set class of top-k rows (Humpback's new_whale), placed by a threshold fitted on OOF
     new_label: str | None
 
+    @field_validator("new_label", mode="before")
+    @classmethod
+    def _label_text(cls, v):
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v  # classes are text ("3")
+
 
 class Config(_Section):
     experiment: ExperimentCfg

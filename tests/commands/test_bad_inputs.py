@@ -654,6 +654,10 @@ ROWS = [
         damage=lambda r: _one_hot_train(r, none_in_first=True)),
     row("one-hot-columns-under-ordinal", "train", F0 + ("data.label_cols=all", "data.task=ordinal"),
         ("data.label_cols", "names no grades", "null")),
+    row("new-label-on-a-label-submission", "ensemble", ("ensemble.new_label=3",),
+        ("ensemble.new_label=3", "format is label, not topk", "null"), world="trained"),
+    row("new-label-not-a-class", "ensemble", ("--format", "topk", "ensemble.new_label=new_whale"),
+        ("ensemble.new_label=new_whale", "not a class"), world="trained"),
 ]
 
 

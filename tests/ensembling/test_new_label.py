@@ -118,3 +118,16 @@ def test_the_kaggle_notebook_reuses_the_blends_threshold(whales, trained, tmp_pa
                             "--out", str(local)])
     assert json.loads(local.with_name("local.blend.json").read_text())["new_label_threshold"] == th
     assert (root / "build" / "rehearsal" / "submission.csv").read_bytes() == local.read_bytes()
+
+
+@pytest.mark.parametrize("task", ["multilabel", "ordinal", "regression", "binary"])
+def test_other_tasks_refuse_a_new_label_in_one_sentence(task):
+    from src.core.tasks import make_task
+    from src.core.utils import UserError
+    from src.ensembling.submission import new_label_k
+
+    classes = {"multilabel": ("a", "b"), "ordinal": ("0", "1", "2"), "regression": ("y",), "binary": ("0", "1")}[task]
+    sample = pd.DataFrame({"id": ["x"], **({c: [0.5] for c in classes} if task == "multilabel" else {"y": ["0.5"]})})
+    with pytest.raises(UserError, match=r"^ensemble.new_label=new_whale places an open-set label .* not topk .*null$"):
+        new_label_k("new_whale", sample, "id", "auto", "rmse" if task == "regression" else "accuracy", None,
+                    make_task(task, classes))
