@@ -23,7 +23,7 @@ from src.core.config import Config, LoaderCfg
 from src.core.runtime import Runtime
 from src.core.tasks import Task
 from src.core.utils import UserError
-from src.data.tables import load_test_table
+from src.data.tables import load_test_table, require_data_dir
 from src.ensembling.oof import OofBlend, across_members, oof_blend, resolve_weights, within_member
 from src.ensembling.submission import new_label_k
 from src.ensembling.view_selection import resolve_views, view_effects
@@ -84,6 +84,21 @@ def _fitted_thresholds(cfg: Config, blend: OofBlend, task: Task) -> tuple[list[f
     th = fit_decisions(task, cfg.metric.name, blend.y, blend.probs, cfg.ensemble)
     score = DECISION_SCORES[task.decision](cfg, blend, task, th)
     return (None if th is None else [float(x) for x in th]), score
+
+
+def _graded_score(cfg: Config, blend: OofBlend, task: Task, score: float) -> float:
+    """The OOF score over the columns a sample submission of some of the classes (labels) holds, the
+    ones written and graded (printed); `score` where it holds them all or is no probability table."""
+    d = cfg.data
+    cols = [c for c in pd.read_csv(require_data_dir(d) / d.sample_submission, nrows=0).columns if c != d.id_col]
+    classes = list(task.classes)
+    if not 2 <= len(cols) < len(classes) or not set(cols) <= set(classes):
+        return score
+    idx = [classes.index(c) for c in cols]
+    cv = compute_metric(cfg.metric.name, task.one_hot(blend.y)[:, idx], blend.probs[:, idx])
+    print(f"OOF {cfg.metric.name} over the sample's {len(idx)} of the {len(classes)} {task.noun} (what is written "
+          f"and scored): {cv:.4f}, against {score:.4f} over all")
+    return cv
 
 
 def _fitted_new_label(cfg: Config, blend: OofBlend, task: Task, fmt: str | None) -> dict:
@@ -161,7 +176,7 @@ class Blend:
         fitted = _stacked(cfg, stack, oof, task) if stack else oof  # what the thresholds are fitted on
         thresholds, score = _fitted_thresholds(cfg, fitted, task)
         new = _fitted_new_label(cfg, fitted, task, fmt)
-        score = new.pop("score", score)
+        score = new.pop("score", _graded_score(cfg, fitted, task, score))
         return cls._of(cfg, members, views, None if stack else oof.weights, voting, fmt, thresholds=thresholds,
                        stack=stack, oof_score=float(score), tta_gain=None if choice is None else float(choice.gain),
                        **new,

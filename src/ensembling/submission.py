@@ -12,6 +12,7 @@ from src.core.tasks import FORMATS, Task
 from src.core.tasks.base import MAP_AT, placeholder_words
 from src.core.utils import UserError, atomic_write_text
 from src.evaluation.decoding import rank_with_new_label
+from src.evaluation.scoring import note_left_out
 
 
 def resolve_top_k(sample: pd.DataFrame, id_col: str, metric: str, configured: int | None, n_classes: int) -> int:
@@ -63,6 +64,7 @@ def build_submission(sample: pd.DataFrame, id_col: str, probs: np.ndarray, class
             raise UserError(f"sample_submission columns {missing[:5]} are not classes; set ensemble.format")
         for c in cols:
             sub[c] = probs[:, classes.index(c)]
+        note_left_out(cols, classes)
     elif fmt == "binary":
         if len(classes) != 2 or len(cols) != 1:
             raise UserError(f"ensemble.format=binary needs 2 classes and one column; have {len(classes)} classes, columns {cols}")

@@ -37,6 +37,16 @@ def _solution_labels(sol: pd.DataFrame, cfg, path: Path) -> pd.DataFrame:
     return LABEL_READERS[task_of(cfg).label_form](sol, data, path)
 
 
+def note_left_out(cols: list[str], classes: list[str]) -> list[str]:
+    """The classes (labels) the sample's probability columns leave out, said in one line: neither
+    written nor scored (a graded subset)."""
+    left = [c for c in classes if c not in cols]
+    if left:
+        print(f"note: the sample submission holds {len(cols)} of the {len(classes)} classes; left out of the file and "
+              f"its score: {', '.join(left[:10])}" + (f" and {len(left) - 10} more" if len(left) > 10 else ""))
+    return left
+
+
 def _ranked(values: pd.Series, classes: list[str], index: dict[str, int]) -> np.ndarray:
     """A top-k column (labels best first, space-separated) as scores that rank them so: the first
     label highest, unlisted classes lowest; MAP@k and accuracy (top-1) read it as written."""
@@ -62,6 +72,9 @@ def _score_multilabel(sub: pd.DataFrame, sol: pd.DataFrame, cfg, classes: list[s
                         "can predict them; check data.label_sep and that the solution belongs to this competition")
     y = task.targets(truth)
     cols = [c for c in sub.columns if c != cfg.data.id_col]
+    graded = _graded_subset(cols, classes)
+    if graded:
+        return _score_columns(sub, y, classes, graded, cfg.metric.name)
     if all(c in sub.columns for c in classes):
         probs = sub[classes].astype(float).to_numpy()
     elif len(cols) == 1:
@@ -107,6 +120,9 @@ def _score_labels(sub: pd.DataFrame, sol: pd.DataFrame, cfg, classes: list[str],
     y = sol[d.label_col].map(index).to_numpy()
     cols = [c for c in sub.columns if c != d.id_col]
     written = None  # the labels each row writes, best first (a label or top-k file)
+    graded = _graded_subset(cols, classes)
+    if graded:
+        return _score_columns(sub, np.eye(len(classes))[y], classes, graded, cfg.metric.name)
     if all(c in sub.columns for c in classes):
         probs = sub[classes].astype(float).to_numpy()
     elif len(cols) == 1:
@@ -133,6 +149,23 @@ def _score_labels(sub: pd.DataFrame, sol: pd.DataFrame, cfg, classes: list[str],
     out[cfg.metric.name] = (written_map(written, sol[d.label_col].tolist(), int(m.group(1))) if m and written
                             else compute_metric(cfg.metric.name, y, probs))
     return out
+
+
+def _graded_subset(cols: list[str], classes: list[str]) -> list[str] | None:
+    """The classes a submission of probability columns for some of them holds (two or more, all
+    classes), in class order; None for a submission of every class or of one column."""
+    if 2 <= len(cols) < len(classes) and set(cols) <= set(classes):
+        return [c for c in classes if c in cols]
+    return None
+
+
+def _score_columns(sub: pd.DataFrame, y01: np.ndarray, classes: list[str], graded: list[str], metric: str
+                   ) -> dict[str, float]:
+    """A graded subset scored column by column: the metric over its 0/1 truth columns (N, G) and
+    probability columns, as Kaggle grades the columns it asks for; the left-out ones said."""
+    note_left_out(graded, classes)
+    idx = [classes.index(c) for c in graded]
+    return {metric: compute_metric(metric, y01[:, idx], sub[graded].astype(float).to_numpy())}
 
 
 def written_map(written: list[list[str]], truth: list[str], k: int) -> float:

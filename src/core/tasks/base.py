@@ -289,7 +289,7 @@ class Task:
                             f"{self.name}; use auto or one of {', '.join(f for f in FORMATS if f != 'value')}")
         if fmt != "auto":
             return fmt
-        if set(cols) == set(self.classes):
+        if class_columns(cols, self.classes, self.noun):
             return "proba"
         _one_column(cols)
         if MAP_AT.match(metric) or (len(sample) and (placeholder_words(sample, cols[0]) > 1).mean() > 0.5):
@@ -335,6 +335,21 @@ def range_unread(kind: str, data) -> str | None:
     if data.target_range is not None:
         return f"data.target_range is read by data.task=regression only, and this competition is {kind}; set it to null"
     return None
+
+
+def class_columns(cols: list[str], classes: Sequence[str], noun: str) -> bool:
+    """Whether the sample's prediction columns are the classes or, with two or more, some of them
+    (a graded subset: only those are written and scored); a sample holding others among them is
+    refused in one sentence, since nothing predicts those."""
+    known = [c for c in cols if c in classes]
+    if len(cols) < 2 or not known:
+        return set(cols) == set(classes) and bool(cols)
+    unknown = [c for c in cols if c not in classes]
+    if unknown:
+        raise UserError(f"the sample submission's columns {unknown[:5]} are not {noun} of the split "
+                        f"({list(classes)[:6]}), so no model of it predicts them; check data.label_cols and that "
+                        "the sample belongs to this competition")
+    return True
 
 
 def _one_column(cols: list[str]) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from src.core.tasks.base import Task, _one_column, _outside, _thresholds_given, range_unread, sorted_classes
+from src.core.tasks.base import Task, _one_column, _outside, _thresholds_given, class_columns, range_unread, sorted_classes
 from src.core.utils import UserError
 
 if TYPE_CHECKING:  # torch loads when a method needs it
@@ -171,7 +171,7 @@ class Multilabel(Task):
                             "(labels above their thresholds) or proba (one probability column per label)")
         if fmt != "auto":
             return fmt
-        if set(cols) == set(self.classes):
+        if class_columns(cols, self.classes, self.noun):
             return "proba"
         _one_column(cols)
         unseen = sorted({t for v in sample[cols[0]].astype(str) for t in v.split()} - set(self.classes))
