@@ -658,6 +658,8 @@ ROWS = [
         ("ensemble.new_label=3", "format is label, not topk", "null"), world="trained"),
     row("new-label-not-a-class", "ensemble", ("--format", "topk", "ensemble.new_label=new_whale"),
         ("ensemble.new_label=new_whale", "not a class"), world="trained"),
+    row("graded-sample-column-not-a-class", "ensemble", ("--tta", "identity"), ("['zebra']", "not classes of the split"),
+        world="trained", damage=lambda r: _sample_columns(r, ["0", "1", "zebra"])),
 ]
 
 
@@ -770,3 +772,10 @@ def _one_hot_train(root: Path, two_in_first: bool = False, none_in_first: bool =
     if none_in_first:
         cols.iloc[0] = 0
     pd.concat([table[["id"]], cols], axis=1).to_csv(path, index=False)
+
+
+def _sample_columns(root: Path, cols: list[str]) -> None:
+    """Damage: the demo's sample submission as one probability column per name in `cols`."""
+    path = root / "inputs/digits/sample_submission.csv"
+    ids = pd.read_csv(path, dtype=str)["id"]
+    pd.DataFrame({"id": ids, **{c: 0.1 for c in cols}}).to_csv(path, index=False)
