@@ -9,10 +9,8 @@ import numpy as np
 import pandas as pd
 
 from src.core.tasks import FORMATS, Task
-from src.core.tasks.base import MAP_AT, placeholder_words
+from src.core.tasks.base import MAP_AT, note_left_out, placeholder_words
 from src.core.utils import UserError, atomic_write_text
-from src.evaluation.decoding import rank_with_new_label
-from src.evaluation.scoring import note_left_out
 
 
 def resolve_top_k(sample: pd.DataFrame, id_col: str, metric: str, configured: int | None, n_classes: int) -> int:
@@ -85,6 +83,8 @@ def build_submission(sample: pd.DataFrame, id_col: str, probs: np.ndarray, class
     elif fmt == "topk":
         if len(cols) != 1:
             raise UserError(f"ensemble.format=topk needs one prediction column; sample_submission has {cols}")
+        from src.evaluation.decoding import rank_with_new_label  # scikit-learn with it: src.ledger's --help imports this module
+
         # ranked decisions (an open-set label placed by its threshold), else the top_k most probable
         best = decisions if decisions is not None and decisions.ndim == 2 else rank_with_new_label(probs, top_k)
         sub[cols[0]] = [" ".join(classes[i] for i in row) for row in best]

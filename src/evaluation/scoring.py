@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from src.core.tasks import canonical_tags, task_of
-from src.core.tasks.base import MAP_AT
+from src.core.tasks.base import MAP_AT, note_left_out
 from src.core.utils import UserError
 from src.data.folds import folds_path
 from src.data.tables import LABEL_READERS, label_columns
@@ -35,16 +35,6 @@ def _solution_labels(sol: pd.DataFrame, cfg, path: Path) -> pd.DataFrame:
         raise UserError(f"solution {path} has no columns {missing[:5]} of data.label_cols; it needs train.csv's "
                         "0/1 label columns")
     return LABEL_READERS[task_of(cfg).label_form](sol, data, path)
-
-
-def note_left_out(cols: list[str], classes: list[str]) -> list[str]:
-    """The classes (labels) the sample's probability columns leave out, said in one line: neither
-    written nor scored (a graded subset)."""
-    left = [c for c in classes if c not in cols]
-    if left:
-        print(f"note: the sample submission holds {len(cols)} of the {len(classes)} classes; left out of the file and "
-              f"its score: {', '.join(left[:10])}" + (f" and {len(left) - 10} more" if len(left) > 10 else ""))
-    return left
 
 
 def _ranked(values: pd.Series, classes: list[str], index: dict[str, int]) -> np.ndarray:

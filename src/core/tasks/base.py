@@ -352,6 +352,16 @@ def class_columns(cols: list[str], classes: Sequence[str], noun: str) -> bool:
     return True
 
 
+def note_left_out(cols: list[str], classes: list[str]) -> list[str]:
+    """The classes (labels) the sample's probability columns leave out, said in one line: neither
+    written nor scored (a graded subset)."""
+    left = [c for c in classes if c not in cols]
+    if left:
+        print(f"note: the sample submission holds {len(cols)} of the {len(classes)} classes; left out of the file and "
+              f"its score: {', '.join(left[:10])}" + (f" and {len(left) - 10} more" if len(left) > 10 else ""))
+    return left
+
+
 def _one_column(cols: list[str]) -> None:
     if len(cols) != 1:
         raise UserError(f"cannot tell the submission format from the sample submission's columns {cols[:6]}; "
