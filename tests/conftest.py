@@ -386,3 +386,34 @@ def grouped_competition(task_competition, tmp_path_factory) -> Callable[[str], t
 
 
 # ---- issue 29: one-hot classes, new_whale, graded subset, regression probe and stacking
+
+# Plant Pathology 2020's one-hot columns, in an order that is not sorted (the class list keeps train.csv's)
+ONE_HOT_CLASSES = ("scab", "healthy", "rust", "multiple_diseases")
+ONE_HOT_OVERRIDES = ("data.id_col=image_id", "data.label_cols=all", "metric.name=roc_auc")
+
+
+def build_one_hot_competition(root: Path, demo_dir: Path, classes: tuple[str, ...] = ONE_HOT_CLASSES) -> Path:
+    """Plant Pathology 2020's layout from the digits demo's first len(classes) digits: train.csv
+    `image_id, <one 0/1 column per class>` (exactly one 1 a row), a sample submission of the same
+    columns (0.25 each) and a one-hot solution.csv; images linked from the demo."""
+    import pandas as pd
+
+    comp = root / "one_hot"
+    comp.mkdir(parents=True)
+    for name in ("train", "test"):
+        os.symlink(demo_dir / name, comp / name)
+    for name in ("train.csv", "solution.csv"):
+        table = pd.read_csv(demo_dir / name, dtype=str)
+        table = table[table["label"].astype(int) < len(classes)].reset_index(drop=True)
+        cols = {c: (table["label"].astype(int) == j).astype(int) for j, c in enumerate(classes)}
+        pd.DataFrame({"image_id": table["id"], **cols}).to_csv(comp / name, index=False)
+    ids = pd.read_csv(comp / "solution.csv", dtype=str)["image_id"]
+    pd.DataFrame({"image_id": ids, **{c: 1 / len(classes) for c in classes}}).to_csv(comp / "sample_submission.csv",
+                                                                                      index=False)
+    return comp
+
+
+@pytest.fixture(scope="session")
+def one_hot_competition(demo_dir, tmp_path_factory) -> Path:
+    """build_one_hot_competition's four classes, built once per session; tests must not modify it."""
+    return build_one_hot_competition(tmp_path_factory.mktemp("one_hot"), demo_dir)

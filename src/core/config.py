@@ -346,6 +346,13 @@ class EnsembleCfg(_Section):
     threshold: Literal["per_label", "global"] | Annotated[float, Field(gt=0, lt=1)]
     min_labels: Literal[0, 1]
     missing_folds: Literal["error", "warn"]
+    # issue 29: an open-set class of top-k rows (Humpback's new_whale), placed by a threshold fitted on OOF
+    new_label: str | None
+
+    @field_validator("new_label", mode="before")
+    @classmethod
+    def _label_text(cls, v):
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v  # classes are text ("3")
 
 
 class Config(_Section):

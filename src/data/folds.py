@@ -25,10 +25,10 @@ from src.data.relabel import apply_relabel, relabel_tag
 from src.data.tables import drop_bad_images, label_columns, load_train_table
 
 
-def _with_declared(labels: pd.Series, cfg: Config) -> pd.Series:
-    """The labels and, as labels of their own, the 0/1 columns train.csv declares (data.label_cols): a
+def _class_list(labels: pd.Series, cfg: Config) -> list[str]:
+    """The class list of the labels and the 0/1 columns train.csv declares (data.label_cols): a
     column never positive stays in the class list, since the submission needs every column."""
-    return pd.concat([labels, pd.Series(label_columns(cfg.data), dtype=str)], ignore_index=True)
+    return task_of(cfg).class_list(labels, label_columns(cfg.data))
 
 
 def folds_path(cfg: Config) -> Path:
@@ -109,9 +109,8 @@ def load_or_create_folds(cfg: Config, create: bool = True, table: pd.DataFrame |
     elif cfg.data.relabel:
         df, classes = _relabelled_split(cfg, original, df, path)
     else:
-        task = task_of(cfg)
-        classes = task.class_list(_with_declared(df["label"], cfg))
-        task = task.with_classes(classes)  # binary with other than 2 classes, ordinal without integer grades: refused unwritten
+        classes = _class_list(df["label"], cfg)
+        task = task_of(cfg).with_classes(classes)  # binary with other than 2 classes, ordinal without integer grades: refused unwritten
         df = df.copy()
         groups = split_groups(df)  # data.group_col's groups, else the answers' images (data.answer_id)
         df["fold"] = task.split(df if groups is None else df.assign(group=groups), cfg.data.n_folds,
@@ -142,7 +141,7 @@ def fold_tables(cfg: Config, fold: int, check_classes: Callable[[int], None] | N
         raise UserError(f"--fold {fold} is out of range; use 0..{cfg.data.n_folds - 1}, all, or -1")
     table = load_train_table(cfg.data)
     if check_classes is not None:
-        check_classes(len(task_of(cfg).class_list(_with_declared(table["label"], cfg))))
+        check_classes(len(_class_list(table["label"], cfg)))
     # Images are checked before the split is written, so bad data writes nothing; skipped images
     # stay in the split (it must not depend on which files were readable today).
     cache = folds_path(cfg).with_name(f"{Path(cfg.data.dir).resolve().name}_images_checked.json")

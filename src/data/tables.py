@@ -174,23 +174,44 @@ def label_columns(cfg: DataCfg) -> list[str]:
     return _label_col_names(list(pd.read_csv(require_data_dir(cfg) / cfg.train_csv, nrows=0).columns), cfg)
 
 
+def _zero_one_columns(raw: pd.DataFrame, cfg: DataCfg, path: Path) -> tuple[list[str], np.ndarray]:
+    """(the data.label_cols names, their values as a bool matrix (N, L)), every cell 0 or 1."""
+    cols = _label_col_names(list(raw.columns), cfg)
+    missing = [c for c in cols if c not in raw.columns]
+    if missing:
+        raise UserError(f"{path} has no columns {missing[:5]} (data.label_cols); its columns are {list(raw.columns)}")
+    values = raw[cols].apply(lambda s: s.str.strip())
+    bad = sorted(set(values.to_numpy().ravel()) - {"0", "1", "0.0", "1.0"})
+    if bad:
+        raise UserError(f"{path}: data.label_cols must hold 0 or 1, and they hold {bad[:5]}; list only the label "
+                        "columns in data.label_cols")
+    return cols, values.isin(["1", "1.0"]).to_numpy()
+
+
+def _one_hot_labels(raw: pd.DataFrame, cfg: DataCfg, path: Path) -> list[str]:
+    """Each image's class from one-hot columns (data.label_cols under a one-class task): the name of
+    its one column holding 1. A row with several 1s is a multi-label image, one without any has no class."""
+    cols, on = _zero_one_columns(raw, cfg, path)
+    ones = on.sum(1)
+    bad = np.flatnonzero(ones != 1)
+    if len(bad):
+        several = int((ones > 1).sum())
+        fix = ("set data.task=multilabel, since images hold several labels" if several else
+               "give each row its class, or drop the rows")
+        raise UserError(f"{path}: data.label_cols are one-hot under data.task={cfg.task} (exactly one 1 a row), and "
+                        f"{counted(len(bad), 'row')} {'is' if len(bad) == 1 else 'are'} not (first at row {bad[0] + 2}, "
+                        f"with {ones[bad[0]]} ones; {several} with several); {fix}")
+    return [cols[j] for j in on.argmax(1)]
+
+
 def _multilabel_labels(raw: pd.DataFrame, cfg: DataCfg, path: Path) -> list[str]:
     """Each image's labels as canonical tags (sorted, space-separated; "" for none), from a tags
     column split by data.label_sep or from one 0/1 column per label (data.label_cols)."""
     if cfg.label_cols:
-        cols = _label_col_names(list(raw.columns), cfg)
-        missing = [c for c in cols if c not in raw.columns]
-        if missing:
-            raise UserError(f"{path} has no columns {missing[:5]} (data.label_cols); its columns are {list(raw.columns)}")
-        values = raw[cols].apply(lambda s: s.str.strip())
-        bad = sorted(set(values.to_numpy().ravel()) - {"0", "1", "0.0", "1.0"})
-        if bad:
-            raise UserError(f"{path}: data.label_cols must hold 0 or 1, and they hold {bad[:5]}; list only the label "
-                            "columns in data.label_cols")
+        cols, on = _zero_one_columns(raw, cfg, path)
         spaced = [c for c in cols if len(c.split()) != 1]
         if spaced:
             raise UserError(f"{path}: label columns {spaced[:3]} have spaces or are empty; rename them")
-        on = values.isin(["1", "1.0"]).to_numpy()
         return [" ".join(c for c, v in zip(cols, row) if v) for row in on]
     tags = raw[cfg.label_col].astype(str)
     if cfg.label_sep.strip() and tags.str.split(cfg.label_sep).map(lambda ts: any(len(t.split()) > 1 for t in ts)).any():
@@ -311,6 +332,8 @@ def load_test_table(cfg: DataCfg) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _one_label(raw: pd.DataFrame, cfg: DataCfg, path: Path) -> pd.DataFrame:
+    if cfg.label_cols:  # one-hot columns: the class is the column holding 1
+        return raw.assign(**{cfg.label_col: _one_hot_labels(raw, cfg, path)})
     _refuse_tag_lists(raw[cfg.label_col], path, cfg.label_col)
     return _clean_labels(raw, cfg.label_col, path, cfg.na_labels)
 

@@ -23,16 +23,19 @@ from src.core.config import Config, LoaderCfg
 from src.core.runtime import Runtime
 from src.core.tasks import Task
 from src.core.utils import UserError
+from src.data.tables import load_test_table, require_data_dir, sample_id_col
 from src.ensembling.oof import OofBlend, across_members, oof_blend, resolve_weights, within_member
+from src.ensembling.submission import new_label_k
 from src.ensembling.view_selection import resolve_views, view_effects
 from src.evaluation.blending import as_logits, combine
-from src.evaluation.decoding import decide, fit_decisions, score_decisions
+from src.evaluation.decoding import decide, fit_decisions, fit_new_label, rank_with_new_label, score_decisions
 from src.evaluation.metrics import compute_metric
 from src.evaluation.stacking import fit_predict_test, nested_oof, stack_features
 from src.runs.layout import fold_paths
 from src.runs.members import Member, member_test
 
 VERSION = 1  # of the JSON: a reader refuses another
+_ADDED = {"new_label", "new_label_threshold", "top_k"}  # fields a blend written before them lacks (read as None)
 _BOUND = {"task", "stacker_fit"}  # what a Blend holds for its members in this process, not in its JSON
 
 
@@ -83,6 +86,37 @@ def _fitted_thresholds(cfg: Config, blend: OofBlend, task: Task) -> tuple[list[f
     return (None if th is None else [float(x) for x in th]), score
 
 
+def _graded_score(cfg: Config, blend: OofBlend, task: Task, score: float) -> float:
+    """The OOF score over the columns a sample submission of some of the classes (labels) holds, the
+    ones written and graded (printed); `score` where it holds them all or is no probability table."""
+    d = cfg.data
+    cols = [c for c in pd.read_csv(require_data_dir(d) / d.sample_submission, nrows=0).columns if c != sample_id_col(d)]
+    classes = list(task.classes)
+    if not 2 <= len(cols) < len(classes) or not set(cols) <= set(classes):
+        return score
+    idx = [classes.index(c) for c in cols]
+    cv = compute_metric(cfg.metric.name, task.one_hot(blend.y)[:, idx], blend.probs[:, idx])
+    print(f"OOF {cfg.metric.name} over the sample's {len(idx)} of the {len(classes)} {task.noun} (what is written "
+          f"and scored): {cv:.4f}, against {score:.4f} over all")
+    return cv
+
+
+def _fitted_new_label(cfg: Config, blend: OofBlend, task: Task, fmt: str | None) -> dict:
+    """ensemble.new_label's threshold fitted on the OOF blend to MAP@k, printed with the OOF MAP@k with
+    and without it: the Blend's fields and the OOF score of what is written ({} without a new label)."""
+    e = cfg.ensemble
+    if e.new_label is None:
+        return {}
+    sample = load_test_table(cfg.data)[1]
+    k = new_label_k(e.new_label, sample, sample_id_col(cfg.data), fmt or e.format, cfg.metric.name, e.top_k, task)
+    new = list(task.classes).index(e.new_label)
+    th, with_new, without = fit_new_label(blend.probs, blend.y, k, new)
+    first = float(np.mean(rank_with_new_label(blend.probs, k, new, th)[:, 0] == new))
+    print(f"{e.new_label} threshold (fitted on OOF): {th:.2f}; OOF MAP@{k} {with_new:.4f} with it, {without:.4f} "
+          f"without (gain {with_new - without:+.4f}; ranked first in {first:.0%} of the OOF rows)")
+    return {"new_label": e.new_label, "new_label_threshold": th, "top_k": k, "score": with_new}
+
+
 def _digest(body: dict) -> str:
     return hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
@@ -105,6 +139,9 @@ class Blend:
     stack: str | None = None
     oof_score: float | None = None  # the OOF score of what is written; None: the blend was given, not fitted
     tta_gain: float | None = None  # the OOF gain of views chosen by auto
+    new_label: str | None = None  # top-k: the open-set class (ensemble.new_label) ...
+    new_label_threshold: float | None = None  # ... and the threshold fitted on OOF where it enters a row
+    top_k: int | None = None  # the k of the rows it enters
     task: Task | None = field(default=None, repr=False, compare=False)  # of the members it is bound to
     # a stacker's fit: (OOF features, targets, seed); not in the JSON, so a stacked blend is applied where fitted
     stacker_fit: tuple | None = field(default=None, repr=False, compare=False)
@@ -138,8 +175,11 @@ class Blend:
         task = members[0].task
         fitted = _stacked(cfg, stack, oof, task) if stack else oof  # what the thresholds are fitted on
         thresholds, score = _fitted_thresholds(cfg, fitted, task)
+        new = _fitted_new_label(cfg, fitted, task, fmt)
+        score = new.pop("score", _graded_score(cfg, fitted, task, score))
         return cls._of(cfg, members, views, None if stack else oof.weights, voting, fmt, thresholds=thresholds,
                        stack=stack, oof_score=float(score), tta_gain=None if choice is None else float(choice.gain),
+                       **new,
                        stacker_fit=(stack_features(oof.per, task), oof.y, cfg.experiment.seed) if stack else None)
 
     @classmethod
@@ -171,6 +211,9 @@ class Blend:
     def decide(self, probs: np.ndarray) -> np.ndarray | None:
         """What the submission writes of a multi-label task (0/1, N x L) or an ordinal one (grades, N)
         with the thresholds fitted on OOF; None where the probabilities decide (argmax, top-k)."""
+        if self.new_label_threshold is not None:  # top-k rows with the open-set label placed by its threshold
+            new = list(self.classes).index(self.new_label)
+            return rank_with_new_label(probs, self.top_k, new, self.new_label_threshold)
         th = None if self.thresholds is None else np.asarray(self.thresholds, dtype=np.float64)
         return decide(probs, th, self.min_labels, self._task())
 
@@ -197,11 +240,11 @@ class Blend:
         body = dict(json.loads(data) if isinstance(data, str) else data)
         digest = body.pop("digest", None)
         names = {f.name for f in fields(cls)} - _BOUND
-        if digest != _digest(body) or body.pop("version", None) != VERSION or set(body) != names:
+        if digest != _digest(body) or body.pop("version", None) != VERSION or set(body) - names or names - set(body) - _ADDED:
             raise UserError("the blend was edited after it was fitted (its digest does not match what it holds); "
                             "fit it again (python -m src.ensemble, or python -m src.kaggle_kernel for a bundle) "
                             "instead of editing it")
-        blend = cls(**body)
+        blend = cls(**{"new_label": None, "new_label_threshold": None, "top_k": None, **body})
         return blend if members is None else blend.bind(members)
 
     def bind(self, members: list[Member]) -> Blend:

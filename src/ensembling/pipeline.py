@@ -17,7 +17,7 @@ from src.data.tables import load_test_table, sample_id_col
 from src.ensembling.blend import Blend
 from src.ensembling.ledger import free_submission_path, record_submission
 from src.ensembling.oof import resolve_weights
-from src.ensembling.submission import blend_path, checked_submission, submission_texts, write_submission
+from src.ensembling.submission import blend_path, checked_submission, new_label_k, submission_texts, write_submission
 from src.ensembling.write_guard import check_submission_out
 from src.evaluation.blending import check_voting
 from src.evaluation.metrics import check_metric_fits
@@ -57,7 +57,9 @@ def _submit(cfg: Config, out: tuple[Path, bool], probs: np.ndarray, blend: Blend
     probs_path = distributed.from_main(lambda: write_submission(out, texts))
     print(f"wrote {out} ({len(sub)} rows, format {fmt}, {what}); {task.prob_word} in {probs_path}, the blend in "
           f"{blend_path(out)}")
-    print(f"predicted {task.noun}: " + ", ".join(f"{c} {n}" for c, n in zip(classes, task.counts(probs, decisions))))
+    ranked = blend.new_label_threshold is not None  # decisions are each row's ranked classes: count the first
+    counts = task.counts(probs, decisions[:, 0] if ranked else decisions)
+    print(f"predicted {task.noun}: " + ", ".join(f"{c} {n}" for c, n in zip(classes, counts)))
     return out, sidecars
 
 
@@ -77,6 +79,17 @@ def _applied(blend: str | dict, given: dict) -> Blend:
             raise UserError(f"the {key} passed ({value}) differ from those of the fitted blend "
                             f"({getattr(fitted, key)}); pass the blend alone, or fit it again")
     return fitted
+
+
+def _check_format(cfg: Config, sample: pd.DataFrame, fmt: str, task, fitted_here: bool) -> None:
+    """The submission format and ensemble.new_label refused before anything is predicted; the new
+    label's threshold needs the OOF report, or a fitted blend holding it."""
+    task.resolve_format(fmt, sample, sample_id_col(cfg.data), cfg.metric.name)
+    new = cfg.ensemble.new_label
+    new_label_k(new, sample, sample_id_col(cfg.data), fmt, cfg.metric.name, cfg.ensemble.top_k, task)
+    if new is not None and not fitted_here:
+        raise UserError(f"ensemble.new_label={new}'s threshold is fitted on the OOF report; keep the report on, or "
+                        "apply a fitted blend (a Kaggle bundle's)")
 
 
 def _checked_members(cfg: Config, names: list[str], weights, voting: str, report: bool, thresholds) -> list:
@@ -144,7 +157,7 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
         check_test_meta(m, test["id"])  # data.meta_cols: the test table, before anything is predicted
     if stack:
         members[0].task.check_second_level("--stack", stack)
-    members[0].task.resolve_format(fmt or e.format, sample, sample_id_col(cfg.data), cfg.metric.name)  # refused before predicting
+    _check_format(cfg, sample, fmt or e.format, members[0].task, fitted_here=report or blend is not None)
 
     # 1) the blend: fitted on the OOF report (views chosen on OOF with auto, each member and the blend
     # without and with TTA, the stacker, the thresholds), or given (a Kaggle kernel: the bundle's)

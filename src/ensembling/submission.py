@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from src.core.tasks import FORMATS, Task
-from src.core.tasks.base import MAP_AT, placeholder_words
+from src.core.tasks.base import MAP_AT, note_left_out, placeholder_words
 from src.core.utils import UserError, atomic_write_text
 
 
@@ -31,6 +31,23 @@ def resolve_top_k(sample: pd.DataFrame, id_col: str, metric: str, configured: in
     return k
 
 
+def new_label_k(new_label: str | None, sample: pd.DataFrame, id_col: str, fmt: str, metric: str, top_k: int | None,
+                task: Task) -> int | None:
+    """The k of the top-k rows ensemble.new_label enters (None without one): refused in one sentence
+    unless the submission is top-k and the label a class of the split."""
+    if new_label is None:
+        return None
+    resolved = task.resolve_format(fmt, sample, id_col, metric)
+    if resolved != "topk":
+        raise UserError(f"ensemble.new_label={new_label} places an open-set label among ranked labels, and this "
+                        f"submission's format is {resolved}, not topk (a map@k metric or ranked placeholders); set "
+                        "ensemble.new_label to null")
+    if new_label not in task.classes:
+        raise UserError(f"ensemble.new_label={new_label} is not a class of the split ({list(task.classes)[:6]}...); "
+                        "train it as a class (its images labelled so in train.csv) or set ensemble.new_label to null")
+    return resolve_top_k(sample, id_col, metric, top_k, len(task.classes))
+
+
 def build_submission(sample: pd.DataFrame, id_col: str, probs: np.ndarray, classes: list[str], fmt: str,
                      top_k: int = 5, decisions: np.ndarray | None = None) -> pd.DataFrame:
     """Fill sample_submission's columns, in its id order, from test probabilities (N, C); topk
@@ -45,6 +62,7 @@ def build_submission(sample: pd.DataFrame, id_col: str, probs: np.ndarray, class
             raise UserError(f"sample_submission columns {missing[:5]} are not classes; set ensemble.format")
         for c in cols:
             sub[c] = probs[:, classes.index(c)]
+        note_left_out(cols, classes)
     elif fmt == "binary":
         if len(classes) != 2 or len(cols) != 1:
             raise UserError(f"ensemble.format=binary needs 2 classes and one column; have {len(classes)} classes, columns {cols}")
@@ -65,7 +83,12 @@ def build_submission(sample: pd.DataFrame, id_col: str, probs: np.ndarray, class
     elif fmt == "topk":
         if len(cols) != 1:
             raise UserError(f"ensemble.format=topk needs one prediction column; sample_submission has {cols}")
-        best = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]  # ties: the class first in order
+        from src.evaluation.decoding import (
+            rank_with_new_label,  # scikit-learn with it: src.ledger's --help imports this module
+        )
+
+        # ranked decisions (an open-set label placed by its threshold), else the top_k most probable
+        best = decisions if decisions is not None and decisions.ndim == 2 else rank_with_new_label(probs, top_k)
         sub[cols[0]] = [" ".join(classes[i] for i in row) for row in best]
     else:
         raise UserError(f"ensemble.format={fmt} is not a submission format; use one of {', '.join(FORMATS)} or auto")

@@ -5,6 +5,11 @@ Multi-label: a label is predicted when its probability reaches its threshold; wi
 image with none gets its most probable label. Thresholds are chosen to the competition metric on
 the OOF blend (one for every label, or one each), from a grid of 0.05 steps.
 
+Open-set top-k (Humpback Whale's new_whale, ensemble.new_label): the label of unseen individuals is
+trained as a class, but ranked by a threshold instead of its own probability: it enters each row's
+k labels where the row's other labels' probabilities fall below the threshold, the one of a grid
+that maximises MAP@k on the OOF blend.
+
 Ordinal: the K-1 thresholds between grades (the "optimized rounder" of APTOS solutions) start at
 rounding (0.5, 1.5, ...) and move one at a time, in steps of 0.025 between their neighbours, while
 the metric improves on the OOF blend; a grade's interval then holds the scores decided as it.
@@ -136,3 +141,37 @@ def decide(probs: np.ndarray, thresholds: np.ndarray | None, min_labels: int, ta
     """A submission's decisions: grade indices (N,) for an ordinal task, 0/1 labels (N, L) for a
     multi-label one; None where the argmax decides (no thresholds)."""
     return None if thresholds is None else DECISIONS[task.decision][1](probs, thresholds, min_labels)
+
+
+NEW_LABEL_GRID = np.round(np.arange(0.0, 1.0001, 0.01), 2)  # 0: never inserted (no probability is below it)
+
+
+def rank_with_new_label(probs: np.ndarray, k: int, new: int | None = None, threshold: float | None = None
+                        ) -> np.ndarray:
+    """Each row's k labels best first, as class indices (N, k): the k most probable or, with `new`
+    (a class index) and `threshold`, the other classes by probability with `new` inserted before the
+    first whose probability is below the threshold (left out when the k are all at or above it)."""
+    if new is None or threshold is None:
+        return np.argsort(-probs, axis=1, kind="stable")[:, :k]  # ties: the class first in order
+    known = np.where(np.arange(probs.shape[1]) == new, -np.inf, probs)
+    order = np.argsort(-known, axis=1, kind="stable")[:, :k]  # (N, k) the known classes, best first
+    pos = (np.take_along_axis(probs, order, 1) >= threshold).sum(1, keepdims=True)  # (N, 1) where `new` enters
+    cols = np.arange(k)[None, :]
+    before = np.take_along_axis(order, np.minimum(cols, k - 1), 1)
+    after = np.take_along_axis(order, np.maximum(cols - 1, 0), 1)
+    return np.where(cols < pos, before, np.where(cols == pos, new, after))
+
+
+def ranked_map(ranked: np.ndarray, y: np.ndarray) -> float:
+    """MAP@k of ranked class indices (N, k) against one true class per row (N,): 1/position of the
+    true class among the row's k, 0 when absent (Kaggle's MAP@k with one true label)."""
+    hits = ranked == np.asarray(y)[:, None]
+    return float(np.where(hits.any(1), 1.0 / (hits.argmax(1) + 1), 0.0).mean())
+
+
+def fit_new_label(probs: np.ndarray, y: np.ndarray, k: int, new: int) -> tuple[float, float, float]:
+    """(threshold, OOF MAP@k with it, OOF MAP@k of the plain top k) on OOF `probs` (N, C) against
+    `y` (N,), the threshold the grid's best (the lowest of ties)."""
+    scores = [ranked_map(rank_with_new_label(probs, k, new, t), y) for t in NEW_LABEL_GRID]
+    best = int(np.argmax(scores))
+    return float(NEW_LABEL_GRID[best]), scores[best], ranked_map(rank_with_new_label(probs, k), y)

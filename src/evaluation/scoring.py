@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 
 from src.core.tasks import canonical_tags, task_of
-from src.core.tasks.base import MAP_AT
+from src.core.tasks.base import MAP_AT, note_left_out
 from src.core.utils import UserError
 from src.data.folds import folds_path
-from src.data.tables import sample_id_col
+from src.data.tables import LABEL_READERS, label_columns, sample_id_col
 from src.evaluation.metrics import compute_metric
 
 
@@ -22,6 +22,19 @@ def _class_list(cfg, solution: pd.DataFrame) -> list[str]:
     if meta.is_file():
         return json.loads(meta.read_text())["classes"]
     return task_of(cfg).class_list(solution[cfg.data.label_col])
+
+
+def _solution_labels(sol: pd.DataFrame, cfg, path: Path) -> pd.DataFrame:
+    """The solution with its labels in data.label_col: one 0/1 column per class or label
+    (data.label_cols, train.csv's columns) read as train.csv's are; other solutions as they are."""
+    if not cfg.data.label_cols:
+        return sol
+    data = cfg.data.model_copy(update={"label_cols": label_columns(cfg.data), "group_col": None})
+    missing = [c for c in data.label_cols if c not in sol.columns]
+    if missing:
+        raise UserError(f"solution {path} has no columns {missing[:5]} of data.label_cols; it needs train.csv's "
+                        "0/1 label columns")
+    return LABEL_READERS[task_of(cfg).label_form](sol, data, path)
 
 
 def _ranked(values: pd.Series, classes: list[str], index: dict[str, int]) -> np.ndarray:
@@ -49,6 +62,9 @@ def _score_multilabel(sub: pd.DataFrame, sol: pd.DataFrame, cfg, classes: list[s
                         "can predict them; check data.label_sep and that the solution belongs to this competition")
     y = task.targets(truth)
     cols = [c for c in sub.columns if c != sample_id_col(cfg.data)]
+    graded = _graded_subset(cols, classes)
+    if graded:
+        return _score_columns(sub, y, classes, graded, cfg.metric.name)
     if all(c in sub.columns for c in classes):
         probs = sub[classes].astype(float).to_numpy()
     elif len(cols) == 1:
@@ -73,6 +89,7 @@ def score_submission(sub_path: str | Path, solution_path: str | Path, cfg) -> di
             raise UserError(f"{p} has no id column '{id_col}'; set {key}")
         frames.append(df.set_index(id_col))
     sub, sol = frames
+    sol = _solution_labels(sol, cfg, Path(solution_path))
     if d.label_col not in sol.columns:
         raise UserError(f"solution {solution_path} has no label column '{d.label_col}'; set data.label_col")
     missing = sol.index.difference(sub.index)
@@ -94,6 +111,9 @@ def _score_labels(sub: pd.DataFrame, sol: pd.DataFrame, cfg, classes: list[str],
     y = sol[d.label_col].map(index).to_numpy()
     cols = [c for c in sub.columns if c != sample_id_col(d)]
     written = None  # the labels each row writes, best first (a label or top-k file)
+    graded = _graded_subset(cols, classes)
+    if graded:
+        return _score_columns(sub, np.eye(len(classes))[y], classes, graded, cfg.metric.name)
     if all(c in sub.columns for c in classes):
         probs = sub[classes].astype(float).to_numpy()
     elif len(cols) == 1:
@@ -120,6 +140,23 @@ def _score_labels(sub: pd.DataFrame, sol: pd.DataFrame, cfg, classes: list[str],
     out[cfg.metric.name] = (written_map(written, sol[d.label_col].tolist(), int(m.group(1))) if m and written
                             else compute_metric(cfg.metric.name, y, probs))
     return out
+
+
+def _graded_subset(cols: list[str], classes: list[str]) -> list[str] | None:
+    """The classes a submission of probability columns for some of them holds (two or more, all
+    classes), in class order; None for a submission of every class or of one column."""
+    if 2 <= len(cols) < len(classes) and set(cols) <= set(classes):
+        return [c for c in classes if c in cols]
+    return None
+
+
+def _score_columns(sub: pd.DataFrame, y01: np.ndarray, classes: list[str], graded: list[str], metric: str
+                   ) -> dict[str, float]:
+    """A graded subset scored column by column: the metric over its 0/1 truth columns (N, G) and
+    probability columns, as Kaggle grades the columns it asks for; the left-out ones said."""
+    note_left_out(graded, classes)
+    idx = [classes.index(c) for c in graded]
+    return {metric: compute_metric(metric, y01[:, idx], sub[graded].astype(float).to_numpy())}
 
 
 def written_map(written: list[list[str]], truth: list[str], k: int) -> float:

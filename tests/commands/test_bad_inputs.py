@@ -714,6 +714,18 @@ ROWS = [
         damage=lambda r: _grouped(r, trained=True)),
     # ---- issue 29: pixel tables, arrays and containers
     # ---- issue 29: one-hot classes, new_whale, graded subset, regression probe and stacking
+    row("one-hot-row-with-two-classes", "train", F0 + ("data.label_cols=all",), ("row 2", "2 ones", "data.task=multilabel"),
+        damage=lambda r: _one_hot_train(r, two_in_first=True)),
+    row("one-hot-row-without-a-class", "train", F0 + ("data.label_cols=all",), ("row 2", "0 ones", "give each row its class"),
+        damage=lambda r: _one_hot_train(r, none_in_first=True)),
+    row("one-hot-columns-under-ordinal", "train", F0 + ("data.label_cols=all", "data.task=ordinal"),
+        ("data.label_cols", "names no grades", "null")),
+    row("new-label-on-a-label-submission", "ensemble", ("ensemble.new_label=3",),
+        ("ensemble.new_label=3", "format is label, not topk", "null"), world="trained"),
+    row("new-label-not-a-class", "ensemble", ("--format", "topk", "ensemble.new_label=new_whale"),
+        ("ensemble.new_label=new_whale", "not a class"), world="trained"),
+    row("graded-sample-column-not-a-class", "ensemble", ("--tta", "identity"), ("['zebra']", "not classes of the split"),
+        world="trained", damage=lambda r: _sample_columns(r, ["0", "1", "zebra"])),
 ]
 
 
@@ -895,3 +907,24 @@ def _first_answer_unlisted(comp: Path) -> None:
 
 
 # ---- issue 29: one-hot classes, new_whale, graded subset, regression probe and stacking (the damage of its rows)
+
+
+def _one_hot_train(root: Path, two_in_first: bool = False, none_in_first: bool = False) -> None:
+    """Damage: the demo's train.csv as one-hot columns d0..d9 (Plant Pathology 2020's layout), its first
+    row holding a second 1 or none."""
+    path = root / "inputs/digits/train.csv"
+    table = pd.read_csv(path, dtype=str)
+    cols = pd.DataFrame({f"d{d}": (table["label"] == str(d)).astype(int) for d in range(10)})
+    if two_in_first:
+        cols.iloc[0] = 0
+        cols.iloc[0, :2] = 1
+    if none_in_first:
+        cols.iloc[0] = 0
+    pd.concat([table[["id"]], cols], axis=1).to_csv(path, index=False)
+
+
+def _sample_columns(root: Path, cols: list[str]) -> None:
+    """Damage: the demo's sample submission as one probability column per name in `cols`."""
+    path = root / "inputs/digits/sample_submission.csv"
+    ids = pd.read_csv(path, dtype=str)["id"]
+    pd.DataFrame({"id": ids, **{c: 0.1 for c in cols}}).to_csv(path, index=False)

@@ -66,9 +66,12 @@ class Task:
 
     @classmethod
     def check_data(cls, data) -> str | None:
-        """Why the data section cannot feed this task (a sentence), or None."""
-        if data.label_cols is not None:
-            return "data.label_cols (one 0/1 column per label) needs data.task=multilabel and data.layout=csv"
+        """Why the data section cannot feed this task (a sentence), or None. data.label_cols here are
+        one-hot columns (Plant Pathology 2020's healthy, multiple_diseases, rust, scab): exactly one 1
+        a row, the class the column's name."""
+        if data.label_cols is not None and data.layout != "csv":
+            return (f"data.label_cols names 0/1 columns of train.csv, and data.layout={data.layout} reads no such "
+                    "table; set data.label_cols to null or data.layout=csv")
         return range_unread(cls.name, data)
 
     @classmethod
@@ -144,9 +147,11 @@ class Task:
         """Every class name the labels hold, one per row (for the class list and its counts)."""
         return pd.Series([t for lab in labels for t in self.tags(lab)], dtype=str)
 
-    def class_list(self, labels: pd.Series) -> list[str]:
-        """The class list the training labels imply, in its fixed order (regression: its one column)."""
-        return sorted_classes(self.all_tags(labels))
+    def class_list(self, labels: pd.Series, declared: Sequence[str] = ()) -> list[str]:
+        """The class list the training labels imply, in its fixed order (regression: its one column);
+        `declared` one-hot columns (data.label_cols) are the class list in train.csv's order, every
+        label being one of them (the reader checked)."""
+        return list(declared) if declared else sorted_classes(self.all_tags(labels))
 
     def _index(self, labels: list[str]) -> dict[str, int]:
         index = {c: i for i, c in enumerate(self.classes)}
@@ -323,7 +328,7 @@ class Task:
                             f"{self.name}; use auto or one of {', '.join(f for f in FORMATS if f != 'value')}")
         if fmt != "auto":
             return fmt
-        if set(cols) == set(self.classes):
+        if class_columns(cols, self.classes, self.noun):
             return "proba"
         _one_column(cols)
         if MAP_AT.match(metric) or (len(sample) and (placeholder_words(sample, cols[0]) > 1).mean() > 0.5):
@@ -398,6 +403,31 @@ def range_unread(kind: str, data) -> str | None:
     if data.target_range is not None:
         return f"data.target_range is read by data.task=regression only, and this competition is {kind}; set it to null"
     return None
+
+
+def class_columns(cols: list[str], classes: Sequence[str], noun: str) -> bool:
+    """Whether the sample's prediction columns are the classes or, with two or more, some of them
+    (a graded subset: only those are written and scored); a sample holding others among them is
+    refused in one sentence, since nothing predicts those."""
+    known = [c for c in cols if c in classes]
+    if len(cols) < 2 or not known:
+        return set(cols) == set(classes) and bool(cols)
+    unknown = [c for c in cols if c not in classes]
+    if unknown:
+        raise UserError(f"the sample submission's columns {unknown[:5]} are not {noun} of the split "
+                        f"({list(classes)[:6]}), so no model of it predicts them; check data.label_cols and that "
+                        "the sample belongs to this competition")
+    return True
+
+
+def note_left_out(cols: list[str], classes: list[str]) -> list[str]:
+    """The classes (labels) the sample's probability columns leave out, said in one line: neither
+    written nor scored (a graded subset)."""
+    left = [c for c in classes if c not in cols]
+    if left:
+        print(f"note: the sample submission holds {len(cols)} of the {len(classes)} classes; left out of the file and "
+              f"its score: {', '.join(left[:10])}" + (f" and {len(left) - 10} more" if len(left) > 10 else ""))
+    return left
 
 
 def _one_column(cols: list[str]) -> None:

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from src.core.tasks.base import Task, _one_column, _outside, _thresholds_given, range_unread
+from src.core.tasks.base import (
+    Task,
+    _one_column,
+    _outside,
+    _thresholds_given,
+    class_columns,
+    range_unread,
+    sorted_classes,
+)
 from src.core.utils import UserError
 
 if TYPE_CHECKING:  # torch loads when a method needs it
@@ -56,6 +64,11 @@ class Multilabel(Task):
 
     def tags(self, label: str) -> list[str]:
         return str(label).split()
+
+    def class_list(self, labels: pd.Series, declared: Sequence[str] = ()) -> list[str]:
+        """The sorted labels, every declared 0/1 column among them even if never positive (the
+        submission needs every column)."""
+        return sorted_classes(pd.concat([self.all_tags(labels), pd.Series(list(declared), dtype=str)]))
 
     def targets(self, labels: Iterable[str]) -> np.ndarray:
         labels = list(labels)
@@ -172,7 +185,7 @@ class Multilabel(Task):
                             "(labels above their thresholds) or proba (one probability column per label)")
         if fmt != "auto":
             return fmt
-        if set(cols) == set(self.classes):
+        if class_columns(cols, self.classes, self.noun):
             return "proba"
         _one_column(cols)
         unseen = sorted({t for v in sample[cols[0]].astype(str) for t in v.split()} - set(self.classes))

@@ -46,6 +46,13 @@ class Ordinal(Task):
         return "score" if self.regression else "softmax"
 
     @classmethod
+    def check_data(cls, data) -> str | None:
+        if data.label_cols is not None:
+            return ("data.label_cols (one 0/1 column per class) names no grades; an ordinal task reads integer "
+                    "grades from data.label_col, so set data.label_cols to null")
+        return super().check_data(data)
+
+    @classmethod
     def check_loss(cls, loss) -> str | None:
         if loss.distill_from is not None:
             return ("loss.distill_from mixes a teacher's class probabilities into the targets, and an ordinal task "

@@ -10,7 +10,7 @@ one space whatever their loss.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, ClassVar
 
@@ -114,7 +114,7 @@ class Regression(Task):
         """Every image counts under the one target column (the folds' table of images per fold)."""
         return list(self.classes)
 
-    def class_list(self, labels: pd.Series) -> list[str]:
+    def class_list(self, labels: pd.Series, declared: Sequence[str] = ()) -> list[str]:
         return list(self.classes)
 
     def targets(self, labels: Iterable[str]) -> np.ndarray:
