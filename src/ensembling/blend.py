@@ -117,7 +117,7 @@ def _fitted_new_label(cfg: Config, blend: OofBlend, task: Task, fmt: str | None)
     return {"new_label": e.new_label, "new_label_threshold": th, "top_k": k, "score": with_new}
 
 
-def _digest(body: dict) -> str:
+def body_digest(body: dict) -> str:
     return hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -228,7 +228,7 @@ class Blend:
 
     def to_dict(self) -> dict:
         body = {"version": VERSION, **{f.name: getattr(self, f.name) for f in fields(self) if f.name not in _BOUND}}
-        return {**body, "digest": _digest(body)}
+        return {**body, "digest": body_digest(body)}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -240,7 +240,7 @@ class Blend:
         body = dict(json.loads(data) if isinstance(data, str) else data)
         digest = body.pop("digest", None)
         names = {f.name for f in fields(cls)} - _BOUND
-        if digest != _digest(body) or body.pop("version", None) != VERSION or set(body) - names or names - set(body) - _ADDED:
+        if digest != body_digest(body) or body.pop("version", None) != VERSION or set(body) - names or names - set(body) - _ADDED:
             raise UserError("the blend was edited after it was fitted (its digest does not match what it holds); "
                             "fit it again (python -m src.ensemble, or python -m src.kaggle_kernel for a bundle) "
                             "instead of editing it")

@@ -134,13 +134,13 @@ def test_other_tasks_refuse_a_new_label_in_one_sentence(task):
 
 
 def test_a_blend_written_before_the_new_label_reads_without_one(whales, trained, tmp_path):
-    from src.ensembling.blend import Blend, _digest
+    from src.ensembling.blend import Blend, body_digest
 
     out = tmp_path / "sub.csv"
     run_cli(ensemble.main, [*_args(whales, trained), "--tta", "identity", "--out", str(out)])
     body = json.loads(out.with_name("sub.blend.json").read_text())
     old = {k: v for k, v in body.items() if k not in ("digest", "new_label", "new_label_threshold", "top_k")}
-    blend = Blend.from_json({**old, "digest": _digest(old)})
+    blend = Blend.from_json({**old, "digest": body_digest(old)})
     assert (blend.new_label, blend.new_label_threshold, blend.top_k) == (None, None, None)
     with pytest.raises(Exception, match="edited after it was fitted"):
-        Blend.from_json({**old, "new_label_threshold": 0.5, "digest": _digest(old)})
+        Blend.from_json({**old, "new_label_threshold": 0.5, "digest": body_digest(old)})
