@@ -26,6 +26,7 @@ def relabel(cfg: Config, reviewed_file: str | Path) -> Config:
     """Write the reviewed labels (content-addressed) and their split; the config that trains on them."""
     from src.data.folds import load_or_create_folds
     from src.data.relabel import check_reviewed, read_reviewed, write_relabel
+    from src.data.image_cache import cache_root
     from src.data.tables import load_train_table
 
     if cfg.data.relabel:
@@ -35,7 +36,7 @@ def relabel(cfg: Config, reviewed_file: str | Path) -> Config:
     if reviewed.empty:  # said before the split is made: a failed --relabel writes nothing
         raise UserError(f"{reviewed_file} reviews no label; fill its reviewed_label column where a label is wrong "
                         "(empty keeps the label)")
-    table = load_train_table(cfg.data)
+    table = load_train_table(cfg.data, cache_root(cfg))
     base, classes, base_path = load_or_create_folds(cfg, table=table)
     changed = check_reviewed(reviewed, base, classes, reviewed_file)
     if changed.empty:

@@ -65,7 +65,7 @@ class DataCfg(_Section):
     task: str  # one of core/tasks/'s TASKS
     label_sep: str
     label_cols: list[str] | Literal["all"] | None
-    layout: Literal["csv", "imagefolder", "filename", "coco"]
+    layout: Literal["csv", "imagefolder", "filename", "coco", "pixels"]
     label_pattern: str | None
     annotations: str | None
     test_annotations: str | None
@@ -89,6 +89,13 @@ class DataCfg(_Section):
     pseudo: str | None
     relabel: str | None
     target_range: list[float] | None  # regression: [lo, hi]
+    # issue 29: pixel tables (data.layout=pixels), arrays and image containers (src/data/pixels.py, image_store.py)
+    pixel_prefix: str  # the pixel columns' common prefix (pixel0, pixel1, ...)
+    pixel_shape: list[int] | None  # [H, W] or [H, W, C] each row's pixels are reshaped to
+    pixel_cols: list[str] | None  # JSON records: list columns, each H*W values, stacked as channels
+    test_csv: str  # the test table relative to data.dir (.csv, or .json records)
+    image_store: str | None  # an HDF5 file relative to data.dir: training images keyed by id
+    test_image_store: str | None  # the same for the test images
 
     @field_validator("target_range")
     @classmethod
@@ -117,6 +124,12 @@ class DataCfg(_Section):
         refusal = TASKS[self.task].check_data(self)
         if refusal:
             raise ValueError(refusal)
+        if self.pixel_shape is not None and not (2 <= len(self.pixel_shape) <= 3 and min(self.pixel_shape) >= 1):
+            raise ValueError(f"data.pixel_shape={self.pixel_shape} is no image shape; give [H, W] or [H, W, C], "
+                             "e.g. [28, 28]")
+        if (self.layout == "pixels") != (self.pixel_shape is not None):
+            raise ValueError("data.layout=pixels reshapes each table row's pixels to data.pixel_shape ([H, W] or "
+                             "[H, W, C], e.g. [28, 28]); set both, or neither")
         if self.layout == "filename" and self.label_pattern is None:
             raise ValueError("data.layout=filename needs data.label_pattern, a regular expression whose group is "
                              r"the label in a file name, e.g. '^(cat|dog)\.' for train/cat.0.jpg")
@@ -159,8 +172,8 @@ class AugCfg(_Section):
     border_mode: Literal["wrap", "reflect", "constant", "nearest"]
     hflip: bool
     vflip: bool
-    mean: tuple[float, float, float] | None
-    std: tuple[Positive, Positive, Positive] | None
+    mean: tuple[float, ...] | None  # one per image channel
+    std: tuple[Positive, ...] | None
     size_schedule: list[tuple[NonNeg, Annotated[int, Field(ge=8)]]] | None
 
     @model_validator(mode="after")
@@ -190,6 +203,8 @@ class ModelCfg(_Section):
     freeze_stages: Count | None
     unfreeze_epoch: NonNeg | None
     backbone_lr_mult: Positive
+    # issue 29: images of any channel count (timm's in_chans); null = the training images' count
+    in_chans: Count | None
 
     @model_validator(mode="after")
     def _check(self):

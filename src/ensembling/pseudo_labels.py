@@ -34,6 +34,7 @@ from src.core.tasks import Task
 from src.core.utils import UserError, atomic_write_text
 from src.core.views import split_auto
 from src.data.pseudo_rows import pseudo_digest
+from src.data.image_cache import cache_root
 from src.data.tables import load_test_table, prob_columns
 from src.ensembling.blend import Blend
 from src.ensembling.write_guard import check_writable
@@ -93,7 +94,7 @@ def make_pseudo(cfg: Config, names: list[str], views: list[str] | None, weights,
         task.refuse_soft_targets("its pseudo-labels are hard (the nearest grade); drop --soft")
     weights = e.weights if weights is None else weights
     blend = Blend.fit(cfg, members, names_views, weights, voting, rt)  # [auto, ...]: views chosen on OOF
-    test, _ = load_test_table(cfg.data)
+    test, _ = load_test_table(cfg.data, cache_root(cfg))
     probs = blend.predict(blend.member_probs(members, test, rt, cfg.loader))
     table = pseudo_table(probs, test["id"], task, threshold, round_)
     if table.empty:

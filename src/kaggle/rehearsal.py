@@ -23,6 +23,7 @@ from src.core.config import Config
 from src.core.tasks import task_of
 from src.core.utils import UserError, counted
 from src.data.images import find_bad_images
+from src.data.image_cache import cache_root
 from src.data.tables import load_test_table
 
 # Environment variables that would let the notebook reach a network, and their offline values.
@@ -45,7 +46,7 @@ def check_scale(cfg: Config, scale: int, hidden_size: int | None, tmp: Path) -> 
     directory entry each; a copy, where the test images sit on another filesystem, their bytes)."""
     if scale < 1:
         raise UserError(f"--scale {scale} must be at least 1")
-    test, _ = load_test_table(cfg.data)
+    test, _ = load_test_table(cfg.data, cache_root(cfg))
     n = len(test)
     total, cap = n * scale, max(hidden_size or 0, MAX_REHEARSED)
     if total > cap:
@@ -66,7 +67,7 @@ def check_scale(cfg: Config, scale: int, hidden_size: int | None, tmp: Path) -> 
 def fake_competition(cfg: Config, dest: Path, scale: int) -> pd.DataFrame:
     """dest/<sample_submission> and dest/<test_dir>/ with every test image `scale` times (hard links
     where possible); returns the expanded sample submission."""
-    test, sample = load_test_table(cfg.data)
+    test, sample = load_test_table(cfg.data, cache_root(cfg))
     bad = find_bad_images(test["path"].tolist())
     if bad:
         raise UserError(f"{counted(len(bad), 'test image')} cannot be decoded, e.g. {bad[0]}; replace or remove them before "
