@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from conftest import PIXEL_OVERRIDES
 
+from src.core.utils import UserError
 from src.data.arrays import read_array
 from src.data.image_cache import cache_root
 from src.data.tables import load_test_table, load_train_table
@@ -106,3 +107,14 @@ def test_digit_recognizer_end_to_end(pixel_dir, tiny_cfg, tmp_path):
     solution = pd.read_csv(pixel_dir / "solution.csv")
     scores = score_submission(out, pixel_dir / "solution.csv", cfg)
     assert scores["accuracy"] == pytest.approx((sub["Label"].to_numpy() == solution["Label"].to_numpy()).mean())
+
+
+def test_a_test_table_that_does_not_match_the_sample_ids_stops(pixel_dir, tiny_cfg, tmp_path):
+    data = tmp_path / "c"
+    shutil.copytree(pixel_dir, data)
+    sample = pd.read_csv(data / "sample_submission.csv")
+    pd.concat([sample, sample.tail(1).assign(ImageId=41)]).to_csv(data / "sample_submission.csv", index=False)
+    cfg = _cfg(tiny_cfg, data, tmp_path / "out")
+    with pytest.raises(UserError, match=r"test.csv holds 40 test rows and sample_submission.csv 41 ids, and 1 sample "
+                                        r"id \(e.g. \['41'\]\) is not among the table's ids \(its rows numbered 1..40\)"):
+        load_test_table(cfg.data, cache_root(cfg))
