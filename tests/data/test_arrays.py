@@ -9,6 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from src.analysis.report import build_report
 from src.core.runtime import Norm
 from src.data.arrays import read_array
 from src.data.image_cache import ImageCache
@@ -91,3 +92,5 @@ def test_a_six_channel_float16_world_end_to_end(seti, tiny_cfg, tmp_path):
     assert sub["id"].tolist() == solution["id"].tolist() and sub["target"].between(0, 1).all()
     scores = score_submission(out, seti / "solution.csv", cfg)
     assert scores["roc_auc"] == pytest.approx(roc_auc_score(solution["target"], sub["target"]))
+    build_report(cfg, None, n_wrong=4, n_cam=2, cam_layer=None)  # Grad-CAM over channel 0 of the arrays
+    assert (cfg.out_dir / "report.html").stat().st_size > 0 and (cfg.out_dir / "report" / "gradcam_wrong.png").is_file()
