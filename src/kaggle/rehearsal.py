@@ -46,6 +46,9 @@ def check_scale(cfg: Config, scale: int, hidden_size: int | None, tmp: Path) -> 
     directory entry each; a copy, where the test images sit on another filesystem, their bytes)."""
     if scale < 1:
         raise UserError(f"--scale {scale} must be at least 1")
+    if scale > 1 and _test_file(cfg):
+        raise UserError(f"--scale {scale} repeats test image files, and this competition's test images are rows of "
+                        f"one file ({_test_file(cfg)}); rehearse with --scale 1 and --hidden-size for the estimate")
     test, _ = load_test_table(cfg.data, cache_root(cfg))
     n = len(test)
     total, cap = n * scale, max(hidden_size or 0, MAX_REHEARSED)
@@ -64,10 +67,20 @@ def check_scale(cfg: Config, scale: int, hidden_size: int | None, tmp: Path) -> 
                         "or point TMPDIR at a larger disk")
 
 
+def _test_file(cfg: Config) -> str | None:
+    """The one file holding every test image (a pixel table, an HDF5 container), or None for image files."""
+    return cfg.data.test_csv if cfg.data.layout == "pixels" else cfg.data.test_image_store
+
+
 def fake_competition(cfg: Config, dest: Path, scale: int) -> pd.DataFrame:
     """dest/<sample_submission> and dest/<test_dir>/ with every test image `scale` times (hard links
-    where possible); returns the expanded sample submission."""
+    where possible), or the one file holding them; returns the expanded sample submission."""
     test, sample = load_test_table(cfg.data, cache_root(cfg))
+    if _test_file(cfg):  # the notebook reads the test pixels from /kaggle/input, as Kaggle ships them
+        (dest / _test_file(cfg)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(cfg.data.dir) / _test_file(cfg), dest / _test_file(cfg))
+        sample.to_csv(dest / cfg.data.sample_submission, index=False)
+        return sample
     bad = find_bad_images(test["path"].tolist())
     if bad:
         raise UserError(f"{counted(len(bad), 'test image')} cannot be decoded, e.g. {bad[0]}; replace or remove them before "

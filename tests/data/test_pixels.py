@@ -118,3 +118,24 @@ def test_a_test_table_that_does_not_match_the_sample_ids_stops(pixel_dir, tiny_c
     with pytest.raises(UserError, match=r"test.csv holds 40 test rows and sample_submission.csv 41 ids, and 1 sample "
                                         r"id \(e.g. \['41'\]\) is not among the table's ids \(its rows numbered 1..40\)"):
         load_test_table(cfg.data, cache_root(cfg))
+
+
+@pytest.mark.slow
+def test_the_kaggle_notebook_reads_the_test_pixels_from_its_input(pixel_dir, tiny_cfg, tmp_path):
+    import src.kaggle_kernel as kaggle_kernel
+    from src.core.cli import run_cli
+    from src.core.config import CONFIG_DIR
+
+    extra = [*PIXEL_OVERRIDES, "data.n_folds=2", "experiment.name=pix", "train.epochs=1", "train.limit_batches=3",
+             "model.name=test_resnet", "loader.num_workers=0", "wandb.mode=disabled"]
+    cfg = _cfg(tiny_cfg, pixel_dir, tmp_path / "out", "experiment.name=pix")
+    for k in range(2):
+        train_fold(cfg, k)
+    local = ensemble(cfg, tta=["identity", "hflip"], out=tmp_path / "local.csv")
+    common = ["--config", str(CONFIG_DIR / "demo.yaml"), "--out", str(tmp_path / "build"), f"data.dir={pixel_dir}",
+              f"experiment.output_dir={tmp_path / 'out'}"]
+    run_cli(kaggle_kernel.main, ["build", *common[:2], "--experiments", "pix", "--tta", "identity", "hflip",
+                                 "--no-wheels", *common[2:], *extra])
+    run_cli(kaggle_kernel.main, ["rehearse", *common, *extra])
+    rehearsed = tmp_path / "build" / "rehearsal" / "submission.csv"
+    assert rehearsed.read_bytes() == local.read_bytes()
