@@ -61,9 +61,9 @@ class ImageDataset(torch.utils.data.Dataset):
 
 def with_image_inputs(cfg: Config, paths: list[str]) -> Config:
     """`cfg` with what its training images imply, written into every checkpoint's config so that
-    inference reuses it: model.in_chans (null: the images' channel count) and, for images that are
-    not 3-channel uint8 photos (src.data.arrays), aug.mean / aug.std (null: their per-channel
-    statistics). A count or statistics that contradict the images stop the run in one sentence."""
+    inference reuses it: model.in_chans (null: the images' channel count, kept null for 3) and, for
+    images that are not 3-channel uint8 photos (src.data.arrays), aug.mean / aug.std (null: their
+    per-channel statistics). A count or statistics that contradict the images stop the run in one sentence."""
     if not paths:
         return cfg
     first = read_image(paths[0], cfg.data.dicom_window)
@@ -82,7 +82,9 @@ def with_image_inputs(cfg: Config, paths: list[str]) -> Config:
     elif (aug.mean is None) != (aug.std is None) and not is_photo(first):
         raise UserError(f"the training images are not 3-channel uint8 photos (e.g. {paths[0]}: {channels} channels, "
                         f"{first.dtype}), so aug.mean and aug.std go together: set both, or neither")
-    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"in_chans": channels}), "aug": aug})
+    # 3 channels stay null (build_model's default): photo runs keep the config they had before in_chans existed
+    in_chans = cfg.model.in_chans if channels == 3 else channels
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"in_chans": in_chans}), "aug": aug})
 
 
 def resolve_workers(cfg: LoaderCfg) -> int:
