@@ -139,3 +139,15 @@ def test_the_kaggle_notebook_reads_the_test_pixels_from_its_input(pixel_dir, tin
     run_cli(kaggle_kernel.main, ["rehearse", *common, *extra])
     rehearsed = tmp_path / "build" / "rehearsal" / "submission.csv"
     assert rehearsed.read_bytes() == local.read_bytes()
+
+
+@pytest.mark.slow
+def test_a_pixel_table_trains_a_regression(pixel_dir, tiny_cfg, tmp_path):
+    from src.runs.layout import fold_paths
+
+    cfg = _cfg(tiny_cfg, pixel_dir, tmp_path / "out", "data.task=regression", "data.target_range=[0,9]",
+               "metric.name=rmse", "loss.name=mse")
+    result = train_fold(cfg, 0)
+    oof = pd.read_csv(fold_paths(cfg.out_dir, 0).oof)
+    assert [c for c in oof.columns if c.startswith("prob_")] == ["prob_Label"] and oof["prob_Label"].between(0, 9).all()
+    assert result["rmse"] == pytest.approx(np.sqrt(((oof["label"] - oof["prob_Label"]) ** 2).mean()))
