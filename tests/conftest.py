@@ -385,6 +385,38 @@ def grouped_competition(task_competition, tmp_path_factory) -> Callable[[str], t
 # ---- issue 29: pixel tables, arrays and containers
 
 
+# Digit Recognizer's layout: train.csv label,pixel0..pixel63 (sklearn's 8x8 digits, 0..16 scaled to
+# 0..255), test.csv the pixels alone, sample_submission ImageId (the 1-based test row),Label.
+PIXEL_OVERRIDES = ("data.layout=pixels", "data.pixel_shape=[8,8]", "data.id_col=ImageId", "data.label_col=Label")
+
+
+def build_pixel_competition(root: Path, n_train: int = 160, n_test: int = 40) -> Path:
+    """A Digit-Recognizer-style pixel competition under `root` (with solution.csv), deterministic."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = np.round(digits.data * 255 / 16).astype(int)
+    cols = [f"pixel{i}" for i in range(64)]
+    root.mkdir(parents=True, exist_ok=True)
+    train = pd.DataFrame(pixels[:n_train], columns=cols)
+    train.insert(0, "Label", digits.target[:n_train])
+    train.to_csv(root / "train.csv", index=False)
+    test = slice(n_train, n_train + n_test)
+    pd.DataFrame(pixels[test], columns=cols).to_csv(root / "test.csv", index=False)
+    ids = np.arange(1, n_test + 1)
+    pd.DataFrame({"ImageId": ids, "Label": 0}).to_csv(root / "sample_submission.csv", index=False)
+    pd.DataFrame({"ImageId": ids, "Label": digits.target[test]}).to_csv(root / "solution.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def pixel_dir(tmp_path_factory) -> Path:
+    """The pixel competition, built once per session; tests must not modify it (copy it first)."""
+    return build_pixel_competition(tmp_path_factory.mktemp("pixels") / "digits_pixels")
+
+
 # ---- issue 29: one-hot classes, new_whale, graded subset, regression probe and stacking
 
 # Plant Pathology 2020's one-hot columns, in an order that is not sorted (the class list keeps train.csv's)

@@ -25,11 +25,12 @@ def head_classes(cfg) -> tuple[int, str]:
     """(the model head's width, why): the competition's classes (or labels, or one grade score)
     when the config names one, else 1000, ImageNet's."""
     from src.core.tasks import task_of
+    from src.data.image_cache import cache_root
     from src.data.tables import load_train_table
 
     if cfg.data.dir is None:
         return 1000, "no competition named (data.dir), so ImageNet's 1000 classes"
-    labels = load_train_table(cfg.data)["label"]
+    labels = load_train_table(cfg.data, cache_root(cfg))["label"]
     task = task_of(cfg)
     task = task.with_classes(task.class_list(labels))
     return task.n_outputs, f"the {len(task.classes)} {task.noun} of {cfg.data.dir}"

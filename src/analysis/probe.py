@@ -41,6 +41,7 @@ from src.core.tasks import Task, task_of
 from src.core.utils import UserError, atomic_save, atomic_write_text
 from src.data.answers import refuse_answers
 from src.data.folds import fold_tables
+from src.data.image_cache import cache_root
 from src.data.tables import load_test_table, prob_columns
 from src.ensembling.submission import checked_submission, submission_texts, write_submission
 from src.ensembling.write_guard import check_submission_out
@@ -117,7 +118,7 @@ def _features(cfg: Config, table: pd.DataFrame, classes: list[str], want_test: b
     print(f"train features {x.shape}: {'read from the cache' if hit else 'computed'} ({folder})")
     if not want_test:
         return x, None, None, None
-    test, sample = load_test_table(cfg.data)
+    test, sample = load_test_table(cfg.data, cache_root(cfg))
     xt, hit = cached_features(cfg, backbone, test, "test", rt, folder, cache)
     print(f"test features {xt.shape}: {'read from the cache' if hit else 'computed'}")
     return x, xt, test, sample

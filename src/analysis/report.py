@@ -48,8 +48,9 @@ from src.analysis.oof_review import (
 )
 from src.core.config import CONFIG_DIR, Config
 from src.core.progress import progress
-from src.core.runtime import Runtime
+from src.core.runtime import Norm, Runtime
 from src.core.utils import UserError, atomic_save
+from src.data.arrays import is_photo
 from src.data.folds import load_or_create_folds
 from src.data.images import read_image
 from src.data.relabel import REVIEW_COL
@@ -121,13 +122,22 @@ def _oof_with_paths(m: Member) -> pd.DataFrame:
 
 def model_input(m: Member, fold: int, model: torch.nn.Module, path: str, rt: Runtime
                  ) -> tuple[torch.Tensor, np.ndarray]:
-    """(normalized (1, 3, S, S) tensor on the device, the same image as uint8 (S, S, 3)): the fold's
-    own evaluation transform, so the map lies on exactly what the model saw."""
+    """(normalized (1, C, S, S) tensor on the device, the image as uint8 (S, S, 3)): the fold's
+    own evaluation transform and device normalisation, so the map lies on exactly what the model
+    saw. An array that is no photo (src.data.arrays) is shown by its channel 0, stretched to 0..255."""
     aug = m.configs[fold].aug
-    mean, std = resolve_norm(aug, model.pretrained_cfg)
-    x = build_transform(aug, False, mean, std)(image=read_image(path, m.configs[fold].data.dicom_window))["image"]  # (3, S, S)
-    seen = x.permute(1, 2, 0).numpy() * np.asarray(std) + np.asarray(mean)
-    return rt.batch(x[None]), np.clip(seen * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    img = read_image(path, m.configs[fold].data.dicom_window)
+    x = build_transform(aug, False)(image=img)["image"]  # (C, S, S), uint8 or float32
+    return rt.batch(x[None], Norm(*resolve_norm(aug, model.pretrained_cfg))), shown(x.permute(1, 2, 0).numpy())
+
+
+def shown(img: np.ndarray) -> np.ndarray:
+    """An image as a figure shows it: a photo as it is, any other array by its channel 0 stretched to 0..255."""
+    if is_photo(img):
+        return np.ascontiguousarray(img)
+    first = img[..., 0].astype(np.float64)
+    first = (first - first.min()) / (np.ptp(first) or 1.0) * 255.0
+    return np.repeat(np.clip(first + 0.5, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
 def compute_cams(m: Member, rows: pd.DataFrame, rt: Runtime, layer: str | None) -> tuple[list[Cam], str]:
@@ -165,7 +175,7 @@ def _caption(r) -> str:
 
 def _thumbnail(path: str, dicom_window, side: int = 256) -> np.ndarray:
     """An image for a grid cell (a DICOM windowed as the model saw it): large photos shrunk so the longer side is `side` pixels."""
-    img = read_image(path, dicom_window)
+    img = shown(read_image(path, dicom_window))
     scale = side / max(img.shape[:2])
     return cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else img
 

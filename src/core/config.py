@@ -65,7 +65,7 @@ class DataCfg(_Section):
     task: str  # one of core/tasks/'s TASKS
     label_sep: str
     label_cols: list[str] | Literal["all"] | None
-    layout: Literal["csv", "imagefolder", "filename", "coco"]
+    layout: Literal["csv", "imagefolder", "filename", "coco", "pixels"]
     label_pattern: str | None
     annotations: str | None
     test_annotations: str | None
@@ -96,7 +96,13 @@ class DataCfg(_Section):
     answer_col: str | None  # the sample submission's id column when it names answers; None: data.id_col
     # image + metadata (src/data/meta_table.py): tabular columns beside each image, and the test table holding them
     meta_cols: list[str] | Literal["auto"] | None
-    test_csv: str  # the test images' table, relative to data.dir: metadata and the answer's columns
+    test_csv: str  # the test table relative to data.dir: metadata, the answer's columns, or pixels (.csv, .json)
+    # issue 29: pixel tables (data.layout=pixels), arrays and image containers (src/data/pixels.py, image_store.py)
+    pixel_prefix: str  # the pixel columns' common prefix (pixel0, pixel1, ...)
+    pixel_shape: list[int] | None  # [H, W] or [H, W, C] each row's pixels are reshaped to
+    pixel_cols: list[str] | None  # JSON records: list columns, each H*W values, stacked as channels
+    image_store: str | None  # an HDF5 file relative to data.dir: training images keyed by id
+    test_image_store: str | None  # the same for the test images
 
     @field_validator("target_range")
     @classmethod
@@ -128,6 +134,12 @@ class DataCfg(_Section):
         if self.answer_id is not None and self.layout != "csv":
             raise ValueError(f"data.answer_id groups the rows of train.csv and {self.test_csv}, which needs "
                              f"data.layout=csv (this is {self.layout}); set data.answer_id to null")
+        if self.pixel_shape is not None and not (2 <= len(self.pixel_shape) <= 3 and min(self.pixel_shape) >= 1):
+            raise ValueError(f"data.pixel_shape={self.pixel_shape} is no image shape; give [H, W] or [H, W, C], "
+                             "e.g. [28, 28]")
+        if (self.layout == "pixels") != (self.pixel_shape is not None):
+            raise ValueError("data.layout=pixels reshapes each table row's pixels to data.pixel_shape ([H, W] or "
+                             "[H, W, C], e.g. [28, 28]); set both, or neither")
         if self.layout == "filename" and self.label_pattern is None:
             raise ValueError("data.layout=filename needs data.label_pattern, a regular expression whose group is "
                              r"the label in a file name, e.g. '^(cat|dog)\.' for train/cat.0.jpg")
@@ -173,8 +185,8 @@ class AugCfg(_Section):
     border_mode: Literal["wrap", "reflect", "constant", "nearest"]
     hflip: bool
     vflip: bool
-    mean: tuple[float, float, float] | None
-    std: tuple[Positive, Positive, Positive] | None
+    mean: tuple[float, ...] | None  # one per image channel
+    std: tuple[Positive, ...] | None
     size_schedule: list[tuple[NonNeg, Annotated[int, Field(ge=8)]]] | None
 
     @model_validator(mode="after")
@@ -208,6 +220,8 @@ class ModelCfg(_Section):
     meta_hidden: Annotated[list[Count], Field(min_length=1)]
     meta_dropout: Annotated[float, Field(ge=0, lt=1)]
     meta_emb_dim: Count
+    # issue 29: images of any channel count (timm's in_chans); null = the training images' count
+    in_chans: Count | None
 
     @model_validator(mode="after")
     def _check(self):

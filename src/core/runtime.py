@@ -51,10 +51,11 @@ def on_image(x, fn):
 
 @dataclass(frozen=True)
 class Norm:
-    """Normalisation of uint8 image batches where they are computed (on the device), the way
-    albumentations' Normalize does it on the CPU: (x - 255 mean) / (255 std), in float32.
+    """Normalisation of image batches where they are computed (on the device), the way
+    albumentations' Normalize does it on the CPU: uint8 as (x - 255 mean) / (255 std), float
+    arrays (src.data.arrays) as (x - mean) / std in their own units, in float32.
 
-    Batches travel as uint8 (a quarter of float32's bytes over PCIe and through the loader's
+    Photos travel as uint8 (a quarter of float32's bytes over PCIe and through the loader's
     queues) and the subtraction runs on the accelerator instead of in the loader's workers.
     """
 
@@ -62,19 +63,22 @@ class Norm:
     std: tuple[float, ...]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.uint8:
-            raise TypeError(f"Norm expects uint8 images, got {x.dtype}")
-        shift, scale = self._constants(x.device)
+        if x.dtype not in (torch.uint8, torch.float32):
+            raise TypeError(f"Norm expects uint8 or float32 images, got {x.dtype}")
+        if x.shape[1] != len(self.mean):
+            raise UserError(f"the images have {x.shape[1]} channels and the normalisation {len(self.mean)} "
+                            "(aug.mean / aug.std); give one value per channel, or null for the training images' own")
+        shift, scale = self._constants(x.device, 255.0 if x.dtype == torch.uint8 else 1.0)
         return (x.float() - shift) * scale
 
-    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _constants(self, device: torch.device, top: float) -> tuple[torch.Tensor, torch.Tensor]:
         cache = self.__dict__.setdefault("_on", {})
-        if device not in cache:  # built once per device: no host-to-device copy per batch
-            mean = np.asarray(self.mean, dtype=np.float64) * 255.0
-            scale = np.reciprocal(np.asarray(self.std, dtype=np.float64) * 255.0)
-            cache[device] = tuple(torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-                                  for v in (mean, scale))
-        return cache[device]
+        if (device, top) not in cache:  # built once per device: no host-to-device copy per batch
+            mean = np.asarray(self.mean, dtype=np.float64) * top
+            scale = np.reciprocal(np.asarray(self.std, dtype=np.float64) * top)
+            cache[device, top] = tuple(torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+                                       for v in (mean, scale))
+        return cache[device, top]
 
 
 @dataclass(frozen=True)
@@ -109,16 +113,17 @@ class Runtime:
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def batch(self, x: torch.Tensor | list, norm: Norm | None = None) -> torch.Tensor | tuple:
-        """An image batch (N, C, H, W) on the device, normalised there when it comes as uint8, in
-        the model's memory format. The copy is asynchronous (from pinned memory on CUDA). A batch of
+        """An image batch (N, C, H, W) on the device, normalised there with `norm` (a loader's uint8
+        photos or float32 arrays; without it a float batch is taken as normalised already), in the
+        model's memory format. The copy is asynchronous (from pinned memory on CUDA). A batch of
         (image, metadata) pairs (data.meta_cols) comes as [images, vectors (N, D)] and leaves as the pair."""
         if isinstance(x, (list, tuple)):
             return self.batch(x[0], norm), x[1].to(self.device, non_blocking=True)
         x = x.to(self.device, non_blocking=True)
-        if x.dtype == torch.uint8:
-            if norm is None:
-                raise ValueError("a uint8 image batch needs its Norm (mean and std) to become model input")
+        if norm is not None:
             x = norm(x)
+        elif x.dtype == torch.uint8:
+            raise ValueError("a uint8 image batch needs its Norm (mean and std) to become model input")
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 

@@ -19,7 +19,7 @@ from src.core.config import Config
 from src.core.tasks import Task, task_of
 from src.core.utils import UserError, atomic_save, atomic_write_text
 from src.data.answers import check_answers, split_groups
-from src.data.image_cache import image_cache
+from src.data.image_cache import cache_root, image_cache
 from src.data.pseudo_rows import add_pseudo
 from src.data.relabel import apply_relabel, relabel_tag
 from src.data.tables import drop_bad_images, label_columns, load_train_table
@@ -97,7 +97,7 @@ def load_or_create_folds(cfg: Config, create: bool = True, table: pd.DataFrame |
     base split's folds and classes. write=False (a dry run) makes a missing split without writing it.
     """
     save = _write_split if write else (lambda *a: None)
-    original = load_train_table(cfg.data) if table is None else table
+    original = load_train_table(cfg.data, cache_root(cfg)) if table is None else table
     df = apply_relabel(original, cfg.data.relabel) if cfg.data.relabel else original
     if cfg.data.relabel and "answer" in df:  # reviewed labels must keep one label per answer
         check_answers(df, Path(cfg.data.relabel))
@@ -139,7 +139,7 @@ def fold_tables(cfg: Config, fold: int, check_classes: Callable[[int], None] | N
     write=False (a dry run) writes nothing: no split file, no image-check record, no cached image."""
     if fold != -1 and not 0 <= fold < cfg.data.n_folds:
         raise UserError(f"--fold {fold} is out of range; use 0..{cfg.data.n_folds - 1}, all, or -1")
-    table = load_train_table(cfg.data)
+    table = load_train_table(cfg.data, cache_root(cfg))
     if check_classes is not None:
         check_classes(len(_class_list(table["label"], cfg)))
     # Images are checked before the split is written, so bad data writes nothing; skipped images

@@ -1,7 +1,8 @@
 """Decoded, resized images on disk: each photo is decoded once, not once per epoch, fold and trial.
 
 An entry is the image exactly as the transform's first step (a resize to a square side) would
-make it from the decoded file, stored as a uint8 .npy under `<cache_dir>/<side>px/`. Its name is
+make it from the decoded file, stored as a .npy of bytes under `<cache_dir>/<side>px/`: the pixels
+(uint8, or float32 for arrays of other dtypes: src.data.arrays), their channel count and dtype. Its name is
 the sha1 of the file's bytes (images.content_sha1) and the side, so a changed file gets a new entry
 whatever its path, size and times, and every fold, epoch, Optuna trial, TTA pass and ensemble
 member with the same side shares one. The entry ends with the sha1 of its name and pixels: an entry
@@ -29,8 +30,10 @@ from src.core.progress import progress
 from src.core.utils import MissingDecoder, UserError, atomic_save_npy
 from src.data.images import content_sha1, read_image
 
-CACHE_VERSION = 2  # bump when read_image or the resize changes what an entry holds (2: content keys, sealed entries)
-SEAL = 20  # bytes of sha1 that end an entry: of its key and its pixels
+CACHE_VERSION = 3  # bump when read_image or the resize changes what an entry holds (2: content keys, sealed
+# entries; 3: any channel count and float32 pixels, described by a header)
+SEAL = 20  # bytes of sha1 that end an entry: of its key, its pixels and its header
+DTYPES = {0: np.dtype(np.uint8), 1: np.dtype(np.float32)}  # header code -> the pixels' dtype
 
 
 def transform_side(aug: AugCfg, train: bool) -> int:
@@ -56,18 +59,26 @@ class ImageCache:
         key = hashlib.sha1(f"{CACHE_VERSION}\0{content_sha1(path)}\0{self.side}{window}".encode()).hexdigest()
         return self.dir / key[:2] / f"{key}.npy"
 
-    def _seal(self, entry: Path, pixels: np.ndarray) -> np.ndarray:
-        return np.frombuffer(hashlib.sha1(entry.stem.encode() + pixels.tobytes()).digest(), dtype=np.uint8)
+    def _seal(self, entry: Path, body: np.ndarray) -> np.ndarray:
+        return np.frombuffer(hashlib.sha1(entry.stem.encode() + body.tobytes()).digest(), dtype=np.uint8)
+
+    @staticmethod
+    def _body(img: np.ndarray) -> np.ndarray:
+        """The pixels' bytes, then a 3-byte header: the channel count (2 bytes) and the dtype's code."""
+        code = next(k for k, d in DTYPES.items() if d == img.dtype)
+        header = np.array([img.shape[2] & 0xFF, img.shape[2] >> 8, code], dtype=np.uint8)
+        return np.concatenate([np.ascontiguousarray(img).reshape(-1).view(np.uint8), header])
 
     def build(self, path: str, entry: Path | None = None, into: Path | None = None) -> np.ndarray:
         """Decode and resize `path`, store it (under `into`, a staging folder, when given), return
         it; UserError naming the file when it cannot be decoded."""
         entry = entry or self.entry(path)
-        img = np.ascontiguousarray(resize(read_image(path, self.dicom_window), (self.side, self.side), cv2.INTER_LINEAR))
-        flat = img.reshape(-1)
+        img = resize(read_image(path, self.dicom_window), (self.side, self.side), cv2.INTER_LINEAR)
+        img = np.ascontiguousarray(img.reshape(self.side, self.side, -1))  # cv2 drops a single channel's axis
+        body = self._body(img)
         target = entry if into is None else into / entry.relative_to(self.dir)
         try:
-            atomic_save_npy(target, np.concatenate([flat, self._seal(entry, flat)]))  # readers see no entry or a whole one
+            atomic_save_npy(target, np.concatenate([body, self._seal(entry, body)]))  # readers see no entry or a whole one
         except OSError as e:
             raise self._unwritable(e) from None
         return img
@@ -83,14 +94,18 @@ class ImageCache:
             stored = np.load(entry, allow_pickle=False)
         except (OSError, ValueError, EOFError):  # missing, or damaged by something outside this code
             return None  # (a full disk, a manual edit)
-        n = self.side * self.side * 3
-        if stored.shape != (n + SEAL,) or stored.dtype != np.uint8:
+        if stored.ndim != 1 or stored.dtype != np.uint8 or len(stored) < SEAL + 3:
             return None
-        flat = stored[:n]
-        return flat.reshape(self.side, self.side, 3) if np.array_equal(stored[n:], self._seal(entry, flat)) else None
+        body, seal = stored[:-SEAL], stored[-SEAL:]
+        channels, dtype = int(body[-3]) | int(body[-2]) << 8, DTYPES.get(int(body[-1]))
+        if dtype is None or len(body) - 3 != self.side * self.side * channels * dtype.itemsize:
+            return None
+        if not np.array_equal(seal, self._seal(entry, body)):
+            return None
+        return body[:-3].view(dtype).reshape(self.side, self.side, channels).copy()  # aligned for cv2
 
     def load(self, path: str) -> np.ndarray:
-        """The cached image of `path` (HxWx3 uint8 at the cache's side), built first when missing
+        """The cached image of `path` (HxWxC at the cache's side, uint8 or float32), built first when missing
         or when the entry's seal does not match its name and pixels."""
         img = self.read(path)
         return img if img is not None else self.build(path)

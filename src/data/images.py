@@ -12,6 +12,7 @@ from PIL import Image, ImageOps
 
 from src.core.progress import progress
 from src.core.utils import MissingDecoder, UserError
+from src.data.arrays import ARRAY_EXTS, read_array
 
 _DIGESTS: dict[tuple, str] = {}  # (path, device, inode, size, mtime, ctime) -> sha1 of the bytes, this process only
 
@@ -40,12 +41,15 @@ DICOM_EXTS = (".dcm", ".dicom")
 
 
 def read_image(path: str | Path, dicom_window: tuple[float, float] | None = None) -> np.ndarray:
-    """Read any image file into an HxWx3 uint8 RGB array.
+    """Read any image file into an HxWx3 uint8 RGB array, or an .npy array as HxWxC (src.data.arrays:
+    uint8 kept, any other dtype float32).
 
     Handles grayscale, RGBA/LA and palette PNGs, 16-bit PNGs (scaled to 8 bits), CMYK JPEGs,
     EXIF orientation and DICOM (src.data.dicom; `dicom_window`, data.dicom_window, overrides its
     window). Raises UserError naming the file when it cannot be decoded.
     """
+    if Path(path).suffix.lower() in ARRAY_EXTS:
+        return read_array(path)
     if Path(path).suffix.lower() in DICOM_EXTS:
         from src.data.dicom import read_dicom  # pydicom only where a DICOM is read: --help stays fast
 

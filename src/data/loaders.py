@@ -12,6 +12,8 @@ from src.core import distributed
 from src.core.config import Config, LoaderCfg
 from src.core.distributed import EpochSampler
 from src.core.runtime import Norm, Runtime
+from src.core.utils import UserError
+from src.data.arrays import channel_stats, is_photo
 from src.data.image_cache import image_cache
 from src.data.images import read_image
 from src.data.transforms import build_transform, resolve_norm, seed_transform
@@ -59,6 +61,34 @@ class ImageDataset(torch.utils.data.Dataset):
             return x, i
         return x, (torch.from_numpy(self.targets[i].astype(np.float32)) if self.targets.ndim == 2
                    else int(self.targets[i]))
+
+
+def with_image_inputs(cfg: Config, paths: list[str]) -> Config:
+    """`cfg` with what its training images imply, written into every checkpoint's config so that
+    inference reuses it: model.in_chans (null: the images' channel count, kept null for 3) and, for
+    images that are not 3-channel uint8 photos (src.data.arrays), aug.mean / aug.std (null: their
+    per-channel statistics). A count or statistics that contradict the images stop the run in one sentence."""
+    if not paths:
+        return cfg
+    first = read_image(paths[0], cfg.data.dicom_window)
+    channels = first.shape[2]
+    if cfg.model.in_chans not in (None, channels):
+        raise UserError(f"model.in_chans={cfg.model.in_chans} but the training images have {channels} channels "
+                        f"(e.g. {paths[0]}); set model.in_chans={channels} or null")
+    aug = cfg.aug
+    for key, given in (("mean", aug.mean), ("std", aug.std)):
+        if given is not None and len(given) != channels:
+            raise UserError(f"aug.{key} has {len(given)} values but the training images have {channels} channels "
+                            f"(e.g. {paths[0]}); give one per channel, or null for the images' own statistics")
+    if aug.mean is None and aug.std is None and not is_photo(first):
+        mean, std = channel_stats(sorted(set(paths)), lambda p: read_image(p, cfg.data.dicom_window))
+        aug = aug.model_copy(update={"mean": mean, "std": std})
+    elif (aug.mean is None) != (aug.std is None) and not is_photo(first):
+        raise UserError(f"the training images are not 3-channel uint8 photos (e.g. {paths[0]}: {channels} channels, "
+                        f"{first.dtype}), so aug.mean and aug.std go together: set both, or neither")
+    # 3 channels stay null (build_model's default): photo runs keep the config they had before in_chans existed
+    in_chans = cfg.model.in_chans if channels == 3 else channels
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"in_chans": in_chans}), "aug": aug})
 
 
 def resolve_workers(cfg: LoaderCfg) -> int:

@@ -12,6 +12,7 @@ import pandas as pd
 from src.core.config import Config
 from src.core.tasks import Task, task_of
 from src.core.utils import UserError
+from src.data.image_cache import cache_root
 from src.data.tables import load_test_table, prob_columns
 
 
@@ -41,7 +42,7 @@ def read_pseudo(path: str | Path, cfg: Config, classes: list[str]) -> tuple[pd.D
     missing = [c for c in ["id", "label", *prob_columns(classes)] if c not in df]
     if missing:
         raise UserError(f"data.pseudo={path} lacks the columns {missing[:4]}; write it again with python -m src.pseudo")
-    test, _ = load_test_table(cfg.data)
+    test, _ = load_test_table(cfg.data, cache_root(cfg))
     path_of = dict(zip(test["id"], test["path"]))
     unknown = [i for i in df["id"] if i not in path_of]
     if unknown:

@@ -18,8 +18,10 @@ from src.core.tasks import TASKS, canonical_tags
 from src.core.utils import UserError, atomic_write_text, counted
 from src.data.answers import answer_ids, check_answers, test_images
 from src.data.coco import coco_test_paths, coco_train_table
+from src.data.image_store import store_paths
 from src.data.images import find_bad_images
 from src.data.loaders import resolve_workers
+from src.data.pixels import pixel_rows
 
 
 class ImageIndex:
@@ -274,36 +276,71 @@ def _filename_table(img_root: Path, exts: list[str], pattern: str) -> pd.DataFra
                         columns=["id", "label", "path"])
 
 
-def load_train_table(cfg: DataCfg) -> pd.DataFrame:
-    """Training table with columns id, label (str), path and, when configured, group."""
-    root = require_data_dir(cfg)
-    if cfg.layout == "imagefolder":
-        df = _imagefolder_table(root / cfg.image_dir, cfg.image_exts)
-    elif cfg.layout == "filename":
-        df = _filename_table(root / cfg.image_dir, cfg.image_exts, cfg.label_pattern)
-    elif cfg.layout == "coco":
-        df = coco_train_table(root / cfg.annotations, TASKS[cfg.task].label_form)
-    else:
-        path = root / cfg.train_csv
-        raw = _read_csv(path, "training table")
-        cols = {"data.id_col": cfg.id_col} | ({} if cfg.label_cols else {"data.label_col": cfg.label_col})
-        if cfg.group_col:
-            cols["data.group_col"] = cfg.group_col
-        _require_cols(raw, cols, path)
-        raw = LABEL_READERS[TASKS[cfg.task].label_form](raw, cfg, path)
-        dup = raw[cfg.id_col][raw[cfg.id_col].duplicated()].tolist()
-        if dup:
-            raise UserError(f"{path} lists {counted(len(dup), 'id')} twice (e.g. {dup[:3]}); each image must appear once")
-        answers = {"answer": answer_ids(raw, cfg, path)} if cfg.answer_id else {}
-        df = _attach_paths(raw, cfg.id_col, root / cfg.image_dir, cfg.image_exts, "training").assign(**answers)
-        df = df.rename(columns={cfg.id_col: "id", cfg.label_col: "label"})
-        if cfg.group_col:
-            df = df.rename(columns={cfg.group_col: "group"})
-        df = df[["id", "label", "path"] + (["group"] if cfg.group_col else []) + list(answers)]
-        if answers:
-            check_answers(df, path)
+def _labelled(raw: pd.DataFrame, cfg: DataCfg, path: Path) -> pd.DataFrame:
+    """A training table's id, label and group columns checked, its labels read as the task's form."""
+    cols = {"data.id_col": cfg.id_col} | ({} if cfg.label_cols else {"data.label_col": cfg.label_col})
+    if cfg.group_col:
+        cols["data.group_col"] = cfg.group_col
+    _require_cols(raw, cols, path)
+    raw = LABEL_READERS[TASKS[cfg.task].label_form](raw, cfg, path)
+    dup = raw[cfg.id_col][raw[cfg.id_col].duplicated()].tolist()
+    if dup:
+        raise UserError(f"{path} lists {counted(len(dup), 'id')} twice (e.g. {dup[:3]}); each image must appear once")
+    return raw
+
+
+def _named(df: pd.DataFrame, cfg: DataCfg, extra: tuple[str, ...] = ()) -> pd.DataFrame:
+    df = df.rename(columns={cfg.id_col: "id", cfg.label_col: "label"})
+    if cfg.group_col:
+        df = df.rename(columns={cfg.group_col: "group"})
+    return df[["id", "label", "path"] + (["group"] if cfg.group_col else []) + list(extra)]
+
+
+def _image_paths(df: pd.DataFrame, cfg: DataCfg, root: Path, cache: Path, train: bool) -> pd.DataFrame:
+    """`df` with each id's image file: from the HDF5 container when one is set, else the image folder."""
+    store = cfg.image_store if train else cfg.test_image_store
+    what = "training" if train else "test"
+    if store:
+        return df.assign(path=store_paths(root / store, df[cfg.id_col].tolist(), cache, what))
+    return _attach_paths(df, cfg.id_col, root / (cfg.image_dir if train else cfg.test_dir), cfg.image_exts, what)
+
+
+def _csv_table(cfg: DataCfg, root: Path, cache: Path) -> pd.DataFrame:
+    path = root / cfg.train_csv
+    raw = _labelled(_read_csv(path, "training table"), cfg, path)
+    answers = {"answer": answer_ids(raw, cfg, path)} if cfg.answer_id else {}  # several images per answer
+    df = _named(_image_paths(raw, cfg, root, cache, train=True).assign(**answers), cfg, tuple(answers))
+    if answers:
+        check_answers(df, path)
+    return df
+
+
+def _pixel_table(cfg: DataCfg, root: Path, cache: Path) -> pd.DataFrame:
+    path = root / cfg.train_csv
+    return _named(_labelled(pixel_rows(path, cfg, cache, cfg.id_col), cfg, path), cfg)
+
+
+# data.layout -> the training table (id, label, path[, group]) of the competition folder
+LAYOUTS = {
+    "csv": _csv_table,
+    "pixels": _pixel_table,
+    "imagefolder": lambda cfg, root, cache: _imagefolder_table(root / cfg.image_dir, cfg.image_exts),
+    "filename": lambda cfg, root, cache: _filename_table(root / cfg.image_dir, cfg.image_exts, cfg.label_pattern),
+    "coco": lambda cfg, root, cache: coco_train_table(root / cfg.annotations, TASKS[cfg.task].label_form),
+}
+
+
+def _arrays_root(cfg: DataCfg, cache: Path | None) -> Path:
+    """Where pixel rows and container images are written as files: the image cache's folder."""
+    return Path(cache) if cache is not None else Path(cfg.cache_dir or "outputs/cache")
+
+
+def load_train_table(cfg: DataCfg, cache: Path | None = None) -> pd.DataFrame:
+    """Training table with columns id, label (str), path and, when configured, group. `cache`
+    (image_cache.cache_root) is where pixel tables and HDF5 containers become files."""
+    df = LAYOUTS[cfg.layout](cfg, require_data_dir(cfg), _arrays_root(cfg, cache))
     if cfg.group_col and "group" not in df:
-        raise UserError("data.group_col works only with data.layout=csv; set it to null")
+        raise UserError("data.group_col works only with data.layout=csv or pixels; set it to null")
     return df.reset_index(drop=True)
 
 
@@ -312,7 +349,24 @@ def sample_id_col(cfg: DataCfg) -> str:
     return cfg.answer_col or cfg.id_col
 
 
-def load_test_table(cfg: DataCfg) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _pixel_test(cfg: DataCfg, root: Path, sample: pd.DataFrame, cache: Path) -> pd.DataFrame:
+    """The test pixel table's rows in the sample submission's order; ids either has that the other
+    lacks stop the run (a table without an id column is numbered 1, 2, ... as Digit Recognizer's ImageId)."""
+    path = root / cfg.test_csv
+    rows = pixel_rows(path, cfg, cache, cfg.id_col)
+    ids, wanted = set(rows[cfg.id_col]), sample[cfg.id_col].tolist()
+    absent, extra = [i for i in wanted if i not in ids], len(ids - set(wanted))
+    if absent or extra or len(rows) != len(wanted):
+        numbered = rows[cfg.id_col].tolist() == [str(i + 1) for i in range(len(rows))]
+        how = f"its rows numbered 1..{len(rows)}" if numbered else f"its {cfg.id_col} column"
+        raise UserError(f"{path} holds {counted(len(rows), 'test row')} and {cfg.sample_submission} "
+                        f"{counted(len(wanted), 'id')}, and {counted(len(absent), 'sample id')} (e.g. {absent[:3]}) "
+                        f"{'is' if len(absent) == 1 else 'are'} not among the table's ids ({how}); give the test "
+                        "table and the sample submission of the same images")
+    return sample[[cfg.id_col]].merge(rows[[cfg.id_col, "path"]], on=cfg.id_col, how="left")
+
+
+def load_test_table(cfg: DataCfg, cache: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(test table with id and path in sample_submission order, the sample submission itself). With
     data.answer_id the rows are the images of data.test_csv, with their `answer`, grouped in the sample's order."""
     root = require_data_dir(cfg)
@@ -323,11 +377,13 @@ def load_test_table(cfg: DataCfg) -> tuple[pd.DataFrame, pd.DataFrame]:
     if cfg.answer_id:
         images = test_images(sample, sample_id_col(cfg), cfg, root)
         return _attach_paths(images, "id", root / cfg.test_dir, cfg.image_exts, "test"), sample
-    if cfg.test_annotations:
+    if cfg.layout == "pixels":
+        test = _pixel_test(cfg, root, sample, _arrays_root(cfg, cache))
+    elif cfg.test_annotations:
         test = sample[[cfg.id_col]].assign(path=coco_test_paths(root / cfg.test_annotations, sample[cfg.id_col],
                                                                 cfg.id_col, path))
     else:
-        test = _attach_paths(sample[[cfg.id_col]], cfg.id_col, root / cfg.test_dir, cfg.image_exts, "test")
+        test = _image_paths(sample[[cfg.id_col]], cfg, root, _arrays_root(cfg, cache), train=False)
     return test.rename(columns={cfg.id_col: "id"}).reset_index(drop=True), sample
 
 

@@ -13,6 +13,7 @@ from src.core.config import Config
 from src.core.runtime import Runtime
 from src.core.utils import UserError, counted
 from src.core.views import parse_views, split_auto
+from src.data.image_cache import cache_root
 from src.data.tables import load_test_table, sample_id_col
 from src.ensembling.blend import Blend
 from src.ensembling.ledger import free_submission_path, record_submission
@@ -151,7 +152,7 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
     out, explicit = (Path(out), True) if out else (Path("submissions") / ("+".join(names) + tag + ".csv"), False)
     check_submission_out(out, cfg, recorded_by_ledger=True)
     rt = Runtime.from_cfg(cfg.runtime)
-    test, sample = load_test_table(cfg.data)
+    test, sample = load_test_table(cfg.data, cache_root(cfg))
     members = _checked_members(cfg, names, weights, voting, report, thresholds)
     for m in members:
         check_test_meta(m, test["id"])  # data.meta_cols: the test table, before anything is predicted

@@ -34,6 +34,7 @@ from src.core.tasks import Task
 from src.core.utils import UserError, atomic_write_text
 from src.core.views import split_auto
 from src.data.answers import refuse_answers
+from src.data.image_cache import cache_root
 from src.data.pseudo_rows import pseudo_digest
 from src.data.tables import load_test_table, prob_columns
 from src.ensembling.blend import Blend
@@ -94,7 +95,7 @@ def make_pseudo(cfg: Config, names: list[str], views: list[str] | None, weights,
     if soft:
         task.refuse_soft_targets("its pseudo-labels are hard (the nearest grade); drop --soft")
     weights = e.weights if weights is None else weights
-    test, _ = load_test_table(cfg.data)
+    test, _ = load_test_table(cfg.data, cache_root(cfg))
     for m in members:
         check_test_meta(m, test["id"])  # data.meta_cols: the test table, before anything is predicted
     blend = Blend.fit(cfg, members, names_views, weights, voting, rt)  # [auto, ...]: views chosen on OOF

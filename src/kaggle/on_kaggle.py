@@ -35,6 +35,7 @@ def infer(root: str, bundle: str, t0: float) -> Path:
     stored["experiment"]["output_dir"] = os.path.join(bundle, "outputs")
     stored["loader"]["num_workers"] = min(4, os.cpu_count() or 1)
     stored["data"]["cache"] = False  # the input folder is read-only, and one pass per member decodes each image once anyway
+    stored["data"]["cache_dir"] = os.path.join(root, "tmp", "cache")  # pixel tables and containers become files there
     if manifest["kernel_sources"]:  # --from-kernels: each fold from the training notebook that left it
         stored["experiment"]["output_dir"] = link_kernel_folds(root, manifest)
     cfg = config_from_dict(stored, "the bundle's config.yaml")

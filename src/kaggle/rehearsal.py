@@ -22,6 +22,7 @@ from nbclient.exceptions import CellExecutionError
 from src.core.config import Config
 from src.core.tasks import task_of
 from src.core.utils import UserError, counted
+from src.data.image_cache import cache_root
 from src.data.images import find_bad_images
 from src.data.meta_table import read_test
 from src.data.tables import load_test_table, sample_id_col
@@ -46,7 +47,10 @@ def check_scale(cfg: Config, scale: int, hidden_size: int | None, tmp: Path) -> 
     directory entry each; a copy, where the test images sit on another filesystem, their bytes)."""
     if scale < 1:
         raise UserError(f"--scale {scale} must be at least 1")
-    test, _ = load_test_table(cfg.data)
+    if scale > 1 and _test_file(cfg):
+        raise UserError(f"--scale {scale} repeats test image files, and this competition's test images are rows of "
+                        f"one file ({_test_file(cfg)}); rehearse with --scale 1 and --hidden-size for the estimate")
+    test, _ = load_test_table(cfg.data, cache_root(cfg))
     n = len(test)
     total, cap = n * scale, max(hidden_size or 0, MAX_REHEARSED)
     if total > cap:
@@ -64,13 +68,23 @@ def check_scale(cfg: Config, scale: int, hidden_size: int | None, tmp: Path) -> 
                         "or point TMPDIR at a larger disk")
 
 
+def _test_file(cfg: Config) -> str | None:
+    """The one file holding every test image (a pixel table, an HDF5 container), or None for image files."""
+    return cfg.data.test_csv if cfg.data.layout == "pixels" else cfg.data.test_image_store
+
+
 def fake_competition(cfg: Config, dest: Path, scale: int) -> pd.DataFrame:
     """dest/<sample_submission> and dest/<test_dir>/ with every test image `scale` times (hard links
-    where possible); returns the expanded sample submission."""
-    test, sample = load_test_table(cfg.data)
+    where possible), or the one file holding them; returns the expanded sample submission."""
+    test, sample = load_test_table(cfg.data, cache_root(cfg))
     if cfg.data.answer_id and scale > 1:
         raise UserError(f"--scale {scale} repeats each test image as a row of its own, and data.answer_id answers "
                         "several images per row; rehearse with --scale 1")
+    if _test_file(cfg):  # the notebook reads the test pixels from /kaggle/input, as Kaggle ships them
+        (dest / _test_file(cfg)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(cfg.data.dir) / _test_file(cfg), dest / _test_file(cfg))
+        sample.to_csv(dest / cfg.data.sample_submission, index=False)
+        return sample
     bad = find_bad_images(test["path"].tolist())
     if bad:
         raise UserError(f"{counted(len(bad), 'test image')} cannot be decoded, e.g. {bad[0]}; replace or remove them before "

@@ -20,7 +20,7 @@ from src.models.meta_model import MetaModel
 
 
 def _create(cfg: ModelCfg, num_classes: int, pretrained: bool, img_size: int | None = None) -> torch.nn.Module:
-    kwargs = {"num_classes": num_classes, "drop_rate": cfg.drop_rate}
+    kwargs = {"num_classes": num_classes, "drop_rate": cfg.drop_rate, "in_chans": cfg.in_chans or 3}
     if cfg.drop_path_rate:  # only when asked: some timm models have no stochastic depth
         kwargs["drop_path_rate"] = cfg.drop_path_rate
     try:

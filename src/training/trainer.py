@@ -25,7 +25,7 @@ from src.core.utils import UserError, atomic_save, atomic_write_text, derive_see
 from src.data.answers import to_answers
 from src.data.folds import fold_tables, folds_path
 from src.data.image_cache import image_cache
-from src.data.loaders import ImageDataset, make_loader, resolve_workers
+from src.data.loaders import ImageDataset, make_loader, resolve_workers, with_image_inputs
 from src.data.meta_table import check_meta, encode, fit_meta, meta_rows
 from src.data.transforms import build_transform, resolve_norm
 from src.evaluation.metrics import check_metric_fits, higher_is_better, is_better, monitor_name, summary, table_summary
@@ -73,6 +73,8 @@ def setup_fold(cfg: Config, fold: int, rt: Runtime, dry: bool = False) -> FoldSt
     if cfg.data.meta_cols is not None:
         check_meta(cfg)  # before the split is written
     train_df, val_df, classes = distributed.main_first(lambda: fold_tables(cfg, fold, fits, write=not dry))  # rank 0 writes the split
+    # the whole table's images (not this fold's part): every fold resolves the same channels and statistics
+    cfg = with_image_inputs(cfg, list(train_df["path"]) + ([] if val_df is None else list(val_df["path"])))
     task = task_of(cfg, classes)
     seed = derive_seed(cfg.experiment.seed, fold + 1)
     seed_everything(seed)
@@ -399,10 +401,11 @@ def train_fold(cfg: Config, fold: int, *, resume: bool = False, force: bool = Fa
     check_not_locked(fp, what)  # its last.pt is another process's live run, not an interrupted one
     if (result := _check_can_start(fp, fold, resume, force)) is not None:
         return result
-    if not allow_mixed:
-        check_same_settings(cfg, fold)
     # Data, model and resume state first: a mistake there writes nothing, not even a lock.
     s = setup_fold(cfg, fold, rt)
+    cfg = s.cfg  # with the channel count and statistics the images imply (loaders.with_image_inputs)
+    if not allow_mixed:
+        check_same_settings(cfg, fold)
     optimization(s)
     meta = {"config": cfg.to_dict(), "classes": s.classes, "fold": fold, "processes": distributed.world_size(),
             **({"meta": s.meta} if s.meta is not None else {}),  # data.meta_cols: the fitted preprocessing

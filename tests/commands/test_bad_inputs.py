@@ -713,6 +713,16 @@ ROWS = [
     row("grouped-pseudo-labels", "pseudo", GROUPED_ROW, ("src.pseudo", "predicts answers", "data.answer_id"),
         damage=lambda r: _grouped(r, trained=True)),
     # ---- issue 29: pixel tables, arrays and containers
+    row("pixels-count-not-the-shape", "train", F0 + ("data.dir=inputs/pixels", "data.layout=pixels", "data.pixel_shape=[7,7]",
+                                                     "data.id_col=ImageId", "data.label_col=Label"),
+        ("inputs/pixels/train.csv", "64 pixel values", "holds 49", "[8, 8]"), damage=lambda r: _pixel_world(r)),
+    row("pixels-no-pixel-columns", "train", F0 + ("data.dir=inputs/pixels", "data.layout=pixels", "data.pixel_shape=[8,8]",
+                                                  "data.id_col=ImageId", "data.label_col=Label", "data.pixel_prefix=px"),
+        ("inputs/pixels/train.csv", "no pixel columns px0", "data.pixel_prefix"), damage=lambda r: _pixel_world(r)),
+    row("pixels-layout-without-shape", "train", F0 + ("data.layout=pixels",), ("data.pixel_shape", "[28, 28]")),
+    row("image-store-id-without-key", "train", F0 + ("data.image_store=train-image.hdf5",),
+        ("1 training id has no key in inputs/digits/train-image.hdf5", "fix the ids"),
+        damage=lambda r: _store_missing_one(r)),
     # ---- issue 29: one-hot classes, new_whale, graded subset, regression probe and stacking
     row("one-hot-row-with-two-classes", "train", F0 + ("data.label_cols=all",), ("row 2", "2 ones", "data.task=multilabel"),
         damage=lambda r: _one_hot_train(r, two_in_first=True)),
@@ -904,6 +914,25 @@ def _first_answer_unlisted(comp: Path) -> None:
 
 
 # ---- issue 29: pixel tables, arrays and containers (the damage of its rows)
+
+
+def _pixel_world(root: Path) -> None:
+    """Damage: a Digit-Recognizer-style pixel competition in inputs/pixels (conftest's)."""
+    from conftest import build_pixel_competition
+
+    build_pixel_competition(root / "inputs/pixels")
+
+
+def _store_missing_one(root: Path) -> None:
+    """Damage: inputs/digits/train-image.hdf5 holding every training image's PNG bytes but the first's."""
+    import h5py
+    import numpy as np
+
+    data = root / "inputs/digits"
+    ids = pd.read_csv(data / "train.csv", dtype=str)["id"]
+    with h5py.File(data / "train-image.hdf5", "w") as f:
+        for i in ids[1:]:
+            f.create_dataset(i, data=np.void((data / "train" / f"{i}.png").read_bytes()))
 
 
 # ---- issue 29: one-hot classes, new_whale, graded subset, regression probe and stacking (the damage of its rows)

@@ -41,7 +41,7 @@ class Multilabel(Task):
 
     @classmethod
     def check_data(cls, data) -> str | None:
-        if data.layout not in ("csv", "coco"):
+        if data.layout not in ("csv", "coco", "pixels"):
             return ("data.task=multilabel reads its labels from train.csv (data.layout=csv: a tags column or "
                     "data.label_cols) or from a COCO-style JSON's annotations (data.layout=coco)")
         if data.layout == "coco" and data.label_cols is not None:

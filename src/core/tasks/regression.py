@@ -78,7 +78,7 @@ class Regression(Task):
         if data.target_range is None:
             return ("data.task=regression needs data.target_range: [lo, hi], the range predictions are clipped to "
                     "and loss.name=bce scales by (PetFinder's Pawpularity: [1, 100])")
-        if data.layout != "csv" or data.label_cols is not None:
+        if data.layout not in ("csv", "pixels") or data.label_cols is not None:
             return ("data.task=regression reads one number per image from train.csv's data.label_col "
                     "(data.layout=csv, data.label_cols=null)")
         if data.pseudo is not None:
