@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--meta", action="store_true", help="the metadata-only baseline (data.meta_cols) instead")
     args, cfg = parse_config(parser, argv)
     if args.meta:
-        if args.out is not None or args.classifier != "logreg":
+        if args.out is not None or args.classifier is not None:
             raise UserError("src.probe --meta fits gradient boosting on the metadata and writes no submission; drop "
                             "--out and --classifier")
         from src.analysis.meta_probe import run_meta_probe
