@@ -135,8 +135,7 @@ def _label_columns(demo_dir: Path, root: Path) -> Path:
         d = t["label"].astype(int)
         return pd.DataFrame({"id": t["id"], "odd": d % 2, "large": (d >= 5).astype(int), "zero": (d == 0).astype(int)})
     cols(train).to_csv(comp / "train.csv", index=False)
-    tags = cols(sol).set_index("id").apply(lambda r: " ".join(c for c in r.index if r[c]), axis=1)
-    pd.DataFrame({"id": tags.index, "label": tags.to_numpy()}).to_csv(comp / "solution.csv", index=False)  # src.score's form
+    cols(sol).to_csv(comp / "solution.csv", index=False)  # the solution in the sample's 0/1 columns, as src.score reads it
     cols(sol).assign(odd=0.5, large=0.5, zero=0.5).to_csv(comp / "sample_submission.csv", index=False)
     return comp
 
