@@ -60,6 +60,15 @@ def demo_dir(tmp_path_factory) -> Path:
     return build_demo(tmp_path_factory.mktemp("demo") / "digits")
 
 
+def linked_competition(source: Path, comp: Path) -> Path:
+    """A new competition folder `comp` whose train/ and test/ image folders are links to `source`'s:
+    a world with other tables over the same images (the tables are the caller's to write)."""
+    comp.mkdir(parents=True)
+    for name in ("train", "test"):
+        os.symlink((source / name).resolve(), comp / name)
+    return comp
+
+
 TASKS = ("multiclass", "binary", "topk", "multilabel", "ordinal")
 
 
@@ -73,10 +82,7 @@ def build_task_competition(task: str, root: Path, demo_dir: Path) -> tuple[Path,
     if task in ("multiclass", "topk"):
         return demo_dir, CONFIG_DIR / ("demo.yaml" if task == "multiclass" else "demo_topk.yaml"), ()
     if task == "binary":
-        comp = root / "digits_binary"
-        comp.mkdir(parents=True)
-        for name in ("train", "test"):
-            os.symlink(demo_dir / name, comp / name)
+        comp = linked_competition(demo_dir, root / "digits_binary")
         for name in ("train.csv", "solution.csv"):
             table = pd.read_csv(demo_dir / name, dtype=str)
             table[table["label"].isin(["0", "1"])].to_csv(comp / name, index=False)
@@ -337,9 +343,7 @@ def build_grouped_competition(source: Path, dst: Path, id_col: str = "id", label
     prediction_id (the answers, shuffled), the sample's placeholders kept."""
     import pandas as pd
 
-    dst.mkdir(parents=True)
-    for name in ("train", "test"):
-        os.symlink((source / name).resolve(), dst / name)
+    linked_competition(source, dst)
     train, _ = _answers_of(pd.read_csv(source / "train.csv", dtype=str, keep_default_na=False).head(n_train),
                            id_col, label_col, "p", 0)
     train.to_csv(dst / "train.csv", index=False)
@@ -430,10 +434,7 @@ def build_one_hot_competition(root: Path, demo_dir: Path, classes: tuple[str, ..
     columns (0.25 each) and a one-hot solution.csv; images linked from the demo."""
     import pandas as pd
 
-    comp = root / "one_hot"
-    comp.mkdir(parents=True)
-    for name in ("train", "test"):
-        os.symlink(demo_dir / name, comp / name)
+    comp = linked_competition(demo_dir, root / "one_hot")
     for name in ("train.csv", "solution.csv"):
         table = pd.read_csv(demo_dir / name, dtype=str)
         table = table[table["label"].astype(int) < len(classes)].reset_index(drop=True)

@@ -71,7 +71,7 @@ class Survey:
         """The one option, the given one, or with several: one sentence naming them and `key`
         (--guess: the first, said)."""
         if key in self.given or len(options) == 1:
-            return self.set(key, *options[0]) if key not in self.given else self.set(key, None, "")
+            return self.set(key, *options[0])  # a given value wins inside set
         if not self.guess:
             raise UserError(f"{question}; set {key}=<value> on the command line to say which (or --guess to take "
                             f"{_shown(options[0][0])})")

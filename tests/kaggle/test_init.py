@@ -16,7 +16,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import COCO_OVERRIDES, TINY, build_coco_competition, build_grouped_competition, build_task_competition
+from conftest import (
+    COCO_OVERRIDES,
+    TINY,
+    build_coco_competition,
+    build_grouped_competition,
+    build_task_competition,
+    linked_competition,
+)
 
 from src.core.cli import run_cli
 from src.core.config import CONFIG_DIR, load_config
@@ -38,10 +45,7 @@ def _init(folder: Path, out: Path, *overrides: str, base: str = "demo.yaml", **k
 def _csv_world(demo_dir: Path, root: Path, name: str, n_train: int = 120, n_test: int = 40) -> tuple[Path, pd.DataFrame,
                                                                                                       pd.DataFrame]:
     """A folder with the demo's image folders linked, and its first train/solution rows as tables."""
-    comp = root / name
-    comp.mkdir(parents=True)
-    for split in ("train", "test"):
-        os.symlink(demo_dir / split, comp / split)
+    comp = linked_competition(demo_dir, root / name)
     train = pd.read_csv(demo_dir / "train.csv", dtype=str).head(n_train)
     sol = pd.read_csv(demo_dir / "solution.csv", dtype=str)
     sol = sol[sol["id"].isin(sorted(sol["id"])[:n_test])]
