@@ -421,6 +421,54 @@ def pixel_dir(tmp_path_factory) -> Path:
     return build_pixel_competition(tmp_path_factory.mktemp("pixels") / "digits_pixels")
 
 
+def build_array_competition(root: Path, n_train: int = 48, n_test: int = 16) -> Path:
+    """train/<id[0]>/<id>.npy float16 (6, 16, 12) with train.csv id,target (positives brighter in
+    channel 2), test/ alike, sample_submission and solution."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("test", n_test)):
+        ids = [f"{'ab'[i % 2]}{split[:2]}{i:03d}" for i in range(n)]
+        target = np.arange(n) % 2
+        for i, y in zip(ids, target):
+            arr = rng.normal(0, 1, (6, 16, 12)) * np.arange(1, 7)[:, None, None] + np.arange(6)[:, None, None]
+            arr[2] += 3 * y
+            (root / split / i[0]).mkdir(parents=True, exist_ok=True)
+            np.save(root / split / i[0] / f"{i}.npy", arr.astype(np.float16))
+        table = pd.DataFrame({"id": ids, "target": target})
+        if split == "train":
+            table.to_csv(root / "train.csv", index=False)
+        else:
+            table.assign(target=0.5).to_csv(root / "sample_submission.csv", index=False)
+            table.to_csv(root / "solution.csv", index=False)
+    return root
+
+
+def build_store_competition(demo_dir: Path, root: Path, n_train: int = 60, n_test: int = 20) -> Path:
+    """The demo's digits as JPEG bytes (cv2.imencode) in train-image.hdf5 / test-image.hdf5, with
+    train-metadata-style train.csv (isic_id, target), sample_submission and solution."""
+    import cv2
+    import h5py
+    import numpy as np
+    import pandas as pd
+
+    root.mkdir(parents=True)
+    train = pd.read_csv(demo_dir / "train.csv", dtype=str).head(n_train)
+    test = pd.read_csv(demo_dir / "solution.csv", dtype=str).head(n_test)
+    for name, table, folder in (("train-image.hdf5", train, "train"), ("test-image.hdf5", test, "test")):
+        with h5py.File(root / name, "w") as f:
+            for i in table["id"]:
+                ok, jpg = cv2.imencode(".jpg", cv2.imread(str(demo_dir / folder / f"{i}.png")))
+                f.create_dataset(f"ISIC_{i}", data=np.void(jpg.tobytes()))  # as ISIC 2024 stores them
+    train.assign(isic_id="ISIC_" + train["id"], target=train["label"])[["isic_id", "target"]].to_csv(
+        root / "train.csv", index=False)
+    sol = test.assign(isic_id="ISIC_" + test["id"], target=test["label"])[["isic_id", "target"]]
+    sol.to_csv(root / "solution.csv", index=False)
+    sol.assign(target="0").to_csv(root / "sample_submission.csv", index=False)
+    return root
+
+
 # ---- issue 29: one-hot classes, new_whale, graded subset, regression probe and stacking
 
 # Plant Pathology 2020's one-hot columns, in an order that is not sorted (the class list keeps train.csv's)

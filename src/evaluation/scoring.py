@@ -90,6 +90,10 @@ def score_submission(sub_path: str | Path, solution_path: str | Path, cfg) -> di
         frames.append(df.set_index(id_col))
     sub, sol = frames
     sol = _solution_labels(sol, cfg, Path(solution_path))
+    shared = [c for c in sol.columns if c in sub.columns]
+    if d.label_col not in sol.columns and len(shared) == 1:
+        # Kaggle's solution is in the submission's column (Digit Recognizer's Label for train.csv's label)
+        sol = sol.rename(columns={shared[0]: d.label_col})
     if d.label_col not in sol.columns:
         raise UserError(f"solution {solution_path} has no label column '{d.label_col}'; set data.label_col")
     missing = sol.index.difference(sub.index)

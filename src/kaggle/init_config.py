@@ -18,7 +18,9 @@ from src.kaggle.survey import Survey, survey
 
 HEADER = "# Written by python -m src.init"
 SECTIONS = list(Config.model_fields)  # the file's sections in the schema's order
-ALWAYS = {"metric.name"}  # written even where the recipe agrees: the folder cannot say it, so its source is said
+# written even where the recipe agrees, with their evidence: the metric (the folder cannot say it, so its
+# source is said) and the task (the reading of the labels most costly to get silently wrong)
+ALWAYS = {"metric.name", "data.task"}
 SHOWN_IMAGES = 3  # images of each folder decoded by the dry check
 
 
@@ -97,6 +99,7 @@ def dry_check(cfg: Config) -> list[str]:
     """Read everything a first run reads, write nothing; what a fold will train on, as lines."""
     from src.core.tasks import task_of
     from src.data.folds import load_or_create_folds
+    from src.data.image_cache import cache_root
     from src.data.images import read_image
     from src.data.tables import load_test_table, sample_id_col
     from src.evaluation.metrics import check_metric_fits
@@ -104,7 +107,7 @@ def dry_check(cfg: Config) -> list[str]:
     df, classes, _ = load_or_create_folds(cfg, write=False)
     task = task_of(cfg, classes)
     check_metric_fits(cfg.metric.name, len(classes), task)
-    test, sample = load_test_table(cfg.data)
+    test, sample = load_test_table(cfg.data, cache_root(cfg))
     fmt = task.resolve_format(cfg.ensemble.format, sample, sample_id_col(cfg.data), cfg.metric.name)
     sizes = []
     for what, paths in (("training", df["path"]), ("test", test["path"])):

@@ -31,11 +31,15 @@ from src.kaggle.competitions import Known, known
 ARCHIVES = (".zip", ".7z", ".rar", ".tar", ".tgz", ".gz")
 SAMPLE = re.compile(r"sample.*submission.*\.csv$", re.I)
 NOT_TRAIN = re.compile(r"sample|submission|solution|^test", re.I)  # tables that are not the training table
+TEST_TABLE = re.compile(r"test([._-].*)?\.csv$", re.I)
+STORE_SUFFIXES = {".hdf5", ".h5", ".hdf", ".he5"}  # HDF5 containers of images keyed by id (ISIC 2024)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".dcm", ".npy", ".gif"}
 # the columns several images share a value of when they come from one patient, study or individual
 GROUP_NAME = re.compile(r"patient|subject|study|case|individual|series|group|owner", re.I)
 MAX_GRADES = 30  # integer labels with more distinct values than this are a target, not grades or classes
 ID_PROBE = 400  # ids tried against the files when looking for an image folder
+NEW_LABEL = re.compile(r"new[_ -][A-Za-z]+", re.I)  # the label of the unseen: new_whale, new_individual
+MIN_PIXELS = 16  # a block of numbered columns, or a list field, of at least this many values is pixels
 
 
 @dataclass
@@ -54,6 +58,7 @@ class Survey:
     names: bool = False  # the labels are identifiers (COCO category ids): never grades or a target
     known: tuple[str, Known] | None = None
     defaults: dict[str, Any] = field(default_factory=dict)  # the recipe's values, dotted
+    photo: bool | None = None  # whether the training images are 3-channel uint8 photos (None: not read yet)
 
     def set(self, key: str, value: Any, why: str) -> Any:
         """Decide `key` (a given value wins) and keep the evidence for its comment."""
@@ -126,8 +131,11 @@ def sample_submission(s: Survey) -> None:
     if len(s.tables["sample"].columns) < 2:
         raise UserError(f"{s.path(rel)} has {len(s.tables['sample'].columns)} column; a sample submission holds an "
                         "id column and what to predict")
-    test = [f for f in s.files if f.name.lower() == "test.csv"]
+    # test.csv, else a table named test-... (ISIC 2024's test-metadata.csv): metadata, answers, pixels
+    test = sorted((f for f in s.files if f.suffix.lower() == ".csv" and TEST_TABLE.match(f.name)),
+                  key=lambda f: (f.name.lower() != "test.csv", len(f.parts), f.name))
     if test:
+        s.set("data.test_csv", test[0].as_posix(), "the test table")
         s.tables["test"] = _read_table(s.root / test[0])
 
 
@@ -219,13 +227,144 @@ def _filename(s: Survey) -> bool:
     return True
 
 
-LAYOUTS: tuple[Callable[[Survey], bool], ...] = (_coco, _csv, _imagefolder, _filename)
+def _pixel_block(columns: list[str]) -> tuple[str, int] | None:
+    """(prefix, n): the largest block of columns <prefix>0..<prefix>n-1, when it could be an image's pixels."""
+    numbered: dict[str, set[int]] = {}
+    for c in columns:
+        m = re.fullmatch(r"(.*?\D)(\d+)", c)
+        if m:
+            numbered.setdefault(m.group(1), set()).add(int(m.group(2)))
+    blocks = [(prefix, len(n)) for prefix, n in numbered.items() if n == set(range(len(n))) and len(n) >= MIN_PIXELS]
+    return max(blocks, key=lambda b: b[1]) if blocks else None
+
+
+def _pixel_shape(s: Survey, values: int, channels: int, where: str) -> list[int]:
+    """data.pixel_shape for `values` numbers a row (`channels` list columns stacked): square, or square x 3."""
+    side = int(round((values / channels) ** 0.5))
+    if side * side * channels == values:
+        return s.set("data.pixel_shape", [side, side], f"{where} -> {side}x{side}"
+                     + (f", {channels} channels" if channels > 1 else ""))
+    rgb = int(round((values / 3) ** 0.5))
+    if channels == 1 and rgb * rgb * 3 == values:
+        return s.set("data.pixel_shape", [rgb, rgb, 3], f"{where} -> {rgb}x{rgb}x3, row-major")
+    if "data.pixel_shape" in s.given:
+        return s.set("data.pixel_shape", None, "")
+    raise UserError(f"{where}, which is no square image; set data.pixel_shape=[H,W] (or [H,W,C]) to the shape of "
+                    "one row's pixels")
+
+
+def _photo_pixels(values) -> bool:
+    """Whether pixel values are what a photo holds (integers within 0..255: read as grayscale uint8)."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=np.float64)
+    return bool(np.all((v >= 0) & (v <= 255) & (v == np.round(v))))
+
+
+def _pixels(s: Survey) -> bool:
+    """Digit Recognizer, Kannada-MNIST: each row of the training table holds one image's pixels in
+    columns pixel0..pixelN-1 (any prefix); the test table holds the same columns."""
+    rel = _training_table(s) if "data.train_csv" not in s.given else Path(s.given["data.train_csv"])
+    if rel is None or rel.suffix.lower() != ".csv":
+        return False
+    block = _pixel_block(list(pd.read_csv(s.root / rel, nrows=0).columns))
+    if block is None:
+        return False
+    prefix, n = block
+    s.set("data.layout", "pixels", f"{rel.as_posix()} has {n:,} columns {prefix}0..{prefix}{n - 1}: pixels a row")
+    s.set("data.train_csv", rel.as_posix(), "the training table")
+    s.set("data.pixel_prefix", prefix, "the pixel columns' prefix")
+    _pixel_shape(s, n, 1, f"{n:,} pixel values a row")
+    table = _read_table(s.root / rel)
+    pixel_cols = [f"{prefix}{i}" for i in range(n)]
+    s.tables["train"] = table.drop(columns=pixel_cols)
+    s.photo = _photo_pixels(table[pixel_cols].head(50).apply(pd.to_numeric, errors="coerce").fillna(-1))
+    _pixel_test(s, pixel_cols, "test table")
+    return True
+
+
+def _records(path: Path) -> pd.DataFrame | None:
+    """A .json that is a list of records with list-valued fields (Statoil's band_1, band_2), else None."""
+    import json
+
+    if path.stat().st_size < 2 or path.read_bytes()[:1].lstrip() not in (b"[", b""):
+        return None
+    try:
+        records = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records[:50]):
+        return None
+    return pd.DataFrame(records)
+
+
+def _list_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if df[c].map(lambda v: isinstance(v, list) and len(v) >= MIN_PIXELS).all()]
+
+
+def _pixel_records(s: Survey) -> bool:
+    """Statoil: train.json, a list of records whose list fields (band_1, band_2) hold each image's
+    channels; test.json alike."""
+    found = [(f, df) for f in s.files if f.suffix.lower() == ".json" and not NOT_TRAIN.search(f.name)
+             and (df := _records(s.root / f)) is not None and _list_columns(df)]
+    if not found:
+        return False
+    rel, df = found[0]
+    cols = _list_columns(df)
+    lengths = {len(v) for c in cols for v in df[c]}
+    if len(lengths) != 1:
+        raise UserError(f"{s.root / rel}: the lists of {cols} hold {sorted(lengths)[:4]} values; every image needs "
+                        "as many (data.pixel_cols)")
+    s.set("data.layout", "pixels", f"{rel.as_posix()} is a list of {len(df):,} records with list fields "
+                                   f"{', '.join(cols)}: pixels a record")
+    s.set("data.train_csv", rel.as_posix(), "the training records")
+    s.set("data.pixel_cols", cols, "each a channel of one image")
+    _pixel_shape(s, lengths.pop() * len(cols), len(cols), f"{len(cols)} list(s) of {len(df[cols[0]][0]):,} values")
+    s.tables["train"] = df.drop(columns=cols).astype(str)
+    s.photo = len(cols) == 3 and _photo_pixels([v for c in cols for v in df[c].head(20).sum()])
+    tests = [f for f in s.files if f.suffix.lower() == ".json" and f.name.lower().startswith("test")]
+    if tests:
+        test = _records(s.root / tests[0])
+        if test is None or set(cols) - set(test.columns):
+            raise UserError(f"{s.root / tests[0]} holds no records with the lists {cols}; give the test images as "
+                            "the training ones")
+        s.set("data.test_csv", tests[0].as_posix(), f"the test records ({len(test):,})")
+        s.tables["test"] = test.drop(columns=cols).astype(str)
+    _pixel_test(s, cols, "test records")
+    return True
+
+
+def _pixel_test(s: Survey, pixel_cols: list[str], what: str) -> None:
+    """The id and label columns of a pixel table: the sample's id is a column of the test table, or
+    (Digit Recognizer's ImageId) the 1-based row number of a test table without one."""
+    test, sample = s.tables.get("test"), s.tables["sample"]
+    if test is None:
+        raise UserError(f"{s.root} holds no test table beside {s.get('data.train_csv')}; the test pixels are read "
+                        "from data.test_csv: set it")
+    if s.get("data.test_csv").endswith(".csv"):
+        if set(pixel_cols) - set(test.columns):
+            raise UserError(f"{s.root / s.get('data.test_csv')} lacks the training table's pixel "
+                            f"columns ({pixel_cols[0]}..{pixel_cols[-1]}); give the test pixels in the same columns")
+        s.tables["test"] = test = test.drop(columns=pixel_cols)
+    col = sample.columns[0]
+    if col in test.columns:
+        s.set("data.id_col", col, f"the sample submission's id column, a column of the {what}")
+    elif sample[col].tolist() == [str(i + 1) for i in range(len(test))]:
+        s.set("data.id_col", col, f"the {what} {'have' if what.endswith('s') else 'has'} no {col}: the sample's ids are its rows "
+                                f"numbered 1..{len(test):,}")
+    else:
+        raise UserError(f"the sample submission's {col} is not a column of the {what}, nor their rows numbered "
+                        f"1..{len(test):,}; set data.id_col")
+    label_columns(s)
+
+
+LAYOUTS: tuple[Callable[[Survey], bool], ...] = (_coco, _pixel_records, _pixels, _csv, _imagefolder, _filename)
 
 
 def layout(s: Survey) -> None:
     if not any(read(s) for read in LAYOUTS):
         shown = ", ".join(sorted({f.parts[0] + ("/" if len(f.parts) > 1 else "") for f in s.files})[:8])
-        raise UserError(f"{s.root} has no training table, COCO JSON, class folders or labelled file names "
+        raise UserError(f"{s.root} has no training table, pixel table, COCO JSON, class folders or labelled file names "
                         f"(it holds {shown}); set data.layout and the keys it needs (docs/data-and-tasks.md)")
 
 
@@ -337,6 +476,15 @@ def _tags(labels: pd.Series, s: Survey) -> list[Reading]:
     return []
 
 
+def _one_hot(labels: pd.Series, s: Survey) -> list[Reading]:
+    """0/1 columns with exactly one 1 in every row (Plant Pathology 2020): classes, not tags."""
+    if s.get("data.label_cols") is None or not (labels.str.split().str.len() == 1).all():
+        return []
+    kind = "binary" if len(s.get("data.label_cols")) == 2 else "multiclass"
+    return [Reading(kind, f"0/1 columns with exactly one 1 in each of the {len(labels):,} rows -> one-hot classes "
+                          f"({kind}), not tags")]
+
+
 def _columns(labels: pd.Series, s: Survey) -> list[Reading]:
     if s.get("data.label_cols") is None:
         return []
@@ -372,7 +520,7 @@ def _words(labels: pd.Series, s: Survey) -> list[Reading]:
 
 
 # In order: the first that reads the labels decides; one that returns two readings asks.
-READINGS: tuple[Callable[[pd.Series, Survey], list[Reading]], ...] = (_columns, _tags, _numbers, _words)
+READINGS: tuple[Callable[[pd.Series, Survey], list[Reading]], ...] = (_one_hot, _columns, _tags, _numbers, _words)
 
 
 def task(s: Survey) -> None:
@@ -400,49 +548,106 @@ def task(s: Survey) -> None:
 # ---------------------------------------------------------------- images, groups, the metric
 
 
-def _folder_of(s: Survey, ids: pd.Series, what: str) -> tuple[str, list[str]]:
-    """The folder (relative to root) holding the files the ids name, and their suffixes."""
+def _folder_of(s: Survey, ids: pd.Series) -> tuple[str, list[Path]] | None:
+    """(the folder, relative to root, holding the files the ids name; the files found), or None."""
     by_key: dict[str, list[Path]] = {}
     for f in s.files:
         if f.suffix.lower() in IMAGE_SUFFIXES:
             for key in {f.as_posix(), f.with_suffix("").as_posix(), f.name, f.stem}:
                 by_key.setdefault(key, []).append(f)
     probe = ids.drop_duplicates().head(ID_PROBE).astype(str)
-    hits = [by_key[i] for i in probe if i in by_key]
-    if not hits:
-        shown = ", ".join(probe.head(3))
-        raise UserError(f"none of the {what} ids (e.g. {shown}) names an image file under {s.root}; put the images "
-                        "there, or set data.image_dir / data.test_dir and data.image_exts")
-    files = [h[0] for h in hits]
+    files = [by_key[i][0] for i in probe if i in by_key]
+    if not files:
+        return None
     home = os.path.commonpath([f.parent.as_posix() for f in files]) if len(files) > 1 else files[0].parent.as_posix()
-    return home or ".", sorted({f.suffix.lower() for f in files})
+    return home or ".", files
+
+
+def _store_of(s: Survey, ids: pd.Series) -> tuple[str, int] | None:
+    """(the HDF5 container, relative to root, whose keys name most of the ids; its key count), or None."""
+    stores = [f for f in s.files if f.suffix.lower() in STORE_SUFFIXES]
+    if not stores:
+        return None
+    import h5py  # only where a container lies in the folder
+
+    probe = set(ids.drop_duplicates().head(ID_PROBE).astype(str))
+    best = None
+    for rel in stores:
+        try:
+            with h5py.File(s.root / rel, "r") as f:
+                keys = set(f.keys())
+        except OSError as e:
+            raise UserError(f"{s.root / rel} cannot be read as HDF5 ({e}); replace the file") from None
+        hits = len(probe & keys)
+        if hits and (best is None or hits > best[2]):
+            best = (rel.as_posix(), len(keys), hits)
+    return best[:2] if best else None
+
+
+def _images_of(s: Survey, ids: pd.Series, what: str, folder_key: str, store_key: str) -> list[Path]:
+    """`folder_key` (the folder whose files the ids name) or else `store_key` (the HDF5 container whose
+    keys they are), said with the evidence; the files found (none for a container)."""
+    found = _folder_of(s, ids)
+    n = ids.nunique()
+    if found:
+        home, files = found
+        s.set(folder_key, home, f"the {n:,} {what} {'id names' if n == 1 else 'ids name'} files there "
+                                f"({', '.join(sorted({f.suffix.lower() for f in files}))})")
+        return files
+    store = _store_of(s, ids)
+    if store:
+        s.set(store_key, store[0], f"an HDF5 container of {store[1]:,} images keyed by the {what} ids")
+        return []
+    shown = ", ".join(ids.drop_duplicates().astype(str).head(3))
+    raise UserError(f"none of the {what} ids (e.g. {shown}) names an image file or a key of an HDF5 container under "
+                    f"{s.root}; put the images there, or set data.image_dir / data.test_dir and data.image_exts")
+
+
+def _first_is_photo(files: list[Path], s: Survey) -> bool | None:
+    """Whether the first training file found is a 3-channel uint8 photo; only arrays are read (None: not one)."""
+    if not files or files[0].suffix.lower() != ".npy":
+        return None
+    from src.data.arrays import is_photo, read_array
+
+    return is_photo(read_array(s.root / files[0]))
 
 
 def images(s: Survey) -> None:
-    """data.image_dir and data.test_dir where the ids find their files; data.image_exts when a suffix
-    is not among the defaults."""
+    """data.image_dir and data.test_dir (or the HDF5 containers) where the ids find their files;
+    data.image_exts when a suffix is not among the defaults; the recipe's mean and std dropped for
+    images that are not photos (arrays, float pixels: their own statistics)."""
+    if s.get("data.layout") == "pixels":
+        _normalisation(s, "pixel values")
+        return
     test_ids = (s.tables["test"][s.get("data.id_col")] if s.get("data.answer_id")
                 else s.tables["sample"][s.tables["sample"].columns[0]])
     if s.get("data.layout") == "csv":
-        train_dir, train_exts = _folder_of(s, s.tables["train"][s.get("data.id_col")], "training")
-        s.set("data.image_dir", train_dir, f"the {len(s.tables['train']):,} training ids name files there "
-                                           f"({', '.join(train_exts)})")
+        train_files = _images_of(s, s.tables["train"][s.get("data.id_col")], "training", "data.image_dir",
+                                 "data.image_store")
     else:
-        train_exts = sorted({f.suffix.lower() for f in s.files if f.parts[0] == Path(s.get("data.image_dir",
-                                                                                            "train")).parts[0]
-                             and f.suffix.lower() in IMAGE_SUFFIXES})
-    if s.get("data.test_annotations") is None:
-        test_dir, test_exts = _folder_of(s, test_ids, "test")
-        n = len(test_ids)
-        s.set("data.test_dir", test_dir, f"the {n:,} test {'id names' if n == 1 else 'ids name'} files there")
-    else:
-        test_exts = []
-    seen = sorted(set(train_exts) | set(test_exts))
+        top = Path(s.get("data.image_dir", "train")).parts[0]
+        train_files = [f for f in s.files if f.parts[0] == top and f.suffix.lower() in IMAGE_SUFFIXES]
+    test_files = [] if s.get("data.test_annotations") is not None else \
+        _images_of(s, test_ids, "test", "data.test_dir", "data.test_image_store")
+    seen = sorted({f.suffix.lower() for f in (*train_files, *test_files)})
     defaults = list(s.defaults.get("data.image_exts", []))
     if set(seen) - set(defaults):  # a suffix the defaults do not try: it goes first
         s.set("data.image_exts", seen + [e for e in defaults if e not in seen], f"the files are {', '.join(seen)}")
-    else:
+    elif seen:
         s.said.append(f"image files: {', '.join(seen)}")
+    s.photo = _first_is_photo(train_files, s)
+    _normalisation(s, f"arrays ({train_files[0].as_posix()})" if train_files else "")
+
+
+def _normalisation(s: Survey, what: str) -> None:
+    """aug.mean / aug.std null (the training images' own per-channel statistics) where the images are
+    not photos and the recipe gives photo values, which would not fit their channels or units."""
+    if s.photo is not False:
+        return
+    for key in ("aug.mean", "aug.std"):
+        if s.defaults.get(key) is not None:
+            s.set(key, None, f"the {what} are not 3-channel uint8 photos: normalised by their own per-channel "
+                             f"{key.split('.')[1]} (the recipe's {s.defaults[key]} is for photos)")
 
 
 def groups(s: Survey) -> None:
@@ -469,7 +674,7 @@ def metadata(s: Survey) -> None:
     data.meta_cols, not switched on (a first submission is the image model's; the metadata branch
     is one key away)."""
     train, test = s.tables.get("train"), s.tables.get("test")
-    if train is None or test is None:
+    if train is None or test is None or s.get("data.layout") != "csv":  # the metadata branch reads train.csv
         return
     taken = {s.get("data.id_col"), s.get("data.label_col"), s.get("data.group_col"), s.get("data.answer_col"),
              *(s.get("data.label_cols") or [])}
@@ -499,6 +704,18 @@ def metric(s: Survey) -> None:
                                 "evaluation page and set --metric")
 
 
+def unseen(s: Survey) -> None:
+    """ensemble.new_label: a ranked (MAP@k) competition whose most common training label names the
+    individuals never seen (humpback whales' new_whale) ranks it at a threshold fitted on OOF."""
+    if s.get("data.task") != "multiclass" or not str(s.get("metric.name")).startswith("map@") or s.labels is None:
+        return
+    counts = s.labels.value_counts()
+    if NEW_LABEL.fullmatch(str(counts.index[0])):
+        s.set("ensemble.new_label", counts.index[0],
+              f"{counts.index[0]} is the most common training label ({counts.iloc[0]:,} of {len(s.labels):,}): the "
+              "label of an individual never seen, ranked at a threshold fitted on the OOF predictions")
+
+
 def _classes(s: Survey) -> list[str]:
     t = TASKS[s.get("data.task")]()
     labels = s.labels if s.get("data.label_sep") in (None, " ") else s.labels.str.replace(
@@ -507,7 +724,7 @@ def _classes(s: Survey) -> list[str]:
 
 
 DETECTORS: tuple[Callable[[Survey], None], ...] = (walk, sample_submission, layout, task, images, groups, metadata,
-                                                   metric)
+                                                   metric, unseen)
 
 
 def survey(root: Path, slug: str, given: dict[str, Any], guess: bool, defaults: dict[str, Any]) -> Survey:

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import build_array_competition
 from sklearn.metrics import roc_auc_score
 
 from src.analysis.report import build_report
@@ -25,30 +26,9 @@ SETI = ("data.image_exts=[.npy]", "data.task=binary", "data.label_col=target", "
         "data.n_folds=2", "aug.hflip=true", "aug.mean=null", "aug.std=null")  # demo.yaml sets RGB ones
 
 
-def _seti(root, n_train=48, n_test=16):
-    """train/<id[0]>/<id>.npy float16 (6, 16, 12) with train.csv id,target (positives brighter in
-    channel 2), test/ alike, sample_submission and solution."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", n_train), ("test", n_test)):
-        ids = [f"{'ab'[i % 2]}{split[:2]}{i:03d}" for i in range(n)]
-        target = np.arange(n) % 2
-        for i, y in zip(ids, target):
-            arr = rng.normal(0, 1, (6, 16, 12)) * np.arange(1, 7)[:, None, None] + np.arange(6)[:, None, None]
-            arr[2] += 3 * y
-            (root / split / i[0]).mkdir(parents=True, exist_ok=True)
-            np.save(root / split / i[0] / f"{i}.npy", arr.astype(np.float16))
-        table = pd.DataFrame({"id": ids, "target": target})
-        if split == "train":
-            table.to_csv(root / "train.csv", index=False)
-        else:
-            table.assign(target=0.5).to_csv(root / "sample_submission.csv", index=False)
-            table.to_csv(root / "solution.csv", index=False)
-    return root
-
-
 @pytest.fixture(scope="module")
 def seti(tmp_path_factory):
-    return _seti(tmp_path_factory.mktemp("seti") / "seti")
+    return build_array_competition(tmp_path_factory.mktemp("seti") / "seti")
 
 
 def test_arrays_read_channels_last_and_float_values_survive_the_cache(seti, tmp_path):

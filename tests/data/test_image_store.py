@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import build_store_competition
 
 from src.core.utils import UserError
 from src.data.image_cache import cache_root
@@ -24,28 +25,9 @@ ISIC = ("data.image_store=train-image.hdf5", "data.test_image_store=test-image.h
         "data.label_col=target", "data.n_folds=2")
 
 
-def _containers(demo_dir, root, n_train=60, n_test=20):
-    """The demo's digits as JPEG bytes (cv2.imencode) in train-image.hdf5 / test-image.hdf5, with
-    train-metadata-style train.csv (isic_id, target), sample_submission and solution."""
-    root.mkdir(parents=True)
-    train = pd.read_csv(demo_dir / "train.csv", dtype=str).head(n_train)
-    test = pd.read_csv(demo_dir / "solution.csv", dtype=str).head(n_test)
-    for name, table, folder in (("train-image.hdf5", train, "train"), ("test-image.hdf5", test, "test")):
-        with h5py.File(root / name, "w") as f:
-            for i in table["id"]:
-                ok, jpg = cv2.imencode(".jpg", cv2.imread(str(demo_dir / folder / f"{i}.png")))
-                f.create_dataset(f"ISIC_{i}", data=np.void(jpg.tobytes()))  # as ISIC 2024 stores them
-    train.assign(isic_id="ISIC_" + train["id"], target=train["label"])[["isic_id", "target"]].to_csv(
-        root / "train.csv", index=False)
-    sol = test.assign(isic_id="ISIC_" + test["id"], target=test["label"])[["isic_id", "target"]]
-    sol.to_csv(root / "solution.csv", index=False)
-    sol.assign(target="0").to_csv(root / "sample_submission.csv", index=False)
-    return root
-
-
 @pytest.fixture(scope="module")
 def isic(demo_dir, tmp_path_factory):
-    return _containers(demo_dir, tmp_path_factory.mktemp("isic") / "isic")
+    return build_store_competition(demo_dir, tmp_path_factory.mktemp("isic") / "isic")
 
 
 def test_the_stored_jpeg_is_extracted_once_and_decodes_as_its_bytes(isic, tiny_cfg, tmp_path):

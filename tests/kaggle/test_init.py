@@ -18,9 +18,14 @@ import pytest
 import yaml
 from conftest import (
     COCO_OVERRIDES,
+    ONE_HOT_CLASSES,
     TINY,
+    build_array_competition,
     build_coco_competition,
     build_grouped_competition,
+    build_one_hot_competition,
+    build_pixel_competition,
+    build_store_competition,
     build_task_competition,
     linked_competition,
 )
@@ -224,6 +229,87 @@ def _grouped(demo_dir: Path, root: Path) -> Path:
     return build_grouped_competition(binary, root / "rsna-breast-cancer-detection")
 
 
+def _pixels(demo_dir: Path, root: Path) -> Path:
+    """Digit Recognizer: train.csv label,pixel0..pixel63 with no id, test.csv the pixels alone, the sample's
+    ImageId the 1-based test row and its column Label (train.csv's is label)."""
+    comp = build_pixel_competition(root / "digit-recognizer", 120, 30)
+    pd.read_csv(comp / "train.csv").rename(columns={"Label": "label"}).to_csv(comp / "train.csv", index=False)
+    return comp
+
+
+def _pixel_records(demo_dir: Path, root: Path) -> Path:
+    """Statoil's layout: train.json records id, band_1, band_2 (8x8 floats in dB, row-major), inc_angle (a
+    number or "na"), is_iceberg; test.json the same without the label; the sample's is_iceberg 0.5."""
+    import json
+
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    digits, comp = load_digits(), root / "statoil-iceberg-classifier-challenge"
+    comp.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    target = (digits.target >= 5).astype(int)
+
+    def record(i: int, label: bool) -> dict:
+        band = digits.data[i] * 1.5 - 30
+        r = {"id": f"{i:08x}", "band_1": band.round(4).tolist(), "band_2": (band + rng.normal(0, 1, 64)).round(4).tolist(),
+             "inc_angle": "na" if i % 7 == 0 else 38.5 + i % 5}
+        return r | ({"is_iceberg": int(target[i])} if label else {})
+
+    for name, rows, label in (("train.json", range(120), True), ("test.json", range(120, 160), False)):
+        (comp / name).write_text(json.dumps([record(i, label) for i in rows]))
+    sol = pd.DataFrame({"id": [f"{i:08x}" for i in range(120, 160)], "is_iceberg": target[120:160]})
+    sol.to_csv(comp / "solution.csv", index=False)
+    sol.assign(is_iceberg=0.5).to_csv(comp / "sample_submission.csv", index=False)
+    return comp
+
+
+def _arrays(demo_dir: Path, root: Path) -> Path:
+    """SETI's layout: train/<id[0]>/<id>.npy float16 (6, H, W) and train_labels.csv id,target."""
+    comp = build_array_competition(root / "seti-breakthrough-listen", 60, 20)
+    (comp / "train.csv").rename(comp / "train_labels.csv")
+    return comp
+
+
+def _hdf5(demo_dir: Path, root: Path) -> Path:
+    """ISIC 2024's layout: train-image.hdf5 / test-image.hdf5 (JPEG bytes keyed by isic_id), no image
+    folder, train-metadata.csv with patient_id and metadata, test-metadata.csv, the sample's target 0.3."""
+    comp = build_store_competition(demo_dir, root / "isic-2024-challenge", 90, 30)
+    train, sol = (pd.read_csv(comp / n, dtype=str) for n in ("train.csv", "solution.csv"))
+    (comp / "train.csv").unlink()
+    meta = lambda t: {"age_approx": [40 + 5 * (i % 6) for i in range(len(t))],  # noqa: E731
+                      "sex": ["male", "female"] * (len(t) // 2)}
+    target = lambda t: (t["target"].astype(int) >= 5).astype(int)  # noqa: E731
+    pd.DataFrame({"isic_id": train["isic_id"], "target": target(train),
+                  "patient_id": [f"IP_{i // 3:07d}" for i in range(len(train))], **meta(train)}).to_csv(
+        comp / "train-metadata.csv", index=False)
+    pd.DataFrame({"isic_id": sol["isic_id"], "patient_id": [f"IP_9{i:06d}" for i in range(len(sol))],
+                  **meta(sol)}).to_csv(comp / "test-metadata.csv", index=False)
+    sol.assign(target=target(sol)).to_csv(comp / "solution.csv", index=False)
+    sol.assign(target=0.3).to_csv(comp / "sample_submission.csv", index=False)
+    return comp
+
+
+def _one_hot(demo_dir: Path, root: Path) -> Path:
+    """Plant Pathology 2020: one 0/1 column per class, exactly one 1 a row; the sample's columns 0.25."""
+    built = build_one_hot_competition(root / "source", demo_dir)
+    return built.rename(root / "plant-pathology-2020-fgvc7")
+
+
+def _new_whale(demo_dir: Path, root: Path) -> Path:
+    """Humpback's layout: five ranked ids a row, and new_whale (here the 7s, 8s and 9s) the most common label."""
+    import src.demo
+
+    comp = src.demo.build_topk_demo(root / "humpback-whale-identification", 200)
+    for name in ("train.csv", "solution.csv"):
+        table = pd.read_csv(comp / name, dtype=str)
+        table.loc[table["label"].isin(["7", "8", "9"]), "label"] = "new_whale"
+        table.to_csv(comp / name, index=False)
+    sample = pd.read_csv(comp / "sample_submission.csv", dtype=str)
+    sample.assign(label="new_whale 0 1 2 3").to_csv(comp / "sample_submission.csv", index=False)
+    return comp
+
+
 LAYOUTS = {  # world -> (builder, what init must decide, the solution's file name)
     "csv": (_csv, {"data.id_col": "image_id", "data.task": "multiclass", "metric.name": "accuracy"}),
     "imagefolder": (_imagefolder, {"data.layout": "imagefolder", "data.image_dir": "train"}),
@@ -249,6 +335,22 @@ LAYOUTS = {  # world -> (builder, what init must decide, the solution's file nam
                            "metric.name": "pfbeta"}),
     "dicom": (_dicom, {"data.task": "binary", "data.group_col": "patient_id", "data.label_col": "target",
                        "metric.name": "roc_auc"}),
+    "pixels": (_pixels, {"data.layout": "pixels", "data.pixel_shape": [8, 8], "data.id_col": "ImageId",
+                         "data.label_col": "label", "data.task": "multiclass", "metric.name": "accuracy"}),
+    "pixel_records": (_pixel_records, {"data.layout": "pixels", "data.train_csv": "train.json",
+                                       "data.test_csv": "test.json", "data.pixel_cols": ["band_1", "band_2"],
+                                       "data.pixel_shape": [8, 8], "data.label_col": "is_iceberg",
+                                       "data.task": "binary", "aug.mean": None, "aug.std": None,
+                                       "metric.name": "log_loss"}),
+    "arrays": (_arrays, {"data.train_csv": "train_labels.csv", "data.image_dir": "train", "data.test_dir": "test",
+                         "data.task": "binary", "aug.mean": None, "aug.std": None, "metric.name": "roc_auc"}),
+    "hdf5": (_hdf5, {"data.image_store": "train-image.hdf5", "data.test_image_store": "test-image.hdf5",
+                     "data.train_csv": "train-metadata.csv", "data.test_csv": "test-metadata.csv",
+                     "data.id_col": "isic_id", "data.group_col": "patient_id", "data.task": "binary",
+                     "metric.name": "pauc@0.8"}),
+    "one_hot": (_one_hot, {"data.label_cols": list(ONE_HOT_CLASSES), "data.task": "multiclass",
+                           "metric.name": "roc_auc"}),
+    "new_whale": (_new_whale, {"data.task": "multiclass", "ensemble.new_label": "new_whale", "metric.name": "map@5"}),
 }
 
 
