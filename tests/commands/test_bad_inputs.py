@@ -635,6 +635,10 @@ ROWS = [
         "not written by src.init"), plain=True, damage=lambda r: _write(r / "configs/digits.yaml", "base: base.yaml\n")),
     row("init-unknown-key", "init", ("inputs/digits", "data.colour=red"), ("data.colour", "not a config key"),
         plain=True),
+    row("init-pixels-no-square", "init", ("inputs/pixels",), ("40 pixel values a row", "no square image",
+        "data.pixel_shape=[H,W]"), plain=True, damage=lambda r: _pixel_world(r, keep=40)),
+    row("init-pixel-test-without-the-columns", "init", ("inputs/pixels",), ("inputs/pixels/test.csv lacks",
+        "pixel0..pixel63", "same columns"), plain=True, damage=lambda r: _pixel_world(r, test_keeps=63)),
     # ---- issue 29: regression
     row("regression-without-target-range", "train", F0 + REGR + ("data.target_range=null",),
         ("data.target_range", "[1, 100]"), damage=_regression(), config=REGR_CONFIG),
@@ -916,11 +920,16 @@ def _first_answer_unlisted(comp: Path) -> None:
 # ---- issue 29: pixel tables, arrays and containers (the damage of its rows)
 
 
-def _pixel_world(root: Path) -> None:
-    """Damage: a Digit-Recognizer-style pixel competition in inputs/pixels (conftest's)."""
+def _pixel_world(root: Path, keep: int = 64, test_keeps: int | None = None) -> None:
+    """Damage: a Digit-Recognizer-style pixel competition in inputs/pixels (conftest's), its tables cut
+    to the first `keep` pixel columns (the test table to `test_keeps`)."""
     from conftest import build_pixel_competition
 
-    build_pixel_competition(root / "inputs/pixels")
+    comp = build_pixel_competition(root / "inputs/pixels")
+    for name, n in (("train.csv", keep), ("test.csv", keep if test_keeps is None else test_keeps)):
+        if n < 64:
+            t = pd.read_csv(comp / name)
+            t.drop(columns=[f"pixel{i}" for i in range(n, 64)]).to_csv(comp / name, index=False)
 
 
 def _store_missing_one(root: Path) -> None:

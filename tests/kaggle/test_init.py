@@ -336,6 +336,7 @@ LAYOUTS = {  # world -> (builder, what init must decide, the solution's file nam
     "dicom": (_dicom, {"data.task": "binary", "data.group_col": "patient_id", "data.label_col": "target",
                        "metric.name": "roc_auc"}),
     "pixels": (_pixels, {"data.layout": "pixels", "data.pixel_shape": [8, 8], "data.id_col": "ImageId",
+                         "aug.mean": (0.5, 0.5, 0.5),  # integer pixels 0..255: a grayscale photo keeps the recipe's
                          "data.label_col": "label", "data.task": "multiclass", "metric.name": "accuracy"}),
     "pixel_records": (_pixel_records, {"data.layout": "pixels", "data.train_csv": "train.json",
                                        "data.test_csv": "test.json", "data.pixel_cols": ["band_1", "band_2"],
@@ -406,6 +407,47 @@ def test_a_comma_separated_tags_column_sets_the_separator(demo_dir, tmp_path):
 def test_a_block_of_0_1_columns_is_never_ignored(demo_dir, tmp_path):
     written = _flat(_init(_label_columns(demo_dir, tmp_path / "inputs"), tmp_path / "cols.yaml"))
     assert written["data.label_cols"] == ["odd", "large", "zero"] and written["data.task"] == "multilabel"
+
+
+def test_one_hot_columns_are_classes_and_a_row_with_two_ones_makes_them_tags(demo_dir, tmp_path):
+    comp = _one_hot(demo_dir, tmp_path / "inputs")
+    written = _flat(_init(comp, tmp_path / "one_hot.yaml"))
+    assert written["data.task"] == "multiclass" and written["data.label_cols"] == list(ONE_HOT_CLASSES)
+    assert "exactly one 1 in each of the" in (tmp_path / "one_hot.yaml").read_text()  # the evidence is written
+    t = pd.read_csv(comp / "train.csv", dtype=str)
+    t.loc[0, list(ONE_HOT_CLASSES)] = "1"  # one image with every label: no longer one class a row
+    t.to_csv(comp / "train.csv", index=False)
+    written = _flat(_init(comp, tmp_path / "tags.yaml", "metric.name=roc_auc"))
+    assert written["data.task"] == "multilabel"
+
+
+def test_a_pixel_block_that_is_no_square_asks_for_its_shape(demo_dir, tmp_path):
+    comp = _pixels(demo_dir, tmp_path / "inputs")
+    for name in ("train.csv", "test.csv"):  # 8x8 digits cut to 5 rows of 8 pixels: 40 values, no square
+        t = pd.read_csv(comp / name)
+        t.drop(columns=[f"pixel{i}" for i in range(40, 64)]).to_csv(comp / name, index=False)
+    with pytest.raises(UserError, match=r"40 pixel values a row, which is no square image; set data.pixel_shape"):
+        _init(comp, tmp_path / "no_square.yaml")
+    assert not (tmp_path / "no_square.yaml").exists()
+    written = _flat(_init(comp, tmp_path / "given.yaml", "data.pixel_shape=[5,8]"))
+    assert written["data.pixel_shape"] == [5, 8] and written["data.layout"] == "pixels"
+
+
+def test_pixel_rows_whose_sample_ids_are_neither_a_column_nor_row_numbers_stop(demo_dir, tmp_path):
+    comp = _pixels(demo_dir, tmp_path / "inputs")
+    sample = pd.read_csv(comp / "sample_submission.csv")
+    sample.assign(ImageId=sample["ImageId"] + 1000).to_csv(comp / "sample_submission.csv", index=False)
+    with pytest.raises(UserError, match=r"ImageId is not a column of the test table, nor their rows numbered 1\.\.30"):
+        _init(comp, tmp_path / "pixels.yaml")
+
+
+def test_new_label_only_where_the_most_common_label_names_the_unseen(demo_dir, tmp_path):
+    comp = _demo_as("humpback-whale-identification", "build_topk_demo", 200)(demo_dir, tmp_path / "inputs")
+    assert "ensemble.new_label" not in _flat(_init(comp, tmp_path / "plain.yaml"))
+    t = pd.read_csv(comp / "train.csv", dtype=str)
+    t.loc[t.index[:5], "label"] = "new_whale"  # present, but not the most common label: a class like the others
+    t.to_csv(comp / "train.csv", index=False)
+    assert "ensemble.new_label" not in _flat(_init(comp, tmp_path / "few.yaml"))
 
 
 def test_a_patient_column_groups_the_folds_and_a_flag_does_not(demo_dir, tmp_path):
