@@ -58,6 +58,7 @@ class Survey:
     names: bool = False  # the labels are identifiers (COCO category ids): never grades or a target
     known: tuple[str, Known] | None = None
     defaults: dict[str, Any] = field(default_factory=dict)  # the recipe's values, dotted
+    per_row: pd.Series | None = None  # 0/1 label columns: how many are 1 in each row
     photo: bool | None = None  # whether the training images are 3-channel uint8 photos (None: not read yet)
 
     def set(self, key: str, value: Any, why: str) -> Any:
@@ -435,6 +436,7 @@ def label_columns(s: Survey) -> None:
         s.set("data.label_cols", cols, f"the sample submission's {len(cols)} columns, 0/1 columns of the table")
         on = train[cols].apply(pd.to_numeric, errors="coerce").fillna(0).to_numpy() > 0.5
         s.labels = pd.Series([" ".join(c for c, v in zip(cols, row) if v) for row in on], dtype=str)
+        s.per_row = pd.Series(on.sum(1))  # counted here: a column's name may hold spaces ("Common wheat")
         return
     if len(cols) > 1:
         matches = [c for c in train.columns if set(train[c]) == set(cols)]
@@ -478,7 +480,7 @@ def _tags(labels: pd.Series, s: Survey) -> list[Reading]:
 
 def _one_hot(labels: pd.Series, s: Survey) -> list[Reading]:
     """0/1 columns with exactly one 1 in every row (Plant Pathology 2020): classes, not tags."""
-    if s.get("data.label_cols") is None or not (labels.str.split().str.len() == 1).all():
+    if s.get("data.label_cols") is None or not (s.per_row == 1).all():
         return []
     kind = "binary" if len(s.get("data.label_cols")) == 2 else "multiclass"
     return [Reading(kind, f"0/1 columns with exactly one 1 in each of the {len(labels):,} rows -> one-hot classes "
@@ -488,7 +490,7 @@ def _one_hot(labels: pd.Series, s: Survey) -> list[Reading]:
 def _columns(labels: pd.Series, s: Survey) -> list[Reading]:
     if s.get("data.label_cols") is None:
         return []
-    n = labels.str.split().str.len()
+    n = s.per_row
     return [Reading("multilabel", f"0/1 columns; {int((n > 1).sum()):,} of {len(labels):,} images hold several "
                                   f"labels, {int((n == 0).sum()):,} none -> multilabel")]
 
@@ -717,6 +719,8 @@ def unseen(s: Survey) -> None:
 
 
 def _classes(s: Survey) -> list[str]:
+    if s.get("data.label_cols"):  # the columns are the classes or labels, spaces and all
+        return list(s.get("data.label_cols"))
     t = TASKS[s.get("data.task")]()
     labels = s.labels if s.get("data.label_sep") in (None, " ") else s.labels.str.replace(
         s.get("data.label_sep"), " ", regex=False)

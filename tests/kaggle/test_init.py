@@ -589,3 +589,33 @@ def test_columns_of_both_tables_are_offered_as_metadata(demo_dir, tmp_path, caps
     written = _flat(_init(_dicom(demo_dir, tmp_path / "inputs"), tmp_path / "siim.yaml"))
     assert "data.meta_cols" not in written
     assert "share 2 columns (sex, age_approx); data.meta_cols=auto" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- the Kaggle notebooks work from the written config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["pixels", "hdf5"])
+def test_the_offline_notebook_rehearses_an_init_config_unchanged(layout, demo_dir, tmp_path):
+    """src.init's config (its base a relative path to the recipe) trains two folds; the code competition's
+    bundle built from it and rehearsed on a fake /kaggle writes src.ensemble's submission: the same ids and
+    columns, the same values within float32 noise (1e-6; the pixel world's are byte-identical here)."""
+    from src import kaggle_kernel
+    from src.ensembling import pipeline
+    from src.training.trainer import train_fold
+
+    comp = LAYOUTS[layout][0](demo_dir, tmp_path / "inputs")
+    config = tmp_path / "configs" / f"{layout}.yaml"
+    _init(comp, config, "data.n_folds=2")
+    common = ["--config", str(config), f"experiment.output_dir={tmp_path / 'outputs'}", "wandb.mode=disabled", *TINY]
+    cfg = load_config(config, common[2:])
+    for k in (0, 1):
+        train_fold(cfg, k)
+    run_cli(kaggle_kernel.main, ["build", *common, "--out", str(tmp_path / "build"), "--experiments", layout,
+                                 "--tta", "identity", "--no-wheels", "--dataset", "someone/init-bundle",
+                                 "--kernel", "someone/init-inference"])
+    run_cli(kaggle_kernel.main, ["rehearse", *common, "--out", str(tmp_path / "build")])
+    local = pipeline.run(cfg, [layout], ["identity"], None, "soft", tmp_path / "local.csv", "auto")
+    kernel, here = (pd.read_csv(p) for p in (tmp_path / "build" / "rehearsal" / "submission.csv", local))
+    assert list(kernel.columns) == list(here.columns) and kernel.iloc[:, 0].tolist() == here.iloc[:, 0].tolist()
+    assert ((kernel.iloc[:, 1:] - here.iloc[:, 1:]).abs().to_numpy() <= 1e-6).all()
