@@ -262,11 +262,16 @@ def _photo_pixels(values) -> bool:
     return bool(np.all((v >= 0) & (v <= 255) & (v == np.round(v))))
 
 
+def _has_images(s: Survey) -> bool:
+    """Whether the folder ships image files or containers: then numbered columns are metadata, not pixels."""
+    return any(f.suffix.lower() in IMAGE_SUFFIXES | STORE_SUFFIXES for f in s.files)
+
+
 def _pixels(s: Survey) -> bool:
     """Digit Recognizer, Kannada-MNIST: each row of the training table holds one image's pixels in
     columns pixel0..pixelN-1 (any prefix); the test table holds the same columns."""
     rel = _training_table(s) if "data.train_csv" not in s.given else Path(s.given["data.train_csv"])
-    if rel is None or rel.suffix.lower() != ".csv":
+    if rel is None or rel.suffix.lower() != ".csv" or _has_images(s):
         return False
     block = _pixel_block(list(pd.read_csv(s.root / rel, nrows=0).columns))
     if block is None:
@@ -306,6 +311,8 @@ def _list_columns(df: pd.DataFrame) -> list[str]:
 def _pixel_records(s: Survey) -> bool:
     """Statoil: train.json, a list of records whose list fields (band_1, band_2) hold each image's
     channels; test.json alike."""
+    if _has_images(s):
+        return False
     found = [(f, df) for f in s.files if f.suffix.lower() == ".json" and not NOT_TRAIN.search(f.name)
              and (df := _records(s.root / f)) is not None and _list_columns(df)]
     if not found:

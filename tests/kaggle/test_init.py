@@ -433,6 +433,14 @@ def test_a_pixel_block_that_is_no_square_asks_for_its_shape(demo_dir, tmp_path):
     assert written["data.pixel_shape"] == [5, 8] and written["data.layout"] == "pixels"
 
 
+def test_numbered_columns_beside_image_files_are_metadata_not_pixels(demo_dir, tmp_path):
+    comp = _csv(demo_dir, tmp_path / "inputs")
+    t = pd.read_csv(comp / "train.csv", dtype=str)
+    t.assign(**{f"emb{i}": "0.5" for i in range(32)}).to_csv(comp / "train.csv", index=False)
+    written = _flat(_init(comp, tmp_path / "emb.yaml"))
+    assert written.get("data.layout", "csv") == "csv" and written["data.id_col"] == "image_id"
+
+
 def test_pixel_rows_whose_sample_ids_are_neither_a_column_nor_row_numbers_stop(demo_dir, tmp_path):
     comp = _pixels(demo_dir, tmp_path / "inputs")
     sample = pd.read_csv(comp / "sample_submission.csv")
