@@ -24,6 +24,7 @@ from src.core.utils import UserError
 
 def relabel(cfg: Config, reviewed_file: str | Path) -> Config:
     """Write the reviewed labels (content-addressed) and their split; the config that trains on them."""
+    from src.core.tasks import task_of
     from src.data.folds import load_or_create_folds
     from src.data.image_cache import cache_root
     from src.data.relabel import check_reviewed, check_reviewed_answers, read_reviewed, write_relabel
@@ -39,7 +40,7 @@ def relabel(cfg: Config, reviewed_file: str | Path) -> Config:
     table = load_train_table(cfg.data, cache_root(cfg))
     check_reviewed_answers(reviewed, table, reviewed_file)  # before the split is made
     base, classes, base_path = load_or_create_folds(cfg, table=table)
-    changed = check_reviewed(reviewed, base, classes, reviewed_file)
+    changed = check_reviewed(reviewed, base, task_of(cfg, classes), reviewed_file)
     if changed.empty:
         raise UserError(f"{reviewed_file} changes no label of train.csv; fill its reviewed_label column where a label "
                         "is wrong (empty keeps the label)")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from src.core.tasks import join_tags
 from src.core.utils import UserError, counted
 
 
@@ -92,7 +93,7 @@ def _one_category(cats: dict[str, set[str]], path: Path) -> dict[str, str]:
 
 
 def _category_tags(cats: dict[str, set[str]], path: Path) -> dict[str, str]:
-    return {i: " ".join(sorted(c)) for i, c in cats.items()}
+    return {i: join_tags(sorted(c)) for i, c in cats.items()}
 
 
 # Task.label_form -> each image's label from the categories of its annotations

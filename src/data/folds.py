@@ -76,7 +76,7 @@ def _relabelled_split(cfg: Config, original: pd.DataFrame, df: pd.DataFrame, pat
     the same images as the runs before it, so the two can be compared fold by fold."""
     base_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"relabel": None})})
     base, classes, base_path = load_or_create_folds(base_cfg, table=original)
-    bad = sorted(set(df["label"]) - set(classes))
+    bad = sorted(set(task_of(cfg).all_tags(df["label"])) - set(classes))
     if bad:
         raise UserError(f"data.relabel {cfg.data.relabel} assigns labels {bad[:5]} that are not classes of "
                         f"{base_path}; use existing class names")

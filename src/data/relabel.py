@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from src.core.tasks import Task
 from src.core.utils import UserError, atomic_write_text
 from src.data.answers import check_answers
 
@@ -58,10 +59,13 @@ def check_reviewed_answers(reviewed: pd.DataFrame, table: pd.DataFrame, source: 
         check_answers(table.assign(label=reviewed_labels.fillna(table["label"])), Path(source))
 
 
-def check_reviewed(reviewed: pd.DataFrame, table: pd.DataFrame, classes: list[str], source: str | Path) -> pd.DataFrame:
-    """The reviewed rows whose label differs from train.csv's; ids and labels must exist."""
+def check_reviewed(reviewed: pd.DataFrame, table: pd.DataFrame, task: Task, source: str | Path) -> pd.DataFrame:
+    """The reviewed rows whose label differs from train.csv's; ids and labels (for a multi-label
+    task each of the space-separated labels, as suspect_labels.csv shows them) must exist."""
     _require_known_ids(reviewed, table, str(source), "fix or drop those rows")
-    bad = sorted(set(reviewed["label"]) - set(classes))
+    classes = list(task.classes)
+    reviewed = reviewed.assign(label=[task.canonical(lab) for lab in reviewed["label"]])
+    bad = sorted({t for lab in reviewed["label"] for t in task.tags(lab)} - set(classes))
     if bad:
         raise UserError(f"{source} assigns labels {bad[:5]} that are not classes of the split ({classes[:10]}); "
                         "use an existing class name")

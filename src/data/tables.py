@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from src.core.config import Config, DataCfg, require_competition
-from src.core.tasks import TASKS, canonical_tags
+from src.core.tasks import SPACE_IN_TAG, TASKS, canonical_tags, join_tags
 from src.core.utils import UserError, atomic_write_text, counted
 from src.data.answers import answer_ids, check_answers, test_images
 from src.data.coco import coco_test_paths, coco_train_table
@@ -211,14 +211,16 @@ def _multilabel_labels(raw: pd.DataFrame, cfg: DataCfg, path: Path) -> list[str]
     column split by data.label_sep or from one 0/1 column per label (data.label_cols)."""
     if cfg.label_cols:
         cols, on = _zero_one_columns(raw, cfg, path)
-        spaced = [c for c in cols if len(c.split()) != 1]
-        if spaced:
-            raise UserError(f"{path}: label columns {spaced[:3]} have spaces or are empty; rename them")
-        return [" ".join(c for c, v in zip(cols, row) if v) for row in on]
+        odd = [c for c in cols if not c.strip() or SPACE_IN_TAG in c]
+        if odd:
+            raise UserError(f"{path}: label columns {odd[:3]} are blank or hold '{SPACE_IN_TAG}', which labels with "
+                            "spaces are kept with; rename them")
+        return [join_tags(c for c, v in zip(cols, row) if v) for row in on]
     tags = raw[cfg.label_col].astype(str)
-    if cfg.label_sep.strip() and tags.str.split(cfg.label_sep).map(lambda ts: any(len(t.split()) > 1 for t in ts)).any():
-        raise UserError(f"{path}: some tags of {cfg.label_col} hold spaces inside (split by data.label_sep "
-                        f"'{cfg.label_sep}'); labels are kept space-separated, so rename those tags")
+    dotted = tags[tags.str.contains(SPACE_IN_TAG, regex=False)]
+    if len(dotted):
+        raise UserError(f"{path}: {cfg.label_col} values hold '{SPACE_IN_TAG}' (e.g. '{dotted.iloc[0]}'), which labels "
+                        "with spaces are kept with; replace it in those tags")
     out = canonical_tags(tags, cfg.label_sep)
     _check_separator(tags, out, cfg, path)
     return out

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.core.tasks import canonical_tags, task_of
+from src.core.tasks import canonical_tags, split_tags, task_of
 from src.core.tasks.base import MAP_AT, note_left_out
 from src.core.utils import UserError
 from src.data.folds import folds_path
@@ -56,7 +56,7 @@ def _score_multilabel(sub: pd.DataFrame, sol: pd.DataFrame, cfg, classes: list[s
     column per label, against the solution's tags."""
     task = task_of(cfg, classes)
     truth = canonical_tags(sol[cfg.data.label_col], cfg.data.label_sep)
-    unseen = sorted({t for lab in truth for t in lab.split()} - set(classes))
+    unseen = sorted({t for lab in truth for t in split_tags(lab)} - set(classes))
     if unseen:
         raise UserError(f"the solution holds tags {unseen[:5]} that no training image has, so no model of this split "
                         "can predict them; check data.label_sep and that the solution belongs to this competition")

@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from src.core.tasks import TASKS, make_task
+from src.core.tasks import TASKS, join_tags, make_task
 from src.core.utils import UserError, counted
 from src.data.coco import read_annotations
 from src.data.tables import LIKELY_SEPARATORS, looks_like_tag_lists
@@ -442,7 +442,7 @@ def label_columns(s: Survey) -> None:
     if "data.label_cols" in s.given or (len(cols) > 1 and set(cols) <= set(train.columns)):
         s.set("data.label_cols", cols, f"the sample submission's {len(cols)} columns, 0/1 columns of the table")
         on = train[cols].apply(pd.to_numeric, errors="coerce").fillna(0).to_numpy() > 0.5
-        s.labels = pd.Series([" ".join(c for c, v in zip(cols, row) if v) for row in on], dtype=str)
+        s.labels = pd.Series([join_tags(c for c, v in zip(cols, row) if v) for row in on], dtype=str)
         s.per_row = pd.Series(on.sum(1))  # counted here: a column's name may hold spaces ("Common wheat")
         return
     if len(cols) > 1:

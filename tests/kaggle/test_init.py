@@ -137,15 +137,22 @@ def _filename(demo_dir: Path, root: Path) -> Path:
     return comp
 
 
+RANZCR_COLUMNS = ("ETT - Odd", "NGT - Large", "Swan Ganz Catheter Zero")  # RANZCR's names hold spaces
+
+
 def _label_columns(demo_dir: Path, root: Path) -> Path:
-    """RANZCR-like: one 0/1 column per label in train.csv and the sample; here the digit's parity and size."""
-    comp, train, sol = _csv_world(demo_dir, root, "label_columns_comp")
+    """RANZCR CLiP's layout: StudyInstanceUID, one 0/1 column per label (names with spaces), PatientID
+    (several studies each), a train_annotations.csv beside train.csv; here the digit's parity, size and zero."""
+    comp, train, sol = _csv_world(demo_dir, root, "ranzcr-clip-catheter-line-classification")
     def cols(t: pd.DataFrame) -> pd.DataFrame:
         d = t["label"].astype(int)
-        return pd.DataFrame({"id": t["id"], "odd": d % 2, "large": (d >= 5).astype(int), "zero": (d == 0).astype(int)})
-    cols(train).to_csv(comp / "train.csv", index=False)
+        return pd.DataFrame({"StudyInstanceUID": t["id"], RANZCR_COLUMNS[0]: d % 2,
+                             RANZCR_COLUMNS[1]: (d >= 5).astype(int), RANZCR_COLUMNS[2]: (d == 0).astype(int)})
+    cols(train).assign(PatientID=[f"p{i // 3:03d}" for i in range(len(train))]).to_csv(comp / "train.csv", index=False)
+    pd.DataFrame({"StudyInstanceUID": train["id"].head(5), "label": "ETT - Odd", "data": "[[1, 2], [3, 4]]"}).to_csv(
+        comp / "train_annotations.csv", index=False)
     cols(sol).to_csv(comp / "solution.csv", index=False)  # the solution in the sample's 0/1 columns, as src.score reads it
-    cols(sol).assign(odd=0.5, large=0.5, zero=0.5).to_csv(comp / "sample_submission.csv", index=False)
+    cols(sol).assign(**dict.fromkeys(RANZCR_COLUMNS, 0)).to_csv(comp / "sample_submission.csv", index=False)
     return comp
 
 
@@ -314,7 +321,8 @@ LAYOUTS = {  # world -> (builder, what init must decide, the solution's file nam
     "csv": (_csv, {"data.id_col": "image_id", "data.task": "multiclass", "metric.name": "accuracy"}),
     "imagefolder": (_imagefolder, {"data.layout": "imagefolder", "data.image_dir": "train"}),
     "filename": (_filename, {"data.layout": "filename", "data.task": "binary", "metric.name": "roc_auc"}),
-    "label_columns": (_label_columns, {"data.task": "multilabel", "data.label_cols": ["odd", "large", "zero"],
+    "label_columns": (_label_columns, {"data.task": "multilabel", "data.label_cols": list(RANZCR_COLUMNS),
+                                       "data.id_col": "StudyInstanceUID", "data.group_col": "PatientID",
                                        "metric.name": "roc_auc"}),
     "binary_patients": (_binary_patients, {"data.task": "binary", "data.group_col": "patient_id",
                                            "data.label_col": "target", "metric.name": "roc_auc"}),
@@ -406,7 +414,7 @@ def test_a_comma_separated_tags_column_sets_the_separator(demo_dir, tmp_path):
 
 def test_a_block_of_0_1_columns_is_never_ignored(demo_dir, tmp_path):
     written = _flat(_init(_label_columns(demo_dir, tmp_path / "inputs"), tmp_path / "cols.yaml"))
-    assert written["data.label_cols"] == ["odd", "large", "zero"] and written["data.task"] == "multilabel"
+    assert written["data.label_cols"] == list(RANZCR_COLUMNS) and written["data.task"] == "multilabel"
 
 
 def test_one_hot_columns_are_classes_and_a_row_with_two_ones_makes_them_tags(demo_dir, tmp_path):

@@ -38,14 +38,23 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from src.core.tasks.base import FORMATS, REGRESSION_LOSSES, Binary, Task, canonical_tags
+from src.core.tasks.base import (
+    FORMATS,
+    REGRESSION_LOSSES,
+    SPACE_IN_TAG,
+    Binary,
+    Task,
+    canonical_tags,
+    join_tags,
+    split_tags,
+)
 from src.core.tasks.multilabel import Multilabel
 from src.core.tasks.ordinal import Ordinal, expected_grade, grade_probs, grade_scores
 from src.core.tasks.regression import Regression
 from src.core.utils import UserError
 
-__all__ = ["FORMATS", "KINDS", "REGRESSION_LOSSES", "TASKS", "Binary", "Multilabel", "Ordinal", "Regression", "Task", "canonical_tags",
-           "expected_grade", "grade_probs", "grade_scores", "make_task", "task_for_targets", "task_of"]
+__all__ = ["FORMATS", "KINDS", "REGRESSION_LOSSES", "TASKS", "Binary", "Multilabel", "Ordinal", "Regression", "SPACE_IN_TAG", "Task",
+           "canonical_tags", "expected_grade", "grade_probs", "grade_scores", "join_tags", "make_task", "split_tags", "task_for_targets", "task_of"]
 
 TASKS: dict[str, type[Task]] = {t.name: t for t in (Task, Binary, Multilabel, Ordinal, Regression)}
 KINDS = tuple(TASKS)

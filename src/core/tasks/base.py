@@ -143,6 +143,10 @@ class Task:
         """A label as the list of class names it holds (one, or for multi-label any number)."""
         return [str(label)]
 
+    def canonical(self, label: str) -> str:
+        """A label as the training table keeps it (a reviewed label, say)."""
+        return str(label).strip()
+
     def all_tags(self, labels: Iterable[str]) -> pd.Series:
         """Every class name the labels hold, one per row (for the class list and its counts)."""
         return pd.Series([t for lab in labels for t in self.tags(lab)], dtype=str)
@@ -487,10 +491,26 @@ def assign_folds(df: pd.DataFrame, n_folds: int, seed: int, grouped: bool) -> np
 
 
 
+SPACE_IN_TAG = "\u00b7"
+"""A multi-label image's labels are kept as one space-separated string (split files, OOF, pseudo
+labels); a space inside a label (RANZCR's `ETT - Abnormal`, a COCO category `traffic light`) is
+written as this middle dot there and read back as a space. Names holding the dot are refused."""
+
+
+def join_tags(tags: Iterable[str]) -> str:
+    """Labels as the one string a multi-label image keeps (the inverse of split_tags)."""
+    return " ".join(str(t).replace(" ", SPACE_IN_TAG) for t in tags)
+
+
+def split_tags(label: str) -> list[str]:
+    """A kept multi-label string back as its labels, spaces inside them restored."""
+    return [t.replace(SPACE_IN_TAG, " ") for t in str(label).split()]
+
+
 def canonical_tags(raw: Sequence[str], sep: str) -> list[str]:
     """Tag lists split by `sep`, stripped, without repeats, sorted: one spelling per set of labels."""
     out = []
     for value in raw:
         tags = {t.strip() for t in str(value).split(sep if sep != " " else None) if t.strip()}
-        out.append(" ".join(sorted(tags)))
+        out.append(join_tags(sorted(tags)))
     return out

@@ -15,8 +15,10 @@ from src.core.tasks.base import (
     _outside,
     _thresholds_given,
     class_columns,
+    join_tags,
     range_unread,
     sorted_classes,
+    split_tags,
 )
 from src.core.utils import UserError
 
@@ -63,7 +65,11 @@ class Multilabel(Task):
                             "f1_micro, f2_samples, roc_auc, average_precision, log_loss or accuracy")
 
     def tags(self, label: str) -> list[str]:
-        return str(label).split()
+        return split_tags(label)
+
+    def canonical(self, label: str) -> str:
+        """Space-separated labels as kept: sorted, once each (a space inside a label written as SPACE_IN_TAG)."""
+        return join_tags(sorted(set(split_tags(label))))
 
     def class_list(self, labels: pd.Series, declared: Sequence[str] = ()) -> list[str]:
         """The sorted labels, every declared 0/1 column among them even if never positive (the
@@ -159,11 +165,11 @@ class Multilabel(Task):
         return _outside(probs, tol)  # one probability per label: no sum
 
     def shown(self, probs: np.ndarray) -> str:
-        return " ".join(np.asarray(self.classes)[np.asarray(probs) >= 0.5])
+        return ", ".join(np.asarray(self.classes)[np.asarray(probs) >= 0.5])
 
     def predicted(self, probs: np.ndarray) -> np.ndarray:
         names = np.asarray(self.classes, dtype=object)
-        return np.array([" ".join(names[np.flatnonzero(r >= 0.5)]) for r in probs], dtype=object)
+        return np.array([join_tags(names[np.flatnonzero(r >= 0.5)]) for r in probs], dtype=object)
 
     def confidence(self, probs: np.ndarray) -> np.ndarray:
         """The least sure label's max(p, 1 - p)."""
@@ -183,10 +189,15 @@ class Multilabel(Task):
         if fmt not in ("auto", "proba", "tags"):
             raise UserError(f"ensemble.format={fmt} writes one label per image; a multi-label submission is tags "
                             "(labels above their thresholds) or proba (one probability column per label)")
-        if fmt != "auto":
-            return fmt
-        if class_columns(cols, self.classes, self.noun):
+        if fmt == "proba" or (fmt == "auto" and class_columns(cols, self.classes, self.noun)):
             return "proba"
+        spaced = [c for c in self.classes if " " in c]
+        if spaced:
+            raise UserError(f"labels {spaced[:3]} hold spaces, which a space-separated tags submission cannot tell "
+                            "apart; set ensemble.format=proba (one probability column per label) if the sample "
+                            "submission has those columns")
+        if fmt == "tags":
+            return fmt
         _one_column(cols)
         unseen = sorted({t for v in sample[cols[0]].astype(str) for t in v.split()} - set(self.classes))
         if unseen:
