@@ -3,7 +3,7 @@
     python -m src.kaggle_kernel build --config configs/demo.yaml --experiments demo --tta --weights auto
     python -m src.kaggle_kernel rehearse --config configs/demo.yaml --scale 4 --hidden-size 20000
     python -m src.kaggle_kernel train --config configs/demo.yaml --folds 0 1 2 3 4
-    python -m src.kaggle_kernel rehearse-train --config configs/demo.yaml --folds 0 1
+    python -m src.kaggle_kernel rehearse-train --config configs/demo.yaml --folds 0
     python -m src.kaggle_kernel pull you/demo-train-fold0 you/demo-train-fold1 --config configs/demo.yaml
 
 build: kaggle_kernel/build/, the offline inference bundle: dataset/ (the src package and configs,

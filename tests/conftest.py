@@ -1,5 +1,5 @@
 """Shared fixtures: the digits demo built once per session, configs pointed at it, and torch on
-one thread."""
+one thread (in the tests' own processes and the ones they start)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pytest
-import torch
+# The commands the tests start in other processes (CLI runs, notebook kernels, tuning workers) run
+# torch on one thread too, as the test workers do (_one_torch_thread): two workers already fill two cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from src.core.config import CONFIG_DIR, Config, load_config
-from src.demo import build_demo
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from src.core.config import CONFIG_DIR, Config, load_config  # noqa: E402
+from src.demo import build_demo  # noqa: E402
 
 if TYPE_CHECKING:  # pandas loads in the fixtures that need it
     import pandas as pd

@@ -9,6 +9,7 @@ a deliberately wrong import, to see them fail."""
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,12 @@ def modules(root: Path) -> dict[str, ast.Module]:
         if parts:
             out[".".join(parts)] = ast.parse(p.read_text())
     return out
+
+
+@functools.cache
+def src_modules() -> dict[str, ast.Module]:
+    """modules(SRC), parsed once for the tests that read each module (src does not change during a run)."""
+    return modules(SRC)
 
 
 def imports(tree: ast.Module, known: set[str]) -> set[str]:
@@ -113,7 +120,7 @@ def test_src_holds_the_commands_and_the_packages():
 
 
 def test_the_modules_are_found_in_every_package():
-    mods = modules(SRC)
+    mods = src_modules()
     assert {"train", "ensemble", "core.config", "data.tables", "training.trainer", "runs.members"} <= set(mods)
     assert all(any(m.startswith(pkg + ".") for m in mods) for pkg in LAYERS)
 
@@ -165,9 +172,9 @@ def test_the_rules_pass_a_right_import_and_catch_a_cycle(tmp_path):
     assert cycles(loop) == ["core.a -> core.b -> core.a"]
 
 
-@pytest.mark.parametrize("name", sorted(modules(SRC)))
+@pytest.mark.parametrize("name", sorted(src_modules()))
 def test_functions_are_short(name):
-    tree = modules(SRC)[name]
+    tree = src_modules()[name]
     long = [(n.name, n.end_lineno - n.lineno + 1) for n in ast.walk(tree)
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES]
     assert long == []
@@ -186,6 +193,6 @@ def test_tests_import_no_private_names():
 def test_no_two_modules_share_a_name_across_packages():
     """A module's name says what it holds; the same name in two packages (say figures in core and in
     analysis) makes a newcomer open both. A command and the part it conducts may share one."""
-    parts = [m for m in modules(SRC) if "." in m]  # a subpackage (core.tasks) and its modules each have a name
+    parts = [m for m in src_modules() if "." in m]  # a subpackage (core.tasks) and its modules each have a name
     names = [m.split(".")[-1] for m in parts]
     assert sorted({n for n in names if names.count(n) > 1}) == []

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from cache_writer import fill
 from conftest import REPO, TINY
 from PIL import Image
 
@@ -110,16 +111,12 @@ def test_a_replacement_that_keeps_size_and_times_is_never_served_stale(tmp_path:
     np.testing.assert_array_equal(cache.load(x), truth_x)
 
 
-def _fill(root: str, paths: list[str], side: int) -> None:
-    ImageCache(root, side).fill(paths, workers=2)
-
-
 def test_concurrent_writers_leave_complete_entries(tmp_path: Path):
     """Four processes fill the same (empty) cache at once: every entry is whole and right, and no
     temporary file is left behind."""
     paths = _photos(tmp_path / "img", 6)
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_fill, args=(str(tmp_path / "cache"), paths, 20)) for _ in range(4)]
+    procs = [ctx.Process(target=fill, args=(str(tmp_path / "cache"), paths, 20)) for _ in range(4)]
     for p in procs:
         p.start()
     for p in procs:

@@ -71,15 +71,18 @@ def test_built_training_notebooks_pass_the_kaggle_clis_checks(demo_dir, split, t
 
 @pytest.fixture(scope="module")
 def rehearsed(demo_dir, split, tmp_path_factory):
-    """Folds 0 and 1 rehearsed twice: first with a 1 s session (each notebook stops after its first
-    epoch), then with a normal one (each resumes from its own previous output and finishes)."""
+    """Fold 0 rehearsed with a 1 s session (its notebook stops after its first epoch), then folds 0
+    and 1 with a normal one (fold 0 resumes from its own previous output, fold 1 starts, both finish)."""
     out = tmp_path_factory.mktemp("rehearsed")
     root = out / "kaggle"
     shutil.copytree(split / "outputs", out / "outputs")
     kk.main(_argv("train", demo_dir, out, "--folds", "0", "1", "--timeout", "1"))
-    kk.main(_argv("rehearse-train", demo_dir, out, "--kaggle-root", str(root), "--rehearse-overrides", SHORT))
-    stopped = {k: root / "input" / f"demo-train-fold{k}" / "outputs" / "demo" / f"fold{k}" for k in (0, 1)}
-    first = {k: (sorted(p.name for p in d.iterdir()), load_checkpoint(d / "last.pt")["epoch"]) for k, d in stopped.items()}
+    kk.main(_argv("rehearse-train", demo_dir, out, "--folds", "0", "--kaggle-root", str(root),
+                  "--rehearse-overrides", SHORT))
+    assert not (root / "input" / "demo-train-fold1").exists()  # --folds 0: fold 1's notebook did not run
+    stopped = {k: root / "input" / f"demo-train-fold{k}" / "outputs" / "demo" / f"fold{k}" for k in (0,)}
+    first = {k: (sorted(p.name for p in d.iterdir()), load_checkpoint(d / "last.pt")) for k, d in stopped.items()}
+    first = {k: (names, last["epoch"], last["history"]) for k, (names, last) in first.items()}
     kk.main(_argv("train", demo_dir, out, "--folds", "0", "1"))
     kk.main(_argv("rehearse-train", demo_dir, out, "--folds", "0", "1", "--kaggle-root", str(root),
                   "--rehearse-overrides", SHORT))
@@ -91,14 +94,20 @@ def _kernel_output(rehearsed, k: int) -> Path:
 
 
 def test_a_notebook_out_of_time_stops_between_epochs_and_its_next_version_resumes(rehearsed):
-    for k in (0, 1):
-        names, epoch = rehearsed.first[k]
-        assert "last.pt" in names and "done.json" not in names and epoch == 0  # one epoch of two, kept
+    names, epoch, stopped_history = rehearsed.first[0]
+    assert "last.pt" in names and "done.json" not in names and epoch == 0  # one epoch of two, kept
+    for k in (0, 1):  # fold 0 resumed, fold 1 from its start: each ran both epochs once
         fold = _kernel_output(rehearsed, k) / "outputs" / "demo" / f"fold{k}"
         done = json.loads((fold / "done.json").read_text())
-        assert done["epochs_run"] == 2 and list(pd.read_csv(fold / "history.csv")["epoch"]) == [0, 1]  # resumed
+        history = pd.read_csv(fold / "history.csv")
+        assert done["epochs_run"] == 2 and list(history["epoch"]) == [0, 1]
         assert not (fold / "last.pt").exists()
         assert "train_state" not in load_checkpoint(fold / "best.pt")  # slimmed as the bundle's
+    # Fold 0 went on from the stopped version: its epoch 0 is that version's, timings and all (a
+    # restart would have trained epoch 0 again, at another time_s and img_per_s).
+    resumed = pd.read_csv(_kernel_output(rehearsed, 0) / "outputs" / "demo" / "fold0" / "history.csv")
+    assert len(stopped_history) == 1
+    assert [resumed.iloc[0][c] for c in ("time_s", "img_per_s")] == [stopped_history[0][c] for c in ("time_s", "img_per_s")]
 
 
 def test_pulled_folds_blend_as_local_ones(rehearsed, demo_dir, capsys):

@@ -1,10 +1,11 @@
 """Outputs written before the packages move (checkpoints, OOF files, the folds file, image and
 prediction caches) still load and blend: the code of the last commit before the move (from git)
-trains and ensembles the demo, then today's code re-blends from the cached predictions to the same
+trains and ensembles the demo (in a process of its own), then today's code (in the test's process) re-blends from the cached predictions to the same
 bytes, predicts a new view from the old checkpoints, and skips the finished folds."""
 
 from __future__ import annotations
 
+import importlib
 import io
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, TINY
+
+from src.core.cli import run_cli
 
 pytestmark = pytest.mark.slow
 PRE_PACKAGES = "a82b075b529d4b019a8ff3487aa8eedb5e98ebe2"  # main just before src/ was split into packages
@@ -40,7 +43,15 @@ def _cli(code_root: Path, *args: str) -> str:
     return proc.stdout + proc.stderr
 
 
-def test_outputs_of_the_code_before_the_move_load_and_blend(old_code, demo_dir, tmp_path):
+def _today(capsys, verb: str, *args: str) -> str:
+    """Today's code, in this process (torch is already imported): what the command printed."""
+    capsys.readouterr()
+    run_cli(importlib.import_module(verb).main, list(args))
+    out = capsys.readouterr()
+    return out.out + out.err
+
+
+def test_outputs_of_the_code_before_the_move_load_and_blend(old_code, demo_dir, tmp_path, monkeypatch, capsys):
     ov = [*TINY, "data.n_folds=2", f"data.dir={demo_dir}", f"experiment.output_dir={tmp_path / 'outputs'}",
           "wandb.mode=disabled"]
     demo, old_demo = str(REPO / "configs" / "demo.yaml"), str(old_code / "configs" / "demo.yaml")  # each code its configs
@@ -48,12 +59,13 @@ def test_outputs_of_the_code_before_the_move_load_and_blend(old_code, demo_dir, 
     _cli(old_code, "src.train", "--config", old_demo, "--fold", "all", *ov)
     _cli(old_code, "src.ensemble", "--config", old_demo, *blend, "--out", str(tmp_path / "old.csv"), *ov)
 
-    again = _cli(REPO, "src.ensemble", "--config", demo, *blend, "--out", str(tmp_path / "new.csv"), *ov)
+    monkeypatch.chdir(REPO)  # today's code runs from the checkout
+    again = _today(capsys, "src.ensemble", "--config", demo, *blend, "--out", str(tmp_path / "new.csv"), *ov)
     # the old cache keyed images on path, size and time: today's keys them on their bytes, so the
     # old entries are never trusted and every prediction is made again, once
     assert "8 computed, 0 read" in again, again  # (reading back what it wrote: tests/runs/test_preds_cache.py)
     assert (tmp_path / "new.csv").read_bytes() == (tmp_path / "old.csv").read_bytes()
-    new_view = _cli(REPO, "src.ensemble", "--config", demo, "--tta", "vflip", "--out", str(tmp_path / "v.csv"), *ov)
+    new_view = _today(capsys, "src.ensemble", "--config", demo, "--tta", "vflip", "--out", str(tmp_path / "v.csv"), *ov)
     assert "computed" in new_view and (tmp_path / "v.csv").is_file()  # the old checkpoints loaded and predicted
-    trained = _cli(REPO, "src.train", "--config", demo, "--fold", "all", *ov)
+    trained = _today(capsys, "src.train", "--config", demo, "--fold", "all", *ov)
     assert "fold 0: finished earlier" in trained and "fold 1: finished earlier" in trained, trained[-1500:]

@@ -14,11 +14,13 @@ import pandas as pd
 import pytest
 import torch
 
+from src.core.cli import run_cli
 from src.core.config import config_from_dict, load_config
 from src.core.utils import UserError
 from src.ensembling.pipeline import run as ensemble_run
 from src.runs.layout import finished_folds, fold_lock, fold_paths
 from src.runs.members import open_member
+from src.train import main as train_main
 from src.training.trainer import train_fold
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,10 +86,8 @@ def test_a_second_run_on_the_same_fold_is_refused_naming_the_process(demo_dir, o
         assert len(lines) == 1, proc.stderr
         assert f"being trained right now by process {os.getpid()}" in lines[0]
         assert sorted(p.name for p in fp.dir.iterdir()) == [".lock"]  # the second run wrote nothing
-    # The lock dies with its holder: now the same command trains.
-    proc = subprocess.run([sys.executable, "-m", "src.train", "--config", str(REPO / "configs" / "demo.yaml"),
-                           "--fold", "0", *overrides], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    # The lock goes with its holder: now the same command trains (here, in this process).
+    run_cli(train_main, ["--config", str(REPO / "configs" / "demo.yaml"), "--fold", "0", *overrides])
     assert fp.done.is_file()
 
 

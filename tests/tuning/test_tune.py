@@ -209,6 +209,9 @@ def test_two_workers_share_one_storage(demo_dir, tmp_path, kind, overrides_for, 
     assert len(_finished(study)) == 4, (
         f"{len(_finished(study))} finished trials for --n-trials 4: "
         + str([(t.number, t.state.name, t.datetime_start, t.datetime_complete) for t in trials]))
+    # Each worker draws its own parameters: with one sampler_seed for both, the two would draw the same ones.
+    drawn = [t.params["optim.lr"] for t in _finished(study)]
+    assert len(set(drawn)) == len(drawn), drawn
     for t in trials:
         assert (out / "shared" / f"trial{t.number}" / "fold0" / "done.json").is_file()
     assert load_config(out / "shared" / "best.yaml").optim.lr == pytest.approx(study.best_params["optim.lr"])

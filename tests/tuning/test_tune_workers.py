@@ -1,5 +1,5 @@
 """Tuning with several workers: a killed worker's trial is failed and replaced (heartbeats), workers
-draw different parameters while a single worker stays reproducible, and a broken config stops
+draw different parameters (test_tune.py) while a single worker stays reproducible, and a broken config stops
 before any trial is recorded.
 
 No mocks: real Optuna storages, real worker processes, test_resnet at 32 px for a couple of batches.
@@ -104,21 +104,7 @@ def test_trial_of_a_killed_worker_fails_and_is_replaced(demo_dir, tmp_path, over
 
 
 # ---------------------------------------------------------------- item 10: each worker its own draws
-
-
-@pytest.mark.slow
-def test_workers_started_together_draw_different_parameters(demo_dir, tmp_path, overrides_for, tune_workers):
-    url = f"sqlite:///{tmp_path / 'two.db'}"
-    space = _space(tmp_path / "space.yaml")
-    ov = overrides_for(demo_dir, tmp_path / "out", *TRIAL)
-    logs = [tmp_path / "w0.txt", tmp_path / "w1.txt"]
-    codes = tune_workers(_args(space, url, ov, 4), logs)
-    assert codes == [0, 0], "\n\n".join(log.read_text()[-3000:] for log in logs)
-    trials = [t for t in _trials(url) if t.state in FINISHED]
-    assert len(trials) == 4
-    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both workers trained
-    drawn = _params(trials)
-    assert len(set(drawn)) == len(drawn), drawn
+# (two workers started together draw different parameters: test_tune.py::test_two_workers_share_one_storage)
 
 
 def test_single_worker_draws_are_reproducible(demo_dir, tmp_path, overrides_for):
