@@ -176,12 +176,17 @@ class ImageCache:
         before the split when data.check_images is on; a test set's are found here)."""
         bad = self.fill(paths, workers)
         if bad:
-            raise UserError(f"cannot read image {bad[0]}" + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
-                            + "; replace or remove the files (for training images, data.bad_images=skip with "
-                            "data.check_images=true drops them)")
+            raise unreadable(bad)
 
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.dir.rglob("*.npy")) if self.dir.is_dir() else 0
+
+
+def unreadable(bad: list[str]) -> UserError:
+    """The one sentence for images that cannot be decoded where none may be dropped (a test set's)."""
+    return UserError(f"cannot read image {bad[0]}" + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
+                     + "; replace or remove the files (for training images, data.bad_images=skip with "
+                     "data.check_images=true drops them)")
 
 
 def image_cache(cfg: Config, train: bool) -> ImageCache | None:

@@ -14,8 +14,8 @@ from src.core.distributed import EpochSampler
 from src.core.runtime import Norm, Runtime
 from src.core.utils import UserError
 from src.data.arrays import channel_stats, is_photo
-from src.data.image_cache import image_cache
-from src.data.images import read_image
+from src.data.image_cache import image_cache, unreadable
+from src.data.images import find_bad_images, read_image
 from src.data.transforms import build_transform, resolve_norm, seed_transform
 
 
@@ -118,6 +118,17 @@ def make_loader(
         pin_memory=cfg.pin_memory and device == "cuda",
         persistent_workers=cfg.persistent_workers and workers > 0,
     )
+
+
+def check_test_images(cfg: Config, paths: list[str]) -> None:
+    """Every one of `paths` decodes, or one sentence, writing nothing: each image the evaluation
+    cache (data.cache) does not hold yet is decoded once (a cached one decoded fine when it was
+    cached). For a command that writes before its test pass (src.ensemble's OOF predictions)."""
+    images = image_cache(cfg, train=False)
+    todo = images.missing(paths) if images is not None else paths
+    bad = find_bad_images(todo, max(2, resolve_workers(cfg.loader)), dicom_window=cfg.data.dicom_window)
+    if bad:
+        raise unreadable(bad)
 
 
 def eval_loader(cfg: Config, paths: list[str], loader_cfg: LoaderCfg, rt: Runtime,

@@ -14,6 +14,7 @@ from src.core.runtime import Runtime
 from src.core.utils import UserError, counted
 from src.core.views import parse_views, split_auto
 from src.data.image_cache import cache_root
+from src.data.loaders import check_test_images
 from src.data.tables import load_test_table, sample_id_col
 from src.ensembling.blend import Blend
 from src.ensembling.ledger import free_submission_path, record_submission
@@ -160,11 +161,11 @@ def run(cfg: Config, experiments: list[str] | None = None, tta: list[str] | None
         members[0].task.check_second_level("--stack", stack)
     _check_format(cfg, sample, fmt or e.format, members[0].task, fitted_here=report or blend is not None)
 
-    # 1) the blend: fitted on the OOF report (views chosen on OOF with auto, each member and the blend
-    # without and with TTA, the stacker, the thresholds), or given (a Kaggle kernel: the bundle's)
+    # 1) the blend: fitted on the OOF report (auto views, weights, stacker, thresholds) or given (a bundle's)
     if blend is not None:
         fitted = applied.bind(members)
     elif report:
+        check_test_images(cfg, test["path"].tolist())  # before fit caches OOF predictions: nothing written
         fitted = Blend.fit(cfg, members, ["auto", *views] if auto else views, weights, voting, rt, stack, fmt)
     else:
         fitted = Blend.given(cfg, members, views, weights, voting, thresholds, fmt)

@@ -410,6 +410,10 @@ ROWS = [
         damage=lambda r: (r / "inputs/digits/sample_submission.csv").unlink()),
     row("test-id-without-image", "ensemble", (), (lambda r: _test_png(r).stem, "inputs/digits/test", "add the files"),
         world="trained", damage=lambda r: _test_png(r).unlink()),
+    row("corrupt-test-image", "ensemble", (), (lambda r: _test_png(r).name, "replace or remove"), world="trained",
+        damage=lambda r: _overwrite(_test_png(r), b"id,label\nthis is not an image\n")),
+    row("corrupt-test-image-no-cache", "ensemble", ("data.cache=false",), (lambda r: _test_png(r).name,),
+        world="trained", damage=lambda r: _truncate(_test_png(r))),
     # ---- configs
     row("unknown-config-key", "train", F0 + ("train.epoch=3",), ("train.epoch", "did you mean 'epochs'", SCALAR),
         world="trained"),
